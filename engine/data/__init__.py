@@ -1,0 +1,1 @@
+"""Data pipeline: readers, cleaning stages, dedup, PII, tokenizers, token shards."""

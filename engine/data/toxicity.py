@@ -1,0 +1,66 @@
+"""Toxicity filter: a scorer interface with a lexicon-based default and a threshold.
+
+The default ``LexiconScorer`` scores a document by the share of its words found in a word
+list (``lexicons/toxicity_en.txt``, shipped with the engine). It is cheap and explainable
+and it is the right first pass before a learned classifier: anything with a
+``score(text) -> float`` in [0, 1] can replace it (``ToxicityFilter(config, scorer=...)``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.data.documents import Document
+
+DEFAULT_LEXICON = Path(__file__).with_name("lexicons") / "toxicity_en.txt"
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+class ToxicityScorer(Protocol):
+    def score(self, text: str) -> float:
+        """0.0 (clean) .. 1.0 (toxic)."""
+        ...
+
+
+def load_lexicon(path: str | Path) -> frozenset[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"toxicity lexicon {path} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip().lower() for line in lines if line.strip() and not line.startswith("#"))
+
+
+class LexiconScorer:
+    """Share of words that are in the lexicon."""
+
+    def __init__(self, words: frozenset[str]):
+        self.words = words
+
+    def score(self, text: str) -> float:
+        words = _WORD.findall(text.lower())
+        if not words:
+            return 0.0
+        return sum(1 for w in words if w in self.words) / len(words)
+
+
+@dataclass
+class ToxicityConfig:
+    # 2% of words: a rant, not a novel with a villain who swears now and then.
+    threshold: float = 0.02
+    lexicon: str = ""  # a word list file; empty: the English list shipped with the engine
+
+
+class ToxicityFilter:
+    name = "toxicity"
+
+    def __init__(self, config: ToxicityConfig, scorer: ToxicityScorer | None = None):
+        self.config = config
+        self.scorer = scorer or LexiconScorer(load_lexicon(config.lexicon or DEFAULT_LEXICON))
+
+    def __call__(self, doc: Document) -> str | None:
+        if self.scorer.score(doc.text) > self.config.threshold:
+            return "above_threshold"
+        return None

@@ -1,0 +1,1 @@
+"""The Django project of the control plane (settings, urls, Celery app, apps)."""

@@ -1,0 +1,30 @@
+"""Role checks for API views: map the selectors' errors to 404/403."""
+
+from __future__ import annotations
+
+from rest_framework import exceptions, serializers
+
+from controlplane.projects.permissions import Action
+from controlplane.projects.selectors import ProjectForbidden, ProjectNotFound, project_for
+
+
+def project_or_404(request, project_id, action: Action = Action.VIEW):
+    try:
+        project, _role = project_for(request.user, project_id, action)
+    except ProjectNotFound as error:
+        raise exceptions.NotFound(str(error)) from None
+    except ProjectForbidden as error:
+        raise exceptions.PermissionDenied(str(error)) from None
+    return project
+
+
+class StrictSerializer(serializers.Serializer):
+    """Unknown fields are an error, not silently dropped: a typo must not go unnoticed."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["expected a JSON object"]})
+        unknown = set(data) - set(self.fields)
+        if unknown:
+            raise serializers.ValidationError({name: ["unknown field"] for name in sorted(unknown)})
+        return super().to_internal_value(data)

@@ -1,0 +1,31 @@
+from django.contrib import admin
+
+from controlplane.audit.models import AuditChain, AuditEvent
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    # The log is append-only (the database refuses changes); the admin only reads it.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["project_id", "seq", "action", "artifact_type", "artifact_id", "actor_id", "created_at", "short_hash"]
+    list_filter = ["action", "artifact_type"]
+    search_fields = ["artifact_id", "hash", "action"]
+
+    @admin.display(description="hash")
+    def short_hash(self, event):
+        return event.hash[:12]
+
+
+@admin.register(AuditChain)
+class AuditChainAdmin(ReadOnlyAdmin):
+    list_display = ["scope", "project", "length", "head_hash"]

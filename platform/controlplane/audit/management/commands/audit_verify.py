@@ -1,0 +1,27 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from controlplane.audit.services import audit_verify
+from controlplane.projects.models import Project
+
+
+class Command(BaseCommand):
+    help = "Recompute the audit hash chains and name the first broken event."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--project", help="project id or slug (default: every chain)")
+
+    def handle(self, *args, project=None, **options):
+        if project:
+            found = Project.objects.filter(slug=project).first()
+            if found is None and project.isdigit():
+                found = Project.objects.filter(pk=int(project)).first()
+            if found is None:
+                raise CommandError(f"no project with id or slug '{project}'")
+            results = audit_verify(found)
+        else:
+            results = audit_verify(all_chains=True)
+        for result in results:
+            style = self.style.SUCCESS if result.ok else self.style.ERROR
+            self.stdout.write(style(result.describe()))
+        if not all(result.ok for result in results):
+            raise CommandError("audit chain verification failed")

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from controlplane.audit.models import AuditEvent
+
+
+def audit_events_for(project, *, artifact_type: str | None = None, artifact_id: str | None = None,
+                     action: str | None = None) -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.filter(project_id=project.pk)
+    if artifact_type:
+        events = events.filter(artifact_type=artifact_type)
+    if artifact_id:
+        events = events.filter(artifact_id=str(artifact_id))
+    if action:
+        events = events.filter(action=action)
+    return events.order_by("-seq")

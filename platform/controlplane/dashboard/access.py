@@ -1,0 +1,32 @@
+"""`@project_page(action)`: resolve the project of a page and check the caller's role."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+
+from controlplane.projects.permissions import Action, role_allows
+from controlplane.projects.selectors import ProjectForbidden, ProjectNotFound, project_for
+
+
+def project_page(action: Action = Action.VIEW):
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def wrapper(request, project_id: int, *args, **kwargs):
+            try:
+                project, role = project_for(request.user, project_id, action)
+            except ProjectNotFound as error:
+                raise Http404(str(error)) from None
+            except ProjectForbidden as error:
+                raise PermissionDenied(str(error)) from None
+            request.project_role = role
+            request.can = {a.value: request.user.is_staff or role_allows(role, a) for a in Action}
+            return view(request, project, *args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,32 @@
+from django import forms
+
+from controlplane.projects.models import Role, slug_validator
+
+
+class ProjectForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    slug = forms.CharField(max_length=63, validators=[slug_validator], help_text="lowercase letters, digits, hyphens")
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+
+class MemberForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField()
+
+
+class InspectJobForm(forms.Form):
+    upload_id = forms.IntegerField(widget=forms.HiddenInput)
+    preview_records = forms.IntegerField(min_value=1, max_value=50, initial=5)
+    read_rate_limit_mb_s = forms.FloatField(min_value=0.01, required=False, label="Read rate limit (MB/s)")
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100)

@@ -1,0 +1,226 @@
+"""Dashboard pages. Each view serves its full page, and its fragment to htmx requests."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.core.paginator import Paginator
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from controlplane.accounts.models import ApiToken
+from controlplane.accounts.services import TokenError, api_token_create, api_token_revoke
+from controlplane.audit.selectors import audit_events_for
+from controlplane.audit.services import audit_verify
+from controlplane.dashboard.access import project_page
+from controlplane.dashboard.forms import InspectJobForm, MemberForm, ProjectForm, RoleForm, TokenForm, UploadForm
+from controlplane.dashboard.selectors import overview_for
+from controlplane.jobs.kinds import JobRequestError
+from controlplane.jobs.models import Job, JobMetric, JobState
+from controlplane.jobs.selectors import job_log_tail, jobs_for
+from controlplane.jobs.services import JobError, job_cancel, job_create
+from controlplane.projects.permissions import Action
+from controlplane.projects.selectors import members_of, project_list_for
+from controlplane.projects.services import (
+    MembershipError,
+    member_add,
+    member_change_role,
+    member_remove,
+    project_create,
+)
+from controlplane.uploads.models import Upload
+from controlplane.uploads.services import UploadError, upload_create
+
+
+def healthz(request) -> HttpResponse:
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+@login_required
+def overview(request):
+    return render(request, "dashboard/overview.html", overview_for(request.user))
+
+
+@login_required
+def project_list(request):
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            project = project_create(actor=request.user, **form.cleaned_data)
+        except MembershipError as error:
+            form.add_error("slug", str(error))
+        else:
+            messages.success(request, f"Project {project.name} created.")
+            return redirect("project-detail", project_id=project.pk)
+    projects = project_list_for(request.user).order_by("name")
+    return render(request, "dashboard/project_list.html", {"projects": projects, "form": form})
+
+
+@project_page()
+def project_detail(request, project):
+    uploads = Upload.objects.filter(project=project).select_related("uploaded_by")[:20]
+    return render(request, "dashboard/project_detail.html", {
+        "project": project,
+        "uploads": uploads,
+        "jobs": jobs_for(project)[:10],
+        "upload_form": UploadForm(),
+        "members": members_of(project),
+        "audit": audit_verify(project),
+    })
+
+
+@project_page(Action.RUN)
+@require_POST
+def upload_file(request, project):
+    form = UploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        messages.error(request, "Choose a file to upload.")
+        return redirect("project-detail", project_id=project.pk)
+    uploaded = form.cleaned_data["file"]
+    try:
+        upload = upload_create(project=project, actor=request.user, stream=uploaded.file, filename=uploaded.name,
+                               size=uploaded.size, content_type=uploaded.content_type or "")
+    except UploadError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Uploaded {upload.filename} ({upload.size} bytes, sha256 {upload.sha256[:12]}…).")
+    return redirect("project-detail", project_id=project.pk)
+
+
+@project_page(Action.RUN)
+def inspect_job_start(request, project, upload_id: int):
+    upload = get_object_or_404(Upload, project=project, pk=upload_id)
+    form = InspectJobForm(request.POST or None, initial={"upload_id": upload.pk})
+    if request.method == "POST" and form.is_valid():
+        params = {k: v for k, v in form.cleaned_data.items() if v is not None}
+        try:
+            job = job_create(project=project, kind="inspect", params=params, actor=request.user)
+        except JobRequestError as error:
+            for field, errors in error.errors.items():
+                form.add_error(field if field in form.fields else None, " ".join(errors))
+        else:
+            messages.success(request, f"Job {job.pk} queued.")
+            return redirect("job-detail", project_id=project.pk, job_id=job.pk)
+    return render(request, "dashboard/inspect_start.html", {"project": project, "upload": upload, "form": form})
+
+
+@project_page()
+def job_list(request, project):
+    state = request.GET.get("state") or None
+    if state not in JobState.values:
+        state = None
+    page = Paginator(jobs_for(project, state=state), 25).get_page(request.GET.get("page"))
+    context = {"project": project, "page": page, "state": state, "states": JobState.choices}
+    if request.htmx:
+        return render(request, "dashboard/_job_rows.html", context)
+    return render(request, "dashboard/job_list.html", context)
+
+
+@project_page()
+def job_detail(request, project, job_id: int):
+    job = get_object_or_404(Job.objects.select_related("created_by"), project=project, pk=job_id)
+    context = {
+        "project": project,
+        "job": job,
+        "log": job_log_tail(job, limit=100),
+        "artifacts": job.artifacts.all(),
+        "metrics": JobMetric.objects.filter(job=job).order_by("key", "step")[:500],
+    }
+    if request.htmx:
+        return render(request, "dashboard/_job_status.html", context)
+    return render(request, "dashboard/job_detail.html", context)
+
+
+@project_page(Action.RUN)
+@require_POST
+def job_cancel_view(request, project, job_id: int):
+    job = get_object_or_404(Job, project=project, pk=job_id)
+    try:
+        job_cancel(job=job, actor=request.user)
+    except JobError as error:
+        messages.error(request, str(error))
+    else:
+        messages.info(request, f"Cancel requested for job {job.pk}.")
+    return redirect("job-detail", project_id=project.pk, job_id=job.pk)
+
+
+@project_page()
+def member_list(request, project):
+    form = MemberForm()
+    if request.method == "POST":
+        if not request.can["manage"]:
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied("only owners manage members")
+        form = MemberForm(request.POST)
+        if form.is_valid():
+            user = User.objects.filter(username=form.cleaned_data["username"], is_active=True).first()
+            if user is None:
+                form.add_error("username", "no active user with this name")
+            else:
+                try:
+                    member_add(project=project, user=user, role=form.cleaned_data["role"], actor=request.user)
+                except MembershipError as error:
+                    form.add_error(None, str(error))
+                else:
+                    messages.success(request, f"{user.username} added as {form.cleaned_data['role']}.")
+                    return redirect("member-list", project_id=project.pk)
+    return render(request, "dashboard/members.html",
+                  {"project": project, "members": members_of(project), "form": form, "role_form": RoleForm()})
+
+
+@project_page(Action.MANAGE)
+@require_POST
+def member_change(request, project, user_id: int):
+    membership = get_object_or_404(members_of(project), user_id=user_id)
+    try:
+        if request.POST.get("remove"):
+            member_remove(membership=membership, actor=request.user)
+            messages.success(request, f"{membership.user.username} removed.")
+        else:
+            form = RoleForm(request.POST)
+            if form.is_valid():
+                member_change_role(membership=membership, role=form.cleaned_data["role"], actor=request.user)
+                messages.success(request, f"{membership.user.username} is now {form.cleaned_data['role']}.")
+    except MembershipError as error:
+        messages.error(request, str(error))
+    return redirect("member-list", project_id=project.pk)
+
+
+@project_page()
+def audit_timeline(request, project):
+    artifact_type = request.GET.get("artifact_type") or None
+    artifact_id = request.GET.get("artifact_id") or None
+    events = audit_events_for(project, artifact_type=artifact_type, artifact_id=artifact_id)
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    actors = dict(User.objects.filter(pk__in={e.actor_id for e in page if e.actor_id})
+                  .values_list("pk", "username"))
+    verification = audit_verify(project)
+    return render(request, "dashboard/audit.html", {
+        "project": project, "page": page, "actors": actors, "artifact_type": artifact_type,
+        "artifact_id": artifact_id, "verification": verification[0] if verification else None,
+    })
+
+
+@login_required
+def token_list(request):
+    form = TokenForm(request.POST or None)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        _token, created = api_token_create(user=request.user, name=form.cleaned_data["name"])
+        form = TokenForm()
+    tokens = ApiToken.objects.filter(user=request.user)
+    return render(request, "dashboard/tokens.html", {"tokens": tokens, "form": form, "created": created})
+
+
+@login_required
+@require_POST
+def token_revoke(request, token_id: int):
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    try:
+        api_token_revoke(token=token, actor=request.user)
+    except TokenError as error:
+        messages.error(request, str(error))
+    return redirect("token-list")

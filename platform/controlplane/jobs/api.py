@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.exceptions import APIException, NotFound
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from controlplane.api.access import StrictSerializer, project_or_404
+from controlplane.jobs.kinds import JobRequestError
+from controlplane.jobs.models import Job, JobEventRecord, JobMetric, JobState
+from controlplane.jobs.selectors import jobs_for
+from controlplane.jobs.services import JobError, job_cancel, job_create
+from controlplane.projects.permissions import Action
+
+
+class JobOut(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username")
+
+    class Meta:
+        model = Job
+        fields = ["id", "project_id", "kind", "queue", "state", "params", "inputs", "created_by", "created_at",
+                  "started_at", "finished_at", "attempt", "worker", "progress", "progress_message",
+                  "cancel_requested_at", "result", "error"]
+
+
+class JobIn(StrictSerializer):
+    kind = serializers.CharField()
+    params = serializers.JSONField(default=dict)
+
+
+class EventOut(serializers.ModelSerializer):
+    class Meta:
+        model = JobEventRecord
+        fields = ["attempt", "seq", "type", "payload", "emitted_at", "applied_at"]
+
+
+class MetricOut(serializers.ModelSerializer):
+    class Meta:
+        model = JobMetric
+        fields = ["key", "step", "value", "recorded_at"]
+
+
+def job_or_404(request, project_id: int, job_id: int, action: Action = Action.VIEW) -> Job:
+    project = project_or_404(request, project_id, action)
+    job = Job.objects.filter(project=project, pk=job_id).select_related("created_by", "project").first()
+    if job is None:
+        raise NotFound(f"job {job_id} not found in this project")
+    return job
+
+
+def raise_job_error(error: JobError):
+    exc = APIException(str(error))
+    exc.status_code = error.status
+    raise exc from None
+
+
+class JobListCreate(generics.GenericAPIView):
+    serializer_class = JobOut
+
+    @extend_schema(parameters=[OpenApiParameter("state", enum=JobState.values), OpenApiParameter("kind", str)],
+                   responses=JobOut(many=True))
+    def get(self, request, project_id: int):
+        project = project_or_404(request, project_id)
+        state = request.query_params.get("state")
+        if state and state not in JobState.values:
+            raise serializers.ValidationError({"state": [f"use one of {', '.join(JobState.values)}"]})
+        page = self.paginate_queryset(jobs_for(project, state=state, kind=request.query_params.get("kind")))
+        return self.get_paginated_response(JobOut(page, many=True).data)
+
+    @extend_schema(request=JobIn, responses={201: JobOut})
+    def post(self, request, project_id: int):
+        project = project_or_404(request, project_id, Action.RUN)
+        body = JobIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            job = job_create(project=project, actor=request.user, **body.validated_data)
+        except JobRequestError as error:
+            fields = {("params." + k if k not in ("kind", "params") else k): v for k, v in error.errors.items()}
+            raise serializers.ValidationError(fields) from None
+        return Response(JobOut(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetail(APIView):
+    @extend_schema(responses=JobOut)
+    def get(self, request, project_id: int, job_id: int):
+        return Response(JobOut(job_or_404(request, project_id, job_id)).data)
+
+
+class JobCancel(APIView):
+    @extend_schema(request=None, responses=JobOut)
+    def post(self, request, project_id: int, job_id: int):
+        job = job_or_404(request, project_id, job_id, Action.RUN)
+        try:
+            job = job_cancel(job=job, actor=request.user)
+        except JobError as error:
+            raise_job_error(error)
+        return Response(JobOut(job).data)
+
+
+class JobEvents(generics.GenericAPIView):
+    serializer_class = EventOut
+
+    @extend_schema(responses=EventOut(many=True))
+    def get(self, request, project_id: int, job_id: int):
+        job = job_or_404(request, project_id, job_id)
+        page = self.paginate_queryset(JobEventRecord.objects.filter(job=job).order_by("attempt", "seq"))
+        return self.get_paginated_response(EventOut(page, many=True).data)
+
+
+class JobMetrics(generics.GenericAPIView):
+    serializer_class = MetricOut
+
+    @extend_schema(parameters=[OpenApiParameter("key", str)], responses=MetricOut(many=True))
+    def get(self, request, project_id: int, job_id: int):
+        job = job_or_404(request, project_id, job_id)
+        metrics = JobMetric.objects.filter(job=job).order_by("key", "step")
+        if request.query_params.get("key"):
+            metrics = metrics.filter(key=request.query_params["key"])
+        page = self.paginate_queryset(metrics)
+        return self.get_paginated_response(MetricOut(page, many=True).data)

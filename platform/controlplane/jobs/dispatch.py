@@ -1,0 +1,27 @@
+"""Sending JobSpecs to the worker queues (the only place the platform talks to workers)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from controlplane.celery_app import app
+from controlplane.jobs.models import Job
+from workers.protocol import RUN_JOB_TASK, ArtifactRef, JobKind, JobSpec
+
+
+def job_spec(job: Job) -> JobSpec:
+    return JobSpec(
+        job_id=job.pk,
+        kind=JobKind(job.kind),
+        project_id=job.project_id,
+        attempt=job.attempt,
+        inputs=tuple(ArtifactRef.from_dict(item) for item in job.inputs),
+        params=job.params,
+        output_prefix=job.output_prefix,
+        heartbeat_seconds=float(settings.JOB_HEARTBEAT_SECONDS),
+        resume_checkpoint=job.resume_checkpoint or None,
+    )
+
+
+def send_job(job: Job) -> None:
+    app.send_task(RUN_JOB_TASK, args=[job_spec(job).to_dict()], queue=job.queue)

@@ -1,0 +1,110 @@
+"""Jobs: the state of record of work done by workers.
+
+A job's state lives here, not in a broker message: the platform dispatches a JobSpec,
+the worker reports JobEvents, and the control worker applies them (see services.py).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Job(models.Model):
+    project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="jobs")
+    kind = models.CharField(max_length=40)
+    queue = models.CharField(max_length=20, default="cpu")
+    state = models.CharField(max_length=20, choices=JobState.choices, default=JobState.QUEUED, db_index=True)
+    params = models.JSONField(default=dict)
+    inputs = models.JSONField(default=list)  # [{"uri", "sha256", "size"}]: ArtifactRef dicts
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Re-dispatch bumps the attempt; events of an older attempt are ignored.
+    attempt = models.PositiveIntegerField(default=1)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    progress = models.FloatField(default=0.0)
+    progress_message = models.CharField(max_length=300, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    resume_checkpoint = models.CharField(max_length=512, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["project", "state"]), models.Index(fields=["project", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.kind}, {self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def output_prefix(self) -> str:
+        return f"projects/{self.project_id}/jobs/{self.pk}/"
+
+
+class JobEventRecord(models.Model):
+    """Every applied JobEvent, once: the unique key is the idempotency guard."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    attempt = models.PositiveIntegerField()
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=20)
+    payload = models.JSONField(default=dict)
+    emitted_at = models.DateTimeField()
+    applied_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "attempt", "seq"], name="event_applied_once")]
+        ordering = ["job_id", "attempt", "seq"]
+        indexes = [models.Index(fields=["job", "type"])]
+
+
+class JobMetric(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="metrics")
+    key = models.CharField(max_length=100)
+    step = models.PositiveBigIntegerField()
+    value = models.FloatField()
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        # A step that is replayed after a resume overwrites, never duplicates.
+        constraints = [models.UniqueConstraint(fields=["job", "key", "step"], name="one_metric_per_step")]
+        ordering = ["job_id", "key", "step"]
+
+
+class ArtifactKind(models.TextChoices):
+    OUTPUT = "output", "Output"
+    CHECKPOINT = "checkpoint", "Checkpoint"
+
+
+class JobArtifact(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
+    kind = models.CharField(max_length=20, choices=ArtifactKind.choices, default=ArtifactKind.OUTPUT)
+    name = models.CharField(max_length=200)
+    step = models.PositiveBigIntegerField(null=True, blank=True)  # checkpoints: training step
+    object_key = models.CharField(max_length=512, unique=True)
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "id"]

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from django.contrib.auth.models import User
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from controlplane.api.access import StrictSerializer, project_or_404
+from controlplane.api.errors import Conflict
+from controlplane.projects.models import Membership, Project, Role, slug_validator
+from controlplane.projects.permissions import Action
+from controlplane.projects.selectors import members_of, project_list_for, role_of
+from controlplane.projects.services import (
+    MembershipError,
+    member_add,
+    member_change_role,
+    member_remove,
+    project_create,
+    project_update,
+)
+
+
+class ProjectOut(serializers.ModelSerializer):
+    member_count = serializers.IntegerField(read_only=True, default=None)
+    job_count = serializers.IntegerField(read_only=True, default=None)
+    running_job_count = serializers.IntegerField(read_only=True, default=None)
+    my_role = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Project
+        fields = ["id", "name", "slug", "description", "created_at", "member_count", "job_count",
+                  "running_job_count", "my_role"]
+
+    def get_my_role(self, project) -> str | None:
+        roles = self.context.get("roles")
+        if roles is not None:
+            return roles.get(project.pk)
+        return role_of(self.context["request"].user, project)
+
+
+class ProjectIn(StrictSerializer):
+    name = serializers.CharField(max_length=120)
+    slug = serializers.CharField(max_length=63, validators=[slug_validator])
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ProjectPatch(StrictSerializer):
+    name = serializers.CharField(max_length=120, required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+
+
+class ProjectListCreate(generics.GenericAPIView):
+    serializer_class = ProjectOut
+
+    def get_queryset(self):
+        return project_list_for(self.request.user).order_by("name", "id")
+
+    @extend_schema(responses=ProjectOut(many=True))
+    def get(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        # One query for the caller's roles on this page, not one per project.
+        roles = dict(Membership.objects.filter(user=request.user, project__in=[p.pk for p in page])
+                     .values_list("project_id", "role"))
+        data = ProjectOut(page, many=True, context={"request": request, "roles": roles}).data
+        return self.get_paginated_response(data)
+
+    @extend_schema(request=ProjectIn, responses={201: ProjectOut})
+    def post(self, request):
+        body = ProjectIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            project = project_create(actor=request.user, **body.validated_data)
+        except MembershipError as error:
+            raise Conflict(str(error)) from None
+        return Response(ProjectOut(project, context={"request": request}).data, status=status.HTTP_201_CREATED)
+
+
+class ProjectDetail(APIView):
+    @extend_schema(responses=ProjectOut)
+    def get(self, request, project_id: int):
+        project = project_or_404(request, project_id)
+        return Response(ProjectOut(project, context={"request": request}).data)
+
+    @extend_schema(request=ProjectPatch, responses=ProjectOut)
+    def patch(self, request, project_id: int):
+        project = project_or_404(request, project_id, Action.MANAGE)
+        body = ProjectPatch(data=request.data)
+        body.is_valid(raise_exception=True)
+        project = project_update(project=project, actor=request.user, **body.validated_data)
+        return Response(ProjectOut(project, context={"request": request}).data)
+
+
+class MemberOut(serializers.ModelSerializer):
+    user_id = serializers.IntegerField(source="user.id")
+    username = serializers.CharField(source="user.username")
+
+    class Meta:
+        model = Membership
+        fields = ["user_id", "username", "role", "created_at"]
+
+
+class MemberIn(StrictSerializer):
+    username = serializers.CharField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MemberPatch(StrictSerializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MemberListCreate(generics.GenericAPIView):
+    serializer_class = MemberOut
+
+    @extend_schema(responses=MemberOut(many=True))
+    def get(self, request, project_id: int):
+        project = project_or_404(request, project_id)
+        page = self.paginate_queryset(members_of(project))
+        return self.get_paginated_response(MemberOut(page, many=True).data)
+
+    @extend_schema(request=MemberIn, responses={201: MemberOut})
+    def post(self, request, project_id: int):
+        project = project_or_404(request, project_id, Action.MANAGE)
+        body = MemberIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        user = User.objects.filter(username=body.validated_data["username"], is_active=True).first()
+        if user is None:
+            raise serializers.ValidationError({"username": ["no active user with this name"]})
+        try:
+            membership = member_add(project=project, user=user, role=body.validated_data["role"], actor=request.user)
+        except MembershipError as error:
+            raise Conflict(str(error)) from None
+        return Response(MemberOut(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetail(APIView):
+    def _membership(self, request, project_id: int, user_id: int, action: Action) -> Membership:
+        project = project_or_404(request, project_id, action)
+        membership = members_of(project).filter(user_id=user_id).first()
+        if membership is None:
+            from rest_framework.exceptions import NotFound
+
+            raise NotFound(f"user {user_id} is not a member of this project")
+        return membership
+
+    @extend_schema(request=MemberPatch, responses=MemberOut)
+    def patch(self, request, project_id: int, user_id: int):
+        membership = self._membership(request, project_id, user_id, Action.MANAGE)
+        body = MemberPatch(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            membership = member_change_role(membership=membership, role=body.validated_data["role"], actor=request.user)
+        except MembershipError as error:
+            raise Conflict(str(error)) from None
+        return Response(MemberOut(membership).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, project_id: int, user_id: int):
+        membership = self._membership(request, project_id, user_id, Action.MANAGE)
+        try:
+            member_remove(membership=membership, actor=request.user)
+        except MembershipError as error:
+            raise Conflict(str(error)) from None
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,151 @@
+"""Configuration from environment variables, read in one place (12-factor).
+
+The Django settings and the workers both read their environment through these helpers,
+so a bad value fails the same way everywhere: with `ConfigError` naming the variable.
+With no variable set, everything points at the embedded default under ``var/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """An environment variable holds a value we cannot use."""
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        if default is None:
+            raise ConfigError(f"environment variable {name} is required")
+        return default
+    return value
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return list(default)
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def data_dir() -> Path:
+    """Root of the embedded default's state (SQLite, local objects, broker folders)."""
+    return Path(env_str("CONTROLPLANE_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+
+
+@dataclass(frozen=True)
+class ObjectStoreConfig:
+    # No endpoint means the embedded local-filesystem store under `root`.
+    endpoint: str | None
+    access_key: str
+    secret_key: str
+    bucket: str
+    region: str
+    secure: bool
+    root: Path
+    # Base URL that presigned URLs of the local store point at (the web app serves them).
+    public_base_url: str
+    # Secret that signs local presigned URLs; shared by web and workers.
+    signing_key: str
+
+    @property
+    def backend(self) -> str:
+        return "s3" if self.endpoint else "local"
+
+
+def object_store_config() -> ObjectStoreConfig:
+    endpoint = os.environ.get("OBJECT_STORE_ENDPOINT") or None
+    if endpoint and "://" in endpoint:
+        raise ConfigError(
+            f"OBJECT_STORE_ENDPOINT={endpoint!r} must be host:port without a scheme; "
+            "set OBJECT_STORE_SECURE=1 for https"
+        )
+    return ObjectStoreConfig(
+        endpoint=endpoint,
+        access_key=env_str("OBJECT_STORE_ACCESS_KEY", "minioadmin"),
+        secret_key=env_str("OBJECT_STORE_SECRET_KEY", "minioadmin"),
+        bucket=env_str("OBJECT_STORE_BUCKET", "controlplane"),
+        region=env_str("OBJECT_STORE_REGION", "us-east-1"),
+        secure=env_bool("OBJECT_STORE_SECURE", False),
+        root=Path(env_str("OBJECT_STORE_ROOT", str(data_dir() / "objects"))),
+        public_base_url=env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000"),
+        signing_key=env_str("SECRET_KEY", "dev-insecure-secret-key-change-me"),
+    )
+
+
+def broker_url() -> str:
+    """Redis in production; with nothing set, kombu's filesystem transport under var/."""
+    return env_str("CELERY_BROKER_URL", "filesystem://")
+
+
+def broker_folder() -> Path:
+    return data_dir() / "broker"
+
+
+def mlflow_tracking_uri() -> str:
+    return env_str("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir() / 'mlflow.db'}")
+
+
+def celery_settings() -> dict:
+    """Broker settings shared by the platform's and the workers' Celery apps.
+
+    Both sides must agree on the transport: with the filesystem transport they share one
+    folder (messages in and out of the same place), so a message sent by the web process
+    is seen by a `celery worker` process on the same machine.
+    """
+    url = broker_url()
+    settings: dict = {
+        "broker_url": url,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "task_default_queue": "cpu",
+    }
+    if url.startswith("filesystem://"):
+        folder = broker_folder()
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        settings["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    elif url.startswith(("redis://", "rediss://")):
+        # A training job outlives any visibility timeout: job messages are acked early and
+        # the platform's lease + reaper re-dispatch lost jobs (see docs/architecture.md).
+        settings["broker_transport_options"] = {"visibility_timeout": 3600}
+    return settings

@@ -1,0 +1,168 @@
+"""The job protocol: what the platform sends a worker and what a worker reports back.
+
+Defined once, imported by both sides. A `JobSpec` travels platform -> worker on the `cpu`
+or `gpu` queue; `JobEvent`s travel worker -> platform on the `control` queue, where they
+are applied idempotently: (job id, attempt, seq) identifies an event, so a redelivered
+message changes nothing. Both are plain JSON on the wire.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RUN_JOB_TASK = "workers.run_job"
+APPLY_EVENT_TASK = "control.apply_event"
+CONTROL_QUEUE = "control"
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol (wrong field, type or value)."""
+
+
+class JobKind(enum.StrEnum):
+    INSPECT = "inspect"
+
+
+class Queue(enum.StrEnum):
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class EventType(enum.StrEnum):
+    STARTED = "started"
+    HEARTBEAT = "heartbeat"
+    PROGRESS = "progress"
+    METRIC = "metric"
+    CHECKPOINT = "checkpoint"
+    ARTIFACT = "artifact"
+    LOG = "log"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (EventType.FINISHED, EventType.FAILED, EventType.CANCELLED)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """An object in the store that a job reads, pinned by its content hash."""
+
+    uri: str  # object key inside the bucket, e.g. projects/3/uploads/<uuid>
+    sha256: str
+    size: int
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ArtifactRef:
+        _require_keys("input", data, {"uri", "sha256", "size"})
+        return cls(uri=str(data["uri"]), sha256=str(data["sha256"]), size=int(data["size"]))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: int
+    kind: JobKind
+    project_id: int
+    attempt: int  # 1 on first dispatch; the reaper increments it on re-dispatch
+    inputs: tuple[ArtifactRef, ...]
+    params: dict[str, Any]
+    output_prefix: str  # every object the job writes goes under this key prefix
+    heartbeat_seconds: float
+    tracking_run_id: str | None = None
+    resume_checkpoint: str | None = None  # object key of the checkpoint to resume from
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["kind"] = str(self.kind)
+        data["inputs"] = [asdict(ref) for ref in self.inputs]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JobSpec:
+        _require_keys(
+            "job spec",
+            data,
+            {"job_id", "kind", "project_id", "attempt", "inputs", "params", "output_prefix",
+             "heartbeat_seconds"},
+            optional={"tracking_run_id", "resume_checkpoint"},
+        )
+        try:
+            kind = JobKind(data["kind"])
+        except ValueError:
+            raise ProtocolError(f"unknown job kind {data['kind']!r}") from None
+        if not isinstance(data["params"], dict):
+            raise ProtocolError("job spec params must be an object")
+        return cls(
+            job_id=int(data["job_id"]),
+            kind=kind,
+            project_id=int(data["project_id"]),
+            attempt=int(data["attempt"]),
+            inputs=tuple(ArtifactRef.from_dict(item) for item in data["inputs"]),
+            params=dict(data["params"]),
+            output_prefix=str(data["output_prefix"]),
+            heartbeat_seconds=float(data["heartbeat_seconds"]),
+            tracking_run_id=data.get("tracking_run_id"),
+            resume_checkpoint=data.get("resume_checkpoint"),
+        )
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: int
+    attempt: int
+    seq: int  # 0, 1, 2 ... within one attempt, in the order the worker emitted them
+    type: EventType
+    payload: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)  # seconds since the epoch, worker clock
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["type"] = str(self.type)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JobEvent:
+        _require_keys("job event", data, {"job_id", "attempt", "seq", "type", "payload", "time"})
+        try:
+            event_type = EventType(data["type"])
+        except ValueError:
+            raise ProtocolError(f"unknown event type {data['type']!r}") from None
+        if not isinstance(data["payload"], dict):
+            raise ProtocolError("job event payload must be an object")
+        event_time = float(data["time"])
+        if not math.isfinite(event_time):
+            raise ProtocolError("job event time must be a finite number")
+        return cls(
+            job_id=int(data["job_id"]),
+            attempt=int(data["attempt"]),
+            seq=int(data["seq"]),
+            type=event_type,
+            payload=dict(data["payload"]),
+            time=event_time,
+        )
+
+
+def _require_keys(what: str, data: Any, required: set[str], optional: set[str] = frozenset()) -> None:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{what} must be an object, got {type(data).__name__}")
+    missing = required - data.keys()
+    if missing:
+        raise ProtocolError(f"{what} is missing {', '.join(sorted(missing))}")
+    unknown = data.keys() - required - optional
+    if unknown:
+        raise ProtocolError(f"{what} has unknown field(s) {', '.join(sorted(unknown))}")
+
+
+def cancel_marker_key(job_id: int) -> str:
+    """Object the platform writes to ask a worker to stop a job (cooperative cancel)."""
+    return f"system/jobs/{job_id}/cancel"
+
+
+def superseded_marker_key(job_id: int, attempt: int) -> str:
+    """Object the reaper writes when it re-dispatches: the older attempt must not run on."""
+    return f"system/jobs/{job_id}/superseded-{attempt}"

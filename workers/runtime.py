@@ -1,0 +1,147 @@
+"""Running one job attempt: event numbering, heartbeats and cooperative stopping.
+
+A handler gets a `JobContext` and reports through it; it calls `ctx.should_stop()` between
+units of work (chunks, training steps) and returns when it is true. The context stops a
+job when the platform asked to cancel it (cancel marker) or when the reaper handed the job
+to another attempt (superseded marker); both are objects in the store, because a worker
+holds no database credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from workers.events import EventSink
+from workers.protocol import EventType, JobEvent, JobSpec, cancel_marker_key, superseded_marker_key
+from workers.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class JobStopped(Exception):
+    """Raised by `ctx.check_stop()` so a handler can unwind from deep inside its loop."""
+
+
+class JobFailed(Exception):
+    """A failure the user can act on; its message becomes the job's error."""
+
+
+class JobContext:
+    def __init__(self, spec: JobSpec, sink: EventSink, store: ObjectStore, *, stop_check_seconds: float = 2.0):
+        self.spec = spec
+        self.store = store
+        self._sink = sink
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._stop_reason: str | None = None
+        self._stop_check_seconds = stop_check_seconds
+        self._last_stop_check = 0.0
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    # events -------------------------------------------------------------------------
+    def emit(self, event_type: EventType, payload: dict[str, Any] | None = None) -> JobEvent:
+        with self._lock:  # the heartbeat thread emits too; seq must stay gap-free and ordered
+            event = JobEvent(job_id=self.spec.job_id, attempt=self.spec.attempt, seq=self._seq,
+                             type=event_type, payload=payload or {})
+            self._seq += 1
+            self._sink.send(event)
+        return event
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        self.emit(EventType.PROGRESS, {"fraction": fraction, "message": message})
+
+    def metric(self, step: int, **values: float) -> None:
+        self.emit(EventType.METRIC, {"step": step, "values": values})
+
+    def log(self, message: str) -> None:
+        self.emit(EventType.LOG, {"message": message})
+
+    def artifact(self, *, name: str, key: str, sha256: str, size: int) -> None:
+        self.emit(EventType.ARTIFACT, {"name": name, "key": key, "sha256": sha256, "size": size})
+
+    def checkpoint(self, *, step: int, key: str, sha256: str, size: int) -> None:
+        self.emit(EventType.CHECKPOINT, {"name": f"checkpoint-{step}", "step": step, "key": key,
+                                         "sha256": sha256, "size": size})
+
+    def output_key(self, *parts: str) -> str:
+        return self.spec.output_prefix + "/".join(parts)
+
+    # stopping -----------------------------------------------------------------------
+    def stop_reason(self) -> str | None:
+        """"cancelled", "superseded" or None; looks at the store at most every few seconds."""
+        if self._stop_reason is not None:
+            return self._stop_reason
+        now = time.monotonic()
+        if now - self._last_stop_check < self._stop_check_seconds:
+            return None
+        self._last_stop_check = now
+        return self._refresh_stop_reason()
+
+    def _refresh_stop_reason(self) -> str | None:
+        if self.store.exists(superseded_marker_key(self.spec.job_id, self.spec.attempt)):
+            self._stop_reason = "superseded"
+        elif self.store.exists(cancel_marker_key(self.spec.job_id)):
+            self._stop_reason = "cancelled"
+        return self._stop_reason
+
+    def should_stop(self) -> bool:
+        return self.stop_reason() is not None
+
+    def check_stop(self) -> None:
+        if self.should_stop():
+            raise JobStopped(self._stop_reason)
+
+    # heartbeats ---------------------------------------------------------------------
+    def start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._heartbeat_stop.wait(self.spec.heartbeat_seconds):
+                try:
+                    self.emit(EventType.HEARTBEAT, {})
+                except Exception:  # a broker hiccup must not kill the job; the lease has slack
+                    log.exception("heartbeat of job %s failed", self.spec.job_id)
+
+        self._heartbeat = threading.Thread(target=beat, name=f"heartbeat-{self.spec.job_id}", daemon=True)
+        self._heartbeat.start()
+
+    def stop_heartbeat(self) -> None:
+        self._heartbeat_stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+
+
+def run_attempt(spec: JobSpec, sink: EventSink, store: ObjectStore, handlers: dict) -> str:
+    """Run one attempt of a job from start to its terminal event; returns that event's type."""
+    ctx = JobContext(spec, sink, store)
+    if ctx._refresh_stop_reason() is not None:
+        # A stale message (re-dispatched or cancelled before it ran): do no work at all.
+        if ctx._stop_reason == "cancelled":
+            ctx.emit(EventType.CANCELLED, {"reason": "cancelled before start"})
+            return EventType.CANCELLED
+        return "skipped"
+    ctx.emit(EventType.STARTED, {"worker": f"{socket.gethostname()}"})
+    ctx.start_heartbeat()
+    try:
+        result = handlers[spec.kind](ctx)
+    except JobStopped:
+        result = None
+    except JobFailed as error:
+        ctx.emit(EventType.FAILED, {"error": str(error)})
+        return EventType.FAILED
+    except Exception as error:  # noqa: BLE001 - every crash becomes a failed event with its reason
+        log.exception("job %s failed", spec.job_id)
+        ctx.emit(EventType.FAILED, {"error": f"{type(error).__name__}: {error}"})
+        return EventType.FAILED
+    finally:
+        ctx.stop_heartbeat()
+    if ctx._stop_reason == "superseded":
+        return "superseded"  # the platform ignores this attempt's events from now on anyway
+    if ctx._stop_reason == "cancelled":
+        ctx.emit(EventType.CANCELLED, {"reason": "cancelled by user"})
+        return EventType.CANCELLED
+    ctx.emit(EventType.FINISHED, {"result": result or {}})
+    return EventType.FINISHED

@@ -1,0 +1,194 @@
+"""The object store interface: one API, a local-filesystem backend and an S3 backend.
+
+Keys are server-made (see `keys.py`) and never overwritten; big objects stream in parts
+and their sha256 is computed on the way in, so no caller ever holds a whole file.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import BinaryIO
+
+from workers.storage.errors import StorageError
+from workers.storage.keys import validate_key
+from workers.storage.streams import Readable
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# Both backends use S3's limit so a URL that works on a laptop works in production.
+MAX_PRESIGN_EXPIRY = timedelta(days=7)
+# `get_bytes` is for manifests and small JSON; bigger objects must be streamed.
+MAX_GET_BYTES = 64 * 1024 * 1024
+# S3 allows 2 KiB of user metadata per object.
+MAX_METADATA_BYTES = 2048
+# The sha256 is stored by the store itself; a caller may not set it.
+SHA256_METADATA_KEY = "sha256"
+
+_METADATA_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+    # None on the local store and on unversioned buckets.
+    version_id: str | None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str | None
+    last_modified: datetime
+    version_id: str | None
+    # S3 listings carry neither content type nor metadata: `stat` a key for those.
+    content_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str | None:
+        return self.metadata.get(SHA256_METADATA_KEY)
+
+
+def check_metadata(key: str, metadata: dict[str, str] | None) -> dict[str, str]:
+    """Lower-case names of letters, digits and '-', printable ASCII values: what S3 keeps intact."""
+    checked: dict[str, str] = {}
+    for name, value in (metadata or {}).items():
+        lowered = name.lower() if isinstance(name, str) else name
+        if not isinstance(lowered, str) or not _METADATA_NAME.fullmatch(lowered):
+            raise StorageError(
+                f"metadata name {name!r} for {key} may only hold letters, digits and '-'"
+            )
+        if lowered == SHA256_METADATA_KEY:
+            raise StorageError(
+                f"metadata name {name!r} for {key} is reserved: the store computes the sha256"
+            )
+        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+            raise StorageError(
+                f"metadata {name!r} for {key} must be printable ASCII text, got {value!r}"
+            )
+        checked[lowered] = value
+    if sum(len(k) + len(v) for k, v in checked.items()) > MAX_METADATA_BYTES - 100:
+        raise StorageError(f"metadata for {key} is larger than S3's {MAX_METADATA_BYTES} bytes")
+    return checked
+
+
+def check_content_type(key: str, content_type: str) -> str:
+    # It travels as an HTTP header: CR/LF would inject headers.
+    if (
+        not isinstance(content_type, str)
+        or not content_type
+        or not _HEADER_VALUE.fullmatch(content_type)
+    ):
+        raise StorageError(f"content type {content_type!r} for {key} must be printable ASCII text")
+    return content_type
+
+
+def check_expiry(expires: timedelta) -> timedelta:
+    if not isinstance(expires, timedelta) or not (
+        timedelta(seconds=1) <= expires <= MAX_PRESIGN_EXPIRY
+    ):
+        raise StorageError(
+            f"presigned URL expiry {expires!r} must be a timedelta between 1 second and 7 days"
+        )
+    return expires
+
+
+class ObjectStore(ABC):
+    """One bucket of immutable objects. Every method validates the key it is given."""
+
+    backend: str
+    bucket: str
+
+    @abstractmethod
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO | Readable | Iterable[bytes],
+        *,
+        length: int | None = None,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        metadata: dict[str, str] | None = None,
+    ) -> StoredObject:
+        """Store a stream (a file-like or an iterable of byte chunks) under a new key.
+
+        Raises ObjectExistsError if the key holds an object. `length`, when given, must be
+        exact. A stream that raises mid-way leaves no object behind; its exception
+        propagates unchanged.
+        """
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        metadata: dict[str, str] | None = None,
+    ) -> StoredObject:
+        return self.put_stream(
+            key, io.BytesIO(data), length=len(data), content_type=content_type, metadata=metadata
+        )
+
+    @abstractmethod
+    def open_stream(self, key: str, *, version_id: str | None = None) -> BinaryIO:
+        """A readable, closeable file object; use it in a `with` block."""
+
+    def iter_chunks(
+        self, key: str, chunk_size: int = 1024 * 1024, *, version_id: str | None = None
+    ) -> Iterator[bytes]:
+        with self.open_stream(key, version_id=version_id) as stream:
+            while chunk := stream.read(chunk_size):
+                yield chunk
+
+    def get_bytes(
+        self, key: str, *, version_id: str | None = None, max_size: int = MAX_GET_BYTES
+    ) -> bytes:
+        with self.open_stream(key, version_id=version_id) as stream:
+            data = stream.read(max_size + 1)
+        if len(data) > max_size:
+            raise StorageError(
+                f"{key} is larger than {max_size} bytes; stream it with iter_chunks()"
+            )
+        return data
+
+    @abstractmethod
+    def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        """Raises ObjectNotFoundError when there is no such object."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "", recursive: bool = True) -> Iterator[ObjectInfo]:
+        """Objects under a folder prefix in key order; `recursive=False` stays in that folder."""
+
+    @abstractmethod
+    def delete(self, key: str) -> int:
+        """Remove the object with every stored version; returns how many versions went.
+
+        Deleting a missing key is not an error (erasure must be repeatable).
+        """
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object and version under a folder prefix; returns how many went."""
+
+    @abstractmethod
+    def presigned_get_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str: ...
+
+    @abstractmethod
+    def presigned_put_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str: ...
+
+    @abstractmethod
+    def ensure_bucket(self) -> None:
+        """Create the bucket if missing (and turn versioning on where the backend has it)."""
+
+    def _key(self, key: str) -> str:
+        return validate_key(key)

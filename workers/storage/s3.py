@@ -1,0 +1,368 @@
+"""The S3 backend, through the `minio` SDK and only the plain S3 API.
+
+So MinIO, SeaweedFS, Garage, Ceph RGW and AWS can all serve it. The bucket is versioned
+(`ensure_bucket`), which is why `delete` removes every version and delete marker: GDPR
+erasure would be a lie if an old version stayed behind.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import BinaryIO
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.commonconfig import ENABLED, Tags
+from minio.deleteobjects import DeleteObject
+from minio.error import MinioException, S3Error
+from minio.versioningconfig import VersioningConfig
+from urllib3.util import Retry, Timeout
+
+from workers.storage.base import (
+    DEFAULT_CONTENT_TYPE,
+    SHA256_METADATA_KEY,
+    ObjectInfo,
+    ObjectStore,
+    StoredObject,
+    check_content_type,
+    check_expiry,
+    check_metadata,
+)
+from workers.storage.errors import (
+    InvalidKeyError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    StorageError,
+)
+from workers.storage.keys import validate_key, validate_prefix
+from workers.storage.streams import HashingReader, Readable, as_reader
+
+logger = logging.getLogger(__name__)
+
+# 16 MiB parts x 3 parallel uploads bound a put's memory to ~80 MB whatever the size;
+# 10,000 parts (S3's limit) of 16 MiB is 156 GiB, and the SDK grows parts past that.
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+DEFAULT_PARALLEL_UPLOADS = 3
+_META_PREFIX = "x-amz-meta-"
+_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchVersion", "NoSuchObject", "ResourceNotFound"}
+# Servers without object tagging (Garage) answer these; the sha256 is then only returned.
+_NO_TAGGING_CODES = {"NotImplemented", "AccessDenied", "MethodNotAllowed"}
+
+
+def _http_client() -> urllib3.PoolManager:
+    return urllib3.PoolManager(
+        # A dead endpoint should fail in seconds; a slow part upload may take minutes.
+        timeout=Timeout(connect=10, read=300),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+
+
+class _PrefixedReader:
+    """Bytes already read (to decide single PUT or multipart), then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: HashingReader) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._rest.read(size)
+        if size < 0 or size >= len(self._head):
+            out, self._head = bytes(self._head), memoryview(b"")
+            more = self._rest.read(size - len(out)) if size > len(out) else b""
+            return out + more if more else out
+        out, self._head = bytes(self._head[:size]), self._head[size:]
+        return out
+
+
+class _ResponseReader(io.RawIOBase):
+    """A GET response as a file object that returns its connection to the pool on close."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse, describe: str) -> None:
+        self._response = response
+        self._describe = describe
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._response.read(len(buffer))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(f"reading {self._describe} failed: {exc}") from exc
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.close()
+            self._response.release_conn()
+        super().close()
+
+
+class S3ObjectStore(ObjectStore):
+    backend = "s3"
+
+    def __init__(
+        self,
+        endpoint: str,
+        bucket: str,
+        *,
+        access_key: str,
+        secret_key: str,
+        region: str = "us-east-1",
+        secure: bool = False,
+        part_size: int = DEFAULT_PART_SIZE,
+        parallel_uploads: int = DEFAULT_PARALLEL_UPLOADS,
+    ) -> None:
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.part_size = part_size
+        self.parallel_uploads = parallel_uploads
+        # With the region given, presigning needs no request (no GetBucketLocation).
+        self.client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=_http_client(),
+        )
+        self.region = region
+
+    @contextmanager
+    def _errors(self, action: str, reader: HashingReader | None = None) -> Iterator[None]:
+        """Turn SDK and network errors into StorageError naming the endpoint and the key."""
+        where = f"{action} at S3 endpoint {self.endpoint} (bucket {self.bucket})"
+        try:
+            yield
+        except StorageError:
+            raise
+        except S3Error as exc:
+            if reader is not None and reader.source_error is not None:
+                raise reader.source_error from None
+            if exc.code in _NOT_FOUND_CODES:
+                raise ObjectNotFoundError(f"{where}: no such object ({exc.code})") from None
+            hint = (
+                "; create it with ensure_bucket() or the minio-init service"
+                if exc.code == "NoSuchBucket"
+                else ""
+            )
+            raise StorageError(f"{where} failed: {exc.code}: {exc.message}{hint}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            # The caller's stream raised inside the SDK: that is their error, not ours.
+            if reader is not None and reader.source_error is not None:
+                raise reader.source_error from None
+            raise StorageError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+
+    # -- writes ----------------------------------------------------------------------
+
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO | Readable | Iterable[bytes],
+        *,
+        length: int | None = None,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        metadata: dict[str, str] | None = None,
+    ) -> StoredObject:
+        validate_key(key)
+        check_content_type(key, content_type)
+        headers = {
+            _META_PREFIX + name: value for name, value in check_metadata(key, metadata).items()
+        }
+        # Keys are server-made and unique, so check-then-put only races with a bug; and on
+        # the versioned bucket such a race keeps the earlier write as an older version.
+        if self.exists(key):
+            raise ObjectExistsError(
+                f"{key} already exists in {self.bucket}; write changes under a new key"
+            )
+        reader = HashingReader(as_reader(stream), expected_length=length)
+        with self._errors(f"put {key}", reader):
+            # Read one part ahead: an object that fits in one part is one PUT whose
+            # metadata already holds the sha256; a bigger one streams as a multipart
+            # upload (which the SDK aborts on failure) and gets its sha256 as a tag.
+            head = reader.read(self.part_size + 1)
+            if len(head) <= self.part_size:
+                headers[_META_PREFIX + SHA256_METADATA_KEY] = reader.hexdigest()
+                result = self.client.put_object(
+                    self.bucket,
+                    key,
+                    io.BytesIO(head),
+                    len(head),
+                    content_type=content_type,
+                    metadata=headers,
+                )
+            else:
+                result = self.client.put_object(
+                    self.bucket,
+                    key,
+                    _PrefixedReader(head, reader),  # type: ignore[arg-type]
+                    length if length is not None else -1,
+                    content_type=content_type,
+                    metadata=headers,
+                    part_size=self.part_size,
+                    num_parallel_uploads=self.parallel_uploads,
+                )
+                self._tag_sha256(key, result.version_id, reader.hexdigest())
+        return StoredObject(
+            key=key, size=reader.size, sha256=reader.hexdigest(), version_id=result.version_id
+        )
+
+    def _tag_sha256(self, key: str, version_id: str | None, sha256: str) -> None:
+        tags = Tags.new_object_tags()
+        tags[SHA256_METADATA_KEY] = sha256
+        try:
+            self.client.set_object_tags(self.bucket, key, tags, version_id=version_id)
+        except S3Error as exc:
+            if exc.code not in _NO_TAGGING_CODES:
+                raise
+            logger.warning(
+                "S3 endpoint %s cannot tag %s (%s); its sha256 is not stored",
+                self.endpoint,
+                key,
+                exc.code,
+            )
+
+    # -- reads -----------------------------------------------------------------------
+
+    def open_stream(self, key: str, *, version_id: str | None = None) -> BinaryIO:
+        validate_key(key)
+        with self._errors(f"get {key}"):
+            response = self.client.get_object(self.bucket, key, version_id=version_id)
+        raw = _ResponseReader(response, f"{key} from S3 endpoint {self.endpoint}")
+        return io.BufferedReader(raw, buffer_size=1024 * 1024)  # type: ignore[return-value]
+
+    def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
+        validate_key(key)
+        with self._errors(f"stat {key}"):
+            obj = self.client.stat_object(self.bucket, key, version_id=version_id)
+            metadata = {
+                name.lower()[len(_META_PREFIX) :]: value
+                for name, value in (obj.metadata or {}).items()
+                if name.lower().startswith(_META_PREFIX)
+            }
+            if SHA256_METADATA_KEY not in metadata:
+                sha256 = self._tagged_sha256(key, obj.version_id)
+                if sha256:
+                    metadata[SHA256_METADATA_KEY] = sha256
+        return ObjectInfo(
+            key=key,
+            size=obj.size or 0,
+            etag=obj.etag,
+            last_modified=obj.last_modified,  # type: ignore[arg-type]
+            version_id=obj.version_id,
+            content_type=obj.content_type,
+            metadata=metadata,
+        )
+
+    def _tagged_sha256(self, key: str, version_id: str | None) -> str | None:
+        try:
+            tags = self.client.get_object_tags(self.bucket, key, version_id=version_id)
+        except S3Error as exc:
+            if exc.code in _NO_TAGGING_CODES:
+                return None
+            raise
+        return (tags or {}).get(SHA256_METADATA_KEY)
+
+    def exists(self, key: str) -> bool:
+        validate_key(key)
+        try:
+            with self._errors(f"stat {key}"):
+                self.client.stat_object(self.bucket, key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str = "", recursive: bool = True) -> Iterator[ObjectInfo]:
+        folder = validate_prefix(prefix)
+        with self._errors(f"list {folder or '/'}"):
+            for obj in self.client.list_objects(self.bucket, prefix=folder, recursive=recursive):
+                if obj.is_dir:
+                    continue
+                yield ObjectInfo(
+                    key=obj.object_name or "",
+                    size=obj.size or 0,
+                    etag=obj.etag,
+                    last_modified=obj.last_modified,  # type: ignore[arg-type]
+                    version_id=obj.version_id,
+                )
+
+    # -- deletes ---------------------------------------------------------------------
+
+    def delete(self, key: str) -> int:
+        validate_key(key)
+        with self._errors(f"delete {key}"):
+            # Versions of `key` only: the listing prefix would also match `key-2`.
+            versions = [
+                DeleteObject(key, obj.version_id)
+                for obj in self.client.list_objects(self.bucket, prefix=key, include_version=True)
+                if obj.object_name == key
+            ]
+            return self._delete_all(versions)
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = validate_prefix(prefix)
+        if folder == "":
+            raise InvalidKeyError(
+                "delete_prefix needs a folder; refusing to empty the whole bucket"
+            )
+        with self._errors(f"delete everything under {folder}"):
+            versions = (
+                DeleteObject(obj.object_name or "", obj.version_id)
+                for obj in self.client.list_objects(
+                    self.bucket, prefix=folder, recursive=True, include_version=True
+                )
+            )
+            return self._delete_all(versions)
+
+    def _delete_all(self, objects: Iterable[DeleteObject]) -> int:
+        counted: list[DeleteObject] = []
+
+        def counting() -> Iterator[DeleteObject]:
+            for obj in objects:
+                counted.append(obj)
+                yield obj
+
+        # remove_objects is lazy: iterating its result is what sends the requests.
+        errors = [
+            f"{e.name} ({e.version_id}): {e.code} {e.message}"
+            for e in self.client.remove_objects(self.bucket, counting())
+        ]
+        if errors:
+            raise StorageError(
+                f"S3 endpoint {self.endpoint} could not delete: " + "; ".join(errors[:5])
+            )
+        return len(counted)
+
+    # -- presigned URLs --------------------------------------------------------------
+
+    def presigned_get_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        validate_key(key)
+        with self._errors(f"presign GET {key}"):
+            return self.client.presigned_get_object(self.bucket, key, expires=check_expiry(expires))
+
+    def presigned_put_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        validate_key(key)
+        with self._errors(f"presign PUT {key}"):
+            return self.client.presigned_put_object(self.bucket, key, expires=check_expiry(expires))
+
+    def ensure_bucket(self) -> None:
+        with self._errors("create bucket"):
+            if not self.client.bucket_exists(self.bucket):
+                try:
+                    self.client.make_bucket(self.bucket, location=self.region)
+                except S3Error as exc:
+                    if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                        raise
+            if self.client.get_bucket_versioning(self.bucket).status != ENABLED:
+                self.client.set_bucket_versioning(self.bucket, VersioningConfig(ENABLED))
