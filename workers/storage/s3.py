@@ -45,10 +45,13 @@ from workers.storage.streams import HashingReader, Readable, as_reader
 
 logger = logging.getLogger(__name__)
 
-# 16 MiB parts x 3 parallel uploads bound a put's memory to ~80 MB whatever the size;
-# 10,000 parts (S3's limit) of 16 MiB is 156 GiB, and the SDK grows parts past that.
+# 16 MiB parts x 3 parallel uploads bound a put's memory to ~100 MB whatever the size.
+# S3 allows 10,000 parts: 156 GiB for a stream of unknown length; a declared length gets
+# parts as big as it needs (`_part_size_for`).
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 DEFAULT_PARALLEL_UPLOADS = 3
+MAX_PARTS = 10_000
+_MIB = 1024 * 1024
 _META_PREFIX = "x-amz-meta-"
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchVersion", "NoSuchObject", "ResourceNotFound"}
 # Servers without object tagging (Garage) answer these; the sha256 is then only returned.
@@ -203,20 +206,28 @@ class S3ObjectStore(ObjectStore):
                     metadata=headers,
                 )
             else:
+                # Length -1 even when declared: given a length, the SDK reads exactly that
+                # many bytes and would store a longer stream truncated without a word;
+                # reading to the end lets HashingReader refuse it before the upload completes.
                 result = self.client.put_object(
                     self.bucket,
                     key,
                     _PrefixedReader(head, reader),  # type: ignore[arg-type]
-                    length if length is not None else -1,
+                    -1,
                     content_type=content_type,
                     metadata=headers,
-                    part_size=self.part_size,
+                    part_size=self._part_size_for(length),
                     num_parallel_uploads=self.parallel_uploads,
                 )
                 self._tag_sha256(key, result.version_id, reader.hexdigest())
         return StoredObject(
             key=key, size=reader.size, sha256=reader.hexdigest(), version_id=result.version_id
         )
+
+    def _part_size_for(self, length: int | None) -> int:
+        if length is None or length <= self.part_size * MAX_PARTS:
+            return self.part_size
+        return -(-length // (MAX_PARTS * _MIB)) * _MIB  # whole MiB, rounded up
 
     def _tag_sha256(self, key: str, version_id: str | None, sha256: str) -> None:
         tags = Tags.new_object_tags()
@@ -225,6 +236,8 @@ class S3ObjectStore(ObjectStore):
             self.client.set_object_tags(self.bucket, key, tags, version_id=version_id)
         except S3Error as exc:
             if exc.code not in _NO_TAGGING_CODES:
+                # An object whose sha256 is lost could never be verified: take it back.
+                self.client.remove_object(self.bucket, key, version_id=version_id)
                 raise
             logger.warning(
                 "S3 endpoint %s cannot tag %s (%s); its sha256 is not stored",

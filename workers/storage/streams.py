@@ -36,6 +36,8 @@ class IterableReader:
 def as_reader(stream: BinaryIO | Readable | Iterable[bytes] | bytes) -> Readable:
     if isinstance(stream, bytes | bytearray | memoryview):
         raise TypeError("put_stream() takes a stream; use put_bytes() for bytes")
+    if isinstance(stream, str):
+        raise TypeError("put_stream() takes a binary stream, not str; encode the text first")
     if callable(getattr(stream, "read", None)):
         return stream  # type: ignore[return-value]
     return IterableReader(stream)  # type: ignore[arg-type]
@@ -51,6 +53,14 @@ class HashingReader:
     """
 
     def __init__(self, source: Readable, *, expected_length: int | None = None) -> None:
+        if expected_length is not None and (
+            isinstance(expected_length, bool)
+            or not isinstance(expected_length, int)
+            or expected_length < 0
+        ):
+            raise StreamLengthError(
+                f"declared length {expected_length!r} must be a non-negative integer or None"
+            )
         self._source = source
         self._digest = hashlib.sha256()
         self.size = 0
