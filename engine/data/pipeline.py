@@ -77,7 +77,9 @@ class _UnitCleaner:
     def __init__(self, config: PipelineConfig, work_dir: Path):
         self.config = config
         self.work_dir = work_dir
-        self.stages = [_STAGE_CLASSES[s.name](s.params) for s in config.stages if s.name in _STAGE_CLASSES]
+        self.stages = [
+            _STAGE_CLASSES[s.name](s.params) for s in config.stages if s.name in _STAGE_CLASSES
+        ]
         exact = config.stage("exact_dedup")
         near = config.stage("near_dedup")
         self.exact_casefold = exact.params.casefold if exact else None
@@ -105,7 +107,9 @@ class _UnitCleaner:
                 result.records_kept += 1
                 records.write(_record_line(item, config.output.text_field))
                 locations.append(item.location)
-                subjects.append(hash_subject(item.subject, config.subject_salt) if item.subject else "")
+                subjects.append(
+                    hash_subject(item.subject, config.subject_salt) if item.subject else ""
+                )
                 if self.exact_casefold is not None:
                     hashes.append(content_hash(item.text, self.exact_casefold))
                 if self.minhasher is not None:
@@ -118,10 +122,14 @@ class _UnitCleaner:
 
     def _count_problem(self, result: UnitResult, problem: InputProblem) -> None:
         if self.config.strict:
-            raise InputError(f"{problem.location}: {problem.problem} (strict: true stops at the first bad record)")
+            raise InputError(
+                f"{problem.location}: {problem.problem} (strict: true stops at the first bad record)"
+            )
         result.problems += 1
         if len(result.problem_examples) < _MAX_PROBLEM_EXAMPLES:
-            result.problem_examples.append({"location": problem.location, "problem": problem.problem})
+            result.problem_examples.append(
+                {"location": problem.location, "problem": problem.problem}
+            )
 
     def _run_stages(self, doc: Document, result: UnitResult, limit: int) -> bool:
         for stage in self.stages:
@@ -130,11 +138,17 @@ class _UnitCleaner:
             stats = result.stages[stage.name]
             if reason is not None:
                 stats.removed[reason] += 1
-                stats.add_example(reason, {"location": doc.location, "snippet": snippet(doc.text)}, limit)
+                stats.add_example(
+                    reason, {"location": doc.location, "snippet": snippet(doc.text)}, limit
+                )
                 return False
             if doc.text is not before:
                 stats.changed += 1
-                stats.add_example("changed", {"location": doc.location, "snippet": _change_snippet(before, doc.text)}, limit)
+                stats.add_example(
+                    "changed",
+                    {"location": doc.location, "snippet": _change_snippet(before, doc.text)},
+                    limit,
+                )
         if not doc.text.strip():
             result.stages.setdefault("pipeline", StageStats()).removed["empty_text"] += 1
             return False
@@ -144,17 +158,25 @@ class _UnitCleaner:
         if self.exact_casefold is not None:
             np.save(f"{stem}.exact.npy", np.array(hashes, dtype=np.uint64))
         if self.minhasher is not None:
-            stacked = np.stack(signatures) if signatures else np.zeros((0, self.minhasher.num_perm), np.uint32)
+            stacked = (
+                np.stack(signatures)
+                if signatures
+                else np.zeros((0, self.minhasher.num_perm), np.uint32)
+            )
             np.save(f"{stem}.bands.npy", self.minhasher.band_hashes(stacked))
             if self.keep_signatures:
                 np.save(f"{stem}.signatures.npy", stacked)
-        Path(f"{stem}.locations").write_text("".join(f"{loc}\n" for loc in locations), encoding="utf-8")
+        Path(f"{stem}.locations").write_text(
+            "".join(f"{loc}\n" for loc in locations), encoding="utf-8"
+        )
         Path(f"{stem}.subjects").write_text("".join(f"{s}\n" for s in subjects), encoding="ascii")
 
 
 def _change_snippet(before: str, after: str) -> str:
     """Excerpt of the new text around the first character that changed."""
-    first_difference = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), 0)
+    first_difference = next(
+        (i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), 0
+    )
     return snippet(after, around=first_difference)
 
 
@@ -197,7 +219,9 @@ def _clean_all(config, units, work_dir, processes, progress) -> list[UnitResult]
 
 # ---- phase 2: global dedup ----------------------------------------------------------------
 def _load_concatenated(work_dir: Path, n_units: int, suffix: str) -> np.ndarray:
-    return np.concatenate([np.load(work_dir / f"unit-{i:06d}.{suffix}.npy") for i in range(n_units)])
+    return np.concatenate(
+        [np.load(work_dir / f"unit-{i:06d}.{suffix}.npy") for i in range(n_units)]
+    )
 
 
 def _line_at(path: Path, line_index: int) -> str:
@@ -222,7 +246,9 @@ def _global_dedup(config, work_dir, results, report) -> np.ndarray:
         if stage.name not in GLOBAL_STAGES or total == 0:
             continue
         if stage.name == "exact_dedup":
-            duplicate_of = exact_duplicates(_load_concatenated(work_dir, len(results), "exact"), ~removed)
+            duplicate_of = exact_duplicates(
+                _load_concatenated(work_dir, len(results), "exact"), ~removed
+            )
             reason = "duplicate"
         else:
             signatures = None
@@ -286,7 +312,12 @@ class _ShardSink:
         final = self.output_dir / self._name
         os.replace(self._temporary, final)
         self.shards.append(
-            {"name": self._name, "records": self._rows, "bytes": final.stat().st_size, "sha256": _sha256(final)}
+            {
+                "name": self._name,
+                "records": self._rows,
+                "bytes": final.stat().st_size,
+                "sha256": _sha256(final),
+            }
         )
 
     def finish(self) -> list[dict]:
@@ -303,7 +334,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_outputs(config, output_dir, work_dir, results, removed, progress) -> tuple[list[dict], int]:
+def _write_outputs(
+    config, output_dir, work_dir, results, removed, progress
+) -> tuple[list[dict], int]:
     sink = _ShardSink(output_dir, config.output.shard_records, config.output.compression)
     subjects: list[bytes] = []
     subject_shards: list[int] = []
@@ -311,7 +344,10 @@ def _write_outputs(config, output_dir, work_dir, results, removed, progress) -> 
     global_index = 0
     for unit_index in range(len(results)):
         stem = work_dir / f"unit-{unit_index:06d}"
-        with open(f"{stem}.jsonl", "rb") as records, open(f"{stem}.subjects", encoding="ascii") as unit_subjects:
+        with (
+            open(f"{stem}.jsonl", "rb") as records,
+            open(f"{stem}.subjects", encoding="ascii") as unit_subjects,
+        ):
             for line, subject in zip(records, unit_subjects, strict=True):
                 if not removed[global_index]:
                     shard, row = sink.write(line)
@@ -331,7 +367,9 @@ def _write_outputs(config, output_dir, work_dir, results, removed, progress) -> 
 # ---- entry point --------------------------------------------------------------------------
 def _prepare_output_dir(output_dir: Path) -> Path:
     if (output_dir / MANIFEST).exists():
-        raise PipelineError(f"{output_dir} already holds a finished run (manifest.json); choose a new output folder")
+        raise PipelineError(
+            f"{output_dir} already holds a finished run (manifest.json); choose a new output folder"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     # Leftovers of an interrupted run into the same folder: only our own file names.
     for pattern in ("records-*", "report.*", f"{INDEX_FILE}*"):
@@ -343,10 +381,14 @@ def _prepare_output_dir(output_dir: Path) -> Path:
     return work_dir
 
 
-def _as_inputs(inputs: Sequence[InputConfig | str | os.PathLike] | None, config: PipelineConfig) -> list[InputConfig]:
+def _as_inputs(
+    inputs: Sequence[InputConfig | str | os.PathLike] | None, config: PipelineConfig
+) -> list[InputConfig]:
     if inputs is None:
         return list(config.inputs)
-    return [spec if isinstance(spec, InputConfig) else InputConfig(path=str(spec)) for spec in inputs]
+    return [
+        spec if isinstance(spec, InputConfig) else InputConfig(path=str(spec)) for spec in inputs
+    ]
 
 
 def run_pipeline(
@@ -365,7 +407,9 @@ def run_pipeline(
     started = time.perf_counter()
     config = validate(PipelineConfig(**{**config.__dict__, "inputs": _as_inputs(inputs, config)}))
     if not config.inputs:
-        raise PipelineError("no inputs: list them under `inputs:` in the config or pass them on the command line")
+        raise PipelineError(
+            "no inputs: list them under `inputs:` in the config or pass them on the command line"
+        )
     progress = progress or (lambda stage, done, total: None)
     output_dir = Path(output_dir)
     units = plan_units(config.inputs, config.chunk_bytes)
@@ -379,14 +423,18 @@ def run_pipeline(
     report.records_written = int((~removed).sum())
     if report.records_read == 0:
         report.save(output_dir)
-        raise PipelineError(f"the inputs hold no readable records ({report.input_problems} problems); see {output_dir / 'report.txt'}")
+        raise PipelineError(
+            f"the inputs hold no readable records ({report.input_problems} problems); see {output_dir / 'report.txt'}"
+        )
     if report.records_written == 0:
         report.seconds = time.perf_counter() - started
         report.save(output_dir)
         raise PipelineError(
             f"no records survived the stages; see {output_dir / 'report.txt'} for what removed them and relax those settings"
         )
-    report.shards, report.subjects_indexed = _write_outputs(config, output_dir, work_dir, results, removed, progress)
+    report.shards, report.subjects_indexed = _write_outputs(
+        config, output_dir, work_dir, results, removed, progress
+    )
     report.seconds = time.perf_counter() - started
     report.save(output_dir)
     _write_manifest(config, output_dir, report)

@@ -84,11 +84,20 @@ class QualityFilter:
             return "symbol_word_ratio"
         lines = [line.strip() for line in doc.lines if line.strip()]
         if lines:
-            if sum(line.startswith(BULLETS) for line in lines) / len(lines) > c.max_bullet_line_fraction:
+            if (
+                sum(line.startswith(BULLETS) for line in lines) / len(lines)
+                > c.max_bullet_line_fraction
+            ):
                 return "bullet_lines"
-            if sum(line.endswith(ELLIPSES) for line in lines) / len(lines) > c.max_ellipsis_line_fraction:
+            if (
+                sum(line.endswith(ELLIPSES) for line in lines) / len(lines)
+                > c.max_ellipsis_line_fraction
+            ):
                 return "ellipsis_lines"
-        if sum(1 for w in doc.words if _HAS_ALPHA.search(w)) / len(doc.words) < c.min_alpha_word_fraction:
+        if (
+            sum(1 for w in doc.words if _HAS_ALPHA.search(w)) / len(doc.words)
+            < c.min_alpha_word_fraction
+        ):
             return "alpha_word_fraction"
         stop_words = self._stop_words
         found = 0
@@ -183,7 +192,9 @@ class RepetitionFilter:
             if dup_limit is not None:
                 repeats = np.flatnonzero(first_index[inverse] != np.arange(len(hashes)))
                 size = len(words) + n + 1
-                covered = np.bincount(repeats, minlength=size) - np.bincount(repeats + n, minlength=size)
+                covered = np.bincount(repeats, minlength=size) - np.bincount(
+                    repeats + n, minlength=size
+                )
                 in_duplicate = np.cumsum(covered)[: len(words)] > 0
                 if lengths[in_duplicate].sum() / total_chars > dup_limit:
                     return f"dup_{n}gram_char_fraction"

@@ -166,7 +166,9 @@ def _ranged_lines(unit: WorkUnit) -> Iterator[tuple[int, bytes]]:
 def _document(record: dict, spec: InputConfig, location: str) -> Document | InputProblem:
     text = record.get(spec.text_field)
     if not isinstance(text, str):
-        return InputProblem(location, f"no string field {spec.text_field!r} (set `text_field:` on the input)")
+        return InputProblem(
+            location, f"no string field {spec.text_field!r} (set `text_field:` on the input)"
+        )
     meta = {k: v for k, v in record.items() if k != spec.text_field}
     subject = None
     if spec.subject_field:
@@ -199,7 +201,9 @@ def _decode(data: bytes, path: str, first_line: int) -> str | InputProblem:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = first_line + data.count(b"\n", 0, error.start)
-        return InputProblem(f"{path}:{line}", f"not UTF-8 text ({error.reason} at byte {error.start}); file skipped")
+        return InputProblem(
+            f"{path}:{line}", f"not UTF-8 text ({error.reason} at byte {error.start}); file skipped"
+        )
 
 
 def read_text(unit: WorkUnit, spec: InputConfig) -> Iterator[Document | InputProblem]:
@@ -207,7 +211,11 @@ def read_text(unit: WorkUnit, spec: InputConfig) -> Iterator[Document | InputPro
     with open_binary(Path(path)) as f:
         if spec.text_unit == "file":
             text = _decode(f.read(), path, 1)
-            yield text if isinstance(text, InputProblem) else Document(text, {"source": path}, f"{path}:1")
+            yield (
+                text
+                if isinstance(text, InputProblem)
+                else Document(text, {"source": path}, f"{path}:1")
+            )
             return
         buffer: list[str] = []
         start_line = 0
@@ -225,7 +233,9 @@ def read_text(unit: WorkUnit, spec: InputConfig) -> Iterator[Document | InputPro
                     start_line = line_number
                 buffer.append(line)
             elif buffer:
-                yield Document("".join(buffer).rstrip("\n"), {"source": path}, f"{path}:{start_line}")
+                yield Document(
+                    "".join(buffer).rstrip("\n"), {"source": path}, f"{path}:{start_line}"
+                )
                 buffer = []
         if buffer:
             yield Document("".join(buffer).rstrip("\n"), {"source": path}, f"{path}:{start_line}")
@@ -271,6 +281,8 @@ def read_unit(unit: WorkUnit, spec: InputConfig) -> Iterator[Document | InputPro
             count += 1
             yield item
     except UnicodeDecodeError as error:
-        yield InputProblem(f"{unit.path}:{count + 1}", f"not UTF-8 ({error.reason}); rest of file skipped")
+        yield InputProblem(
+            f"{unit.path}:{count + 1}", f"not UTF-8 ({error.reason}); rest of file skipped"
+        )
     except _stream_errors() as error:
         yield InputProblem(f"{unit.path}", f"cannot read the file ({error}); rest of file skipped")

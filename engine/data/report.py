@@ -99,7 +99,9 @@ class PipelineReport:
         for name, stats in self.stages.items():
             parts = [f"removed {sum(stats.removed.values())}"]
             if stats.removed:
-                parts[0] += " (" + ", ".join(f"{r} {n}" for r, n in stats.removed.most_common()) + ")"
+                parts[0] += (
+                    " (" + ", ".join(f"{r} {n}" for r, n in stats.removed.most_common()) + ")"
+                )
             if stats.changed:
                 parts.append(f"changed {stats.changed}")
             if stats.counts:
@@ -112,7 +114,9 @@ class PipelineReport:
         return "\n".join(lines) + "\n"
 
     def save(self, output_dir: Path) -> None:
-        _atomic_write(output_dir / "report.json", json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+        _atomic_write(
+            output_dir / "report.json", json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        )
         _atomic_write(output_dir / "report.txt", self.summary())
 
 

@@ -31,7 +31,9 @@ def hash_subject(subject_id: str, salt: str = "") -> str:
     return hashlib.sha256((salt + subject_id).encode("utf-8")).hexdigest()
 
 
-def write_subject_index(path: Path, subjects: list[bytes], shards: list[int], rows: list[int]) -> Path:
+def write_subject_index(
+    path: Path, subjects: list[bytes], shards: list[int], rows: list[int]
+) -> Path:
     """Sort by subject and write atomically (temporary name, then rename)."""
     index = np.empty(len(subjects), dtype=INDEX_DTYPE)
     index["subject"] = subjects
@@ -58,11 +60,15 @@ class SubjectIndex:
         output_dir = Path(output_dir)
         manifest_path = output_dir / "manifest.json"
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{output_dir} has no manifest.json: not a finished pipeline output")
+            raise FileNotFoundError(
+                f"{output_dir} has no manifest.json: not a finished pipeline output"
+            )
         manifest = json.loads(manifest_path.read_text())
         index_path = output_dir / INDEX_FILE
         if not index_path.is_file():
-            raise FileNotFoundError(f"{output_dir} has no subject index: no input declared `subject_field`")
+            raise FileNotFoundError(
+                f"{output_dir} has no subject index: no input declared `subject_field`"
+            )
         entries = np.load(index_path, mmap_mode="r")
         return cls(entries, [s["name"] for s in manifest["shards"]], salt)
 

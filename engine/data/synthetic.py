@@ -24,9 +24,13 @@ def near_duplicate(text: str, rng: random.Random, changed_words: int = 5) -> str
     """A copy with a few words replaced, the lines re-wrapped and a header added."""
     words = text.split()
     for _ in range(min(changed_words, len(words))):
-        words[rng.randrange(len(words))] = rng.choice(["indeed", "verily", "lo", "forsooth", "marry"])
+        words[rng.randrange(len(words))] = rng.choice(
+            ["indeed", "verily", "lo", "forsooth", "marry"]
+        )
     width = rng.choice([60, 72, 90])
-    header = rng.choice(["Transcribed from a reprint.", "[Copy for the players]", "Scanned edition, 2nd ed."])
+    header = rng.choice(
+        ["Transcribed from a reprint.", "[Copy for the players]", "Scanned edition, 2nd ed."]
+    )
     return header + "\n\n" + textwrap.fill(" ".join(words), width=width)
 
 
@@ -44,7 +48,11 @@ def _luhn_complete(prefix: str) -> str:
 
 
 # Published example IBANs (valid checksums) and the same with a broken check digit.
-VALID_IBANS = ("DE89 3704 0044 0532 0130 00", "GB82 WEST 1234 5698 7654 32", "FR14 2004 1010 0505 0001 3M02 606")
+VALID_IBANS = (
+    "DE89 3704 0044 0532 0130 00",
+    "GB82 WEST 1234 5698 7654 32",
+    "FR14 2004 1010 0505 0001 3M02 606",
+)
 INVALID_IBANS = ("DE89 3704 0044 0532 0130 01", "GB82 WEST 1234 5698 7654 33")
 
 

@@ -30,7 +30,9 @@ def load_lexicon(path: str | Path) -> frozenset[str]:
     if not path.is_file():
         raise FileNotFoundError(f"toxicity lexicon {path} does not exist")
     lines = path.read_text(encoding="utf-8").splitlines()
-    return frozenset(line.strip().lower() for line in lines if line.strip() and not line.startswith("#"))
+    return frozenset(
+        line.strip().lower() for line in lines if line.strip() and not line.startswith("#")
+    )
 
 
 class LexiconScorer:

@@ -1,0 +1,348 @@
+"""``python -m engine data ...``: clean corpora, train tokenizers, pack token shards, images.
+
+    python -m engine data run pipeline.yaml --output data/clean --processes 4
+    python -m engine data train-tokenizer data/clean --kind bpe --vocab-size 8192 --out var/tok.json
+    python -m engine data tokenize data/clean --tokenizer var/tok.json --out data/tokens
+    python -m engine data images var/digits.npz --out data/digits      # or --digits
+    python -m engine data find-subject data/clean user-42
+
+Every command prints a short summary on stdout, progress bars on stderr (when it is a
+terminal, or with --progress), and ``error: ...`` with exit status 2 for input a user
+can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.cli import EngineError
+
+# Exceptions that carry a message written for the user (see each module's docstring).
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from engine.data.config import ConfigError
+    from engine.data.pipeline import PipelineError
+    from engine.data.readers import InputError
+    from engine.data.shards import ShardError
+
+    return (ConfigError, InputError, PipelineError, ShardError, *_USER_ERRORS)
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except _user_errors() as error:
+            raise EngineError(str(error).strip("'\"")) from None
+
+    return run
+
+
+class _Bars:
+    """tqdm bars keyed by phase name; ``callback(phase, done, total)`` updates them."""
+
+    def __init__(self, enabled: bool | None, unit: str = "unit"):
+        self.enabled = enabled
+        self.unit = unit
+        self.bars: dict = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(phase)
+        if bar is None:
+            for finished in self.bars.values():  # one bar at a time: phases run one after another
+                finished.close()
+            # disable=None: tqdm shows the bar only when stderr is a terminal
+            bar = self.bars[phase] = tqdm(
+                total=total,
+                desc=phase,
+                unit=self.unit,
+                disable=None if self.enabled is None else not self.enabled,
+                unit_scale=self.unit == "B",
+                leave=True,
+                file=sys.stderr,
+            )
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: when stderr is a terminal)",
+    )
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return number
+
+
+# ---- run ----------------------------------------------------------------------------------
+def _cmd_run(args: argparse.Namespace) -> int:
+    from engine.data.config import load_pipeline_config
+    from engine.data.pipeline import run_pipeline
+
+    config = load_pipeline_config(args.config)
+    if args.strict:
+        config.strict = True
+    output = args.output or config.output.path
+    if not output:
+        raise EngineError(
+            "no output folder: set `output: {path: ...}` in the config or pass --output"
+        )
+    bars = _Bars(args.progress)
+    try:
+        report = run_pipeline(
+            config,
+            inputs=args.input or None,
+            output_dir=output,
+            processes=args.processes,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    print(report.summary(), end="")
+    print(f"output: {output} (report.json, report.txt, manifest.json)")
+    return 0
+
+
+# ---- train-tokenizer ----------------------------------------------------------------------
+def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from engine.data.packing import PackStats, iter_texts, plan_text_inputs
+    from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
+
+    specs, units = plan_text_inputs(args.inputs, args.text_field, args.text_unit)
+    stats = PackStats()
+    texts = _limited(iter_texts(specs, units, stats, args.strict), args.max_chars)
+    specials = args.special_token or (
+        list(DEFAULT_SPECIAL_TOKENS) if args.kind == "bpe" else ["<|endoftext|>"]
+    )
+    if args.kind == "bpe":
+        tokenizer = BPETokenizer.train(
+            texts,
+            vocab_size=args.vocab_size,
+            special_tokens=specials,
+            show_progress=bool(args.progress),
+        )
+    else:
+        tokenizer = CharTokenizer.train(texts, special_tokens=specials)
+    if stats.documents == 0:
+        raise EngineError(f"no readable documents in {', '.join(args.inputs)}")
+    tokenizer.save(args.out)
+    print(
+        f"trained a {args.kind} tokenizer on {stats.documents} documents"
+        + (f" ({stats.problems} unreadable records skipped)" if stats.problems else "")
+        + f": vocab_size {tokenizer.vocab_size}, end-of-text id {tokenizer.eot_id}, saved to {args.out}"
+    )
+    return 0
+
+
+def _limited(texts, max_chars: int):
+    used = 0
+    for text in texts:
+        if max_chars and used >= max_chars:
+            return
+        used += len(text)
+        yield text
+
+
+# ---- tokenize -----------------------------------------------------------------------------
+def _cmd_tokenize(args: argparse.Namespace) -> int:
+    from engine.data.packing import tokenize_to_shards
+
+    bars = _Bars(args.progress, unit="B")
+    try:
+        manifest, stats = tokenize_to_shards(
+            args.inputs,
+            args.tokenizer,
+            args.out,
+            val_fraction=args.val_fraction,
+            shard_tokens=args.shard_tokens,
+            processes=args.processes,
+            text_field=args.text_field,
+            text_unit=args.text_unit,
+            strict=args.strict,
+            progress=lambda done, total: bars("tokenize", done, total),
+        )
+    finally:
+        bars.close()
+    train, val = manifest.num_tokens("train"), manifest.num_tokens("val")
+    print(
+        f"tokenized {stats.documents} documents: {train} train + {val} val tokens ({manifest.dtype}) "
+        f"in {len(manifest.shards)} shard(s) under {args.out}"
+        + (
+            f"; {stats.problems} unreadable records skipped, first: {stats.problem_examples[0]}"
+            if stats.problems
+            else ""
+        )
+    )
+    return 0
+
+
+# ---- images -------------------------------------------------------------------------------
+def _cmd_images(args: argparse.Namespace) -> int:
+    from engine.data.images import digits_npz, prepare_images
+
+    if not args.source and not args.digits:
+        raise EngineError(
+            "give a PNG folder or an .npz file, or --digits for scikit-learn's 8x8 digits"
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        source = digits_npz(Path(scratch) / "digits.npz") if args.digits else args.source
+        manifest = prepare_images(
+            source, args.out, shard_images=args.shard_images, mode=args.mode, strict=args.strict
+        )
+    print(
+        f"wrote {manifest.count} images of shape {tuple(manifest.shape)} in {len(manifest.shards)} shard(s) "
+        f"under {args.out}"
+        + (f"; classes: {', '.join(manifest.classes)}" if manifest.classes else "")
+        + (f"; {len(manifest.problems)} unreadable files skipped" if manifest.problems else "")
+    )
+    return 0
+
+
+# ---- find-subject -------------------------------------------------------------------------
+def _cmd_find_subject(args: argparse.Namespace) -> int:
+    from engine.data.subject_index import SubjectIndex
+
+    index = SubjectIndex.load(args.output_dir, salt=args.salt)
+    hits = index.lookup(args.subject)
+    print(json.dumps([{"shard": shard, "row": row} for shard, row in hits]))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="clean corpora, train tokenizers, pack token shards")
+    commands = data.add_subparsers(
+        dest="command", metavar="{run,train-tokenizer,tokenize,images,find-subject}"
+    )
+    data.set_defaults(func=lambda args: data.print_help() or 2)
+
+    run = commands.add_parser("run", help="run a cleaning pipeline config (YAML or JSON)")
+    run.add_argument("config", help="pipeline config file")
+    run.add_argument(
+        "--input",
+        action="append",
+        help="input file or folder (repeatable); replaces the config's inputs",
+    )
+    run.add_argument("--output", help="output folder (default: the config's output.path)")
+    run.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        help="worker processes (output is the same for any number)",
+    )
+    run.add_argument("--strict", action="store_true", help="stop at the first malformed record")
+    _add_progress_flag(run)
+    run.set_defaults(func=_guarded(_cmd_run))
+
+    def add_text_inputs(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "inputs",
+            nargs="+",
+            help="pipeline output folders, files or folders (jsonl, txt, parquet, csv; .gz/.zst)",
+        )
+        parser.add_argument(
+            "--text-field", default="text", help="field holding the text in JSONL/CSV/Parquet"
+        )
+        parser.add_argument(
+            "--text-unit",
+            default="file",
+            choices=["file", "paragraph", "line"],
+            help="plain text: one document per ...",
+        )
+        parser.add_argument(
+            "--strict", action="store_true", help="stop at the first malformed record"
+        )
+        _add_progress_flag(parser)
+
+    train = commands.add_parser(
+        "train-tokenizer", help="train a byte-level BPE or character tokenizer"
+    )
+    add_text_inputs(train)
+    train.add_argument("--kind", choices=["bpe", "char"], default="bpe")
+    train.add_argument(
+        "--vocab-size",
+        type=_positive,
+        default=8192,
+        help="BPE vocabulary size, special tokens included",
+    )
+    train.add_argument(
+        "--special-token",
+        action="append",
+        metavar="TOKEN",
+        help="special token (repeatable; the first is end-of-text). Default: <|endoftext|> and, for BPE, "
+        "<|system|> <|user|> <|assistant|> <|pad|>",
+    )
+    train.add_argument(
+        "--max-chars", type=int, default=0, help="train on at most this many characters (0: all)"
+    )
+    train.add_argument("--out", required=True, help="tokenizer JSON file to write")
+    train.set_defaults(func=_guarded(_cmd_train_tokenizer))
+
+    tokenize = commands.add_parser(
+        "tokenize", help="tokenize documents into train/val token shards"
+    )
+    add_text_inputs(tokenize)
+    tokenize.add_argument("--tokenizer", required=True, help="tokenizer file from train-tokenizer")
+    tokenize.add_argument(
+        "--out", required=True, help="output folder for the shards and manifest.json"
+    )
+    tokenize.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.01,
+        help="share of documents for validation (by text hash)",
+    )
+    tokenize.add_argument(
+        "--shard-tokens", type=_positive, default=100_000_000, help="tokens per shard file"
+    )
+    tokenize.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        help="worker processes (output is the same for any number)",
+    )
+    tokenize.set_defaults(func=_guarded(_cmd_tokenize))
+
+    images = commands.add_parser(
+        "images", help="normalize a PNG folder or an .npz array into .npy shards"
+    )
+    images.add_argument(
+        "source", nargs="?", default="", help="folder of .png files (sub-folders = classes) or .npz"
+    )
+    images.add_argument(
+        "--digits", action="store_true", help="use scikit-learn's 8x8 digits as the source"
+    )
+    images.add_argument("--out", required=True, help="output folder")
+    images.add_argument("--shard-images", type=_positive, default=10_000, help="images per shard")
+    images.add_argument(
+        "--mode", default="", help="convert PNGs to this Pillow mode first (L, RGB, RGBA)"
+    )
+    images.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    images.set_defaults(func=_guarded(_cmd_images))
+
+    find = commands.add_parser(
+        "find-subject", help="list the (shard, row) records of a data subject"
+    )
+    find.add_argument("output_dir", help="a pipeline output folder with a subject index")
+    find.add_argument("subject", help="the subject id as it appears in the input's subject field")
+    find.add_argument("--salt", default="", help="the subject_salt the pipeline ran with")
+    find.set_defaults(func=_guarded(_cmd_find_subject))
