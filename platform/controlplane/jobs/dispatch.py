@@ -17,7 +17,8 @@ def job_spec(job: Job) -> JobSpec:
         attempt=job.attempt,
         inputs=tuple(ArtifactRef.from_dict(item) for item in job.inputs),
         params=job.params,
-        output_prefix=job.output_prefix,
+        # Per attempt: a re-dispatched job never collides with what a killed attempt wrote.
+        output_prefix=f"{job.output_prefix}attempt-{job.attempt}/",
         heartbeat_seconds=float(settings.JOB_HEARTBEAT_SECONDS),
         resume_checkpoint=job.resume_checkpoint or None,
     )

@@ -35,6 +35,8 @@ def test_verify_names_the_first_tampered_event(team, capsys):
     assert all(result.ok for result in audit_verify(all_chains=True))
     victim = _events(team.project)[2]
     with connection.cursor() as cursor:
+        # Fire the deferred FK checks of this test's transaction, else ALTER TABLE refuses.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         # What an attacker with database superuser rights would do.
         cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_no_update")
         cursor.execute("UPDATE audit_auditevent SET payload = %s WHERE id = %s", ['{"role": "owner"}', victim.pk])
@@ -51,6 +53,7 @@ def test_verify_catches_a_deleted_event(team):
 
     victim = _events(team.project)[1]
     with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_no_delete")
         cursor.execute("DELETE FROM audit_auditevent WHERE id = %s", [victim.pk])
         cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_delete")

@@ -47,6 +47,7 @@ def test_job_rows_are_a_fragment_for_htmx(team, client, make_upload):
     assert "<html" in page and 'hx-trigger="every 2s"' in page
 
 
+@pytest.mark.django_db(transaction=True)  # dispatch happens on commit
 def test_engineer_starts_an_inspect_job_from_the_page(team, client, make_upload, sent_jobs):
     from controlplane.jobs.models import Job
 

@@ -22,6 +22,7 @@ def _event(job, seq, event_type, attempt=1, **payload):
     return JobEvent(job_id=job.pk, attempt=attempt, seq=seq, type=event_type, payload=payload)
 
 
+@pytest.mark.django_db(transaction=True)  # dispatch happens on commit
 def test_job_is_dispatched_after_commit_with_its_spec(job, sent_jobs):
     (name, args, queue) = sent_jobs[-1]
     assert name == "workers.run_job" and queue == "cpu"
@@ -75,6 +76,7 @@ def test_a_late_start_cannot_reopen_a_finished_job(job):
     assert job.state == "succeeded"
 
 
+@pytest.mark.django_db(transaction=True)  # dispatch happens on commit
 def test_reaper_redispatches_a_job_whose_lease_ran_out(job, sent_jobs):
     from controlplane.jobs.services import job_apply_event, jobs_reap_expired
     from controlplane.storage import object_store

@@ -25,11 +25,12 @@ def store(tmp_path, monkeypatch):
 
 
 def _run(store, data: bytes, **params):
-    key = "projects/1/uploads/abc"
+    # Stored objects are immutable: every run gets its own upload key.
+    key = f"projects/1/uploads/{hashlib.sha256(data).hexdigest()[:16]}"
     stored = store.put_bytes(key, data)
     spec = JobSpec(job_id=7, kind=JobKind.INSPECT, project_id=1, attempt=1,
                    inputs=(ArtifactRef(key, stored.sha256, stored.size),), params={"preview_records": 3, **params},
-                   output_prefix="projects/1/jobs/7/", heartbeat_seconds=30)
+                   output_prefix=f"projects/1/jobs/7/{key[-16:]}/", heartbeat_seconds=30)
     sink = ListSink()
     outcome = run_attempt(spec, sink, store, HANDLERS)
     return outcome, sink.events

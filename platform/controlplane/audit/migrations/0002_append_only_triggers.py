@@ -40,7 +40,7 @@ def _run(statements_by_vendor):
         if statements is None:
             raise RuntimeError(f"no append-only trigger for database {schema_editor.connection.vendor}")
         for statement in [statements] if isinstance(statements, str) else statements:
-            schema_editor.execute(statement)
+            schema_editor.execute(statement, params=None)  # no params: "%" is literal
 
     return apply
 
