@@ -65,12 +65,16 @@ class GPTConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
 
     @classmethod
     def llama_style(cls, **overrides) -> GPTConfig:
         """RMSNorm, rotary positions, SwiGLU, no biases, untied head (Llama's choices)."""
-        base = dict(norm="rmsnorm", position="rotary", mlp="swiglu", bias=False, tie_embeddings=False)
+        base = dict(
+            norm="rmsnorm", position="rotary", mlp="swiglu", bias=False, tie_embeddings=False
+        )
         return cls(**{**base, **overrides})
 
     @property
@@ -127,15 +131,21 @@ class KVCache:
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
         if max_len > config.block_size:
-            raise ValueError(f"a KV cache of {max_len} positions exceeds block_size {config.block_size}")
+            raise ValueError(
+                f"a KV cache of {max_len} positions exceeds block_size {config.block_size}"
+            )
         head_size = config.n_embd // config.n_head
         shape = (batch_size, config.n_head, max_len, head_size)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)
+        ]
         self.length = 0  # positions filled so far (same for every layer once a forward ends)
         self.max_len = max_len
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H, T, D) after the cached positions; return all keys/values so far."""
         start, end = self.length, self.length + k.size(2)
         if end > self.max_len:
@@ -272,7 +282,10 @@ class GPT(nn.Module):
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B, as in nanoGPT)."""
         cfg = self.config
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * cfg.block_size
+        return (
+            6 * self.num_params()
+            + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * cfg.block_size
+        )
 
     def forward(
         self,
@@ -313,7 +326,9 @@ class GPT(nn.Module):
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
+            )
         return logits, loss
 
     @staticmethod
@@ -321,9 +336,15 @@ class GPT(nn.Module):
         """Positions (B, T) and a boolean SDPA mask (B, 1, T, past + T) or None."""
         if attention_mask is None:
             positions = torch.arange(past, past + T, device=device).unsqueeze(0).expand(B, T)
-            return positions, None
+            if past == 0 or T == 1:
+                return positions, None  # SDPA's is_causal (or no mask) is exact here
+            # Several new tokens after cached ones: is_causal would align the triangle to
+            # the top-left corner, so spell the causal mask out.
+            attention_mask = torch.ones(B, past + T, dtype=torch.bool, device=device)
         if attention_mask.shape != (B, past + T):
-            raise ValueError(f"attention_mask must have shape {(B, past + T)}, got {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"attention_mask must have shape {(B, past + T)}, got {tuple(attention_mask.shape)}"
+            )
         real = attention_mask.bool()
         # Positions count real tokens only, so a left-padded prompt is embedded exactly
         # like the same prompt alone.
@@ -336,25 +357,3 @@ class GPT(nn.Module):
         itself = key_at == query_at
         mask = (causal & real[:, None, :]) | itself
         return positions, mask.unsqueeze(1)
-
-
-def configure_optimizer(
-    model: nn.Module,
-    *,
-    lr: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    eps: float = 1e-8,
-    fused: bool | None = None,
-) -> torch.optim.AdamW:
-    """AdamW with decay on matrices and embeddings (dim >= 2), none on biases and norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if fused is None:
-        fused = all(p.is_cuda for p in params)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)

@@ -1,0 +1,1 @@
+"""Inference: :mod:`engine.infer.generate` (KV-cache generation) and its CLI."""

@@ -1,0 +1,86 @@
+"""Load a model and its tokenizer for generation from wherever training left them.
+
+model, tokenizer = load_for_generation("var/runs/shakespeare-char")   # best, else latest
+model, tokenizer = load_for_generation(".../checkpoints/step_002000")  # one checkpoint
+model, tokenizer = load_for_generation("var/export/shakespeare")       # HF GPT-2 export
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.data.tokenizers import load_tokenizer
+from engine.models.gpt import GPT, GPTConfig
+from engine.train.checkpoint import Checkpointer, CheckpointError, load_model_state, read_meta
+
+
+class LoadError(ValueError):
+    """Nothing loadable at the path, or a tokenizer that does not fit the model."""
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, an export folder, or a run folder (its best, else latest checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise LoadError(f"{path} does not exist")
+    if (path / "meta.json").is_file() or (path / "config.json").is_file():
+        return path
+    checkpointer = Checkpointer(path)
+    best = checkpointer.best()
+    if best is not None and checkpointer.path_for(best["step"]).is_dir():
+        return checkpointer.path_for(best["step"])
+    latest = checkpointer.latest()
+    if latest is None:
+        raise LoadError(
+            f"{path} holds no checkpoint (no meta.json, config.json or checkpoints/step_*)"
+        )
+    return latest
+
+
+def load_checkpoint_model(path: Path) -> tuple[GPT, Path | None]:
+    """Model of a training checkpoint (full or sharded), and its tokenizer file if present."""
+    meta = read_meta(path)
+    config = GPTConfig(**meta["model_config"])
+    model = GPT(config)
+    state = load_model_state(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not match its model_config ({error})") from None
+    tokenizer = path / "tokenizer.json"
+    return model, tokenizer if tokenizer.is_file() else None
+
+
+def load_for_generation(path: str | Path, tokenizer_path: str | Path | None = None):
+    """(model in eval mode, tokenizer); LoadError names what does not fit."""
+    from engine.train.export import ExportError, import_gpt2
+
+    folder = resolve_checkpoint(path)
+    try:
+        if (folder / "meta.json").is_file():
+            model, tokenizer_file = load_checkpoint_model(folder)
+        else:
+            model = import_gpt2(folder)
+            tokenizer_file = folder / "tokenizer.json"
+    except (CheckpointError, ExportError, json.JSONDecodeError) as error:
+        raise LoadError(str(error)) from None
+    tokenizer_file = Path(tokenizer_path) if tokenizer_path else tokenizer_file
+    if tokenizer_file is None or not Path(tokenizer_file).is_file():
+        raise LoadError(f"{folder} has no tokenizer.json; pass one with --tokenizer")
+    try:
+        tokenizer = load_tokenizer(tokenizer_file)
+    except (OSError, ValueError) as error:
+        raise LoadError(f"tokenizer {tokenizer_file}: {error}") from None
+    check_vocab(tokenizer, model.config, str(tokenizer_file))
+    model.eval()
+    return model, tokenizer
+
+
+def check_vocab(tokenizer, config: GPTConfig, name: str = "the tokenizer") -> None:
+    """A tokenizer fits a model whose embedding has a row for each of its ids (padding allowed)."""
+    if tokenizer.vocab_size > config.vocab_size:
+        raise LoadError(
+            f"{name} has {tokenizer.vocab_size} tokens but the model's vocabulary has "
+            f"{config.vocab_size}; this tokenizer does not belong to this model"
+        )

@@ -1,0 +1,1 @@
+"""Training: config, trainer, optimizer, parallelism, checkpoints, export (see docs/engine-training.md)."""

@@ -1,0 +1,112 @@
+"""``python -m engine train ...``: pre-train, resume, export, prepare the recipe data.
+
+    python -m engine train prepare-shakespeare var/data/shakespeare-char
+    python -m engine train pretrain configs/shakespeare_char.yaml [--resume [CHECKPOINT]] \\
+        [--set optim.lr=3e-4 --set train.max_iters=100]
+    torchrun --nproc_per_node 2 -m engine train pretrain configs/shakespeare_char.yaml
+    python -m engine train export var/runs/shakespeare-char/checkpoints/step_002000 out/ [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engine.cli import EngineError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="pre-train a GPT, resume, export")
+    commands = parser.add_subparsers(
+        dest="command", metavar="{pretrain,export,prepare-shakespeare}"
+    )
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+    pretrain = commands.add_parser(
+        "pretrain", help="train a GPT on token shards from a YAML config"
+    )
+    pretrain.add_argument("config", help="YAML file (see configs/)")
+    pretrain.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from the latest checkpoint of the run (or the given checkpoint folder)",
+    )
+    pretrain.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.max_iters=100",
+    )
+    pretrain.set_defaults(func=cmd_pretrain)
+
+    export = commands.add_parser(
+        "export", help="write a checkpoint as safetensors + HF GPT-2 config.json"
+    )
+    export.add_argument("checkpoint", help="checkpoint folder (…/checkpoints/step_NNNNNN)")
+    export.add_argument("out_dir")
+    export.set_defaults(func=cmd_export)
+
+    prepare = commands.add_parser(
+        "prepare-shakespeare", help="character-level Shakespeare shards for the nanoGPT recipe"
+    )
+    prepare.add_argument("out_dir", nargs="?", default="var/data/shakespeare-char")
+    prepare.set_defaults(func=cmd_prepare)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from engine.train.checkpoint import CheckpointError
+    from engine.train.config import ConfigError, load_config
+    from engine.train.parallelize import destroy_distributed
+    from engine.train.trainer import Trainer, TrainingError
+
+    try:
+        config = load_config(args.config, args.overrides)
+        trainer = Trainer(config, resume=args.resume)
+    except (ConfigError, TrainingError, CheckpointError) as error:
+        destroy_distributed()
+        raise EngineError(str(error)) from None
+    try:
+        summary = trainer.fit()
+    finally:
+        destroy_distributed()
+    if trainer.info.is_main:
+        val = f"{summary.val_loss:.4f}" if summary.val_loss is not None else "n/a"
+        train = f"{summary.train_loss:.4f}" if summary.train_loss is not None else "n/a"
+        print(
+            f"step {summary.step}: train loss {train}, val loss {val}, "
+            f"{summary.tokens_per_second:,.0f} tokens/s, {summary.seconds:.1f} s; "
+            f"checkpoint {summary.checkpoint}"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.train.checkpoint import CheckpointError
+    from engine.train.export import ExportError, export_checkpoint
+
+    try:
+        out = export_checkpoint(Path(args.checkpoint), Path(args.out_dir))
+    except (CheckpointError, ExportError) as error:
+        raise EngineError(str(error)) from None
+    print(f"exported to {out}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from engine.data.corpora import CorpusUnavailable
+    from engine.train.recipes import prepare_shakespeare_char
+
+    try:
+        manifest = prepare_shakespeare_char(args.out_dir)
+    except CorpusUnavailable as error:
+        raise EngineError(str(error)) from None
+    print(
+        f"{manifest.root}: vocab {manifest.vocab_size}, train {manifest.num_tokens('train'):,} tokens, "
+        f"val {manifest.num_tokens('val'):,} tokens"
+    )
+    return 0

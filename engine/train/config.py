@@ -1,0 +1,247 @@
+"""Training configuration: dataclasses with a reason per field, loaded from YAML with key checks.
+
+    config = load_config("configs/shakespeare_char.yaml", overrides=["optim.lr=3e-4"])
+    config.train.max_iters, config.model.n_layer, config.optim.lr ...
+
+A YAML file mirrors the dataclasses (sections ``model``, ``data``, ``optim``, ``train``,
+``checkpoint`` plus top-level ``run_dir`` and ``seed``). An unknown key, a value of the
+wrong type or a value out of range raises :class:`ConfigError` naming the key, e.g.
+``unknown key 'optim.lrr' (did you mean 'optim.lr'?)``. Overrides ``section.key=value``
+(values parsed as YAML) go through the same checks (minGPT's rule: never ``exec``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from engine.models.gpt import GPTConfig
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # folder of token shards with manifest.json (engine.data.shards format)
+    order: Literal["random", "sequential"] = "random"  # random windows as nanoGPT, or a sweep
+    verify_checksums: bool = False  # re-hash every shard before training (reads all the data)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-4  # peak learning rate, reached after warmup
+    min_lr: float = 6e-5  # floor of the cosine decay (Chinchilla: about lr / 10)
+    weight_decay: float = 0.1  # on matrices and embeddings only, not biases or norms
+    beta1: float = 0.9
+    beta2: float = 0.95  # 0.99 for tiny models with few tokens per step (nanoGPT char recipe)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # clip the global gradient norm; 0 turns clipping off
+    warmup_iters: int = 100  # linear warmup from 0 (stabilises Adam's early updates)
+    lr_decay_iters: int | None = None  # cosine reaches min_lr here; defaults to train.max_iters
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 5000  # optimizer steps
+    batch_size: int = 12  # sequences per micro-step *per rank*
+    grad_accum: int = 1  # micro-steps per optimizer step (gradients summed, synced once)
+    eval_interval: int = 250  # evaluate every N steps (and at the end); 0 = only at the end
+    eval_iters: int = 20  # validation batches per evaluation
+    log_interval: int = 10  # metrics every N steps
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = (
+        "auto"  # auto: bf16 on GPU, fp32 on CPU
+    )
+    compile: bool = False  # torch.compile the model (worth it on GPU; slow to start)
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: DDP when launched by torchrun
+    progress: bool = True  # progress bar on rank 0
+    peak_flops: float | None = None  # device peak FLOP/s for MFU; known GPUs are looked up
+    threads: int = 0  # torch CPU threads per process; 0 = torch's default
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0  # save every N steps (0 = only at the end)
+    keep_last: int = 3  # older checkpoints are deleted, except the best one
+    keep_best: bool = True  # keep the checkpoint with the lowest validation loss
+    sharded: Literal["auto", "always", "never"] = (
+        "auto"  # torch.distributed.checkpoint; auto = under FSDP
+    )
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "var/runs/default"  # checkpoints, metrics.jsonl, tokenizer copy
+    seed: int = 1337  # model init, data order, dropout
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # Set when the YAML leaves model.vocab_size out: the trainer takes the data's vocabulary.
+    vocab_from_data: bool = field(default=False, metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        positive = {
+            "train.max_iters": self.train.max_iters,
+            "train.batch_size": self.train.batch_size,
+            "train.grad_accum": self.train.grad_accum,
+            "train.eval_iters": self.train.eval_iters,
+            "train.log_interval": self.train.log_interval,
+            "checkpoint.keep_last": self.checkpoint.keep_last,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be at least 1, got {value}")
+        not_negative = {
+            "optim.lr": self.optim.lr,
+            "optim.min_lr": self.optim.min_lr,
+            "optim.weight_decay": self.optim.weight_decay,
+            "optim.grad_clip": self.optim.grad_clip,
+            "optim.warmup_iters": self.optim.warmup_iters,
+            "train.eval_interval": self.train.eval_interval,
+            "checkpoint.interval": self.checkpoint.interval,
+        }
+        for key, value in not_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key} must not be negative, got {value}")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self.optim, key) < 1.0:
+                raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(self.optim, key)}")
+        if self.optim.min_lr > self.optim.lr:
+            raise ConfigError(
+                f"optim.min_lr ({self.optim.min_lr}) is above optim.lr ({self.optim.lr})"
+            )
+
+    @property
+    def lr_decay_iters(self) -> int:
+        return self.optim.lr_decay_iters or self.train.max_iters
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or start from defaults) and apply ``section.key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    return config_from_dict(raw, source=source)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    if "vocab_from_data" in raw:
+        raise ConfigError(f"{source}: unknown key 'vocab_from_data'")
+    raw = dict(raw)
+    model = raw.get("model")
+    raw["vocab_from_data"] = model is None or (
+        isinstance(model, dict) and "vocab_size" not in model
+    )
+    try:
+        return _build(RunConfig, raw, prefix="")
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    except ValueError as error:  # GPTConfig.validate names its key already
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in raw.items():
+        if key == "vocab_from_data" and cls is RunConfig and prefix == "":
+            kwargs[key] = value
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = (
+                f" (did you mean '{prefix}{close[0]}'?)"
+                if close
+                else f" (known: {', '.join(sorted(known))})"
+            )
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(option for option in options if option is not type(None))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        # YAML reads 1e-3 as a string (it wants 1.0e-3); accept both spellings.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,186 @@
+"""Export to (and import from) the Hugging Face GPT-2 layout: model.safetensors + config.json.
+
+    python -m engine train export var/runs/shakespeare-char/checkpoints/step_002000 var/export/shakespeare
+    model = import_gpt2("var/export/shakespeare")          # back into engine.models.gpt.GPT
+
+    # elsewhere:  transformers.GPT2LMHeadModel.from_pretrained("var/export/shakespeare")
+
+Our module names already follow Hugging Face GPT-2 (``transformer.h.0.attn.c_attn`` ...);
+the differences are that HF's ``Conv1D`` stores weights as (in, out), the transpose of
+``nn.Linear``, and that the tied ``lm_head.weight`` is not stored. A model trained without
+biases is written with zero biases (GPT-2 has them; zeros change nothing), and our own
+config rides along in config.json under ``engine_config`` so an import is exact.
+Only the GPT-2 variant exports: the Llama-style switches have no GPT-2 equivalent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.models.gpt import GPT, GPTConfig
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+# Linear layers that HF GPT-2 stores as Conv1D, i.e. transposed.
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+class ExportError(ValueError):
+    """The model or the folder does not fit the HF GPT-2 format; the message says how."""
+
+
+def hf_config(config: GPTConfig, eot_id: int | None = None) -> dict:
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,  # 4 * n_embd
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": "float32",
+        "engine_config": config.to_dict(),
+    }
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our state dict renamed/transposed to HF GPT-2, with zero biases where we have none."""
+    config = model.config
+    if not config.is_gpt2:
+        raise ExportError(
+            "only the GPT-2 variant (layernorm, learned positions, gelu, tied embeddings) "
+            "exports to the Hugging Face GPT-2 layout"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied to transformer.wte.weight
+        tensor = tensor.detach().to("cpu", torch.float32)
+        if name.endswith(CONV1D):
+            tensor = tensor.t()
+        out[name] = tensor.contiguous()
+    if not config.bias:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                out[f"{name}.bias"] = torch.zeros(module.out_features)
+            elif isinstance(module, torch.nn.LayerNorm):
+                out[f"{name}.bias"] = torch.zeros(module.normalized_shape[0])
+    return out
+
+
+def export_model(
+    model: GPT,
+    out_dir: str | Path,
+    *,
+    tokenizer_file: Path | None = None,
+    eot_id: int | None = None,
+) -> Path:
+    out_dir = Path(out_dir)
+    state = to_hf_state_dict(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Weights first, config.json last: a folder with config.json is complete.
+    tmp = out_dir / f".{WEIGHTS_NAME}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out_dir / WEIGHTS_NAME)
+    if tokenizer_file is not None:
+        shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
+    tmp = out_dir / f".{CONFIG_NAME}.tmp"
+    tmp.write_text(json.dumps(hf_config(model.config, eot_id), indent=1), encoding="utf-8")
+    tmp.replace(out_dir / CONFIG_NAME)
+    return out_dir
+
+
+def export_checkpoint(checkpoint: Path, out_dir: Path) -> Path:
+    """A training checkpoint folder -> an HF GPT-2 folder (weights, config, tokenizer)."""
+    from engine.infer.loading import load_checkpoint_model
+
+    model, tokenizer_file = load_checkpoint_model(checkpoint)
+    eot_id = None
+    if tokenizer_file is not None:
+        from engine.data.tokenizers import load_tokenizer
+
+        eot_id = load_tokenizer(tokenizer_file).eot_id
+    return export_model(model, out_dir, tokenizer_file=tokenizer_file, eot_id=eot_id)
+
+
+def config_from_hf(payload: dict) -> GPTConfig:
+    if "engine_config" in payload:
+        return GPTConfig(**payload["engine_config"])
+    if payload.get("model_type") != "gpt2":
+        raise ExportError(
+            f"config.json has model_type {payload.get('model_type')!r}, expected 'gpt2'"
+        )
+    if payload.get("activation_function", "gelu_new") != "gelu_new" or payload.get(
+        "n_inner"
+    ) not in (None, 4 * payload["n_embd"]):
+        raise ExportError("only GPT-2 models with the gelu_new MLP of width 4 * n_embd import")
+    return GPTConfig(
+        vocab_size=payload["vocab_size"],
+        block_size=payload["n_positions"],
+        n_layer=payload["n_layer"],
+        n_head=payload["n_head"],
+        n_embd=payload["n_embd"],
+        dropout=0.0,
+        bias=True,
+        norm_eps=payload.get("layer_norm_epsilon", 1e-5),
+    )
+
+
+def import_gpt2(folder: str | Path) -> GPT:
+    """Build a GPT from an HF GPT-2 folder (ours, or ``save_pretrained`` of GPT2LMHeadModel)."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ExportError(f"{folder} is not an exported GPT-2 folder: {path.name} is missing")
+    try:
+        payload = json.loads(config_path.read_text(encoding="utf-8"))
+        config = config_from_hf(payload)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ExportError(f"{config_path} is not a GPT-2 config: {error}") from None
+    model = GPT(config)
+    hf = load_file(str(weights_path))
+    expected = model.state_dict()
+    state = {}
+    for name, tensor in hf.items():
+        if not name.startswith("transformer.") and name != "lm_head.weight":
+            name = "transformer." + name  # the original OpenAI upload has no prefix
+        if name.endswith(("attn.bias", "attn.masked_bias")) and name not in expected:
+            continue  # HF's stored causal-mask buffers
+        if name.endswith(".bias") and name not in expected:
+            if tensor.abs().max() > 0:
+                raise ExportError(f"{name} is not zero but the model config has bias=False")
+            continue
+        if name.endswith(CONV1D):
+            tensor = tensor.t()
+        state[name] = tensor
+    state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ExportError(f"{weights_path} lacks {len(missing)} weights, e.g. {missing[0]}")
+    for name, tensor in state.items():
+        if name not in expected:
+            raise ExportError(f"{weights_path} has an unexpected weight {name}")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ExportError(
+                f"{name} has shape {tuple(tensor.shape)} in {weights_path}, the config implies "
+                f"{tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state)
+    return model
