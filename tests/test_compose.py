@@ -1,0 +1,195 @@
+"""compose.yaml as docker-compose resolves it: services, health checks, GPU, who gets what.
+
+Runs `docker-compose config` (no engine needed); skipped only where the binary is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = shutil.which("docker-compose")
+
+pytestmark = pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed")
+
+SERVICES = {
+    "postgres",
+    "redis",
+    "minio",
+    "minio-init",
+    "mlflow",
+    "web",
+    "control-worker",
+    "cpu-worker",
+    "gpu-worker",
+}
+LONG_RUNNING_WITH_HEALTHCHECK = {"postgres", "redis", "minio", "mlflow", "web"}
+WORKERS = {"cpu-worker", "gpu-worker"}
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    # A bare environment: the developer's DEBUG or POSTGRES_PASSWORD must not leak in.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    result = subprocess.run(
+        [COMPOSE, "-f", str(ROOT / "compose.yaml"), "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def services(config) -> dict:
+    return config["services"]
+
+
+def _command(service: dict) -> str:
+    command = service.get("command", [])
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def _healthcheck(service: dict) -> str:
+    test = service["healthcheck"]["test"]
+    return test if isinstance(test, str) else " ".join(test)
+
+
+def test_every_service_is_there(services):
+    assert set(services) == SERVICES
+
+
+def test_long_running_services_have_health_checks(services):
+    for name in LONG_RUNNING_WITH_HEALTHCHECK:
+        assert "healthcheck" in services[name], f"{name} has no healthcheck"
+    assert "pg_isready" in _healthcheck(services["postgres"])
+    assert "redis-cli ping" in _healthcheck(services["redis"])
+    assert "mc ready local" in _healthcheck(services["minio"])
+    assert "/health'" in _healthcheck(services["mlflow"])
+    assert "/healthz" in _healthcheck(services["web"])
+
+
+def test_services_wait_for_healthy_or_finished_dependencies(services):
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            condition = rule["condition"]
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{name} waits on {dependency}"
+            else:
+                assert condition == "service_completed_successfully", (name, dependency)
+                assert services[dependency].get("restart") == "no", dependency
+    assert services["web"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Migrations run in web: the control worker may only touch the database after them.
+    assert services["control-worker"]["depends_on"]["web"]["condition"] == "service_healthy"
+    for worker in WORKERS:
+        assert services[worker]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_gpu_worker_reserves_every_nvidia_gpu(services):
+    devices = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert "-Q gpu" in _command(services["gpu-worker"])
+    assert "deploy" not in services["cpu-worker"]
+
+
+def test_workers_never_hold_database_credentials(services):
+    for worker in WORKERS:
+        env = services[worker]["environment"]
+        assert "DATABASE_URL" not in env
+        assert not any("postgres" in str(value) for value in env.values()), worker
+        assert "postgres" not in services[worker].get("depends_on", {})
+        assert env["CELERY_BROKER_URL"].startswith("redis://redis:6379")
+        assert env["OBJECT_STORE_ENDPOINT"] == "minio:9000"
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    for platform_side in ("web", "control-worker"):
+        assert services[platform_side]["environment"]["DATABASE_URL"].startswith("postgres://")
+
+
+def test_every_variable_given_to_the_app_is_one_it_reads(services):
+    read_by_app = (ROOT / "workers" / "config.py").read_text() + (
+        ROOT / "platform" / "controlplane" / "settings.py"
+    ).read_text()
+    known_elsewhere = {"WEB_CONCURRENCY"}  # gunicorn's own
+    for name in ("web", "control-worker", "cpu-worker", "gpu-worker"):
+        for variable in services[name]["environment"]:
+            assert variable in known_elsewhere or f'"{variable}"' in read_by_app, (
+                f"{name} sets {variable}, which nothing reads (a typo?)"
+            )
+
+
+def _module_exists(module: str) -> bool:
+    # pytest puts platform/ and the repository root on sys.path, as the image's PYTHONPATH does.
+    return importlib.util.find_spec(module) is not None
+
+
+def test_commands_name_modules_that_exist(services):
+    web = _command(services["web"])
+    assert "manage.py migrate" in web
+    assert re.search(r"gunicorn controlplane\.wsgi\b", web)
+    assert _module_exists("controlplane.wsgi")
+    expected_queues = {"control-worker": "control", "cpu-worker": "cpu", "gpu-worker": "gpu"}
+    for name, queue in expected_queues.items():
+        command = _command(services[name])
+        app = re.search(r"celery -A (\S+) worker", command)
+        assert app, f"{name} does not start a celery worker: {command}"
+        assert _module_exists(app.group(1)), f"{name} names missing module {app.group(1)}"
+        assert f"-Q {queue}" in command
+    assert "controlplane.celery_app" in _command(services["control-worker"])
+    assert " -B" in _command(services["control-worker"])  # the reaper's beat
+    for worker in WORKERS:
+        assert "workers.celery_app" in _command(services[worker])
+
+
+def test_mlflow_keeps_runs_in_postgres_and_artifacts_in_minio(services):
+    mlflow = services["mlflow"]
+    command = _command(mlflow)
+    assert "--backend-store-uri" in command and "@postgres:5432/mlflow" in command
+    assert '--artifacts-destination "s3://' in command
+    assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert mlflow["build"]["context"].endswith("compose/mlflow")
+    init = (ROOT / "compose" / "postgres-init" / "10-mlflow-database.sh").read_text()
+    assert "CREATE DATABASE mlflow" in init
+    mounts = [str(volume) for volume in services["postgres"]["volumes"]]
+    assert any("compose/postgres-init:/docker-entrypoint-initdb.d" in m for m in mounts), mounts
+
+
+def test_bucket_is_created_with_versioning_on(services):
+    command = _command(services["minio-init"])
+    assert "mc mb --ignore-existing" in command
+    assert "mc version enable" in command
+
+
+def test_images_are_pinned(services):
+    for name, service in services.items():
+        image = service.get("image", "")
+        if "build" in service:
+            continue
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag and tag != "latest", f"{name} image {image!r} is not pinned"
+    assert services["minio"]["image"].split(":")[-1].startswith("RELEASE.")
+    assert services["minio-init"]["image"].split(":")[-1].startswith("RELEASE.")
+    assert services["postgres"]["image"].startswith("postgres:16")
+    mlflow_dockerfile = (ROOT / "compose" / "mlflow" / "Dockerfile").read_text()
+    assert re.search(r"ARG MLFLOW_VERSION=\d+\.\d+\.\d+", mlflow_dockerfile)
+
+
+def test_dockerfile_installs_cpu_torch_and_runs_as_a_user():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile
+    assert '"torch==2.13.0"' in dockerfile
+    assert "collectstatic --noinput" in dockerfile
+    assert re.search(r"^USER app$", dockerfile, re.MULTILINE)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "var", ".git"} <= set(ignored)
