@@ -48,7 +48,7 @@ _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
 )
 _IBAN = re.compile(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_CARD = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+_CARD = re.compile(r"[0-9](?<![0-9]{2})(?:[ -]?[0-9]){12,18}(?![0-9])")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])")
 _IPV6_CANDIDATE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
@@ -61,6 +61,17 @@ _PHONE = re.compile(
 )
 _THOUSANDS = re.compile(r"[0-9]{1,3}(?:[ ,.][0-9]{3})+")
 _NON_DIGIT = re.compile(r"[^0-9]")
+_WINDOW_MARGIN = 64  # > the longest digit-bearing match (an IBAN with spaces: 42 characters)
+# Digits with gaps of at most two margins between them: one window each, found in C.
+_DIGIT_CLUSTER = re.compile(f"[0-9](?:[^0-9]{{0,{2 * _WINDOW_MARGIN}}}[0-9])*")
+
+
+def _digit_windows(text: str) -> list[tuple[int, int]]:
+    """Disjoint [start, end) spans reaching _WINDOW_MARGIN characters around every digit."""
+    return [
+        (max(0, m.start() - _WINDOW_MARGIN), min(len(text), m.end() + _WINDOW_MARGIN))
+        for m in _DIGIT_CLUSTER.finditer(text)
+    ]
 
 
 def _digits(text: str) -> str:
@@ -131,16 +142,34 @@ class PIIRedactor:
         self._rules = [
             rule for pii_type in PII_TYPES if pii_type in config.types for rule in _RULES[pii_type]
         ]
-        self._has_digit = re.compile(r"[0-9]")
+        self._email_rules = [rule for rule in self._rules if rule.pii_type == "EMAIL"]
+        self._digit_rules = [rule for rule in self._rules if rule.pii_type != "EMAIL"]
 
     def redact(self, text: str) -> tuple[str, Counter[str]]:
         """Text with every detected PII span replaced, and how many of each type."""
         found: Counter[str] = Counter()
-        has_digit = self._has_digit.search(text) is not None
-        for rule in self._rules:
+        if self._email_rules and "@" in text:
+            text = self._apply(self._email_rules, text, found)
+        if not self._digit_rules:
+            return text, found
+        windows = _digit_windows(text)
+        if not windows:
+            return text, found
+        # Every other kind holds a digit and is at most ~45 characters long, so it lies
+        # inside a window of _WINDOW_MARGIN characters around some digit run; scanning only
+        # the windows keeps prose with a few numbers fast. Windows start and end at least
+        # _WINDOW_MARGIN from any digit, so no match can reach or straddle their edges.
+        pieces, position = [], 0
+        for start, end in windows:
+            pieces.append(text[position:start])
+            pieces.append(self._apply(self._digit_rules, text[start:end], found))
+            position = end
+        pieces.append(text[position:])
+        return "".join(pieces), found
+
+    def _apply(self, rules: list[_Rule], text: str, found: Counter[str]) -> str:
+        for rule in rules:
             if rule.hint is not None and rule.hint not in text:
-                continue
-            if rule.pii_type != "EMAIL" and not has_digit:  # all others need digits
                 continue
             placeholder = self.config.placeholder.format(type=rule.pii_type)
 
@@ -151,7 +180,7 @@ class PIIRedactor:
                 return placeholder
 
             text = rule.pattern.sub(replace, text)
-        return text, found
+        return text
 
     def __call__(self, doc: Document) -> str | None:
         text, found = self.redact(doc.text)

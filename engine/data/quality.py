@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import filterfalse, repeat
 
 import numpy as np
 
@@ -67,13 +68,19 @@ class QualityFilter:
 
     def __call__(self, doc: Document) -> str | None:
         c = self.config
-        words = [w for w in doc.words if not _PUNCTUATION_ONLY.match(w)]
-        n_words = len(words)
+        all_words = doc.words
+        if not all_words:
+            return "too_few_words"
+        # Most words are purely alphabetic (str.isalpha runs in C); only the rest need the
+        # regexes that tell "punctuation only" and "has a letter" apart.
+        mixed = list(filterfalse(str.isalpha, all_words))
+        punctuation = list(filter(_PUNCTUATION_ONLY.match, mixed))
+        n_words = len(all_words) - len(punctuation)
         if n_words < c.min_words:
             return "too_few_words"
         if n_words > c.max_words:
             return "too_many_words"
-        mean_length = sum(map(len, words)) / n_words
+        mean_length = (sum(map(len, all_words)) - sum(map(len, punctuation))) / n_words
         if mean_length < c.min_mean_word_length:
             return "mean_word_length_too_short"
         if mean_length > c.max_mean_word_length:
@@ -82,26 +89,20 @@ class QualityFilter:
         symbols = text.count("#") + text.count("...") + text.count("…")
         if symbols / n_words > c.max_symbol_word_ratio:
             return "symbol_word_ratio"
-        lines = [line.strip() for line in doc.lines if line.strip()]
+        lines = list(filter(None, map(str.strip, doc.lines)))
         if lines:
-            if (
-                sum(line.startswith(BULLETS) for line in lines) / len(lines)
-                > c.max_bullet_line_fraction
-            ):
+            bullets = sum(map(str.startswith, lines, repeat(BULLETS)))
+            if bullets / len(lines) > c.max_bullet_line_fraction:
                 return "bullet_lines"
-            if (
-                sum(line.endswith(ELLIPSES) for line in lines) / len(lines)
-                > c.max_ellipsis_line_fraction
-            ):
+            ellipses = sum(map(str.endswith, lines, repeat(ELLIPSES)))
+            if ellipses / len(lines) > c.max_ellipsis_line_fraction:
                 return "ellipsis_lines"
-        if (
-            sum(1 for w in doc.words if _HAS_ALPHA.search(w)) / len(doc.words)
-            < c.min_alpha_word_fraction
-        ):
+        without_letter = len(list(filterfalse(_HAS_ALPHA.search, mixed)))
+        if 1 - without_letter / len(all_words) < c.min_alpha_word_fraction:
             return "alpha_word_fraction"
         stop_words = self._stop_words
         found = 0
-        for word in words:
+        for word in all_words:
             if word.lower().strip(".,;:!?\"'()") in stop_words:
                 found += 1
                 if found >= c.min_stop_words:
@@ -112,17 +113,15 @@ class QualityFilter:
 
 
 def _duplicate_share(items: list[str]) -> tuple[float, float]:
-    """(fraction of items repeating an earlier one, fraction of their characters)."""
-    seen: set[str] = set()
-    dup_items = dup_chars = total_chars = 0
-    for item in items:
-        total_chars += len(item)
-        if item in seen:
-            dup_items += 1
-            dup_chars += len(item)
-        else:
-            seen.add(item)
-    return dup_items / len(items), dup_chars / max(total_chars, 1)
+    """(fraction of items repeating an earlier one, fraction of their characters).
+
+    Each distinct item's first occurrence is the only one not counted, so the duplicate
+    characters are all characters minus those of the distinct items.
+    """
+    distinct = set(items)
+    total_chars = sum(map(len, items))
+    dup_chars = total_chars - sum(map(len, distinct))
+    return (len(items) - len(distinct)) / len(items), dup_chars / max(total_chars, 1)
 
 
 # Odd 64-bit multiplier: combining word ids as a polynomial keeps n-gram hashes distinct
@@ -135,20 +134,24 @@ class RepetitionFilter:
 
     def __init__(self, config: RepetitionConfig):
         self.config = config
+        dup_limits = config.max_dup_ngram_char_fraction
+        # smallest limit from n on: once coverage is under it, no larger n can fail
+        self._dup_floor = {n: min(v for m, v in dup_limits.items() if m >= n) for n in dup_limits}
+        self._max_top_n = max(config.max_top_ngram_char_fraction, default=0)
         self._max_n = max(
             [*config.max_top_ngram_char_fraction, *config.max_dup_ngram_char_fraction], default=0
         )
 
     def __call__(self, doc: Document) -> str | None:
         c = self.config
-        lines = [line for line in doc.lines if line.strip()]
+        lines = list(filter(str.strip, doc.lines))
         if lines:
             dup_fraction, dup_char_fraction = _duplicate_share(lines)
             if dup_fraction > c.max_dup_line_fraction:
                 return "dup_line_fraction"
             if dup_char_fraction > c.max_dup_line_char_fraction:
                 return "dup_line_char_fraction"
-        paragraphs = [p for p in doc.paragraphs if p.strip()]
+        paragraphs = list(filter(str.strip, doc.paragraphs))
         if paragraphs:
             dup_fraction, dup_char_fraction = _duplicate_share(paragraphs)
             if dup_fraction > c.max_dup_paragraph_fraction:
@@ -160,42 +163,75 @@ class RepetitionFilter:
     def _ngram_reason(self, words: list[str]) -> str | None:
         if len(words) < 2 or self._max_n == 0:
             return None
-        vocabulary: dict[str, int] = {}
-        ids = np.array([vocabulary.setdefault(w, len(vocabulary)) for w in words], dtype=np.uint64)
-        if len(vocabulary) == len(words):
-            return None  # no word repeats, so no n-gram can
+        # Python's string hash stands in for a word id: equal words, equal hashes; a false
+        # match between two of a document's words has odds ~2**-64.
+        ids = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
         lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         total_chars = int(lengths.sum())
         # prefix sums give the characters of any n-gram in O(1)
         prefix = np.concatenate(([0], np.cumsum(lengths)))
-        hashes = ids + np.uint64(1)
-        for n in range(1, self._max_n + 1):
-            if n > 1:
-                if len(words) < n:
-                    break
-                hashes = hashes[:-1] * _NGRAM_MULTIPLIER + ids[n - 1 :] + np.uint64(1)
-            top_limit = self.config.max_top_ngram_char_fraction.get(n)
-            dup_limit = self.config.max_dup_ngram_char_fraction.get(n)
+        top_limits = self.config.max_top_ngram_char_fraction
+        dup_limits = self.config.max_dup_ngram_char_fraction
+        # Bound for the top n-gram: each occurrence of an n-gram holds an occurrence of each
+        # of its words, so (count x characters) of any n-gram is at most n times the largest
+        # (count x length) of a single word. Prose rarely comes near the limits, which saves
+        # sorting the 2-, 3- and 4-grams.
+        order, starts = _sorted_groups(ids)
+        group_starts = np.flatnonzero(starts)
+        word_counts = np.diff(np.append(group_starts, len(ids)))
+        heaviest_word = int((word_counts * lengths[order[group_starts]]).max())
+        dup_done = False
+        hashes = ids
+        for n in range(2, self._max_n + 1):
+            if len(words) < n:
+                break
+            hashes = hashes[:-1] * _NGRAM_MULTIPLIER + ids[n - 1 :] + np.uint64(1)
+            top_limit = top_limits.get(n)
+            if top_limit is not None and n * heaviest_word <= top_limit * total_chars:
+                top_limit = None
+            dup_limit = None if dup_done else dup_limits.get(n)
             if top_limit is None and dup_limit is None:
+                if dup_done and n >= self._max_top_n:
+                    break
                 continue
-            unique, first_index, inverse, counts = np.unique(
-                hashes, return_index=True, return_inverse=True, return_counts=True
-            )
-            if len(unique) == len(hashes):
-                continue  # every n-gram is distinct
+            order, starts = _sorted_groups(hashes)
+            if starts.all():  # every n-gram is distinct, and so is every longer one
+                return None
+            group_starts = np.flatnonzero(starts)
             if top_limit is not None:
+                counts = np.diff(np.append(group_starts, len(hashes)))
                 top = int(np.argmax(counts))
-                start = int(first_index[top])
-                top_chars = int(prefix[start + n] - prefix[start]) * int(counts[top])
-                if counts[top] > 1 and top_chars / total_chars > top_limit:
+                first = int(order[group_starts[top]])
+                if (
+                    int(prefix[first + n] - prefix[first]) * int(counts[top])
+                    > top_limit * total_chars
+                ):
                     return f"top_{n}gram_char_fraction"
             if dup_limit is not None:
-                repeats = np.flatnonzero(first_index[inverse] != np.arange(len(hashes)))
+                # every occurrence after the first (earliest) of its n-gram
+                is_repeat = np.ones(len(hashes), dtype=bool)
+                is_repeat[np.minimum.reduceat(order, group_starts)] = False
+                repeats = np.flatnonzero(is_repeat)
                 size = len(words) + n + 1
                 covered = np.bincount(repeats, minlength=size) - np.bincount(
                     repeats + n, minlength=size
                 )
                 in_duplicate = np.cumsum(covered)[: len(words)] > 0
-                if lengths[in_duplicate].sum() / total_chars > dup_limit:
+                fraction = lengths[in_duplicate].sum() / total_chars
+                if fraction > dup_limit:
                     return f"dup_{n}gram_char_fraction"
+                # Coverage by repeated n-grams only shrinks as n grows (a repeated (n+1)-gram
+                # is two overlapping repeated n-grams): under every later limit, we can stop.
+                if fraction <= self._dup_floor[n]:
+                    dup_done = True
         return None
+
+
+def _sorted_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argsort of values, mask of the positions in sorted order where a new value starts)."""
+    order = np.argsort(values)
+    ordered = values[order]
+    starts = np.empty(len(values), dtype=bool)
+    starts[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    return order, starts

@@ -80,3 +80,48 @@ def pii_records(count: int, filler: str, seed: int = 0, subjects: int = 5) -> li
         )
         records.append({"text": f"{before}\n\n{pii}\n\n{after}", "user": user, "id": i})
     return records
+
+
+def chunk_documents(texts: list[str], doc_chars: int = 4000) -> list[str]:
+    """Cut long texts at paragraph breaks into documents of about ``doc_chars`` characters
+    (web pages run 2-10 kB; a whole play is one 150 kB outlier)."""
+    documents = []
+    for text in texts:
+        position = 0
+        while position < len(text):
+            end = text.find("\n\n", position + doc_chars)
+            end = len(text) if end < 0 else end
+            piece = text[position:end].strip()
+            if piece:
+                documents.append(piece)
+            position = end
+    return documents
+
+
+def write_jsonl_corpus(
+    folder, documents: list[str], target_bytes: int, files: int = 8, seed: int = 0
+) -> int:
+    """Write ``documents`` (repeated, each record numbered) as ``files`` JSONL files until
+    ``target_bytes`` is reached; planted PII records are mixed in. Returns bytes written."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handles = [open(folder / f"part-{i:03d}.jsonl", "w", encoding="utf-8") for i in range(files)]
+    pii = pii_records(200, " ".join(documents[:50]), seed=seed)
+    written = record = 0
+    try:
+        while written < target_bytes:
+            for text in documents:
+                item = pii[record % len(pii)] if record % 50 == 49 else {"text": text}
+                line = json.dumps({**item, "id": record}, ensure_ascii=False) + "\n"
+                handles[record % files].write(line)
+                written += len(line.encode("utf-8"))
+                record += 1
+                if written >= target_bytes:
+                    break
+    finally:
+        for handle in handles:
+            handle.close()
+    return written
