@@ -42,4 +42,4 @@ RUN useradd --create-home --uid 10001 app \
 
 USER app
 EXPOSE 8000
-CMD ["gunicorn", "controlplane.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-"]
+CMD ["gunicorn", "-c", "python:controlplane.gunicorn_conf", "controlplane.wsgi"]

@@ -117,13 +117,15 @@ def test_workers_never_hold_database_credentials(services):
 
 
 def test_every_variable_given_to_the_app_is_one_it_reads(services):
-    read_by_app = (ROOT / "workers" / "config.py").read_text() + (
-        ROOT / "platform" / "controlplane" / "settings.py"
-    ).read_text()
-    known_elsewhere = {"WEB_CONCURRENCY"}  # gunicorn's own
+    readers = [
+        ROOT / "workers" / "config.py",
+        ROOT / "platform" / "controlplane" / "settings.py",
+        ROOT / "platform" / "controlplane" / "gunicorn_conf.py",
+    ]
+    read_by_app = "".join(path.read_text() for path in readers)
     for name in ("web", "control-worker", "cpu-worker", "gpu-worker"):
         for variable in services[name]["environment"]:
-            assert variable in known_elsewhere or f'"{variable}"' in read_by_app, (
+            assert f'"{variable}"' in read_by_app, (
                 f"{name} sets {variable}, which nothing reads (a typo?)"
             )
 
@@ -136,8 +138,10 @@ def _module_exists(module: str) -> bool:
 def test_commands_name_modules_that_exist(services):
     web = _command(services["web"])
     assert "manage.py migrate" in web
-    assert re.search(r"gunicorn controlplane\.wsgi\b", web)
-    assert _module_exists("controlplane.wsgi")
+    gunicorn = re.search(r"gunicorn -c python:(\S+) (\S+)", web)
+    assert gunicorn, web
+    assert _module_exists(gunicorn.group(1)) and _module_exists(gunicorn.group(2))
+    assert gunicorn.group(2) == "controlplane.wsgi"
     expected_queues = {"control-worker": "control", "cpu-worker": "cpu", "gpu-worker": "gpu"}
     for name, queue in expected_queues.items():
         command = _command(services[name])
