@@ -15,7 +15,9 @@ def make_user(db):
 
     def make(username: str | None = None, *, staff: bool = False) -> User:
         name = username or f"user{next(_counter)}"
-        return User.objects.create_user(name, f"{name}@example.org", "pw-for-tests-1", is_staff=staff)
+        return User.objects.create_user(
+            name, f"{name}@example.org", "pw-for-tests-1", is_staff=staff
+        )
 
     return make
 
@@ -76,7 +78,11 @@ def _no_dispatch_by_default(request, monkeypatch):
     except Exception:  # engine-only tests run without Django apps
         yield sent
         return
-    monkeypatch.setattr(dispatch.app, "send_task", lambda name, args=None, queue=None, **kw: sent.append((name, args, queue)))
+    monkeypatch.setattr(
+        dispatch.app,
+        "send_task",
+        lambda name, args=None, queue=None, **kw: sent.append((name, args, queue)),
+    )
     yield sent
 
 

@@ -87,8 +87,16 @@ class JobSpec:
         _require_keys(
             "job spec",
             data,
-            {"job_id", "kind", "project_id", "attempt", "inputs", "params", "output_prefix",
-             "heartbeat_seconds"},
+            {
+                "job_id",
+                "kind",
+                "project_id",
+                "attempt",
+                "inputs",
+                "params",
+                "output_prefix",
+                "heartbeat_seconds",
+            },
             optional={"tracking_run_id", "resume_checkpoint"},
         )
         try:
@@ -147,7 +155,9 @@ class JobEvent:
         )
 
 
-def _require_keys(what: str, data: Any, required: set[str], optional: set[str] = frozenset()) -> None:
+def _require_keys(
+    what: str, data: Any, required: set[str], optional: set[str] = frozenset()
+) -> None:
     if not isinstance(data, dict):
         raise ProtocolError(f"{what} must be an object, got {type(data).__name__}")
     missing = required - data.keys()

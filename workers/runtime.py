@@ -31,7 +31,9 @@ class JobFailed(Exception):
 
 
 class JobContext:
-    def __init__(self, spec: JobSpec, sink: EventSink, store: ObjectStore, *, stop_check_seconds: float = 2.0):
+    def __init__(
+        self, spec: JobSpec, sink: EventSink, store: ObjectStore, *, stop_check_seconds: float = 2.0
+    ):
         self.spec = spec
         self.store = store
         self._sink = sink
@@ -46,8 +48,13 @@ class JobContext:
     # events -------------------------------------------------------------------------
     def emit(self, event_type: EventType, payload: dict[str, Any] | None = None) -> JobEvent:
         with self._lock:  # the heartbeat thread emits too; seq must stay gap-free and ordered
-            event = JobEvent(job_id=self.spec.job_id, attempt=self.spec.attempt, seq=self._seq,
-                             type=event_type, payload=payload or {})
+            event = JobEvent(
+                job_id=self.spec.job_id,
+                attempt=self.spec.attempt,
+                seq=self._seq,
+                type=event_type,
+                payload=payload or {},
+            )
             self._seq += 1
             self._sink.send(event)
         return event
@@ -65,15 +72,23 @@ class JobContext:
         self.emit(EventType.ARTIFACT, {"name": name, "key": key, "sha256": sha256, "size": size})
 
     def checkpoint(self, *, step: int, key: str, sha256: str, size: int) -> None:
-        self.emit(EventType.CHECKPOINT, {"name": f"checkpoint-{step}", "step": step, "key": key,
-                                         "sha256": sha256, "size": size})
+        self.emit(
+            EventType.CHECKPOINT,
+            {
+                "name": f"checkpoint-{step}",
+                "step": step,
+                "key": key,
+                "sha256": sha256,
+                "size": size,
+            },
+        )
 
     def output_key(self, *parts: str) -> str:
         return self.spec.output_prefix + "/".join(parts)
 
     # stopping -----------------------------------------------------------------------
     def stop_reason(self) -> str | None:
-        """"cancelled", "superseded" or None; looks at the store at most every few seconds."""
+        """ "cancelled", "superseded" or None; looks at the store at most every few seconds."""
         if self._stop_reason is not None:
             return self._stop_reason
         now = time.monotonic()
@@ -105,7 +120,9 @@ class JobContext:
                 except Exception:  # a broker hiccup must not kill the job; the lease has slack
                     log.exception("heartbeat of job %s failed", self.spec.job_id)
 
-        self._heartbeat = threading.Thread(target=beat, name=f"heartbeat-{self.spec.job_id}", daemon=True)
+        self._heartbeat = threading.Thread(
+            target=beat, name=f"heartbeat-{self.spec.job_id}", daemon=True
+        )
         self._heartbeat.start()
 
     def stop_heartbeat(self) -> None:

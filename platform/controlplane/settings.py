@@ -22,7 +22,9 @@ try:
     _DEV_SECRET = "dev-insecure-secret-key-change-me"
     SECRET_KEY = env.env_str("SECRET_KEY", _DEV_SECRET if DEBUG else None)
     if not DEBUG and (SECRET_KEY == _DEV_SECRET or len(SECRET_KEY) < 50):
-        raise env.ConfigError("SECRET_KEY must be set to a random string of 50+ characters when DEBUG=0")
+        raise env.ConfigError(
+            "SECRET_KEY must be set to a random string of 50+ characters when DEBUG=0"
+        )
     ALLOWED_HOSTS = env.env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
     _database_url = env.env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
     UPLOAD_MAX_BYTES = env.env_int("UPLOAD_MAX_BYTES", 5 * 1024**3, minimum=1)

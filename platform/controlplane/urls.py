@@ -9,7 +9,9 @@ urlpatterns = [
     path("healthz", pages.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("controlplane.api.urls")),
-    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
+    path(
+        "login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("storage/local/<str:token>", storage_views.local_presigned, name="storage-local"),
     path("", pages.overview, name="overview"),
@@ -18,11 +20,23 @@ urlpatterns = [
     path("projects/", pages.project_list, name="project-list"),
     path("projects/<int:project_id>/", pages.project_detail, name="project-detail"),
     path("projects/<int:project_id>/uploads/", pages.upload_file, name="upload-file"),
-    path("projects/<int:project_id>/uploads/<int:upload_id>/inspect/", pages.inspect_job_start, name="inspect-start"),
+    path(
+        "projects/<int:project_id>/uploads/<int:upload_id>/inspect/",
+        pages.inspect_job_start,
+        name="inspect-start",
+    ),
     path("projects/<int:project_id>/jobs/", pages.job_list, name="job-list"),
     path("projects/<int:project_id>/jobs/<int:job_id>/", pages.job_detail, name="job-detail"),
-    path("projects/<int:project_id>/jobs/<int:job_id>/cancel/", pages.job_cancel_view, name="job-cancel"),
+    path(
+        "projects/<int:project_id>/jobs/<int:job_id>/cancel/",
+        pages.job_cancel_view,
+        name="job-cancel",
+    ),
     path("projects/<int:project_id>/members/", pages.member_list, name="member-list"),
-    path("projects/<int:project_id>/members/<int:user_id>/", pages.member_change, name="member-change"),
+    path(
+        "projects/<int:project_id>/members/<int:user_id>/",
+        pages.member_change,
+        name="member-change",
+    ),
     path("projects/<int:project_id>/audit/", pages.audit_timeline, name="audit-timeline"),
 ]

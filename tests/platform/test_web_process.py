@@ -19,8 +19,17 @@ print(','.join(heavy))
 
 
 def test_web_process_never_imports_torch():
-    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True,
-                            env={"PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-                                 "CONTROLPLANE_DATA_DIR": str(ROOT / "var" / "test-web"), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}",
+            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+            "CONTROLPLANE_DATA_DIR": str(ROOT / "var" / "test-web"),
+            "PATH": "/usr/bin:/bin",
+        },
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""

@@ -102,7 +102,11 @@ def _detect_text_format(head: bytes, limit: int) -> tuple[str, list]:
             parsed.append(json.loads(line))
         except ValueError:
             break
-    if parsed and len(parsed) == min(limit, len(lines)) and all(isinstance(p, dict) for p in parsed):
+    if (
+        parsed
+        and len(parsed) == min(limit, len(lines))
+        and all(isinstance(p, dict) for p in parsed)
+    ):
         return "jsonl", [{k: _clip(v) for k, v in record.items()} for record in parsed]
     stripped = head.lstrip()
     if stripped[:1] in (b"{", b"["):
@@ -118,7 +122,10 @@ def _detect_text_format(head: bytes, limit: int) -> tuple[str, list]:
         rows = list(csv.reader(io.StringIO("\n".join(lines[: limit + 1])), dialect))
         if len(rows) >= 2 and len(rows[0]) > 1 and all(len(row) == len(rows[0]) for row in rows):
             header = rows[0]
-            return "csv", [{name: _clip(value) for name, value in zip(header, row, strict=True)} for row in rows[1:]]
+            return "csv", [
+                {name: _clip(value) for name, value in zip(header, row, strict=True)}
+                for row in rows[1:]
+            ]
     except csv.Error:
         pass
     return "text", [_clip(line) for line in lines[:limit]]
@@ -159,7 +166,9 @@ def inspect_upload(ctx: JobContext) -> dict:
         try:
             scan.feed(decompress(chunk) if decompress else chunk)
         except Exception as error:  # zlib.error, zstandard.ZstdError: corrupt stream
-            raise JobFailed(f"the file looks {compression}-compressed but does not decompress: {error}") from None
+            raise JobFailed(
+                f"the file looks {compression}-compressed but does not decompress: {error}"
+            ) from None
         limiter.wait(len(chunk))
         ctx.check_stop()
         now = time.monotonic()
@@ -168,8 +177,10 @@ def inspect_upload(ctx: JobContext) -> dict:
             last_report = now
     sha256 = digest.hexdigest()
     if sha256 != source.sha256 or raw_size != source.size:
-        raise JobFailed(f"the stored object does not match its upload record (sha256 {sha256[:12]}…, "
-                        f"{raw_size} bytes; expected {source.sha256[:12]}…, {source.size} bytes)")
+        raise JobFailed(
+            f"the stored object does not match its upload record (sha256 {sha256[:12]}…, "
+            f"{raw_size} bytes; expected {source.sha256[:12]}…, {source.size} bytes)"
+        )
     head = bytes(scan.head)
     binary_format = _magic(head)
     if binary_format:

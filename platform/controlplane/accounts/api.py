@@ -17,7 +17,16 @@ class TokenOut(serializers.ModelSerializer):
 
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at", "is_active"]
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "created_at",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+            "is_active",
+        ]
 
 
 class TokenCreatedOut(TokenOut):
@@ -37,7 +46,9 @@ class TokenListCreate(generics.GenericAPIView):
 
     @extend_schema(responses=TokenOut(many=True))
     def get(self, request):
-        page = self.paginate_queryset(ApiToken.objects.filter(user=request.user).order_by("-created_at"))
+        page = self.paginate_queryset(
+            ApiToken.objects.filter(user=request.user).order_by("-created_at")
+        )
         return self.get_paginated_response(TokenOut(page, many=True).data)
 
     @extend_schema(request=TokenIn, responses={201: TokenCreatedOut})

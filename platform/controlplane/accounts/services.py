@@ -16,7 +16,9 @@ class TokenError(Exception):
 
 
 @transaction.atomic
-def api_token_create(*, user: User, name: str, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+def api_token_create(
+    *, user: User, name: str, expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
     """Create a token; returns it with the raw secret, which is never stored or shown again."""
     if expires_at is not None and expires_at <= timezone.now():
         raise TokenError("expires_at must be in the future")
@@ -24,7 +26,9 @@ def api_token_create(*, user: User, name: str, expires_at: datetime | None = Non
     token = ApiToken.objects.create(
         user=user, name=name, token_hash=hash_token(raw), prefix=raw[:10], expires_at=expires_at
     )
-    audit_append(project=None, actor=user, action="token.created", artifact=token, payload={"name": name})
+    audit_append(
+        project=None, actor=user, action="token.created", artifact=token, payload={"name": name}
+    )
     return token, raw
 
 

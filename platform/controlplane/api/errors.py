@@ -42,8 +42,10 @@ def exception_handler(exc, context):
         detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         body["code"] = "invalid"
         body["message"] = "the request has invalid fields: " + ", ".join(detail)
-        body["fields"] = {key: [str(m) for m in (value if isinstance(value, list) else [value])]
-                          for key, value in detail.items()}
+        body["fields"] = {
+            key: [str(m) for m in (value if isinstance(value, list) else [value])]
+            for key, value in detail.items()
+        }
     else:
         body["code"] = getattr(exc, "default_code", "error")
         if hasattr(exc, "get_codes") and isinstance(exc.get_codes(), str):

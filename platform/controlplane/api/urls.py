@@ -14,15 +14,45 @@ urlpatterns = [
     path("tokens/<int:token_id>/", accounts.TokenRevoke.as_view(), name="api-token"),
     path("projects/", projects.ProjectListCreate.as_view(), name="api-projects"),
     path("projects/<int:project_id>/", projects.ProjectDetail.as_view(), name="api-project"),
-    path("projects/<int:project_id>/members/", projects.MemberListCreate.as_view(), name="api-members"),
-    path("projects/<int:project_id>/members/<int:user_id>/", projects.MemberDetail.as_view(), name="api-member"),
-    path("projects/<int:project_id>/uploads/", uploads.UploadListCreate.as_view(), name="api-uploads"),
-    path("projects/<int:project_id>/uploads/<int:upload_id>/", uploads.UploadDetail.as_view(), name="api-upload"),
+    path(
+        "projects/<int:project_id>/members/",
+        projects.MemberListCreate.as_view(),
+        name="api-members",
+    ),
+    path(
+        "projects/<int:project_id>/members/<int:user_id>/",
+        projects.MemberDetail.as_view(),
+        name="api-member",
+    ),
+    path(
+        "projects/<int:project_id>/uploads/", uploads.UploadListCreate.as_view(), name="api-uploads"
+    ),
+    path(
+        "projects/<int:project_id>/uploads/<int:upload_id>/",
+        uploads.UploadDetail.as_view(),
+        name="api-upload",
+    ),
     path("projects/<int:project_id>/jobs/", jobs.JobListCreate.as_view(), name="api-jobs"),
     path("projects/<int:project_id>/jobs/<int:job_id>/", jobs.JobDetail.as_view(), name="api-job"),
-    path("projects/<int:project_id>/jobs/<int:job_id>/cancel/", jobs.JobCancel.as_view(), name="api-job-cancel"),
-    path("projects/<int:project_id>/jobs/<int:job_id>/events/", jobs.JobEvents.as_view(), name="api-job-events"),
-    path("projects/<int:project_id>/jobs/<int:job_id>/metrics/", jobs.JobMetrics.as_view(), name="api-job-metrics"),
+    path(
+        "projects/<int:project_id>/jobs/<int:job_id>/cancel/",
+        jobs.JobCancel.as_view(),
+        name="api-job-cancel",
+    ),
+    path(
+        "projects/<int:project_id>/jobs/<int:job_id>/events/",
+        jobs.JobEvents.as_view(),
+        name="api-job-events",
+    ),
+    path(
+        "projects/<int:project_id>/jobs/<int:job_id>/metrics/",
+        jobs.JobMetrics.as_view(),
+        name="api-job-metrics",
+    ),
     path("projects/<int:project_id>/audit/", audit.AuditEventList.as_view(), name="api-audit"),
-    path("projects/<int:project_id>/audit/verify/", audit.AuditVerify.as_view(), name="api-audit-verify"),
+    path(
+        "projects/<int:project_id>/audit/verify/",
+        audit.AuditVerify.as_view(),
+        name="api-audit-verify",
+    ),
 ]

@@ -17,7 +17,16 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ["project_id", "seq", "action", "artifact_type", "artifact_id", "actor_id", "created_at", "short_hash"]
+    list_display = [
+        "project_id",
+        "seq",
+        "action",
+        "artifact_type",
+        "artifact_id",
+        "actor_id",
+        "created_at",
+        "short_hash",
+    ]
     list_filter = ["action", "artifact_type"]
     search_fields = ["artifact_id", "hash", "action"]
 

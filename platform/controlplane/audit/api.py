@@ -14,8 +14,17 @@ from controlplane.audit.services import audit_verify
 class AuditEventOut(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent
-        fields = ["seq", "actor_id", "action", "artifact_type", "artifact_id", "payload", "created_at",
-                  "prev_hash", "hash"]
+        fields = [
+            "seq",
+            "actor_id",
+            "action",
+            "artifact_type",
+            "artifact_id",
+            "payload",
+            "created_at",
+            "prev_hash",
+            "hash",
+        ]
 
 
 class VerificationOut(serializers.Serializer):
@@ -29,15 +38,22 @@ class AuditEventList(generics.GenericAPIView):
     serializer_class = AuditEventOut
 
     @extend_schema(
-        parameters=[OpenApiParameter("artifact_type", str), OpenApiParameter("artifact_id", str),
-                    OpenApiParameter("action", str)],
+        parameters=[
+            OpenApiParameter("artifact_type", str),
+            OpenApiParameter("artifact_id", str),
+            OpenApiParameter("action", str),
+        ],
         responses=AuditEventOut(many=True),
     )
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
         params = request.query_params
-        events = audit_events_for(project, artifact_type=params.get("artifact_type"),
-                                  artifact_id=params.get("artifact_id"), action=params.get("action"))
+        events = audit_events_for(
+            project,
+            artifact_type=params.get("artifact_type"),
+            artifact_id=params.get("artifact_id"),
+            action=params.get("action"),
+        )
         page = self.paginate_queryset(events)
         return self.get_paginated_response(AuditEventOut(page, many=True).data)
 
@@ -48,7 +64,15 @@ class AuditVerify(APIView):
         project = project_or_404(request, project_id)
         results = audit_verify(project)
         if not results:
-            return Response({"ok": True, "events_checked": 0, "first_bad_seq": None, "message": "no events yet"})
+            return Response(
+                {"ok": True, "events_checked": 0, "first_bad_seq": None, "message": "no events yet"}
+            )
         result = results[0]
-        return Response({"ok": result.ok, "events_checked": result.events_checked,
-                         "first_bad_seq": result.first_bad_seq, "message": result.describe()})
+        return Response(
+            {
+                "ok": result.ok,
+                "events_checked": result.events_checked,
+                "first_bad_seq": result.first_bad_seq,
+                "message": result.describe(),
+            }
+        )

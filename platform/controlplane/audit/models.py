@@ -19,12 +19,17 @@ class AuditChain(models.Model):
     """The head of one chain; its row is locked while an event is appended (ordering)."""
 
     # NULL project = the platform chain (tokens, users): events that belong to no project.
-    project = models.OneToOneField("projects.Project", on_delete=models.PROTECT, null=True, related_name="audit_chain")
+    project = models.OneToOneField(
+        "projects.Project", on_delete=models.PROTECT, null=True, related_name="audit_chain"
+    )
     # "platform" or "project:<id>": unique, so there is exactly one chain per scope
     # (a unique NULL project would not be unique on every database).
     scope = models.CharField(max_length=40, unique=True)
     length = models.PositiveBigIntegerField(default=0)
     head_hash = models.CharField(max_length=64, default=GENESIS_HASH)
+
+    def __str__(self) -> str:
+        return f"audit chain {self.scope} ({self.length} events)"
 
 
 class AuditEvent(models.Model):

@@ -5,8 +5,13 @@ from django.db.models import QuerySet
 from controlplane.audit.models import AuditEvent
 
 
-def audit_events_for(project, *, artifact_type: str | None = None, artifact_id: str | None = None,
-                     action: str | None = None) -> QuerySet[AuditEvent]:
+def audit_events_for(
+    project,
+    *,
+    artifact_type: str | None = None,
+    artifact_id: str | None = None,
+    action: str | None = None,
+) -> QuerySet[AuditEvent]:
     events = AuditEvent.objects.filter(project_id=project.pk)
     if artifact_type:
         events = events.filter(artifact_type=artifact_type)

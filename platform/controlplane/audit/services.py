@@ -53,15 +53,28 @@ def audit_append(
     created_at = timezone.now()
     actor_id = actor.pk if actor is not None and actor.is_authenticated else None
     canonical = canonical_event(
-        project_id=chain.project_id, seq=seq, actor_id=actor_id, action=action,
-        artifact_type=artifact_type, artifact_id=artifact_id, payload=clean_payload,
+        project_id=chain.project_id,
+        seq=seq,
+        actor_id=actor_id,
+        action=action,
+        artifact_type=artifact_type,
+        artifact_id=artifact_id,
+        payload=clean_payload,
         created_at=created_at,
     )
     digest = event_hash(chain.head_hash, canonical)
     event = AuditEvent.objects.create(
-        chain=chain, project_id=chain.project_id, seq=seq, actor_id=actor_id, action=action,
-        artifact_type=artifact_type, artifact_id=artifact_id, payload=clean_payload,
-        created_at=created_at, prev_hash=chain.head_hash, hash=digest,
+        chain=chain,
+        project_id=chain.project_id,
+        seq=seq,
+        actor_id=actor_id,
+        action=action,
+        artifact_type=artifact_type,
+        artifact_id=artifact_id,
+        payload=clean_payload,
+        created_at=created_at,
+        prev_hash=chain.head_hash,
+        hash=digest,
     )
     AuditChain.objects.filter(pk=chain.pk).update(length=seq, head_hash=digest)
     return event
@@ -89,17 +102,25 @@ def audit_verify_chain(chain: AuditChain) -> ChainVerification:
     checked = 0
     events = AuditEvent.objects.filter(chain=chain).order_by("seq").iterator(chunk_size=2000)
     for event in events:
-        def broken(reason: str, seq: int = event.seq) -> ChainVerification:
+
+        def broken(reason: str, seq: int = event.seq, checked: int = checked) -> ChainVerification:
             return ChainVerification(chain.project_id, checked, False, seq, reason)
 
         if event.seq != expected_seq:
-            return broken(f"expected event #{expected_seq}, found #{event.seq} (an event is missing)",
-                          expected_seq)
+            return broken(
+                f"expected event #{expected_seq}, found #{event.seq} (an event is missing)",
+                expected_seq,
+            )
         if event.prev_hash != prev_hash:
             return broken("its previous-hash does not match the event before it")
         canonical = canonical_event(
-            project_id=event.project_id, seq=event.seq, actor_id=event.actor_id, action=event.action,
-            artifact_type=event.artifact_type, artifact_id=event.artifact_id, payload=event.payload,
+            project_id=event.project_id,
+            seq=event.seq,
+            actor_id=event.actor_id,
+            action=event.action,
+            artifact_type=event.artifact_type,
+            artifact_id=event.artifact_id,
+            payload=event.payload,
             created_at=event.created_at,
         )
         if event_hash(prev_hash, canonical) != event.hash:
@@ -108,8 +129,13 @@ def audit_verify_chain(chain: AuditChain) -> ChainVerification:
         expected_seq += 1
         checked += 1
     if checked != chain.length or prev_hash != chain.head_hash:
-        return ChainVerification(chain.project_id, checked, False, checked + 1,
-                                 f"the chain head records {chain.length} events but {checked} remain")
+        return ChainVerification(
+            chain.project_id,
+            checked,
+            False,
+            checked + 1,
+            f"the chain head records {chain.length} events but {checked} remain",
+        )
     return ChainVerification(chain.project_id, checked, True)
 
 

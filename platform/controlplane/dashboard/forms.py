@@ -5,7 +5,9 @@ from controlplane.projects.models import Role, slug_validator
 
 class ProjectForm(forms.Form):
     name = forms.CharField(max_length=120)
-    slug = forms.CharField(max_length=63, validators=[slug_validator], help_text="lowercase letters, digits, hyphens")
+    slug = forms.CharField(
+        max_length=63, validators=[slug_validator], help_text="lowercase letters, digits, hyphens"
+    )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
 
@@ -25,7 +27,9 @@ class UploadForm(forms.Form):
 class InspectJobForm(forms.Form):
     upload_id = forms.IntegerField(widget=forms.HiddenInput)
     preview_records = forms.IntegerField(min_value=1, max_value=50, initial=5)
-    read_rate_limit_mb_s = forms.FloatField(min_value=0.01, required=False, label="Read rate limit (MB/s)")
+    read_rate_limit_mb_s = forms.FloatField(
+        min_value=0.01, required=False, label="Read rate limit (MB/s)"
+    )
 
 
 class TokenForm(forms.Form):

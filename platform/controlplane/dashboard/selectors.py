@@ -29,17 +29,27 @@ def overview_for(user: User) -> dict:
     project_ids = list(projects.values_list("pk", flat=True))
     jobs = Job.objects.filter(project_id__in=project_ids)
     by_state = dict(jobs.values_list("state").annotate(n=Count("id")).order_by())
-    upload_bytes = dict(Upload.objects.filter(project_id__in=project_ids).values_list("project_id")
-                        .annotate(total=Sum("size")).order_by())
-    artifact_bytes = dict(JobArtifact.objects.filter(job__project_id__in=project_ids)
-                          .values_list("job__project_id").annotate(total=Sum("size")).order_by())
+    upload_bytes = dict(
+        Upload.objects.filter(project_id__in=project_ids)
+        .values_list("project_id")
+        .annotate(total=Sum("size"))
+        .order_by()
+    )
+    artifact_bytes = dict(
+        JobArtifact.objects.filter(job__project_id__in=project_ids)
+        .values_list("job__project_id")
+        .annotate(total=Sum("size"))
+        .order_by()
+    )
     storage = [
         ProjectStorage(p.pk, p.name, upload_bytes.get(p.pk) or 0, artifact_bytes.get(p.pk) or 0)
         for p in projects.order_by("name")
     ]
     return {
         "project_count": len(project_ids),
-        "jobs_by_state": [(state.label, state.value, by_state.get(state.value, 0)) for state in JobState],
+        "jobs_by_state": [
+            (state.label, state.value, by_state.get(state.value, 0)) for state in JobState
+        ],
         "job_count": sum(by_state.values()),
         "storage": storage,
         "storage_total": sum(item.total_bytes for item in storage),

@@ -13,7 +13,9 @@ from workers.storage import ObjectExistsError, PresignedURLError
 def local_presigned(request, token: str):
     store = object_store()
     if not hasattr(store, "verify_presigned_token"):
-        return HttpResponse("presigned local URLs are only served with the local object store\n", status=404)
+        return HttpResponse(
+            "presigned local URLs are only served with the local object store\n", status=404
+        )
     method = request.method.upper()
     if method not in ("GET", "PUT"):
         return HttpResponse("use GET or PUT\n", status=405)
@@ -25,8 +27,10 @@ def local_presigned(request, token: str):
         if not store.exists(key):
             return HttpResponse("no such object\n", status=404)
         info = store.stat(key)
-        response = StreamingHttpResponse(store.iter_chunks(key, chunk_size=1024 * 1024),
-                                         content_type=info.content_type or "application/octet-stream")
+        response = StreamingHttpResponse(
+            store.iter_chunks(key, chunk_size=1024 * 1024),
+            content_type=info.content_type or "application/octet-stream",
+        )
         response["Content-Length"] = str(info.size)
         return response
     try:
@@ -34,12 +38,14 @@ def local_presigned(request, token: str):
     except ValueError:
         return HttpResponseBadRequest("a presigned PUT needs a Content-Length\n")
     try:
-        stored = store.put_stream(key, request, length=length,
-                                  content_type=request.META.get("CONTENT_TYPE") or "application/octet-stream")
+        stored = store.put_stream(
+            key,
+            request,
+            length=length,
+            content_type=request.META.get("CONTENT_TYPE") or "application/octet-stream",
+        )
     except ObjectExistsError:
         return HttpResponse("object already exists; keys are never overwritten\n", status=409)
     response = HttpResponse(status=200)
     response["ETag"] = stored.sha256
     return response
-
-

@@ -15,7 +15,14 @@ from controlplane.accounts.services import TokenError, api_token_create, api_tok
 from controlplane.audit.selectors import audit_events_for
 from controlplane.audit.services import audit_verify
 from controlplane.dashboard.access import project_page
-from controlplane.dashboard.forms import InspectJobForm, MemberForm, ProjectForm, RoleForm, TokenForm, UploadForm
+from controlplane.dashboard.forms import (
+    InspectJobForm,
+    MemberForm,
+    ProjectForm,
+    RoleForm,
+    TokenForm,
+    UploadForm,
+)
 from controlplane.dashboard.selectors import overview_for
 from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import Job, JobMetric, JobState
@@ -61,14 +68,18 @@ def project_list(request):
 @project_page()
 def project_detail(request, project):
     uploads = Upload.objects.filter(project=project).select_related("uploaded_by")[:20]
-    return render(request, "dashboard/project_detail.html", {
-        "project": project,
-        "uploads": uploads,
-        "jobs": jobs_for(project)[:10],
-        "upload_form": UploadForm(),
-        "members": members_of(project),
-        "audit": audit_verify(project),
-    })
+    return render(
+        request,
+        "dashboard/project_detail.html",
+        {
+            "project": project,
+            "uploads": uploads,
+            "jobs": jobs_for(project)[:10],
+            "upload_form": UploadForm(),
+            "members": members_of(project),
+            "audit": audit_verify(project),
+        },
+    )
 
 
 @project_page(Action.RUN)
@@ -80,12 +91,21 @@ def upload_file(request, project):
         return redirect("project-detail", project_id=project.pk)
     uploaded = form.cleaned_data["file"]
     try:
-        upload = upload_create(project=project, actor=request.user, stream=uploaded.file, filename=uploaded.name,
-                               size=uploaded.size, content_type=uploaded.content_type or "")
+        upload = upload_create(
+            project=project,
+            actor=request.user,
+            stream=uploaded.file,
+            filename=uploaded.name,
+            size=uploaded.size,
+            content_type=uploaded.content_type or "",
+        )
     except UploadError as error:
         messages.error(request, str(error))
     else:
-        messages.success(request, f"Uploaded {upload.filename} ({upload.size} bytes, sha256 {upload.sha256[:12]}…).")
+        messages.success(
+            request,
+            f"Uploaded {upload.filename} ({upload.size} bytes, sha256 {upload.sha256[:12]}…).",
+        )
     return redirect("project-detail", project_id=project.pk)
 
 
@@ -103,7 +123,11 @@ def inspect_job_start(request, project, upload_id: int):
         else:
             messages.success(request, f"Job {job.pk} queued.")
             return redirect("job-detail", project_id=project.pk, job_id=job.pk)
-    return render(request, "dashboard/inspect_start.html", {"project": project, "upload": upload, "form": form})
+    return render(
+        request,
+        "dashboard/inspect_start.html",
+        {"project": project, "upload": upload, "form": form},
+    )
 
 
 @project_page()
@@ -156,19 +180,31 @@ def member_list(request, project):
             raise PermissionDenied("only owners manage members")
         form = MemberForm(request.POST)
         if form.is_valid():
-            user = User.objects.filter(username=form.cleaned_data["username"], is_active=True).first()
+            user = User.objects.filter(
+                username=form.cleaned_data["username"], is_active=True
+            ).first()
             if user is None:
                 form.add_error("username", "no active user with this name")
             else:
                 try:
-                    member_add(project=project, user=user, role=form.cleaned_data["role"], actor=request.user)
+                    member_add(
+                        project=project,
+                        user=user,
+                        role=form.cleaned_data["role"],
+                        actor=request.user,
+                    )
                 except MembershipError as error:
                     form.add_error(None, str(error))
                 else:
-                    messages.success(request, f"{user.username} added as {form.cleaned_data['role']}.")
+                    messages.success(
+                        request, f"{user.username} added as {form.cleaned_data['role']}."
+                    )
                     return redirect("member-list", project_id=project.pk)
-    return render(request, "dashboard/members.html",
-                  {"project": project, "members": members_of(project), "form": form, "role_form": RoleForm()})
+    return render(
+        request,
+        "dashboard/members.html",
+        {"project": project, "members": members_of(project), "form": form, "role_form": RoleForm()},
+    )
 
 
 @project_page(Action.MANAGE)
@@ -182,8 +218,12 @@ def member_change(request, project, user_id: int):
         else:
             form = RoleForm(request.POST)
             if form.is_valid():
-                member_change_role(membership=membership, role=form.cleaned_data["role"], actor=request.user)
-                messages.success(request, f"{membership.user.username} is now {form.cleaned_data['role']}.")
+                member_change_role(
+                    membership=membership, role=form.cleaned_data["role"], actor=request.user
+                )
+                messages.success(
+                    request, f"{membership.user.username} is now {form.cleaned_data['role']}."
+                )
     except MembershipError as error:
         messages.error(request, str(error))
     return redirect("member-list", project_id=project.pk)
@@ -195,13 +235,24 @@ def audit_timeline(request, project):
     artifact_id = request.GET.get("artifact_id") or None
     events = audit_events_for(project, artifact_type=artifact_type, artifact_id=artifact_id)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
-    actors = dict(User.objects.filter(pk__in={e.actor_id for e in page if e.actor_id})
-                  .values_list("pk", "username"))
+    actors = dict(
+        User.objects.filter(pk__in={e.actor_id for e in page if e.actor_id}).values_list(
+            "pk", "username"
+        )
+    )
     verification = audit_verify(project)
-    return render(request, "dashboard/audit.html", {
-        "project": project, "page": page, "actors": actors, "artifact_type": artifact_type,
-        "artifact_id": artifact_id, "verification": verification[0] if verification else None,
-    })
+    return render(
+        request,
+        "dashboard/audit.html",
+        {
+            "project": project,
+            "page": page,
+            "actors": actors,
+            "artifact_type": artifact_type,
+            "artifact_id": artifact_id,
+            "verification": verification[0] if verification else None,
+        },
+    )
 
 
 @login_required
@@ -212,7 +263,9 @@ def token_list(request):
         _token, created = api_token_create(user=request.user, name=form.cleaned_data["name"])
         form = TokenForm()
     tokens = ApiToken.objects.filter(user=request.user)
-    return render(request, "dashboard/tokens.html", {"tokens": tokens, "form": form, "created": created})
+    return render(
+        request, "dashboard/tokens.html", {"tokens": tokens, "form": form, "created": created}
+    )
 
 
 @login_required

@@ -11,11 +11,27 @@ class ArtifactInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ["id", "project", "kind", "state", "attempt", "queue", "worker", "created_by", "created_at",
-                    "finished_at"]
+    list_display = [
+        "id",
+        "project",
+        "kind",
+        "state",
+        "attempt",
+        "queue",
+        "worker",
+        "created_by",
+        "created_at",
+        "finished_at",
+    ]
     list_filter = ["state", "kind", "queue", "project"]
     search_fields = ["id", "worker", "error"]
-    readonly_fields = ["created_at", "started_at", "finished_at", "lease_expires_at", "last_heartbeat_at"]
+    readonly_fields = [
+        "created_at",
+        "started_at",
+        "finished_at",
+        "lease_expires_at",
+        "last_heartbeat_at",
+    ]
     inlines = [ArtifactInline]
 
 

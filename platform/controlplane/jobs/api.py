@@ -19,9 +19,26 @@ class JobOut(serializers.ModelSerializer):
 
     class Meta:
         model = Job
-        fields = ["id", "project_id", "kind", "queue", "state", "params", "inputs", "created_by", "created_at",
-                  "started_at", "finished_at", "attempt", "worker", "progress", "progress_message",
-                  "cancel_requested_at", "result", "error"]
+        fields = [
+            "id",
+            "project_id",
+            "kind",
+            "queue",
+            "state",
+            "params",
+            "inputs",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "attempt",
+            "worker",
+            "progress",
+            "progress_message",
+            "cancel_requested_at",
+            "result",
+            "error",
+        ]
 
 
 class JobIn(StrictSerializer):
@@ -43,7 +60,11 @@ class MetricOut(serializers.ModelSerializer):
 
 def job_or_404(request, project_id: int, job_id: int, action: Action = Action.VIEW) -> Job:
     project = project_or_404(request, project_id, action)
-    job = Job.objects.filter(project=project, pk=job_id).select_related("created_by", "project").first()
+    job = (
+        Job.objects.filter(project=project, pk=job_id)
+        .select_related("created_by", "project")
+        .first()
+    )
     if job is None:
         raise NotFound(f"job {job_id} not found in this project")
     return job
@@ -58,14 +79,20 @@ def raise_job_error(error: JobError):
 class JobListCreate(generics.GenericAPIView):
     serializer_class = JobOut
 
-    @extend_schema(parameters=[OpenApiParameter("state", enum=JobState.values), OpenApiParameter("kind", str)],
-                   responses=JobOut(many=True))
+    @extend_schema(
+        parameters=[OpenApiParameter("state", enum=JobState.values), OpenApiParameter("kind", str)],
+        responses=JobOut(many=True),
+    )
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
         state = request.query_params.get("state")
         if state and state not in JobState.values:
-            raise serializers.ValidationError({"state": [f"use one of {', '.join(JobState.values)}"]})
-        page = self.paginate_queryset(jobs_for(project, state=state, kind=request.query_params.get("kind")))
+            raise serializers.ValidationError(
+                {"state": [f"use one of {', '.join(JobState.values)}"]}
+            )
+        page = self.paginate_queryset(
+            jobs_for(project, state=state, kind=request.query_params.get("kind"))
+        )
         return self.get_paginated_response(JobOut(page, many=True).data)
 
     @extend_schema(request=JobIn, responses={201: JobOut})
@@ -76,7 +103,10 @@ class JobListCreate(generics.GenericAPIView):
         try:
             job = job_create(project=project, actor=request.user, **body.validated_data)
         except JobRequestError as error:
-            fields = {("params." + k if k not in ("kind", "params") else k): v for k, v in error.errors.items()}
+            fields = {
+                ("params." + k if k not in ("kind", "params") else k): v
+                for k, v in error.errors.items()
+            }
             raise serializers.ValidationError(fields) from None
         return Response(JobOut(job).data, status=status.HTTP_201_CREATED)
 
@@ -104,7 +134,9 @@ class JobEvents(generics.GenericAPIView):
     @extend_schema(responses=EventOut(many=True))
     def get(self, request, project_id: int, job_id: int):
         job = job_or_404(request, project_id, job_id)
-        page = self.paginate_queryset(JobEventRecord.objects.filter(job=job).order_by("attempt", "seq"))
+        page = self.paginate_queryset(
+            JobEventRecord.objects.filter(job=job).order_by("attempt", "seq")
+        )
         return self.get_paginated_response(EventOut(page, many=True).data)
 
 

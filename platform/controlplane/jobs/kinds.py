@@ -27,11 +27,17 @@ class JobRequest:
     inputs: list[dict[str, Any]]
 
 
-def _number(params: dict, name: str, errors: dict, *, kind: type, default: Any, low: float, high: float) -> Any:
+def _number(
+    params: dict, name: str, errors: dict, *, kind: type, default: Any, low: float, high: float
+) -> Any:
     value = params.get(name, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not isinstance(value, int))
+    ):
         errors[name] = [f"must be {'an integer' if kind is int else 'a number'}"]
         return None
     if not low <= value <= high:
@@ -56,7 +62,9 @@ def _validate_inspect(project: Project, params: dict[str, Any]) -> JobRequest:
         if upload is None:
             errors["upload_id"] = [f"no upload {upload_id} in this project"]
     preview = _number(params, "preview_records", errors, kind=int, default=5, low=1, high=50)
-    rate = _number(params, "read_rate_limit_mb_s", errors, kind=float, default=None, low=0.01, high=100000)
+    rate = _number(
+        params, "read_rate_limit_mb_s", errors, kind=float, default=None, low=0.01, high=100000
+    )
     if errors:
         raise JobRequestError(errors)
     clean = {"upload_id": upload.pk, "preview_records": preview}
@@ -71,7 +79,9 @@ _VALIDATORS = {JobKind.INSPECT: _validate_inspect}
 
 def validate_job_request(*, project: Project, kind: str, params: Any) -> JobRequest:
     if kind not in _VALIDATORS:
-        raise JobRequestError({"kind": [f"unknown job kind '{kind}'; use one of {', '.join(_VALIDATORS)}"]})
+        raise JobRequestError(
+            {"kind": [f"unknown job kind '{kind}'; use one of {', '.join(_VALIDATORS)}"]}
+        )
     if not isinstance(params, dict):
         raise JobRequestError({"params": ["must be an object"]})
     return _VALIDATORS[JobKind(kind)](project, params)

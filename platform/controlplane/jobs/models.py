@@ -25,10 +25,14 @@ class Job(models.Model):
     project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="jobs")
     kind = models.CharField(max_length=40)
     queue = models.CharField(max_length=20, default="cpu")
-    state = models.CharField(max_length=20, choices=JobState.choices, default=JobState.QUEUED, db_index=True)
+    state = models.CharField(
+        max_length=20, choices=JobState.choices, default=JobState.QUEUED, db_index=True
+    )
     params = models.JSONField(default=dict)
     inputs = models.JSONField(default=list)  # [{"uri", "sha256", "size"}]: ArtifactRef dicts
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -47,7 +51,10 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["project", "state"]), models.Index(fields=["project", "-created_at"])]
+        indexes = [
+            models.Index(fields=["project", "state"]),
+            models.Index(fields=["project", "-created_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"job {self.pk} ({self.kind}, {self.state})"
@@ -73,9 +80,14 @@ class JobEventRecord(models.Model):
     applied_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["job", "attempt", "seq"], name="event_applied_once")]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt", "seq"], name="event_applied_once")
+        ]
         ordering = ["job_id", "attempt", "seq"]
         indexes = [models.Index(fields=["job", "type"])]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} attempt {self.attempt} event #{self.seq} ({self.type})"
 
 
 class JobMetric(models.Model):
@@ -87,8 +99,13 @@ class JobMetric(models.Model):
 
     class Meta:
         # A step that is replayed after a resume overwrites, never duplicates.
-        constraints = [models.UniqueConstraint(fields=["job", "key", "step"], name="one_metric_per_step")]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "key", "step"], name="one_metric_per_step")
+        ]
         ordering = ["job_id", "key", "step"]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.key}@{self.step} = {self.value:g}"
 
 
 class ArtifactKind(models.TextChoices):
@@ -98,7 +115,9 @@ class ArtifactKind(models.TextChoices):
 
 class JobArtifact(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
-    kind = models.CharField(max_length=20, choices=ArtifactKind.choices, default=ArtifactKind.OUTPUT)
+    kind = models.CharField(
+        max_length=20, choices=ArtifactKind.choices, default=ArtifactKind.OUTPUT
+    )
     name = models.CharField(max_length=200)
     step = models.PositiveBigIntegerField(null=True, blank=True)  # checkpoints: training step
     object_key = models.CharField(max_length=512, unique=True)
@@ -108,3 +127,6 @@ class JobArtifact(models.Model):
 
     class Meta:
         ordering = ["job_id", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} of job {self.job_id}"

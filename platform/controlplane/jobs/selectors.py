@@ -6,7 +6,9 @@ from controlplane.jobs.models import Job, JobEventRecord
 from controlplane.projects.models import Project
 
 
-def jobs_for(project: Project, *, state: str | None = None, kind: str | None = None) -> QuerySet[Job]:
+def jobs_for(
+    project: Project, *, state: str | None = None, kind: str | None = None
+) -> QuerySet[Job]:
     jobs = Job.objects.filter(project=project).select_related("created_by")
     if state:
         jobs = jobs.filter(state=state)
@@ -16,5 +18,9 @@ def jobs_for(project: Project, *, state: str | None = None, kind: str | None = N
 
 
 def job_log_tail(job: Job, *, limit: int = 200) -> list[JobEventRecord]:
-    records = JobEventRecord.objects.filter(job=job).exclude(type="heartbeat").order_by("-applied_at", "-id")[:limit]
+    records = (
+        JobEventRecord.objects.filter(job=job)
+        .exclude(type="heartbeat")
+        .order_by("-applied_at", "-id")[:limit]
+    )
     return list(reversed(records))

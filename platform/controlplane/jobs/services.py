@@ -24,7 +24,14 @@ from django.utils import timezone
 from controlplane.audit.services import audit_append
 from controlplane.jobs.dispatch import send_job
 from controlplane.jobs.kinds import validate_job_request
-from controlplane.jobs.models import ArtifactKind, Job, JobArtifact, JobEventRecord, JobMetric, JobState
+from controlplane.jobs.models import (
+    ArtifactKind,
+    Job,
+    JobArtifact,
+    JobEventRecord,
+    JobMetric,
+    JobState,
+)
 from controlplane.projects.models import Project
 from controlplane.storage import object_store
 from workers.protocol import EventType, JobEvent, cancel_marker_key, superseded_marker_key
@@ -39,7 +46,9 @@ class JobError(Exception):
 
 
 def _claim(job_id: int, *, attempt: int, from_states: set[str], **changes: Any) -> bool:
-    return Job.objects.filter(pk=job_id, attempt=attempt, state__in=from_states).update(**changes) == 1
+    return (
+        Job.objects.filter(pk=job_id, attempt=attempt, state__in=from_states).update(**changes) == 1
+    )
 
 
 def _dispatch_after_commit(job: Job) -> None:
@@ -58,11 +67,21 @@ def job_create(*, project: Project, kind: str, params: dict[str, Any], actor: Us
     request = validate_job_request(project=project, kind=kind, params=params)
     now = timezone.now()
     job = Job.objects.create(
-        project=project, kind=kind, queue=request.queue, params=request.params, inputs=request.inputs,
-        created_by=actor, dispatched_at=now,
+        project=project,
+        kind=kind,
+        queue=request.queue,
+        params=request.params,
+        inputs=request.inputs,
+        created_by=actor,
+        dispatched_at=now,
     )
-    audit_append(project=project, actor=actor, action="job.created", artifact=job,
-                 payload={"kind": kind, "params": request.params, "inputs": request.inputs})
+    audit_append(
+        project=project,
+        actor=actor,
+        action="job.created",
+        artifact=job,
+        payload={"kind": kind, "params": request.params, "inputs": request.inputs},
+    )
     _dispatch_after_commit(job)
     return job
 
@@ -81,10 +100,21 @@ def job_cancel(*, job: Job, actor: User) -> Job:
     if job.state == JobState.QUEUED:
         job.state = JobState.CANCELLED
         job.finished_at = now
-        audit_append(project=job.project, actor=actor, action="job.cancelled", artifact=job,
-                     payload={"while": "queued"})
+        audit_append(
+            project=job.project,
+            actor=actor,
+            action="job.cancelled",
+            artifact=job,
+            payload={"while": "queued"},
+        )
     else:
-        audit_append(project=job.project, actor=actor, action="job.cancel_requested", artifact=job, payload={})
+        audit_append(
+            project=job.project,
+            actor=actor,
+            action="job.cancel_requested",
+            artifact=job,
+            payload={},
+        )
     job.save(update_fields=["state", "finished_at", "cancel_requested_at"])
     return job
 
@@ -105,7 +135,11 @@ def _record(job: Job, event: JobEvent) -> bool:
     try:
         with transaction.atomic():
             JobEventRecord.objects.create(
-                job=job, attempt=event.attempt, seq=event.seq, type=event.type, payload=event.payload,
+                job=job,
+                attempt=event.attempt,
+                seq=event.seq,
+                type=event.type,
+                payload=event.payload,
                 emitted_at=datetime.fromtimestamp(event.time, tz=UTC),
             )
     except IntegrityError:
@@ -135,11 +169,23 @@ def job_apply_event(event: JobEvent) -> bool:
 
 
 def _on_started(job: Job, event: JobEvent, now: datetime) -> None:
-    if _claim(job.pk, attempt=event.attempt, from_states={JobState.QUEUED}, state=JobState.RUNNING,
-              started_at=job.started_at or now, worker=str(event.payload.get("worker", ""))[:200],
-              lease_expires_at=_lease_until(now), last_heartbeat_at=now):
-        audit_append(project=job.project, actor=None, action="job.started", artifact=job,
-                     payload={"attempt": event.attempt, "worker": event.payload.get("worker", "")})
+    if _claim(
+        job.pk,
+        attempt=event.attempt,
+        from_states={JobState.QUEUED},
+        state=JobState.RUNNING,
+        started_at=job.started_at or now,
+        worker=str(event.payload.get("worker", ""))[:200],
+        lease_expires_at=_lease_until(now),
+        last_heartbeat_at=now,
+    ):
+        audit_append(
+            project=job.project,
+            actor=None,
+            action="job.started",
+            artifact=job,
+            payload={"attempt": event.attempt, "worker": event.payload.get("worker", "")},
+        )
 
 
 def _extend_lease(job: Job, event: JobEvent, now: datetime, **extra: Any) -> None:
@@ -154,16 +200,26 @@ def _on_heartbeat(job: Job, event: JobEvent, now: datetime) -> None:
 
 def _on_progress(job: Job, event: JobEvent, now: datetime) -> None:
     fraction = float(event.payload.get("fraction", 0.0))
-    _extend_lease(job, event, now, progress=max(0.0, min(1.0, fraction)),
-                  progress_message=str(event.payload.get("message", ""))[:300])
+    _extend_lease(
+        job,
+        event,
+        now,
+        progress=max(0.0, min(1.0, fraction)),
+        progress_message=str(event.payload.get("message", ""))[:300],
+    )
 
 
 def _on_metric(job: Job, event: JobEvent, now: datetime) -> None:
     step = int(event.payload["step"])
     for key, value in event.payload.get("values", {}).items():
         JobMetric.objects.update_or_create(
-            job=job, key=str(key)[:100], step=step,
-            defaults={"value": float(value), "recorded_at": datetime.fromtimestamp(event.time, tz=UTC)},
+            job=job,
+            key=str(key)[:100],
+            step=step,
+            defaults={
+                "value": float(value),
+                "recorded_at": datetime.fromtimestamp(event.time, tz=UTC),
+            },
         )
     _extend_lease(job, event, now)
 
@@ -175,13 +231,28 @@ def _on_artifact(job: Job, event: JobEvent, now: datetime, kind: str = ArtifactK
         return
     artifact, created = JobArtifact.objects.get_or_create(
         object_key=key,
-        defaults={"job": job, "kind": kind, "name": str(event.payload.get("name", key.rsplit("/", 1)[-1]))[:200],
-                  "sha256": str(event.payload.get("sha256", "")), "size": int(event.payload.get("size", 0)),
-                  "step": event.payload.get("step")},
+        defaults={
+            "job": job,
+            "kind": kind,
+            "name": str(event.payload.get("name", key.rsplit("/", 1)[-1]))[:200],
+            "sha256": str(event.payload.get("sha256", "")),
+            "size": int(event.payload.get("size", 0)),
+            "step": event.payload.get("step"),
+        },
     )
     if created:
-        audit_append(project=job.project, actor=None, action=f"{kind}.created", artifact=artifact,
-                     payload={"job_id": job.pk, "object_key": key, "sha256": artifact.sha256, "size": artifact.size})
+        audit_append(
+            project=job.project,
+            actor=None,
+            action=f"{kind}.created",
+            artifact=artifact,
+            payload={
+                "job_id": job.pk,
+                "object_key": key,
+                "sha256": artifact.sha256,
+                "size": artifact.size,
+            },
+        )
     _extend_lease(job, event, now)
 
 
@@ -193,20 +264,51 @@ def _on_log(job: Job, event: JobEvent, now: datetime) -> None:
     _extend_lease(job, event, now)
 
 
-def _finish(job: Job, event: JobEvent, now: datetime, state: str, action: str, **changes: Any) -> None:
-    if _claim(job.pk, attempt=event.attempt, from_states={JobState.QUEUED, JobState.RUNNING}, state=state,
-              finished_at=now, lease_expires_at=None, **changes):
-        audit_append(project=job.project, actor=None, action=action, artifact=job,
-                     payload={"attempt": event.attempt, **{k: v for k, v in changes.items() if k != "result"}})
+def _finish(
+    job: Job, event: JobEvent, now: datetime, state: str, action: str, **changes: Any
+) -> None:
+    if _claim(
+        job.pk,
+        attempt=event.attempt,
+        from_states={JobState.QUEUED, JobState.RUNNING},
+        state=state,
+        finished_at=now,
+        lease_expires_at=None,
+        **changes,
+    ):
+        audit_append(
+            project=job.project,
+            actor=None,
+            action=action,
+            artifact=job,
+            payload={
+                "attempt": event.attempt,
+                **{k: v for k, v in changes.items() if k != "result"},
+            },
+        )
 
 
 def _on_finished(job: Job, event: JobEvent, now: datetime) -> None:
-    _finish(job, event, now, JobState.SUCCEEDED, "job.succeeded", result=event.payload.get("result", {}),
-            progress=1.0)
+    _finish(
+        job,
+        event,
+        now,
+        JobState.SUCCEEDED,
+        "job.succeeded",
+        result=event.payload.get("result", {}),
+        progress=1.0,
+    )
 
 
 def _on_failed(job: Job, event: JobEvent, now: datetime) -> None:
-    _finish(job, event, now, JobState.FAILED, "job.failed", error=str(event.payload.get("error", "failed"))[:5000])
+    _finish(
+        job,
+        event,
+        now,
+        JobState.FAILED,
+        "job.failed",
+        error=str(event.payload.get("error", "failed"))[:5000],
+    )
 
 
 def _on_cancelled(job: Job, event: JobEvent, now: datetime) -> None:
@@ -240,27 +342,50 @@ def jobs_reap_expired(*, now: datetime | None = None) -> list[int]:
     a worker that is still alive stop the old attempt; after JOB_MAX_ATTEMPTS the job fails.
     """
     now = now or timezone.now()
-    expired = (Job.objects.select_for_update(skip_locked=True).select_related("project")
-               .filter(state=JobState.RUNNING, lease_expires_at__lt=now))
+    expired = (
+        Job.objects.select_for_update(skip_locked=True)
+        .select_related("project")
+        .filter(state=JobState.RUNNING, lease_expires_at__lt=now)
+    )
     reaped = []
     for job in expired:
         old_attempt = job.attempt
         _put_marker(superseded_marker_key(job.pk, old_attempt), "lease expired")
         if old_attempt >= settings.JOB_MAX_ATTEMPTS:
             Job.objects.filter(pk=job.pk).update(
-                state=JobState.FAILED, finished_at=now, lease_expires_at=None,
+                state=JobState.FAILED,
+                finished_at=now,
+                lease_expires_at=None,
                 error=f"worker lost {old_attempt} times (lease expired); giving up",
             )
-            audit_append(project=job.project, actor=None, action="job.failed", artifact=job,
-                         payload={"attempt": old_attempt, "reason": "lease expired, attempts exhausted"})
+            audit_append(
+                project=job.project,
+                actor=None,
+                action="job.failed",
+                artifact=job,
+                payload={"attempt": old_attempt, "reason": "lease expired, attempts exhausted"},
+            )
             continue
         checkpoint = _latest_checkpoint(job)
         Job.objects.filter(pk=job.pk).update(
-            state=JobState.QUEUED, attempt=F("attempt") + 1, lease_expires_at=None, dispatched_at=now,
-            worker="", resume_checkpoint=checkpoint,
+            state=JobState.QUEUED,
+            attempt=F("attempt") + 1,
+            lease_expires_at=None,
+            dispatched_at=now,
+            worker="",
+            resume_checkpoint=checkpoint,
         )
-        audit_append(project=job.project, actor=None, action="job.redispatched", artifact=job,
-                     payload={"attempt": old_attempt + 1, "reason": "lease expired", "resume_checkpoint": checkpoint})
+        audit_append(
+            project=job.project,
+            actor=None,
+            action="job.redispatched",
+            artifact=job,
+            payload={
+                "attempt": old_attempt + 1,
+                "reason": "lease expired",
+                "resume_checkpoint": checkpoint,
+            },
+        )
         _dispatch_after_commit(job)
         reaped.append(job.pk)
     return reaped

@@ -10,8 +10,14 @@ from workers.protocol import APPLY_EVENT_TASK, CONTROL_QUEUE, JobEvent, Protocol
 
 # acks_late + reject_on_worker_lost: if this worker dies mid-apply the event comes back;
 # applying it twice is harmless (JobEventRecord's unique key).
-@shared_task(name=APPLY_EVENT_TASK, queue=CONTROL_QUEUE, acks_late=True, task_reject_on_worker_lost=True,
-             ignore_result=True, time_limit=60)
+@shared_task(
+    name=APPLY_EVENT_TASK,
+    queue=CONTROL_QUEUE,
+    acks_late=True,
+    task_reject_on_worker_lost=True,
+    ignore_result=True,
+    time_limit=60,
+)
 def apply_event(event: dict) -> bool:
     try:
         parsed = JobEvent.from_dict(event)
@@ -20,6 +26,8 @@ def apply_event(event: dict) -> bool:
     return job_apply_event(parsed)
 
 
-@shared_task(name="control.reap_expired_jobs", queue=CONTROL_QUEUE, ignore_result=True, time_limit=120)
+@shared_task(
+    name="control.reap_expired_jobs", queue=CONTROL_QUEUE, ignore_result=True, time_limit=120
+)
 def reap_expired_jobs() -> list[int]:
     return jobs_reap_expired()

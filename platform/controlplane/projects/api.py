@@ -29,8 +29,17 @@ class ProjectOut(serializers.ModelSerializer):
 
     class Meta:
         model = Project
-        fields = ["id", "name", "slug", "description", "created_at", "member_count", "job_count",
-                  "running_job_count", "my_role"]
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "description",
+            "created_at",
+            "member_count",
+            "job_count",
+            "running_job_count",
+            "my_role",
+        ]
 
     def get_my_role(self, project) -> str | None:
         roles = self.context.get("roles")
@@ -60,8 +69,11 @@ class ProjectListCreate(generics.GenericAPIView):
     def get(self, request):
         page = self.paginate_queryset(self.get_queryset())
         # One query for the caller's roles on this page, not one per project.
-        roles = dict(Membership.objects.filter(user=request.user, project__in=[p.pk for p in page])
-                     .values_list("project_id", "role"))
+        roles = dict(
+            Membership.objects.filter(
+                user=request.user, project__in=[p.pk for p in page]
+            ).values_list("project_id", "role")
+        )
         data = ProjectOut(page, many=True, context={"request": request, "roles": roles}).data
         return self.get_paginated_response(data)
 
@@ -73,7 +85,9 @@ class ProjectListCreate(generics.GenericAPIView):
             project = project_create(actor=request.user, **body.validated_data)
         except MembershipError as error:
             raise Conflict(str(error)) from None
-        return Response(ProjectOut(project, context={"request": request}).data, status=status.HTTP_201_CREATED)
+        return Response(
+            ProjectOut(project, context={"request": request}).data, status=status.HTTP_201_CREATED
+        )
 
 
 class ProjectDetail(APIView):
@@ -127,7 +141,9 @@ class MemberListCreate(generics.GenericAPIView):
         if user is None:
             raise serializers.ValidationError({"username": ["no active user with this name"]})
         try:
-            membership = member_add(project=project, user=user, role=body.validated_data["role"], actor=request.user)
+            membership = member_add(
+                project=project, user=user, role=body.validated_data["role"], actor=request.user
+            )
         except MembershipError as error:
             raise Conflict(str(error)) from None
         return Response(MemberOut(membership).data, status=status.HTTP_201_CREATED)
@@ -149,7 +165,9 @@ class MemberDetail(APIView):
         body = MemberPatch(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            membership = member_change_role(membership=membership, role=body.validated_data["role"], actor=request.user)
+            membership = member_change_role(
+                membership=membership, role=body.validated_data["role"], actor=request.user
+            )
         except MembershipError as error:
             raise Conflict(str(error)) from None
         return Response(MemberOut(membership).data)

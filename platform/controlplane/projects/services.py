@@ -15,19 +15,33 @@ class MembershipError(Exception):
 def project_create(*, name: str, slug: str, description: str = "", actor: User) -> Project:
     try:
         with transaction.atomic():
-            project = Project.objects.create(name=name, slug=slug, description=description, created_by=actor)
+            project = Project.objects.create(
+                name=name, slug=slug, description=description, created_by=actor
+            )
     except IntegrityError:
         raise MembershipError(f"a project with slug '{slug}' already exists") from None
     Membership.objects.create(project=project, user=actor, role=Role.OWNER)
-    audit_append(project=project, actor=actor, action="project.created", artifact=project,
-                 payload={"name": name, "slug": slug})
-    audit_append(project=project, actor=actor, action="member.added", artifact=project,
-                 payload={"user_id": actor.pk, "role": Role.OWNER})
+    audit_append(
+        project=project,
+        actor=actor,
+        action="project.created",
+        artifact=project,
+        payload={"name": name, "slug": slug},
+    )
+    audit_append(
+        project=project,
+        actor=actor,
+        action="member.added",
+        artifact=project,
+        payload={"user_id": actor.pk, "role": Role.OWNER},
+    )
     return project
 
 
 @transaction.atomic
-def project_update(*, project: Project, actor: User, name: str | None = None, description: str | None = None) -> Project:
+def project_update(
+    *, project: Project, actor: User, name: str | None = None, description: str | None = None
+) -> Project:
     changed = {}
     if name is not None and name != project.name:
         project.name = name
@@ -37,8 +51,13 @@ def project_update(*, project: Project, actor: User, name: str | None = None, de
         changed["description"] = description
     if changed:
         project.save(update_fields=list(changed))
-        audit_append(project=project, actor=actor, action="project.updated", artifact=project,
-                     payload={"fields": sorted(changed)})
+        audit_append(
+            project=project,
+            actor=actor,
+            action="project.updated",
+            artifact=project,
+            payload={"fields": sorted(changed)},
+        )
     return project
 
 
@@ -49,8 +68,13 @@ def member_add(*, project: Project, user: User, role: str, actor: User) -> Membe
     if Membership.objects.filter(project=project, user=user).exists():
         raise MembershipError(f"{user.username} is already a member; change their role instead")
     membership = Membership.objects.create(project=project, user=user, role=role)
-    audit_append(project=project, actor=actor, action="member.added", artifact=project,
-                 payload={"user_id": user.pk, "role": role})
+    audit_append(
+        project=project,
+        actor=actor,
+        action="member.added",
+        artifact=project,
+        payload={"user_id": user.pk, "role": role},
+    )
     return membership
 
 
@@ -72,8 +96,13 @@ def member_change_role(*, membership: Membership, role: str, actor: User) -> Mem
     old = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
-    audit_append(project=membership.project, actor=actor, action="member.role_changed",
-                 artifact=membership.project, payload={"user_id": membership.user_id, "from": old, "to": role})
+    audit_append(
+        project=membership.project,
+        actor=actor,
+        action="member.role_changed",
+        artifact=membership.project,
+        payload={"user_id": membership.user_id, "from": old, "to": role},
+    )
     return membership
 
 
@@ -82,5 +111,10 @@ def member_remove(*, membership: Membership, actor: User) -> None:
     _ensure_an_owner_remains(membership.project, membership)
     project, user_id = membership.project, membership.user_id
     membership.delete()
-    audit_append(project=project, actor=actor, action="member.removed", artifact=project,
-                 payload={"user_id": user_id})
+    audit_append(
+        project=project,
+        actor=actor,
+        action="member.removed",
+        artifact=project,
+        payload={"user_id": user_id},
+    )

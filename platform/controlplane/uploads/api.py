@@ -24,7 +24,16 @@ class UploadOut(serializers.ModelSerializer):
 
     class Meta:
         model = Upload
-        fields = ["id", "filename", "size", "sha256", "content_type", "object_key", "uploaded_by", "created_at"]
+        fields = [
+            "id",
+            "filename",
+            "size",
+            "sha256",
+            "content_type",
+            "object_key",
+            "uploaded_by",
+            "created_at",
+        ]
 
 
 class UploadIn(serializers.Serializer):
@@ -39,7 +48,9 @@ def reject_oversized_body(request) -> None:
         raise ParseError("Content-Length is not a number") from None
     # Multipart framing adds a little on top of the file itself.
     if length > settings.UPLOAD_MAX_BYTES + 64 * 1024:
-        raise PayloadTooLarge(f"request body is {length} bytes; uploads are limited to {settings.UPLOAD_MAX_BYTES}")
+        raise PayloadTooLarge(
+            f"request body is {length} bytes; uploads are limited to {settings.UPLOAD_MAX_BYTES}"
+        )
 
 
 def store_uploaded_file(request, project) -> Upload:
@@ -48,8 +59,14 @@ def store_uploaded_file(request, project) -> Upload:
         raise serializers.ValidationError({"file": ["send exactly one file in the 'file' field"]})
     try:
         # The file is in a temp file (or small in memory); put_stream reads it in parts.
-        return upload_create(project=project, actor=request.user, stream=uploaded.file, filename=uploaded.name,
-                             size=uploaded.size, content_type=uploaded.content_type or "")
+        return upload_create(
+            project=project,
+            actor=request.user,
+            stream=uploaded.file,
+            filename=uploaded.name,
+            size=uploaded.size,
+            content_type=uploaded.content_type or "",
+        )
     except UploadError as error:
         if error.status == 413:
             raise PayloadTooLarge(str(error)) from None
@@ -79,7 +96,11 @@ class UploadDetail(APIView):
     @extend_schema(responses=UploadOut)
     def get(self, request, project_id: int, upload_id: int):
         project = project_or_404(request, project_id)
-        upload = Upload.objects.filter(project=project, pk=upload_id).select_related("uploaded_by").first()
+        upload = (
+            Upload.objects.filter(project=project, pk=upload_id)
+            .select_related("uploaded_by")
+            .first()
+        )
         if upload is None:
             raise NotFound(f"upload {upload_id} not found in this project")
         return Response(UploadOut(upload).data)

@@ -30,28 +30,49 @@ def display_filename(name: str) -> str:
     return (base or "upload")[:255]
 
 
-def upload_create(*, project: Project, actor: User, stream: BinaryIO, filename: str, size: int,
-                  content_type: str = "application/octet-stream") -> Upload:
+def upload_create(
+    *,
+    project: Project,
+    actor: User,
+    stream: BinaryIO,
+    filename: str,
+    size: int,
+    content_type: str = "application/octet-stream",
+) -> Upload:
     """Stream a file into the object store, then record it.
 
     The object is written first and the row after; if the row cannot be written the object
     is deleted again, so a failed upload leaves neither a row nor bytes behind.
     """
     if size > settings.UPLOAD_MAX_BYTES:
-        raise UploadError(f"file is {size} bytes; the limit is {settings.UPLOAD_MAX_BYTES}", status=413)
+        raise UploadError(
+            f"file is {size} bytes; the limit is {settings.UPLOAD_MAX_BYTES}", status=413
+        )
     if size == 0:
         raise UploadError("file is empty")
     store = object_store()
     key = project_key(project.pk, "uploads", uuid.uuid4().hex)
-    stored = store.put_stream(key, stream, length=size, content_type=content_type or "application/octet-stream")
+    stored = store.put_stream(
+        key, stream, length=size, content_type=content_type or "application/octet-stream"
+    )
     try:
         with transaction.atomic():
             upload = Upload.objects.create(
-                project=project, filename=display_filename(filename), object_key=key, size=stored.size,
-                sha256=stored.sha256, content_type=content_type or "application/octet-stream", uploaded_by=actor,
+                project=project,
+                filename=display_filename(filename),
+                object_key=key,
+                size=stored.size,
+                sha256=stored.sha256,
+                content_type=content_type or "application/octet-stream",
+                uploaded_by=actor,
             )
-            audit_append(project=project, actor=actor, action="upload.created", artifact=upload,
-                         payload={"sha256": stored.sha256, "size": stored.size, "object_key": key})
+            audit_append(
+                project=project,
+                actor=actor,
+                action="upload.created",
+                artifact=upload,
+                payload={"sha256": stored.sha256, "size": stored.size, "object_key": key},
+            )
     except BaseException:
         store.delete(key)
         raise

@@ -9,7 +9,9 @@ def test_malformed_json_is_a_400(team, api):
     from controlplane.projects.models import Project
 
     before = Project.objects.count()
-    response = api(team.owner).generic("POST", "/api/v1/projects/", '{"name": "x", "slug":', content_type="application/json")
+    response = api(team.owner).generic(
+        "POST", "/api/v1/projects/", '{"name": "x", "slug":', content_type="application/json"
+    )
     assert response.status_code == 400
     assert "JSON parse error" in response.json()["error"]["message"]
     assert Project.objects.count() == before
@@ -17,7 +19,9 @@ def test_malformed_json_is_a_400(team, api):
 
 def test_unknown_and_mistyped_fields_are_named(team, api):
     client = api(team.owner)
-    response = client.post("/api/v1/projects/", {"name": "x", "slug": "ok-slug", "colour": "red"}, format="json")
+    response = client.post(
+        "/api/v1/projects/", {"name": "x", "slug": "ok-slug", "colour": "red"}, format="json"
+    )
     assert response.json()["error"]["fields"] == {"colour": ["unknown field"]}
     response = client.post("/api/v1/projects/", {"name": ["x"], "slug": "Bad Slug!"}, format="json")
     assert response.status_code == 400
@@ -30,14 +34,19 @@ def test_non_object_body_is_a_400(team, api):
 
 
 def test_duplicate_slug_is_a_conflict(team, api):
-    response = api(team.owner).post("/api/v1/projects/", {"name": "Again", "slug": "alpha"}, format="json")
+    response = api(team.owner).post(
+        "/api/v1/projects/", {"name": "Again", "slug": "alpha"}, format="json"
+    )
     assert response.status_code == 409 and "already exists" in response.json()["error"]["message"]
 
 
 def test_unknown_ids_are_404_with_a_message(team, api):
     client = api(team.owner)
     response = client.get("/api/v1/projects/999999/")
-    assert response.status_code == 404 and response.json()["error"]["message"] == "project 999999 not found"
+    assert (
+        response.status_code == 404
+        and response.json()["error"]["message"] == "project 999999 not found"
+    )
     assert client.get(f"/api/v1/projects/{team.project.pk}/jobs/424242/").status_code == 404
 
 

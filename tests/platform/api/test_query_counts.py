@@ -22,10 +22,20 @@ def test_list_endpoints_do_not_grow_with_page_size(team, api, make_upload):
         project_create(name=f"P{i}", slug=f"proj-{i}", actor=team.owner)
     upload = make_upload(team.project, team.engineer, b"a\n")
     for _ in range(12):
-        job_create(project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer)
+        job_create(
+            project=team.project,
+            kind="inspect",
+            params={"upload_id": upload.pk},
+            actor=team.engineer,
+        )
     client = api(team.owner)
     p = team.project.pk
     client.get("/api/v1/projects/")  # the token's first use records last_used_at once
-    for url in ["/api/v1/projects/", f"/api/v1/projects/{p}/jobs/", f"/api/v1/projects/{p}/members/",
-                f"/api/v1/projects/{p}/uploads/", f"/api/v1/projects/{p}/audit/"]:
+    for url in [
+        "/api/v1/projects/",
+        f"/api/v1/projects/{p}/jobs/",
+        f"/api/v1/projects/{p}/members/",
+        f"/api/v1/projects/{p}/uploads/",
+        f"/api/v1/projects/{p}/audit/",
+    ]:
         assert _queries(client, url, 2) == _queries(client, url, 10), url

@@ -39,7 +39,10 @@ def test_verify_names_the_first_tampered_event(team, capsys):
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         # What an attacker with database superuser rights would do.
         cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_no_update")
-        cursor.execute("UPDATE audit_auditevent SET payload = %s WHERE id = %s", ['{"role": "owner"}', victim.pk])
+        cursor.execute(
+            "UPDATE audit_auditevent SET payload = %s WHERE id = %s",
+            ['{"role": "owner"}', victim.pk],
+        )
         cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_update")
     (result,) = audit_verify(team.project)
     assert not result.ok and result.first_bad_seq == victim.seq
@@ -70,12 +73,16 @@ def test_audit_verify_command_reports_every_chain(team, capsys):
 def test_api_timeline_filters_by_artifact_and_shows_badge(team, api, make_upload, client):
     upload = make_upload(team.project, team.engineer, b"x\n")
     client_api = api(team.compliance)
-    events = client_api.get(f"/api/v1/projects/{team.project.pk}/audit/",
-                            {"artifact_type": "upload", "artifact_id": upload.pk}).json()["results"]
+    events = client_api.get(
+        f"/api/v1/projects/{team.project.pk}/audit/",
+        {"artifact_type": "upload", "artifact_id": upload.pk},
+    ).json()["results"]
     assert [e["action"] for e in events] == ["upload.created"]
     assert client_api.get(f"/api/v1/projects/{team.project.pk}/audit/verify/").json()["ok"] is True
     client.force_login(team.compliance)
-    page = client.get(f"/projects/{team.project.pk}/audit/?artifact_type=upload&artifact_id={upload.pk}").content.decode()
+    page = client.get(
+        f"/projects/{team.project.pk}/audit/?artifact_type=upload&artifact_id={upload.pk}"
+    ).content.decode()
     assert "chain verified" in page and "upload.created" in page
 
 
@@ -83,4 +90,8 @@ def test_subject_identifiers_are_hashed():
     from controlplane.audit.chain import hash_subject
 
     digest = hash_subject("jane.doe@example.org")
-    assert len(digest) == 64 and "jane" not in digest and digest == hash_subject("jane.doe@example.org")
+    assert (
+        len(digest) == 64
+        and "jane" not in digest
+        and digest == hash_subject("jane.doe@example.org")
+    )

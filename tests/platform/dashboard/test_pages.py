@@ -27,11 +27,20 @@ def test_every_project_page_renders_for_a_member(team, client, make_upload):
     from controlplane.jobs.services import job_create
 
     upload = make_upload(team.project, team.engineer, b"a\n")
-    job = job_create(project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer)
+    job = job_create(
+        project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer
+    )
     client.force_login(team.viewer)
     p = team.project.pk
-    for url in ["/projects/", f"/projects/{p}/", f"/projects/{p}/jobs/", f"/projects/{p}/jobs/{job.pk}/",
-                f"/projects/{p}/members/", f"/projects/{p}/audit/", "/account/tokens/"]:
+    for url in [
+        "/projects/",
+        f"/projects/{p}/",
+        f"/projects/{p}/jobs/",
+        f"/projects/{p}/jobs/{job.pk}/",
+        f"/projects/{p}/members/",
+        f"/projects/{p}/audit/",
+        "/account/tokens/",
+    ]:
         assert client.get(url).status_code == 200, url
 
 
@@ -39,9 +48,13 @@ def test_job_rows_are_a_fragment_for_htmx(team, client, make_upload):
     from controlplane.jobs.services import job_create
 
     upload = make_upload(team.project, team.engineer, b"a\n")
-    job_create(project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer)
+    job_create(
+        project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer
+    )
     client.force_login(team.viewer)
-    fragment = client.get(f"/projects/{team.project.pk}/jobs/", HTTP_HX_REQUEST="true").content.decode()
+    fragment = client.get(
+        f"/projects/{team.project.pk}/jobs/", HTTP_HX_REQUEST="true"
+    ).content.decode()
     assert "<html" not in fragment and "queued" in fragment
     page = client.get(f"/projects/{team.project.pk}/jobs/").content.decode()
     assert "<html" in page and 'hx-trigger="every 2s"' in page
@@ -53,8 +66,10 @@ def test_engineer_starts_an_inspect_job_from_the_page(team, client, make_upload,
 
     upload = make_upload(team.project, team.engineer, b"a\n")
     client.force_login(team.engineer)
-    response = client.post(f"/projects/{team.project.pk}/uploads/{upload.pk}/inspect/",
-                           {"upload_id": upload.pk, "preview_records": 3})
+    response = client.post(
+        f"/projects/{team.project.pk}/uploads/{upload.pk}/inspect/",
+        {"upload_id": upload.pk, "preview_records": 3},
+    )
     job = Job.objects.get()
     assert response.status_code == 302 and response["Location"].endswith(f"/jobs/{job.pk}/")
     assert job.params == {"upload_id": upload.pk, "preview_records": 3} and sent_jobs
@@ -79,8 +94,15 @@ def test_admin_lists_every_model(team, client):
     client.force_login(team.admin)
     team.admin.is_superuser = True
     team.admin.save()
-    for url in ["/admin/projects/project/", "/admin/jobs/job/", "/admin/audit/auditevent/", "/admin/uploads/upload/",
-                "/admin/accounts/apitoken/", "/admin/jobs/jobeventrecord/", "/admin/projects/membership/"]:
+    for url in [
+        "/admin/projects/project/",
+        "/admin/jobs/job/",
+        "/admin/audit/auditevent/",
+        "/admin/uploads/upload/",
+        "/admin/accounts/apitoken/",
+        "/admin/jobs/jobeventrecord/",
+        "/admin/projects/membership/",
+    ]:
         assert client.get(url).status_code == 200, url
 
 

@@ -33,13 +33,21 @@ def test_bad_job_requests_are_field_errors_and_create_nothing(api, team, upload,
 
 
 def test_out_of_range_parameter_names_the_range(api, team, upload):
-    response = _post(api, team, {"kind": "inspect", "params": {"upload_id": upload.pk, "preview_records": 500}})
-    assert response.json()["error"]["fields"]["params.preview_records"] == ["must be between 1 and 50"]
+    response = _post(
+        api, team, {"kind": "inspect", "params": {"upload_id": upload.pk, "preview_records": 500}}
+    )
+    assert response.json()["error"]["fields"]["params.preview_records"] == [
+        "must be between 1 and 50"
+    ]
 
 
 def test_unknown_top_level_field_is_rejected(api, team, upload):
-    response = _post(api, team, {"kind": "inspect", "params": {"upload_id": upload.pk}, "priority": 9})
-    assert response.status_code == 400 and response.json()["error"]["fields"] == {"priority": ["unknown field"]}
+    response = _post(
+        api, team, {"kind": "inspect", "params": {"upload_id": upload.pk}, "priority": 9}
+    )
+    assert response.status_code == 400 and response.json()["error"]["fields"] == {
+        "priority": ["unknown field"]
+    }
 
 
 def test_job_list_filters_by_state(api, team, upload):

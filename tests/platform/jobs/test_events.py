@@ -15,7 +15,9 @@ def job(team, make_upload):
     from controlplane.jobs.services import job_create
 
     upload = make_upload(team.project, team.engineer, b"a\nb\n")
-    return job_create(project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer)
+    return job_create(
+        project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer
+    )
 
 
 def _event(job, seq, event_type, attempt=1, **payload):
@@ -27,7 +29,11 @@ def test_job_is_dispatched_after_commit_with_its_spec(job, sent_jobs):
     (name, args, queue) = sent_jobs[-1]
     assert name == "workers.run_job" and queue == "cpu"
     spec = args[0]
-    assert spec["job_id"] == job.pk and spec["attempt"] == 1 and spec["inputs"][0]["sha256"] == job.inputs[0]["sha256"]
+    assert (
+        spec["job_id"] == job.pk
+        and spec["attempt"] == 1
+        and spec["inputs"][0]["sha256"] == job.inputs[0]["sha256"]
+    )
 
 
 def test_a_redelivered_event_is_applied_once(job):
@@ -52,7 +58,11 @@ def test_full_life_cycle_is_audited(job):
     job_apply_event(_event(job, 1, EventType.FINISHED, result={"line_count": 2}))
     job.refresh_from_db()
     assert job.state == "succeeded" and job.result == {"line_count": 2}
-    actions = list(AuditEvent.objects.filter(artifact_type="job", artifact_id=str(job.pk)).values_list("action", flat=True))
+    actions = list(
+        AuditEvent.objects.filter(artifact_type="job", artifact_id=str(job.pk)).values_list(
+            "action", flat=True
+        )
+    )
     assert actions == ["job.created", "job.started", "job.succeeded"]
 
 
@@ -83,7 +93,17 @@ def test_reaper_redispatches_a_job_whose_lease_ran_out(job, sent_jobs):
     from workers.protocol import superseded_marker_key
 
     job_apply_event(_event(job, 0, EventType.STARTED))
-    job_apply_event(_event(job, 1, EventType.CHECKPOINT, step=10, key=f"{job.output_prefix}ckpt-10", sha256="ab", size=3))
+    job_apply_event(
+        _event(
+            job,
+            1,
+            EventType.CHECKPOINT,
+            step=10,
+            key=f"{job.output_prefix}ckpt-10",
+            sha256="ab",
+            size=3,
+        )
+    )
     assert jobs_reap_expired() == []  # lease still valid
     later = timezone.now() + timedelta(hours=1)
     assert jobs_reap_expired(now=later) == [job.pk]
@@ -125,7 +145,9 @@ def test_cancel_of_a_queued_job_is_immediate_and_of_a_finished_one_a_conflict(jo
     assert client.post(url).json()["state"] == "cancelled"
     assert object_store().exists(cancel_marker_key(job.pk))
     response = client.post(url)
-    assert response.status_code == 409 and "already cancelled" in response.json()["error"]["message"]
+    assert (
+        response.status_code == 409 and "already cancelled" in response.json()["error"]["message"]
+    )
 
 
 def test_metric_replayed_for_the_same_step_is_not_duplicated(job):

@@ -46,10 +46,31 @@ def _test_database_url() -> str:
 class Worker:
     def __init__(self, app: str, queue: str, tmp_path: Path, *extra: str):
         self.log = tmp_path / f"{queue}-{time.monotonic_ns()}.log"
-        command = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "--pool", "solo",
-                   "-n", f"{queue}-{os.getpid()}-{time.monotonic_ns()}@test", "--loglevel", "INFO", *extra]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=self.log.open("wb"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "-Q",
+            queue,
+            "--pool",
+            "solo",
+            "-n",
+            f"{queue}-{os.getpid()}-{time.monotonic_ns()}@test",
+            "--loglevel",
+            "INFO",
+            *extra,
+        ]
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=_env(),
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -85,7 +106,9 @@ def workers(broker, tmp_path, settings):
 
     def start(kind: str) -> Worker:
         if kind == "control":
-            worker = Worker("controlplane.celery_app", "control", tmp_path, "-B", "-s", str(tmp_path / "beat"))
+            worker = Worker(
+                "controlplane.celery_app", "control", tmp_path, "-B", "-s", str(tmp_path / "beat")
+            )
         else:
             worker = Worker("workers.celery_app", "cpu", tmp_path)
         started.append(worker)
@@ -104,15 +127,20 @@ def _wait(job, predicate, timeout: float, workers_logs=()) -> None:
             return
         time.sleep(0.2)
     logs = "\n".join(path.read_text()[-3000:] for path in workers_logs)
-    raise AssertionError(f"job {job.pk} is {job.state} (attempt {job.attempt}) after {timeout}s\n{logs}")
+    raise AssertionError(
+        f"job {job.pk} is {job.state} (attempt {job.attempt}) after {timeout}s\n{logs}"
+    )
 
 
 def test_inspect_job_runs_on_a_real_worker(team, api, workers, make_upload):
     control, cpu = workers("control"), workers("cpu")
     data = b"".join(b'{"text": "line %d", "n": %d}\n' % (i, i) for i in range(1000))
     upload = make_upload(team.project, team.engineer, data, filename="records.jsonl")
-    response = api(team.engineer).post(f"/api/v1/projects/{team.project.pk}/jobs/",
-                                       {"kind": "inspect", "params": {"upload_id": upload.pk}}, format="json")
+    response = api(team.engineer).post(
+        f"/api/v1/projects/{team.project.pk}/jobs/",
+        {"kind": "inspect", "params": {"upload_id": upload.pk}},
+        format="json",
+    )
     assert response.status_code == 201
     from controlplane.jobs.models import Job
 
@@ -134,8 +162,12 @@ def test_killed_worker_job_is_redispatched_and_finishes_once(team, workers, make
     control, cpu = workers("control"), workers("cpu")
     data = b"abcdefghij" * 40_000 + b"\n"  # 400 kB read at 100 kB/s: ~4 s of work
     upload = make_upload(team.project, team.engineer, data)
-    job = job_create(project=team.project, kind="inspect", actor=team.engineer,
-                     params={"upload_id": upload.pk, "read_rate_limit_mb_s": 0.1})
+    job = job_create(
+        project=team.project,
+        kind="inspect",
+        actor=team.engineer,
+        params={"upload_id": upload.pk, "read_rate_limit_mb_s": 0.1},
+    )
     _wait(job, lambda j: j.state == "running", 60, [control.log, cpu.log])
     time.sleep(1.0)
     cpu.kill()  # SIGKILL mid-job: no goodbye, no failed event
@@ -147,7 +179,11 @@ def test_killed_worker_job_is_redispatched_and_finishes_once(team, workers, make
     assert finished.count() == 1 and finished.get().attempt == 2
     seqs = list(JobEventRecord.objects.filter(job=job).values_list("attempt", "seq"))
     assert len(seqs) == len(set(seqs))
-    actions = list(AuditEvent.objects.filter(artifact_type="job", artifact_id=str(job.pk)).values_list("action", flat=True))
+    actions = list(
+        AuditEvent.objects.filter(artifact_type="job", artifact_id=str(job.pk)).values_list(
+            "action", flat=True
+        )
+    )
     assert actions.count("job.succeeded") == 1 and "job.redispatched" in actions
     assert Job.objects.get(pk=job.pk).result["sha256"] == upload.sha256
 
@@ -157,8 +193,12 @@ def test_running_job_is_cancelled_cooperatively(team, workers, make_upload):
 
     control, cpu = workers("control"), workers("cpu")
     upload = make_upload(team.project, team.engineer, b"x" * 2_000_000)
-    job = job_create(project=team.project, kind="inspect", actor=team.engineer,
-                     params={"upload_id": upload.pk, "read_rate_limit_mb_s": 0.05})
+    job = job_create(
+        project=team.project,
+        kind="inspect",
+        actor=team.engineer,
+        params={"upload_id": upload.pk, "read_rate_limit_mb_s": 0.05},
+    )
     _wait(job, lambda j: j.state == "running", 60, [control.log, cpu.log])
     job_cancel(job=job, actor=team.engineer)
     _wait(job, lambda j: j.is_terminal, 30, [control.log, cpu.log])

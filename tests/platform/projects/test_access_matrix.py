@@ -19,7 +19,11 @@ def _urls(team, upload_id: int, job_id: int) -> list[tuple[str, str, dict | None
         ("get", f"/api/v1/projects/{p}/uploads/", None),
         ("get", f"/api/v1/projects/{p}/uploads/{upload_id}/", None),
         ("get", f"/api/v1/projects/{p}/jobs/", None),
-        ("post", f"/api/v1/projects/{p}/jobs/", {"kind": "inspect", "params": {"upload_id": upload_id}}),
+        (
+            "post",
+            f"/api/v1/projects/{p}/jobs/",
+            {"kind": "inspect", "params": {"upload_id": upload_id}},
+        ),
         ("get", f"/api/v1/projects/{p}/jobs/{job_id}/", None),
         ("post", f"/api/v1/projects/{p}/jobs/{job_id}/cancel/", None),
         ("get", f"/api/v1/projects/{p}/jobs/{job_id}/events/", None),
@@ -34,7 +38,9 @@ def upload_and_job(team, make_upload):
     from controlplane.jobs.services import job_create
 
     upload = make_upload(team.project, team.engineer, b"hello\nworld\n")
-    job = job_create(project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer)
+    job = job_create(
+        project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer
+    )
     return upload, job
 
 
@@ -66,9 +72,17 @@ def test_viewer_reads_but_cannot_write(team, api, upload_and_job):
 def test_engineer_runs_jobs_but_cannot_manage_members(team, api, upload_and_job):
     upload, job = upload_and_job
     client = api(team.engineer)
-    assert client.post(f"/api/v1/projects/{team.project.pk}/jobs/",
-                       {"kind": "inspect", "params": {"upload_id": upload.pk}}, format="json").status_code == 201
-    response = client.post(f"/api/v1/projects/{team.project.pk}/members/", {"username": "outsider", "role": "viewer"})
+    assert (
+        client.post(
+            f"/api/v1/projects/{team.project.pk}/jobs/",
+            {"kind": "inspect", "params": {"upload_id": upload.pk}},
+            format="json",
+        ).status_code
+        == 201
+    )
+    response = client.post(
+        f"/api/v1/projects/{team.project.pk}/members/", {"username": "outsider", "role": "viewer"}
+    )
     assert response.status_code == 403
 
 
@@ -81,8 +95,11 @@ def test_project_list_shows_only_own_projects(team, api):
 
 def test_upload_of_another_project_cannot_be_used_in_a_job(team, api, make_upload):
     foreign = make_upload(team.other_project, team.outsider, b"secret\n")
-    response = api(team.engineer).post(f"/api/v1/projects/{team.project.pk}/jobs/",
-                                       {"kind": "inspect", "params": {"upload_id": foreign.pk}}, format="json")
+    response = api(team.engineer).post(
+        f"/api/v1/projects/{team.project.pk}/jobs/",
+        {"kind": "inspect", "params": {"upload_id": foreign.pk}},
+        format="json",
+    )
     assert response.status_code == 400
     assert "no upload" in response.json()["error"]["fields"]["params.upload_id"][0]
 
@@ -91,8 +108,14 @@ def test_pages_hide_other_projects(team, client, upload_and_job):
     upload, job = upload_and_job
     client.force_login(team.outsider)
     p = team.project.pk
-    for url in [f"/projects/{p}/", f"/projects/{p}/jobs/", f"/projects/{p}/jobs/{job.pk}/",
-                f"/projects/{p}/members/", f"/projects/{p}/audit/", f"/projects/{p}/uploads/{upload.pk}/inspect/"]:
+    for url in [
+        f"/projects/{p}/",
+        f"/projects/{p}/jobs/",
+        f"/projects/{p}/jobs/{job.pk}/",
+        f"/projects/{p}/members/",
+        f"/projects/{p}/audit/",
+        f"/projects/{p}/uploads/{upload.pk}/inspect/",
+    ]:
         assert client.get(url).status_code == 404, url
     assert client.post(f"/projects/{p}/jobs/{job.pk}/cancel/").status_code == 404
 
@@ -103,4 +126,9 @@ def test_viewer_cannot_cancel_or_upload_from_pages(team, client, upload_and_job)
     p = team.project.pk
     assert client.get(f"/projects/{p}/jobs/{job.pk}/").status_code == 200
     assert client.post(f"/projects/{p}/jobs/{job.pk}/cancel/").status_code == 403
-    assert client.post(f"/projects/{p}/members/", {"username": "outsider", "role": "owner"}).status_code == 403
+    assert (
+        client.post(
+            f"/projects/{p}/members/", {"username": "outsider", "role": "owner"}
+        ).status_code
+        == 403
+    )

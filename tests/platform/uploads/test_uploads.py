@@ -16,7 +16,9 @@ def test_upload_lands_in_the_store_with_its_sha256(team, api):
     from controlplane.storage import object_store
 
     data = b"to be or not to be\n" * 1000
-    response = api(team.engineer).post(_url(team), {"file": SimpleUploadedFile("hamlet.txt", data)}, format="multipart")
+    response = api(team.engineer).post(
+        _url(team), {"file": SimpleUploadedFile("hamlet.txt", data)}, format="multipart"
+    )
     assert response.status_code == 201
     body = response.json()
     assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["size"] == len(data)
@@ -26,7 +28,10 @@ def test_upload_lands_in_the_store_with_its_sha256(team, api):
 
 def test_users_filename_never_becomes_the_key(team, api):
     response = api(team.engineer).post(
-        _url(team), {"file": SimpleUploadedFile("../../etc/passwd", b"root:x:0:0\n")}, format="multipart")
+        _url(team),
+        {"file": SimpleUploadedFile("../../etc/passwd", b"root:x:0:0\n")},
+        format="multipart",
+    )
     body = response.json()
     assert response.status_code == 201
     assert ".." not in body["object_key"] and body["filename"] == "passwd"
@@ -37,16 +42,26 @@ def test_oversized_upload_is_refused_and_leaves_nothing(team, api, settings):
     from controlplane.uploads.models import Upload
 
     settings.UPLOAD_MAX_BYTES = 1000
-    response = api(team.engineer).post(_url(team), {"file": SimpleUploadedFile("big.bin", b"x" * 5000)}, format="multipart")
+    response = api(team.engineer).post(
+        _url(team), {"file": SimpleUploadedFile("big.bin", b"x" * 5000)}, format="multipart"
+    )
     assert response.status_code == 413
-    assert "limited to 1000" in response.json()["error"]["message"] or "limit is 1000" in response.json()["error"]["message"]
+    assert (
+        "limited to 1000" in response.json()["error"]["message"]
+        or "limit is 1000" in response.json()["error"]["message"]
+    )
     assert not Upload.objects.exists()
     assert not list(object_store().list(f"projects/{team.project.pk}/uploads/"))
 
 
 def test_empty_and_missing_files_are_field_errors(team, api):
     client = api(team.engineer)
-    assert client.post(_url(team), {"file": SimpleUploadedFile("e.txt", b"")}, format="multipart").status_code == 400
+    assert (
+        client.post(
+            _url(team), {"file": SimpleUploadedFile("e.txt", b"")}, format="multipart"
+        ).status_code
+        == 400
+    )
     response = client.post(_url(team), {}, format="multipart")
     assert response.status_code == 400 and "file" in response.json()["error"]["fields"]
 
@@ -61,8 +76,13 @@ def test_failed_database_write_removes_the_object(team, monkeypatch):
 
     monkeypatch.setattr(services, "audit_append", broken)
     with pytest.raises(RuntimeError):
-        services.upload_create(project=team.project, actor=team.engineer, stream=io.BytesIO(b"abc"),
-                               filename="a.txt", size=3)
+        services.upload_create(
+            project=team.project,
+            actor=team.engineer,
+            stream=io.BytesIO(b"abc"),
+            filename="a.txt",
+            size=3,
+        )
     assert not Upload.objects.exists()
     assert not list(object_store().list(f"projects/{team.project.pk}/uploads/"))
 
@@ -71,6 +91,9 @@ def test_upload_from_the_dashboard(team, client):
     from controlplane.uploads.models import Upload
 
     client.force_login(team.engineer)
-    response = client.post(f"/projects/{team.project.pk}/uploads/", {"file": SimpleUploadedFile("a.csv", b"a,b\n1,2\n")})
+    response = client.post(
+        f"/projects/{team.project.pk}/uploads/",
+        {"file": SimpleUploadedFile("a.csv", b"a,b\n1,2\n")},
+    )
     assert response.status_code == 302
     assert Upload.objects.get().filename == "a.csv"

@@ -28,9 +28,16 @@ def _run(store, data: bytes, **params):
     # Stored objects are immutable: every run gets its own upload key.
     key = f"projects/1/uploads/{hashlib.sha256(data).hexdigest()[:16]}"
     stored = store.put_bytes(key, data)
-    spec = JobSpec(job_id=7, kind=JobKind.INSPECT, project_id=1, attempt=1,
-                   inputs=(ArtifactRef(key, stored.sha256, stored.size),), params={"preview_records": 3, **params},
-                   output_prefix=f"projects/1/jobs/7/{key[-16:]}/", heartbeat_seconds=30)
+    spec = JobSpec(
+        job_id=7,
+        kind=JobKind.INSPECT,
+        project_id=1,
+        attempt=1,
+        inputs=(ArtifactRef(key, stored.sha256, stored.size),),
+        params={"preview_records": 3, **params},
+        output_prefix=f"projects/1/jobs/7/{key[-16:]}/",
+        heartbeat_seconds=30,
+    )
     sink = ListSink()
     outcome = run_attempt(spec, sink, store, HANDLERS)
     return outcome, sink.events
@@ -52,7 +59,10 @@ def test_csv_and_plain_text(store):
     _, events = _run(store, b"name,age\nann,31\nbob,42\n")
     assert events[-1].payload["result"]["format"] == "csv"
     assert events[-1].payload["result"]["records"][0] == {"name": "ann", "age": "31"}
-    _, events = _run(store, b"To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer")
+    _, events = _run(
+        store,
+        b"To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer",
+    )
     result = events[-1].payload["result"]
     assert result["format"] == "text" and result["line_count"] == 2
 
@@ -61,12 +71,18 @@ def test_gzip_content_is_counted_decompressed(store):
     data = gzip.compress(b"line\n" * 500)
     _, events = _run(store, data)
     result = events[-1].payload["result"]
-    assert result["compression"] == "gzip" and result["line_count"] == 500 and result["size"] == len(data)
+    assert (
+        result["compression"] == "gzip"
+        and result["line_count"] == 500
+        and result["size"] == len(data)
+    )
 
 
 def test_corrupt_gzip_fails_with_a_reason(store):
     _, events = _run(store, b"\x1f\x8b\x08\x00garbage-not-deflate")
-    assert events[-1].type == EventType.FAILED and "does not decompress" in events[-1].payload["error"]
+    assert (
+        events[-1].type == EventType.FAILED and "does not decompress" in events[-1].payload["error"]
+    )
 
 
 def test_binary_is_not_previewed(store):
@@ -77,9 +93,16 @@ def test_binary_is_not_previewed(store):
 def test_changed_object_fails_the_job(store):
     key = "projects/1/uploads/x"
     store.put_bytes(key, b"abc")
-    spec = JobSpec(job_id=8, kind=JobKind.INSPECT, project_id=1, attempt=1,
-                   inputs=(ArtifactRef(key, "0" * 64, 3),), params={}, output_prefix="projects/1/jobs/8/",
-                   heartbeat_seconds=30)
+    spec = JobSpec(
+        job_id=8,
+        kind=JobKind.INSPECT,
+        project_id=1,
+        attempt=1,
+        inputs=(ArtifactRef(key, "0" * 64, 3),),
+        params={},
+        output_prefix="projects/1/jobs/8/",
+        heartbeat_seconds=30,
+    )
     sink = ListSink()
     assert run_attempt(spec, sink, store, HANDLERS) == EventType.FAILED
     assert "does not match its upload record" in sink.events[-1].payload["error"]

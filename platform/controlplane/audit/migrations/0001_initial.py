@@ -5,44 +5,81 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('projects', '0001_initial'),
+        ("projects", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AuditChain',
+            name="AuditChain",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('scope', models.CharField(max_length=40, unique=True)),
-                ('length', models.PositiveBigIntegerField(default=0)),
-                ('head_hash', models.CharField(default='0000000000000000000000000000000000000000000000000000000000000000', max_length=64)),
-                ('project', models.OneToOneField(null=True, on_delete=django.db.models.deletion.PROTECT, related_name='audit_chain', to='projects.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("scope", models.CharField(max_length=40, unique=True)),
+                ("length", models.PositiveBigIntegerField(default=0)),
+                (
+                    "head_hash",
+                    models.CharField(
+                        default="0000000000000000000000000000000000000000000000000000000000000000",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "project",
+                    models.OneToOneField(
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="audit_chain",
+                        to="projects.project",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('project_id', models.BigIntegerField(db_index=True, null=True)),
-                ('seq', models.PositiveBigIntegerField()),
-                ('actor_id', models.BigIntegerField(null=True)),
-                ('action', models.CharField(max_length=64)),
-                ('artifact_type', models.CharField(max_length=64)),
-                ('artifact_id', models.CharField(max_length=64)),
-                ('payload', models.JSONField(default=dict)),
-                ('created_at', models.DateTimeField()),
-                ('prev_hash', models.CharField(max_length=64)),
-                ('hash', models.CharField(max_length=64, unique=True)),
-                ('chain', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='events', to='audit.auditchain')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("project_id", models.BigIntegerField(db_index=True, null=True)),
+                ("seq", models.PositiveBigIntegerField()),
+                ("actor_id", models.BigIntegerField(null=True)),
+                ("action", models.CharField(max_length=64)),
+                ("artifact_type", models.CharField(max_length=64)),
+                ("artifact_id", models.CharField(max_length=64)),
+                ("payload", models.JSONField(default=dict)),
+                ("created_at", models.DateTimeField()),
+                ("prev_hash", models.CharField(max_length=64)),
+                ("hash", models.CharField(max_length=64, unique=True)),
+                (
+                    "chain",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="events",
+                        to="audit.auditchain",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['chain_id', 'seq'],
-                'indexes': [models.Index(fields=['project_id', 'artifact_type', 'artifact_id'], name='audit_audit_project_c84210_idx')],
-                'constraints': [models.UniqueConstraint(fields=('chain', 'seq'), name='one_event_per_seq')],
+                "ordering": ["chain_id", "seq"],
+                "indexes": [
+                    models.Index(
+                        fields=["project_id", "artifact_type", "artifact_id"],
+                        name="audit_audit_project_c84210_idx",
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("chain", "seq"), name="one_event_per_seq")
+                ],
             },
         ),
     ]

@@ -31,14 +31,19 @@ SQLITE_UP = [
     f"CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON {TABLE} "
     "BEGIN SELECT RAISE(ABORT, 'audit events are append-only: DELETE refused'); END;",
 ]
-SQLITE_DOWN = ["DROP TRIGGER IF EXISTS audit_event_no_update;", "DROP TRIGGER IF EXISTS audit_event_no_delete;"]
+SQLITE_DOWN = [
+    "DROP TRIGGER IF EXISTS audit_event_no_update;",
+    "DROP TRIGGER IF EXISTS audit_event_no_delete;",
+]
 
 
 def _run(statements_by_vendor):
     def apply(apps, schema_editor):
         statements = statements_by_vendor.get(schema_editor.connection.vendor)
         if statements is None:
-            raise RuntimeError(f"no append-only trigger for database {schema_editor.connection.vendor}")
+            raise RuntimeError(
+                f"no append-only trigger for database {schema_editor.connection.vendor}"
+            )
         for statement in [statements] if isinstance(statements, str) else statements:
             schema_editor.execute(statement, params=None)  # no params: "%" is literal
 

@@ -6,110 +6,191 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('projects', '0001_initial'),
+        ("projects", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Job',
+            name="Job",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=40)),
-                ('queue', models.CharField(default='cpu', max_length=20)),
-                ('state', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], db_index=True, default='queued', max_length=20)),
-                ('params', models.JSONField(default=dict)),
-                ('inputs', models.JSONField(default=list)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('attempt', models.PositiveIntegerField(default=1)),
-                ('dispatched_at', models.DateTimeField(blank=True, null=True)),
-                ('lease_expires_at', models.DateTimeField(blank=True, db_index=True, null=True)),
-                ('last_heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('worker', models.CharField(blank=True, max_length=200)),
-                ('cancel_requested_at', models.DateTimeField(blank=True, null=True)),
-                ('progress', models.FloatField(default=0.0)),
-                ('progress_message', models.CharField(blank=True, max_length=300)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('resume_checkpoint', models.CharField(blank=True, max_length=512)),
-                ('created_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='projects.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("kind", models.CharField(max_length=40)),
+                ("queue", models.CharField(default="cpu", max_length=20)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        db_index=True,
+                        default="queued",
+                        max_length=20,
+                    ),
+                ),
+                ("params", models.JSONField(default=dict)),
+                ("inputs", models.JSONField(default=list)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("attempt", models.PositiveIntegerField(default=1)),
+                ("dispatched_at", models.DateTimeField(blank=True, null=True)),
+                ("lease_expires_at", models.DateTimeField(blank=True, db_index=True, null=True)),
+                ("last_heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("worker", models.CharField(blank=True, max_length=200)),
+                ("cancel_requested_at", models.DateTimeField(blank=True, null=True)),
+                ("progress", models.FloatField(default=0.0)),
+                ("progress_message", models.CharField(blank=True, max_length=300)),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                ("resume_checkpoint", models.CharField(blank=True, max_length=512)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="jobs",
+                        to="projects.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='JobArtifact',
+            name="JobArtifact",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('output', 'Output'), ('checkpoint', 'Checkpoint')], default='output', max_length=20)),
-                ('name', models.CharField(max_length=200)),
-                ('step', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('object_key', models.CharField(max_length=512, unique=True)),
-                ('sha256', models.CharField(max_length=64)),
-                ('size', models.PositiveBigIntegerField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='artifacts', to='jobs.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("output", "Output"), ("checkpoint", "Checkpoint")],
+                        default="output",
+                        max_length=20,
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("step", models.PositiveBigIntegerField(blank=True, null=True)),
+                ("object_key", models.CharField(max_length=512, unique=True)),
+                ("sha256", models.CharField(max_length=64)),
+                ("size", models.PositiveBigIntegerField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="artifacts",
+                        to="jobs.job",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['job_id', 'id'],
+                "ordering": ["job_id", "id"],
             },
         ),
         migrations.CreateModel(
-            name='JobEventRecord',
+            name="JobEventRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('attempt', models.PositiveIntegerField()),
-                ('seq', models.PositiveIntegerField()),
-                ('type', models.CharField(max_length=20)),
-                ('payload', models.JSONField(default=dict)),
-                ('emitted_at', models.DateTimeField()),
-                ('applied_at', models.DateTimeField(auto_now_add=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='jobs.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("attempt", models.PositiveIntegerField()),
+                ("seq", models.PositiveIntegerField()),
+                ("type", models.CharField(max_length=20)),
+                ("payload", models.JSONField(default=dict)),
+                ("emitted_at", models.DateTimeField()),
+                ("applied_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="jobs.job",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['job_id', 'attempt', 'seq'],
+                "ordering": ["job_id", "attempt", "seq"],
             },
         ),
         migrations.CreateModel(
-            name='JobMetric',
+            name="JobMetric",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=100)),
-                ('step', models.PositiveBigIntegerField()),
-                ('value', models.FloatField()),
-                ('recorded_at', models.DateTimeField()),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='metrics', to='jobs.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("key", models.CharField(max_length=100)),
+                ("step", models.PositiveBigIntegerField()),
+                ("value", models.FloatField()),
+                ("recorded_at", models.DateTimeField()),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="metrics",
+                        to="jobs.job",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['job_id', 'key', 'step'],
+                "ordering": ["job_id", "key", "step"],
             },
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['project', 'state'], name='jobs_job_project_8a9736_idx'),
+            model_name="job",
+            index=models.Index(fields=["project", "state"], name="jobs_job_project_8a9736_idx"),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['project', '-created_at'], name='jobs_job_project_1cf14b_idx'),
+            model_name="job",
+            index=models.Index(
+                fields=["project", "-created_at"], name="jobs_job_project_1cf14b_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='jobeventrecord',
-            index=models.Index(fields=['job', 'type'], name='jobs_jobeve_job_id_47a6fa_idx'),
+            model_name="jobeventrecord",
+            index=models.Index(fields=["job", "type"], name="jobs_jobeve_job_id_47a6fa_idx"),
         ),
         migrations.AddConstraint(
-            model_name='jobeventrecord',
-            constraint=models.UniqueConstraint(fields=('job', 'attempt', 'seq'), name='event_applied_once'),
+            model_name="jobeventrecord",
+            constraint=models.UniqueConstraint(
+                fields=("job", "attempt", "seq"), name="event_applied_once"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='jobmetric',
-            constraint=models.UniqueConstraint(fields=('job', 'key', 'step'), name='one_metric_per_step'),
+            model_name="jobmetric",
+            constraint=models.UniqueConstraint(
+                fields=("job", "key", "step"), name="one_metric_per_step"
+            ),
         ),
     ]

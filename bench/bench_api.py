@@ -1,0 +1,234 @@
+"""API latency under load: project list and job list with 1,000 projects and 10,000 jobs.
+
+    .venv/bin/python bench/bench_api.py            # 10 s per endpoint
+    .venv/bin/python bench/bench_api.py --quick    # 3 s per endpoint
+
+What it does, all for real: creates a scratch PostgreSQL database, migrates it, seeds
+1,000 projects (the benchmark user is a member of every one) and 10,000 jobs (half of
+them in one busy project, the rest spread over the others), starts gunicorn the way
+compose.yaml does (production settings), and drives each endpoint with `wrk` on
+loopback. Prints p50/p95/p99 and requests/s per endpoint, and `/healthz` in the same
+run as the floor of the stack (the ratio says how much the endpoint itself costs).
+
+Also measures how long the web process takes from exec to its first answered request.
+Goal (issue 2): p95 under 50 ms on both list endpoints; web start under 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+DB_NAME = "controlplane_bench"
+N_PROJECTS, N_JOBS, BUSY_JOBS = 1000, 10_000, 5000
+
+SEED = """
+import django
+django.setup()
+from django.contrib.auth.models import User
+from controlplane.accounts.services import api_token_create
+from controlplane.jobs.models import Job
+from controlplane.projects.models import Membership, Project
+
+user = User.objects.create_user("bench", password="bench-password-1")
+projects = Project.objects.bulk_create(
+    [Project(name=f"Project {{i:04d}}", slug=f"project-{{i:04d}}") for i in range({n_projects})])
+Membership.objects.bulk_create([Membership(project=p, user=user, role="owner") for p in projects])
+states = ["succeeded", "failed", "running", "queued", "cancelled"]
+jobs = []
+for i in range({n_jobs}):
+    project = projects[0] if i < {busy_jobs} else projects[1 + i % (len(projects) - 1)]
+    jobs.append(Job(project=project, kind="inspect", state=states[i % 5], created_by=user,
+                    params={{"upload_id": i}}, result={{"line_count": i}} if i % 5 == 0 else None))
+Job.objects.bulk_create(jobs, batch_size=2000)
+# A job history spread over time (one job per minute), as a real project accumulates it.
+from django.db import connection
+with connection.cursor() as cursor:
+    cursor.execute("UPDATE jobs_job SET created_at = now() - id * interval '1 minute'")
+_, raw = api_token_create(user=user, name="bench")
+print(projects[0].pk, raw)
+"""
+
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %.3f %.3f %.3f %d\\n", summary.requests,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000, summary.errors.status + summary.errors.timeout))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def psql(sql: str) -> None:
+    subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], check=True, capture_output=True)
+
+
+def make_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBJECT_STORE_")}
+    env.update(
+        PYTHONPATH=f"{ROOT / 'platform'}:{ROOT}",
+        DJANGO_SETTINGS_MODULE="controlplane.settings",
+        DATABASE_URL=f"{PG}/{DB_NAME}",
+        CONTROLPLANE_DATA_DIR=str(data_dir),
+        DEBUG="false",
+        SECRET_KEY="bench-" + "x" * 60,
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        SECURE_SSL_REDIRECT="false",
+        API_THROTTLE_USER="1000000/min",
+    )
+    return env
+
+
+def start_gunicorn(env: dict[str, str], port: int) -> tuple[subprocess.Popen, float]:
+    """Start gunicorn and return it with the seconds until /healthz first answered."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:controlplane.gunicorn_conf",
+            "controlplane.wsgi",
+        ],
+        cwd=ROOT,
+        env={
+            **env,
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "GUNICORN_WORKERS": "2",
+            "GUNICORN_ACCESS_LOG": "/dev/null",
+            "GUNICORN_LOG_LEVEL": "warning",
+        },
+    )
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return proc, time.perf_counter() - started
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit("gunicorn exited; see its output above") from None
+            time.sleep(0.02)
+
+
+def wrk(url: str, token: str | None, seconds: int, connections: int, script: Path) -> dict:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url]
+    if token:
+        cmd[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT"))
+    requests, p50, p95, p99, errors = line.split()[1:]
+    return {
+        "rps": int(requests) / seconds,
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "errors": int(errors),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 s per endpoint instead of 10")
+    # Two connections for two sync workers: each request is measured, not the queue before it.
+    parser.add_argument(
+        "--connections", type=int, default=2, help="concurrent connections (default 2)"
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    seconds = 3 if args.quick else 10
+
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    env = make_env(data_dir)
+    psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+    psql(f"CREATE DATABASE {DB_NAME}")
+    proc = None
+    try:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
+        )
+        subprocess.run(
+            [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
+        seeded = time.perf_counter()
+        seed = SEED.format(n_projects=N_PROJECTS, n_jobs=N_JOBS, busy_jobs=BUSY_JOBS)
+        out = subprocess.run(
+            [sys.executable, "-c", seed],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        busy_project, token = out[-2], out[-1]
+        psql_db = f"{PG}/{DB_NAME}"
+        subprocess.run(["psql", psql_db, "-q", "-c", "ANALYZE"], check=True)
+        print(f"seeded {N_PROJECTS} projects, {N_JOBS} jobs in {time.perf_counter() - seeded:.1f}s")
+
+        port = free_port()
+        proc, start_s = start_gunicorn(env, port)
+        print(
+            f"web start (exec to first /healthz answer, gunicorn --preload, 2 workers): {start_s:.2f}s "
+            f"(goal < 2 s)"
+        )
+
+        script = data_dir / "report.lua"
+        script.write_text(WRK_SCRIPT)
+        base = f"http://127.0.0.1:{port}"
+        endpoints = {
+            "healthz (floor)": (f"{base}/healthz", None),
+            "project list": (f"{base}/api/v1/projects/", token),
+            "job list (5,000-job project)": (f"{base}/api/v1/projects/{busy_project}/jobs/", token),
+            "job list, state filter": (
+                f"{base}/api/v1/projects/{busy_project}/jobs/?state=failed",
+                token,
+            ),
+        }
+        print(f"wrk, {args.connections} connections, {seconds}s each, page size 50")
+        print(f"{'endpoint':32} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  p95/floor")
+        floor = None
+        worst = 0.0
+        for name, (url, tok) in endpoints.items():
+            wrk(url, tok, 1, args.connections, script)  # warm connections and caches
+            r = wrk(url, tok, seconds, args.connections, script)
+            floor = floor or r["p95"]
+            if tok:
+                worst = max(worst, r["p95"])
+            errors = f"  ERRORS {r['errors']}" if r["errors"] else ""
+            print(
+                f"{name:32} {r['rps']:8.0f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f}"
+                f"  {r['p95'] / floor:6.1f}x{errors}"
+            )
+        verdict = "ok" if worst < 50 and start_s < 2 else "MISSED"
+        print(f"worst list p95 {worst:.1f} ms (goal < 50 ms), web start {start_s:.2f}s: {verdict}")
+        return 0
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
