@@ -126,6 +126,8 @@ class S3ObjectStore(ObjectStore):
         secure: bool = False,
         part_size: int = DEFAULT_PART_SIZE,
         parallel_uploads: int = DEFAULT_PARALLEL_UPLOADS,
+        public_endpoint: str | None = None,
+        public_secure: bool | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.bucket = bucket
@@ -141,6 +143,21 @@ class S3ObjectStore(ObjectStore):
             http_client=_http_client(),
         )
         self.region = region
+        # Presigned URLs are for browsers and other machines, which may know the server by
+        # another name than we do (`minio:9000` inside compose, `localhost:9000` outside).
+        # The signature covers the host, so sign with the name the client will use; with
+        # the region given, the SDK presigns without a request.
+        self.presign_client = (
+            Minio(
+                public_endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=secure if public_secure is None else public_secure,
+                region=region,
+            )
+            if public_endpoint
+            else self.client
+        )
 
     @contextmanager
     def _errors(self, action: str, reader: HashingReader | None = None) -> Iterator[None]:
@@ -339,11 +356,13 @@ class S3ObjectStore(ObjectStore):
             return self._delete_all(versions)
 
     def _delete_all(self, objects: Iterable[DeleteObject]) -> int:
-        counted: list[DeleteObject] = []
+        # A count, not a list: erasing a project may go through millions of versions.
+        counted = 0
 
         def counting() -> Iterator[DeleteObject]:
+            nonlocal counted
             for obj in objects:
-                counted.append(obj)
+                counted += 1
                 yield obj
 
         # remove_objects is lazy: iterating its result is what sends the requests.
@@ -355,19 +374,23 @@ class S3ObjectStore(ObjectStore):
             raise StorageError(
                 f"S3 endpoint {self.endpoint} could not delete: " + "; ".join(errors[:5])
             )
-        return len(counted)
+        return counted
 
     # -- presigned URLs --------------------------------------------------------------
 
     def presigned_get_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         validate_key(key)
         with self._errors(f"presign GET {key}"):
-            return self.client.presigned_get_object(self.bucket, key, expires=check_expiry(expires))
+            return self.presign_client.presigned_get_object(
+                self.bucket, key, expires=check_expiry(expires)
+            )
 
     def presigned_put_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         validate_key(key)
         with self._errors(f"presign PUT {key}"):
-            return self.client.presigned_put_object(self.bucket, key, expires=check_expiry(expires))
+            return self.presign_client.presigned_put_object(
+                self.bucket, key, expires=check_expiry(expires)
+            )
 
     def ensure_bucket(self) -> None:
         with self._errors("create bucket"):

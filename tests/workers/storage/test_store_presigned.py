@@ -14,7 +14,13 @@ from datetime import timedelta
 import pytest
 import requests
 
-from workers.storage import LocalObjectStore, PresignedURLError, StorageError
+from tests.s3server import ACCESS_KEY, SECRET_KEY
+from workers.storage import (
+    LocalObjectStore,
+    PresignedURLError,
+    S3ObjectStore,
+    StorageError,
+)
 
 
 def test_s3_presigned_get_serves_the_object_over_http(s3_store):
@@ -39,6 +45,25 @@ def test_s3_presigned_put_takes_a_raw_body_with_content_length(s3_store):
     assert "Content-Type" not in response.request.headers
     assert s3_store.get_bytes("projects/1/uploads/7") == data
     assert s3_store.stat("projects/1/uploads/7").size == len(data)
+
+
+def test_s3_presigned_url_uses_the_public_endpoint_name(s3_store):
+    host, port = s3_store.endpoint.split(":")
+    assert host == "127.0.0.1"
+    # As compose has it: the app knows `minio:9000`, a browser knows `localhost:9000`.
+    public = S3ObjectStore(
+        s3_store.endpoint,
+        s3_store.bucket,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        public_endpoint=f"localhost:{port}",
+    )
+    public.put_bytes("projects/1/a", b"via the public name")
+
+    url = public.presigned_get_url("projects/1/a")
+
+    assert url.startswith(f"http://localhost:{port}/{s3_store.bucket}/projects/1/a?")
+    assert requests.get(url, timeout=10).content == b"via the public name"
 
 
 def test_s3_presigned_url_is_signed_for_its_key(s3_store):
