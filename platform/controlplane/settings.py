@@ -34,6 +34,10 @@ try:
     REAPER_INTERVAL_SECONDS = env.env_int("REAPER_INTERVAL_SECONDS", 15, minimum=1)
     API_THROTTLE_USER = env.env_str("API_THROTTLE_USER", "2000/min")
     API_THROTTLE_ANON = env.env_str("API_THROTTLE_ANON", "60/min")
+    # Throttle counters must be shared by every web process: Redis in production.
+    CACHE_URL = env.env_str("CACHE_URL", "locmem://")
+    if not CACHE_URL.startswith(("locmem://", "redis://", "rediss://")):
+        raise env.ConfigError(f"CACHE_URL={CACHE_URL!r}: use locmem:// or redis://host:port/db")
 except env.ConfigError as error:
     raise ImproperlyConfigured(str(error)) from None
 
@@ -143,7 +147,12 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+if CACHE_URL.startswith("locmem://"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    }
 
 LOGGING = {
     "version": 1,
