@@ -115,12 +115,19 @@ def drain(store: ObjectStore, key: str) -> str:
 
 def timed(label: str, size: int, action: Callable[[], object]) -> tuple[float, float, object]:
     """Run `action`; returns (MB/s, peak RSS in MB during it, its result)."""
+    process = psutil.Process()
     with PeakRSS() as rss:
+        cpu_before = sum(process.cpu_times()[:2])
         start = time.perf_counter()
         result = action()
         seconds = time.perf_counter() - start
+        # CPU of this process only: far below the wall time means the server is the limit.
+        cpu_seconds = sum(process.cpu_times()[:2]) - cpu_before
     rate = size / MB / seconds
-    print(f"  {label:<26} {rate:8.1f} MB/s  {seconds:6.1f} s  peak RSS {rss.peak_mb:6.1f} MB")
+    print(
+        f"  {label:<26} {rate:8.1f} MB/s  {seconds:6.1f} s wall  {cpu_seconds:6.1f} s cpu"
+        f"  peak RSS {rss.peak_mb:6.1f} MB"
+    )
     return rate, rss.peak_mb, result
 
 
