@@ -106,7 +106,8 @@ def object_store_config() -> ObjectStoreConfig:
 
 def broker_url() -> str:
     """Redis in production; with nothing set, kombu's filesystem transport under var/."""
-    return env_str("CELERY_BROKER_URL", "filesystem://")
+    # The host part is ignored by the filesystem transport; naming one keeps kombu quiet.
+    return env_str("CELERY_BROKER_URL", "filesystem://localhost/")
 
 
 def broker_folder() -> Path:
