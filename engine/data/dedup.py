@@ -12,22 +12,33 @@ optimum for a 0.8 threshold (S-curve midpoint ~0.84, 50% at J~0.82). Candidates 
 by union-find; each cluster keeps its earliest record in input order, so the survivor does
 not depend on how the work was split across processes.
 
-Speed: words are hashed once (CRC32, memoised per process), 5-gram hashes are a vectorised
-polynomial of word hashes, and the ``bands*rows`` permutations are multiply-shift hashes
-``(a*x + b) mod 2**64`` evaluated as one numpy outer product: no per-shingle Python work.
+Words are runs of ASCII letters, digits and ``_`` and of non-ASCII characters other than
+Unicode punctuation and spaces (U+00A0-U+00BF, U+2000-U+206F), after lower-casing.
+
+Speed: no per-word or per-shingle Python work. Words are found and hashed on the UTF-8
+bytes with numpy (a polynomial over each word's bytes, then a 64-bit finalizer), 5-gram
+hashes are a vectorised polynomial of word hashes, and the ``bands*rows`` permutations
+are multiply-shift hashes ``(a*x + b) mod 2**64`` evaluated as one numpy outer product.
+Duplicate shingles are left in: they cannot change a minimum.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-_WORD = re.compile(r"\w+")
-_MAX_CACHED_WORDS = 1_000_000
+# Bytes that belong to words: ASCII letters, digits, "_" and every byte >= 0x80 (parts of
+# non-ASCII characters; the punctuation among those is masked in _word_hashes).
+_WORD_BYTES = np.zeros(256, dtype=bool)
+_WORD_BYTES[list(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")] = True
+_WORD_BYTES[0x80:] = True
+_BYTE_MULTIPLIER = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime, odd
+_MAX_WORD_BYTES = 256  # bytes past this add no information to a word's hash
+_POWERS = (
+    np.cumprod(np.full(_MAX_WORD_BYTES, _BYTE_MULTIPLIER, dtype=np.uint64)) // _BYTE_MULTIPLIER
+)
 # Mixing constants for combining word hashes into an n-gram hash (odd, so invertible mod 2**64).
 _SHINGLE_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 _BAND_MULTIPLIER = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -58,14 +69,42 @@ def content_hash(text: str, casefold: bool = True) -> int:
     )
 
 
-class _WordHashes(dict):
-    """word -> CRC32, filled on first sight; words follow Zipf's law, so hits dominate."""
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer: every input bit affects every output bit."""
+    h = h ^ (h >> np.uint64(33))
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
 
-    def __missing__(self, word: str) -> int:
-        if len(self) >= _MAX_CACHED_WORDS:
-            self.clear()
-        value = self[word] = zlib.crc32(word.encode("utf-8"))
-        return value
+
+def word_hashes(text: str) -> np.ndarray:
+    """64-bit hashes of the lower-cased words of ``text``, in order (see the module doc)."""
+    data = np.frombuffer(text.lower().encode("utf-8"), dtype=np.uint8)
+    inside = _WORD_BYTES[data]
+    if not data.size:
+        return np.zeros(0, dtype=np.uint64)
+    if (data >= 0xC2).any():  # lead bytes of non-ASCII characters
+        # U+00A0-U+00BF are C2 A0..BF; U+2000-U+206F are E2 80 xx / E2 81 xx in UTF-8.
+        lead = np.flatnonzero((data[:-1] == 0xC2) & (data[1:] >= 0xA0) & (data[1:] <= 0xBF))
+        inside[lead] = inside[lead + 1] = False
+        lead = np.flatnonzero((data[:-2] == 0xE2) & ((data[1:-1] == 0x80) | (data[1:-1] == 0x81)))
+        inside[lead] = inside[lead + 1] = inside[lead + 2] = False
+    positions = np.flatnonzero(inside)
+    if not positions.size:
+        return np.zeros(0, dtype=np.uint64)
+    is_start = np.empty(len(positions), dtype=bool)
+    is_start[0] = True
+    np.not_equal(positions[1:], positions[:-1] + 1, out=is_start[1:])
+    starts = np.flatnonzero(is_start)
+    # offset of each byte inside its word -> its weight P**offset
+    offsets = np.arange(len(positions)) - np.repeat(
+        starts, np.diff(np.append(starts, len(positions)))
+    )
+    weights = _POWERS[np.minimum(offsets, _MAX_WORD_BYTES - 1)]
+    values = (data[positions].astype(np.uint64) + np.uint64(1)) * weights
+    return _mix64(np.add.reduceat(values, starts))
 
 
 class MinHasher:
@@ -79,14 +118,10 @@ class MinHasher:
             2
         ) + np.uint64(1)
         self._b = rng.integers(0, 2**63, size=self.num_perm, dtype=np.uint64)
-        self._word_hashes = _WordHashes()
 
     def shingles(self, text: str) -> np.ndarray:
         """64-bit hashes of the word n-grams (one hash of the whole text if it is shorter)."""
-        words = _WORD.findall(text.lower())
-        hashes = np.fromiter(
-            map(self._word_hashes.__getitem__, words), dtype=np.uint64, count=len(words)
-        )
+        hashes = word_hashes(text)
         n = self.config.ngram
         if len(hashes) < n:
             whole = np.array([hashes.sum()], dtype=np.uint64)
@@ -100,11 +135,13 @@ class MinHasher:
 
     def signature(self, text: str) -> np.ndarray:
         """(bands*rows,) uint32 MinHash signature."""
-        shingles = np.unique(self.shingles(text))  # a set of shingles, as Jaccard wants
+        shingles = self.shingles(text)
         minimum = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
         for start in range(0, len(shingles), _SHINGLE_CHUNK):
             chunk = shingles[start : start + _SHINGLE_CHUNK, None]
-            np.minimum(minimum, (chunk * self._a + self._b).min(axis=0), out=minimum)
+            permuted = np.multiply(chunk, self._a)  # (S, P): every shingle under every permutation
+            permuted += self._b
+            np.minimum(minimum, permuted.min(axis=0), out=minimum)
         # The high half of a multiply-shift hash is the well-mixed half.
         return (minimum >> np.uint64(32)).astype(np.uint32)
 
