@@ -137,12 +137,14 @@ def celery_settings() -> dict:
     }
     if url.startswith("filesystem://"):
         folder = broker_folder()
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         settings["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            # Exchange bindings; kombu's default is "control" under the current directory.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     elif url.startswith(("redis://", "rediss://")):
