@@ -41,6 +41,7 @@ from engine.data.tokenizers import load_tokenizer
 RECORDS_FORMAT = "engine.records/1"  # what engine.data.pipeline writes
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
 _BATCH_DOCUMENTS = 1024
+_BATCH_CHARS = 256 * 1024
 _MAX_PROBLEM_EXAMPLES = 20
 
 
@@ -114,13 +115,18 @@ def is_validation(text: str, val_fraction: float) -> bool:
     return int.from_bytes(digest, "little") < val_fraction * 2**64
 
 
-def _batches(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+def _batches(texts: Iterator[str], size: int, max_chars: int = _BATCH_CHARS) -> Iterator[list[str]]:
+    """Lists of up to ``size`` documents or about ``max_chars`` characters: big enough to
+    keep the encoder's threads busy, small enough that reading overlaps with encoding."""
     batch: list[str] = []
+    chars = 0
     for text in texts:
         batch.append(text)
-        if len(batch) == size:
+        chars += len(text)
+        if len(batch) == size or chars >= max_chars:
             yield batch
             batch = []
+            chars = 0
     if batch:
         yield batch
 
