@@ -45,11 +45,14 @@ from workers.storage.streams import HashingReader, Readable, as_reader
 
 logger = logging.getLogger(__name__)
 
-# 16 MiB parts x 3 parallel uploads bound a put's memory to ~100 MB whatever the size.
+# 16 MiB parts, one upload at a time, bound a put's memory to ~80 MB whatever the size.
+# Parallel part uploads are possible, but the SDK's thread pool then leaks its three
+# threads on every put whose stream fails mid-way (a browser closing an upload), which a
+# long-lived web process cannot afford; against a server on the LAN they gain little.
 # S3 allows 10,000 parts: 156 GiB for a stream of unknown length; a declared length gets
 # parts as big as it needs (`_part_size_for`).
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
-DEFAULT_PARALLEL_UPLOADS = 3
+DEFAULT_PARALLEL_UPLOADS = 1
 MAX_PARTS = 10_000
 _MIB = 1024 * 1024
 _META_PREFIX = "x-amz-meta-"
