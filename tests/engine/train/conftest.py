@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from train_helpers import tiny_config_dict
 
@@ -12,6 +13,9 @@ from engine.data.corpora import shakespeare_files
 from engine.data.shards import ShardWriter
 from engine.data.tokenizers import CharTokenizer
 from engine.train.config import RunConfig, config_from_dict
+
+# One intra-op thread: the two cores are shared, and tiny models only lose from more.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
