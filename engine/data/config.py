@@ -207,7 +207,7 @@ def validate(config: PipelineConfig) -> PipelineConfig:
     names = [s.name for s in config.stages]
     for i, stage in enumerate(config.stages):
         where = f"stages[{i}]"
-        if names.count(stage.name) > 1:
+        if stage.name in names[:i]:
             raise ConfigError(f"{where}: stage {stage.name!r} appears twice")
         if stage.name in GLOBAL_STAGES:
             seen_global = stage.name

@@ -200,12 +200,11 @@ class RepetitionFilter:
             group_starts = np.flatnonzero(starts)
             if top_limit is not None:
                 counts = np.diff(np.append(group_starts, len(hashes)))
-                top = int(np.argmax(counts))
-                first = int(order[group_starts[top]])
-                if (
-                    int(prefix[first + n] - prefix[first]) * int(counts[top])
-                    > top_limit * total_chars
-                ):
+                firsts = order[group_starts]
+                chars = prefix[firsts + n] - prefix[firsts]
+                # the most frequent n-gram; among equally frequent ones, the longest
+                top_chars = int(chars[counts == counts.max()].max()) * int(counts.max())
+                if top_chars > top_limit * total_chars:
                     return f"top_{n}gram_char_fraction"
             if dup_limit is not None:
                 # every occurrence after the first (earliest) of its n-gram

@@ -116,7 +116,12 @@ def open_binary(path: Path) -> BinaryIO:
     if compression == ".zst":
         import zstandard
 
-        return zstandard.open(path, "rb")
+        # A buffered stream, so that lines can be iterated; frames of a concatenated file
+        # (what parallel compressors write) are read one after another.
+        raw = zstandard.ZstdDecompressor().stream_reader(
+            open(path, "rb"), read_across_frames=True, closefd=True
+        )
+        return io.BufferedReader(raw, buffer_size=2**20)
     return open(path, "rb")
 
 
