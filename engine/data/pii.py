@@ -59,6 +59,7 @@ _UK_NINO = re.compile(
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-][0-9]{1,4}){1,5}(?![\w])"
 )
+_NANP = re.compile(r"[2-9][0-9]{2}[ .-][0-9]{3}[ .-][0-9]{4}")
 _THOUSANDS = re.compile(r"[0-9]{1,3}(?:[ ,.][0-9]{3})+")
 _NON_DIGIT = re.compile(r"[^0-9]")
 _WINDOW_MARGIN = 64  # > the longest digit-bearing match (an IBAN with spaces: 42 characters)
@@ -96,8 +97,12 @@ def _is_phone(match: str) -> bool:
     digit_count = len(_digits(match))
     if match.startswith("+") or "(" in match:
         return 7 <= digit_count <= 15  # E.164 caps numbers at 15 digits
-    # Plain digit groups: 1 000 000 000 is a count, 0612 345 678 is a phone.
-    return 9 <= digit_count <= 15 and not _THOUSANDS.fullmatch(match)
+    # Plain digit groups are a phone only in a national format: a trunk prefix 0 and 9-11
+    # digits (06 12 34 56 78, 020 7946 0958) or North American 3-3-4 (555-010-4477).
+    # Counts (1 000 000 000), account numbers and failed IBANs stay.
+    if match.startswith("0"):
+        return 9 <= digit_count <= 11 and not _THOUSANDS.fullmatch(match)
+    return _NANP.fullmatch(match) is not None
 
 
 @dataclass(frozen=True)
