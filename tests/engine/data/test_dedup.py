@@ -15,8 +15,8 @@ from engine.data.dedup import (
 from engine.data.synthetic import plant_near_duplicates
 
 
-def _near(texts: list[str], config: NearDedupConfig = NearDedupConfig()) -> np.ndarray:
-    hasher = MinHasher(config)
+def _near(texts: list[str]) -> np.ndarray:
+    hasher = MinHasher(NearDedupConfig())
     signatures = np.stack([hasher.signature(t) for t in texts])
     return near_duplicates(hasher.band_hashes(signatures), np.ones(len(texts), dtype=bool))
 
