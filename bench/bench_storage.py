@@ -37,6 +37,8 @@ from workers.storage import LocalObjectStore, ObjectStore, S3ObjectStore  # noqa
 RSS_LIMIT_MB = 200
 CHUNK = 1024 * 1024
 MB = 1024 * 1024
+# Disk-bound figures vary by 2-3x from run to run on a shared disk: keep the best of two.
+DISK_REPEATS = 2
 
 
 class PeakRSS:
@@ -162,22 +164,36 @@ def moto_server() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def bench_store(name: str, store: ObjectStore, source: Path, size: int, sha256: str) -> dict:
+def bench_store(
+    name: str, store: ObjectStore, source: Path, size: int, sha256: str, repeats: int
+) -> dict:
+    """Best MB/s of `repeats` put+get rounds (this machine's disk is shared and noisy)."""
     print(f"{name}:")
     key = "projects/1/bench/object.bin"
-    with source.open("rb") as stream:
-        put_rate, put_peak, stored = timed(
-            "put_stream", size, lambda: store.put_stream(key, stream, length=size)
+    best = {"put": 0.0, "get": 0.0, "peak": 0.0}
+    for _ in range(repeats):
+        with source.open("rb") as stream:
+            put_rate, put_peak, stored = timed(
+                "put_stream", size, lambda: store.put_stream(key, stream, length=size)
+            )
+        if stored.sha256 != sha256 or stored.size != size:
+            raise SystemExit(f"error: {name} stored {stored.size} bytes, sha256 {stored.sha256}")
+        get_rate, get_peak, read_sha256 = timed(
+            "get (iter_chunks+sha256)", size, lambda: drain(store, key)
         )
-    if stored.sha256 != sha256 or stored.size != size:
-        raise SystemExit(f"error: {name} stored {stored.size} bytes with sha256 {stored.sha256}")
-    get_rate, get_peak, read_sha256 = timed(
-        "get (iter_chunks+sha256)", size, lambda: drain(store, key)
-    )
-    if read_sha256 != sha256:
-        raise SystemExit(f"error: {name} returned different bytes (sha256 {read_sha256})")
-    store.delete(key)
-    return {"put": put_rate, "get": get_rate, "peak": max(put_peak, get_peak)}
+        if read_sha256 != sha256:
+            raise SystemExit(f"error: {name} returned different bytes (sha256 {read_sha256})")
+        store.delete(key)
+        best = {
+            "put": max(best["put"], put_rate),
+            "get": max(best["get"], get_rate),
+            "peak": max(best["peak"], put_peak, get_peak),
+        }
+    return best
+
+
+def best_rate(label: str, size: int, action: Callable[[], object], repeats: int) -> float:
+    return max(timed(label, size, action)[0] for _ in range(repeats))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,23 +211,25 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         print("reference:")
-        copy_rate, _, _ = timed(
-            "raw copy+sha256+fsync", size, lambda: raw_copy(source, work / "copy.bin")
+        copy = work / "copy.bin"
+        copy_rate = best_rate(
+            "raw copy+sha256+fsync", size, lambda: raw_copy(source, copy), DISK_REPEATS
         )
-        (work / "copy.bin").unlink()
-        read_rate, _, _ = timed("raw read+sha256", size, lambda: raw_read(source))
+        copy.unlink()
+        read_rate = best_rate("raw read+sha256", size, lambda: raw_read(source), DISK_REPEATS)
 
         local = LocalObjectStore(
             work / "objects", "bench", public_base_url="http://127.0.0.1", signing_key="bench"
         )
         local.ensure_bucket()
-        results = {"local": bench_store("local", local, source, size, sha256)}
+        results = {"local": bench_store("local", local, source, size, sha256, DISK_REPEATS)}
         shutil.rmtree(work / "objects")
 
         with moto_server() as endpoint:
             s3 = S3ObjectStore(endpoint, "bench", access_key="bench", secret_key="bench-secret")
             s3.ensure_bucket()
-            results["s3 (moto)"] = bench_store("s3 (moto server)", s3, source, size, sha256)
+            # One round: moto, not the disk, sets the pace, and a round takes ~20 s.
+            results["s3 (moto)"] = bench_store("s3 (moto server)", s3, source, size, sha256, 1)
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(
