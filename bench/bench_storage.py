@@ -1,14 +1,15 @@
 """Object store: a 1 GB put then get through both backends, in flat memory.
 
-    .venv/bin/python bench/bench_storage.py            # 1 GB (about 1-2 minutes)
+    .venv/bin/python bench/bench_storage.py            # 1 GB (under a minute)
     .venv/bin/python bench/bench_storage.py --quick    # 64 MB
 
 Measures MB/s of put_stream (sha256 computed on the way in) and of a get that drains
 iter_chunks while checking the sha256, on the local store and on S3 against
 `python -m moto.server` started as a separate process on a free loopback port (so the
 server's own memory is not counted). The references, on the same file in the same run:
-a raw copy (read, sha256, write, fsync) for puts and a raw read with sha256 for gets. The benchmarking process's peak RSS must stay
-under 200 MB whatever the object size; the script exits 1 if it does not.
+a raw copy (read, sha256, write, fsync) for puts and a raw read with sha256 for gets.
+The benchmarking process's peak RSS must stay under 200 MB whatever the object size;
+the script exits 1 if it does not.
 """
 
 from __future__ import annotations
