@@ -78,6 +78,10 @@ class ObjectStoreConfig:
     public_base_url: str
     # Secret that signs local presigned URLs; shared by web and workers.
     signing_key: str
+    # The S3 host:port a browser reaches, when it differs from the one the servers use
+    # (compose: servers say minio:9000, browsers localhost:9000); presigned URLs name it.
+    public_endpoint: str | None = None
+    public_secure: bool | None = None
 
     @property
     def backend(self) -> str:
@@ -101,6 +105,12 @@ def object_store_config() -> ObjectStoreConfig:
         root=Path(env_str("OBJECT_STORE_ROOT", str(data_dir() / "objects"))),
         public_base_url=env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000"),
         signing_key=env_str("SECRET_KEY", "dev-insecure-secret-key-change-me"),
+        public_endpoint=os.environ.get("OBJECT_STORE_PUBLIC_ENDPOINT") or None,
+        public_secure=(
+            env_bool("OBJECT_STORE_PUBLIC_SECURE")
+            if os.environ.get("OBJECT_STORE_PUBLIC_SECURE")
+            else None
+        ),
     )
 
 

@@ -31,6 +31,8 @@ try:
     JOB_LEASE_SECONDS = env.env_int("JOB_LEASE_SECONDS", 120, minimum=2)
     JOB_HEARTBEAT_SECONDS = env.env_int("JOB_HEARTBEAT_SECONDS", 20, minimum=1)
     JOB_MAX_ATTEMPTS = env.env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+    # An upload not completed within this many seconds is aborted and its version removed.
+    DATASET_UPLOAD_TTL_SECONDS = env.env_int("DATASET_UPLOAD_TTL_SECONDS", 24 * 3600, minimum=60)
     REAPER_INTERVAL_SECONDS = env.env_int("REAPER_INTERVAL_SECONDS", 15, minimum=1)
     API_THROTTLE_USER = env.env_str("API_THROTTLE_USER", "2000/min")
     API_THROTTLE_ANON = env.env_str("API_THROTTLE_ANON", "60/min")
@@ -56,6 +58,7 @@ INSTALLED_APPS = [
     "controlplane.audit",
     "controlplane.uploads",
     "controlplane.jobs",
+    "controlplane.datasets",
     "controlplane.dashboard",
 ]
 
@@ -182,6 +185,11 @@ CELERY_BEAT_SCHEDULE = {
     "reap-expired-jobs": {
         "task": "control.reap_expired_jobs",
         "schedule": float(REAPER_INTERVAL_SECONDS),
+        "options": {"queue": "control"},
+    },
+    "reap-abandoned-uploads": {
+        "task": "control.reap_abandoned_uploads",
+        "schedule": 300.0,
         "options": {"queue": "control"},
     },
 }

@@ -54,6 +54,8 @@ def get_object_store(config: ObjectStoreConfig | None = None) -> ObjectStore:
             secret_key=config.secret_key,
             region=config.region,
             secure=config.secure,
+            public_endpoint=config.public_endpoint,
+            public_secure=config.public_secure,
         )
     return LocalObjectStore(
         config.root,

@@ -186,6 +186,33 @@ class ObjectStore(ABC):
     @abstractmethod
     def presigned_put_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str: ...
 
+    # -- client-side multipart upload (browsers and API clients send parts directly) ----
+    #
+    # multipart_create -> presigned_part_url per part (the client PUTs each and keeps the
+    # ETag answered) -> multipart_complete, which assembles the object, reads it back to
+    # compute its size and sha256 (the client's claim is checked, never trusted) and
+    # stores the sha256 as every other object's. multipart_abort drops the parts.
+
+    @abstractmethod
+    def multipart_create(self, key: str, content_type: str = DEFAULT_CONTENT_TYPE) -> str:
+        """Open a multipart upload of a new object; returns the upload id."""
+
+    @abstractmethod
+    def presigned_part_url(
+        self, key: str, upload_id: str, part_number: int, expires: timedelta = timedelta(hours=1)
+    ) -> str:
+        """A URL that accepts one PUT of part `part_number` (1-based) and answers an ETag."""
+
+    @abstractmethod
+    def multipart_complete(
+        self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]
+    ) -> StoredObject:
+        """Assemble the parts [(number, etag)] in order; the object then exists with its sha256."""
+
+    @abstractmethod
+    def multipart_abort(self, key: str, upload_id: str) -> None:
+        """Drop an open upload and its parts; a no-op when it is already gone."""
+
     @abstractmethod
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (and turn versioning on where the backend has it)."""

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +55,18 @@ def _b64encode(data: bytes) -> str:
 
 def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _check_part_number(number: int) -> None:
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 10_000:
+        raise InvalidKeyError(f"part number must be an integer from 1 to 10000, got {number!r}")
+
+
+def _concatenated(files: list[Path]) -> Iterator[bytes]:
+    for path in files:
+        with path.open("rb") as part:
+            while chunk := part.read(_COPY_CHUNK):
+                yield chunk
 
 
 class LocalObjectStore(ObjectStore):
@@ -280,11 +293,11 @@ class LocalObjectStore(ObjectStore):
     def presigned_put_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         return self._presigned_url("PUT", key, expires)
 
-    def _presigned_url(self, method: str, key: str, expires: timedelta) -> str:
+    def _presigned_url(self, method: str, key: str, expires: timedelta, *extra: object) -> str:
         validate_key(key)
         deadline = int(time.time() + check_expiry(expires).total_seconds())
         payload = _b64encode(
-            json.dumps([method, key, deadline], separators=(",", ":")).encode("utf-8")
+            json.dumps([method, key, deadline, *extra], separators=(",", ":")).encode("utf-8")
         )
         return f"{self.public_base_url}/storage/local/{payload}.{self._sign(payload)}"
 
@@ -295,20 +308,129 @@ class LocalObjectStore(ObjectStore):
 
     def verify_presigned_token(self, token: str, method: str) -> str:
         """The key a token from `presigned_*_url` grants `method` on; PresignedURLError if not."""
+        key, extra = self._verified(token, method)
+        if extra:
+            raise PresignedURLError("this presigned URL uploads a part; send it to the part upload")
+        return key
+
+    def verify_presigned_part_token(self, token: str) -> tuple[str, str, int]:
+        """(key, upload id, part number) a `presigned_part_url` token grants a PUT of."""
+        key, extra = self._verified(token, "PUT")
+        if len(extra) != 2:
+            raise PresignedURLError("this presigned URL is not for a part upload")
+        upload_id, part_number = extra
+        return key, str(upload_id), int(part_number)
+
+    @staticmethod
+    def is_part_token(token: str) -> bool:
+        """Whether a (not yet verified) token names a part: decides which check to run."""
+        try:
+            return len(json.loads(_b64decode(token.partition(".")[0]))) == 5
+        except (ValueError, TypeError):
+            return False
+
+    def _verified(self, token: str, method: str) -> tuple[str, list]:
         payload, _, signature = token.partition(".")
         if not payload or not hmac.compare_digest(
             signature.encode("ascii", "replace"), self._sign(payload).encode("ascii")
         ):
             raise PresignedURLError("presigned URL signature is invalid")
         try:
-            signed_method, key, deadline = json.loads(_b64decode(payload))
+            signed_method, key, deadline, *extra = json.loads(_b64decode(payload))
         except (ValueError, TypeError):
             raise PresignedURLError("presigned URL token is malformed") from None
         if signed_method != method.upper():
             raise PresignedURLError(f"presigned URL allows {signed_method}, not {method.upper()}")
         if time.time() > deadline:
             raise PresignedURLError(f"presigned URL for {key} expired")
-        return validate_key(key)
+        return validate_key(key), extra
+
+    # -- client-side multipart upload --------------------------------------------------
+    # Parts wait in `.multipart/<upload id>/` (a dot folder: no key can name it) and are
+    # joined by an ordinary put, so the result is written like every other object.
+
+    def _upload_dir(self, key: str, upload_id: str) -> Path:
+        validate_key(key)
+        if not isinstance(upload_id, str) or len(upload_id) != 32 or not upload_id.isalnum():
+            raise ObjectNotFoundError(f"no multipart upload {upload_id!r} of {key}")
+        folder = self.bucket_dir / ".multipart" / upload_id
+        try:
+            owner = json.loads((folder / "upload.json").read_text("utf-8"))["key"]
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"no multipart upload {upload_id} of {key}") from None
+        if owner != key:
+            raise ObjectNotFoundError(f"multipart upload {upload_id} is not for {key}")
+        return folder
+
+    def multipart_create(self, key: str, content_type: str = DEFAULT_CONTENT_TYPE) -> str:
+        check_content_type(key, content_type)
+        if self._path(key).exists():
+            raise ObjectExistsError(
+                f"{key} already exists in {self.bucket}; write changes under a new key"
+            )
+        upload_id = uuid.uuid4().hex
+        folder = self.bucket_dir / ".multipart" / upload_id
+        folder.mkdir(parents=True)
+        manifest = json.dumps({"key": key, "content_type": content_type})
+        (folder / "upload.json").write_text(manifest, "utf-8")
+        return upload_id
+
+    def presigned_part_url(
+        self, key: str, upload_id: str, part_number: int, expires: timedelta = timedelta(hours=1)
+    ) -> str:
+        _check_part_number(part_number)
+        return self._presigned_url("PUT", key, expires, upload_id, part_number)
+
+    def upload_part(
+        self, key: str, upload_id: str, part_number: int, stream: Readable, length: int
+    ) -> str:
+        """Store one part (what the presigned part URL's handler calls); returns its ETag."""
+        _check_part_number(part_number)
+        folder = self._upload_dir(key, upload_id)
+        target = folder / f"{part_number:05d}.part"
+        reader = HashingReader(as_reader(stream), expected_length=length)
+        temp = self._write_temp(target, reader)
+        etag = reader.hexdigest()
+        os.replace(temp, target)  # a part sent again replaces the earlier one, as on S3
+        (folder / f"{part_number:05d}.etag").write_text(etag, "ascii")
+        return etag
+
+    def multipart_complete(
+        self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]
+    ) -> StoredObject:
+        folder = self._upload_dir(key, upload_id)
+        ordered = sorted(parts)
+        if not ordered:
+            raise StorageError(f"completing {key} needs at least one part")
+        files = []
+        for number, etag in ordered:
+            _check_part_number(number)
+            try:
+                stored_etag = (folder / f"{number:05d}.etag").read_text("ascii")
+            except FileNotFoundError:
+                raise StorageError(f"part {number} of {key} was never uploaded") from None
+            if stored_etag != etag.strip('"'):
+                raise StorageError(f"part {number} of {key} has ETag {stored_etag}, not {etag}")
+            files.append(folder / f"{number:05d}.part")
+        content_type = json.loads((folder / "upload.json").read_text("utf-8"))["content_type"]
+        stored = self.put_stream(key, _concatenated(files), content_type=content_type)
+        self._drop_upload(folder)
+        return stored
+
+    @staticmethod
+    def _drop_upload(folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # `.multipart` itself, once no upload is open
+        except OSError:
+            pass
+
+    def multipart_abort(self, key: str, upload_id: str) -> None:
+        try:
+            folder = self._upload_dir(key, upload_id)
+        except ObjectNotFoundError:
+            return
+        self._drop_upload(folder)
 
     def ensure_bucket(self) -> None:
         self.bucket_dir.mkdir(parents=True, exist_ok=True)

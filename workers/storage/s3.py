@@ -19,6 +19,7 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.commonconfig import ENABLED, Tags
+from minio.datatypes import Part
 from minio.deleteobjects import DeleteObject
 from minio.error import MinioException, S3Error
 from minio.versioningconfig import VersioningConfig
@@ -113,6 +114,13 @@ class _ResponseReader(io.RawIOBase):
             self._response.close()
             self._response.release_conn()
         super().close()
+
+
+def _check_part_number(number: int) -> None:
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_PARTS:
+        raise InvalidKeyError(
+            f"part number must be an integer from 1 to {MAX_PARTS}, got {number!r}"
+        )
 
 
 class S3ObjectStore(ObjectStore):
@@ -394,6 +402,72 @@ class S3ObjectStore(ObjectStore):
             return self.presign_client.presigned_put_object(
                 self.bucket, key, expires=check_expiry(expires)
             )
+
+    # -- client-side multipart upload --------------------------------------------------
+
+    def multipart_create(self, key: str, content_type: str = DEFAULT_CONTENT_TYPE) -> str:
+        validate_key(key)
+        check_content_type(key, content_type)
+        if self.exists(key):
+            raise ObjectExistsError(
+                f"{key} already exists in {self.bucket}; write changes under a new key"
+            )
+        with self._errors(f"start multipart upload of {key}"):
+            # The SDK has no public call for client-driven multipart; these are its S3 calls.
+            return self.client._create_multipart_upload(
+                self.bucket, key, {"Content-Type": content_type}
+            )
+
+    def presigned_part_url(
+        self, key: str, upload_id: str, part_number: int, expires: timedelta = timedelta(hours=1)
+    ) -> str:
+        validate_key(key)
+        _check_part_number(part_number)
+        with self._errors(f"presign part {part_number} of {key}"):
+            return self.presign_client.get_presigned_url(
+                "PUT",
+                self.bucket,
+                key,
+                expires=check_expiry(expires),
+                extra_query_params={"uploadId": upload_id, "partNumber": str(part_number)},
+            )
+
+    def multipart_complete(
+        self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]
+    ) -> StoredObject:
+        validate_key(key)
+        ordered = sorted(parts)
+        for number, _etag in ordered:
+            _check_part_number(number)
+        with self._errors(f"complete multipart upload of {key}"):
+            result = self.client._complete_multipart_upload(
+                self.bucket,
+                key,
+                upload_id,
+                [Part(number, etag.strip('"')) for number, etag in ordered],
+            )
+        stored = self._read_back(key, result.version_id)
+        self._tag_sha256(key, result.version_id, stored.sha256)
+        return stored
+
+    def _read_back(self, key: str, version_id: str | None) -> StoredObject:
+        with self.open_stream(key, version_id=version_id) as stream:
+            reader = HashingReader(stream)
+            while reader.read(8 * _MIB):
+                pass
+        return StoredObject(
+            key=key, size=reader.size, sha256=reader.hexdigest(), version_id=version_id
+        )
+
+    def multipart_abort(self, key: str, upload_id: str) -> None:
+        validate_key(key)
+        try:
+            self.client._abort_multipart_upload(self.bucket, key, upload_id)
+        except S3Error as exc:
+            if exc.code != "NoSuchUpload":
+                raise StorageError(
+                    f"S3 endpoint {self.endpoint} could not abort upload of {key}: {exc}"
+                ) from exc
 
     def ensure_bucket(self) -> None:
         with self._errors("create bucket"):

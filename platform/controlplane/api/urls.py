@@ -3,6 +3,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from controlplane.accounts import api as accounts
 from controlplane.audit import api as audit
+from controlplane.datasets import api as datasets
 from controlplane.jobs import api as jobs
 from controlplane.projects import api as projects
 from controlplane.uploads import api as uploads
@@ -48,6 +49,31 @@ urlpatterns = [
         "projects/<int:project_id>/jobs/<int:job_id>/metrics/",
         jobs.JobMetrics.as_view(),
         name="api-job-metrics",
+    ),
+    path(
+        "projects/<int:project_id>/datasets/",
+        datasets.DatasetListCreate.as_view(),
+        name="api-datasets",
+    ),
+    path(
+        "projects/<int:project_id>/datasets/<int:dataset_id>/",
+        datasets.DatasetDetail.as_view(),
+        name="api-dataset",
+    ),
+    path(
+        "projects/<int:project_id>/datasets/<int:dataset_id>/versions/",
+        datasets.VersionListStart.as_view(),
+        name="api-dataset-versions",
+    ),
+    path(
+        "projects/<int:project_id>/datasets/<int:dataset_id>/versions/<int:number>/",
+        datasets.VersionDetail.as_view(),
+        name="api-dataset-version",
+    ),
+    path(
+        "projects/<int:project_id>/datasets/<int:dataset_id>/versions/<int:number>/complete/",
+        datasets.VersionComplete.as_view(),
+        name="api-dataset-version-complete",
     ),
     path("projects/<int:project_id>/audit/", audit.AuditEventList.as_view(), name="api-audit"),
     path(

@@ -6,7 +6,7 @@ from django.http import HttpResponse, HttpResponseBadRequest, StreamingHttpRespo
 from django.views.decorators.csrf import csrf_exempt
 
 from controlplane.storage import object_store
-from workers.storage import ObjectExistsError, PresignedURLError
+from workers.storage import ObjectExistsError, ObjectNotFoundError, PresignedURLError, StorageError
 
 
 @csrf_exempt  # authorised by the URL's signature, like an S3 presigned URL
@@ -19,6 +19,8 @@ def local_presigned(request, token: str):
     method = request.method.upper()
     if method not in ("GET", "PUT"):
         return HttpResponse("use GET or PUT\n", status=405)
+    if method == "PUT" and store.is_part_token(token):
+        return _put_part(request, store, token)
     try:
         key = store.verify_presigned_token(token, method)
     except PresignedURLError as error:
@@ -48,4 +50,31 @@ def local_presigned(request, token: str):
         return HttpResponse("object already exists; keys are never overwritten\n", status=409)
     response = HttpResponse(status=200)
     response["ETag"] = stored.sha256
+    return response
+
+
+def _content_length(request) -> int | None:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+
+
+def _put_part(request, store, token: str) -> HttpResponse:
+    """One part of a multipart upload: streamed to disk, answered with its ETag (as S3 does)."""
+    try:
+        key, upload_id, part_number = store.verify_presigned_part_token(token)
+    except PresignedURLError as error:
+        return HttpResponse(f"{error}\n", status=403)
+    length = _content_length(request)
+    if length is None:
+        return HttpResponseBadRequest("a presigned PUT needs a Content-Length\n")
+    try:
+        etag = store.upload_part(key, upload_id, part_number, request, length)
+    except ObjectNotFoundError as error:
+        return HttpResponse(f"{error}\n", status=404)
+    except StorageError as error:
+        return HttpResponseBadRequest(f"{error}\n")
+    response = HttpResponse(status=200)
+    response["ETag"] = f'"{etag}"'
     return response

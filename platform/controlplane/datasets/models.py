@@ -1,0 +1,120 @@
+"""Datasets and their immutable versions.
+
+A version is created empty in state `uploading`, its files arrive in the object store
+(presigned multipart upload from the browser or an API client, or written by a pipeline
+job), and it becomes `ready` only when every file's size and sha256 have been checked.
+A version that never completes is removed with its bytes: nothing half-written remains.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class DatasetKind(models.TextChoices):
+    TEXT = "text", "Text"
+    IMAGES = "images", "Images"
+
+
+class Dataset(models.Model):
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.PROTECT, related_name="datasets"
+    )
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=63)
+    kind = models.CharField(max_length=10, choices=DatasetKind.choices)
+    description = models.TextField(blank=True)
+    source = models.CharField(max_length=500, blank=True)  # where the data came from (URL, system)
+    license = models.CharField(max_length=120, blank=True)
+    # The record field naming the data subject, when the data holds personal data: the
+    # pipeline builds a subject index from it so an erasure request finds every record.
+    subject_field = models.CharField(max_length=120, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "slug"], name="dataset_slug_per_project")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+
+class VersionState(models.TextChoices):
+    UPLOADING = "uploading", "Uploading"
+    READY = "ready", "Ready"
+    ERASED = "erased", "Erased"
+
+
+class DatasetVersion(models.Model):
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    state = models.CharField(
+        max_length=12, choices=VersionState.choices, default=VersionState.UPLOADING
+    )
+    # Lineage: uploaded (no job) or derived by a job from other versions.
+    produced_by = models.ForeignKey(
+        "jobs.Job",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="produced_versions",
+    )
+    parents = models.ManyToManyField("self", symmetrical=False, blank=True, related_name="children")
+    byte_count = models.PositiveBigIntegerField(default=0)
+    record_count = models.PositiveBigIntegerField(null=True, blank=True)
+    note = models.CharField(max_length=300, blank=True)
+    # What a pipeline run reported (counts per stage and reason, examples) and the first
+    # records after cleaning: shown on the version page.
+    report = models.JSONField(null=True, blank=True)
+    preview = models.JSONField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    # An upload not completed by then is aborted by the reaper and the version removed.
+    upload_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["dataset_id", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "number"], name="version_number_per_dataset")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dataset.name} v{self.number} ({self.state})"
+
+    @property
+    def prefix(self) -> str:
+        return f"projects/{self.dataset.project_id}/datasets/{self.dataset_id}/v{self.number}/"
+
+
+class DatasetFile(models.Model):
+    """One object of a version; its manifest is the list of these."""
+
+    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="files")
+    # The user's file name (display) or the pipeline's output path inside the version.
+    name = models.CharField(max_length=255)
+    role = models.CharField(max_length=40, default="data")  # data, shard, tokenizer, report, index
+    object_key = models.CharField(max_length=512, unique=True)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    record_count = models.PositiveBigIntegerField(null=True, blank=True)
+    # Set while a multipart upload is open; cleared when the object is complete and checked.
+    upload_id = models.CharField(max_length=300, blank=True)
+    part_size = models.PositiveBigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["version_id", "name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "name"], name="file_name_per_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.size} bytes)"
