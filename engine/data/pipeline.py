@@ -138,17 +138,18 @@ class _UnitCleaner:
             stats = result.stages[stage.name]
             if reason is not None:
                 stats.removed[reason] += 1
-                stats.add_example(
-                    reason, {"location": doc.location, "snippet": snippet(doc.text)}, limit
-                )
+                if stats.wants_example(reason, limit):  # snippets cost: make them only when kept
+                    example = {"location": doc.location, "snippet": snippet(doc.text)}
+                    stats.add_example(reason, example, limit)
                 return False
             if doc.text is not before:
                 stats.changed += 1
-                stats.add_example(
-                    "changed",
-                    {"location": doc.location, "snippet": _change_snippet(before, doc.text)},
-                    limit,
-                )
+                if stats.wants_example("changed", limit):
+                    example = {
+                        "location": doc.location,
+                        "snippet": _change_snippet(before, doc.text),
+                    }
+                    stats.add_example("changed", example, limit)
         if not doc.text.strip():
             result.stages.setdefault("pipeline", StageStats()).removed["empty_text"] += 1
             return False
@@ -174,9 +175,7 @@ class _UnitCleaner:
 
 def _change_snippet(before: str, after: str) -> str:
     """Excerpt of the new text around the first character that changed."""
-    first_difference = next(
-        (i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), 0
-    )
+    first_difference = len(os.path.commonprefix([before, after]))
     return snippet(after, around=first_difference)
 
 

@@ -35,6 +35,9 @@ class StageStats:
     counts: Counter = field(default_factory=Counter)  # e.g. PII type -> spans replaced
     examples: dict[str, list[dict]] = field(default_factory=dict)  # reason -> [{location, snippet}]
 
+    def wants_example(self, reason: str, limit: int) -> bool:
+        return len(self.examples.get(reason, ())) < limit
+
     def add_example(self, reason: str, example: dict, limit: int) -> None:
         bucket = self.examples.setdefault(reason, [])
         if len(bucket) < limit:
