@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from controlplane.dashboard import dataset_views as dataset_pages
 from controlplane.dashboard import storage_views
 from controlplane.dashboard import views as pages
 
@@ -24,6 +25,17 @@ urlpatterns = [
         "projects/<int:project_id>/uploads/<int:upload_id>/inspect/",
         pages.inspect_job_start,
         name="inspect-start",
+    ),
+    path("projects/<int:project_id>/datasets/", dataset_pages.dataset_list, name="dataset-list"),
+    path(
+        "projects/<int:project_id>/datasets/<int:dataset_id>/",
+        dataset_pages.dataset_detail,
+        name="dataset-detail",
+    ),
+    path(
+        "projects/<int:project_id>/datasets/<int:dataset_id>/v<int:number>/",
+        dataset_pages.dataset_version,
+        name="dataset-version",
     ),
     path("projects/<int:project_id>/jobs/", pages.job_list, name="job-list"),
     path("projects/<int:project_id>/jobs/<int:job_id>/", pages.job_detail, name="job-detail"),

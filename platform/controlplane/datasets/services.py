@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -173,7 +174,8 @@ def dataset_version_start(
         )
         uploads = []
         for index, declared in enumerate(files):
-            key = f"{version.prefix}upload/{index:05d}"
+            # Random, not numbered: keys are never reused, even after a version is removed.
+            key = f"{version.prefix}upload/{index:05d}-{uuid.uuid4().hex}"
             size = _part_size_for(declared.size, part_size)
             upload_id = store.multipart_create(key)
             row = DatasetFile.objects.create(
@@ -210,7 +212,6 @@ def _remove_version(version: DatasetVersion) -> None:
         if file.upload_id:
             store.multipart_abort(file.object_key, file.upload_id)
         store.delete(file.object_key)
-    store.delete_prefix(version.prefix)
     with transaction.atomic():
         version.files.all().delete()
         version.parents.clear()

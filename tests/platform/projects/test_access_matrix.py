@@ -30,13 +30,37 @@ def _urls(team, upload_id: int, job_id: int) -> list[tuple[str, str, dict | None
         ("get", f"/api/v1/projects/{p}/jobs/{job_id}/metrics/", None),
         ("get", f"/api/v1/projects/{p}/audit/", None),
         ("get", f"/api/v1/projects/{p}/audit/verify/", None),
+        ("get", f"/api/v1/projects/{p}/datasets/", None),
+        ("post", f"/api/v1/projects/{p}/datasets/", {"name": "x", "slug": "x", "kind": "text"}),
+        ("get", f"/api/v1/projects/{p}/datasets/{team.dataset_id}/", None),
+        ("get", f"/api/v1/projects/{p}/datasets/{team.dataset_id}/versions/", None),
+        (
+            "post",
+            f"/api/v1/projects/{p}/datasets/{team.dataset_id}/versions/",
+            {"files": [{"name": "a", "size": 1, "sha256": "a" * 64}]},
+        ),
+        ("get", f"/api/v1/projects/{p}/datasets/{team.dataset_id}/versions/1/", None),
+        ("delete", f"/api/v1/projects/{p}/datasets/{team.dataset_id}/versions/1/", None),
+        (
+            "post",
+            f"/api/v1/projects/{p}/datasets/{team.dataset_id}/versions/1/complete/",
+            {"files": [{"file_id": 1, "parts": [{"part_number": 1, "etag": "x"}]}]},
+        ),
     ]
 
 
 @pytest.fixture
 def upload_and_job(team, make_upload):
+    from controlplane.datasets.services import DeclaredFile, dataset_create, dataset_version_start
     from controlplane.jobs.services import job_create
 
+    dataset = dataset_create(
+        project=team.project, actor=team.engineer, name="D", slug="d", kind="text"
+    )
+    dataset_version_start(
+        dataset=dataset, actor=team.engineer, files=[DeclaredFile("a", 1, "a" * 64)]
+    )
+    team.dataset_id = dataset.pk
     upload = make_upload(team.project, team.engineer, b"hello\nworld\n")
     job = job_create(
         project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer

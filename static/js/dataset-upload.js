@@ -1,0 +1,80 @@
+// Upload a dataset version from the browser, the way an API client does it:
+// declare the files (name, size, sha256) -> PUT each part to its presigned URL -> complete.
+// Parts are sliced from the File object, so the page never holds a whole file either.
+(function () {
+  "use strict";
+  const form = document.getElementById("dataset-upload");
+  if (!form) return;
+  const bar = form.querySelector("progress");
+  const status = form.querySelector(".upload-status");
+  const csrf = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"];
+
+  async function api(url, method, body) {
+    const response = await fetch(url, {
+      method, credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRFToken": csrf},
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const data = response.status === 204 ? null : await response.json();
+    if (!response.ok) throw new Error(data && data.error ? data.error.message : response.statusText);
+    return data;
+  }
+
+  async function sha256Hex(file) {
+    // WebCrypto has no incremental digest, so the page reads each file once to hash it
+    // (the upload itself is sliced). Files of several GB are better sent with the API.
+    const buffer = await file.arrayBuffer();
+    const digest = await crypto.subtle.digest("SHA-256", buffer);
+    return Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function putPart(url, blob, onProgress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("PUT", url);
+      xhr.upload.onprogress = (event) => onProgress(event.loaded);
+      xhr.onload = () => (xhr.status === 200
+        ? resolve(xhr.getResponseHeader("ETag"))
+        : reject(new Error(`part upload answered ${xhr.status}: ${xhr.responseText}`)));
+      xhr.onerror = () => reject(new Error("network error while uploading a part"));
+      xhr.send(blob);
+    });
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const files = Array.from(form.elements.files.files);
+    const total = files.reduce((sum, f) => sum + f.size, 0);
+    bar.hidden = false; bar.max = total; bar.value = 0;
+    let version = null;
+    try {
+      status.textContent = "computing checksums…";
+      const declared = [];
+      for (const f of files) declared.push({name: f.name, size: f.size, sha256: await sha256Hex(f)});
+      version = await api(form.dataset.api, "POST", {files: declared, note: form.elements.note.value});
+      let sent = 0;
+      const completed = [];
+      for (const [index, upload] of version.uploads.entries()) {
+        const file = files[index];
+        const parts = [];
+        for (const part of upload.parts) {
+          const start = (part.part_number - 1) * upload.part_size;
+          const blob = file.slice(start, start + upload.part_size);
+          status.textContent = `uploading ${file.name}, part ${part.part_number} of ${upload.parts.length}`;
+          const etag = await putPart(part.url, blob, (loaded) => { bar.value = sent + loaded; });
+          sent += blob.size;
+          parts.push({part_number: part.part_number, etag: etag.replaceAll('"', "")});
+        }
+        completed.push({file_id: upload.file_id, parts});
+      }
+      status.textContent = "verifying…";
+      await api(`${form.dataset.api}${version.number}/complete/`, "POST", {files: completed});
+      window.location = form.dataset.done;
+    } catch (error) {
+      status.textContent = `Upload failed: ${error.message}`;
+      if (version && version.state === "uploading") {
+        api(`${form.dataset.api}${version.number}/`, "DELETE").catch(() => {});
+      }
+    }
+  });
+})();
