@@ -123,17 +123,23 @@ class Evaluator:
         cache_path: str | os.PathLike | None = None,
         heldout_fraction: float = 0.2,
         split_seed: int = 0,
+        epochs: int = 30,
     ) -> Evaluator:
         """Train the classifier once per split and keep it (written atomically) for reuse."""
         split = load_digits_split(NATIVE_SIZE, heldout_fraction, split_seed)
-        key = {"heldout_fraction": heldout_fraction, "split_seed": split_seed, "version": 1}
+        key = {
+            "heldout_fraction": heldout_fraction,
+            "split_seed": split_seed,
+            "epochs": epochs,
+            "version": 1,
+        }
         if cache_path is not None and Path(cache_path).is_file():
             saved = torch.load(cache_path, map_location="cpu", weights_only=True)
             if saved.get("key") == key:
                 classifier = DigitClassifier()
                 classifier.load_state_dict(saved["state"])
                 return cls(classifier.eval(), split)
-        classifier = train_classifier(split, seed=split_seed)
+        classifier = train_classifier(split, epochs=epochs, seed=split_seed)
         if cache_path is not None:
             path = Path(cache_path)
             path.parent.mkdir(parents=True, exist_ok=True)
