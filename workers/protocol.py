@@ -25,6 +25,7 @@ class ProtocolError(ValueError):
 
 class JobKind(enum.StrEnum):
     INSPECT = "inspect"
+    DATA_PIPELINE = "data_pipeline"
 
 
 class Queue(enum.StrEnum):

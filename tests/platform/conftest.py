@@ -20,3 +20,32 @@ def make_upload(db):
         )
 
     return make
+
+
+@pytest.fixture
+def make_ready_version(db):
+    """`make_ready_version(dataset, user, {"name": bytes})`: a version uploaded part by part."""
+    import hashlib
+
+    from controlplane.datasets.services import (
+        DeclaredFile,
+        dataset_version_complete,
+        dataset_version_start,
+    )
+    from controlplane.storage import object_store
+
+    def make(dataset, user, files: dict[str, bytes]):
+        declared = [
+            DeclaredFile(n, len(b), hashlib.sha256(b).hexdigest()) for n, b in files.items()
+        ]
+        version, uploads = dataset_version_start(dataset=dataset, actor=user, files=declared)
+        parts = {}
+        for upload in uploads:
+            data = files[upload.file.name]
+            etag = object_store().upload_part(
+                upload.file.object_key, upload.file.upload_id, 1, io.BytesIO(data), len(data)
+            )
+            parts[upload.file.pk] = [(1, etag)]
+        return dataset_version_complete(version=version, actor=user, parts=parts)
+
+    return make

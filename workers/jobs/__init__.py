@@ -1,6 +1,11 @@
-"""Job handlers by kind: each takes a JobContext and returns the job's result dict."""
+"""Job handlers by kind: each takes a JobContext and returns the job's result dict.
 
+Handlers import the engine (and so torch) lazily, inside the handler: a worker pays for
+what it runs, and the platform, which imports workers.protocol, never pulls the engine in.
+"""
+
+from workers.jobs.data_pipeline import run_data_pipeline
 from workers.jobs.inspect import inspect_upload
 from workers.protocol import JobKind
 
-HANDLERS = {JobKind.INSPECT: inspect_upload}
+HANDLERS = {JobKind.INSPECT: inspect_upload, JobKind.DATA_PIPELINE: run_data_pipeline}

@@ -306,6 +306,57 @@ def dataset_uploads_reap(*, now=None) -> list[int]:
     return removed
 
 
+def _role_of(name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    if base.startswith("records-"):
+        return "data"
+    if base.startswith("report."):
+        return "report"
+    if base.startswith("subject_index"):
+        return "index"
+    if base == "tokenizer.json":
+        return "tokenizer"
+    if base.endswith(".bin"):
+        return "shard"
+    return "manifest" if base == "manifest.json" else "other"
+
+
+def dataset_version_from_job(*, job, result: dict[str, Any]) -> DatasetVersion:
+    """The version a data-pipeline job derived from its input version (in its transaction)."""
+    source = DatasetVersion.objects.select_related("dataset__project").get(
+        pk=job.params["dataset_version_id"]
+    )
+    dataset = Dataset.objects.select_for_update().get(pk=source.dataset_id)
+    version = DatasetVersion.objects.create(
+        dataset=dataset,
+        number=_next_number(dataset),
+        produced_by=job,
+        created_by=job.created_by,
+        note=f"cleaned and tokenized from v{source.number} by job {job.pk}",
+        record_count=result.get("records"),
+        report=result.get("report"),
+        preview=result.get("preview"),
+    )
+    version.parents.add(source)
+    DatasetFile.objects.bulk_create(
+        DatasetFile(
+            version=version,
+            name=f["name"],
+            role=_role_of(f["name"]),
+            object_key=f["key"],
+            size=f["size"],
+            sha256=f["sha256"],
+        )
+        for f in result.get("files", [])
+    )
+    return _mark_ready(
+        version,
+        None,
+        action="dataset_version.derived",
+        payload={"job_id": job.pk, "parent_version_id": source.pk},
+    )
+
+
 def version_manifest(version: DatasetVersion) -> dict[str, Any]:
     return {
         "dataset": version.dataset.slug,

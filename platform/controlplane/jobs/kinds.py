@@ -74,7 +74,98 @@ def _validate_inspect(project: Project, params: dict[str, Any]) -> JobRequest:
     return JobRequest(queue=Queue.CPU, params=clean, inputs=inputs)
 
 
-_VALIDATORS = {JobKind.INSPECT: _validate_inspect}
+def _ready_text_version(project: Project, version_id: Any, errors: dict):
+    from controlplane.datasets.models import DatasetVersion, VersionState
+
+    if version_id is None:
+        errors["dataset_version_id"] = ["this field is required"]
+        return None
+    if isinstance(version_id, bool) or not isinstance(version_id, int):
+        errors["dataset_version_id"] = ["must be an integer"]
+        return None
+    version = (
+        DatasetVersion.objects.filter(pk=version_id, dataset__project=project)
+        .select_related("dataset")
+        .first()
+    )
+    if version is None:
+        errors["dataset_version_id"] = [f"no dataset version {version_id} in this project"]
+    elif version.state != VersionState.READY:
+        errors["dataset_version_id"] = [
+            f"version {version.number} of {version.dataset.slug} is {version.state}; "
+            "wait for its upload to complete or pick a ready version"
+        ]
+    elif version.dataset.kind != "text":
+        errors["dataset_version_id"] = [
+            f"{version.dataset.slug} holds {version.dataset.kind}; the data pipeline cleans text"
+        ]
+    else:
+        return version
+    return None
+
+
+def _pipeline_stages(raw: Any, errors: dict) -> dict | None:
+    """Check the stages against the engine's own config (imported here only: numpy)."""
+    from engine.data.config import ConfigError, config_to_dict, load_pipeline_config
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors["pipeline"] = ["must be an object (the engine's pipeline config)"]
+        return None
+    misplaced = {"inputs", "output", "subject_salt"} & set(raw)
+    if misplaced:
+        errors["pipeline"] = [f"{', '.join(sorted(misplaced))}: set by the platform, leave out"]
+        return None
+    try:
+        config = load_pipeline_config({**raw, "inputs": [{"path": "input.jsonl"}]})
+    except ConfigError as error:
+        errors["pipeline"] = [str(error)]
+        return None
+    clean = config_to_dict(config)
+    for key in ("inputs", "output", "subject_salt"):
+        clean.pop(key, None)
+    return clean
+
+
+def _validate_data_pipeline(project: Project, params: dict[str, Any]) -> JobRequest:
+    allowed = {"dataset_version_id", "pipeline", "tokenizer", "val_fraction", "text_field"}
+    errors: dict[str, list[str]] = {name: ["unknown parameter"] for name in params.keys() - allowed}
+    version = _ready_text_version(project, params.get("dataset_version_id"), errors)
+    pipeline = _pipeline_stages(params.get("pipeline"), errors)
+    tokenizer = params.get("tokenizer") or {"kind": "char"}
+    if not isinstance(tokenizer, dict) or tokenizer.get("kind") not in ("char", "bpe"):
+        errors["tokenizer"] = ['must be {"kind": "char"} or {"kind": "bpe", "vocab_size": N}']
+    elif set(tokenizer) - {"kind", "vocab_size"}:
+        errors["tokenizer"] = ["only kind and vocab_size may be set"]
+    elif tokenizer["kind"] == "bpe":
+        size = _number(tokenizer, "vocab_size", errors, kind=int, default=4096, low=260, high=65535)
+        if "vocab_size" in errors:
+            errors["tokenizer"] = [f"vocab_size {errors.pop('vocab_size')[0]}"]
+        tokenizer = {"kind": "bpe", "vocab_size": size}
+    val_fraction = _number(
+        params, "val_fraction", errors, kind=float, default=0.05, low=0.001, high=0.5
+    )
+    text_field = params.get("text_field", "text")
+    if not isinstance(text_field, str) or not text_field:
+        errors["text_field"] = ["must be a field name"]
+    if errors:
+        raise JobRequestError(errors)
+    files = list(version.files.order_by("name", "id"))
+    clean = {
+        "dataset_version_id": version.pk,
+        "pipeline": pipeline,
+        "tokenizer": tokenizer,
+        "val_fraction": val_fraction,
+        "text_field": text_field,
+        "subject_field": version.dataset.subject_field,
+        "input_names": [f.name for f in files],
+    }
+    inputs = [{"uri": f.object_key, "sha256": f.sha256, "size": f.size} for f in files]
+    return JobRequest(queue=Queue.CPU, params=clean, inputs=inputs)
+
+
+_VALIDATORS = {JobKind.INSPECT: _validate_inspect, JobKind.DATA_PIPELINE: _validate_data_pipeline}
 
 
 def validate_job_request(*, project: Project, kind: str, params: Any) -> JobRequest:

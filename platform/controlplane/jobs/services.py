@@ -266,7 +266,8 @@ def _on_log(job: Job, event: JobEvent, now: datetime) -> None:
 
 def _finish(
     job: Job, event: JobEvent, now: datetime, state: str, action: str, **changes: Any
-) -> None:
+) -> bool:
+    """Move the job to its final state once; True for the event that did it."""
     if _claim(
         job.pk,
         attempt=event.attempt,
@@ -286,18 +287,27 @@ def _finish(
                 **{k: v for k, v in changes.items() if k != "result"},
             },
         )
+        return True
+    return False
+
+
+def _create_derived_version(job: Job, result: dict) -> None:
+    from controlplane.datasets.services import dataset_version_from_job
+
+    dataset_version_from_job(job=job, result=result)
+
+
+# What a successful job of a kind leaves behind besides its result, in the same transaction.
+_ON_SUCCESS = {"data_pipeline": _create_derived_version}
 
 
 def _on_finished(job: Job, event: JobEvent, now: datetime) -> None:
-    _finish(
-        job,
-        event,
-        now,
-        JobState.SUCCEEDED,
-        "job.succeeded",
-        result=event.payload.get("result", {}),
-        progress=1.0,
-    )
+    result = event.payload.get("result", {})
+    if (
+        _finish(job, event, now, JobState.SUCCEEDED, "job.succeeded", result=result, progress=1.0)
+        and job.kind in _ON_SUCCESS
+    ):
+        _ON_SUCCESS[job.kind](job, result)
 
 
 def _on_failed(job: Job, event: JobEvent, now: datetime) -> None:

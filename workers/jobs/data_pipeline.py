@@ -1,0 +1,162 @@
+"""The data-pipeline job: a dataset version in, a cleaned and tokenized dataset version out.
+
+Runs the engine's pipeline (engine.data) on the input version's files, then trains a
+tokenizer on the cleaned records and packs them into token shards. Every output file is
+put into the object store under the attempt's prefix and reported as an artifact; the
+platform turns those artifacts into the new dataset version when the job finishes.
+
+Params (validated by the platform before the job exists):
+    input_names     the file names of the inputs, aligned with spec.inputs (formats come
+                    from their extensions)
+    pipeline        the engine's pipeline config, minus inputs/output (engine.data.config)
+    text_field, subject_field
+    tokenizer       {"kind": "char" | "bpe", "vocab_size": int}
+    val_fraction    share of documents held out for validation
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workers.runtime import JobContext, JobFailed
+
+CHUNK = 8 * 1024 * 1024
+PREVIEW_RECORDS = 5
+PREVIEW_CHARS = 400
+
+
+def _download_inputs(ctx: JobContext, folder: Path) -> list[Path]:
+    """Copy each input object to a local file, checking its sha256 on the way."""
+    names = ctx.spec.params.get("input_names") or []
+    paths = []
+    for index, ref in enumerate(ctx.spec.inputs):
+        name = Path(names[index] if index < len(names) else f"input-{index}").name
+        path = folder / f"{index:05d}-{name}"
+        digest = hashlib.sha256()
+        with path.open("wb") as out:
+            for chunk in ctx.store.iter_chunks(ref.uri, chunk_size=CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+        if ref.sha256 and digest.hexdigest() != ref.sha256:
+            raise JobFailed(f"input {name} does not match its sha256 (the stored object changed)")
+        paths.append(path)
+        ctx.check_stop()
+    return paths
+
+
+def _pipeline_config(params: dict[str, Any], inputs: list[Path]):
+    from engine.data.config import ConfigError, load_pipeline_config
+
+    raw = dict(params.get("pipeline") or {})
+    raw["inputs"] = [
+        {
+            "path": str(p),
+            "text_field": params.get("text_field", "text"),
+            "subject_field": params.get("subject_field", ""),
+        }
+        for p in inputs
+    ]
+    try:
+        return load_pipeline_config(raw)
+    except ConfigError as error:
+        raise JobFailed(f"pipeline config: {error}") from None
+
+
+def _preview(clean_dir: Path, text_field: str) -> list[dict[str, Any]]:
+    records = []
+    for shard in sorted(clean_dir.glob("records-*.jsonl")):
+        with shard.open(encoding="utf-8") as lines:
+            for line in lines:
+                record = json.loads(line)
+                text = str(record.get(text_field, ""))
+                records.append({**record, text_field: text[:PREVIEW_CHARS]})
+                if len(records) >= PREVIEW_RECORDS:
+                    return records
+    return records
+
+
+def _texts(files: list[str], text_field: str):
+    for name in files:
+        with open(name, encoding="utf-8") as lines:
+            for line in lines:
+                yield json.loads(line)[text_field]
+
+
+def _publish(ctx: JobContext, root: Path) -> list[dict[str, Any]]:
+    """Put every output file into the store and report it; returns the manifest rows."""
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        relative = path.relative_to(root).as_posix()
+        key = ctx.output_key(*relative.split("/"))
+        with path.open("rb") as stream:
+            stored = ctx.store.put_stream(key, stream, length=path.stat().st_size)
+        ctx.artifact(name=relative, key=key, sha256=stored.sha256, size=stored.size)
+        files.append({"name": relative, "key": key, "sha256": stored.sha256, "size": stored.size})
+    return files
+
+
+def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
+    from engine.data.packing import tokenize_to_shards
+    from engine.data.pipeline import PipelineError, run_pipeline
+    from engine.data.tokenizers import BPETokenizer, CharTokenizer
+
+    params = ctx.spec.params
+    with tempfile.TemporaryDirectory(prefix=f"job-{ctx.spec.job_id}-") as work:
+        work_dir = Path(work)
+        (work_dir / "in").mkdir()
+        ctx.progress(0.02, "downloading the input version")
+        inputs = _download_inputs(ctx, work_dir / "in")
+        config = _pipeline_config(params, inputs)
+        out = work_dir / "out"
+        clean_dir = out / "clean"
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            ctx.progress(0.05 + 0.6 * (done / total if total else 0), f"cleaning: {phase}")
+            ctx.check_stop()
+
+        try:
+            report = run_pipeline(config, output_dir=clean_dir, progress=on_progress)
+        except PipelineError as error:
+            raise JobFailed(f"pipeline: {error}") from None
+        ctx.log(report.summary())
+        if report.records_written == 0:
+            raise JobFailed(
+                "the pipeline removed every record; loosen the thresholds (see the report)"
+            )
+
+        ctx.progress(0.7, "training the tokenizer")
+        clean_files = sorted(str(p) for p in clean_dir.glob("records-*.jsonl*"))
+        text_field = config.output.text_field
+        texts = _texts(clean_files, text_field)
+        spec = params.get("tokenizer") or {"kind": "char"}
+        if spec.get("kind") == "bpe":
+            tokenizer = BPETokenizer.train(texts, vocab_size=int(spec.get("vocab_size", 4096)))
+        else:
+            tokenizer = CharTokenizer.train(texts)
+        tokenizer_path = work_dir / "tokenizer.json"
+        tokenizer.save(tokenizer_path)
+        ctx.check_stop()
+
+        ctx.progress(0.8, "tokenizing")
+        manifest, _stats = tokenize_to_shards(
+            clean_files,
+            tokenizer_path,
+            out / "tokens",
+            val_fraction=float(params.get("val_fraction", 0.05)),
+            text_field=text_field,
+        )
+        ctx.progress(0.9, "storing the new version")
+        files = _publish(ctx, out)
+        return {
+            "report": report.to_dict(),
+            "summary": report.summary(),
+            "records": report.records_written,
+            "preview": _preview(clean_dir, text_field),
+            "tokenizer": {"kind": spec.get("kind", "char"), "vocab_size": tokenizer.vocab_size},
+            "tokens": {"train": manifest.num_tokens("train"), "val": manifest.num_tokens("val")},
+            "files": files,
+        }
