@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -43,7 +45,7 @@ def test_checkpoints_are_complete_files_and_old_ones_pruned(make_config):
     folder = summary.checkpoint.rsplit("/", 1)[0]
     steps = [step for step, _ in list_checkpoints(config.run_dir)]
     assert steps == [5, 6]
-    assert not list(__import__("pathlib").Path(folder).glob(".*tmp"))
+    assert not list(Path(folder).glob(".*tmp"))
     payload = load_checkpoint(config.run_dir)  # a run folder means its latest checkpoint
     assert payload["step"] == 6 and payload["kind"] == "vae"
 
@@ -54,17 +56,11 @@ def test_training_writes_grid_and_metrics(make_config):
     summary = train(config, on_metrics=lambda step, metrics: seen.append((step, metrics)))
     assert [step for step, _ in seen] == [1, 2, 3, 4]
     assert {"train/d_loss", "train/g_loss", "train/lr"} <= set(seen[-1][1])
-    samples = sorted(
-        p.name
-        for p in (
-            config.run_dir and __import__("pathlib").Path(config.run_dir) / "samples"
-        ).iterdir()
-    )
+    run_dir = Path(config.run_dir)
+    samples = sorted(path.name for path in (run_dir / "samples").iterdir())
     assert samples == ["step_000002.png", "step_000004.png"]
     assert summary.grid.endswith("step_000004.png")
-    assert (__import__("pathlib").Path(config.run_dir) / "metrics.jsonl").read_text().count(
-        "\n"
-    ) == 4
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
 
 
 def test_resume_refuses_other_models_and_empty_runs(make_config):

@@ -24,7 +24,7 @@ def noisy_unet(seed: int = 0) -> UNet:
     torch.manual_seed(seed)
     net = UNet(UNetConfig(base_channels=16, channel_mults=[1, 2], attention=False))
     with torch.no_grad():
-        for name, param in net.named_parameters():
+        for param in net.parameters():
             if param.abs().sum() == 0 and param.dim() > 1:
                 param.normal_(0, 0.05)
     return net.eval()
