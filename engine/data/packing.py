@@ -35,10 +35,10 @@ import numpy as np
 
 from engine.data.config import InputConfig
 from engine.data.readers import InputError, InputProblem, WorkUnit, plan_units, read_unit
+from engine.data.records import RECORDS_FORMAT
 from engine.data.shards import DEFAULT_SHARD_TOKENS, ShardManifest, ShardWriter
 from engine.data.tokenizers import load_tokenizer
 
-RECORDS_FORMAT = "engine.records/1"  # what engine.data.pipeline writes
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
 _BATCH_DOCUMENTS = 1024
 _BATCH_CHARS = 256 * 1024

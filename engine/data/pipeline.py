@@ -21,7 +21,6 @@ Three phases, so the result does not depend on the number of processes:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -40,13 +39,12 @@ from engine.data.normalize import Normalizer
 from engine.data.pii import PIIRedactor
 from engine.data.quality import QualityFilter, RepetitionFilter
 from engine.data.readers import InputError, InputProblem, WorkUnit, plan_units, read_unit
+from engine.data.records import MANIFEST, RecordShardWriter, write_records_manifest
 from engine.data.report import PipelineReport, StageStats, snippet
 from engine.data.subject_index import INDEX_FILE, hash_subject, write_subject_index
 from engine.data.toxicity import ToxicityFilter
 
 ProgressCallback = Callable[[str, int, int], None]
-MANIFEST = "manifest.json"
-RECORDS_FORMAT = "engine.records/1"
 _STAGE_CLASSES = {
     "normalize": Normalizer,
     "quality": QualityFilter,
@@ -270,73 +268,10 @@ def _global_dedup(config, work_dir, results, report) -> np.ndarray:
 
 
 # ---- phase 3: output shards ---------------------------------------------------------------
-class _ShardSink:
-    """Rolls records into numbered shards; each appears under its final name only when whole."""
-
-    def __init__(self, output_dir: Path, shard_records: int, compression: str):
-        self.output_dir = output_dir
-        self.shard_records = shard_records
-        self.compression = compression
-        self.shards: list[dict] = []
-        self._file = None
-        self._rows = 0
-
-    def _open(self) -> None:
-        suffix = ".jsonl.zst" if self.compression == "zstd" else ".jsonl"
-        self._name = f"records-{len(self.shards):05d}{suffix}"
-        self._temporary = self.output_dir / f"{self._name}.tmp"
-        raw = open(self._temporary, "wb")
-        if self.compression == "zstd":
-            import zstandard
-
-            self._file = zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=True)
-        else:
-            self._file = raw
-        self._rows = 0
-
-    def write(self, line: bytes) -> tuple[int, int]:
-        """Append one record; returns its (shard position, row)."""
-        if self._file is None:
-            self._open()
-        self._file.write(line)
-        position = (len(self.shards), self._rows)
-        self._rows += 1
-        if self._rows == self.shard_records:
-            self._close()
-        return position
-
-    def _close(self) -> None:
-        self._file.close()
-        self._file = None
-        final = self.output_dir / self._name
-        os.replace(self._temporary, final)
-        self.shards.append(
-            {
-                "name": self._name,
-                "records": self._rows,
-                "bytes": final.stat().st_size,
-                "sha256": _sha256(final),
-            }
-        )
-
-    def finish(self) -> list[dict]:
-        if self._file is not None:
-            self._close()
-        return self.shards
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(2**20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_outputs(
     config, output_dir, work_dir, results, removed, progress
 ) -> tuple[list[dict], int]:
-    sink = _ShardSink(output_dir, config.output.shard_records, config.output.compression)
+    sink = RecordShardWriter(output_dir, config.output.shard_records, config.output.compression)
     subjects: list[bytes] = []
     subject_shards: list[int] = []
     subject_rows: list[int] = []
@@ -436,7 +371,15 @@ def run_pipeline(
     )
     report.seconds = time.perf_counter() - started
     report.save(output_dir)
-    _write_manifest(config, output_dir, report)
+    write_records_manifest(
+        output_dir,
+        records=report.records_written,
+        text_field=config.output.text_field,
+        compression=config.output.compression,
+        shards=report.shards,
+        subject_index=INDEX_FILE if (output_dir / INDEX_FILE).exists() else None,
+        subject_salted=bool(config.subject_salt),
+    )
     shutil.rmtree(work_dir)
     return report
 
@@ -455,19 +398,3 @@ def _merge_results(config, units, results, processes) -> PipelineReport:
         for name, stats in result.stages.items():
             report.stages.setdefault(name, StageStats()).merge(stats, config.examples_per_reason)
     return report
-
-
-def _write_manifest(config: PipelineConfig, output_dir: Path, report: PipelineReport) -> None:
-    manifest = {
-        "format": RECORDS_FORMAT,
-        "records": report.records_written,
-        "text_field": config.output.text_field,
-        "compression": config.output.compression,
-        "shards": report.shards,
-        "subject_index": INDEX_FILE if (output_dir / INDEX_FILE).exists() else None,
-        "subject_salted": bool(config.subject_salt),
-        "report": "report.json",
-    }
-    temporary = output_dir / f"{MANIFEST}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    os.replace(temporary, output_dir / MANIFEST)

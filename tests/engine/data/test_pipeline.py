@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from engine.data import pipeline as pipeline_module
+from engine.data import records as records_module
 from engine.data.config import ConfigError, load_pipeline_config
 from engine.data.pipeline import PipelineError, run_pipeline
 from engine.data.readers import InputError
@@ -154,7 +154,7 @@ def test_strict_mode_stops_at_the_bad_line(corpus, tmp_path):
 def test_an_interrupted_run_leaves_nothing_that_looks_complete(corpus, tmp_path, monkeypatch):
     root, _ = corpus
     config = load_pipeline_config(_config(root))
-    real_write = pipeline_module._ShardSink.write
+    real_write = records_module.RecordShardWriter.write
     calls = {"n": 0}
 
     def crash_midway(self, line):
@@ -163,7 +163,7 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(corpus, tmp_path,
             raise KeyboardInterrupt
         return real_write(self, line)
 
-    monkeypatch.setattr(pipeline_module._ShardSink, "write", crash_midway)
+    monkeypatch.setattr(records_module.RecordShardWriter, "write", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, output_dir=tmp_path)
     assert not (tmp_path / "manifest.json").exists()
@@ -187,8 +187,8 @@ def test_an_empty_result_says_what_removed_everything(corpus, tmp_path):
     assert "too_few_words" in (tmp_path / "report.txt").read_text()
 
 
-def test_zstd_output_reads_back(corpus, tmp_path):
-    import zstandard
+def test_zstd_output_reads_back_and_corruption_is_named(corpus, tmp_path):
+    from engine.data.records import read_records
 
     root, _ = corpus
     config = load_pipeline_config(
@@ -196,13 +196,14 @@ def test_zstd_output_reads_back(corpus, tmp_path):
     )
     report = run_pipeline(config, output_dir=tmp_path)
     (shard,) = report.shards
-    lines = (
-        zstandard.ZstdDecompressor()
-        .stream_reader(open(tmp_path / shard["name"], "rb"))
-        .read()
-        .splitlines()
-    )
-    assert shard["name"].endswith(".jsonl.zst") and len(lines) == report.records_written
+    records = list(read_records(tmp_path))
+    assert shard["name"].endswith(".jsonl.zst") and len(records) == report.records_written
+    assert records[0]["source"] == "play" and records[-1]["user"].startswith("user-")
+    data = bytearray((tmp_path / shard["name"]).read_bytes())
+    data[100] ^= 1
+    (tmp_path / shard["name"]).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="records-00000.jsonl.zst is corrupt"):
+        next(read_records(tmp_path))
 
 
 def test_no_inputs_is_a_config_problem(tmp_path):
