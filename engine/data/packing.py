@@ -19,6 +19,7 @@ releases the GIL and uses its own threads), while a reader thread parses the nex
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -42,6 +43,7 @@ from engine.data.tokenizers import load_tokenizer
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
 _BATCH_DOCUMENTS = 1024
 _BATCH_CHARS = 256 * 1024
+_CHUNK_BYTES = 32 * 2**20
 _MAX_PROBLEM_EXAMPLES = 20
 
 
@@ -54,9 +56,15 @@ class PackStats:
 
 
 def plan_text_inputs(
-    paths: Sequence[str | os.PathLike], text_field: str = "text", text_unit: str = "file"
+    paths: Sequence[str | os.PathLike],
+    text_field: str = "text",
+    text_unit: str = "file",
+    chunk_bytes: int = _CHUNK_BYTES,
 ) -> tuple[list[InputConfig], list[WorkUnit]]:
-    """Input specs and work units for files, folders and pipeline outputs, in a fixed order."""
+    """Input specs and work units for files, folders and pipeline outputs, in a fixed order.
+
+    Large uncompressed JSONL files (and record shards) are cut into byte ranges so that
+    one big file still spreads over the processes."""
     specs: list[InputConfig] = []
     units: list[WorkUnit] = []
     for path in map(Path, paths):
@@ -69,14 +77,16 @@ def plan_text_inputs(
                     "give the output folder of `python -m engine data run` or raw files"
                 )
             specs.append(InputConfig(str(path), "jsonl", payload.get("text_field", "text")))
-            for shard in payload["shards"]:
-                units.append(WorkUnit(len(specs) - 1, str(path / shard["name"]), "jsonl"))
-            continue
-        specs.append(InputConfig(str(path), "auto", text_field, text_unit=text_unit))
-        units.extend(
-            WorkUnit(len(specs) - 1, u.path, u.format, u.start, u.end)
-            for u in plan_units([specs[-1]], chunk_bytes=2**62)
-        )
+            shard_paths = [path / shard["name"] for shard in payload["shards"]]
+        else:
+            specs.append(InputConfig(str(path), "auto", text_field, text_unit=text_unit))
+            shard_paths = [path]
+        for shard_path in shard_paths:
+            spec = dataclasses.replace(specs[-1], path=str(shard_path))
+            units.extend(
+                dataclasses.replace(unit, input_index=len(specs) - 1)
+                for unit in plan_units([spec], chunk_bytes)
+            )
     if not units:
         raise InputError("no inputs; give at least one file or folder")
     return specs, units
