@@ -314,7 +314,10 @@ class GPT(nn.Module):
         if self.config.position == "learned":
             x = x + self.transformer.wpe(positions)
         else:
-            rotary = (self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1))
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (T or B, T, D/2)
+            if positions.dim() == 1:
+                cos, sin = cos[None], sin[None]
+            rotary = (cos.unsqueeze(1), sin.unsqueeze(1))  # (B or 1, 1, T, D/2)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rotary, cache, mask)
@@ -333,9 +336,11 @@ class GPT(nn.Module):
 
     @staticmethod
     def _positions_and_mask(B, T, past, attention_mask, device):
-        """Positions (B, T) and a boolean SDPA mask (B, 1, T, past + T) or None."""
+        """Positions, (T,) or (B, T), and a boolean SDPA mask (B, 1, T, past + T) or None."""
         if attention_mask is None:
-            positions = torch.arange(past, past + T, device=device).unsqueeze(0).expand(B, T)
+            # (T,) broadcast over the batch: the position embedding's backward then
+            # accumulates T rows instead of B * T.
+            positions = torch.arange(past, past + T, device=device)
             if past == 0 or T == 1:
                 return positions, None  # SDPA's is_causal (or no mask) is exact here
             # Several new tokens after cached ones: is_causal would align the triangle to

@@ -18,9 +18,9 @@ from engine.train.config import OptimConfig
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
     """AdamW with decay on matrices and embeddings (dim >= 2), none on biases and norms.
 
-    Fused on CUDA (one kernel for all parameters). On CPU the plain for-each
-    implementation: it computes bit-for-bit the same as a restarted run, which exact
-    resume relies on, and is as fast for small models.
+    Fused (one kernel over all parameters) on CUDA and on CPU: on CPU it is a few
+    per cent faster than the for-each implementation for small models, and just as
+    deterministic, which exact resume relies on.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -29,13 +29,13 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    on_cuda = bool(params) and all(p.is_cuda for p in params)
+    same_device = bool(params) and len({p.device.type for p in params}) == 1
     return torch.optim.AdamW(
         groups,
         lr=config.lr,
         betas=(config.beta1, config.beta2),
         eps=config.eps,
-        fused=True if on_cuda else None,
+        fused=True if same_device and params[0].device.type in ("cuda", "cpu") else None,
     )
 
 
