@@ -49,3 +49,15 @@ def make_ready_version(db):
         return dataset_version_complete(version=version, actor=user, parts=parts)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _object_store_per_test(tmp_path, monkeypatch):
+    """Each test gets an empty local object store: database ids restart with every test's
+    rollback, and keys made from them must not meet a previous test's objects."""
+    from controlplane.storage import object_store
+
+    monkeypatch.setenv("OBJECT_STORE_ROOT", str(tmp_path / "objects"))
+    object_store.cache_clear()
+    yield
+    object_store.cache_clear()

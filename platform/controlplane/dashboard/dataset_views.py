@@ -13,10 +13,12 @@ from django.shortcuts import redirect, render
 
 from controlplane.audit.selectors import audit_events_for
 from controlplane.dashboard.access import project_page
-from controlplane.dashboard.forms import DatasetForm
+from controlplane.dashboard.forms import DatasetForm, PipelineJobForm
 from controlplane.datasets.models import Dataset
 from controlplane.datasets.selectors import datasets_for, versions_of
 from controlplane.datasets.services import DatasetError, dataset_create
+from controlplane.jobs.kinds import JobRequestError
+from controlplane.jobs.services import job_create
 
 
 @project_page()
@@ -67,12 +69,74 @@ def dataset_version(request, project, dataset_id: int, number: int):
     version = versions_of(dataset).filter(number=number).first()
     if version is None:
         raise Http404(f"version {number} of {dataset.slug} not found")
+    form = PipelineJobForm(request.POST or None, initial={"pipeline": _default_pipeline_json()})
+    if request.method == "POST":
+        if not request.can["run"]:
+            raise Http404("only engineers and owners run jobs")
+        if form.is_valid():
+            try:
+                job = job_create(
+                    project=project,
+                    kind="data_pipeline",
+                    actor=request.user,
+                    params=form.job_params(version.pk),
+                )
+            except JobRequestError as error:
+                _show_job_errors(form, error)
+            else:
+                messages.success(request, f"Data-pipeline job {job.pk} queued.")
+                return redirect("job-detail", project_id=project.pk, job_id=job.pk)
     history = audit_events_for(project, artifact_type="datasetversion", artifact_id=str(version.pk))
-    return render(
-        request,
-        "dashboard/dataset_version.html",
-        {"project": project, "dataset": dataset, "version": version, "history": history[:50]},
-    )
+    context = {
+        "project": project,
+        "dataset": dataset,
+        "version": version,
+        "history": history[:50],
+        "form": form,
+        "report_rows": _report_rows(version.report),
+    }
+    return render(request, "dashboard/dataset_version.html", context)
+
+
+def _show_job_errors(form, error: JobRequestError) -> None:
+    """The platform's field errors ("params.pipeline") on the form's own fields."""
+    for field, problems in error.errors.items():
+        name = field.removeprefix("params.")
+        for problem in problems:
+            if name in form.fields:
+                form.add_error(name, problem)
+            else:
+                form.add_error(None, f"{name}: {problem}")
+
+
+def _default_pipeline_json() -> str:
+    import json
+
+    # Imported here: the engine's config pulls numpy, which the other pages never need.
+    from engine.data.config import PipelineConfig, config_to_dict
+
+    config = config_to_dict(PipelineConfig())
+    return json.dumps({"stages": config["stages"]}, indent=1)
+
+
+def _report_rows(report: dict | None) -> list[dict]:
+    """One row per stage with its share of the input removed, for the table and bar chart."""
+    if not report:
+        return []
+    read = max(report.get("records_read", 0), 1)
+    rows = []
+    for name, stats in report.get("stages", {}).items():
+        removed = stats.get("removed_total", 0)
+        rows.append(
+            {
+                "name": name,
+                "removed": removed,
+                "changed": stats.get("changed", 0),
+                "reasons": stats.get("removed", {}),
+                "percent": round(100 * removed / read, 1),
+            }
+        )
+    return rows
 
 
 __all__ = ["dataset_detail", "dataset_list", "dataset_version"]

@@ -49,3 +49,42 @@ class DatasetForm(forms.Form):
         label="Data-subject field",
         help_text="the record field naming the person, if the data holds personal data",
     )
+
+
+class PipelineJobForm(forms.Form):
+    pipeline = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 12, "class": "code"}),
+        required=False,
+        help_text="the engine's pipeline config as JSON: stages and their thresholds",
+    )
+    tokenizer = forms.ChoiceField(choices=[("char", "characters"), ("bpe", "byte-level BPE")])
+    vocab_size = forms.IntegerField(
+        min_value=260, max_value=65535, initial=4096, required=False, help_text="BPE only"
+    )
+    val_fraction = forms.FloatField(min_value=0.001, max_value=0.5, initial=0.05)
+
+    def clean_pipeline(self):
+        import json
+
+        text = self.cleaned_data["pipeline"].strip()
+        if not text:
+            return {}
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise forms.ValidationError(f"not valid JSON: {error}") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("must be a JSON object")
+        return value
+
+    def job_params(self, version_id: int) -> dict:
+        data = self.cleaned_data
+        tokenizer = {"kind": data["tokenizer"]}
+        if data["tokenizer"] == "bpe":
+            tokenizer["vocab_size"] = data["vocab_size"] or 4096
+        return {
+            "dataset_version_id": version_id,
+            "pipeline": data["pipeline"],
+            "tokenizer": tokenizer,
+            "val_fraction": data["val_fraction"],
+        }

@@ -109,3 +109,34 @@ def test_bad_pipeline_requests_name_the_problem(team, plays, api, make_ready_ver
         "no dataset version"
         in errors({"dataset_version_id": foreign.pk})["params.dataset_version_id"][0]
     )
+
+
+def test_pipeline_from_the_version_page_and_its_report(team, plays, client):
+    from controlplane.jobs.models import Job
+
+    client.force_login(team.engineer)
+    url = f"/projects/{team.project.pk}/datasets/{plays.dataset_id}/v1/"
+    page = client.get(url).content.decode()
+    assert "Run data pipeline" in page, page[page.find("<main>") :]
+    assert "min_words" in page, page[page.find("Clean and tokenize") :][
+        :3000
+    ]  # the engine's defaults, editable
+    bad = client.post(url, {"pipeline": "{not json", "tokenizer": "char", "val_fraction": 0.1})
+    assert (
+        bad.status_code == 200
+        and "not valid JSON" in bad.content.decode()
+        and not Job.objects.exists()
+    )
+    response = client.post(url, {"pipeline": "", "tokenizer": "char", "val_fraction": 0.34})
+    job = Job.objects.get()
+    assert response.status_code == 302 and job.kind == "data_pipeline"
+    job = _run_on_worker(job)
+    derived = job.produced_versions.get()
+    report_page = client.get(
+        f"/projects/{team.project.pk}/datasets/{plays.dataset_id}/v{derived.number}/"
+    )
+    text = report_page.content.decode()
+    assert "Pipeline report" in text and "quality" in text and "First records" in text
+    assert f"job {job.pk}" in text and "Run data pipeline" not in text
+    client.force_login(team.viewer)
+    assert "Run data pipeline" not in client.get(url).content.decode()
