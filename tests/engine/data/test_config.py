@@ -93,3 +93,13 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml does not exist"):
         load_pipeline_config(tmp_path / "nope.yaml")
+
+
+def test_the_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    import engine.data
+
+    example = Path(engine.data.__file__).with_name("examples") / "shakespeare.yaml"
+    config = load_pipeline_config(example)
+    assert config.inputs[1].subject_field == "user" and config.output.compression == "zstd"
