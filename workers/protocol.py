@@ -74,8 +74,11 @@ class JobSpec:
     params: dict[str, Any]
     output_prefix: str  # every object the job writes goes under this key prefix
     heartbeat_seconds: float
-    tracking_run_id: str | None = None
+    tracking_run_id: str | None = None  # the MLflow run of an earlier attempt, to continue
     resume_checkpoint: str | None = None  # object key of the checkpoint to resume from
+    # {"experiment": name, "run_name": name, "tags": {...}, "params": {...}}: the MLflow run
+    # the worker opens for the job (None: no tracking).
+    tracking: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -98,7 +101,7 @@ class JobSpec:
                 "output_prefix",
                 "heartbeat_seconds",
             },
-            optional={"tracking_run_id", "resume_checkpoint"},
+            optional={"tracking_run_id", "resume_checkpoint", "tracking"},
         )
         try:
             kind = JobKind(data["kind"])
@@ -117,6 +120,7 @@ class JobSpec:
             heartbeat_seconds=float(data["heartbeat_seconds"]),
             tracking_run_id=data.get("tracking_run_id"),
             resume_checkpoint=data.get("resume_checkpoint"),
+            tracking=dict(data["tracking"]) if data.get("tracking") else None,
         )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from workers.events import EventSink
 from workers.protocol import EventType, JobEvent, JobSpec, cancel_marker_key, superseded_marker_key
 from workers.storage import ObjectStore
+from workers.tracking import NullTracker, start_tracking
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class JobContext:
         self._last_stop_check = 0.0
         self._heartbeat_stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self.tracker: NullTracker = NullTracker()
 
     # events -------------------------------------------------------------------------
     def emit(self, event_type: EventType, payload: dict[str, Any] | None = None) -> JobEvent:
@@ -64,6 +66,7 @@ class JobContext:
 
     def metric(self, step: int, **values: float) -> None:
         self.emit(EventType.METRIC, {"step": step, "values": values})
+        self.tracker.log_metrics(step, values)
 
     def log(self, message: str) -> None:
         self.emit(EventType.LOG, {"message": message})
@@ -140,8 +143,25 @@ def run_attempt(spec: JobSpec, sink: EventSink, store: ObjectStore, handlers: di
             ctx.emit(EventType.CANCELLED, {"reason": "cancelled before start"})
             return EventType.CANCELLED
         return "skipped"
-    ctx.emit(EventType.STARTED, {"worker": f"{socket.gethostname()}"})
+    ctx.tracker = start_tracking(spec)
+    ctx.emit(
+        EventType.STARTED,
+        {"worker": f"{socket.gethostname()}", "tracking_run_id": ctx.tracker.run_id},
+    )
+    if ctx.tracker.problem:
+        ctx.log(ctx.tracker.problem)
     ctx.start_heartbeat()
+    outcome = _run_handler(ctx, handlers)
+    ctx.tracker.finish(_TRACKING_STATUS.get(outcome, "KILLED"))
+    return outcome
+
+
+# How a job's outcome closes its MLflow run.
+_TRACKING_STATUS = {EventType.FINISHED: "FINISHED", EventType.FAILED: "FAILED"}
+
+
+def _run_handler(ctx: JobContext, handlers: dict) -> str:
+    spec = ctx.spec
     try:
         result = handlers[spec.kind](ctx)
     except JobStopped:

@@ -36,6 +36,8 @@ try:
     REAPER_INTERVAL_SECONDS = env.env_int("REAPER_INTERVAL_SECONDS", 15, minimum=1)
     API_THROTTLE_USER = env.env_str("API_THROTTLE_USER", "2000/min")
     API_THROTTLE_ANON = env.env_str("API_THROTTLE_ANON", "60/min")
+    # Where people open MLflow in a browser; job pages link their runs there ("" = no link).
+    MLFLOW_UI_URL = env.env_str("MLFLOW_UI_URL", "").rstrip("/")
     # Throttle counters must be shared by every web process: Redis in production.
     CACHE_URL = env.env_str("CACHE_URL", "locmem://")
     if not CACHE_URL.startswith(("locmem://", "redis://", "rediss://")):

@@ -11,7 +11,7 @@ from tests.s3server import start_s3_server
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """"127.0.0.1:PORT" of a moto S3 server shared by the session; isolate by bucket name."""
+    """ "127.0.0.1:PORT" of a moto S3 server shared by the session; isolate by bucket name."""
     endpoint, stop = start_s3_server()
     yield endpoint
     stop()

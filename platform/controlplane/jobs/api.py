@@ -16,6 +16,7 @@ from controlplane.projects.permissions import Action
 
 class JobOut(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username")
+    tracking_url = serializers.CharField(read_only=True)
 
     class Meta:
         model = Job
@@ -38,12 +39,22 @@ class JobOut(serializers.ModelSerializer):
             "cancel_requested_at",
             "result",
             "error",
+            "experiment",
+            "tracking_run_id",
+            "tracking_url",
         ]
 
 
 class JobIn(StrictSerializer):
     kind = serializers.CharField()
     params = serializers.JSONField(default=dict)
+    experiment = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=100,
+        required=False,
+        default="",
+        error_messages={"invalid": "letters, digits, '.', '_' and '-' only"},
+    )
 
 
 class EventOut(serializers.ModelSerializer):

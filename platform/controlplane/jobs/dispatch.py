@@ -21,7 +21,27 @@ def job_spec(job: Job) -> JobSpec:
         output_prefix=f"{job.output_prefix}attempt-{job.attempt}/",
         heartbeat_seconds=float(settings.JOB_HEARTBEAT_SECONDS),
         resume_checkpoint=job.resume_checkpoint or None,
+        tracking_run_id=job.tracking_run_id or None,
+        tracking=tracking_block(job),
     )
+
+
+def tracking_block(job: Job) -> dict:
+    """What the worker's MLflow run is called and tagged with: links back to the platform."""
+    project = job.project
+    tags = {
+        "controlplane.project_id": project.pk,
+        "controlplane.project": project.slug,
+        "controlplane.created_by": job.created_by_id,
+    }
+    if "dataset_version_id" in job.params:
+        tags["controlplane.dataset_version_id"] = job.params["dataset_version_id"]
+    return {
+        "experiment": f"{project.slug}/{job.experiment or job.kind}",
+        "run_name": f"{job.kind}-{job.pk}",
+        "tags": tags,
+        "params": job.params,
+    }
 
 
 def send_job(job: Job) -> None:

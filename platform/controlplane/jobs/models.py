@@ -48,6 +48,9 @@ class Job(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     resume_checkpoint = models.CharField(max_length=512, blank=True)
+    # Runs are grouped by experiment (a name within the project) here and in MLflow.
+    experiment = models.CharField(max_length=100, blank=True, db_index=True)
+    tracking_run_id = models.CharField(max_length=64, blank=True)  # the job's MLflow run
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -62,6 +65,12 @@ class Job(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def tracking_url(self) -> str:
+        if not (self.tracking_run_id and settings.MLFLOW_UI_URL):
+            return ""
+        return f"{settings.MLFLOW_UI_URL}/#/runs/{self.tracking_run_id}"
 
     @property
     def output_prefix(self) -> str:

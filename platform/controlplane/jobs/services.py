@@ -63,12 +63,15 @@ def _dispatch_after_commit(job: Job) -> None:
 
 
 @transaction.atomic
-def job_create(*, project: Project, kind: str, params: dict[str, Any], actor: User) -> Job:
+def job_create(
+    *, project: Project, kind: str, params: dict[str, Any], actor: User, experiment: str = ""
+) -> Job:
     request = validate_job_request(project=project, kind=kind, params=params)
     now = timezone.now()
     job = Job.objects.create(
         project=project,
         kind=kind,
+        experiment=experiment,
         queue=request.queue,
         params=request.params,
         inputs=request.inputs,
@@ -178,6 +181,8 @@ def _on_started(job: Job, event: JobEvent, now: datetime) -> None:
         worker=str(event.payload.get("worker", ""))[:200],
         lease_expires_at=_lease_until(now),
         last_heartbeat_at=now,
+        # A later attempt reports the run it continued: the same id.
+        tracking_run_id=str(event.payload.get("tracking_run_id") or job.tracking_run_id or "")[:64],
     ):
         audit_append(
             project=job.project,
