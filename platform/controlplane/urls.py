@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from controlplane.dashboard import dataset_views as dataset_pages
+from controlplane.dashboard import experiment_views as experiment_pages
 from controlplane.dashboard import storage_views
 from controlplane.dashboard import views as pages
 
@@ -36,6 +37,11 @@ urlpatterns = [
         "projects/<int:project_id>/datasets/<int:dataset_id>/v<int:number>/",
         dataset_pages.dataset_version,
         name="dataset-version",
+    ),
+    path(
+        "projects/<int:project_id>/experiments/",
+        experiment_pages.experiment_compare,
+        name="experiment-compare",
     ),
     path("projects/<int:project_id>/jobs/", pages.job_list, name="job-list"),
     path("projects/<int:project_id>/jobs/<int:job_id>/", pages.job_detail, name="job-detail"),

@@ -25,8 +25,8 @@ from controlplane.dashboard.forms import (
 )
 from controlplane.dashboard.selectors import overview_for
 from controlplane.jobs.kinds import JobRequestError
-from controlplane.jobs.models import Job, JobMetric, JobState
-from controlplane.jobs.selectors import job_log_tail, jobs_for
+from controlplane.jobs.models import Job, JobState
+from controlplane.jobs.selectors import charts_for, job_log_tail, jobs_for
 from controlplane.jobs.services import JobError, job_cancel, job_create
 from controlplane.projects.permissions import Action
 from controlplane.projects.selectors import members_of, project_list_for
@@ -150,7 +150,7 @@ def job_detail(request, project, job_id: int):
         "job": job,
         "log": job_log_tail(job, limit=100),
         "artifacts": job.artifacts.all(),
-        "metrics": JobMetric.objects.filter(job=job).order_by("key", "step")[:500],
+        "charts": charts_for([job]),
     }
     if request.htmx:
         return render(request, "dashboard/_job_status.html", context)

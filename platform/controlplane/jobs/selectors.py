@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from controlplane.jobs.models import Job, JobEventRecord
+from controlplane.jobs.models import Job, JobEventRecord, JobMetric
 from controlplane.projects.models import Project
 
 
@@ -24,3 +24,43 @@ def job_log_tail(job: Job, *, limit: int = 200) -> list[JobEventRecord]:
         .order_by("-applied_at", "-id")[:limit]
     )
     return list(reversed(records))
+
+
+def metric_series(jobs: list[Job], *, keys: list[str] | None = None, max_points: int = 300) -> dict:
+    """{key: {job_id: [(step, value), ...]}}, each series averaged into at most `max_points`.
+
+    A run can log a million points; charts need a few hundred. The averaging happens in
+    the database (GROUP BY step / width), so the page costs the same for any run length.
+    """
+    from django.db.models import Avg, BigIntegerField, ExpressionWrapper, F, Max, Min, Value
+
+    rows = JobMetric.objects.filter(job__in=jobs)
+    if keys:
+        rows = rows.filter(key__in=keys)
+    spans = rows.values("job_id", "key").annotate(first=Min("step"), last=Max("step"))
+    series: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    for span in spans:
+        width = max(1, -(-(span["last"] - span["first"] + 1) // max_points))
+        bucket = ExpressionWrapper(F("step") / Value(width), output_field=BigIntegerField())
+        points = (
+            rows.filter(job_id=span["job_id"], key=span["key"])
+            .annotate(bucket=bucket)
+            .values("bucket")
+            .annotate(step=Max("step"), value=Avg("value"))
+            .order_by("bucket")
+        )
+        series.setdefault(span["key"], {})[span["job_id"]] = [
+            (p["step"], p["value"]) for p in points
+        ]
+    return dict(sorted(series.items()))
+
+
+def charts_for(jobs: list[Job], *, max_points: int = 300) -> list[tuple[str, dict[str, list]]]:
+    """[(metric key, {"job 12": points, ...})]: what the run and compare pages draw."""
+    labels = {
+        job.pk: f"job {job.pk}" + (f" ({job.experiment})" if job.experiment else "") for job in jobs
+    }
+    return [
+        (key, {labels[job_id]: points for job_id, points in by_job.items()})
+        for key, by_job in metric_series(jobs, max_points=max_points).items()
+    ]

@@ -1,0 +1,57 @@
+"""Run pages draw metric curves; long runs are averaged down in the database."""
+
+import pytest
+from django.utils import timezone
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def runs(team, make_upload):
+    from controlplane.jobs.models import JobMetric
+    from controlplane.jobs.services import job_create
+
+    upload = make_upload(team.project, team.engineer, b"a\n")
+    jobs = [
+        job_create(
+            project=team.project,
+            kind="inspect",
+            params={"upload_id": upload.pk},
+            actor=team.engineer,
+            experiment="lr-sweep",
+        )
+        for _ in range(2)
+    ]
+    now = timezone.now()
+    for n, job in enumerate(jobs):
+        JobMetric.objects.bulk_create(
+            JobMetric(
+                job=job, key="train/loss", step=step, value=5.0 - step / 1000 - n, recorded_at=now
+            )
+            for step in range(3000)
+        )
+    return jobs
+
+
+def test_long_series_are_averaged_into_few_points(runs):
+    from controlplane.jobs.selectors import metric_series
+
+    series = metric_series(runs, max_points=100)["train/loss"]
+    assert set(series) == {runs[0].pk, runs[1].pk}
+    points = series[runs[0].pk]
+    assert 90 <= len(points) <= 100
+    assert points[0][1] == pytest.approx(5.0 - 14.5 / 1000)  # mean of steps 0..29
+    assert points[-1][0] == 2999
+
+
+def test_run_page_and_compare_view_draw_the_curves(team, client, runs):
+    client.force_login(team.viewer)
+    page = client.get(f"/projects/{team.project.pk}/jobs/{runs[0].pk}/").content.decode()
+    assert "<svg" in page and "train/loss" in page and "lr-sweep" in page
+    compare = client.get(
+        f"/projects/{team.project.pk}/experiments/",
+        {"experiment": "lr-sweep", "jobs": [runs[0].pk, runs[1].pk]},
+    ).content.decode()
+    assert compare.count("<polyline") == 2 and f"job {runs[1].pk}" in compare
+    client.force_login(team.outsider)
+    assert client.get(f"/projects/{team.project.pk}/experiments/").status_code == 404
