@@ -12,6 +12,8 @@ padding out of attention and positions count real tokens only, so each prompt is
 exactly as it would be alone. Prefill runs the prompts once, then each step feeds one token
 per row through the cache. Rows that finish (stop sequence, end-of-text, max tokens) leave
 the batch. ``use_cache=False`` recomputes the whole sequence every step (the reference).
+Completions may run past the model's context: from there on each step sees the last
+``block_size`` tokens (as nanoGPT's ``generate``), recomputed, since learned positions shift.
 """
 
 from __future__ import annotations
@@ -192,10 +194,10 @@ class Generator:
             rows.append(_Row(index, prompt, ids))
         longest = max(len(r.prompt_ids) for r in rows)
         block = self.model.config.block_size
-        if longest + params.max_new_tokens > block:
+        if longest > block:
             raise SamplingError(
-                f"prompt of {longest} tokens + max_new_tokens {params.max_new_tokens} exceeds the "
-                f"model's context of {block} tokens; shorten the prompt or lower max_new_tokens"
+                f"a prompt of {longest} tokens is longer than the model's context of {block} "
+                "tokens; shorten it"
             )
         return rows
 
@@ -219,11 +221,11 @@ class Generator:
             mask[i, longest - n :] = True
         padded = not bool(mask.all())
         active = list(range(B))  # rows still generating, in batch order
-        cache = (
-            KVCache(self.model.config, B, longest + params.max_new_tokens, device, self.dtype)
-            if use_cache
-            else None
-        )
+        window = self.model.config.block_size
+        # The cache holds up to a full context; past it, each step conditions on the last
+        # `window` tokens (nanoGPT's crop), which with learned positions means recomputing.
+        cache_len = min(longest + params.max_new_tokens, window)
+        cache = KVCache(self.model.config, B, cache_len, device, self.dtype) if use_cache else None
         # Tokens seen by each row (prompt + completion) for the repetition penalty.
         seen = None
         if params.repetition_penalty != 1.0:
@@ -265,7 +267,7 @@ class Generator:
                 if cache is not None:
                     cache.select(keep_index)
                 padded = not bool(mask.all())
-            if cache is not None:
+            if cache is not None and cache.length < cache.max_len:
                 logits, _ = self.model(
                     tokens[:, -1:],
                     cache=cache,
@@ -273,6 +275,9 @@ class Generator:
                     last_only=True,
                 )
             else:
+                cache = None
+                tokens, mask = tokens[:, -window:], mask[:, -window:]
+                padded = not bool(mask.all())
                 logits, _ = self.model(
                     tokens, attention_mask=mask if padded else None, last_only=True
                 )

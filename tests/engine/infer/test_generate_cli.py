@@ -76,7 +76,7 @@ def test_streams_one_prompt(exported, capsys):
     [
         (["--top-p", "1.5"], "error: top_p must be in (0, 1]"),
         (["--temperature", "-1"], "error: temperature must be in"),
-        (["--max-new-tokens", "40"], "exceeds the model's context of 32 tokens"),
+        (["--repetition-penalty", "0"], "error: repetition_penalty must be in (0, 10]"),
     ],
 )
 def test_bad_sampling_parameters_exit_2_with_the_name(exported, capsys, extra, message):

@@ -148,8 +148,18 @@ def test_out_of_range_sampling_parameters_are_named(changes, message):
 
 def test_a_prompt_longer_than_the_context_is_refused(tokenizer):
     generator = Generator(_model(tokenizer), tokenizer)
-    with pytest.raises(SamplingError, match="exceeds the model's context of 96 tokens"):
-        generator.generate("To be " * 15, SamplingParams(max_new_tokens=20))
+    with pytest.raises(SamplingError, match="longer than the model's context of 96 tokens"):
+        generator.generate("To be " * 17, SamplingParams(max_new_tokens=20))
+
+
+def test_completions_run_past_the_context_on_the_last_block_of_tokens(tokenizer):
+    generator = Generator(_model(tokenizer), tokenizer)
+    params = SamplingParams(max_new_tokens=120, temperature=0.0, stop_at_eot=False)
+    cached = generator.generate(PROMPTS, params)  # 22 + 120 tokens > the context of 96
+    recomputed = generator.generate(PROMPTS, params, use_cache=False)
+    for a, b in zip(cached.generations, recomputed.generations, strict=True):
+        assert len(a.token_ids) == 120
+        assert a.token_ids == b.token_ids
 
 
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tokenizer):
