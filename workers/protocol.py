@@ -26,6 +26,7 @@ class ProtocolError(ValueError):
 class JobKind(enum.StrEnum):
     INSPECT = "inspect"
     DATA_PIPELINE = "data_pipeline"
+    PRETRAIN = "pretrain"
 
 
 class Queue(enum.StrEnum):

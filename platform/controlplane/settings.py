@@ -36,6 +36,10 @@ try:
     REAPER_INTERVAL_SECONDS = env.env_int("REAPER_INTERVAL_SECONDS", 15, minimum=1)
     API_THROTTLE_USER = env.env_str("API_THROTTLE_USER", "2000/min")
     API_THROTTLE_ANON = env.env_str("API_THROTTLE_ANON", "60/min")
+    # Queue of training jobs: "auto" asks the workers whether a gpu worker is up.
+    TRAINING_QUEUE = env.env_str("TRAINING_QUEUE", "auto")
+    if TRAINING_QUEUE not in ("auto", "cpu", "gpu"):
+        raise env.ConfigError(f"TRAINING_QUEUE={TRAINING_QUEUE!r}: use auto, cpu or gpu")
     # Where people open MLflow in a browser; job pages link their runs there ("" = no link).
     MLFLOW_UI_URL = env.env_str("MLFLOW_UI_URL", "").rstrip("/")
     # Throttle counters must be shared by every web process: Redis in production.

@@ -61,3 +61,25 @@ def _object_store_per_test(tmp_path, monkeypatch):
     object_store.cache_clear()
     yield
     object_store.cache_clear()
+
+
+@pytest.fixture
+def run_on_worker(db):
+    """Run a job's handler for real, in this process, and apply its events to the platform
+    as the control worker would; returns the job as the platform then sees it."""
+    from controlplane.jobs.dispatch import job_spec
+    from controlplane.jobs.services import job_apply_event
+    from controlplane.storage import object_store
+    from workers.events import ListSink
+    from workers.jobs import HANDLERS
+    from workers.runtime import run_attempt
+
+    def run(job):
+        sink = ListSink()
+        run_attempt(job_spec(job), sink, object_store(), HANDLERS)
+        for event in sink.events:
+            job_apply_event(event)
+        job.refresh_from_db()
+        return job
+
+    return run

@@ -6,6 +6,11 @@ what it runs, and the platform, which imports workers.protocol, never pulls the 
 
 from workers.jobs.data_pipeline import run_data_pipeline
 from workers.jobs.inspect import inspect_upload
+from workers.jobs.pretrain import run_pretrain
 from workers.protocol import JobKind
 
-HANDLERS = {JobKind.INSPECT: inspect_upload, JobKind.DATA_PIPELINE: run_data_pipeline}
+HANDLERS = {
+    JobKind.INSPECT: inspect_upload,
+    JobKind.DATA_PIPELINE: run_data_pipeline,
+    JobKind.PRETRAIN: run_pretrain,
+}

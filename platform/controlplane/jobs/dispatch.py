@@ -46,3 +46,23 @@ def tracking_block(job: Job) -> dict:
 
 def send_job(job: Job) -> None:
     app.send_task(RUN_JOB_TASK, args=[job_spec(job).to_dict()], queue=job.queue)
+
+
+def training_queue() -> str:
+    """The gpu queue when a worker consumes it, else cpu (TRAINING_QUEUE overrides).
+
+    Asking the workers costs a broadcast round trip, so the answer is cached a minute.
+    """
+    from django.core.cache import cache
+
+    if settings.TRAINING_QUEUE in ("cpu", "gpu"):
+        return settings.TRAINING_QUEUE
+    cached = cache.get("controlplane:gpu-workers-up")
+    if cached is None:
+        try:
+            replies = app.control.inspect(timeout=0.5).active_queues() or {}
+        except Exception:  # noqa: BLE001 - a broker without broadcast: assume no gpu worker
+            replies = {}
+        cached = any(q.get("name") == "gpu" for queues in replies.values() for q in queues)
+        cache.set("controlplane:gpu-workers-up", cached, 60)
+    return "gpu" if cached else "cpu"

@@ -165,7 +165,125 @@ def _validate_data_pipeline(project: Project, params: dict[str, Any]) -> JobRequ
     return JobRequest(queue=Queue.CPU, params=clean, inputs=inputs)
 
 
-_VALIDATORS = {JobKind.INSPECT: _validate_inspect, JobKind.DATA_PIPELINE: _validate_data_pipeline}
+# name: (type, default, low, high); the engine checks the combination again when it builds
+# the run, and a combination it refuses fails the job with the engine's message.
+_TRAIN_NUMBERS = {
+    "max_iters": (int, 2000, 1, 10_000_000),
+    "batch_size": (int, 12, 1, 4096),
+    "grad_accum": (int, 1, 1, 1024),
+    "eval_interval": (int, 250, 0, 10_000_000),
+    "eval_iters": (int, 20, 1, 10_000),
+    "log_interval": (int, 10, 1, 100_000),
+}
+_OPTIM_NUMBERS = {
+    "lr": (float, 1e-3, 1e-7, 1.0),
+    "min_lr": (float, 1e-4, 0.0, 1.0),
+    "warmup_iters": (int, 100, 0, 10_000_000),
+    "weight_decay": (float, 0.1, 0.0, 1.0),
+}
+_MODEL_NUMBERS = {"block_size": (int, None, 8, 8192), "dropout": (float, 0.0, 0.0, 0.9)}
+
+
+def _numbers(raw: Any, spec: dict, errors: dict, where: str) -> dict:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors[where] = ["must be an object"]
+        return {}
+    unknown = sorted(set(raw) - set(spec))
+    if unknown:
+        errors[where] = [f"unknown key(s) {', '.join(unknown)}; use {', '.join(spec)}"]
+        return {}
+    clean = {}
+    for name, (kind, default, low, high) in spec.items():
+        local: dict[str, list[str]] = {}
+        value = _number(raw, name, local, kind=kind, default=default, low=low, high=high)
+        if local:
+            errors[f"{where}.{name}"] = local[name]
+        elif value is not None:
+            clean[name] = value
+    return clean
+
+
+def _token_shard_version(project: Project, version_id: Any, errors: dict):
+    version = _ready_text_version(project, version_id, errors)
+    if (
+        version is not None
+        and not version.files.filter(role="shard", name__startswith="tokens/").exists()
+    ):
+        errors["dataset_version_id"] = [
+            f"version {version.number} of {version.dataset.slug} holds no token shards; "
+            "run the data pipeline on it and train on the version it derives"
+        ]
+        return None
+    return version
+
+
+def _validate_pretrain(project: Project, params: dict[str, Any]) -> JobRequest:
+    from controlplane.jobs.dispatch import training_queue
+    from workers.jobs.pretrain import PRESETS
+
+    allowed = {
+        "dataset_version_id",
+        "preset",
+        "model",
+        "train",
+        "optim",
+        "checkpoint_interval",
+        "seed",
+        "sample_prompts",
+        "sample_tokens",
+        "device",
+    }
+    errors: dict[str, list[str]] = {name: ["unknown parameter"] for name in params.keys() - allowed}
+    version = _token_shard_version(project, params.get("dataset_version_id"), errors)
+    preset = params.get("preset", "tiny")
+    if preset not in PRESETS:
+        errors["preset"] = [f"use one of {', '.join(PRESETS)}"]
+    model = _numbers(params.get("model"), _MODEL_NUMBERS, errors, "model")
+    train = _numbers(params.get("train"), _TRAIN_NUMBERS, errors, "train")
+    optim = _numbers(params.get("optim"), _OPTIM_NUMBERS, errors, "optim")
+    if optim.get("min_lr", 0) > optim.get("lr", 1):
+        errors["optim.min_lr"] = ["must not exceed optim.lr"]
+    interval = _number(
+        params, "checkpoint_interval", errors, kind=int, default=0, low=0, high=10_000_000
+    )
+    seed = _number(params, "seed", errors, kind=int, default=1337, low=0, high=2**31 - 1)
+    tokens = _number(params, "sample_tokens", errors, kind=int, default=200, low=1, high=4000)
+    prompts = params.get("sample_prompts", ["\n"])
+    if (
+        not isinstance(prompts, list)
+        or not 1 <= len(prompts) <= 8
+        or not all(isinstance(p, str) and 0 < len(p) <= 500 for p in prompts)
+    ):
+        errors["sample_prompts"] = ["1 to 8 prompts, each a string of 1 to 500 characters"]
+    device = params.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        errors["device"] = ["use auto, cpu or cuda"]
+    if errors:
+        raise JobRequestError(errors)
+    files = list(version.files.filter(name__startswith="tokens/").order_by("name"))
+    clean = {
+        "dataset_version_id": version.pk,
+        "preset": preset,
+        "model": model,
+        "train": {**train, "device": device},
+        "optim": optim,
+        "checkpoint_interval": interval,
+        "seed": seed,
+        "sample_prompts": prompts,
+        "sample_tokens": tokens,
+        "input_names": [f.name for f in files],
+    }
+    inputs = [{"uri": f.object_key, "sha256": f.sha256, "size": f.size} for f in files]
+    return JobRequest(queue=training_queue(), params=clean, inputs=inputs)
+
+
+_VALIDATORS = {
+    JobKind.INSPECT: _validate_inspect,
+    JobKind.DATA_PIPELINE: _validate_data_pipeline,
+    JobKind.PRETRAIN: _validate_pretrain,
+}
 
 
 def validate_job_request(*, project: Project, kind: str, params: Any) -> JobRequest:

@@ -21,23 +21,7 @@ def plays(team, make_ready_version):
     return make_ready_version(dataset, team.engineer, files)
 
 
-def _run_on_worker(job):
-    from controlplane.jobs.dispatch import job_spec
-    from controlplane.jobs.services import job_apply_event
-    from controlplane.storage import object_store
-    from workers.events import ListSink
-    from workers.jobs import HANDLERS
-    from workers.runtime import run_attempt
-
-    sink = ListSink()
-    run_attempt(job_spec(job), sink, object_store(), HANDLERS)
-    for event in sink.events:
-        job_apply_event(event)
-    job.refresh_from_db()
-    return job
-
-
-def test_pipeline_job_derives_a_tokenized_version(team, plays):
+def test_pipeline_job_derives_a_tokenized_version(team, plays, run_on_worker):
     from controlplane.audit.models import AuditEvent
     from controlplane.jobs.services import job_create
 
@@ -48,7 +32,7 @@ def test_pipeline_job_derives_a_tokenized_version(team, plays):
         params={"dataset_version_id": plays.pk, "val_fraction": 0.34},
     )
     assert job.params["input_names"] == sorted(f.name for f in plays.files.all())
-    job = _run_on_worker(job)
+    job = run_on_worker(job)
     assert job.state == "succeeded", job.error
     derived = job.produced_versions.get()
     assert (
@@ -111,7 +95,7 @@ def test_bad_pipeline_requests_name_the_problem(team, plays, api, make_ready_ver
     )
 
 
-def test_pipeline_from_the_version_page_and_its_report(team, plays, client):
+def test_pipeline_from_the_version_page_and_its_report(team, plays, client, run_on_worker):
     from controlplane.jobs.models import Job
 
     client.force_login(team.engineer)
@@ -130,7 +114,7 @@ def test_pipeline_from_the_version_page_and_its_report(team, plays, client):
     response = client.post(url, {"pipeline": "", "tokenizer": "char", "val_fraction": 0.34})
     job = Job.objects.get()
     assert response.status_code == 302 and job.kind == "data_pipeline"
-    job = _run_on_worker(job)
+    job = run_on_worker(job)
     derived = job.produced_versions.get()
     report_page = client.get(
         f"/projects/{team.project.pk}/datasets/{plays.dataset_id}/v{derived.number}/"

@@ -1,0 +1,138 @@
+"""Pre-training jobs: shards of a derived version in, metrics, checkpoints and samples out.
+
+The worker's handler runs for real (a tiny GPT, a few steps, on the CPU); its events go
+through the platform's event path as the control worker would apply them.
+"""
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def tokenized(team, make_ready_version, settings, run_on_worker):
+    from controlplane.datasets.services import dataset_create
+    from controlplane.jobs.services import job_create
+    from engine.data.corpora import shakespeare_files
+
+    settings.TRAINING_QUEUE = "cpu"
+    files = {p.name: p.read_bytes() for p in shakespeare_files("modern")[:3]}
+    dataset = dataset_create(
+        project=team.project, actor=team.engineer, name="Plays", slug="plays", kind="text"
+    )
+    raw = make_ready_version(dataset, team.engineer, files)
+    job = run_on_worker(
+        job_create(
+            project=team.project,
+            kind="data_pipeline",
+            actor=team.engineer,
+            params={"dataset_version_id": raw.pk, "val_fraction": 0.34},
+        )
+    )
+    return raw, job.produced_versions.get()
+
+
+PARAMS = {
+    "preset": "tiny",
+    "train": {
+        "max_iters": 12,
+        "batch_size": 4,
+        "eval_interval": 6,
+        "eval_iters": 2,
+        "log_interval": 3,
+    },
+    "model": {"block_size": 32},
+    "checkpoint_interval": 6,
+    "sample_tokens": 20,
+    "sample_prompts": ["ROMEO:"],
+}
+
+
+def test_training_reports_metrics_checkpoints_and_samples(team, tokenized, run_on_worker):
+    from controlplane.jobs.models import JobMetric
+    from controlplane.jobs.services import job_create
+
+    _raw, derived = tokenized
+    job = job_create(
+        project=team.project,
+        kind="pretrain",
+        actor=team.engineer,
+        experiment="tiny",
+        params={"dataset_version_id": derived.pk, **PARAMS},
+    )
+    assert job.queue == "cpu" and all(
+        name.startswith("tokens/") for name in job.params["input_names"]
+    )
+    job = run_on_worker(job)
+    assert job.state == "succeeded", job.error
+    assert job.result["step"] == 12 and job.result["samples"][0]["prompt"] == "ROMEO:"
+    steps = sorted(
+        JobMetric.objects.filter(job=job, key="train/loss").values_list("step", flat=True)
+    )
+    assert steps == [3, 6, 9, 12]
+    checkpoints = job.artifacts.filter(kind="checkpoint").order_by("step")
+    assert [c.step for c in checkpoints] == [6, 12]
+    assert {a.name for a in job.artifacts.filter(kind="output")} >= {
+        "model/model.safetensors",
+        "model/config.json",
+    }
+
+
+def test_a_resumed_attempt_continues_from_the_checkpoint(team, tokenized, run_on_worker):
+    """What the reaper does after a worker died: attempt 2 starts from the last checkpoint."""
+    from controlplane.jobs.models import Job, JobMetric
+    from controlplane.jobs.services import job_create
+
+    _raw, derived = tokenized
+    full = run_on_worker(
+        job_create(
+            project=team.project,
+            kind="pretrain",
+            actor=team.engineer,
+            params={"dataset_version_id": derived.pk, **PARAMS},
+        )
+    )
+    first_half = dict(PARAMS, train={**PARAMS["train"], "max_iters": 12})
+    job = job_create(
+        project=team.project,
+        kind="pretrain",
+        actor=team.engineer,
+        params={"dataset_version_id": derived.pk, **first_half},
+    )
+    job = run_on_worker(job)
+    halfway = job.artifacts.get(kind="checkpoint", step=6)
+    # Attempt 2 as the reaper dispatches it: same job, its checkpoint to resume from.
+    Job.objects.filter(pk=job.pk).update(
+        state="queued", attempt=2, resume_checkpoint=halfway.object_key, finished_at=None
+    )
+    job.refresh_from_db()
+    job = run_on_worker(job)
+    assert job.state == "succeeded" and job.result["step"] == 12
+    resumed = dict(JobMetric.objects.filter(job=job, key="train/loss").values_list("step", "value"))
+    reference = dict(
+        JobMetric.objects.filter(job=full, key="train/loss").values_list("step", "value")
+    )
+    assert sorted(resumed) == [3, 6, 9, 12]  # replayed steps overwrote, none doubled
+    assert resumed[12] == pytest.approx(reference[12], rel=1e-5)
+
+
+def test_bad_training_requests_say_what_to_do(team, tokenized, api):
+    raw, derived = tokenized
+    client = api(team.engineer)
+
+    def fields(params):
+        response = client.post(
+            f"/api/v1/projects/{team.project.pk}/jobs/",
+            {"kind": "pretrain", "params": params},
+            format="json",
+        )
+        assert response.status_code == 400, response.content
+        return response.json()["error"]["fields"]
+
+    assert "token shards" in fields({"dataset_version_id": raw.pk})["params.dataset_version_id"][0]
+    assert "params.preset" in fields({"dataset_version_id": derived.pk, "preset": "huge"})
+    assert "params.train.max_iters" in fields(
+        {"dataset_version_id": derived.pk, "train": {"max_iters": 0}}
+    )
+    assert "params.train" in fields({"dataset_version_id": derived.pk, "train": {"epochs": 3}})
+    assert "params.optim.lr" in fields({"dataset_version_id": derived.pk, "optim": {"lr": "fast"}})

@@ -1,0 +1,177 @@
+"""The pre-training job: a GPT trained on a tokenized dataset version, resumable anywhere.
+
+The worker downloads the version's token shards, builds the engine's run config from the
+job's parameters, and trains with engine.train. Metrics go to the platform (and MLflow)
+as they are logged; every checkpoint is packed into one tar object in the store and
+reported, so a re-dispatched attempt (its worker died) downloads the last one and goes
+on from the same step. At the end the model is exported (safetensors, Hugging Face GPT-2
+layout) and a few samples are generated for the run page.
+
+Params (validated by the platform): dataset_version_id, data_files ({name: role}),
+preset, model overrides (block_size, dropout), train (max_iters, batch_size, grad_accum,
+eval_interval, eval_iters, log_interval, device), optim (lr, min_lr, warmup_iters,
+weight_decay), checkpoint_interval, seed, sample_prompts, sample_tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workers.runtime import JobContext, JobFailed
+
+CHUNK = 8 * 1024 * 1024
+
+# Model sizes a user picks by name (nanoGPT's and GPT-2's shapes).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
+    "shakespeare-char": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64},
+    "small": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
+    "gpt2-124m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024},
+}
+
+
+def _download(ctx: JobContext, key: str, target: Path, sha256: str | None = None) -> None:
+    import hashlib
+
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as out:
+        for chunk in ctx.store.iter_chunks(key, chunk_size=CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+    if sha256 and digest.hexdigest() != sha256:
+        raise JobFailed(f"{key} does not match its sha256 (the stored object changed)")
+
+
+def _download_shards(ctx: JobContext, folder: Path) -> None:
+    """The token shards of the version, laid out as engine.data.shards expects."""
+    names = ctx.spec.params.get("input_names") or []
+    for index, ref in enumerate(ctx.spec.inputs):
+        # Shards live under tokens/ in the derived version; the folder must be flat.
+        _download(ctx, ref.uri, folder / Path(names[index]).name, ref.sha256)
+        ctx.check_stop()
+
+
+def run_config(params: dict[str, Any], run_dir: Path, data_dir: Path) -> dict[str, Any]:
+    model = dict(PRESETS[params.get("preset", "tiny")])
+    model.update(params.get("model") or {})
+    train = {"progress": False, "parallel": "none", **(params.get("train") or {})}
+    return {
+        "run_dir": str(run_dir),
+        "seed": int(params.get("seed", 1337)),
+        "model": model,
+        "data": {"path": str(data_dir)},
+        "optim": dict(params.get("optim") or {}),
+        "train": train,
+        "checkpoint": {"interval": int(params.get("checkpoint_interval", 0)), "keep_last": 2},
+    }
+
+
+def _pack(folder: Path, target: Path) -> None:
+    with tarfile.open(target, "w") as tar:
+        tar.add(folder, arcname=folder.name)
+
+
+def _unpack(archive: Path, into: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")  # "data": no absolute paths, links or devices
+        top = {Path(m.name).parts[0] for m in tar.getmembers()}
+    if len(top) != 1:
+        raise JobFailed(f"checkpoint archive {archive.name} must hold one folder")
+    return into / top.pop()
+
+
+def _callbacks(ctx: JobContext, work: Path):
+    from engine.train.callbacks import Callback
+
+    class ToPlatform(Callback):
+        """Metrics to the platform (and MLflow); checkpoints into the store."""
+
+        def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+            ctx.metric(step, **metrics)
+            ctx.progress(step / max_iters, f"step {step} of {max_iters}")
+            ctx.check_stop()  # cancel or supersede: JobStopped ends the loop here
+
+        def on_checkpoint(self, step: int, path: Path, val_loss: float | None) -> None:
+            archive = work / f"{path.name}.tar"
+            _pack(path, archive)
+            key = ctx.output_key("checkpoints", archive.name)
+            with archive.open("rb") as stream:
+                stored = ctx.store.put_stream(key, stream, length=archive.stat().st_size)
+            archive.unlink()
+            ctx.checkpoint(step=step, key=key, sha256=stored.sha256, size=stored.size)
+
+    max_iters = int((ctx.spec.params.get("train") or {}).get("max_iters", 5000))
+    return [ToPlatform()]
+
+
+def _samples(checkpoint: Path, prompts: list[str], tokens: int) -> list[dict[str, str]]:
+    from engine.infer.generate import Generator, SamplingParams
+    from engine.infer.loading import load_for_generation
+
+    model, tokenizer = load_for_generation(checkpoint)
+    params = SamplingParams(max_new_tokens=tokens, temperature=0.8, top_k=50, seed=1337)
+    result = Generator(model, tokenizer).generate(prompts, params)
+    return [{"prompt": g.prompt, "text": g.text} for g in result.generations]
+
+
+def _publish(ctx: JobContext, path: Path, name: str) -> dict[str, Any]:
+    key = ctx.output_key(*name.split("/"))
+    with path.open("rb") as stream:
+        stored = ctx.store.put_stream(key, stream, length=path.stat().st_size)
+    ctx.artifact(name=name, key=key, sha256=stored.sha256, size=stored.size)
+    return {"name": name, "key": key, "sha256": stored.sha256, "size": stored.size}
+
+
+def run_pretrain(ctx: JobContext) -> dict[str, Any]:
+    from engine.train.checkpoint import CheckpointError
+    from engine.train.config import ConfigError, config_from_dict
+    from engine.train.export import export_checkpoint
+    from engine.train.trainer import Trainer, TrainingError
+
+    params = ctx.spec.params
+    with tempfile.TemporaryDirectory(prefix=f"job-{ctx.spec.job_id}-") as tmp:
+        work = Path(tmp)
+        ctx.progress(0.0, "downloading the token shards")
+        _download_shards(ctx, work / "data")
+        try:
+            config = config_from_dict(run_config(params, work / "run", work / "data"), source="job")
+        except ConfigError as error:
+            raise JobFailed(str(error)) from None
+        resume: bool | Path = False
+        if ctx.spec.resume_checkpoint:
+            ctx.log(f"resuming from {ctx.spec.resume_checkpoint}")
+            archive = work / "resume.tar"
+            _download(ctx, ctx.spec.resume_checkpoint, archive)
+            resume = _unpack(archive, work / "run" / "checkpoints")
+        try:
+            summary = Trainer(
+                config, callbacks=_callbacks(ctx, work), resume=resume, default_callbacks=False
+            ).fit()
+        except (TrainingError, CheckpointError) as error:
+            raise JobFailed(str(error)) from None
+        if summary.checkpoint is None:
+            raise JobFailed("training ended without a checkpoint")
+        ctx.progress(0.97, "exporting the model and sampling")
+        export_dir = work / "export"
+        export_checkpoint(summary.checkpoint, export_dir)
+        files = [
+            _publish(ctx, p, f"model/{p.name}") for p in sorted(export_dir.iterdir()) if p.is_file()
+        ]
+        prompts = params.get("sample_prompts") or ["\n"]
+        samples = _samples(summary.checkpoint, prompts, int(params.get("sample_tokens", 200)))
+        ctx.tracker.log_text(json.dumps(samples, indent=1), "samples.json")
+        return {
+            "step": summary.step,
+            "train_loss": summary.train_loss,
+            "val_loss": summary.val_loss,
+            "best_val_loss": summary.best_val_loss,
+            "tokens_per_second": round(summary.tokens_per_second, 1),
+            "seconds": round(summary.seconds, 2),
+            "samples": samples,
+            "files": files,
+        }
