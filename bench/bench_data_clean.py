@@ -1,6 +1,6 @@
 """Cleaning throughput: normalize + quality + repetition + PII + toxicity, end to end.
 
-    .venv/bin/python bench/bench_data_clean.py            # ~40 MB of JSONL, 1 and 2 processes
+    .venv/bin/python bench/bench_data_clean.py            # ~84 MB of JSONL, 1 and 2 processes
     .venv/bin/python bench/bench_data_clean.py --quick    # ~8 MB
     .venv/bin/python bench/bench_data_clean.py --big      # + a 1 GB input, peak RSS checked
 
@@ -92,7 +92,7 @@ def main() -> None:
     documents = chunk_documents(texts)
     with tempfile.TemporaryDirectory(prefix="bench-clean-") as scratch:
         scratch = Path(scratch)
-        size = write_jsonl_corpus(scratch / "in", documents, (8 if args.quick else 40) * 2**20)
+        size = write_jsonl_corpus(scratch / "in", documents, (8 if args.quick else 80) * 2**20)
         mb = size / 1e6
         wall1, cpu1, _, report = run(scratch / "in", scratch / "out1", 1)
         wall2, main2, workers2, _ = run(scratch / "in", scratch / "out2", 2)
