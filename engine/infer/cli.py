@@ -38,6 +38,12 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0 = torch's default; 1 is often faster on a busy machine)",
+    )
+    parser.add_argument(
         "--no-cache", action="store_true", help="recompute every step (for comparison)"
     )
     parser.add_argument(
@@ -67,6 +73,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompts = [""]
     if args.stream and len(prompts) > 1:
         raise EngineError("--stream prints one completion; give a single --prompt")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         params = SamplingParams(
             max_new_tokens=args.max_new_tokens,

@@ -4,7 +4,8 @@
     python -m engine train pretrain configs/shakespeare_char.yaml [--resume [CHECKPOINT]] \\
         [--set optim.lr=3e-4 --set train.max_iters=100]
     torchrun --nproc_per_node 2 -m engine train pretrain configs/shakespeare_char.yaml
-    python -m engine train export var/runs/shakespeare-char/checkpoints/step_002000 out/ [--check]
+    python -m engine train export var/runs/shakespeare-char/checkpoints/step_002000 out/
+    python -m engine train plot var/runs/shakespeare-char docs/img/loss.png
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from engine.cli import EngineError
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="pre-train a GPT, resume, export")
     commands = parser.add_subparsers(
-        dest="command", metavar="{pretrain,export,prepare-shakespeare}"
+        dest="command", metavar="{pretrain,export,prepare-shakespeare,plot}"
     )
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -56,6 +57,12 @@ def register(subparsers) -> None:
     )
     prepare.add_argument("out_dir", nargs="?", default="var/data/shakespeare-char")
     prepare.set_defaults(func=cmd_prepare)
+
+    plot = commands.add_parser("plot", help="loss curves of a run as a PNG")
+    plot.add_argument("run_dir")
+    plot.add_argument("out", help="PNG file to write")
+    plot.add_argument("--title")
+    plot.set_defaults(func=cmd_plot)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -109,4 +116,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         f"{manifest.root}: vocab {manifest.vocab_size}, train {manifest.num_tokens('train'):,} tokens, "
         f"val {manifest.num_tokens('val'):,} tokens"
     )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from engine.train.plot import plot_losses
+
+    try:
+        out = plot_losses(args.run_dir, args.out, args.title)
+    except FileNotFoundError as error:
+        raise EngineError(str(error)) from None
+    except ImportError:
+        raise EngineError("plotting needs matplotlib: pip install matplotlib") from None
+    print(f"wrote {out}")
     return 0
