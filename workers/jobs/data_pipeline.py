@@ -17,7 +17,7 @@ Params (validated by the platform before the job exists):
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,23 +67,23 @@ def _pipeline_config(params: dict[str, Any], inputs: list[Path]):
 
 
 def _preview(clean_dir: Path, text_field: str) -> list[dict[str, Any]]:
+    from engine.data.records import read_records
+
     records = []
-    for shard in sorted(clean_dir.glob("records-*.jsonl")):
-        with shard.open(encoding="utf-8") as lines:
-            for line in lines:
-                record = json.loads(line)
-                text = str(record.get(text_field, ""))
-                records.append({**record, text_field: text[:PREVIEW_CHARS]})
-                if len(records) >= PREVIEW_RECORDS:
-                    return records
+    for record in itertools.islice(
+        read_records(clean_dir, verify_checksums=False), PREVIEW_RECORDS
+    ):
+        text = str(record.get(text_field, ""))
+        records.append({**record, text_field: text[:PREVIEW_CHARS]})
     return records
 
 
-def _texts(files: list[str], text_field: str):
-    for name in files:
-        with open(name, encoding="utf-8") as lines:
-            for line in lines:
-                yield json.loads(line)[text_field]
+def _texts(clean_dir: Path, text_field: str):
+    from engine.data.records import read_records
+
+    # Plain or zstd shards alike: the engine's reader knows the output format.
+    for record in read_records(clean_dir, verify_checksums=False):
+        yield record[text_field]
 
 
 def _publish(ctx: JobContext, root: Path) -> list[dict[str, Any]]:
@@ -102,6 +102,7 @@ def _publish(ctx: JobContext, root: Path) -> list[dict[str, Any]]:
 def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
     from engine.data.packing import tokenize_to_shards
     from engine.data.pipeline import PipelineError, run_pipeline
+    from engine.data.readers import InputError
     from engine.data.tokenizers import BPETokenizer, CharTokenizer
 
     params = ctx.spec.params
@@ -120,7 +121,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
 
         try:
             report = run_pipeline(config, output_dir=clean_dir, progress=on_progress)
-        except PipelineError as error:
+        except (PipelineError, InputError) as error:
             raise JobFailed(f"pipeline: {error}") from None
         ctx.log(report.summary())
         if report.records_written == 0:
@@ -131,7 +132,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.7, "training the tokenizer")
         clean_files = sorted(str(p) for p in clean_dir.glob("records-*.jsonl*"))
         text_field = config.output.text_field
-        texts = _texts(clean_files, text_field)
+        texts = _texts(clean_dir, text_field)
         spec = params.get("tokenizer") or {"kind": "char"}
         if spec.get("kind") == "bpe":
             tokenizer = BPETokenizer.train(texts, vocab_size=int(spec.get("vocab_size", 4096)))
@@ -142,13 +143,16 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
         ctx.check_stop()
 
         ctx.progress(0.8, "tokenizing")
-        manifest, _stats = tokenize_to_shards(
-            clean_files,
-            tokenizer_path,
-            out / "tokens",
-            val_fraction=float(params.get("val_fraction", 0.05)),
-            text_field=text_field,
-        )
+        try:
+            manifest, _stats = tokenize_to_shards(
+                clean_files,
+                tokenizer_path,
+                out / "tokens",
+                val_fraction=float(params.get("val_fraction", 0.05)),
+                text_field=text_field,
+            )
+        except InputError as error:
+            raise JobFailed(f"tokenize: {error}") from None
         ctx.progress(0.9, "storing the new version")
         files = _publish(ctx, out)
         return {

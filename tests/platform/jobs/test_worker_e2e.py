@@ -203,3 +203,60 @@ def test_running_job_is_cancelled_cooperatively(team, workers, make_upload):
     job_cancel(job=job, actor=team.engineer)
     _wait(job, lambda j: j.is_terminal, 30, [control.log, cpu.log])
     assert job.state == "cancelled"
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(
+    team, workers, make_ready_version, run_on_worker, settings
+):
+    from controlplane.datasets.services import dataset_create
+    from controlplane.jobs.models import JobMetric
+    from controlplane.jobs.services import job_create
+    from engine.data.corpora import shakespeare_files
+
+    settings.TRAINING_QUEUE = "cpu"
+    dataset = dataset_create(
+        project=team.project, actor=team.engineer, name="Plays", slug="plays", kind="text"
+    )
+    files = {p.name: p.read_bytes() for p in shakespeare_files("modern")[:3]}
+    raw = make_ready_version(dataset, team.engineer, files)
+    pipeline = run_on_worker(
+        job_create(
+            project=team.project,
+            kind="data_pipeline",
+            actor=team.engineer,
+            params={"dataset_version_id": raw.pk, "val_fraction": 0.34},
+        )
+    )
+    tokens = pipeline.produced_versions.get()
+    control, cpu = workers("control"), workers("cpu")
+    job = job_create(
+        project=team.project,
+        kind="pretrain",
+        actor=team.engineer,
+        params={
+            "dataset_version_id": tokens.pk,
+            "preset": "tiny",
+            "model": {"block_size": 32},
+            "train": {
+                "max_iters": 160,
+                "batch_size": 4,
+                "eval_interval": 80,
+                "eval_iters": 2,
+                "log_interval": 10,
+            },
+            "device": "cpu",
+            "checkpoint_interval": 20,
+            "sample_tokens": 10,
+        },
+    )
+    _wait(
+        job, lambda j: j.artifacts.filter(kind="checkpoint").exists(), 120, [control.log, cpu.log]
+    )
+    cpu.kill()  # mid-training, after at least one checkpoint reached the store
+
+    replacement = workers("cpu")
+    _wait(job, lambda j: j.is_terminal, 180, [control.log, replacement.log])
+    assert job.state == "succeeded" and job.attempt == 2, job.error
+    assert job.resume_checkpoint and job.result["step"] == 160
+    steps = list(JobMetric.objects.filter(job=job, key="train/loss").values_list("step", flat=True))
+    assert sorted(steps) == list(range(10, 161, 10))  # every step once, none twice
