@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
+from engine.cli import main
 from engine.train.trainer import Trainer, TrainingError
 
 
@@ -53,14 +52,9 @@ def test_a_model_vocabulary_smaller_than_the_data_is_refused(make_config):
         Trainer(make_config(model={"vocab_size": 20}))
 
 
-def test_the_command_line_prints_one_error_line_and_exits_2(write_config, tmp_path):
+def test_the_command_line_prints_one_error_line_and_exits_2(write_config, tmp_path, capsys):
     config = write_config("run", data={"path": str(tmp_path / "missing")})
-    result = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "pretrain", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and "no manifest.json" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert main(["train", "pretrain", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no manifest.json" in err
+    assert "Traceback" not in err

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from engine.cli import main
 from engine.models.gpt import GPT, GPTConfig
 from engine.train.export import ExportError, export_model, import_gpt2
 from engine.train.trainer import Trainer
@@ -79,13 +78,7 @@ def test_import_names_a_missing_file(tmp_path):
 def test_cli_exports_a_trained_checkpoint_that_generates(make_config, tmp_path):
     summary = Trainer(make_config("run", train={"max_iters": 2})).fit()
     out = tmp_path / "export"
-    result = subprocess.run(
-        [sys.executable, "-m", "engine", "train", "export", str(summary.checkpoint), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    assert main(["train", "export", str(summary.checkpoint), str(out)]) == 0
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
     from engine.infer.loading import load_for_generation
 
