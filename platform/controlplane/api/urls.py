@@ -41,6 +41,11 @@ urlpatterns = [
         name="api-job-cancel",
     ),
     path(
+        "projects/<int:project_id>/jobs/<int:job_id>/resume/",
+        jobs.JobResume.as_view(),
+        name="api-job-resume",
+    ),
+    path(
         "projects/<int:project_id>/jobs/<int:job_id>/events/",
         jobs.JobEvents.as_view(),
         name="api-job-events",

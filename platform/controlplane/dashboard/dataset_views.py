@@ -13,7 +13,7 @@ from django.shortcuts import redirect, render
 
 from controlplane.audit.selectors import audit_events_for
 from controlplane.dashboard.access import project_page
-from controlplane.dashboard.forms import DatasetForm, PipelineJobForm
+from controlplane.dashboard.forms import DatasetForm, PipelineJobForm, TrainJobForm
 from controlplane.datasets.models import Dataset
 from controlplane.datasets.selectors import datasets_for, versions_of
 from controlplane.datasets.services import DatasetError, dataset_create
@@ -69,22 +69,31 @@ def dataset_version(request, project, dataset_id: int, number: int):
     version = versions_of(dataset).filter(number=number).first()
     if version is None:
         raise Http404(f"version {number} of {dataset.slug} not found")
-    form = PipelineJobForm(request.POST or None, initial={"pipeline": _default_pipeline_json()})
-    if request.method == "POST":
+    posted = request.POST if request.method == "POST" else None
+    action = (posted or {}).get("action")
+    form = PipelineJobForm(
+        posted if action == "pipeline" else None, initial={"pipeline": _default_pipeline_json()}
+    )
+    train_form = TrainJobForm(posted if action == "train" else None)
+    if posted is not None:
         if not request.can["run"]:
             raise Http404("only engineers and owners run jobs")
-        if form.is_valid():
+        chosen = form if action == "pipeline" else train_form
+        if chosen.is_valid():
+            kind = "data_pipeline" if action == "pipeline" else "pretrain"
+            experiment = chosen.cleaned_data.get("experiment", "") if kind == "pretrain" else ""
             try:
                 job = job_create(
                     project=project,
-                    kind="data_pipeline",
+                    kind=kind,
                     actor=request.user,
-                    params=form.job_params(version.pk),
+                    params=chosen.job_params(version.pk),
+                    experiment=experiment,
                 )
             except JobRequestError as error:
-                _show_job_errors(form, error)
+                _show_job_errors(chosen, error)
             else:
-                messages.success(request, f"Data-pipeline job {job.pk} queued.")
+                messages.success(request, f"Job {job.pk} ({kind}) queued.")
                 return redirect("job-detail", project_id=project.pk, job_id=job.pk)
     history = audit_events_for(project, artifact_type="datasetversion", artifact_id=str(version.pk))
     context = {
@@ -93,6 +102,8 @@ def dataset_version(request, project, dataset_id: int, number: int):
         "version": version,
         "history": history[:50],
         "form": form,
+        "train_form": train_form,
+        "has_shards": version.files.filter(role="shard", name__startswith="tokens/").exists(),
         "report_rows": _report_rows(version.report),
     }
     return render(request, "dashboard/dataset_version.html", context)
@@ -101,7 +112,7 @@ def dataset_version(request, project, dataset_id: int, number: int):
 def _show_job_errors(form, error: JobRequestError) -> None:
     """The platform's field errors ("params.pipeline") on the form's own fields."""
     for field, problems in error.errors.items():
-        name = field.removeprefix("params.")
+        name = field.removeprefix("params.").rsplit(".", 1)[-1]
         for problem in problems:
             if name in form.fields:
                 form.add_error(name, problem)

@@ -88,3 +88,61 @@ class PipelineJobForm(forms.Form):
             "tokenizer": tokenizer,
             "val_fraction": data["val_fraction"],
         }
+
+
+PRESET_CHOICES = [
+    ("tiny", "tiny: 2 layers, 64 wide, context 64 (seconds on a CPU)"),
+    ("shakespeare-char", "shakespeare-char: 4 layers, 128 wide, context 64 (nanoGPT's CPU recipe)"),
+    ("small", "small: 6 layers, 384 wide, context 256 (a GPU, or patience)"),
+    ("gpt2-124m", "gpt2-124m: 12 layers, 768 wide, context 1024 (GPU)"),
+]
+
+
+class TrainJobForm(forms.Form):
+    """Pre-training a GPT; blank fields take the preset's or the engine's default."""
+
+    preset = forms.ChoiceField(choices=PRESET_CHOICES, initial="shakespeare-char")
+    experiment = forms.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=100,
+        required=False,
+        help_text="groups runs for comparison (letters, digits, . _ -)",
+    )
+    max_iters = forms.IntegerField(min_value=1, initial=2000, label="Steps")
+    batch_size = forms.IntegerField(min_value=1, initial=12)
+    block_size = forms.IntegerField(
+        min_value=8, required=False, label="Context length", help_text="blank: the preset's"
+    )
+    lr = forms.FloatField(min_value=1e-7, max_value=1.0, initial=1e-3, label="Learning rate")
+    min_lr = forms.FloatField(
+        min_value=0.0, max_value=1.0, initial=1e-4, label="Final learning rate"
+    )
+    warmup_iters = forms.IntegerField(min_value=0, initial=100, label="Warmup steps")
+    eval_interval = forms.IntegerField(min_value=0, initial=250)
+    checkpoint_interval = forms.IntegerField(
+        min_value=0, initial=250, help_text="0: only at the end"
+    )
+    device = forms.ChoiceField(choices=[("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")])
+    sample_prompt = forms.CharField(max_length=500, initial="ROMEO:", required=False)
+
+    def job_params(self, version_id: int) -> dict:
+        data = self.cleaned_data
+        model = {"block_size": data["block_size"]} if data["block_size"] else {}
+        return {
+            "dataset_version_id": version_id,
+            "preset": data["preset"],
+            "model": model,
+            "train": {
+                "max_iters": data["max_iters"],
+                "batch_size": data["batch_size"],
+                "eval_interval": data["eval_interval"],
+            },
+            "optim": {
+                "lr": data["lr"],
+                "min_lr": data["min_lr"],
+                "warmup_iters": data["warmup_iters"],
+            },
+            "checkpoint_interval": data["checkpoint_interval"],
+            "device": data["device"],
+            "sample_prompts": [data["sample_prompt"] or "\n"],
+        }

@@ -26,8 +26,8 @@ from controlplane.dashboard.forms import (
 from controlplane.dashboard.selectors import overview_for
 from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import Job, JobState
-from controlplane.jobs.selectors import charts_for, job_log_tail, jobs_for
-from controlplane.jobs.services import JobError, job_cancel, job_create
+from controlplane.jobs.selectors import charts_for, checkpoints_with_losses, job_log_tail, jobs_for
+from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
 from controlplane.projects.permissions import Action
 from controlplane.projects.selectors import members_of, project_list_for
 from controlplane.projects.services import (
@@ -149,12 +149,33 @@ def job_detail(request, project, job_id: int):
         "project": project,
         "job": job,
         "log": job_log_tail(job, limit=100),
-        "artifacts": job.artifacts.all(),
+        "artifacts": job.artifacts.filter(kind="output"),
+        "checkpoints": checkpoints_with_losses(job),
         "charts": charts_for([job]),
+        "result_hidden": ("records", "samples", "files", "report", "preview"),
     }
     if request.htmx:
         return render(request, "dashboard/_job_status.html", context)
     return render(request, "dashboard/job_detail.html", context)
+
+
+@project_page(Action.RUN)
+@require_POST
+def job_resume_view(request, project, job_id: int):
+    job = get_object_or_404(Job, project=project, pk=job_id)
+    checkpoint = job.artifacts.filter(
+        pk=request.POST.get("checkpoint_id") or 0, kind="checkpoint"
+    ).first()
+    if checkpoint is None:
+        messages.error(request, "Pick one of this job's checkpoints to resume from.")
+        return redirect("job-detail", project_id=project.pk, job_id=job.pk)
+    try:
+        job_resume(job=job, checkpoint=checkpoint, actor=request.user)
+    except JobError as error:
+        messages.error(request, str(error))
+    else:
+        messages.info(request, f"Job {job.pk} resumes from step {checkpoint.step}.")
+    return redirect("job-detail", project_id=project.pk, job_id=job.pk)
 
 
 @project_page(Action.RUN)

@@ -8,9 +8,9 @@ from rest_framework.views import APIView
 
 from controlplane.api.access import StrictSerializer, project_or_404
 from controlplane.jobs.kinds import JobRequestError
-from controlplane.jobs.models import Job, JobEventRecord, JobMetric, JobState
+from controlplane.jobs.models import Job, JobArtifact, JobEventRecord, JobMetric, JobState
 from controlplane.jobs.selectors import jobs_for
-from controlplane.jobs.services import JobError, job_cancel, job_create
+from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
 from controlplane.projects.permissions import Action
 
 
@@ -134,6 +134,31 @@ class JobCancel(APIView):
         job = job_or_404(request, project_id, job_id, Action.RUN)
         try:
             job = job_cancel(job=job, actor=request.user)
+        except JobError as error:
+            raise_job_error(error)
+        return Response(JobOut(job).data)
+
+
+class ResumeIn(StrictSerializer):
+    checkpoint_id = serializers.IntegerField()
+
+
+class JobResume(APIView):
+    @extend_schema(request=ResumeIn, responses=JobOut)
+    def post(self, request, project_id: int, job_id: int):
+        """Run a failed training job again from one of its checkpoints."""
+        job = job_or_404(request, project_id, job_id, Action.RUN)
+        body = ResumeIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        checkpoint = JobArtifact.objects.filter(
+            pk=body.validated_data["checkpoint_id"], job=job
+        ).first()
+        if checkpoint is None:
+            raise serializers.ValidationError(
+                {"checkpoint_id": [f"not a checkpoint of job {job.pk}"]}
+            )
+        try:
+            job = job_resume(job=job, checkpoint=checkpoint, actor=request.user)
         except JobError as error:
             raise_job_error(error)
         return Response(JobOut(job).data)

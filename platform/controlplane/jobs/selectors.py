@@ -64,3 +64,26 @@ def charts_for(jobs: list[Job], *, max_points: int = 300) -> list[tuple[str, dic
         (key, {labels[job_id]: points for job_id, points in by_job.items()})
         for key, by_job in metric_series(jobs, max_points=max_points).items()
     ]
+
+
+def checkpoints_with_losses(job: Job) -> list[dict]:
+    """The job's checkpoints with the train and validation loss logged at their step."""
+    from controlplane.jobs.models import ArtifactKind, JobArtifact
+
+    checkpoints = list(
+        JobArtifact.objects.filter(job=job, kind=ArtifactKind.CHECKPOINT).order_by("step")
+    )
+    losses = {
+        (m.key, m.step): m.value
+        for m in JobMetric.objects.filter(
+            job=job, key__in=["train/loss", "val/loss"], step__in=[c.step for c in checkpoints]
+        )
+    }
+    return [
+        {
+            "artifact": c,
+            "train_loss": losses.get(("train/loss", c.step)),
+            "val_loss": losses.get(("val/loss", c.step)),
+        }
+        for c in checkpoints
+    ]

@@ -89,6 +89,59 @@ def job_create(
     return job
 
 
+# Kinds whose work is checkpointed, so a failed run can go on from a checkpoint.
+RESUMABLE_KINDS = {"pretrain"}
+
+
+@transaction.atomic
+def job_resume(*, job: Job, checkpoint: JobArtifact, actor: User) -> Job:
+    """Run a failed job again from one of its checkpoints, as its next attempt."""
+    job = Job.objects.select_for_update().select_related("project").get(pk=job.pk)
+    if job.kind not in RESUMABLE_KINDS:
+        raise JobError(f"{job.kind} jobs keep no checkpoints; start a new job instead", status=409)
+    if job.state == JobState.CANCELLED:
+        raise JobError(
+            f"job {job.pk} was cancelled on purpose; start a new job (its checkpoints stay "
+            "listed on its page) rather than resuming it",
+            status=409,
+        )
+    if job.state != JobState.FAILED:
+        raise JobError(f"job {job.pk} is {job.state}; only a failed job can be resumed", status=409)
+    if checkpoint.job_id != job.pk or checkpoint.kind != ArtifactKind.CHECKPOINT:
+        raise JobError(f"artifact {checkpoint.pk} is not a checkpoint of job {job.pk}", status=400)
+    job.state = JobState.QUEUED
+    job.attempt += 1
+    job.resume_checkpoint = checkpoint.object_key
+    job.error = ""
+    job.finished_at = None
+    job.lease_expires_at = None
+    job.dispatched_at = timezone.now()
+    job.save(
+        update_fields=[
+            "state",
+            "attempt",
+            "resume_checkpoint",
+            "error",
+            "finished_at",
+            "lease_expires_at",
+            "dispatched_at",
+        ]
+    )
+    audit_append(
+        project=job.project,
+        actor=actor,
+        action="job.resumed",
+        artifact=job,
+        payload={
+            "attempt": job.attempt,
+            "checkpoint": checkpoint.object_key,
+            "step": checkpoint.step,
+        },
+    )
+    _dispatch_after_commit(job)
+    return job
+
+
 @transaction.atomic
 def job_cancel(*, job: Job, actor: User) -> Job:
     """Cooperative cancel: a queued job stops at once, a running one at its next check."""

@@ -105,13 +105,18 @@ def test_pipeline_from_the_version_page_and_its_report(team, plays, client, run_
     assert "min_words" in page, page[page.find("Clean and tokenize") :][
         :3000
     ]  # the engine's defaults, editable
-    bad = client.post(url, {"pipeline": "{not json", "tokenizer": "char", "val_fraction": 0.1})
+    bad = client.post(
+        url,
+        {"action": "pipeline", "pipeline": "{not json", "tokenizer": "char", "val_fraction": 0.1},
+    )
     assert (
         bad.status_code == 200
         and "not valid JSON" in bad.content.decode()
         and not Job.objects.exists()
     )
-    response = client.post(url, {"pipeline": "", "tokenizer": "char", "val_fraction": 0.34})
+    response = client.post(
+        url, {"action": "pipeline", "pipeline": "", "tokenizer": "char", "val_fraction": 0.34}
+    )
     job = Job.objects.get()
     assert response.status_code == 302 and job.kind == "data_pipeline"
     job = run_on_worker(job)

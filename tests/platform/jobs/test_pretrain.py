@@ -136,3 +136,74 @@ def test_bad_training_requests_say_what_to_do(team, tokenized, api):
     )
     assert "params.train" in fields({"dataset_version_id": derived.pk, "train": {"epochs": 3}})
     assert "params.optim.lr" in fields({"dataset_version_id": derived.pk, "optim": {"lr": "fast"}})
+
+
+def test_failed_run_resumes_from_a_chosen_checkpoint_but_a_cancelled_one_does_not(
+    team, tokenized, api, run_on_worker
+):
+    from controlplane.jobs.models import Job
+    from controlplane.jobs.services import job_create
+
+    _raw, derived = tokenized
+    job = run_on_worker(
+        job_create(
+            project=team.project,
+            kind="pretrain",
+            actor=team.engineer,
+            params={"dataset_version_id": derived.pk, **PARAMS},
+        )
+    )
+    first = job.artifacts.get(kind="checkpoint", step=6)
+    url = f"/api/v1/projects/{team.project.pk}/jobs/{job.pk}/resume/"
+    client = api(team.engineer)
+    assert (
+        client.post(url, {"checkpoint_id": first.pk}, format="json").status_code == 409
+    )  # succeeded
+    Job.objects.filter(pk=job.pk).update(state="failed", error="CUDA out of memory")
+    assert client.post(url, {"checkpoint_id": 999999}, format="json").status_code == 400
+    assert api(team.viewer).post(url, {"checkpoint_id": first.pk}, format="json").status_code == 403
+    response = client.post(url, {"checkpoint_id": first.pk}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == "queued" and response.json()["attempt"] == 2
+    job = run_on_worker(Job.objects.get(pk=job.pk))
+    assert job.state == "succeeded" and job.result["step"] == 12
+    Job.objects.filter(pk=job.pk).update(state="cancelled")
+    refused = client.post(url, {"checkpoint_id": first.pk}, format="json")
+    assert refused.status_code == 409 and "cancelled" in refused.json()["error"]["message"]
+
+
+def test_training_from_the_version_page_shows_curves_checkpoints_and_samples(
+    team, tokenized, client, run_on_worker
+):
+    from controlplane.jobs.models import Job
+
+    raw, derived = tokenized
+    client.force_login(team.engineer)
+    raw_page = client.get(f"/projects/{team.project.pk}/datasets/{raw.dataset_id}/v{raw.number}/")
+    assert "Train a model" not in raw_page.content.decode()  # no token shards there
+    url = f"/projects/{team.project.pk}/datasets/{derived.dataset_id}/v{derived.number}/"
+    assert "Start training" in client.get(url).content.decode()
+    form = {
+        "action": "train",
+        "preset": "tiny",
+        "experiment": "page",
+        "max_iters": 12,
+        "batch_size": 4,
+        "block_size": 32,
+        "lr": 1e-3,
+        "min_lr": 1e-4,
+        "warmup_iters": 2,
+        "eval_interval": 6,
+        "checkpoint_interval": 6,
+        "device": "cpu",
+        "sample_prompt": "JULIET:",
+    }
+    bad = client.post(url, {**form, "max_iters": 0})
+    assert bad.status_code == 200 and not Job.objects.filter(kind="pretrain").exists()
+    response = client.post(url, form)
+    job = Job.objects.get(kind="pretrain")
+    assert response.status_code == 302 and job.experiment == "page"
+    run_on_worker(job)
+    page = client.get(response["Location"]).content.decode()
+    assert "Samples" in page and "JULIET:" in page and "train/loss" in page and "<svg" in page
+    assert "Checkpoints" in page and "Resume from here" not in page  # it succeeded
