@@ -202,7 +202,12 @@ def main() -> int:
     parser.add_argument(
         "--full", action="store_true", help="also train 2000 iterations each; compare val loss"
     )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0 = torch's default)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     iters = 30 if args.quick else 100
     prepare_shakespeare_char(DATA)
     import tempfile
