@@ -33,7 +33,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 samples per digit")
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--ddim-steps", type=int, nargs="+", default=[50, 100])
-    parser.add_argument("--guidance-scale", type=float)
+    parser.add_argument(
+        "--guidance-scale", type=float, default=1.0, help="s of classifier-free guidance"
+    )
     parser.add_argument("--runs-root", type=Path, default=ROOT / "var" / "runs")
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
@@ -50,9 +52,8 @@ def main() -> None:
     )[: labels.numel()]
     real_fd = evaluator.frechet_distance(split.train_images[real_index])
     scale = args.guidance_scale
-    shown_scale = scale if scale is not None else recipe.config.diffusion.guidance_scale
     print(
-        f"diffusion step {payload['step']} {note}; {labels.numel()} samples, guidance {shown_scale}; "
+        f"diffusion step {payload['step']} {note}; {labels.numel()} samples, guidance {scale}; "
         f"FD of {labels.numel()} real training digits: {real_fd:.2f}"
     )
 
