@@ -81,6 +81,9 @@ class RefGPT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # nanoGPT's scaled residual init
+                nn.init.normal_(param, std=0.02 / math.sqrt(2 * n_layer))
 
     def forward(self, idx, targets):
         x = self.wte(idx) + self.wpe(torch.arange(idx.size(1)))
@@ -150,8 +153,22 @@ class RefRun:
 
     @torch.no_grad()
     def val_loss(self, batches: int) -> float:
+        """Mean loss over the validation batches the Trainer evaluates on (same windows)."""
+        from engine.data.shards import TokenLoader
+
+        cfg = self.config
+        loader = TokenLoader(
+            DATA,
+            "val",
+            batch_size=cfg.train.batch_size,
+            block_size=cfg.model.block_size,
+            seed=cfg.seed + 1,
+        )
         self.model.eval()
-        losses = [self.model(*self.get_batch(self.val)).item() for _ in range(batches)]
+        losses = []
+        for _ in range(batches):
+            x, y = (torch.from_numpy(a) for a in loader.next_batch())
+            losses.append(self.model(x, y).item())
         self.model.train()
         return float(np.mean(losses))
 
@@ -248,7 +265,6 @@ def main() -> int:
         ours_seconds = time.perf_counter() - started
         reference = RefRun(config, vocab)
         ref_seconds = sum(reference.run(2000))
-        torch.manual_seed(0)
         ref_val = reference.val_loss(200)
         print(
             f"2000 iterations: ours val loss {summary.val_loss:.4f} in {ours_seconds:.0f} s; "

@@ -42,9 +42,8 @@ class ProjectOut(serializers.ModelSerializer):
         ]
 
     def get_my_role(self, project) -> str | None:
-        roles = self.context.get("roles")
-        if roles is not None:
-            return roles.get(project.pk)
+        if hasattr(project, "my_role"):  # annotated by project_list_for: no query per row
+            return project.my_role
         return role_of(self.context["request"].user, project)
 
 
@@ -68,13 +67,7 @@ class ProjectListCreate(generics.GenericAPIView):
     @extend_schema(responses=ProjectOut(many=True))
     def get(self, request):
         page = self.paginate_queryset(self.get_queryset())
-        # One query for the caller's roles on this page, not one per project.
-        roles = dict(
-            Membership.objects.filter(
-                user=request.user, project__in=[p.pk for p in page]
-            ).values_list("project_id", "role")
-        )
-        data = ProjectOut(page, many=True, context={"request": request, "roles": roles}).data
+        data = ProjectOut(page, many=True, context={"request": request}).data
         return self.get_paginated_response(data)
 
     @extend_schema(request=ProjectIn, responses={201: ProjectOut})

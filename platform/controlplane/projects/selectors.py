@@ -42,7 +42,9 @@ def _count_of(model, **filters) -> Coalesce:
 def project_list_for(user: User) -> QuerySet[Project]:
     from controlplane.jobs.models import Job
 
+    my_role = Membership.objects.filter(project=OuterRef("pk"), user_id=user.pk).values("role")[:1]
     return projects_visible_to(user).annotate(
+        my_role=Subquery(my_role),
         member_count=_count_of(Membership),
         job_count=_count_of(Job),
         running_job_count=_count_of(Job, state="running"),
