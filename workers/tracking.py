@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from workers.config import mlflow_tracking_uri
+from workers.config import data_dir, mlflow_tracking_uri
 from workers.protocol import JobSpec
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class MlflowTracker(NullTracker):
         from mlflow.tracking import MlflowClient
 
         tracking = spec.tracking or {}
+        self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         experiment_id = self._experiment(
             str(tracking.get("experiment") or f"project-{spec.project_id}")
@@ -80,9 +81,19 @@ class MlflowTracker(NullTracker):
         if found is not None:
             return found.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(
+                name, artifact_location=self._artifact_location(name)
+            )
         except Exception:  # noqa: BLE001 - another worker created it first
             return self.client.get_experiment_by_name(name).experiment_id
+
+    def _artifact_location(self, name: str) -> str | None:
+        """Local tracking stores keep artifacts under var/, not in the worker's working
+        directory (MLflow's default, ./mlruns); a tracking server decides for itself."""
+        if not self.uri.startswith(("sqlite:", "file:", "/")):
+            return None
+        folder = data_dir() / "mlflow-artifacts" / name.replace("/", "_")
+        return folder.as_uri()
 
     def _existing_run(self, experiment_id: str, job_id: int) -> str | None:
         """A run an earlier attempt opened before the platform learnt its id."""
