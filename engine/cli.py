@@ -1,8 +1,8 @@
 """Command line of the engine: ``python -m engine <group> ...``.
 
 Each group lives next to the code it drives and registers its own sub-commands:
-``engine.data.cli`` (data pipeline, tokenizers), ``engine.train.cli`` (training) and
-``engine.infer.cli`` (generation). Groups are imported lazily so that ``--help`` on one
+``engine.data.cli`` (data pipeline, tokenizers), ``engine.train.cli`` (training),
+``engine.infer.cli`` (text generation) and ``engine.vision.cli`` (image sampling). Groups are imported lazily so that ``--help`` on one
 does not pay for importing torch in another.
 """
 
@@ -17,6 +17,7 @@ GROUPS = {
     "data": "engine.data.cli",
     "train": "engine.train.cli",
     "generate": "engine.infer.cli",
+    "sample": "engine.vision.cli",
 }
 
 
