@@ -76,33 +76,43 @@ def main() -> int:
     one = [prompts[0]]
     run(generator, one, 8, use_cache=True)  # warm-up
 
-    cached = run(generator, one, args.new_tokens, use_cache=True)
+    # Batch 1 and batch 8 alternate, twice; the best of each counts (other load on the
+    # machine only ever slows a run down).
+    singles, batches = [], []
+    for _ in range(2):
+        singles.append(run(generator, one, args.new_tokens, use_cache=True))
+        batches.append(run(generator, prompts, args.new_tokens, use_cache=True))
     reference_tokens = 32 if args.quick else args.new_tokens
     recomputed = run(generator, one, reference_tokens, use_cache=False)
-    batched = run(generator, prompts, args.new_tokens, use_cache=True)
-    cached_again = run(generator, one, args.new_tokens, use_cache=True)
-    single = max(cached.tokens_per_second, cached_again.tokens_per_second)
+    cached = max(singles, key=lambda r: r.tokens_per_second)
+    batched = max(batches, key=lambda r: r.tokens_per_second)
 
+    def decode_rate(result) -> float:
+        return result.completion_tokens / (result.total_seconds - result.prefill_seconds)
+
+    params = sum(p.numel() for p in generator.model.parameters()) / 1e6
+    lengths = f"{min(len(p) for p in prompts)}-{max(len(p) for p in prompts)}"
     print(
-        f"model: 6 layers, 384 wide, {sum(p.numel() for p in generator.model.parameters()) / 1e6:.1f}M "
-        f"params, vocab {config.vocab_size}, context {args.context}; prompt {n} tokens; "
-        f"{torch.get_num_threads()} threads"
+        f"model: 6 layers, 384 wide, {params:.1f}M params, vocab {config.vocab_size}, "
+        f"context {args.context}; prompt {n} tokens; {torch.get_num_threads()} threads"
     )
     print(
-        f"KV cache, batch 1:        {single:8.1f} tokens/s  ({args.new_tokens} new tokens, "
-        f"prefill {cached.prefill_seconds * 1000:.0f} ms)"
+        f"KV cache, batch 1: {cached.tokens_per_second:8.1f} tokens/s "
+        f"({args.new_tokens} new tokens, prefill {cached.prefill_seconds * 1000:.0f} ms)"
     )
     print(
-        f"no cache, batch 1:        {recomputed.tokens_per_second:8.1f} tokens/s  ({reference_tokens} new tokens)"
+        f"no cache, batch 1: {recomputed.tokens_per_second:8.1f} tokens/s ({reference_tokens} new tokens)"
     )
     print(
-        f"KV cache, batch {args.batch} ({len(batched.generations)} prompts of {min(len(p) for p in prompts)}-"
-        f"{max(len(p) for p in prompts)} tokens): {batched.tokens_per_second:8.1f} tokens/s total "
-        f"(prefill {batched.prefill_seconds * 1000:.0f} ms)"
+        f"KV cache, batch {args.batch}: {batched.tokens_per_second:8.1f} tokens/s total "
+        f"(prompts of {lengths} tokens, left-padded; prefill {batched.prefill_seconds * 1000:.0f} ms)"
     )
-    print(f"ratio cache/no-cache: {single / recomputed.tokens_per_second:.1f}x (goal >= 5x)")
     print(
-        f"ratio batch {args.batch}/batch 1: {batched.tokens_per_second / single:.1f}x (goal >= 3x)"
+        f"ratio cache/no-cache: {cached.tokens_per_second / recomputed.tokens_per_second:.1f}x (goal >= 5x)"
+    )
+    print(
+        f"ratio batch {args.batch}/batch 1: {batched.tokens_per_second / cached.tokens_per_second:.1f}x "
+        f"(goal >= 3x; decode steps alone {decode_rate(batched) / decode_rate(cached):.1f}x)"
     )
     return 0
 

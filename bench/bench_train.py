@@ -1,6 +1,6 @@
 """CPU training throughput of the nanoGPT shakespeare-char recipe, ours vs a plain reference loop.
 
-    .venv/bin/python bench/bench_train.py            # 100 measured iterations each, twice, interleaved
+    .venv/bin/python bench/bench_train.py            # 200 measured iterations each, in lockstep
     .venv/bin/python bench/bench_train.py --quick    # fewer iterations
     .venv/bin/python bench/bench_train.py --full     # also 2000 iterations each: validation loss
 
@@ -9,7 +9,7 @@ grad clip 1, fp32 on CPU (nanoGPT README's CPU command). "ours" is the real
 :class:`engine.train.trainer.Trainer` fed by the token shards; "reference" is the
 straightforward nanoGPT-style model and loop written out below (random windows from a
 memory-mapped token array, ``torch.randint``, AdamW, clip, step). Both run in this process
-on the same data, alternating, so that other load on the machine hits both alike.
+on the same data, one step each in turn, so that other load on the machine hits both alike.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.data.shards import load_manifest  # noqa: E402
-from engine.train.callbacks import Callback  # noqa: E402
 from engine.train.config import load_config  # noqa: E402
 from engine.train.recipes import prepare_shakespeare_char  # noqa: E402
 from engine.train.trainer import Trainer  # noqa: E402
@@ -173,26 +172,7 @@ class RefRun:
         return float(np.mean(losses))
 
 
-# -- ours ------------------------------------------------------------------------------------
-class StepTimes(Callback):
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def on_metrics(self, step, metrics):
-        if "train/tokens_per_second" in metrics:
-            self.records.append({"step": step, **metrics})
-
-
-def ours_run(config, iters: int) -> tuple[list[float], Trainer]:
-    """Seconds of each of ``iters`` Trainer steps after WARMUP steps (logging every step)."""
-    times = StepTimes()
-    trainer = Trainer(config, callbacks=[times], default_callbacks=False)
-    trainer.fit()
-    tokens_per_step = config.train.batch_size * config.model.block_size
-    measured = [r for r in times.records if WARMUP < r["step"] <= WARMUP + iters]
-    return [tokens_per_step / r["train/tokens_per_second"] for r in measured], trainer
-
-
+# -- ours: the real Trainer, stepped in lockstep with the reference ------------------------
 def recipe_config(run_dir: Path, max_iters: int, log_every: int, eval_iters: int = 20):
     """The shipped recipe config, with evaluation and checkpoints only at the end."""
     return load_config(
@@ -215,7 +195,6 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="30 measured iterations instead of 100"
     )
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of each")
     parser.add_argument(
         "--full", action="store_true", help="also train 2000 iterations each; compare val loss"
     )
@@ -225,30 +204,36 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    iters = 30 if args.quick else 100
+    iters = 30 if args.quick else 200
     prepare_shakespeare_char(DATA)
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     vocab = load_manifest(DATA).vocab_size
+    # Lockstep: one step of ours, one of the reference (order flipping every step), so a
+    # burst of other load on the shared machine hits both alike; medians of step times.
+    config = recipe_config(tmp / "ours", WARMUP + iters, log_every=1)
+    trainer = Trainer(config, default_callbacks=False)
+    trainer.model.train()
+    reference = RefRun(config, vocab)
     ours: list[float] = []  # seconds per step
     ref: list[float] = []
-    for round_ in range(args.rounds):
-        config = recipe_config(tmp / f"ours{round_}", WARMUP + iters, log_every=1)
-        seconds, trainer = ours_run(config, iters)
-        ours += seconds
-        reference = RefRun(config, vocab)
-        reference.run(WARMUP)
-        ref += reference.run(iters)
+    for i in range(WARMUP + iters):
+        for which in (0, 1) if i % 2 == 0 else (1, 0):
+            if which == 0:
+                started = time.perf_counter()
+                trainer.train_step()
+                ours.append(time.perf_counter() - started)
+            else:
+                ref += reference.run(1)
+    ours, ref = ours[WARMUP:], ref[WARMUP:]
     tokens_per_step = config.train.batch_size * config.model.block_size
     ours_tps = tokens_per_step / float(np.median(ours))
     ref_tps = tokens_per_step / float(np.median(ref))
     params = trainer.model.num_params()
-    # Medians of per-step times: the machine is shared, and bursts of other load should
-    # not decide the comparison; the means are printed too.
     print(
         f"recipe: 4 layers, 4 heads, 128 wide, block 64, batch 12 ({params / 1e6:.2f}M params), "
-        f"{torch.get_num_threads()} threads, {iters} iterations x {args.rounds} rounds each"
+        f"{torch.get_num_threads()} threads, {iters} iterations each in lockstep"
     )
     print(
         f"ours       {ours_tps:10,.0f} tokens/s median step  ({tokens_per_step / np.mean(ours):,.0f} mean)"

@@ -286,6 +286,26 @@ class Trainer:
         return x, y
 
     # -- the loop ------------------------------------------------------------------------
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step; returns this rank's loss (detached) and the gradient norm."""
+        train, grad_clip = self.config.train, self.config.optim.grad_clip
+        set_lr(self.optimizer, self.schedule(self.step))
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(train.grad_accum):
+            x, y = self._to_device(self.train_loader.next_batch())
+            with no_sync(self.wrapped, micro == train.grad_accum - 1), self._autocast():
+                _, loss = self.forward(x, y)
+                loss = loss / train.grad_accum
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = None
+        if grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_sum, grad_norm
+
     def fit(self) -> TrainSummary:
         cfg, train = self.config, self.config.train
         tokens_per_step = (
@@ -306,22 +326,8 @@ class Trainer:
         start_step = self.step
         last_checkpoint: Path | None = None
         while self.step < train.max_iters:
-            set_lr(self.optimizer, self.schedule(self.step))
-            for micro in range(train.grad_accum):
-                x, y = self._to_device(self.train_loader.next_batch())
-                with no_sync(self.wrapped, micro == train.grad_accum - 1), self._autocast():
-                    _, loss = self.forward(x, y)
-                    loss = loss / train.grad_accum
-                loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = None
-            if cfg.optim.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), cfg.optim.grad_clip
-                )
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
+            loss, grad_norm = self.train_step()
+            loss_sum += loss
             steps_since_log += 1
 
             last = self.step == train.max_iters
