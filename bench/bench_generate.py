@@ -49,9 +49,8 @@ def main() -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads (default 1: decode steps are small latency-bound ops, and on a "
-        "shared 2-core machine one thread is both faster and steadier; 0 = torch's default)",
+        default=0,
+        help="torch threads (0 = torch's default; 1 is steadier when other work shares the cores)",
     )
     args = parser.parse_args()
     if args.threads:
