@@ -106,7 +106,12 @@ def upload_version(api: Api, project: int, files: list[Path]) -> int:
         for part in upload["parts"]:
             start = (part["part_number"] - 1) * upload["part_size"]
             body = data[start : start + upload["part_size"]]
-            request = urllib.request.Request(part["url"], data=body, method="PUT")
+            request = urllib.request.Request(
+                part["url"],
+                data=body,
+                method="PUT",
+                headers={"Content-Type": "application/octet-stream"},
+            )
             with urllib.request.urlopen(request, timeout=60) as response:
                 parts.append(
                     {

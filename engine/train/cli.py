@@ -19,7 +19,7 @@ from engine.cli import EngineError
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="pre-train a GPT, resume, export")
     commands = parser.add_subparsers(
-        dest="command", metavar="{pretrain,export,prepare-shakespeare,plot}"
+        dest="command", metavar="{pretrain,export,prepare-shakespeare,plot,diffusion,gan,vae}"
     )
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -63,6 +63,11 @@ def register(subparsers) -> None:
     plot.add_argument("out", help="PNG file to write")
     plot.add_argument("--title")
     plot.set_defaults(func=cmd_plot)
+
+    # The image models (engine.vision) train under the same command group.
+    from engine.vision.cli import register_train
+
+    register_train(commands)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

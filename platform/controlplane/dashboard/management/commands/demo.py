@@ -124,7 +124,13 @@ def _send_parts(upload: PartUpload, path: Path) -> list[tuple[int, str]]:
                 key, upload_id, part = store.verify_presigned_part_token(token)
                 etag = store.upload_part(key, upload_id, part, io.BytesIO(data), len(data))
             else:
-                request = urllib.request.Request(url, data=data, method="PUT")
+                # urllib would label the body a form, which S3 servers parse, not store.
+                request = urllib.request.Request(
+                    url,
+                    data=data,
+                    method="PUT",
+                    headers={"Content-Type": "application/octet-stream"},
+                )
                 with urllib.request.urlopen(request, timeout=120) as response:
                     etag = response.headers["ETag"]
             parts.append((number, etag.strip('"')))
