@@ -124,6 +124,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
         except (PipelineError, InputError) as error:
             raise JobFailed(f"pipeline: {error}") from None
         ctx.log(report.summary())
+        ctx.tracker.log_text(report.summary(), "report.txt")
         if report.records_written == 0:
             raise JobFailed(
                 "the pipeline removed every record; loosen the thresholds (see the report)"

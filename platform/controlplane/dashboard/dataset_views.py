@@ -14,6 +14,7 @@ from django.shortcuts import redirect, render
 from controlplane.audit.selectors import audit_events_for
 from controlplane.dashboard.access import project_page
 from controlplane.dashboard.forms import DatasetForm, PipelineJobForm, TrainJobForm
+from controlplane.datasets.lineage import dataset_lineage
 from controlplane.datasets.models import Dataset
 from controlplane.datasets.selectors import datasets_for, versions_of
 from controlplane.datasets.services import DatasetError, dataset_create
@@ -59,7 +60,12 @@ def dataset_detail(request, project, dataset_id: int):
     return render(
         request,
         "dashboard/dataset_detail.html",
-        {"project": project, "dataset": dataset, "versions": versions_of(dataset)[:50]},
+        {
+            "project": project,
+            "dataset": dataset,
+            "versions": versions_of(dataset)[:50],
+            "lineage": dataset_lineage(dataset),
+        },
     )
 
 

@@ -207,3 +207,10 @@ def test_training_from_the_version_page_shows_curves_checkpoints_and_samples(
     page = client.get(response["Location"]).content.decode()
     assert "Samples" in page and "JULIET:" in page and "train/loss" in page and "<svg" in page
     assert "Checkpoints" in page and "Resume from here" not in page  # it succeeded
+    lineage = client.get(f"/projects/{team.project.pk}/datasets/{raw.dataset_id}/").content.decode()
+    graph = lineage[lineage.index('<svg class="lineage"') :]
+    pipeline_job = derived.produced_by_id
+    # uploaded v1 -> pipeline job -> v2 -> training job, each a link to its page
+    for text in ("v1", f"job {pipeline_job}", "v2", f"job {job.pk}", "pretrain · page"):
+        assert text in graph, text
+    assert graph.count("<line") == 3
