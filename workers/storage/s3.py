@@ -7,9 +7,12 @@ erasure would be a lie if an old version stayed behind.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -55,6 +58,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 DEFAULT_PARALLEL_UPLOADS = 1
 MAX_PARTS = 10_000
+_READ_CHUNK = 8 * 1024 * 1024  # read-back verification: bytes per chunk
+_READ_AHEAD = 4  # chunks queued ahead of the hash (32 MiB at most)
 _MIB = 1024 * 1024
 _META_PREFIX = "x-amz-meta-"
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchVersion", "NoSuchObject", "ResourceNotFound"}
@@ -451,13 +456,39 @@ class S3ObjectStore(ObjectStore):
         return stored
 
     def _read_back(self, key: str, version_id: str | None) -> StoredObject:
-        with self.open_stream(key, version_id=version_id) as stream:
-            reader = HashingReader(stream)
-            while reader.read(8 * _MIB):
-                pass
-        return StoredObject(
-            key=key, size=reader.size, sha256=reader.hexdigest(), version_id=version_id
-        )
+        """Size and sha256 of a stored object: one streamed GET, hashed as it arrives.
+
+        A reader thread keeps up to READ_AHEAD chunks queued while this thread hashes, so
+        the network and the hash overlap (one GET: ranged GETs are slow on some servers).
+        """
+        chunks: queue.Queue = queue.Queue(maxsize=_READ_AHEAD)
+        failure: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                response = self.client.get_object(self.bucket, key, version_id=version_id)
+                try:
+                    for chunk in response.stream(_READ_CHUNK):
+                        chunks.put(chunk)
+                finally:
+                    response.close()
+                    response.release_conn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the hashing thread
+                failure.append(exc)
+            finally:
+                chunks.put(None)
+
+        digest, size = hashlib.sha256(), 0
+        with self._errors(f"read back {key}"):
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            while (chunk := chunks.get()) is not None:
+                digest.update(chunk)
+                size += len(chunk)
+            reader.join()
+            if failure:
+                raise failure[0]
+        return StoredObject(key=key, size=size, sha256=digest.hexdigest(), version_id=version_id)
 
     def multipart_abort(self, key: str, upload_id: str) -> None:
         validate_key(key)
