@@ -432,5 +432,44 @@ class Command(BaseCommand):
             self.stdout.write(f"      | {line}")
 
     def serve(self, addr: str) -> None:
+        mlflow_ui = self.start_mlflow_ui()
         self.step(f"Serving the dashboard on http://{addr}/ (Ctrl-C stops it and the workers)")
-        call_command("runserver", addr, use_reloader=False)
+        try:
+            call_command("runserver", addr, use_reloader=False)
+        finally:
+            if mlflow_ui is not None:
+                mlflow_ui.terminate()
+
+    def start_mlflow_ui(self) -> subprocess.Popen | None:
+        """The MLflow UI over the embedded tracking store, so run pages can link their runs."""
+        from workers.config import mlflow_tracking_uri
+
+        uri = mlflow_tracking_uri()
+        if settings.MLFLOW_UI_URL or not uri.startswith("sqlite:"):
+            return None  # a tracking server of its own is configured
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", 5000)) == 0:
+                self.stdout.write("    port 5000 is taken: no MLflow UI (run pages show run ids)")
+                return None
+        log = open(Path(settings.DATA_DIR) / "logs" / "mlflow-ui.log", "ab")  # noqa: SIM115
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "5000",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        settings.MLFLOW_UI_URL = "http://127.0.0.1:5000"
+        self.stdout.write("    MLflow UI on http://127.0.0.1:5000/ (run pages link to it)")
+        return process
