@@ -98,6 +98,10 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _sha256(path: Path) -> str:
     import hashlib
 
@@ -161,6 +165,8 @@ class Command(BaseCommand):
     ):
         self.timeout = timeout
         self.train_steps = train_steps
+        # `kill` (SIGTERM) ends the demo like Ctrl-C does: its workers are stopped too.
+        signal.signal(signal.SIGTERM, _interrupt)
         call_command("migrate", interactive=False, verbosity=0)
         workers = self.start_workers()
         try:
@@ -438,7 +444,7 @@ class Command(BaseCommand):
             call_command("runserver", addr, use_reloader=False)
         finally:
             if mlflow_ui is not None:
-                mlflow_ui.terminate()
+                os.killpg(mlflow_ui.pid, signal.SIGTERM)  # the server and its own workers
 
     def start_mlflow_ui(self) -> subprocess.Popen | None:
         """The MLflow UI over the embedded tracking store, so run pages can link their runs."""
