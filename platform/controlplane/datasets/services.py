@@ -15,7 +15,6 @@ the store is S3, and stream to disk when it is the embedded local store):
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import uuid
@@ -196,15 +195,6 @@ def dataset_version_start(
     return version, uploads
 
 
-def _read_back(key: str) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in object_store().iter_chunks(key, chunk_size=8 * 1024**2):
-        digest.update(chunk)
-        size += len(chunk)
-    return size, digest.hexdigest()
-
-
 def _remove_version(version: DatasetVersion) -> None:
     """Abort open multipart uploads, delete every object, delete the rows."""
     store = object_store()
@@ -241,13 +231,16 @@ def dataset_version_complete(
         if not file.upload_id:
             continue
         try:
-            store.multipart_complete(file.object_key, file.upload_id, sorted(parts[file.pk]))
+            # The store reads the assembled object back: size and sha256 are the bytes'.
+            stored = store.multipart_complete(
+                file.object_key, file.upload_id, sorted(parts[file.pk])
+            )
         except Exception as error:  # noqa: BLE001 - any store refusal means the upload failed
             problem = f"'{file.name}' could not be assembled: {error}"
             break
         DatasetFile.objects.filter(pk=file.pk).update(upload_id="")
         file.upload_id = ""
-        size, sha256 = _read_back(file.object_key)
+        size, sha256 = stored.size, stored.sha256
         if size != file.size:
             problem = f"'{file.name}' has {size} bytes, {file.size} were declared"
             break
