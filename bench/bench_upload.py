@@ -38,6 +38,7 @@ from bench_api import PG, free_port, psql, start_gunicorn  # noqa: E402
 
 DB_NAME = "controlplane_bench_upload"
 PART = 64 * 1024 * 1024
+ROUNDS = 2
 BUCKET = "bench"
 
 
@@ -197,29 +198,31 @@ def main() -> int:
         idle_rss = max(p.memory_info().rss for p in [idle, *idle.children(recursive=True)])
 
         from minio import Minio
-
         from minio.commonconfig import ENABLED
         from minio.versioningconfig import VersioningConfig
 
         client = Minio(endpoint, access_key="bench-access", secret_key="bench-secret", secure=False)
         client.make_bucket(BUCKET)
         client.set_bucket_versioning(BUCKET, VersioningConfig(ENABLED))  # as compose's MinIO
-        started = time.perf_counter()
-        client.fput_object(BUCKET, "reference/big.bin", str(path), part_size=PART)
-        reference = time.perf_counter() - started
-
+        # Alternate the two, ROUNDS times each, and keep each one's best: the S3 server's
+        # speed drifts by a third between runs on this machine.
+        references, runs = [], []
         sampler = RssSampler(web.pid)
         sampler.start()
-        started = time.perf_counter()
-        sending, completing = api_upload(
-            f"http://127.0.0.1:{port}", token, int(project), path, sha256
-        )
-        ours = time.perf_counter() - started
+        for round_ in range(ROUNDS):
+            started = time.perf_counter()
+            client.fput_object(BUCKET, f"reference/big-{round_}.bin", str(path), part_size=PART)
+            references.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            phases = api_upload(f"http://127.0.0.1:{port}", token, int(project), path, sha256)
+            runs.append((time.perf_counter() - started, *phases))
         sampler.running = False
         sampler.join()
+        reference = min(references)
+        ours, sending, completing = min(runs)
 
         mb = size / 1e6
-        print(f"{size / 2**20:.0f} MiB through an S3 server on loopback (moto)")
+        print(f"{size / 2**20:.0f} MiB through an S3 server on loopback (moto), best of {ROUNDS}")
         print(
             f"minio client fput_object (reference): {reference:6.1f}s  {mb / reference:7.1f} MB/s"
         )
