@@ -362,7 +362,16 @@ _ON_SUCCESS = {"data_pipeline": _create_derived_version}
 def _on_finished(job: Job, event: JobEvent, now: datetime) -> None:
     result = event.payload.get("result", {})
     if (
-        _finish(job, event, now, JobState.SUCCEEDED, "job.succeeded", result=result, progress=1.0)
+        _finish(
+            job,
+            event,
+            now,
+            JobState.SUCCEEDED,
+            "job.succeeded",
+            result=result,
+            progress=1.0,
+            progress_message="done",
+        )
         and job.kind in _ON_SUCCESS
     ):
         _ON_SUCCESS[job.kind](job, result)
