@@ -27,6 +27,9 @@ class JobKind(enum.StrEnum):
     INSPECT = "inspect"
     DATA_PIPELINE = "data_pipeline"
     PRETRAIN = "pretrain"
+    DIFFUSION = "diffusion"
+    GAN = "gan"
+    VAE = "vae"
 
 
 class Queue(enum.StrEnum):

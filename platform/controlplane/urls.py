@@ -46,6 +46,11 @@ urlpatterns = [
     path("projects/<int:project_id>/jobs/", pages.job_list, name="job-list"),
     path("projects/<int:project_id>/jobs/<int:job_id>/", pages.job_detail, name="job-detail"),
     path(
+        "projects/<int:project_id>/jobs/<int:job_id>/artifacts/<int:artifact_id>/",
+        pages.job_artifact,
+        name="job-artifact",
+    ),
+    path(
         "projects/<int:project_id>/jobs/<int:job_id>/resume/",
         pages.job_resume_view,
         name="job-resume",

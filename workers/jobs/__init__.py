@@ -5,6 +5,7 @@ what it runs, and the platform, which imports workers.protocol, never pulls the 
 """
 
 from workers.jobs.data_pipeline import run_data_pipeline
+from workers.jobs.images import run_image_training
 from workers.jobs.inspect import inspect_upload
 from workers.jobs.pretrain import run_pretrain
 from workers.protocol import JobKind
@@ -13,4 +14,7 @@ HANDLERS = {
     JobKind.INSPECT: inspect_upload,
     JobKind.DATA_PIPELINE: run_data_pipeline,
     JobKind.PRETRAIN: run_pretrain,
+    JobKind.DIFFUSION: run_image_training,
+    JobKind.GAN: run_image_training,
+    JobKind.VAE: run_image_training,
 }

@@ -150,6 +150,11 @@ def job_detail(request, project, job_id: int):
         "job": job,
         "log": job_log_tail(job, limit=100),
         "artifacts": job.artifacts.filter(kind="output"),
+        "grid": job.artifacts.filter(
+            kind="output", name__startswith="samples/", name__endswith=".png"
+        )
+        .order_by("-name")
+        .first(),
         "checkpoints": checkpoints_with_losses(job),
         "charts": charts_for([job]),
         "result_hidden": ("records", "samples", "files", "report", "preview"),
@@ -157,6 +162,31 @@ def job_detail(request, project, job_id: int):
     if request.htmx:
         return render(request, "dashboard/_job_status.html", context)
     return render(request, "dashboard/job_detail.html", context)
+
+
+_CONTENT_TYPES = {".png": "image/png", ".json": "application/json", ".txt": "text/plain"}
+
+
+@project_page()
+def job_artifact(request, project, job_id: int, artifact_id: int):
+    """An artifact's bytes, streamed from the object store (sample grids, reports, weights)."""
+    from django.http import StreamingHttpResponse
+
+    from controlplane.jobs.models import JobArtifact
+    from controlplane.storage import object_store
+
+    artifact = get_object_or_404(JobArtifact, pk=artifact_id, job_id=job_id, job__project=project)
+    suffix = "." + artifact.name.rsplit(".", 1)[-1] if "." in artifact.name else ""
+    response = StreamingHttpResponse(
+        object_store().iter_chunks(artifact.object_key, chunk_size=1024 * 1024),
+        content_type=_CONTENT_TYPES.get(suffix, "application/octet-stream"),
+    )
+    response["Content-Length"] = str(artifact.size)
+    if suffix not in _CONTENT_TYPES:
+        response["Content-Disposition"] = (
+            f'attachment; filename="{artifact.name.rsplit("/", 1)[-1]}"'
+        )
+    return response
 
 
 @project_page(Action.RUN)

@@ -279,7 +279,47 @@ def _validate_pretrain(project: Project, params: dict[str, Any]) -> JobRequest:
     return JobRequest(queue=training_queue(), params=clean, inputs=inputs)
 
 
+_IMAGE_TRAIN_NUMBERS = {
+    "steps": (int, None, 1, 10_000_000),
+    "batch_size": (int, None, 1, 4096),
+    "lr": (float, None, 1e-7, 1.0),
+    "log_interval": (int, None, 1, 100_000),
+    "checkpoint_interval": (int, None, 0, 10_000_000),
+    "sample_interval": (int, None, 0, 10_000_000),
+}
+
+
+def _validate_image_training(project: Project, params: dict[str, Any]) -> JobRequest:
+    """Diffusion, GAN and VAE on the 8x8 digits (the engine loads them itself)."""
+    from controlplane.jobs.dispatch import training_queue
+
+    allowed = {"preset", "train", "eval_per_class", "device", "seed"}
+    errors: dict[str, list[str]] = {name: ["unknown parameter"] for name in params.keys() - allowed}
+    preset = params.get("preset", "recipe")
+    if preset not in ("recipe", "tiny"):
+        errors["preset"] = ["use recipe (configs/vision) or tiny (seconds on a CPU)"]
+    train = _numbers(params.get("train"), _IMAGE_TRAIN_NUMBERS, errors, "train")
+    evaluate = _number(params, "eval_per_class", errors, kind=int, default=0, low=0, high=1000)
+    seed = _number(params, "seed", errors, kind=int, default=0, low=0, high=2**31 - 1)
+    device = params.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        errors["device"] = ["use auto, cpu or cuda"]
+    if errors:
+        raise JobRequestError(errors)
+    clean = {
+        "preset": preset,
+        "train": train,
+        "eval_per_class": evaluate,
+        "seed": seed,
+        "device": device,
+    }
+    return JobRequest(queue=training_queue(), params=clean, inputs=[])
+
+
 _VALIDATORS = {
+    JobKind.DIFFUSION: _validate_image_training,
+    JobKind.GAN: _validate_image_training,
+    JobKind.VAE: _validate_image_training,
     JobKind.INSPECT: _validate_inspect,
     JobKind.DATA_PIPELINE: _validate_data_pipeline,
     JobKind.PRETRAIN: _validate_pretrain,

@@ -90,7 +90,7 @@ def job_create(
 
 
 # Kinds whose work is checkpointed, so a failed run can go on from a checkpoint.
-RESUMABLE_KINDS = {"pretrain"}
+RESUMABLE_KINDS = {"pretrain", "diffusion", "gan", "vae"}
 
 
 @transaction.atomic
