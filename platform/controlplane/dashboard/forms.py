@@ -146,3 +146,50 @@ class TrainJobForm(forms.Form):
             "device": data["device"],
             "sample_prompts": [data["sample_prompt"] or "\n"],
         }
+
+
+class ImageJobForm(forms.Form):
+    """Train an image generator on the 8x8 digits; blank fields take the recipe's values."""
+
+    kind = forms.ChoiceField(
+        choices=[
+            ("diffusion", "diffusion (DDPM/DDIM, guidance)"),
+            ("gan", "GAN (conditional DCGAN)"),
+            ("vae", "VAE"),
+        ]
+    )
+    preset = forms.ChoiceField(
+        choices=[
+            ("recipe", "recipe (configs/vision, minutes on a CPU)"),
+            ("tiny", "tiny (seconds: a first look)"),
+        ]
+    )
+    experiment = forms.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, required=False)
+    steps = forms.IntegerField(min_value=1, required=False)
+    batch_size = forms.IntegerField(min_value=1, required=False)
+    lr = forms.FloatField(min_value=1e-7, max_value=1.0, required=False, label="Learning rate")
+    sample_interval = forms.IntegerField(
+        min_value=0, required=False, help_text="a grid every N steps"
+    )
+    eval_per_class = forms.IntegerField(
+        min_value=0,
+        max_value=1000,
+        initial=0,
+        required=False,
+        help_text="samples per digit scored at the end (0: none)",
+    )
+    device = forms.ChoiceField(choices=[("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")])
+
+    def job_params(self) -> dict:
+        data = self.cleaned_data
+        train = {
+            k: data[k]
+            for k in ("steps", "batch_size", "lr", "sample_interval")
+            if data[k] is not None
+        }
+        return {
+            "preset": data["preset"],
+            "train": train,
+            "device": data["device"],
+            "eval_per_class": data["eval_per_class"] or 0,
+        }

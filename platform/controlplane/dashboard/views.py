@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -16,6 +17,7 @@ from controlplane.audit.selectors import audit_events_for
 from controlplane.audit.services import audit_verify
 from controlplane.dashboard.access import project_page
 from controlplane.dashboard.forms import (
+    ImageJobForm,
     InspectJobForm,
     MemberForm,
     ProjectForm,
@@ -135,8 +137,33 @@ def job_list(request, project):
     state = request.GET.get("state") or None
     if state not in JobState.values:
         state = None
+    form = ImageJobForm(request.POST or None)
+    if request.method == "POST":
+        if not request.can["run"]:
+            raise PermissionDenied("only engineers and owners start jobs")
+        if form.is_valid():
+            try:
+                job = job_create(
+                    project=project,
+                    kind=form.cleaned_data["kind"],
+                    actor=request.user,
+                    params=form.job_params(),
+                    experiment=form.cleaned_data["experiment"] or "",
+                )
+            except JobRequestError as error:
+                for field, problems in error.errors.items():
+                    form.add_error(None, f"{field}: {' '.join(problems)}")
+            else:
+                messages.success(request, f"Job {job.pk} ({job.kind}) queued.")
+                return redirect("job-detail", project_id=project.pk, job_id=job.pk)
     page = Paginator(jobs_for(project, state=state), 25).get_page(request.GET.get("page"))
-    context = {"project": project, "page": page, "state": state, "states": JobState.choices}
+    context = {
+        "project": project,
+        "page": page,
+        "state": state,
+        "states": JobState.choices,
+        "image_form": form,
+    }
     if request.htmx:
         return render(request, "dashboard/_job_rows.html", context)
     return render(request, "dashboard/job_list.html", context)
