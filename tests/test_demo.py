@@ -39,4 +39,5 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
     assert "cancelled" in out and "chain verified" in out and "BROKEN" not in out
     assert "sizes and sha256 verified" in out and "train + " in out and "20 steps" in out
     assert "ROMEO:" in out and "MLflow run " in out
+    assert "sample grids (one row per digit)" in out
     assert (tmp_path / "db.sqlite3").exists()

@@ -330,6 +330,7 @@ class Command(BaseCommand):
         version = self.dataset(project, users["bob"])
         tokens = self.pipeline(project, users["bob"], version)
         self.pretrain(project, users["bob"], tokens)
+        self.image_model(project, users["bob"])
 
         self.step("Audit trail")
         for verification in audit_verify(all_chains=True):
@@ -436,6 +437,29 @@ class Command(BaseCommand):
             :6
         ]:
             self.stdout.write(f"      | {line}")
+
+    def image_model(self, project: Project, user: User) -> None:
+        self.step("Image generation: a small diffusion model on the 8x8 digits (cpu worker)")
+        params = {
+            "preset": "tiny",
+            "device": "cpu",
+            "train": {
+                "steps": self.train_steps,
+                "log_interval": 10,
+                "sample_interval": max(self.train_steps // 2, 1),
+            },
+        }
+        job = job_create(
+            project=project, kind="diffusion", actor=user, params=params, experiment="digits"
+        )
+        job = self.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
+        if job.state != JobState.SUCCEEDED:
+            raise CommandError(f"diffusion job {job.pk} failed: {job.error}")
+        grids = job.artifacts.filter(name__startswith="samples/").count()
+        self.stdout.write(
+            f"    job {job.pk}: {job.result['steps']} steps, loss {job.result['metrics'].get('train/loss', 0):.3f}, "
+            f"{grids} sample grids (one row per digit) on its page"
+        )
 
     def serve(self, addr: str) -> None:
         mlflow_ui = self.start_mlflow_ui()
