@@ -31,6 +31,8 @@ try:
     JOB_LEASE_SECONDS = env.env_int("JOB_LEASE_SECONDS", 120, minimum=2)
     JOB_HEARTBEAT_SECONDS = env.env_int("JOB_HEARTBEAT_SECONDS", 20, minimum=1)
     JOB_MAX_ATTEMPTS = env.env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+    # A job still queued after this long is dispatched again (its message may be lost).
+    JOB_QUEUE_TIMEOUT_SECONDS = env.env_int("JOB_QUEUE_TIMEOUT_SECONDS", 1800, minimum=10)
     # An upload not completed within this many seconds is aborted and its version removed.
     DATASET_UPLOAD_TTL_SECONDS = env.env_int("DATASET_UPLOAD_TTL_SECONDS", 24 * 3600, minimum=60)
     REAPER_INTERVAL_SECONDS = env.env_int("REAPER_INTERVAL_SECONDS", 15, minimum=1)

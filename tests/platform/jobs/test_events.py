@@ -159,3 +159,21 @@ def test_metric_replayed_for_the_same_step_is_not_duplicated(job):
     Job.objects.filter(pk=job.pk).update(attempt=2)
     job_apply_event(_event(job, 0, EventType.METRIC, attempt=2, step=5, values={"loss": 2.9}))
     assert list(JobMetric.objects.filter(job=job).values_list("step", "value")) == [(5, 2.9)]
+
+
+@pytest.mark.django_db(transaction=True)  # dispatch happens on commit
+def test_a_job_no_worker_picked_up_is_dispatched_again(job, sent_jobs, settings):
+    from controlplane.audit.models import AuditEvent
+    from controlplane.jobs.services import jobs_reap_expired
+    from controlplane.storage import object_store
+    from workers.protocol import superseded_marker_key
+
+    settings.JOB_QUEUE_TIMEOUT_SECONDS = 600
+    assert jobs_reap_expired(now=timezone.now() + timedelta(seconds=60)) == []  # a short queue
+    assert jobs_reap_expired(now=timezone.now() + timedelta(seconds=700)) == [job.pk]
+    job.refresh_from_db()
+    assert job.state == "queued" and job.attempt == 2 and sent_jobs[-1][1][0]["attempt"] == 2
+    # The first message, if it is ever delivered, finds its attempt superseded and does nothing.
+    assert object_store().exists(superseded_marker_key(job.pk, 1))
+    event = AuditEvent.objects.get(artifact_id=str(job.pk), action="job.redispatched")
+    assert event.payload["reason"] == "not picked up by a worker"
