@@ -1,0 +1,1 @@
+"""Post-training: LoRA adapters and supervised fine-tuning (SFT)."""

@@ -1,0 +1,258 @@
+"""LoRA: low-rank adapters on the Linear layers of a GPT (Hu et al. 2021).
+
+    from engine.finetune.lora import LoRAConfig, apply_lora, save_adapter, load_adapter
+    model = GPT(config)                       # pre-trained base
+    apply_lora(model, LoRAConfig(r=8, alpha=16))
+    ...train: only lora_A / lora_B have requires_grad...
+    save_adapter(model, "out/adapter")        # adapter.safetensors + adapter.json, a few MB
+    merge_lora(model)                         # W += scaling * B @ A, same outputs, no overhead
+    unmerge_lora(model)                       # back to the base weights + adapters
+
+Each targeted ``nn.Linear`` is replaced by a :class:`LoRALinear` that keeps the frozen
+base layer and adds ``scaling * B(A(dropout(x)))`` with ``scaling = alpha / r``. A is
+initialised Kaiming-uniform and B with zeros, so at step 0 the model equals the base.
+Targets are ``fnmatch`` patterns on module names (nanoGPT names:
+``transformer.h.0.attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``); a pattern
+that matches no Linear layer is an error naming it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+ADAPTER_FORMAT = "engine.lora-adapter/1"
+WEIGHTS_NAME = "adapter.safetensors"
+CONFIG_NAME = "adapter.json"
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 8  # rank of the update; 4-16 is plenty for most fine-tuning
+    alpha: float = 16.0  # scaling = alpha / r, so changing r does not change the step size much
+    dropout: float = 0.0  # on the adapter's input only; the base path is untouched
+    # fnmatch patterns on module names; the defaults cover attention and MLP projections.
+    target_modules: list[str] = field(
+        default_factory=lambda: ["*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj"]
+    )
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r must be at least 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module pattern")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update ``scaling * B @ A``."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.r = r
+        self.scaling = alpha / r
+        self.in_features, self.out_features = base.in_features, base.out_features
+        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **factory))
+        # Same init as nn.Linear's weight (and the LoRA paper's reference code).
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(dropout)
+        self.merged = False
+        self.disabled = False  # True: behave as the base alone (DPO's reference model)
+        for param in base.parameters():
+            param.requires_grad_(False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged:
+            # The update is inside base.weight already; take it out again when disabled.
+            if self.disabled:
+                out = out - x @ self.delta_weight().t()
+            return out
+        if self.disabled:
+            return out
+        update = self.lora_dropout(x) @ self.lora_A.t() @ self.lora_B.t()  # (..., out)
+        return out + update * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+
+def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
+    """Freeze every parameter of ``model`` and wrap the targeted Linear layers; return their names.
+
+    Raises ValueError naming any target pattern that matches no ``nn.Linear``.
+    """
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("the model already has LoRA adapters")
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    chosen: list[str] = []
+    for pattern in config.target_modules:
+        hits = [name for name in linears if fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            raise ValueError(
+                f"LoRA target {pattern!r} matches no Linear module; "
+                f"Linear modules are e.g. {sorted(linears)[:6]}"
+            )
+        chosen.extend(h for h in hits if h not in chosen)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for name in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LoRALinear(linears[name], config.r, config.alpha, config.dropout))
+    model.lora_config = config  # read by save_adapter
+    return sorted(chosen)
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter tensors only, keyed ``<module>.lora_A`` / ``<module>.lora_B``."""
+    state = {}
+    for name, module in lora_modules(model).items():
+        state[f"{name}.lora_A"] = module.lora_A.detach()
+        state[f"{name}.lora_B"] = module.lora_B.detach()
+    return state
+
+
+def merge_lora(model: nn.Module) -> None:
+    for module in lora_modules(model).values():
+        module.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for module in lora_modules(model).values():
+        module.unmerge()
+
+
+def set_adapters_enabled(model: nn.Module, enabled: bool) -> None:
+    """Switch every adapter off (the model is then the base) or back on."""
+    for module in lora_modules(model).values():
+        module.disabled = not enabled
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; total counts tied weights once."""
+    params = {id(p): p for p in model.parameters()}.values()
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return trainable, sum(p.numel() for p in params)
+
+
+def _base_fingerprint(model: nn.Module) -> dict:
+    """Shapes of the adapted layers: an adapter for another base fails on load, by name."""
+    return {name: [m.out_features, m.in_features] for name, m in lora_modules(model).items()}
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Write adapter.safetensors then adapter.json (last, as the manifest) into ``directory``."""
+    modules = lora_modules(model)
+    if not modules:
+        raise ValueError("the model has no LoRA adapters to save")
+    if any(m.merged for m in modules.values()):
+        raise ValueError("unmerge the adapters before saving them (unmerge_lora)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous().cpu() for k, v in lora_state_dict(model).items()}
+    tmp = directory / (WEIGHTS_NAME + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": ADAPTER_FORMAT})
+    os.replace(tmp, directory / WEIGHTS_NAME)
+    manifest = {
+        "format": ADAPTER_FORMAT,
+        "lora": asdict(model.lora_config),
+        "modules": _base_fingerprint(model),
+    }
+    tmp = directory / (CONFIG_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, directory / CONFIG_NAME)
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> LoRAConfig:
+    manifest = _read_manifest(Path(directory))
+    return LoRAConfig(**manifest["lora"])
+
+
+def _read_manifest(directory: Path) -> dict:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no LoRA adapter at {directory} ({CONFIG_NAME} is missing)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"{path} is not a LoRA adapter ({ADAPTER_FORMAT})")
+    return manifest
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Load a saved adapter into ``model``: adds LoRA layers if it has none yet.
+
+    Raises ValueError naming the module when the adapter was made for another base model.
+    """
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    if not lora_modules(model):
+        apply_lora(model, LoRAConfig(**manifest["lora"]))
+    ours = _base_fingerprint(model)
+    for name, shape in manifest["modules"].items():
+        if name not in ours:
+            raise ValueError(f"adapter module {name!r} does not exist in this model")
+        if list(ours[name]) != list(shape):
+            raise ValueError(
+                f"adapter for another base model: module {name!r} is {shape} "
+                f"(out, in) in the adapter but {ours[name]} here"
+            )
+    tensors = load_file(str(directory / WEIGHTS_NAME))
+    modules = lora_modules(model)
+    with torch.no_grad():
+        for name, module in modules.items():
+            for part in ("lora_A", "lora_B"):
+                key = f"{name}.{part}"
+                if key not in tensors:
+                    raise ValueError(f"adapter file lacks {key!r}")
+                target = getattr(module, part)
+                if tensors[key].shape != target.shape:
+                    raise ValueError(
+                        f"adapter tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                        f"this model needs {tuple(target.shape)} (different rank?)"
+                    )
+                target.copy_(tensors[key])
+    return model
