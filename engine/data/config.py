@@ -265,3 +265,32 @@ def config_to_dict(config: PipelineConfig) -> dict:
     data = dataclasses.asdict(config)
     data["stages"] = [{s.name: dataclasses.asdict(s.params)} for s in config.stages]
     return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.data.config defaults|validate`: the pipeline config as JSON.
+
+    For callers that must not import the engine (the platform's web process): ``defaults``
+    prints the default stages; ``validate`` reads a config object on stdin and prints
+    ``{"ok": true, "config": {...}}`` (the normalised config) or ``{"ok": false, "error": "..."}``.
+    """
+    import sys
+
+    command = (argv if argv is not None else sys.argv[1:])[:1]
+    if command == ["defaults"]:
+        print(json.dumps(config_to_dict(PipelineConfig())))
+        return 0
+    if command == ["validate"]:
+        try:
+            raw = json.loads(sys.stdin.read() or "{}")
+            answer = {"ok": True, "config": config_to_dict(load_pipeline_config(raw))}
+        except (ConfigError, ValueError) as error:
+            answer = {"ok": False, "error": str(error)}
+        print(json.dumps(answer))
+        return 0
+    print("usage: python -m engine.data.config defaults|validate", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,6 +7,8 @@ to the object store in parts and never whole through the web process.
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
@@ -18,6 +20,7 @@ from controlplane.datasets.lineage import dataset_lineage
 from controlplane.datasets.models import Dataset
 from controlplane.datasets.selectors import datasets_for, versions_of
 from controlplane.datasets.services import DatasetError, dataset_create
+from controlplane.engine_tools import pipeline_defaults
 from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.services import job_create
 
@@ -127,13 +130,7 @@ def _show_job_errors(form, error: JobRequestError) -> None:
 
 
 def _default_pipeline_json() -> str:
-    import json
-
-    # Imported here: the engine's config pulls numpy, which the other pages never need.
-    from engine.data.config import PipelineConfig, config_to_dict
-
-    config = config_to_dict(PipelineConfig())
-    return json.dumps({"stages": config["stages"]}, indent=1)
+    return json.dumps({"stages": pipeline_defaults()["stages"]}, indent=1)
 
 
 def _report_rows(report: dict | None) -> list[dict]:

@@ -348,22 +348,3 @@ def dataset_version_from_job(*, job, result: dict[str, Any]) -> DatasetVersion:
         action="dataset_version.derived",
         payload={"job_id": job.pk, "parent_version_id": source.pk},
     )
-
-
-def version_manifest(version: DatasetVersion) -> dict[str, Any]:
-    return {
-        "dataset": version.dataset.slug,
-        "version": version.number,
-        "state": version.state,
-        "files": [
-            {
-                "name": f.name,
-                "role": f.role,
-                "key": f.object_key,
-                "size": f.size,
-                "sha256": f.sha256,
-                "records": f.record_count,
-            }
-            for f in version.files.all()
-        ],
-    }

@@ -105,8 +105,8 @@ def _ready_text_version(project: Project, version_id: Any, errors: dict):
 
 
 def _pipeline_stages(raw: Any, errors: dict) -> dict | None:
-    """Check the stages against the engine's own config (imported here only: numpy)."""
-    from engine.data.config import ConfigError, config_to_dict, load_pipeline_config
+    """Check the stages against the engine's own config (asked in a subprocess)."""
+    from controlplane.engine_tools import pipeline_validate
 
     if raw is None:
         raw = {}
@@ -117,12 +117,10 @@ def _pipeline_stages(raw: Any, errors: dict) -> dict | None:
     if misplaced:
         errors["pipeline"] = [f"{', '.join(sorted(misplaced))}: set by the platform, leave out"]
         return None
-    try:
-        config = load_pipeline_config({**raw, "inputs": [{"path": "input.jsonl"}]})
-    except ConfigError as error:
-        errors["pipeline"] = [str(error)]
+    clean, problem = pipeline_validate({**raw, "inputs": [{"path": "input.jsonl"}]})
+    if problem is not None:
+        errors["pipeline"] = [problem]
         return None
-    clean = config_to_dict(config)
     for key in ("inputs", "output", "subject_salt"):
         clean.pop(key, None)
     return clean
