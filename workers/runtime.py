@@ -9,18 +9,23 @@ holds no database credentials.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from workers.events import EventSink
 from workers.protocol import EventType, JobEvent, JobSpec, cancel_marker_key, superseded_marker_key
-from workers.storage import ObjectStore
+from workers.storage import ObjectStore, StoredObject
 from workers.tracking import NullTracker, start_tracking
 
 log = logging.getLogger(__name__)
+
+
+_TRANSFER_CHUNK = 8 * 1024 * 1024
 
 
 class JobStopped(Exception):
@@ -88,6 +93,26 @@ class JobContext:
 
     def output_key(self, *parts: str) -> str:
         return self.spec.output_prefix + "/".join(parts)
+
+    # files ------------------------------------------------------------------------------
+    def download(self, key: str, target: Path, sha256: str | None = None) -> Path:
+        """Copy an object to a local file, checking its sha256 on the way when given."""
+        digest = hashlib.sha256()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as out:
+            for chunk in self.store.iter_chunks(key, chunk_size=_TRANSFER_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+        if sha256 and digest.hexdigest() != sha256:
+            raise JobFailed(f"{key} does not match its sha256 (the stored object changed)")
+        return target
+
+    def upload(self, path: Path, *parts: str) -> StoredObject:
+        """Put a local file under this attempt's output prefix (reporting it is the caller's)."""
+        with path.open("rb") as stream:
+            return self.store.put_stream(
+                self.output_key(*parts), stream, length=path.stat().st_size
+            )
 
     # stopping -----------------------------------------------------------------------
     def stop_reason(self) -> str | None:

@@ -16,7 +16,6 @@ Params (validated by the platform before the job exists):
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import tempfile
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 
 from workers.runtime import JobContext, JobFailed
 
-CHUNK = 8 * 1024 * 1024
 PREVIEW_RECORDS = 5
 PREVIEW_CHARS = 400
 
@@ -35,15 +33,7 @@ def _download_inputs(ctx: JobContext, folder: Path) -> list[Path]:
     paths = []
     for index, ref in enumerate(ctx.spec.inputs):
         name = Path(names[index] if index < len(names) else f"input-{index}").name
-        path = folder / f"{index:05d}-{name}"
-        digest = hashlib.sha256()
-        with path.open("wb") as out:
-            for chunk in ctx.store.iter_chunks(ref.uri, chunk_size=CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-        if ref.sha256 and digest.hexdigest() != ref.sha256:
-            raise JobFailed(f"input {name} does not match its sha256 (the stored object changed)")
-        paths.append(path)
+        paths.append(ctx.download(ref.uri, folder / f"{index:05d}-{name}", ref.sha256))
         ctx.check_stop()
     return paths
 
@@ -91,11 +81,11 @@ def _publish(ctx: JobContext, root: Path) -> list[dict[str, Any]]:
     files = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
         relative = path.relative_to(root).as_posix()
-        key = ctx.output_key(*relative.split("/"))
-        with path.open("rb") as stream:
-            stored = ctx.store.put_stream(key, stream, length=path.stat().st_size)
-        ctx.artifact(name=relative, key=key, sha256=stored.sha256, size=stored.size)
-        files.append({"name": relative, "key": key, "sha256": stored.sha256, "size": stored.size})
+        stored = ctx.upload(path, *relative.split("/"))
+        ctx.artifact(name=relative, key=stored.key, sha256=stored.sha256, size=stored.size)
+        files.append(
+            {"name": relative, "key": stored.key, "sha256": stored.sha256, "size": stored.size}
+        )
     return files
 
 

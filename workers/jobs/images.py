@@ -45,13 +45,6 @@ def run_config(kind: str, params: dict[str, Any], run_dir: Path) -> dict[str, An
     return raw
 
 
-def _put(ctx: JobContext, path: Path, *parts: str) -> tuple[str, str, int]:
-    key = ctx.output_key(*parts)
-    with path.open("rb") as stream:
-        stored = ctx.store.put_stream(key, stream, length=path.stat().st_size)
-    return key, stored.sha256, stored.size
-
-
 class _Publisher:
     """Sends each new checkpoint and grid to the store once, as the run writes them."""
 
@@ -63,13 +56,20 @@ class _Publisher:
         for path in sorted((self.run_dir / "checkpoints").glob("step_*.pt")):
             if path not in self.sent and path.is_file():
                 step = int(path.stem.split("_")[1])
-                key, sha256, size = _put(self.ctx, path, "checkpoints", path.name)
-                self.ctx.checkpoint(step=step, key=key, sha256=sha256, size=size)
+                stored = self.ctx.upload(path, "checkpoints", path.name)
+                self.ctx.checkpoint(
+                    step=step, key=stored.key, sha256=stored.sha256, size=stored.size
+                )
                 self.sent.add(path)
         for path in sorted((self.run_dir / "samples").glob("step_*.png")):
             if path not in self.sent:
-                key, sha256, size = _put(self.ctx, path, "samples", path.name)
-                self.ctx.artifact(name=f"samples/{path.name}", key=key, sha256=sha256, size=size)
+                stored = self.ctx.upload(path, "samples", path.name)
+                self.ctx.artifact(
+                    name=f"samples/{path.name}",
+                    key=stored.key,
+                    sha256=stored.sha256,
+                    size=stored.size,
+                )
                 self.sent.add(path)
 
 
@@ -88,11 +88,8 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
         resume: bool | Path = False
         if ctx.spec.resume_checkpoint:
             ctx.log(f"resuming from {ctx.spec.resume_checkpoint}")
-            resume = run_dir / "checkpoints" / Path(ctx.spec.resume_checkpoint).name
-            resume.parent.mkdir(parents=True)
-            with resume.open("wb") as out:
-                for chunk in ctx.store.iter_chunks(ctx.spec.resume_checkpoint):
-                    out.write(chunk)
+            name = Path(ctx.spec.resume_checkpoint).name
+            resume = ctx.download(ctx.spec.resume_checkpoint, run_dir / "checkpoints" / name)
         publisher = _Publisher(ctx, run_dir)
         publisher.sent.update({resume} if resume else set())
         steps = config.train.steps

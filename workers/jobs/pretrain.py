@@ -23,8 +23,6 @@ from typing import Any
 
 from workers.runtime import JobContext, JobFailed
 
-CHUNK = 8 * 1024 * 1024
-
 # Model sizes a user picks by name (nanoGPT's and GPT-2's shapes).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
@@ -34,25 +32,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _download(ctx: JobContext, key: str, target: Path, sha256: str | None = None) -> None:
-    import hashlib
-
-    digest = hashlib.sha256()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("wb") as out:
-        for chunk in ctx.store.iter_chunks(key, chunk_size=CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-    if sha256 and digest.hexdigest() != sha256:
-        raise JobFailed(f"{key} does not match its sha256 (the stored object changed)")
-
-
 def _download_shards(ctx: JobContext, folder: Path) -> None:
     """The token shards of the version, laid out as engine.data.shards expects."""
     names = ctx.spec.params.get("input_names") or []
     for index, ref in enumerate(ctx.spec.inputs):
         # Shards live under tokens/ in the derived version; the folder must be flat.
-        _download(ctx, ref.uri, folder / Path(names[index]).name, ref.sha256)
+        ctx.download(ref.uri, folder / Path(names[index]).name, ref.sha256)
         ctx.check_stop()
 
 
@@ -99,11 +84,9 @@ def _callbacks(ctx: JobContext, work: Path):
         def on_checkpoint(self, step: int, path: Path, val_loss: float | None) -> None:
             archive = work / f"{path.name}.tar"
             _pack(path, archive)
-            key = ctx.output_key("checkpoints", archive.name)
-            with archive.open("rb") as stream:
-                stored = ctx.store.put_stream(key, stream, length=archive.stat().st_size)
+            stored = ctx.upload(archive, "checkpoints", archive.name)
             archive.unlink()
-            ctx.checkpoint(step=step, key=key, sha256=stored.sha256, size=stored.size)
+            ctx.checkpoint(step=step, key=stored.key, sha256=stored.sha256, size=stored.size)
 
     max_iters = int((ctx.spec.params.get("train") or {}).get("max_iters", 5000))
     return [ToPlatform()]
@@ -120,11 +103,9 @@ def _samples(checkpoint: Path, prompts: list[str], tokens: int) -> list[dict[str
 
 
 def _publish(ctx: JobContext, path: Path, name: str) -> dict[str, Any]:
-    key = ctx.output_key(*name.split("/"))
-    with path.open("rb") as stream:
-        stored = ctx.store.put_stream(key, stream, length=path.stat().st_size)
-    ctx.artifact(name=name, key=key, sha256=stored.sha256, size=stored.size)
-    return {"name": name, "key": key, "sha256": stored.sha256, "size": stored.size}
+    stored = ctx.upload(path, *name.split("/"))
+    ctx.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
+    return {"name": name, "key": stored.key, "sha256": stored.sha256, "size": stored.size}
 
 
 def run_pretrain(ctx: JobContext) -> dict[str, Any]:
@@ -146,7 +127,7 @@ def run_pretrain(ctx: JobContext) -> dict[str, Any]:
         if ctx.spec.resume_checkpoint:
             ctx.log(f"resuming from {ctx.spec.resume_checkpoint}")
             archive = work / "resume.tar"
-            _download(ctx, ctx.spec.resume_checkpoint, archive)
+            ctx.download(ctx.spec.resume_checkpoint, archive)
             resume = _unpack(archive, work / "run" / "checkpoints")
         try:
             summary = Trainer(
