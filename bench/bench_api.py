@@ -96,18 +96,20 @@ def psql(sql: str) -> None:
     subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], check=True, capture_output=True)
 
 
-def make_env(data_dir: Path) -> dict[str, str]:
+def make_env(data_dir: Path, db_name: str = DB_NAME, **extra: str) -> dict[str, str]:
+    """Production settings on a scratch database: what every web benchmark runs under."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBJECT_STORE_")}
     env.update(
         PYTHONPATH=f"{ROOT / 'platform'}:{ROOT}",
         DJANGO_SETTINGS_MODULE="controlplane.settings",
-        DATABASE_URL=f"{PG}/{DB_NAME}",
+        DATABASE_URL=f"{PG}/{db_name}",
         CONTROLPLANE_DATA_DIR=str(data_dir),
         DEBUG="false",
         SECRET_KEY="bench-" + "x" * 60,
         ALLOWED_HOSTS="127.0.0.1,localhost",
         SECURE_SSL_REDIRECT="false",
         API_THROTTLE_USER="1000000/min",
+        **extra,
     )
     return env
 

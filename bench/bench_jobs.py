@@ -33,29 +33,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "platform"), str(ROOT), str(ROOT / "bench")]
 
-from bench_api import PG, free_port, psql, start_gunicorn  # noqa: E402
+from bench_api import free_port, make_env, psql, start_gunicorn  # noqa: E402
 
 DB_NAME = "controlplane_bench_jobs"
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/13")
 
 
 def environment(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBJECT_STORE_")}
-    env.update(
-        PYTHONPATH=f"{ROOT / 'platform'}:{ROOT}",
-        DJANGO_SETTINGS_MODULE="controlplane.settings",
-        DATABASE_URL=f"{PG}/{DB_NAME}",
-        CELERY_BROKER_URL=BROKER,
-        CONTROLPLANE_DATA_DIR=str(data_dir),
-        DEBUG="false",
-        SECRET_KEY="bench-" + "x" * 60,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        SECURE_SSL_REDIRECT="false",
-        API_THROTTLE_USER="1000000/min",
-        TRAINING_QUEUE="cpu",
-        JOB_HEARTBEAT_SECONDS="2",
+    return make_env(
+        data_dir, DB_NAME, CELERY_BROKER_URL=BROKER, TRAINING_QUEUE="cpu", JOB_HEARTBEAT_SECONDS="2"
     )
-    return env
 
 
 class Api:

@@ -34,7 +34,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "platform"), str(ROOT), str(ROOT / "bench")]
 
-from bench_api import PG, free_port, psql, start_gunicorn  # noqa: E402
+from bench_api import free_port, make_env, psql, start_gunicorn  # noqa: E402
 
 DB_NAME = "controlplane_bench_upload"
 PART = 64 * 1024 * 1024
@@ -151,17 +151,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-upload-"))
     s3, endpoint = start_s3()
     web = None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OBJECT_STORE_")}
-    env.update(
-        PYTHONPATH=f"{ROOT / 'platform'}:{ROOT}",
-        DJANGO_SETTINGS_MODULE="controlplane.settings",
-        DATABASE_URL=f"{PG}/{DB_NAME}",
-        CONTROLPLANE_DATA_DIR=str(work),
-        DEBUG="false",
-        SECRET_KEY="bench-" + "x" * 60,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        SECURE_SSL_REDIRECT="false",
-        API_THROTTLE_USER="1000000/min",
+    env = make_env(
+        work,
+        DB_NAME,
         OBJECT_STORE_ENDPOINT=endpoint,
         OBJECT_STORE_BUCKET=BUCKET,
         UPLOAD_MAX_BYTES=str(2 * size),
