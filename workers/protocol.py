@@ -30,6 +30,13 @@ class JobKind(enum.StrEnum):
     DIFFUSION = "diffusion"
     GAN = "gan"
     VAE = "vae"
+    # Post-training (engine.finetune): a pre-trained model in, a better-behaved one out.
+    SFT = "sft"
+    LORA = "lora"
+    QLORA = "qlora"
+    REWARD = "reward"
+    DPO = "dpo"
+    PPO = "ppo"
 
 
 class Queue(enum.StrEnum):

@@ -131,9 +131,7 @@ def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
     specs, units = plan_text_inputs(args.inputs, args.text_field, args.text_unit)
     stats = PackStats()
     texts = _limited(iter_texts(specs, units, stats, args.strict), args.max_chars)
-    specials = args.special_token or (
-        list(DEFAULT_SPECIAL_TOKENS) if args.kind == "bpe" else ["<|endoftext|>"]
-    )
+    specials = args.special_token or list(DEFAULT_SPECIAL_TOKENS)
     if args.kind == "bpe":
         tokenizer = BPETokenizer.train(
             texts,
@@ -288,8 +286,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--special-token",
         action="append",
         metavar="TOKEN",
-        help="special token (repeatable; the first is end-of-text). Default: <|endoftext|> and, for BPE, "
-        "<|system|> <|user|> <|assistant|> <|pad|>",
+        help="special token (repeatable; the first is end-of-text). Default: <|endoftext|> "
+        "<|system|> <|user|> <|assistant|> <|pad|> (the chat template's roles)",
     )
     train.add_argument(
         "--max-chars", type=int, default=0, help="train on at most this many characters (0: all)"

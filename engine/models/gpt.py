@@ -287,20 +287,16 @@ class GPT(nn.Module):
             + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * cfg.block_size
         )
 
-    def forward(
+    def hidden_states(
         self,
         idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
         *,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
-        last_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) -> logits (B, T, vocab) and the mean cross-entropy if targets are given.
+    ) -> torch.Tensor:
+        """idx (B, T) -> the final normalised hidden states (B, T, n_embd).
 
-        ``attention_mask`` (B, T_past + T), 1 for real tokens, 0 for (left) padding; it is
-        only needed when a batch holds prompts of different lengths. ``last_only`` returns
-        logits of the last position only, (B, 1, vocab), which is all sampling needs.
+        What the language-model head reads; reward and value heads read it too.
         """
         B, T = idx.size()
         past = cache.length if cache is not None else 0
@@ -323,7 +319,24 @@ class GPT(nn.Module):
             x = block(x, rotary, cache, mask)
         if cache is not None:
             cache.length += T
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) -> logits (B, T, vocab) and the mean cross-entropy if targets are given.
+
+        ``attention_mask`` (B, T_past + T), 1 for real tokens, 0 for (left) padding; it is
+        only needed when a batch holds prompts of different lengths. ``last_only`` returns
+        logits of the last position only, (B, 1, vocab), which is all sampling needs.
+        """
+        x = self.hidden_states(idx, cache=cache, attention_mask=attention_mask)
         if last_only:
             x = x[:, -1:, :]
         logits = self.lm_head(x)

@@ -1,9 +1,8 @@
 """Checkpoints of an image-generator run: one file per step, written atomically.
 
-Layout under ``<run_dir>/checkpoints``::
+Layout under ``<run_dir>/checkpoints`` (see engine/stepfiles.py)::
 
     step_000500.pt     {"format", "kind", "step", "config", "state", "rng"}
-    .step_000500.pt.tmp   only while being written; renamed when complete
 
     path = save_checkpoint(run_dir, step, payload, keep_last=2)
     path = latest_checkpoint(run_dir)          # None when the run has none
@@ -13,84 +12,43 @@ Layout under ``<run_dir>/checkpoints``::
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from engine.stepfiles import StepFiles, checkpoint_dir, latest_checkpoint, list_checkpoints
 from engine.vision.data import VisionInputError
 
 FORMAT = "engine.vision.checkpoint/1"
-STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+__all__ = [
+    "CheckpointError",
+    "checkpoint_dir",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
 
 
 class CheckpointError(VisionInputError):
     """A checkpoint that is missing, incomplete or not an image-generator checkpoint."""
 
 
-def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    folder = checkpoint_dir(run_dir)
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        match = STEP_FILE.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
+_FILES = StepFiles(FORMAT, "an image-generator checkpoint", CheckpointError)
 
 
 def save_checkpoint(
     run_dir: str | os.PathLike, step: int, payload: dict[str, Any], keep_last: int = 2
 ) -> Path:
-    """Write ``payload`` as step_NNNNNN.pt (temp file, fsync, rename), then prune old ones."""
-    folder = checkpoint_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:06d}.pt"
-    tmp = folder / f".{path.name}.tmp"
-    with open(tmp, "wb") as handle:
-        torch.save({"format": FORMAT, "step": step, **payload}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)  # readers see the whole file or none of it
-    for _, old in list_checkpoints(run_dir)[:-keep_last]:
-        old.unlink(missing_ok=True)
-    return path
+    return _FILES.save(run_dir, step, payload, keep_last)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run folder (its latest checkpoint)."""
-    path = Path(path)
-    if path.is_dir():
-        latest = latest_checkpoint(path)
-        if latest is None and path.name == "checkpoints":
-            latest = latest_checkpoint(path.parent)
-        if latest is None:
-            raise CheckpointError(f"{path} holds no checkpoints (expected checkpoints/step_*.pt)")
-        return latest
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    return path
+    return _FILES.resolve(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    path = resolve_checkpoint(path)
-    try:
-        # Our own files hold plain containers, tensors and RNG byte tensors only.
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for a truncated or foreign file
-        raise CheckpointError(f"{path} is not a readable checkpoint: {error}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an image-generator checkpoint ({FORMAT})")
-    payload["path"] = str(path)
-    return payload
+    return _FILES.load(path, map_location)

@@ -93,7 +93,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
     from engine.data.packing import tokenize_to_shards
     from engine.data.pipeline import PipelineError, run_pipeline
     from engine.data.readers import InputError
-    from engine.data.tokenizers import BPETokenizer, CharTokenizer
+    from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
 
     params = ctx.spec.params
     with tempfile.TemporaryDirectory(prefix=f"job-{ctx.spec.job_id}-") as work:
@@ -128,7 +128,9 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
         if spec.get("kind") == "bpe":
             tokenizer = BPETokenizer.train(texts, vocab_size=int(spec.get("vocab_size", 4096)))
         else:
-            tokenizer = CharTokenizer.train(texts)
+            # The chat role tokens too, so a model pre-trained on these shards can be
+            # fine-tuned with the chat template (engine.finetune.sft) without a new vocabulary.
+            tokenizer = CharTokenizer.train(texts, special_tokens=DEFAULT_SPECIAL_TOKENS)
         tokenizer_path = work_dir / "tokenizer.json"
         tokenizer.save(tokenizer_path)
         ctx.check_stop()
