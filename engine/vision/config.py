@@ -12,15 +12,11 @@ of the wrong type or out of range raises :class:`ConfigError` naming the key, e.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from engine.configfile import build, read_config
 from engine.vision.data import ALLOWED_SIZES, VisionInputError
 
 KINDS = ("diffusion", "gan", "vae")
@@ -203,114 +199,16 @@ def load_config(
     """Read a YAML file (or start from defaults) and apply ``section.key=value`` overrides."""
     if kind not in RUN_CONFIGS:
         raise ConfigError(f"unknown model kind {kind!r}; choose one of {list(KINDS)}")
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    raw, source = read_config(path, overrides, ConfigError)
     return config_from_dict(kind, raw, source=source)
 
 
 def config_from_dict(kind: str, raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
-        return _build(RUN_CONFIGS[kind], raw, prefix="")
+        return build(RUN_CONFIGS[kind], raw, ConfigError)
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
-
-
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = value
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = (
-                f" (did you mean '{prefix}{close[0]}'?)"
-                if close
-                else f" (known: {', '.join(sorted(known))})"
-            )
-            raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
-        if dataclasses.is_dataclass(hints[key]):
-            kwargs[key] = _build(hints[key], value, prefix=f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
-    # Sections left out of the YAML take their defaults, which are valid by construction;
-    # the ones given are checked here, then cross-section rules at the top level.
-    instance = cls(**kwargs)
-    validate = getattr(instance, "validate", None)
-    if validate is not None:
-        validate()
-    return instance
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
-        return value
-    if origin is list:
-        (item_hint,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_coerce(item, item_hint, f"{key}[{i}]") for i, item in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        hint = next(option for option in options if option is not type(None))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        # YAML reads 1e-3 as a string (it wants 1.0e-3); accept both spellings.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{key} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    return value

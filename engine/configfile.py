@@ -1,0 +1,135 @@
+"""YAML config files into typed dataclasses, with the key named in every error.
+
+    raw, source = read_config(path, ["train.steps=200"], ConfigError)
+    config = build(RunConfig, raw, ConfigError)
+
+One builder for every engine config (pre-training, image generators, post-training): a
+YAML file mirrors the dataclasses; an unknown key, a value of the wrong type or out of range
+raises the caller's error class naming the key, e.g.
+``unknown key 'train.stesp' (did you mean 'train.steps'?)``. Overrides ``section.key=value``
+are parsed as YAML and go through the same checks (minGPT's rule: never ``exec``). After a
+dataclass is built its ``validate()`` runs, if it has one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+def read_config(
+    path: str | Path | None, overrides: list[str] | None, error: type[Exception]
+) -> tuple[dict[str, Any], str]:
+    """The raw mapping of a YAML file (or ``{}``) with overrides applied, and its source name."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise error(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as problem:
+            raise error(f"{path} is not valid YAML: {problem}") from None
+        if not isinstance(raw, dict):
+            raise error(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise error(f"override {item!r} must look like section.key=value")
+        set_dotted(raw, key.strip(), yaml.safe_load(value), error)
+    return raw, source
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any, error: type[Exception]) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise error(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def build(cls: type, raw: Any, error: type[Exception], prefix: str = "") -> Any:
+    """An instance of dataclass ``cls`` from a mapping; fields marked internal are not keys."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise error(f"{where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = (
+                f" (did you mean '{prefix}{close[0]}'?)"
+                if close
+                else f" (known: {', '.join(sorted(known))})"
+            )
+            raise error(f"unknown key '{prefix}{key}'{hint}")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = build(hints[key], value, error, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = coerce(value, hints[key], f"{prefix}{key}", error)
+    # Sections left out of the YAML take their defaults, which are valid by construction;
+    # the ones given are checked here, then cross-section rules at the top level.
+    try:
+        instance = cls(**kwargs)
+        validate = getattr(instance, "validate", None)
+        if validate is not None:
+            validate()
+    except error:
+        raise
+    except ValueError as problem:  # a dataclass's own check (e.g. GPTConfig) names its key
+        raise error(str(problem)) from None
+    return instance
+
+
+def coerce(value: Any, hint: Any, key: str, error: type[Exception]) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise error(f"{key} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise error(f"{key} must be a list, got {value!r}")
+        return [coerce(item, item_hint, f"{key}[{i}]", error) for i, item in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(option for option in options if option is not type(None))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise error(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise error(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        # YAML reads 1e-3 as a string (it wants 1.0e-3); accept both spellings.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise error(f"{key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise error(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise error(f"{key} must be a string, got {value!r}")
+        return value
+    return value
