@@ -14,6 +14,11 @@ initialised Kaiming-uniform and B with zeros, so at step 0 the model equals the 
 Targets are ``fnmatch`` patterns on module names (nanoGPT names:
 ``transformer.h.0.attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``); a pattern
 that matches no Linear layer is an error naming it.
+
+QLoRA: the base may be a 4-bit :class:`~engine.finetune.qlora.NF4Linear` (see qlora.py);
+its adapters are made in the base's compute dtype. Merging into a 4-bit base is refused
+(re-quantising would round the update away): ``dequantize_model(model)`` first, then
+``merge_lora(model)``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+
+# dequantize_model is re-exported: the merge error below sends users to it.
+from engine.finetune.qlora import NF4Linear, dequantize_model  # noqa: F401
 
 ADAPTER_FORMAT = "engine.lora-adapter/1"
 WEIGHTS_NAME = "adapter.safetensors"
@@ -60,15 +68,19 @@ class LoRAConfig:
 
 
 class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update ``scaling * B @ A``."""
+    """A frozen ``nn.Linear`` or NF4Linear plus a trainable update ``scaling * B @ A``."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Linear | NF4Linear, r: int, alpha: float, dropout: float):
         super().__init__()
         self.base = base
         self.r = r
         self.scaling = alpha / r
         self.in_features, self.out_features = base.in_features, base.out_features
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        if isinstance(base, NF4Linear):
+            # QLoRA: adapters train in the compute dtype, not in the base's uint8 storage.
+            factory = dict(device=base.weight_packed.device, dtype=base.compute_dtype)
+        else:
+            factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **factory))
         # Same init as nn.Linear's weight (and the LoRA paper's reference code).
@@ -99,11 +111,15 @@ class LoRALinear(nn.Module):
             return out
         if self.disabled:
             return out
-        update = self.lora_dropout(x) @ self.lora_A.t() @ self.lora_B.t()  # (..., out)
-        return out + update * self.scaling
+        # The adapters may be bf16 in an fp32 model (QLoRA's compute dtype): cast in and out.
+        x = self.lora_dropout(x.to(self.lora_A.dtype))
+        update = x @ self.lora_A.t() @ self.lora_B.t()  # (..., out)
+        return out + (update * self.scaling).to(out.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
+        if isinstance(self.base, NF4Linear):
+            raise ValueError(_NF4_MERGE_ERROR.format(name="this layer"))
         if not self.merged:
             self.base.weight += self.delta_weight().to(self.base.weight.dtype)
             self.merged = True
@@ -115,14 +131,20 @@ class LoRALinear(nn.Module):
             self.merged = False
 
 
+_NF4_MERGE_ERROR = (
+    "cannot merge LoRA into {name}: its base is 4-bit NF4 and re-quantising would round "
+    "the update away; call engine.finetune.qlora.dequantize_model(model) first"
+)
+
+
 def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     """Freeze every parameter of ``model`` and wrap the targeted Linear layers; return their names.
 
-    Raises ValueError naming any target pattern that matches no ``nn.Linear``.
+    Raises ValueError naming any target pattern that matches no ``nn.Linear`` / NF4Linear.
     """
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("the model already has LoRA adapters")
-    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | NF4Linear)}
     chosen: list[str] = []
     for pattern in config.target_modules:
         hits = [name for name in linears if fnmatch.fnmatchcase(name, pattern)]
@@ -156,7 +178,11 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def merge_lora(model: nn.Module) -> None:
-    for module in lora_modules(model).values():
+    modules = lora_modules(model)
+    for name, module in modules.items():  # refuse before merging anything
+        if isinstance(module.base, NF4Linear):
+            raise ValueError(_NF4_MERGE_ERROR.format(name=repr(name)))
+    for module in modules.values():
         module.merge()
 
 
