@@ -1,0 +1,264 @@
+"""Direct Preference Optimization (DPO, Rafailov et al. 2023) on chosen/rejected pairs.
+
+    from engine.finetune.dpo import dpo_train, evaluate_preferences
+    from engine.finetune.preference import preference_batches
+    batches = preference_batches(template, records, batch_size=8, block_size=256)
+    reference = copy.deepcopy(policy).requires_grad_(False)    # or None under LoRA
+    history = dpo_train(policy, reference, batches, steps=200, beta=0.1, lr=1e-5)
+    print(evaluate_preferences(policy, reference, heldout_batches, beta=0.1))
+
+The loss (eq. 7) compares how much more the policy likes the chosen response y_c than
+the rejected y_r, relative to a frozen reference model::
+
+    h = (log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x))
+    loss = -log sigmoid(beta * h)
+
+``beta * (log pi - log ref)`` is the *implicit reward* of a response (eq. 5); the policy
+ranks a pair correctly when the chosen response's implicit reward is the higher one.
+With label smoothing eps (conservative DPO: the labels are assumed flipped with
+probability eps) the loss is ``(1 - eps) * -log sigmoid(beta h) + eps * -log sigmoid(-beta h)``.
+
+The reference is either a separate frozen model or, with ``reference=None``, the policy
+itself with its LoRA adapters switched off (the base it started from, at no extra
+memory). It always runs under ``torch.no_grad`` in eval mode. Reference log-probs can also
+be computed once over the dataset (:func:`precompute_reference_logps`); the training
+steps then run no reference forward at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from engine.finetune.lora import lora_modules, set_adapters_enabled
+from engine.finetune.preference import PairBatch, sequence_logps
+
+
+def ranking_accuracy(higher: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows where ``higher > lower``; a tie counts one half (no preference = chance).
+
+    At step 0 the policy equals the reference and every implicit reward is exactly 0: the
+    model has no opinion yet, which is a coin flip, not a wrong answer.
+    """
+    return ((torch.sign(higher - lower) + 1) / 2).float().mean()
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean DPO loss over B pairs from summed response log-probs, each (B,), and its metrics."""
+    if beta <= 0:
+        raise ValueError(f"dpo beta must be positive, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"dpo label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    shapes = {t.shape for t in (policy_chosen, policy_rejected, ref_chosen, ref_rejected)}
+    if len(shapes) != 1 or policy_chosen.dim() != 1:
+        raise ValueError(f"dpo_loss needs four (B,) tensors of one shape, got {sorted(shapes)}")
+    ref_chosen, ref_rejected = ref_chosen.detach(), ref_rejected.detach()
+    h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)  # (B,)
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * h)
+    if label_smoothing:
+        losses = losses - label_smoothing * F.logsigmoid(-beta * h)
+    rewards_chosen = beta * (policy_chosen - ref_chosen).detach()  # implicit reward, eq. 5
+    rewards_rejected = beta * (policy_rejected - ref_rejected).detach()
+    metrics = {
+        "dpo/rewards_chosen": rewards_chosen.mean().item(),
+        "dpo/rewards_rejected": rewards_rejected.mean().item(),
+        "dpo/margin": (rewards_chosen - rewards_rejected).mean().item(),
+        "dpo/accuracy": ranking_accuracy(rewards_chosen, rewards_rejected).item(),
+        "dpo/logps_chosen": policy_chosen.detach().mean().item(),
+        "dpo/logps_rejected": policy_rejected.detach().mean().item(),
+    }
+    return losses.mean(), metrics
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Dropout off for a forward, then the module's own mode back."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+@contextlib.contextmanager
+def _adapters_disabled(model: nn.Module) -> Iterator[None]:
+    set_adapters_enabled(model, False)
+    try:
+        yield
+    finally:
+        set_adapters_enabled(model, True)
+
+
+@torch.no_grad()
+def reference_logps(
+    policy: nn.Module, reference: nn.Module | None, batch: PairBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs (chosen (B,), rejected (B,)) of a batch, without gradients.
+
+    ``reference=None`` runs the policy with its LoRA adapters switched off; a policy
+    without adapters then needs an explicit reference (a frozen copy of its start).
+    """
+    if reference is None:
+        if not lora_modules(policy):
+            raise ValueError(
+                "reference=None means the policy's adapter-free base, but the policy has no "
+                "LoRA adapters; pass a frozen copy of the starting model as the reference"
+            )
+        with _eval_mode(policy), _adapters_disabled(policy):
+            logps = sequence_logps(policy, batch.input_ids, batch.loss_mask)
+    else:
+        with _eval_mode(reference):
+            logps = sequence_logps(reference, batch.input_ids, batch.loss_mask)
+    chosen, rejected = logps.chunk(2)
+    return chosen, rejected
+
+
+def precompute_reference_logps(
+    policy: nn.Module, reference: nn.Module | None, batches: Sequence[PairBatch]
+) -> list[PairBatch]:
+    """The same batches with ``reference_logps`` filled in, so training runs no reference.
+
+    Call it before the first training step (the reference must be the starting model).
+    """
+    return [replace(b, reference_logps=reference_logps(policy, reference, b)) for b in batches]
+
+
+def dpo_batch_loss(
+    policy: nn.Module,
+    reference: nn.Module | None,
+    batch: PairBatch,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO loss of one batch: one policy forward over its 2B rows, the reference as needed."""
+    if batch.reference_logps is not None:
+        ref_chosen, ref_rejected = batch.reference_logps
+    else:
+        ref_chosen, ref_rejected = reference_logps(policy, reference, batch)
+    policy_chosen, policy_rejected = sequence_logps(policy, batch.input_ids, batch.loss_mask).chunk(
+        2
+    )
+    loss, metrics = dpo_loss(
+        policy_chosen,
+        policy_rejected,
+        ref_chosen,
+        ref_rejected,
+        beta=beta,
+        label_smoothing=label_smoothing,
+    )
+    metrics["dpo/loss"] = loss.item()
+    return loss, metrics
+
+
+def dpo_train(
+    policy: nn.Module,
+    reference: nn.Module | None,
+    batches: Sequence[PairBatch],
+    *,
+    steps: int,
+    beta: float = 0.1,
+    lr: float = 1e-5,
+    label_smoothing: float = 0.0,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """A plain AdamW loop of DPO steps over the trainable parameters; metrics of every step.
+
+    Batches are visited in a fresh random order each epoch. The full trainer (checkpoints,
+    live metrics) is the lead's run.py; this loop is the objective in its smallest form.
+    """
+    if not batches:
+        raise ValueError("no preference batches to train on")
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the policy has no trainable parameters")
+    if reference is not None and {id(p) for p in reference.parameters()} & {id(p) for p in params}:
+        # The reference would move with the policy and the loss would stay at log 2.
+        raise ValueError(
+            "the reference model shares trainable parameters with the policy; pass a "
+            "frozen copy (copy.deepcopy(policy).requires_grad_(False)) or None under LoRA"
+        )
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    device = next(policy.parameters()).device
+    order = random.Random(seed)
+    queue: list[int] = []
+    history: list[dict[str, float]] = []
+    policy.train()
+    for _ in range(steps):
+        if not queue:
+            queue = list(range(len(batches)))
+            order.shuffle(queue)
+        batch = batches[queue.pop()].to(device)
+        loss, metrics = dpo_batch_loss(
+            policy, reference, batch, beta=beta, label_smoothing=label_smoothing
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            metrics["dpo/grad_norm"] = nn.utils.clip_grad_norm_(params, grad_clip).item()
+        optimizer.step()
+        history.append(metrics)
+    return history
+
+
+@torch.no_grad()
+def evaluate_preferences(
+    policy: nn.Module,
+    reference: nn.Module | None,
+    batches: Sequence[PairBatch],
+    beta: float,
+) -> dict[str, float]:
+    """Held-out preference figures, averaged over every pair of ``batches``.
+
+    - ``accuracy``: the implicit reward ranks chosen above rejected (ties count half);
+    - ``margin``: mean implicit reward margin ``beta * h``;
+    - ``logp_margin``: the policy's own log-likelihood margin, log pi(y_c) - log pi(y_r);
+    - ``logp_accuracy``: fraction of pairs where the policy itself finds chosen likelier;
+    - ``loss``: the DPO loss (no label smoothing).
+    """
+    if not batches:
+        raise ValueError("no preference batches to evaluate")
+    device = next(policy.parameters()).device
+    parts: list[tuple[torch.Tensor, ...]] = []
+    with _eval_mode(policy):
+        for batch in batches:
+            batch = batch.to(device)
+            if batch.reference_logps is not None:
+                ref_chosen, ref_rejected = batch.reference_logps
+            else:
+                ref_chosen, ref_rejected = reference_logps(policy, reference, batch)
+            chosen, rejected = sequence_logps(policy, batch.input_ids, batch.loss_mask).chunk(2)
+            parts.append((chosen, rejected, ref_chosen, ref_rejected))
+    chosen, rejected, ref_chosen, ref_rejected = (
+        torch.cat(p).float() for p in zip(*parts, strict=True)
+    )
+    rewards_chosen, rewards_rejected = (
+        beta * (chosen - ref_chosen),
+        beta * (rejected - ref_rejected),
+    )
+    loss, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
+    return {
+        "accuracy": ranking_accuracy(rewards_chosen, rewards_rejected).item(),
+        "margin": (rewards_chosen - rewards_rejected).mean().item(),
+        "logp_margin": (chosen - rejected).mean().item(),
+        "logp_accuracy": ranking_accuracy(chosen, rejected).item(),
+        "loss": loss.item(),
+        "pairs": float(chosen.numel()),
+    }
