@@ -5,6 +5,7 @@
     python -m engine data tokenize data/clean --tokenizer var/tok.json --out data/tokens
     python -m engine data images var/digits.npz --out data/digits      # or --digits
     python -m engine data find-subject data/clean user-42
+    python -m engine data pairs preference var/pairs.jsonl --count 2000   # or sft
 
 Every command prints a short summary on stdout, progress bars on stderr (when it is a
 terminal, or with --progress), and ``error: ...`` with exit status 2 for input a user
@@ -226,10 +227,41 @@ def _cmd_find_subject(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- pairs --------------------------------------------------------------------------------
+def _cmd_pairs(args: argparse.Namespace) -> int:
+    from engine.data.corpora import CorpusUnavailable
+    from engine.finetune.data import (
+        shakespeare_preference_pairs,
+        shakespeare_sft_pairs,
+        write_pairs_jsonl,
+    )
+
+    bounds = dict(
+        max_prompt_chars=args.max_prompt_chars, max_response_chars=args.max_response_chars
+    )
+    try:
+        if args.kind == "sft":
+            records = shakespeare_sft_pairs(args.count, seed=args.seed, **bounds)
+        else:
+            records = shakespeare_preference_pairs(
+                args.count, seed=args.seed, corruption=args.corruption, **bounds
+            )
+    except CorpusUnavailable as error:
+        raise EngineError(str(error)) from None
+    write_pairs_jsonl(records, args.out)
+    detail = f"seed {args.seed}" + (
+        f", corruption {args.corruption}" if args.kind == "preference" else ""
+    )
+    print(
+        f"wrote {len(records)} {args.kind} pairs from the Shakespeare plays ({detail}) to {args.out}"
+    )
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="clean corpora, train tokenizers, pack token shards")
     commands = data.add_subparsers(
-        dest="command", metavar="{run,train-tokenizer,tokenize,images,find-subject}"
+        dest="command", metavar="{run,train-tokenizer,tokenize,images,find-subject,pairs}"
     )
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
@@ -344,3 +376,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     find.add_argument("subject", help="the subject id as it appears in the input's subject field")
     find.add_argument("--salt", default="", help="the subject_salt the pipeline ran with")
     find.set_defaults(func=_guarded(_cmd_find_subject))
+
+    # engine.finetune.data imports no torch, so reading its defaults here costs nothing.
+    from engine.finetune.data import CORRUPTIONS, KINDS, MAX_PROMPT_CHARS, MAX_RESPONSE_CHARS
+
+    pairs = commands.add_parser(
+        "pairs", help="write SFT or preference pairs built from the Shakespeare plays (JSONL)"
+    )
+    pairs.add_argument("kind", choices=KINDS)
+    pairs.add_argument("out", help="JSONL file to write (.jsonl.gz for gzip)")
+    pairs.add_argument(
+        "--count", type=_positive, default=None, help="number of pairs (default: all)"
+    )
+    pairs.add_argument("--seed", type=int, default=0, help="which pairs, in which order")
+    pairs.add_argument(
+        "--corruption",
+        choices=CORRUPTIONS,
+        default="mixed",
+        help="preference: rejected = the continuation's words shuffled, another speech's "
+        "continuation, or alternately one and the other",
+    )
+    pairs.add_argument(
+        "--max-prompt-chars",
+        type=_positive,
+        default=MAX_PROMPT_CHARS,
+        help="longest prompt (whole lines of a speech)",
+    )
+    pairs.add_argument(
+        "--max-response-chars",
+        type=_positive,
+        default=MAX_RESPONSE_CHARS,
+        help="longest response (whole lines, or one line cut at a word)",
+    )
+    pairs.set_defaults(func=_guarded(_cmd_pairs))
