@@ -74,14 +74,13 @@ class ChatTemplate:
         for key in ("prompt", "response"):
             if not isinstance(record.get(key), str) or not record[key]:
                 raise ValueError(f"record {index}: missing or empty field {key!r}")
-        prompt: list[int] = []
-        if record.get("system"):
-            if self.system_id is None:
-                raise ValueError(f"record {index}: a system message needs the {SYSTEM} token")
-            prompt += [self.system_id] + self.tokenizer.encode(record["system"])
-        prompt += [self.role_ids[USER]] + self.tokenizer.encode(record["prompt"])
-        prompt += [self.role_ids[ASSISTANT]]
-        response = self.tokenizer.encode(record["response"]) + [self.eot_id]
+        if record.get("system") and self.system_id is None:
+            raise ValueError(f"record {index}: a system message needs the {SYSTEM} token")
+        try:
+            prompt = self.encode_prompt(record["prompt"], record.get("system"))
+            response = self.tokenizer.encode(record["response"]) + [self.eot_id]
+        except ValueError as error:  # e.g. a character the tokenizer never saw
+            raise ValueError(f"record {index}: {error}") from None
         return Example(prompt + response, [False] * len(prompt) + [True] * len(response))
 
     def encode_prompt(self, prompt: str, system: str | None = None) -> list[int]:

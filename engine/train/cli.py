@@ -19,7 +19,8 @@ from engine.cli import EngineError
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="pre-train a GPT, resume, export")
     commands = parser.add_subparsers(
-        dest="command", metavar="{pretrain,export,prepare-shakespeare,plot,diffusion,gan,vae}"
+        dest="command",
+        metavar="{pretrain,export,prepare-shakespeare,plot,diffusion,gan,vae,sft,lora,qlora,reward,dpo,ppo}",
     )
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -65,9 +66,12 @@ def register(subparsers) -> None:
     plot.set_defaults(func=cmd_plot)
 
     # The image models (engine.vision) train under the same command group.
+    from engine.finetune.cli import register_train as register_finetune
     from engine.vision.cli import register_train
 
     register_train(commands)
+    # Post-training (engine.finetune) too.
+    register_finetune(commands)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -1,0 +1,176 @@
+"""Post-training run configs: one YAML shape for sft, lora, qlora, reward, dpo and ppo.
+
+    config = load_config("dpo", "configs/finetune/dpo.yaml", ["train.steps=100"])
+
+A YAML file mirrors :class:`FinetuneRunConfig`::
+
+    run_dir: var/runs/dpo
+    base: {path: var/runs/sft/model}        # checkpoint, export or run folder to start from
+    data: {source: shakespeare, count: 2000}  # or {source: jsonl, path: pairs.jsonl}
+    train: {steps: 200, batch_size: 8, lr: 1.0e-4}
+    lora: {r: 8, alpha: 16}                  # used by lora/qlora, and by the others when
+    use_lora: true                           # use_lora is true (adapters instead of all weights)
+    dpo: {beta: 0.1}
+    ppo: {kl_coef: 0.05, max_new_tokens: 32}
+
+The kind is not in the file: it is the command (``python -m engine train dpo``), so one
+file can serve several kinds. Errors name the key (engine/configfile.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from engine.configfile import build, read_config
+from engine.finetune.lora import LoRAConfig
+from engine.finetune.ppo import PPOConfig
+
+KINDS = ("sft", "lora", "qlora", "reward", "dpo", "ppo")
+# Which records each kind reads: SFT pairs, or preference pairs (ppo takes their prompts).
+RECORD_KIND = {
+    "sft": "sft",
+    "lora": "sft",
+    "qlora": "sft",
+    "reward": "preference",
+    "dpo": "preference",
+    "ppo": "preference",
+}
+# Learning rates that work for each kind at our model sizes (adapters take larger steps).
+DEFAULT_LR = {"sft": 1e-4, "lora": 1e-3, "qlora": 1e-3, "reward": 1e-4, "dpo": 5e-5, "ppo": 1e-5}
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the message names the key."""
+
+
+@dataclass
+class BaseModelConfig:
+    path: str = ""  # checkpoint, export or run folder of the model to start from
+    tokenizer: str = ""  # tokenizer.json, when the model folder has none
+    reward_model: str = ""  # ppo: folder written by a reward run (reward_model.json)
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("base.path is empty; point it at a pre-trained model folder")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["shakespeare", "jsonl"] = "shakespeare"  # built-in pairs, or your file
+    path: str = ""  # the .jsonl(.gz) file of pairs when source is jsonl
+    count: int = 2000  # built-in pairs to make (0: every speech)
+    corruption: Literal["shuffle", "mismatch", "mixed"] = "mixed"  # how rejected answers differ
+    heldout_fraction: float = 0.1  # never trained on: evaluation and PPO prompts
+    pack: bool = True  # SFT: lay short examples end to end in a row (faster)
+
+    def validate(self) -> None:
+        if self.source == "jsonl" and not self.path:
+            raise ConfigError("data.path is empty; name the .jsonl file of pairs")
+        if self.count < 0:
+            raise ConfigError(f"data.count must not be negative, got {self.count}")
+        if not 0.0 < self.heldout_fraction < 0.5:
+            raise ConfigError("data.heldout_fraction must be in (0, 0.5)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200  # optimizer steps (PPO: rollout + update iterations)
+    batch_size: int = 8  # examples (pairs, rows) per step
+    lr: float | None = None  # None: the kind's default (DEFAULT_LR)
+    weight_decay: float = 0.0  # small data, few steps: no decay
+    warmup_steps: int = 10  # linear warm-up, then constant: few steps leave no room to decay
+    grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
+    log_interval: int = 10  # metrics every N steps
+    eval_interval: int = 50  # held-out evaluation every N steps (and at the end); 0: end only
+    eval_batches: int = 4  # held-out batches per evaluation
+    checkpoint_interval: int = 0  # 0: only at the end
+    keep_last: int = 2  # older checkpoints are deleted
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # QLoRA's compute dtype too
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def validate(self) -> None:
+        for key in ("steps", "batch_size", "log_interval", "eval_batches", "keep_last"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("weight_decay", "warmup_steps", "grad_clip", "eval_interval"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must not be negative, got {getattr(self, key)}")
+        if self.checkpoint_interval < 0 or self.threads < 0:
+            raise ConfigError("train.checkpoint_interval and train.threads must not be negative")
+        if self.lr is not None and not 0.0 < self.lr <= 1.0:
+            raise ConfigError(f"train.lr must be in (0, 1], got {self.lr}")
+
+
+@dataclass
+class DPOSection:
+    beta: float = 0.1  # strength of the KL tie to the reference (Rafailov et al. 2023)
+    label_smoothing: float = 0.0  # conservative DPO: the share of labels assumed flipped
+    precompute_reference: bool = False  # reference log-probs once, then no reference forward
+
+    def validate(self) -> None:
+        if not 0.0 < self.beta <= 10.0:
+            raise ConfigError(f"dpo.beta must be in (0, 10], got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError("dpo.label_smoothing must be in [0, 0.5)")
+
+
+@dataclass
+class FinetuneRunConfig:
+    kind: Literal["sft", "lora", "qlora", "reward", "dpo", "ppo"] = "sft"
+    run_dir: str = "var/runs/finetune"  # checkpoints, metrics.jsonl, model/, adapter/
+    seed: int = 1337
+    base: BaseModelConfig = field(default_factory=BaseModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    use_lora: bool | None = None  # None: adapters for lora/qlora, all weights otherwise
+    dpo: DPOSection = field(default_factory=DPOSection)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    sample_prompts: list[str] = field(default_factory=list)  # generated at the end (samples.json)
+
+    def validate(self) -> None:
+        if self.kind in ("lora", "qlora") and self.use_lora is False:
+            raise ConfigError(f"use_lora: false contradicts the kind {self.kind}")
+        if self.kind == "sft" and self.use_lora:
+            raise ConfigError("use_lora: true with kind sft; use the lora kind instead")
+        if self.kind == "ppo" and not self.base.reward_model:
+            raise ConfigError("base.reward_model is empty; PPO needs a reward run's folder")
+
+    @property
+    def adapters(self) -> bool:
+        return self.kind in ("lora", "qlora") or bool(self.use_lora)
+
+    @property
+    def lr(self) -> float:
+        return self.train.lr if self.train.lr is not None else DEFAULT_LR[self.kind]
+
+    @property
+    def record_kind(self) -> str:
+        return RECORD_KIND[self.kind]
+
+
+def load_config(
+    kind: str, path: str | Path | None = None, overrides: list[str] | None = None
+) -> FinetuneRunConfig:
+    """Read a YAML file (or defaults), apply ``section.key=value`` overrides, set the kind."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown post-training kind {kind!r}; choose one of {list(KINDS)}")
+    raw, source = read_config(path, overrides, ConfigError)
+    return config_from_dict(kind, raw, source=source)
+
+
+def config_from_dict(kind: str, raw: dict[str, Any], source: str = "config") -> FinetuneRunConfig:
+    if "kind" in raw and raw["kind"] != kind:
+        raise ConfigError(f"{source}: kind is {raw['kind']!r} but the command is {kind!r}")
+    try:
+        return build(FinetuneRunConfig, {**raw, "kind": kind}, ConfigError)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def config_to_dict(config: FinetuneRunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
