@@ -114,16 +114,36 @@ def load_records(
     try:
         if config.data.source == "jsonl":
             records = data.load_pairs_jsonl(config.data.path, kind)
-        elif kind == "sft":
-            records = data.shakespeare_sft_pairs(config.data.count or None, seed=config.seed)
         else:
-            records = data.shakespeare_preference_pairs(
-                config.data.count or None, seed=config.seed, corruption=config.data.corruption
-            )
+            records = _builtin_pairs(config, block_size)
         data.check_fits(template, records, block_size)
         return data.split_pairs(records, config.data.heldout_fraction, config.seed)
     except (OSError, data.PairsError) as error:
         raise FinetuneError(f"data: {error}") from None
+
+
+def _builtin_pairs(config: FinetuneRunConfig, block_size: int) -> list[dict]:
+    """Shakespeare pairs cut to fit the model's context.
+
+    Lengths are in characters, which bounds tokens for a character tokenizer and more
+    than bounds them for BPE. A third of the room goes to the prompt; three tokens are
+    the template's (user, assistant, end-of-text).
+    """
+    from engine.finetune import data
+
+    room = block_size - 3
+    if room < 8:
+        raise FinetuneError(f"a context of {block_size} tokens is too short for chat pairs")
+    lengths = {
+        "max_prompt_chars": min(data.MAX_PROMPT_CHARS, room // 3),
+        "max_response_chars": min(data.MAX_RESPONSE_CHARS, room - room // 3),
+    }
+    count = config.data.count or None
+    if config.record_kind == "sft":
+        return data.shakespeare_sft_pairs(count, seed=config.seed, **lengths)
+    return data.shakespeare_preference_pairs(
+        count, seed=config.seed, corruption=config.data.corruption, **lengths
+    )
 
 
 # -- objectives ------------------------------------------------------------------------------
@@ -274,10 +294,15 @@ class PPOObjective(Objective):
     def __init__(self, trainer, template, train, heldout, config):
         self.trainer, self.config = trainer, config
         self.module = trainer.policy
-        self.prompts = _unique_prompts(template, train)
-        self.eval_prompts = _unique_prompts(template, heldout)
-        if len(self.prompts) < 1 or len(self.eval_prompts) < 1:
-            raise FinetuneError("data: PPO needs prompts in both the training and held-out parts")
+        # A prompt needs room for max_new_tokens after it.
+        room = trainer.policy.gpt.config.block_size - config.ppo.max_new_tokens
+        self.prompts = _unique_prompts(template, train, room)
+        self.eval_prompts = _unique_prompts(template, heldout, room)
+        if not self.prompts or not self.eval_prompts:
+            raise FinetuneError(
+                f"data: no prompt leaves room for ppo.max_new_tokens ({config.ppo.max_new_tokens}) "
+                "in the training or the held-out part; lower it or use shorter prompts"
+            )
 
     def loss(self, step_gen):
         size = self.config.ppo.rollout_batch_size
@@ -308,9 +333,9 @@ class PPOObjective(Objective):
         self.trainer.load_state_dict(state["ppo"])
 
 
-def _unique_prompts(template: ChatTemplate, records: list[dict]) -> list[list[int]]:
-    prompts = dict.fromkeys(r["prompt"] for r in records)
-    return [template.encode_prompt(p) for p in prompts]
+def _unique_prompts(template: ChatTemplate, records: list[dict], room: int) -> list[list[int]]:
+    encoded = (template.encode_prompt(p) for p in dict.fromkeys(r["prompt"] for r in records))
+    return [ids for ids in encoded if len(ids) <= room]
 
 
 # -- building a run ----------------------------------------------------------------------------
@@ -394,6 +419,17 @@ def _optimizer(objective: Objective, config: FinetuneRunConfig) -> torch.optim.O
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.train.weight_decay)
 
 
+def parameter_counts(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) weights; a 4-bit NF4 layer counts its weights though they are buffers."""
+    from engine.finetune.qlora import NF4Linear
+
+    trainable, total = trainable_parameters(module)
+    for layer in module.modules():
+        if isinstance(layer, NF4Linear):
+            total += layer.in_features * layer.out_features
+    return trainable, total
+
+
 def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     names = {name for name, p in module.named_parameters() if p.requires_grad}
     return {k: v.detach().clone() for k, v in module.state_dict().items() if k in names}
@@ -446,7 +482,7 @@ def run(
         start = _resume(resume, run_dir, config, objective, optimizer, step_gen)
     elif isinstance(objective, DPOObjective) and config.dpo.precompute_reference:
         objective.precompute()
-    trainable, total = trainable_parameters(objective.module)
+    trainable, total = parameter_counts(objective.module)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
     summary = RunSummary(config.kind, start, 0.0, trainable, total)

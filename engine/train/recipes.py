@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.data.corpora import shakespeare_files
 from engine.data.shards import ShardManifest, ShardWriter, load_manifest
-from engine.data.tokenizers import CharTokenizer
+from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer
 
 VAL_FRACTION = 0.1
 
@@ -42,7 +42,8 @@ def prepare_shakespeare_char(out_dir: str | Path, *, overwrite: bool = False) ->
     if (out_dir / "manifest.json").is_file() and not overwrite:
         return load_manifest(out_dir)
     texts = shakespeare_texts()
-    tokenizer = CharTokenizer.train(texts.values())
+    # The chat role tokens too, so the model can be fine-tuned (engine.finetune) as is.
+    tokenizer = CharTokenizer.train(texts.values(), special_tokens=DEFAULT_SPECIAL_TOKENS)
     with ShardWriter(
         out_dir,
         vocab_size=tokenizer.vocab_size,

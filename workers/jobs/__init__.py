@@ -5,6 +5,7 @@ what it runs, and the platform, which imports workers.protocol, never pulls the 
 """
 
 from workers.jobs.data_pipeline import run_data_pipeline
+from workers.jobs.finetune import run_finetune
 from workers.jobs.images import run_image_training
 from workers.jobs.inspect import inspect_upload
 from workers.jobs.pretrain import run_pretrain
@@ -17,4 +18,10 @@ HANDLERS = {
     JobKind.DIFFUSION: run_image_training,
     JobKind.GAN: run_image_training,
     JobKind.VAE: run_image_training,
+    JobKind.SFT: run_finetune,
+    JobKind.LORA: run_finetune,
+    JobKind.QLORA: run_finetune,
+    JobKind.REWARD: run_finetune,
+    JobKind.DPO: run_finetune,
+    JobKind.PPO: run_finetune,
 }

@@ -169,3 +169,10 @@ def test_cli_runs_a_kind_and_reports_errors_in_one_line(base_dir, tmp_path, caps
     assert "model:" in capsys.readouterr().out
     assert engine_main(["train", "sft", str(config), "--set", "train.stesp=3"]) == 2
     assert "did you mean 'train.steps'" in capsys.readouterr().err
+
+
+def test_qlora_counts_its_four_bit_weights_in_the_total(base_dir, tmp_path):
+    lora = run(make_config("lora", tmp_path / "lora", base_dir, train={"steps": 1}))
+    qlora = run(make_config("qlora", tmp_path / "qlora", base_dir, train={"steps": 1}))
+    assert qlora.trainable_parameters == lora.trainable_parameters
+    assert qlora.total_parameters == lora.total_parameters
