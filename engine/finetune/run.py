@@ -427,6 +427,8 @@ def parameter_counts(module: nn.Module) -> tuple[int, int]:
     for layer in module.modules():
         if isinstance(layer, NF4Linear):
             total += layer.in_features * layer.out_features
+            if layer.bias is not None and not isinstance(layer.bias, nn.Parameter):
+                total += layer.bias.numel()
     return trainable, total
 
 
