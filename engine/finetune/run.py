@@ -277,6 +277,7 @@ class DPOObjective(Objective):
             beta=self.config.dpo.beta,
             label_smoothing=self.config.dpo.label_smoothing,
         )
+        metrics.pop("dpo/loss", None)  # the same number as train/loss
         return loss, {"train/loss": loss.item(), **metrics}
 
     def evaluate(self):
