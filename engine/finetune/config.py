@@ -85,6 +85,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
     log_interval: int = 10  # metrics every N steps
     eval_interval: int = 50  # held-out evaluation every N steps (and at the end); 0: end only
+    eval_at_start: bool = True  # evaluate the starting model too: the baseline of every curve
     eval_batches: int = 4  # held-out batches per evaluation
     checkpoint_interval: int = 0  # 0: only at the end
     keep_last: int = 2  # older checkpoints are deleted

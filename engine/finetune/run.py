@@ -63,7 +63,8 @@ class RunSummary:
     trainable_parameters: int
     total_parameters: int
     last_metrics: dict[str, float] = field(default_factory=dict)
-    evaluation: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, float] = field(default_factory=dict)  # the last held-out evaluation
+    baseline: dict[str, float] = field(default_factory=dict)  # the same, before the first step
     checkpoint: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # "model" | "adapter" | "reward" -> dir
     samples: list[dict[str, str]] = field(default_factory=list)
@@ -513,6 +514,10 @@ def run(
             on_checkpoint(step, path)
 
     started = time.perf_counter()
+    if train_cfg.eval_at_start and start == 0:
+        objective.module.eval()
+        summary.baseline = objective.evaluate()
+        emit(0, summary.baseline)
     window: dict[str, list[float]] = {}
     window_start = time.perf_counter()
     params = [p for p in objective.module.parameters() if p.requires_grad]
