@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from controlplane.dashboard import dataset_views as dataset_pages
 from controlplane.dashboard import experiment_views as experiment_pages
+from controlplane.dashboard import posttrain_views as posttrain_pages
 from controlplane.dashboard import storage_views
 from controlplane.dashboard import views as pages
 
@@ -54,6 +55,11 @@ urlpatterns = [
         "projects/<int:project_id>/jobs/<int:job_id>/resume/",
         pages.job_resume_view,
         name="job-resume",
+    ),
+    path(
+        "projects/<int:project_id>/jobs/<int:job_id>/posttrain/",
+        posttrain_pages.job_posttrain,
+        name="job-posttrain",
     ),
     path(
         "projects/<int:project_id>/jobs/<int:job_id>/cancel/",

@@ -193,3 +193,99 @@ class ImageJobForm(forms.Form):
             "device": data["device"],
             "eval_per_class": data["eval_per_class"] or 0,
         }
+
+
+class PostTrainJobForm(forms.Form):
+    """Post-train a job's model; blank fields take the kind's defaults (jobs/posttrain.py)."""
+
+    kind = forms.ChoiceField(
+        choices=[
+            ("sft", "sft: supervised fine-tuning of all weights on prompt/response pairs"),
+            ("lora", "lora: low-rank adapters on prompt/response pairs"),
+            ("qlora", "qlora: adapters on a 4-bit (NF4) base"),
+            ("dpo", "dpo: direct preference optimisation on prompt/chosen/rejected"),
+            ("reward", "reward: a reward model on prompt/chosen/rejected"),
+            ("ppo", "ppo: RLHF against a reward model"),
+        ]
+    )
+    experiment = forms.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, required=False)
+    dataset_version = forms.TypedChoiceField(
+        coerce=int, empty_value=None, required=False, help_text="JSON lines; blank: built-in pairs"
+    )
+    reward_job = forms.TypedChoiceField(
+        coerce=int, empty_value=None, required=False, help_text="ppo only"
+    )
+    steps = forms.IntegerField(min_value=1, initial=200)
+    batch_size = forms.IntegerField(min_value=1, initial=8)
+    lr = forms.FloatField(
+        min_value=1e-7,
+        max_value=1.0,
+        required=False,
+        label="Learning rate",
+        help_text="blank: the kind's",
+    )
+    lora_r = forms.IntegerField(
+        min_value=1,
+        max_value=256,
+        required=False,
+        label="LoRA rank",
+        help_text="lora/qlora: blank = 8; reward/dpo/ppo: set it to train adapters only",
+    )
+    beta = forms.FloatField(min_value=0.0, initial=0.1, required=False, label="DPO beta")
+    kl_coef = forms.FloatField(
+        min_value=0.0, initial=0.05, required=False, label="PPO KL coefficient"
+    )
+    device = forms.ChoiceField(choices=[("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")])
+
+    # The platform's field errors ("train.lr", "dpo.beta") on this form's fields.
+    ERROR_FIELDS = {
+        "dataset_version_id": "dataset_version",
+        "reward_job_id": "reward_job",
+        "train.steps": "steps",
+        "train.batch_size": "batch_size",
+        "train.lr": "lr",
+        "lora": "lora_r",
+        "lora.r": "lora_r",
+        "dpo.beta": "beta",
+        "ppo.kl_coef": "kl_coef",
+        "device": "device",
+    }
+
+    def __init__(self, *args, versions=(), reward_jobs=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["dataset_version"].choices = [("", "built-in Shakespeare pairs")] + [
+            (v.pk, f"{v.dataset.slug} v{v.number}") for v in versions
+        ]
+        self.fields["reward_job"].choices = [("", "—")] + [
+            (job.pk, f"job {job.pk}" + (f" ({job.experiment})" if job.experiment else ""))
+            for job in reward_jobs
+        ]
+
+    def job_params(self, base_job_id: int) -> dict:
+        data = self.cleaned_data
+        kind = data["kind"]
+        train = {"steps": data["steps"], "batch_size": data["batch_size"]}
+        if data["lr"] is not None:
+            train["lr"] = data["lr"]
+        params = {"base_job_id": base_job_id, "train": train, "device": data["device"]}
+        if data["dataset_version"] is not None:
+            params["dataset_version_id"] = data["dataset_version"]
+        if data["reward_job"] is not None:
+            params["reward_job_id"] = data["reward_job"]
+        if data["lora_r"] is not None:
+            params["lora"] = {"r": data["lora_r"]}
+        # beta and kl_coef show their defaults for every kind; they count for their own.
+        if kind == "dpo" and data["beta"] is not None:
+            params["dpo"] = {"beta": data["beta"]}
+        if kind == "ppo" and data["kl_coef"] is not None:
+            params["ppo"] = {"kl_coef": data["kl_coef"]}
+        return params
+
+    def add_job_errors(self, errors: dict[str, list[str]]) -> None:
+        for field, problems in errors.items():
+            name = self.ERROR_FIELDS.get(field)
+            for problem in problems:
+                if name:
+                    self.add_error(name, problem)
+                else:
+                    self.add_error(None, f"{field}: {problem}")

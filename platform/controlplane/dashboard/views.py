@@ -25,9 +25,11 @@ from controlplane.dashboard.forms import (
     TokenForm,
     UploadForm,
 )
+from controlplane.dashboard.posttrain_views import posttrain_form
 from controlplane.dashboard.selectors import overview_for
 from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import Job, JobState
+from controlplane.jobs.posttrain import has_model
 from controlplane.jobs.selectors import charts_for, checkpoints_with_losses, job_log_tail, jobs_for
 from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
 from controlplane.projects.permissions import Action
@@ -188,6 +190,8 @@ def job_detail(request, project, job_id: int):
     }
     if request.htmx:
         return render(request, "dashboard/_job_status.html", context)
+    if request.can["run"] and has_model(job):
+        context["posttrain_form"] = posttrain_form(project)
     return render(request, "dashboard/job_detail.html", context)
 
 

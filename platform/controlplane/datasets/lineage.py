@@ -1,6 +1,6 @@
 """The lineage of a dataset as a graph: versions, the jobs that read them, what they made.
 
-    uploaded v1 -> data_pipeline job 3 -> v2 (derived) -> pretrain jobs 4, 7
+    uploaded v1 -> data_pipeline job 3 -> v2 (derived) -> pretrain jobs 4, 7 -> sft job 9
 
 Nodes are laid out in columns by depth (a version's readers one column to its right, a
 job's products one further), which is all a lineage of this shape needs to read well.
@@ -49,15 +49,21 @@ def dataset_lineage(dataset: Dataset) -> Lineage:
         if version.produced_by_id is not None:
             lineage.edges.append((f"j{version.produced_by_id}", f"v{version.pk}"))
     for job in readers:
-        lineage.nodes[f"j{job.pk}"] = Node(
-            f"j{job.pk}",
-            f"job {job.pk}",
-            job.kind + (f" · {job.experiment}" if job.experiment else ""),
-            "job",
-            job.pk,
-            job.state,
-        )
+        lineage.nodes[f"j{job.pk}"] = _job_node(job)
         lineage.edges.append((f"v{job.params['dataset_version_id']}", f"j{job.pk}"))
+    # Post-training chains (pretrain -> sft -> dpo): a job that starts from the model of a
+    # job shown here follows it, one query per generation.
+    parents = [job.pk for job in readers]
+    while parents:
+        children = Job.objects.filter(
+            project_id=dataset.project_id, params__base_job_id__in=parents
+        ).order_by("id")
+        parents = []
+        for job in children:
+            if f"j{job.pk}" not in lineage.nodes:
+                lineage.nodes[f"j{job.pk}"] = _job_node(job)
+                parents.append(job.pk)
+            lineage.edges.append((f"j{job.params['base_job_id']}", f"j{job.pk}"))
     # A producing job that reads another dataset (or none) still appears, as a source.
     for source, _target in list(lineage.edges):
         if source.startswith("j") and source not in lineage.nodes:
@@ -67,6 +73,11 @@ def dataset_lineage(dataset: Dataset) -> Lineage:
             )
     _layout(lineage)
     return lineage
+
+
+def _job_node(job: Job) -> Node:
+    detail = job.kind + (f" · {job.experiment}" if job.experiment else "")
+    return Node(f"j{job.pk}", f"job {job.pk}", detail, "job", job.pk, job.state)
 
 
 def _layout(lineage: Lineage) -> None:

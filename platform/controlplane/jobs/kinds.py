@@ -6,6 +6,7 @@ Validation happens here, before a job row exists, so a bad request never becomes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from controlplane.projects.models import Project
@@ -314,6 +315,13 @@ def _validate_image_training(project: Project, params: dict[str, Any]) -> JobReq
     return JobRequest(queue=training_queue(), params=clean, inputs=[])
 
 
+def _validate_posttrain(project: Project, params: dict[str, Any], *, kind: JobKind) -> JobRequest:
+    # posttrain.py builds on this module's helpers, so it is imported on first use.
+    from controlplane.jobs.posttrain import validate_posttrain
+
+    return validate_posttrain(project, kind, params)
+
+
 _VALIDATORS = {
     JobKind.DIFFUSION: _validate_image_training,
     JobKind.GAN: _validate_image_training,
@@ -321,6 +329,17 @@ _VALIDATORS = {
     JobKind.INSPECT: _validate_inspect,
     JobKind.DATA_PIPELINE: _validate_data_pipeline,
     JobKind.PRETRAIN: _validate_pretrain,
+    **{
+        kind: partial(_validate_posttrain, kind=kind)
+        for kind in (
+            JobKind.SFT,
+            JobKind.LORA,
+            JobKind.QLORA,
+            JobKind.REWARD,
+            JobKind.DPO,
+            JobKind.PPO,
+        )
+    },
 }
 
 

@@ -32,6 +32,7 @@ from controlplane.jobs.models import (
     JobMetric,
     JobState,
 )
+from controlplane.jobs.posttrain import POSTTRAIN_KINDS
 from controlplane.projects.models import Project
 from controlplane.storage import object_store
 from workers.protocol import EventType, JobEvent, cancel_marker_key, superseded_marker_key
@@ -90,7 +91,7 @@ def job_create(
 
 
 # Kinds whose work is checkpointed, so a failed run can go on from a checkpoint.
-RESUMABLE_KINDS = {"pretrain", "diffusion", "gan", "vae"}
+RESUMABLE_KINDS = {"pretrain", "diffusion", "gan", "vae", *POSTTRAIN_KINDS}
 
 
 @transaction.atomic
