@@ -26,6 +26,7 @@ checkpoints, resume) is shared.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -99,6 +100,15 @@ def load_base(config: FinetuneRunConfig):
     if tokenizer_file is None:
         tokenizer_file = folder / "tokenizer.json"
     return model, tokenizer, tokenizer_file
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of every weight in name order: which base model a checkpoint belongs to."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def load_records(
@@ -471,6 +481,7 @@ def run(
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.seed)
     model, tokenizer, tokenizer_file = load_base(config)
+    fingerprint = weights_fingerprint(model)
     try:
         template = ChatTemplate(tokenizer)
     except ValueError as error:
@@ -483,7 +494,7 @@ def run(
     step_gen = torch.Generator().manual_seed(config.seed)
     start = 0
     if resume:
-        start = _resume(resume, run_dir, config, objective, optimizer, step_gen)
+        start = _resume(resume, run_dir, config, objective, optimizer, step_gen, fingerprint)
     elif isinstance(objective, DPOObjective) and config.dpo.precompute_reference:
         objective.precompute()
     trainable, total = parameter_counts(objective.module)
@@ -507,6 +518,7 @@ def run(
             "optimizer": optimizer.state_dict(),
             "rng": {"step": step_gen.get_state(), "torch": torch.get_rng_state()},
             "extra": objective.extra_state(),
+            "base_fingerprint": fingerprint,
         }
         path = CHECKPOINTS.save(run_dir, step, payload, keep_last=train_cfg.keep_last)
         summary.checkpoint = str(path)
@@ -566,7 +578,7 @@ def run(
     return summary
 
 
-def _resume(resume, run_dir, config, objective, optimizer, step_gen) -> int:
+def _resume(resume, run_dir, config, objective, optimizer, step_gen, base_fingerprint) -> int:
     path = latest_checkpoint(run_dir) if resume is True else CHECKPOINTS.resolve(resume)
     if path is None:
         raise FinetuneError(f"--resume: {run_dir} has no checkpoint yet")
@@ -576,9 +588,12 @@ def _resume(resume, run_dir, config, objective, optimizer, step_gen) -> int:
             f"--resume: {path} is a {payload['kind']} checkpoint, not {config.kind}"
         )
     saved, ours = payload["config"], config_to_dict(config)
-    for key in ("base", "lora", "use_lora"):
+    for key in ("lora", "use_lora"):
         if saved[key] != ours[key]:
             raise FinetuneError(f"--resume: {path} was trained with a different {key} section")
+    # The base is compared by content: a re-dispatched job downloads it to a new folder.
+    if payload["base_fingerprint"] != base_fingerprint:
+        raise FinetuneError(f"--resume: {path} was trained from a different base model")
     missing = set(_trainable_state(objective.module)) - set(payload["state"])
     if missing:
         raise FinetuneError(f"--resume: {path} lacks {sorted(missing)[:4]}")
