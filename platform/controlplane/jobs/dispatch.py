@@ -34,8 +34,9 @@ def tracking_block(job: Job) -> dict:
         "controlplane.project": project.slug,
         "controlplane.created_by": job.created_by_id,
     }
-    if "dataset_version_id" in job.params:
-        tags["controlplane.dataset_version_id"] = job.params["dataset_version_id"]
+    for key in ("dataset_version_id", "base_job_id", "reward_job_id"):
+        if job.params.get(key) is not None:
+            tags[f"controlplane.{key}"] = job.params[key]
     return {
         "experiment": f"{project.slug}/{job.experiment or job.kind}",
         "run_name": f"{job.kind}-{job.pk}",

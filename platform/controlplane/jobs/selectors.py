@@ -93,14 +93,16 @@ def checkpoints_with_losses(job: Job) -> list[dict]:
     losses = {
         (m.key, m.step): m.value
         for m in JobMetric.objects.filter(
-            job=job, key__in=["train/loss", "val/loss"], step__in=[c.step for c in checkpoints]
+            job=job,
+            key__in=["train/loss", "val/loss", "eval/loss"],  # eval/: post-training runs
+            step__in=[c.step for c in checkpoints],
         )
     }
     return [
         {
             "artifact": c,
             "train_loss": losses.get(("train/loss", c.step)),
-            "val_loss": losses.get(("val/loss", c.step)),
+            "val_loss": losses.get(("val/loss", c.step), losses.get(("eval/loss", c.step))),
         }
         for c in checkpoints
     ]
