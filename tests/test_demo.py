@@ -40,4 +40,7 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
     assert "sizes and sha256 verified" in out and "train + " in out and "20 steps" in out
     assert "ROMEO:" in out and "MLflow run " in out
     assert "sample grids (one row per digit)" in out
+    assert "Post-training" in out and "held-out preference accuracy 0.500 ->" in out
+    for kind in ("lora", "dpo", "reward", "ppo"):
+        assert f": {kind}, " in out, kind
     assert (tmp_path / "db.sqlite3").exists()

@@ -156,6 +156,7 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
             "trainable_parameters": summary.trainable_parameters,
             "total_parameters": summary.total_parameters,
             "metrics": summary.last_metrics,
+            "baseline": summary.baseline,
             "evaluation": summary.evaluation,
             "samples": summary.samples,
             "files": files,

@@ -24,6 +24,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.audit.services import audit_verify
+from controlplane.dashboard.management.commands._demo_posttrain import post_train
 from controlplane.datasets.models import Dataset, DatasetVersion
 from controlplane.datasets.services import (
     DeclaredFile,
@@ -329,7 +330,8 @@ class Command(BaseCommand):
 
         version = self.dataset(project, users["bob"])
         tokens = self.pipeline(project, users["bob"], version)
-        self.pretrain(project, users["bob"], tokens)
+        base = self.pretrain(project, users["bob"], tokens)
+        post_train(self, project, users["bob"], base, steps=max(self.train_steps // 5, 4))
         self.image_model(project, users["bob"])
 
         self.step("Audit trail")
@@ -403,7 +405,7 @@ class Command(BaseCommand):
                 )
         return derived
 
-    def pretrain(self, project: Project, user: User, tokens: DatasetVersion) -> None:
+    def pretrain(self, project: Project, user: User, tokens: DatasetVersion) -> Job:
         self.step("Pre-training a small GPT on the cpu worker (metrics to the page and MLflow)")
         params = {
             "dataset_version_id": tokens.pk,
@@ -437,6 +439,7 @@ class Command(BaseCommand):
             :6
         ]:
             self.stdout.write(f"      | {line}")
+        return job
 
     def image_model(self, project: Project, user: User) -> None:
         self.step("Image generation: a small diffusion model on the 8x8 digits (cpu worker)")

@@ -1,0 +1,75 @@
+"""The demo's post-training walk: LoRA SFT, then DPO, a reward model and PPO on top of it.
+
+Each step is a real job on the cpu worker, started through the same service the API and
+the "Post-train this model" form use, on the built-in Shakespeare pairs (prompt = the
+opening of a speech, chosen = its real continuation, rejected = a corrupted one).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.core.management.base import CommandError
+
+from controlplane.jobs.models import Job, JobState
+from controlplane.jobs.services import job_create
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    from controlplane.projects.models import Project
+
+PAIRS = 600  # built-in pairs per job: enough for a visible change in a few dozen steps
+
+
+def _train(steps: int) -> dict:
+    return {
+        "steps": steps,
+        "batch_size": 8,
+        "log_interval": max(steps // 5, 1),
+        "eval_interval": 0,
+        "checkpoint_interval": steps,
+    }
+
+
+def _figures(job: Job, *keys: str) -> str:
+    start, end = job.result.get("baseline", {}), job.result.get("evaluation", {})
+    shown = [f"{k.split('/')[-1]} {start[k]:.3f} -> {end[k]:.3f}" for k in keys if k in end]
+    return ", ".join(shown)
+
+
+def post_train(command, project: Project, user: User, base: Job, steps: int) -> None:
+    """Run the four post-training jobs, each printing what it changed."""
+
+    def run(kind: str, params: dict) -> Job:
+        params = {"pairs_count": PAIRS, "device": "cpu", "train": _train(steps), **params}
+        job = job_create(project=project, kind=kind, actor=user, params=params, experiment="post")
+        job = command.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
+        if job.state != JobState.SUCCEEDED:
+            raise CommandError(f"{kind} job {job.pk} failed: {job.error}")
+        share = 100 * job.result["trainable_parameters"] / job.result["total_parameters"]
+        command.stdout.write(f"    job {job.pk}: {kind}, {share:.1f}% of the weights train")
+        return job
+
+    command.step("Post-training: LoRA SFT, then DPO, a reward model and PPO (cpu worker)")
+    lora = run("lora", {"base_job_id": base.pk, "lora": {"r": 4}})
+    command.stdout.write(f"      held-out SFT {_figures(lora, 'eval/loss')}")
+    sample = (lora.result.get("samples") or [{}])[0]
+    if sample:
+        command.stdout.write(f"      | {sample['prompt']!r} -> {sample['text']!r}")
+    dpo = run("dpo", {"base_job_id": lora.pk, "lora": {"r": 4}})
+    command.stdout.write(
+        f"      held-out preference {_figures(dpo, 'eval/accuracy', 'eval/logp_margin')}"
+    )
+    reward = run("reward", {"base_job_id": lora.pk, "lora": {"r": 4}})
+    command.stdout.write(f"      held-out {_figures(reward, 'eval/accuracy')}")
+    ppo = run(
+        "ppo",
+        {
+            "base_job_id": lora.pk,
+            "reward_job_id": reward.pk,
+            "lora": {"r": 4},
+            "ppo": {"rollout_batch_size": 8, "max_new_tokens": 24},
+        },
+    )
+    command.stdout.write(f"      held-out {_figures(ppo, 'eval/reward', 'eval/kl')}")
