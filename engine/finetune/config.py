@@ -38,8 +38,12 @@ RECORD_KIND = {
     "dpo": "preference",
     "ppo": "preference",
 }
-# Learning rates that work for each kind at our model sizes (adapters take larger steps).
-DEFAULT_LR = {"sft": 1e-4, "lora": 1e-3, "qlora": 1e-3, "reward": 1e-4, "dpo": 5e-5, "ppo": 1e-5}
+# Default learning rates (the platform's job defaults are the same). Full fine-tuning
+# moves every weight of a model that already writes well, so it takes small steps, and
+# the preference methods the smallest: they must stay near their reference. Adapters
+# start from B = 0 and hold ~1% of the weights, so they take ten times the step.
+DEFAULT_LR = {"sft": 1e-4, "reward": 5e-5, "dpo": 1e-5, "ppo": 1e-5}
+DEFAULT_LR_ADAPTERS = {"lora": 1e-3, "qlora": 1e-3, "reward": 5e-4, "dpo": 1e-4, "ppo": 1e-4}
 
 
 class ConfigError(ValueError):
@@ -79,7 +83,7 @@ class DataConfig:
 class TrainConfig:
     steps: int = 200  # optimizer steps (PPO: rollout + update iterations)
     batch_size: int = 8  # examples (pairs, rows) per step
-    lr: float | None = None  # None: the kind's default (DEFAULT_LR)
+    lr: float | None = None  # None: the kind's default (DEFAULT_LR, DEFAULT_LR_ADAPTERS)
     weight_decay: float = 0.0  # small data, few steps: no decay
     warmup_steps: int = 10  # linear warm-up, then constant: few steps leave no room to decay
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
@@ -147,7 +151,9 @@ class FinetuneRunConfig:
 
     @property
     def lr(self) -> float:
-        return self.train.lr if self.train.lr is not None else DEFAULT_LR[self.kind]
+        if self.train.lr is not None:
+            return self.train.lr
+        return (DEFAULT_LR_ADAPTERS if self.adapters else DEFAULT_LR)[self.kind]
 
     @property
     def record_kind(self) -> str:
