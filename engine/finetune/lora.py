@@ -23,7 +23,6 @@ its adapters are made in the base's compute dtype. Merging into a 4-bit base is 
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 # dequantize_model is re-exported: the merge error below sends users to it.
+from engine.finetune.modules import match_modules, replace_module
 from engine.finetune.qlora import NF4Linear, dequantize_model  # noqa: F401
 
 ADAPTER_FORMAT = "engine.lora-adapter/1"
@@ -144,24 +144,15 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     """
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("the model already has LoRA adapters")
-    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear | NF4Linear)}
-    chosen: list[str] = []
-    for pattern in config.target_modules:
-        hits = [name for name in linears if fnmatch.fnmatchcase(name, pattern)]
-        if not hits:
-            raise ValueError(
-                f"LoRA target {pattern!r} matches no Linear module; "
-                f"Linear modules are e.g. {sorted(linears)[:6]}"
-            )
-        chosen.extend(h for h in hits if h not in chosen)
+    linears = match_modules(
+        model, config.target_modules, lambda m: isinstance(m, nn.Linear | NF4Linear), "LoRA target"
+    )
     for param in model.parameters():
         param.requires_grad_(False)
-    for name in chosen:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(linears[name], config.r, config.alpha, config.dropout))
+    for name, layer in linears.items():
+        replace_module(model, name, LoRALinear(layer, config.r, config.alpha, config.dropout))
     model.lora_config = config  # read by save_adapter
-    return sorted(chosen)
+    return sorted(linears)
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
@@ -184,6 +175,18 @@ def merge_lora(model: nn.Module) -> None:
             raise ValueError(_NF4_MERGE_ERROR.format(name=repr(name)))
     for module in modules.values():
         module.merge()
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and put the plain base layer back, in place.
+
+    The model is then an ordinary one again (what gets exported). NF4 bases must be
+    dequantised first (dequantize_model), as for merge_lora.
+    """
+    merge_lora(model)
+    for name, module in lora_modules(model).items():
+        replace_module(model, name, module.base)
+    return model
 
 
 def unmerge_lora(model: nn.Module) -> None:

@@ -40,13 +40,14 @@ tied weight is refused.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from engine.finetune.modules import match_modules, replace_module
 
 # The 16 NF4 levels as published (QLoRA appendix E; bitsandbytes' NF4 code): quantiles of
 # N(0, 1) normalised to [-1, 1], 8 positive and 7 negative ones, plus an exact zero.
@@ -337,16 +338,10 @@ def quantize_model(
         raise ValueError("quantize_model needs at least one target module pattern")
     if any(hasattr(m, "lora_A") for m in model.modules()):
         raise ValueError("quantise the model before apply_lora, not after")
-    linears = {name: m for name, m in model.named_modules() if type(m) is nn.Linear}
-    chosen: list[str] = []
-    for pattern in target_modules:
-        hits = [name for name in linears if fnmatch.fnmatchcase(name, pattern)]
-        if not hits:
-            raise ValueError(
-                f"quantize target {pattern!r} matches no Linear module; "
-                f"Linear modules are e.g. {sorted(linears)[:6]}"
-            )
-        chosen.extend(h for h in hits if h not in chosen)
+    linears = match_modules(
+        model, target_modules, lambda m: type(m) is nn.Linear, "quantize target"
+    )
+    chosen = list(linears)
     tied = _tied_parameters(model)
     for name in chosen:
         shared = tied[id(linears[name].weight)]
@@ -357,8 +352,6 @@ def quantize_model(
                 "quantising it would untie them (leave it out of target_modules)"
             )
     for name in chosen:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         try:
             layer = NF4Linear.from_linear(
                 linears[name],
@@ -368,7 +361,7 @@ def quantize_model(
             )
         except ValueError as error:
             raise ValueError(f"cannot quantise {name!r}: {error}") from error
-        setattr(parent, child, layer)
+        replace_module(model, name, layer)
     return sorted(chosen)
 
 
@@ -393,9 +386,7 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> list
             if layer.bias is not None:
                 linear.bias.copy_(layer.bias)
         linear.requires_grad_(False)  # frozen like the NF4 base was
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, linear)
+        replace_module(model, name, linear)
     return sorted(layers)
 
 

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
-from engine.finetune.lora import LoRALinear, lora_modules
+from engine.finetune.lora import LoRALinear, lora_modules, merge_and_unload
 from engine.finetune.preference import PairBatch
 from engine.models.gpt import GPT, GPTConfig
 
@@ -171,12 +171,7 @@ def evaluate_reward_model(model: RewardModel, batches: Sequence[PairBatch]) -> d
 
 def _merged_copy(model: RewardModel) -> RewardModel:
     """A copy whose backbone is a plain GPT: LoRA updates folded into the base weights."""
-    merged = copy.deepcopy(model)
-    for name, module in lora_modules(merged).items():
-        module.merge()
-        parent_name, _, child = name.rpartition(".")
-        setattr(merged.get_submodule(parent_name), child, module.base)
-    return merged
+    return merge_and_unload(copy.deepcopy(model))
 
 
 def save_reward_model(

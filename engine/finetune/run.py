@@ -40,7 +40,13 @@ import torch
 import torch.nn as nn
 
 from engine.finetune.config import FinetuneRunConfig, config_to_dict
-from engine.finetune.lora import apply_lora, lora_modules, save_adapter, trainable_parameters
+from engine.finetune.lora import (
+    apply_lora,
+    lora_modules,
+    merge_and_unload,
+    save_adapter,
+    trainable_parameters,
+)
 from engine.finetune.sft import ChatTemplate
 from engine.stepfiles import StepFiles, latest_checkpoint
 
@@ -618,11 +624,7 @@ def plain_model(module: nn.Module) -> nn.Module:
 
     merged = copy.deepcopy(module)
     dequantize_model(merged, torch.float32)
-    for name, layer in lora_modules(merged).items():
-        layer.merge()
-        parent_name, _, child = name.rpartition(".")
-        setattr(merged.get_submodule(parent_name), child, layer.base)
-    return merged.float()
+    return merge_and_unload(merged).float()
 
 
 def write_outputs(objective, config, tokenizer, tokenizer_file, run_dir: Path) -> dict[str, str]:
