@@ -25,6 +25,31 @@ class EngineError(Exception):
     """An error the user can act on: printed as one line, exit status 2, no traceback."""
 
 
+def add_config_command(
+    subparsers, name: str, help_text: str, config_help: str, set_example: str
+) -> argparse.ArgumentParser:
+    """A training command that reads a YAML config: ``config``, ``--resume``, ``--set``."""
+    parser = subparsers.add_parser(name, help=help_text)
+    parser.add_argument("config", help=config_help)
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from the run's latest checkpoint (or the given one)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. --set {set_example}",
+    )
+    return parser
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", metavar="{" + ",".join(GROUPS) + "}")

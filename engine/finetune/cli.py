@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli import EngineError
+from engine.cli import EngineError, add_config_command
 
 KIND_HELP = {
     "sft": "supervised fine-tuning of every weight on prompt/response pairs",
@@ -23,23 +23,8 @@ KIND_HELP = {
 def register_train(train_subparsers) -> None:
     """Add the six post-training kinds to the sub-commands of ``train``."""
     for kind, help_text in KIND_HELP.items():
-        parser = train_subparsers.add_parser(kind, help=help_text)
-        parser.add_argument("config", help="YAML file (see configs/finetune/)")
-        parser.add_argument(
-            "--resume",
-            nargs="?",
-            const=True,
-            default=False,
-            metavar="CHECKPOINT",
-            help="continue from the run's latest checkpoint (or the given file)",
-        )
-        parser.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key, e.g. --set train.steps=50",
+        parser = add_config_command(
+            train_subparsers, kind, help_text, "YAML file (see configs/finetune/)", "train.steps=50"
         )
         parser.set_defaults(func=cmd_finetune, kind=kind)
 

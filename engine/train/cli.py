@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.cli import EngineError
+from engine.cli import EngineError, add_config_command
 
 
 def register(subparsers) -> None:
@@ -24,25 +24,12 @@ def register(subparsers) -> None:
     )
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
-    pretrain = commands.add_parser(
-        "pretrain", help="train a GPT on token shards from a YAML config"
-    )
-    pretrain.add_argument("config", help="YAML file (see configs/)")
-    pretrain.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="CHECKPOINT",
-        help="continue from the latest checkpoint of the run (or the given checkpoint folder)",
-    )
-    pretrain.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.max_iters=100",
+    pretrain = add_config_command(
+        commands,
+        "pretrain",
+        "train a GPT on token shards from a YAML config",
+        "YAML file (see configs/)",
+        "train.max_iters=100",
     )
     pretrain.set_defaults(func=cmd_pretrain)
 

@@ -17,7 +17,7 @@ import argparse
 import math
 import sys
 
-from engine.cli import EngineError
+from engine.cli import EngineError, add_config_command
 
 KIND_HELP = {
     "diffusion": "train a class-conditional diffusion model (DDPM, CFG) on the digits",
@@ -30,25 +30,10 @@ MAX_SAMPLES = 1024
 def register_train(train_subparsers) -> None:
     """Add ``diffusion``, ``gan`` and ``vae`` to the sub-commands of ``train``."""
     for kind, help_text in KIND_HELP.items():
-        parser = train_subparsers.add_parser(kind, help=help_text)
-        parser.add_argument("config", help="YAML file (see configs/vision/)")
-        parser.add_argument(
-            "--resume",
-            nargs="?",
-            const=True,
-            default=False,
-            metavar="CHECKPOINT",
-            help="continue from the run's latest checkpoint (or the given file)",
+        parser = add_config_command(
+            train_subparsers, kind, help_text, "YAML file (see configs/vision/)", "train.steps=500"
         )
         parser.add_argument("--out", metavar="RUN_DIR", help="run folder (overrides run_dir)")
-        parser.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key, e.g. --set train.steps=500",
-        )
         parser.add_argument(
             "--evaluate",
             type=int,
