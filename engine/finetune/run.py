@@ -499,6 +499,11 @@ def run(
     optimizer = _optimizer(objective, config)
     step_gen = torch.Generator().manual_seed(config.seed)
     start = 0
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise FinetuneError(
+            f"{run_dir} holds checkpoints of an earlier run; resume it (--resume) "
+            "or choose another run_dir"
+        )
     if resume:
         start = _resume(resume, run_dir, config, objective, optimizer, step_gen, fingerprint)
     elif isinstance(objective, DPOObjective) and config.dpo.precompute_reference:

@@ -178,3 +178,9 @@ def test_qlora_counts_its_four_bit_weights_in_the_total(base_dir, tmp_path):
     qlora = run(make_config("qlora", tmp_path / "qlora", base_dir, train={"steps": 1}))
     assert qlora.trainable_parameters == lora.trainable_parameters
     assert qlora.total_parameters == lora.total_parameters
+
+
+def test_a_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(base_dir, tmp_path):
+    run(make_config("sft", tmp_path, base_dir, train={"steps": 1}))
+    with pytest.raises(FinetuneError, match="earlier run.*--resume"):
+        run(make_config("sft", tmp_path, base_dir, train={"steps": 2}))
