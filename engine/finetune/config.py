@@ -133,6 +133,9 @@ class FinetuneRunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     use_lora: bool | None = None  # None: adapters for lora/qlora, all weights otherwise
+    # With adapters, the chat template's tokens (roles, end-of-text) train their embedding
+    # rows too: pre-training never used them, and low-rank updates cannot reach them.
+    train_chat_tokens: bool = True
     dpo: DPOSection = field(default_factory=DPOSection)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sample_prompts: list[str] = field(default_factory=list)  # generated at the end (samples.json)

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 # dequantize_model is re-exported: the merge error below sends users to it.
 from engine.finetune.modules import match_modules, replace_module
 from engine.finetune.qlora import NF4Linear, dequantize_model  # noqa: F401
+from engine.finetune.tokens import TOKEN_LAYERS, add_token_rows
 
 ADAPTER_FORMAT = "engine.lora-adapter/1"
 WEIGHTS_NAME = "adapter.safetensors"
@@ -51,6 +52,9 @@ class LoRAConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj"]
     )
+    # Token ids whose embedding (and output-head) rows train too: tokens the base never
+    # learnt, such as a chat template's roles (engine/finetune/tokens.py). Empty: none.
+    trainable_tokens: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -151,6 +155,8 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
         param.requires_grad_(False)
     for name, layer in linears.items():
         replace_module(model, name, LoRALinear(layer, config.r, config.alpha, config.dropout))
+    if config.trainable_tokens:
+        add_token_rows(model, list(config.trainable_tokens))
     model.lora_config = config  # read by save_adapter
     return sorted(linears)
 
@@ -159,12 +165,23 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
+def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer that adds a trainable update to a frozen base: LoRA and token rows."""
+    kinds = (LoRALinear, *TOKEN_LAYERS)
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors only, keyed ``<module>.lora_A`` / ``<module>.lora_B``."""
+    """The adapter tensors only: ``<module>.lora_A`` / ``.lora_B``, ``<module>.rows.delta``."""
     state = {}
     for name, module in lora_modules(model).items():
         state[f"{name}.lora_A"] = module.lora_A.detach()
         state[f"{name}.lora_B"] = module.lora_B.detach()
+    seen: set[int] = set()
+    for name, module in adapter_layers(model).items():
+        if isinstance(module, TOKEN_LAYERS) and id(module.rows.delta) not in seen:
+            seen.add(id(module.rows.delta))  # a tied head shares the embedding's delta
+            state[f"{name}.rows.delta"] = module.rows.delta.detach()
     return state
 
 
@@ -173,7 +190,7 @@ def merge_lora(model: nn.Module) -> None:
     for name, module in modules.items():  # refuse before merging anything
         if isinstance(module.base, NF4Linear):
             raise ValueError(_NF4_MERGE_ERROR.format(name=repr(name)))
-    for module in modules.values():
+    for module in adapter_layers(model).values():
         module.merge()
 
 
@@ -184,19 +201,19 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     dequantised first (dequantize_model), as for merge_lora.
     """
     merge_lora(model)
-    for name, module in lora_modules(model).items():
+    for name, module in adapter_layers(model).items():
         replace_module(model, name, module.base)
     return model
 
 
 def unmerge_lora(model: nn.Module) -> None:
-    for module in lora_modules(model).values():
+    for module in adapter_layers(model).values():
         module.unmerge()
 
 
 def set_adapters_enabled(model: nn.Module, enabled: bool) -> None:
     """Switch every adapter off (the model is then the base) or back on."""
-    for module in lora_modules(model).values():
+    for module in adapter_layers(model).values():
         module.disabled = not enabled
 
 
@@ -217,7 +234,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     modules = lora_modules(model)
     if not modules:
         raise ValueError("the model has no LoRA adapters to save")
-    if any(m.merged for m in modules.values()):
+    if any(m.merged for m in adapter_layers(model).values()):
         raise ValueError("unmerge the adapters before saving them (unmerge_lora)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -270,18 +287,15 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
                 f"(out, in) in the adapter but {ours[name]} here"
             )
     tensors = load_file(str(directory / WEIGHTS_NAME))
-    modules = lora_modules(model)
+    targets = lora_state_dict(model)  # the live tensors, keyed as in the file
     with torch.no_grad():
-        for name, module in modules.items():
-            for part in ("lora_A", "lora_B"):
-                key = f"{name}.{part}"
-                if key not in tensors:
-                    raise ValueError(f"adapter file lacks {key!r}")
-                target = getattr(module, part)
-                if tensors[key].shape != target.shape:
-                    raise ValueError(
-                        f"adapter tensor {key!r} has shape {tuple(tensors[key].shape)}, "
-                        f"this model needs {tuple(target.shape)} (different rank?)"
-                    )
-                target.copy_(tensors[key])
+        for key, target in targets.items():
+            if key not in tensors:
+                raise ValueError(f"adapter file lacks {key!r}")
+            if tensors[key].shape != target.shape:
+                raise ValueError(
+                    f"adapter tensor {key!r} has shape {tuple(tensors[key].shape)}, "
+                    f"this model needs {tuple(target.shape)} (different rank or vocabulary?)"
+                )
+            target.copy_(tensors[key])
     return model

@@ -26,6 +26,7 @@ checkpoints, resume) is shared.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -357,11 +358,22 @@ def _unique_prompts(template: ChatTemplate, records: list[dict], room: int) -> l
 
 
 # -- building a run ----------------------------------------------------------------------------
-def _with_adapters(model: nn.Module, config: FinetuneRunConfig) -> None:
+def _with_adapters(model: nn.Module, config: FinetuneRunConfig, template: ChatTemplate) -> None:
+    lora = config.lora
+    if config.train_chat_tokens and not lora.trainable_tokens:
+        lora = dataclasses.replace(lora, trainable_tokens=chat_token_ids(template))
     try:
-        apply_lora(model, config.lora)
+        apply_lora(model, lora)
     except ValueError as error:
         raise FinetuneError(f"lora: {error}") from None
+
+
+def chat_token_ids(template: ChatTemplate) -> list[int]:
+    """The template's own tokens: roles and end-of-text (padding is never read or learnt)."""
+    ids = [*template.role_ids.values(), template.eot_id]
+    if template.system_id is not None:
+        ids.append(template.system_id)
+    return sorted(set(ids))
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
@@ -386,13 +398,13 @@ def build_objective(config, model, tokenizer, template, train, heldout, device, 
 
         reward_model = RewardModel.from_gpt(model)
         if config.adapters:
-            _with_adapters(reward_model.gpt, config)
+            _with_adapters(reward_model.gpt, config, template)
         return RewardObjective(reward_model, template, train, heldout, config, device)
     reference = None
     if kind in ("dpo", "ppo") and not config.adapters:
         reference = _frozen_copy(model)  # under LoRA the adapter-free base is the reference
     if config.adapters:
-        _with_adapters(model, config)
+        _with_adapters(model, config, template)
     else:
         model.requires_grad_(True)
     if kind in ("sft", "lora", "qlora"):
