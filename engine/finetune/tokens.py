@@ -55,17 +55,38 @@ def _correction(merged: bool, disabled: bool) -> float:
     return float(not disabled) - float(merged)
 
 
-class TokenRowsEmbedding(nn.Module):
-    def __init__(self, base: nn.Embedding, rows: TokenRows):
+class _RowsLayer(nn.Module):
+    """A frozen base layer plus the delta of some token rows; ``writes`` its weight on merge."""
+
+    def __init__(self, base: nn.Module, rows: TokenRows, writes: bool):
         super().__init__()
-        self.base, self.rows = base, rows
+        self.base, self.rows, self.writes = base, rows, writes
         self.merged = False
-        self.disabled = False
+        self.disabled = False  # True: behave as the base alone (the DPO/PPO reference)
         base.weight.requires_grad_(False)
 
     @property
     def weight(self) -> torch.Tensor:
         return self.base.weight
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            if self.writes:
+                self.base.weight[self.rows.ids] += self.rows.delta.to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            if self.writes:
+                self.base.weight[self.rows.ids] -= self.rows.delta.to(self.base.weight.dtype)
+            self.merged = False
+
+
+class TokenRowsEmbedding(_RowsLayer):
+    def __init__(self, base: nn.Embedding, rows: TokenRows):
+        super().__init__(base, rows, writes=True)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         out = self.base(idx)
@@ -74,32 +95,13 @@ class TokenRowsEmbedding(nn.Module):
             return out
         return out + sign * self.rows.rows_for(idx).to(out.dtype)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base.weight[self.rows.ids] += self.rows.delta.to(self.base.weight.dtype)
-            self.merged = True
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight[self.rows.ids] -= self.rows.delta.to(self.base.weight.dtype)
-            self.merged = False
-
-
-class TokenRowsHead(nn.Module):
+class TokenRowsHead(_RowsLayer):
     """The output head with the delta on the trained tokens' rows (their logits only)."""
 
     def __init__(self, base: nn.Linear, rows: TokenRows, tied: bool):
-        super().__init__()
-        self.base, self.rows, self.tied = base, rows, tied
-        self.merged = False
-        self.disabled = False
-        base.weight.requires_grad_(False)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
+        # Tied: the embedding's merge writes the shared weight; writing again would double it.
+        super().__init__(base, rows, writes=not tied)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -108,20 +110,6 @@ class TokenRowsHead(nn.Module):
             return out
         extra = F.linear(x.to(self.rows.delta.dtype), self.rows.delta)  # (..., k)
         return out.index_add(-1, self.rows.ids, (sign * extra).to(out.dtype))
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            if not self.tied:  # tied: the embedding's merge wrote the shared weight
-                self.base.weight[self.rows.ids] += self.rows.delta.to(self.base.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            if not self.tied:
-                self.base.weight[self.rows.ids] -= self.rows.delta.to(self.base.weight.dtype)
-            self.merged = False
 
 
 TOKEN_LAYERS = (TokenRowsEmbedding, TokenRowsHead)
