@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from engine.finetune.lora import (
     trainable_parameters,
 )
 from engine.finetune.sft import ChatTemplate
+from engine.metricswindow import MetricsWindow
 from engine.stepfiles import StepFiles, latest_checkpoint
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -553,8 +553,7 @@ def run(
         objective.module.eval()
         summary.baseline = objective.evaluate()
         emit(0, summary.baseline)
-    window: dict[str, list[float]] = {}
-    window_start = time.perf_counter()
+    window = MetricsWindow()
     params = [p for p in objective.module.parameters() if p.requires_grad]
     for step in range(start, train_cfg.steps):
         lr = _set_lr(optimizer, config, step)
@@ -567,24 +566,14 @@ def run(
                 norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
                 metrics["train/grad_norm"] = float(norm)
             optimizer.step()
-        for key, value in metrics.items():
-            window.setdefault(key, []).append(value)
+        window.add({**metrics, "train/lr": lr})
         done = step + 1
         if done % train_cfg.log_interval == 0 or done == train_cfg.steps:
-            averaged = {key: sum(v) / len(v) for key, v in window.items()}
-            averaged["train/lr"] = lr
-            averaged["train/steps_per_second"] = len(next(iter(window.values()))) / max(
-                time.perf_counter() - window_start, 1e-9
-            )
-            bad = [k for k, v in averaged.items() if not math.isfinite(v) and "grad_norm" not in k]
-            if bad:
-                raise FinetuneError(f"step {done}: {', '.join(bad)} became NaN or infinite")
+            averaged = window.flush(done, "train/steps_per_second", 1, FinetuneError)
             summary.last_metrics = averaged
             emit(done, averaged)
             if progress is not None:
-                shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in averaged.items())
-                progress(f"{config.kind} step {done}/{train_cfg.steps} {shown}")
-            window, window_start = {}, time.perf_counter()
+                progress(window.describe(config.kind, done, train_cfg.steps, averaged))
         every = train_cfg.eval_interval
         if done == train_cfg.steps or (every and done % every == 0):
             objective.module.eval()

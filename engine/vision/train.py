@@ -15,7 +15,6 @@ talks to a tracking server itself, the caller forwards what it wants.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from engine.metricswindow import MetricsWindow
 from engine.vision.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -165,8 +165,7 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     summary = TrainSummary(kind=kind, steps=start_step, seconds=0.0)
     started = time.perf_counter()
-    window: dict[str, list[float]] = {}
-    window_start = time.perf_counter()
+    window = MetricsWindow()
 
     def checkpoint(step: int) -> None:
         summary.checkpoint = str(
@@ -188,25 +187,18 @@ def train(
         index = torch.randint(0, images.shape[0], (train_cfg.batch_size,), generator=data_gen)
         index = index.to(device)
         metrics = recipe.train_step(images[index], labels[index], step, noise_gen)
-        for key, value in metrics.items():
-            window.setdefault(key, []).append(value)
+        window.add({**metrics, "train/lr": lr})
         done = step + 1
         if done % train_cfg.log_interval == 0 or done == train_cfg.steps:
-            elapsed = time.perf_counter() - window_start
-            count = len(next(iter(window.values())))
-            averaged = {key: sum(vals) / len(vals) for key, vals in window.items()}
-            averaged["train/lr"] = lr
-            averaged["train/images_per_second"] = count * train_cfg.batch_size / max(elapsed, 1e-9)
-            if any(math.isnan(value) for key, value in averaged.items() if "grad_norm" not in key):
-                raise TrainingError(f"step {done}: a loss became NaN ({averaged})")
+            averaged = window.flush(
+                done, "train/images_per_second", train_cfg.batch_size, TrainingError
+            )
             summary.last_metrics = averaged
             _append_jsonl(metrics_path, {"step": done, **averaged})
             if on_metrics is not None:
                 on_metrics(done, averaged)
             if progress is not None:
-                shown = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in averaged.items())
-                progress(f"{kind} step {done}/{train_cfg.steps} {shown}")
-            window, window_start = {}, time.perf_counter()
+                progress(window.describe(kind, done, train_cfg.steps, averaged))
         interval = train_cfg.checkpoint_interval
         if done == train_cfg.steps or (interval and done % interval == 0):
             checkpoint(done)
