@@ -107,6 +107,14 @@ class JobContext:
             raise JobFailed(f"{key} does not match its sha256 (the stored object changed)")
         return target
 
+    def download_resume_checkpoint(self, folder: Path) -> Path | None:
+        """The checkpoint this attempt resumes from, as ``folder/<its name>``; None if fresh."""
+        key = self.spec.resume_checkpoint
+        if not key:
+            return None
+        self.log(f"resuming from {key}")
+        return self.download(key, folder / Path(key).name)
+
     def upload(self, path: Path, *parts: str) -> StoredObject:
         """Put a local file under this attempt's output prefix (reporting it is the caller's)."""
         with path.open("rb") as stream:

@@ -117,11 +117,7 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
             config = config_from_dict(kind, run_config(kind, params, work), source="job")
         except ConfigError as error:
             raise JobFailed(str(error)) from None
-        resume: bool | Path = False
-        if ctx.spec.resume_checkpoint:
-            ctx.log(f"resuming from {ctx.spec.resume_checkpoint}")
-            name = Path(ctx.spec.resume_checkpoint).name
-            resume = ctx.download(ctx.spec.resume_checkpoint, work / "run" / "checkpoints" / name)
+        resume = ctx.download_resume_checkpoint(work / "run" / "checkpoints") or False
         steps = config.train.steps
 
         def on_metrics(step: int, metrics: dict[str, float]) -> None:

@@ -85,11 +85,7 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
             config = config_from_dict(kind, run_config(kind, params, run_dir), source="job")
         except ConfigError as error:
             raise JobFailed(str(error)) from None
-        resume: bool | Path = False
-        if ctx.spec.resume_checkpoint:
-            ctx.log(f"resuming from {ctx.spec.resume_checkpoint}")
-            name = Path(ctx.spec.resume_checkpoint).name
-            resume = ctx.download(ctx.spec.resume_checkpoint, run_dir / "checkpoints" / name)
+        resume = ctx.download_resume_checkpoint(run_dir / "checkpoints") or False
         publisher = _Publisher(ctx, run_dir)
         publisher.sent.update({resume} if resume else set())
         steps = config.train.steps
