@@ -1,1 +1,1 @@
-"""Post-training: LoRA adapters and supervised fine-tuning (SFT)."""
+"""Post-training: SFT, LoRA, QLoRA, reward model, DPO and PPO (docs/engine-finetune.md)."""
