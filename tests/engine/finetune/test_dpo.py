@@ -1,13 +1,12 @@
 import copy
 import math
-import random
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer
+from engine.data.tokenizers import CharTokenizer
 from engine.finetune.dpo import (
     dpo_batch_loss,
     dpo_loss,
@@ -24,34 +23,17 @@ from engine.finetune.preference import (
     sequence_logps,
 )
 from engine.finetune.sft import ChatTemplate
-from engine.models.gpt import GPT, GPTConfig
-
-GOOD, BAD = "abcdefgh", "ijklmnop"  # the toy preference: answers in the first half of a-p
-
-
-def toy_pairs(count: int, seed: int) -> list[dict]:
-    """A learnable preference: the chosen answer uses letters a-h, the rejected one i-p."""
-    rng = random.Random(seed)
-    word = lambda letters: "".join(rng.choice(letters) for _ in range(3))  # noqa: E731
-    return [
-        {"prompt": word(GOOD + BAD), "chosen": word(GOOD), "rejected": word(BAD)}
-        for _ in range(count)
-    ]
+from tests.engine.finetune.toy_preferences import tiny_gpt, toy_pairs, toy_tokenizer
 
 
 @pytest.fixture
 def tokenizer() -> CharTokenizer:
-    return CharTokenizer.train(GOOD + BAD, special_tokens=DEFAULT_SPECIAL_TOKENS)
+    return toy_tokenizer()
 
 
 @pytest.fixture
 def template(tokenizer) -> ChatTemplate:
     return ChatTemplate(tokenizer)
-
-
-def tiny_gpt(vocab_size: int, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32))
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -1,11 +1,10 @@
 import json
 import math
-import random
 
 import pytest
 import torch
 
-from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer, load_tokenizer
+from engine.data.tokenizers import CharTokenizer, load_tokenizer
 from engine.finetune.lora import LoRAConfig, apply_lora, lora_modules, trainable_parameters
 from engine.finetune.preference import preference_batches
 from engine.finetune.reward import (
@@ -18,34 +17,17 @@ from engine.finetune.reward import (
     save_reward_model,
 )
 from engine.finetune.sft import ChatTemplate
-from engine.models.gpt import GPT, GPTConfig
-
-GOOD, BAD = "abcdefgh", "ijklmnop"  # the toy preference: answers in the first half of a-p
-
-
-def toy_pairs(count: int, seed: int) -> list[dict]:
-    """A learnable preference: the chosen answer uses letters a-h, the rejected one i-p."""
-    rng = random.Random(seed)
-    word = lambda letters: "".join(rng.choice(letters) for _ in range(3))  # noqa: E731
-    return [
-        {"prompt": word(GOOD + BAD), "chosen": word(GOOD), "rejected": word(BAD)}
-        for _ in range(count)
-    ]
+from tests.engine.finetune.toy_preferences import tiny_gpt, toy_pairs, toy_tokenizer
 
 
 @pytest.fixture
 def tokenizer() -> CharTokenizer:
-    return CharTokenizer.train(GOOD + BAD, special_tokens=DEFAULT_SPECIAL_TOKENS)
+    return toy_tokenizer()
 
 
 @pytest.fixture
 def template(tokenizer) -> ChatTemplate:
     return ChatTemplate(tokenizer)
-
-
-def tiny_gpt(vocab_size: int, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32))
 
 
 def test_reward_is_read_at_the_last_real_token(template, tokenizer):
