@@ -396,7 +396,8 @@ def build_objective(config, model, tokenizer, template, train, heldout, device, 
     if kind == "reward":
         from engine.finetune.reward import RewardModel
 
-        reward_model = RewardModel.from_gpt(model)
+        # Our own freshly loaded copy: no need for from_gpt's second one.
+        reward_model = RewardModel(model.requires_grad_(True))
         if config.adapters:
             _with_adapters(reward_model.gpt, config, template)
         return RewardObjective(reward_model, template, train, heldout, config, device)
@@ -583,9 +584,10 @@ def run(
         if done == train_cfg.steps or (interval and done % interval == 0):
             checkpoint(done)
         summary.steps = done
-    summary.outputs = write_outputs(objective, config, tokenizer, tokenizer_file, run_dir)
-    if "model" in summary.outputs:
-        summary.samples = write_samples(summary.outputs["model"], config, heldout_records, run_dir)
+    summary.outputs, policy = write_outputs(objective, tokenizer, tokenizer_file, run_dir)
+    if policy is not None:
+        prompts = config.sample_prompts or [r["prompt"] for r in heldout_records[:SAMPLE_PROMPTS]]
+        summary.samples = write_samples(policy, tokenizer, template, prompts, run_dir)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -633,7 +635,10 @@ def plain_model(module: nn.Module) -> nn.Module:
     return merge_and_unload(merged).float()
 
 
-def write_outputs(objective, config, tokenizer, tokenizer_file, run_dir: Path) -> dict[str, str]:
+def write_outputs(
+    objective, tokenizer, tokenizer_file, run_dir: Path
+) -> tuple[dict[str, str], nn.Module | None]:
+    """Write the run's outputs; return their folders and the exported policy (None: reward)."""
     from engine.train.export import ExportError, export_model
 
     outputs: dict[str, str] = {}
@@ -642,7 +647,7 @@ def write_outputs(objective, config, tokenizer, tokenizer_file, run_dir: Path) -
 
         plain = plain_model(objective.module)
         outputs["reward"] = str(save_reward_model(plain, run_dir / "reward", tokenizer_file))
-        return outputs
+        return outputs, None
     policy = objective.module.gpt if isinstance(objective, PPOObjective) else objective.module
     if lora_modules(policy):
         outputs["adapter"] = str(save_adapter(policy, run_dir / "adapter"))
@@ -654,21 +659,20 @@ def write_outputs(objective, config, tokenizer, tokenizer_file, run_dir: Path) -
     except ExportError as error:
         raise FinetuneError(f"exporting the model: {error}") from None
     outputs["model"] = str(folder)
-    return outputs
+    return outputs, plain
 
 
-def write_samples(model_dir: str, config, heldout_records, run_dir: Path) -> list[dict[str, str]]:
-    """Greedy completions of the configured (or a few held-out) prompts, as samples.json."""
+def write_samples(
+    model: nn.Module, tokenizer, template: ChatTemplate, prompts: list[str], run_dir: Path
+) -> list[dict[str, str]]:
+    """Greedy completions of ``prompts`` by the exported policy, as samples.json."""
     from engine.infer.generate import Generator, SamplingParams
-    from engine.infer.loading import load_for_generation
 
-    model, tokenizer = load_for_generation(model_dir)
-    prompts = config.sample_prompts or [r["prompt"] for r in heldout_records[:SAMPLE_PROMPTS]]
-    template = ChatTemplate(tokenizer)
-    texts = [tokenizer.decode(template.encode_prompt(p)) for p in prompts]
-    room = model.config.block_size - max(len(template.encode_prompt(p)) for p in prompts)
+    encoded = [template.encode_prompt(p) for p in prompts]
+    texts = [tokenizer.decode(ids) for ids in encoded]
+    room = model.config.block_size - max(len(ids) for ids in encoded)
     params = SamplingParams(max_new_tokens=max(1, min(128, room)), temperature=0.0)
-    result = Generator(model, tokenizer).generate(texts, params)
+    result = Generator(model.eval(), tokenizer).generate(texts, params)
     samples = [
         {"prompt": p, "text": g.text} for p, g in zip(prompts, result.generations, strict=True)
     ]

@@ -75,7 +75,8 @@ def _validate_inspect(project: Project, params: dict[str, Any]) -> JobRequest:
     return JobRequest(queue=Queue.CPU, params=clean, inputs=inputs)
 
 
-def _ready_text_version(project: Project, version_id: Any, errors: dict):
+def ready_version(project: Project, version_id: Any, errors: dict):
+    """A READY dataset version of this project, or None with a message in errors."""
     from controlplane.datasets.models import DatasetVersion, VersionState
 
     if version_id is None:
@@ -96,13 +97,19 @@ def _ready_text_version(project: Project, version_id: Any, errors: dict):
             f"version {version.number} of {version.dataset.slug} is {version.state}; "
             "wait for its upload to complete or pick a ready version"
         ]
-    elif version.dataset.kind != "text":
-        errors["dataset_version_id"] = [
-            f"{version.dataset.slug} holds {version.dataset.kind}; the data pipeline cleans text"
-        ]
     else:
         return version
     return None
+
+
+def _ready_text_version(project: Project, version_id: Any, errors: dict):
+    version = ready_version(project, version_id, errors)
+    if version is not None and version.dataset.kind != "text":
+        errors["dataset_version_id"] = [
+            f"{version.dataset.slug} holds {version.dataset.kind}; the data pipeline cleans text"
+        ]
+        return None
+    return version
 
 
 def _pipeline_stages(raw: Any, errors: dict) -> dict | None:

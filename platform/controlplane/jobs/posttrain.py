@@ -26,7 +26,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from controlplane.jobs.kinds import JobRequest, JobRequestError, _number, _numbers
+from controlplane.jobs.kinds import JobRequest, JobRequestError, _number, _numbers, ready_version
 from controlplane.jobs.models import ArtifactKind, Job, JobArtifact, JobState
 from controlplane.projects.models import Project
 from workers.protocol import JobKind
@@ -210,32 +210,15 @@ def _reward_model(project: Project, value: Any, errors: dict) -> list[JobArtifac
 
 
 def _pairs_version(project: Project, value: Any, kind: str, errors: dict):
-    from controlplane.datasets.models import DatasetVersion, VersionState
-
-    if isinstance(value, bool) or not isinstance(value, int):
-        errors["dataset_version_id"] = ["must be an integer (a dataset version id)"]
-        return None
-    version = (
-        DatasetVersion.objects.filter(pk=value, dataset__project=project)
-        .select_related("dataset")
-        .first()
-    )
-    if version is None:
-        errors["dataset_version_id"] = [f"no dataset version {value} in this project"]
-    elif version.state != VersionState.READY:
-        errors["dataset_version_id"] = [
-            f"version {version.number} of {version.dataset.slug} is {version.state}; "
-            "wait for its upload to complete or pick a ready version"
-        ]
-    elif not pair_files(version).exists():
+    version = ready_version(project, value, errors)
+    if version is not None and not pair_files(version).exists():
         errors["dataset_version_id"] = [
             f"version {version.number} of {version.dataset.slug} holds no .jsonl or "
             f".jsonl.gz file; upload {_PAIR_FIELDS[kind]} pairs as JSON lines, or leave "
             "dataset_version_id out to train on the built-in Shakespeare pairs"
         ]
-    else:
-        return version
-    return None
+        return None
+    return version
 
 
 def _section(
