@@ -89,3 +89,13 @@ def _no_dispatch_by_default(request, monkeypatch):
 @pytest.fixture
 def sent_jobs(_no_dispatch_by_default):
     return _no_dispatch_by_default
+
+
+def pytest_configure(config):
+    """Tests create many users: PBKDF2's deliberate slowness (0.24 s each) buys nothing here."""
+    try:
+        from django.conf import settings
+
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    except Exception:  # noqa: BLE001 - engine-only runs without Django configured
+        pass

@@ -1,0 +1,163 @@
+"""Job life cycle as the user drives it: create, resume, cancel; dispatch after commit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from controlplane.audit.services import audit_append
+from controlplane.jobs.dispatch import send_job
+from controlplane.jobs.kinds import validate_job_request
+from controlplane.jobs.models import (
+    ArtifactKind,
+    Job,
+    JobArtifact,
+    JobState,
+)
+from controlplane.jobs.posttrain import POSTTRAIN_KINDS
+from controlplane.projects.models import Project
+from controlplane.storage import object_store
+from workers.protocol import cancel_marker_key
+
+log = logging.getLogger(__name__)
+
+
+class JobError(Exception):
+    def __init__(self, message: str, *, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def dispatch_after_commit(job: Job) -> None:
+    job_id = job.pk
+
+    def send() -> None:
+        fresh = Job.objects.get(pk=job_id)
+        if fresh.state == JobState.QUEUED:
+            send_job(fresh)
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+def job_create(
+    *, project: Project, kind: str, params: dict[str, Any], actor: User, experiment: str = ""
+) -> Job:
+    request = validate_job_request(project=project, kind=kind, params=params)
+    now = timezone.now()
+    job = Job.objects.create(
+        project=project,
+        kind=kind,
+        experiment=experiment,
+        queue=request.queue,
+        params=request.params,
+        inputs=request.inputs,
+        created_by=actor,
+        dispatched_at=now,
+    )
+    audit_append(
+        project=project,
+        actor=actor,
+        action="job.created",
+        artifact=job,
+        payload={"kind": kind, "params": request.params, "inputs": request.inputs},
+    )
+    dispatch_after_commit(job)
+    return job
+
+
+# Kinds whose work is checkpointed, so a failed run can go on from a checkpoint.
+RESUMABLE_KINDS = {"pretrain", "diffusion", "gan", "vae", *POSTTRAIN_KINDS}
+
+
+@transaction.atomic
+def job_resume(*, job: Job, checkpoint: JobArtifact, actor: User) -> Job:
+    """Run a failed job again from one of its checkpoints, as its next attempt."""
+    job = Job.objects.select_for_update().select_related("project").get(pk=job.pk)
+    if job.kind not in RESUMABLE_KINDS:
+        raise JobError(f"{job.kind} jobs keep no checkpoints; start a new job instead", status=409)
+    if job.state == JobState.CANCELLED:
+        raise JobError(
+            f"job {job.pk} was cancelled on purpose; start a new job (its checkpoints stay "
+            "listed on its page) rather than resuming it",
+            status=409,
+        )
+    if job.state != JobState.FAILED:
+        raise JobError(f"job {job.pk} is {job.state}; only a failed job can be resumed", status=409)
+    if checkpoint.job_id != job.pk or checkpoint.kind != ArtifactKind.CHECKPOINT:
+        raise JobError(f"artifact {checkpoint.pk} is not a checkpoint of job {job.pk}", status=400)
+    job.state = JobState.QUEUED
+    job.attempt += 1
+    job.resume_checkpoint = checkpoint.object_key
+    job.error = ""
+    job.finished_at = None
+    job.lease_expires_at = None
+    job.dispatched_at = timezone.now()
+    job.save(
+        update_fields=[
+            "state",
+            "attempt",
+            "resume_checkpoint",
+            "error",
+            "finished_at",
+            "lease_expires_at",
+            "dispatched_at",
+        ]
+    )
+    audit_append(
+        project=job.project,
+        actor=actor,
+        action="job.resumed",
+        artifact=job,
+        payload={
+            "attempt": job.attempt,
+            "checkpoint": checkpoint.object_key,
+            "step": checkpoint.step,
+        },
+    )
+    dispatch_after_commit(job)
+    return job
+
+
+@transaction.atomic
+def job_cancel(*, job: Job, actor: User) -> Job:
+    """Cooperative cancel: a queued job stops at once, a running one at its next check."""
+    job = Job.objects.select_for_update().get(pk=job.pk)
+    if job.is_terminal:
+        raise JobError(f"job {job.pk} already {job.state}; nothing to cancel", status=409)
+    now = timezone.now()
+    if job.cancel_requested_at is None:
+        job.cancel_requested_at = now
+    # The marker tells the worker (which holds no database credentials) to stop.
+    put_marker(cancel_marker_key(job.pk), f"cancel requested by user {actor.pk}")
+    if job.state == JobState.QUEUED:
+        job.state = JobState.CANCELLED
+        job.finished_at = now
+        audit_append(
+            project=job.project,
+            actor=actor,
+            action="job.cancelled",
+            artifact=job,
+            payload={"while": "queued"},
+        )
+    else:
+        audit_append(
+            project=job.project,
+            actor=actor,
+            action="job.cancel_requested",
+            artifact=job,
+            payload={},
+        )
+    job.save(update_fields=["state", "finished_at", "cancel_requested_at"])
+    return job
+
+
+def put_marker(key: str, text: str) -> None:
+    # Keys are never overwritten: a second cancel (or reap) finds the marker already there.
+    store = object_store()
+    if not store.exists(key):
+        store.put_bytes(key, (text + "\n").encode())
