@@ -192,3 +192,31 @@ def cancel_marker_key(job_id: int) -> str:
 def superseded_marker_key(job_id: int, attempt: int) -> str:
     """Object the reaper writes when it re-dispatches: the older attempt must not run on."""
     return f"system/jobs/{job_id}/superseded-{attempt}"
+
+
+def completion_record_key(job_id: int, attempt: int) -> str:
+    """Object a worker writes *before* emitting `finished`: the attempt's durable outcome.
+
+    JSON: {"finished": <the finished JobEvent dict>, "events": [<every artifact and
+    checkpoint JobEvent dict of the attempt, in seq order>]}. The reaper reads it before
+    declaring an attempt lost, so a success whose `finished` event never arrived is
+    applied from here instead of being re-run.
+    """
+    return f"system/jobs/{job_id}/attempt-{attempt}/completed.json"
+
+
+def resend_request_prefix(job_id: int, attempt: int) -> str:
+    """Where the platform asks a running attempt to send events again (a gap was seen).
+
+    Each request is a new object under this prefix (keys are never overwritten), named
+    by the platform, holding JSON {"seqs": [<missing seq numbers>]}. The worker looks at
+    the prefix with its stop checks and re-emits those events, unchanged, from its
+    bounded log; applying them is idempotent.
+    """
+    return f"system/jobs/{job_id}/attempt-{attempt}/resend/"
+
+
+# A `failed` event whose payload has {"retryable": true} failed because of the
+# infrastructure (object store, broker), not the job's own error: the platform runs it
+# again from its last checkpoint while attempts remain.
+RETRYABLE_FIELD = "retryable"
