@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench compose-check clean
+.PHONY: install demo test test-fast lint bench compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,19 @@ demo: $(STAMP)
 	$(PY) manage.py demo
 
 # Tests talk to the machine's PostgreSQL and Redis (override with the same variables).
+TEST_ENV = DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/controlplane} \
+	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-redis://127.0.0.1:6379/15} \
+	CONTROLPLANE_DATA_DIR=$(CURDIR)/var/test
+
 test: $(STAMP)
 	rm -rf var/test && mkdir -p var/test
-	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/controlplane} \
-	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-redis://127.0.0.1:6379/15} \
-	CONTROLPLANE_DATA_DIR=$(CURDIR)/var/test \
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The edit loop: everything but the tests marked slow (real worker processes, torchrun,
+# the demo, fault injection). Under 3 minutes on 2 cores.
+test-fast: $(STAMP)
+	rm -rf var/test && mkdir -p var/test
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

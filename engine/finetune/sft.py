@@ -1,8 +1,9 @@
 """Supervised fine-tuning (SFT) on prompt/response pairs, loss on the response tokens only.
 
-    from engine.finetune.sft import ChatTemplate, pack_examples, sft_train
+    from engine.finetune.sft import ChatTemplate, encode_records, pack_examples, sft_train
     template = ChatTemplate(tokenizer)          # needs <|user|>, <|assistant|>, end-of-text
-    rows = pack_examples([template.encode(p) for p in pairs], block_size=256, pad_id=...)
+    examples = encode_records(template, records)  # {"prompt": ..., "response": ...} dicts
+    rows = pack_examples(examples, block_size=256, pad_id=template.pad_id)
     losses = sft_train(model, rows, steps=200, lr=1e-4, batch_size=8)
 
 Chat template (the role tokens the tokenizer reserves, see engine/data/tokenizers.py)::

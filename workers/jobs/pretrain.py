@@ -7,7 +7,8 @@ reported, so a re-dispatched attempt (its worker died) downloads the last one an
 on from the same step. At the end the model is exported (safetensors, Hugging Face GPT-2
 layout) and a few samples are generated for the run page.
 
-Params (validated by the platform): dataset_version_id, data_files ({name: role}),
+Params (validated by the platform): dataset_version_id, input_names (the local name of
+each input, in the order of spec.inputs),
 preset, model overrides (block_size, dropout), train (max_iters, batch_size, grad_accum,
 eval_interval, eval_iters, log_interval, device), optim (lr, min_lr, warmup_iters,
 weight_decay), checkpoint_interval, seed, sample_prompts, sample_tokens.

@@ -15,6 +15,8 @@ from engine.train.checkpoint import load_model_state
 from engine.train.config import config_from_dict
 from engine.train.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # torchrun process groups: seconds each
+
 
 def _torchrun(config: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
