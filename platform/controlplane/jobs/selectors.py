@@ -26,22 +26,45 @@ def job_log_tail(job: Job, *, limit: int = 200) -> list[JobEventRecord]:
     return list(reversed(records))
 
 
-def _metric_keys(job_id: int) -> list[str]:
-    """The job's metric names by a loose index scan: one index probe per name, not per point."""
+# One statement per job: the job's metric names by a loose index scan (one index probe per
+# name, not per point), each name's step span by two index probes, then the points averaged
+# into buckets of `width` steps. Integer division and correlated subqueries only, so SQLite
+# (the embedded default) runs the same text as PostgreSQL.
+_SERIES_SQL = """
+WITH RECURSIVE names(key) AS (
+    SELECT MIN(key) FROM {table} WHERE job_id = %s
+    UNION ALL
+    SELECT (SELECT MIN(key) FROM {table} WHERE job_id = %s AND key > names.key)
+    FROM names WHERE names.key IS NOT NULL
+),
+spans(key, width) AS MATERIALIZED (
+    SELECT names.key,
+        ((SELECT MAX(step) FROM {table} WHERE job_id = %s AND key = names.key)
+         - (SELECT MIN(step) FROM {table} WHERE job_id = %s AND key = names.key)
+         + %s) / %s
+    FROM names WHERE names.key IS NOT NULL {key_filter}
+)
+SELECT m.key, MAX(m.step) AS last_step, AVG(m.value)
+FROM {table} m JOIN spans ON spans.key = m.key
+WHERE m.job_id = %s
+GROUP BY m.key, m.step / spans.width
+ORDER BY m.key, last_step
+"""
+
+
+def _averaged_series(job_id: int, keys: list[str] | None, max_points: int) -> list[tuple]:
     from django.db import connection
 
-    table = JobMetric._meta.db_table
-    sql = (
-        f"WITH RECURSIVE k(key) AS ("
-        f" SELECT MIN(key) FROM {table} WHERE job_id = %s"
-        f" UNION ALL"
-        f" SELECT (SELECT MIN(key) FROM {table} WHERE job_id = %s AND key > k.key)"
-        f" FROM k WHERE k.key IS NOT NULL"
-        f") SELECT key FROM k WHERE key IS NOT NULL"
-    )
+    key_filter = ""
+    key_params: list = []
+    if keys is not None:
+        key_filter = f"AND names.key IN ({', '.join(['%s'] * len(keys))})" if keys else "AND 1 = 0"
+        key_params = list(keys)
+    sql = _SERIES_SQL.format(table=JobMetric._meta.db_table, key_filter=key_filter)
+    params = [job_id, job_id, job_id, job_id, max_points, max_points, *key_params, job_id]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [job_id, job_id])
-        return [row[0] for row in cursor.fetchall()]
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def metric_series(jobs: list[Job], *, keys: list[str] | None = None, max_points: int = 300) -> dict:
@@ -49,26 +72,12 @@ def metric_series(jobs: list[Job], *, keys: list[str] | None = None, max_points:
 
     A run can log a million points; charts need a few hundred. The averaging happens in
     the database (GROUP BY step / width) over the (job, key, step) index, so drawing a
-    run costs about the same whatever its length.
+    run costs about the same whatever its length, and one query per run.
     """
-    from django.db.models import Avg, BigIntegerField, ExpressionWrapper, F, Max, Min, Value
-
     series: dict[str, dict[int, list[tuple[int, float]]]] = {}
     for job in jobs:
-        for key in keys or _metric_keys(job.pk):
-            points = JobMetric.objects.filter(job_id=job.pk, key=key)
-            span = points.aggregate(first=Min("step"), last=Max("step"))
-            if span["first"] is None:
-                continue
-            width = max(1, -(-(span["last"] - span["first"] + 1) // max_points))
-            bucket = ExpressionWrapper(F("step") / Value(width), output_field=BigIntegerField())
-            averaged = (
-                points.annotate(bucket=bucket)
-                .values("bucket")
-                .annotate(step=Max("step"), value=Avg("value"))
-                .order_by("bucket")
-            )
-            series.setdefault(key, {})[job.pk] = [(p["step"], p["value"]) for p in averaged]
+        for key, step, value in _averaged_series(job.pk, keys, max_points):
+            series.setdefault(key, {}).setdefault(job.pk, []).append((step, value))
     return dict(sorted(series.items()))
 
 
@@ -81,6 +90,31 @@ def charts_for(jobs: list[Job], *, max_points: int = 300) -> list[tuple[str, dic
         (key, {labels[job_id]: points for job_id, points in by_job.items()})
         for key, by_job in metric_series(jobs, max_points=max_points).items()
     ]
+
+
+def job_charts(job: Job) -> list[tuple[str, dict[str, list]]]:
+    """The run page's charts; a finished attempt's are cached, since they cannot change.
+
+    Once a job is terminal no event of its attempt is applied any more (a resumed or
+    re-dispatched job is a new attempt, a new cache key), so the key needs no
+    invalidation. A cache that is down costs the query, never the page.
+    """
+    from django.core.cache import cache
+
+    if not job.is_terminal or job.finished_at is None:
+        return charts_for([job])
+    key = f"job-charts:{job.pk}:{job.attempt}:{job.finished_at.timestamp()}"
+    try:
+        charts = cache.get(key)
+    except Exception:  # noqa: BLE001 - the cache is an optimisation here
+        charts = None
+    if charts is None:
+        charts = charts_for([job])
+        try:
+            cache.set(key, charts, 3600)
+        except Exception:  # noqa: BLE001
+            pass
+    return charts
 
 
 def checkpoints_with_losses(job: Job) -> list[dict]:

@@ -55,3 +55,44 @@ def test_run_page_and_compare_view_draw_the_curves(team, client, runs):
     assert compare.count("<polyline") == 2 and f"job {runs[1].pk}" in compare
     client.force_login(team.outsider)
     assert client.get(f"/projects/{team.project.pk}/experiments/").status_code == 404
+
+
+def test_run_page_costs_the_same_queries_whatever_the_number_of_curves(team, client, runs):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from controlplane.jobs.models import JobMetric
+
+    client.force_login(team.viewer)
+    page = f"/projects/{team.project.pk}/jobs/{runs[0].pk}/"
+    with CaptureQueriesContext(connection) as one_curve:
+        client.get(page)
+    now = timezone.now()
+    JobMetric.objects.bulk_create(
+        JobMetric(job=runs[0], key=f"extra/{n}", step=step, value=n, recorded_at=now)
+        for n in range(8)
+        for step in range(50)
+    )
+    with CaptureQueriesContext(connection) as nine_curves:
+        body = client.get(page).content.decode()
+    assert body.count("<polyline") == 9
+    assert len(nine_curves) == len(one_curve)
+
+
+def test_a_finished_runs_charts_are_read_once(team, client, runs):
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from controlplane.jobs.models import Job, JobState
+
+    cache.clear()
+    Job.objects.filter(pk=runs[0].pk).update(state=JobState.SUCCEEDED, finished_at=timezone.now())
+    client.force_login(team.viewer)
+    page = f"/projects/{team.project.pk}/jobs/{runs[0].pk}/"
+    with CaptureQueriesContext(connection) as first:
+        first_body = client.get(page).content.decode()
+    with CaptureQueriesContext(connection) as second:
+        second_body = client.get(page).content.decode()
+    assert len(second) == len(first) - 1  # the series query, served from the cache
+    assert first_body.count("<polyline") == second_body.count("<polyline") == 1
