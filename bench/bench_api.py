@@ -66,6 +66,32 @@ with connection.cursor() as cursor:
         "CROSS JOIN (VALUES ('train/loss'), ('val/loss')) k(key) "
         "CROSS JOIN generate_series(1, {steps}) s", [projects[0].pk])
 run = Job.objects.filter(project=projects[0]).order_by("-id").first()
+# A pre-training run as the worker leaves it: 7 curves over 5,000 steps, 10 checkpoints,
+# samples, a model's artifacts and its event log.
+from django.utils import timezone
+from controlplane.jobs.models import JobArtifact, JobEventRecord, JobMetric
+now = timezone.now()
+pretrain = Job.objects.create(
+    project=projects[0], kind="pretrain", state="succeeded", created_by=user, finished_at=now,
+    params={{"preset": "tiny", "train": {{"max_iters": 5000}}}},
+    result={{"samples": [{{"prompt": "ROMEO:", "text": "To be, or not to be " * 10}}] * 3,
+            "final": {{"val_loss": 1.52, "train_loss": 1.41}}}})
+keys = ["train/loss", "train/lr", "train/tokens_per_second", "train/grad_norm", "train/mfu"]
+JobMetric.objects.bulk_create(
+    [JobMetric(job=pretrain, key=k, step=s, value=1.0 + 1.0 / (1 + s), recorded_at=now)
+     for s in range(0, 5001, 10) for k in keys]
+    + [JobMetric(job=pretrain, key=k, step=s, value=2.0 / (1 + s), recorded_at=now)
+       for s in range(0, 5001, 250) for k in ("val/loss", "val/perplexity")])
+JobArtifact.objects.bulk_create(
+    [JobArtifact(job=pretrain, kind="checkpoint", name=f"checkpoint-{{s}}", step=s,
+                 object_key=f"projects/{{projects[0].pk}}/jobs/{{pretrain.pk}}/ckpt-{{s}}.tar",
+                 sha256="0" * 64, size=4_000_000) for s in range(500, 5001, 500)]
+    + [JobArtifact(job=pretrain, name=f"model/{{n}}", sha256="0" * 64, size=1000,
+                   object_key=f"projects/{{projects[0].pk}}/jobs/{{pretrain.pk}}/model/{{n}}")
+       for n in ("model.safetensors", "config.json", "tokenizer.json", "samples.json")])
+JobEventRecord.objects.bulk_create(
+    JobEventRecord(job=pretrain, attempt=1, seq=i, type="metric" if i % 2 else "progress",
+                   payload={{"step": i * 5}}, emitted_at=now) for i in range(1000))
 _, raw = api_token_create(user=user, name="bench")
 from django.contrib.sessions.backends.db import SessionStore
 session = SessionStore()
@@ -73,7 +99,7 @@ session["_auth_user_id"] = str(user.pk)
 session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
 session["_auth_user_hash"] = user.get_session_auth_hash()
 session.create()
-print(projects[0].pk, run.pk, session.session_key, raw)
+print(projects[0].pk, run.pk, pretrain.pk, session.session_key, raw)
 """
 METRIC_STEPS = 50_000
 
@@ -114,7 +140,9 @@ def make_env(data_dir: Path, db_name: str = DB_NAME, **extra: str) -> dict[str, 
     return env
 
 
-def start_gunicorn(env: dict[str, str], port: int) -> tuple[subprocess.Popen, float]:
+def start_gunicorn(
+    env: dict[str, str], port: int, workers: int = 2, threads: int = 1
+) -> tuple[subprocess.Popen, float]:
     """Start gunicorn and return it with the seconds until /healthz first answered."""
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -130,7 +158,8 @@ def start_gunicorn(env: dict[str, str], port: int) -> tuple[subprocess.Popen, fl
         env={
             **env,
             "GUNICORN_BIND": f"127.0.0.1:{port}",
-            "GUNICORN_WORKERS": "2",
+            "GUNICORN_WORKERS": str(workers),
+            "GUNICORN_THREADS": str(threads),
             "GUNICORN_ACCESS_LOG": "/dev/null",
             "GUNICORN_LOG_LEVEL": "warning",
         },
@@ -169,6 +198,10 @@ def main() -> int:
     parser.add_argument(
         "--connections", type=int, default=2, help="concurrent connections (default 2)"
     )
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="threads per worker; >1 is gthread (default 1)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -202,7 +235,7 @@ def main() -> int:
             capture_output=True,
             text=True,
         ).stdout.split()
-        busy_project, run_id, session_key, token = out[-4:]
+        busy_project, run_id, pretrain_id, session_key, token = out[-5:]
         psql_db = f"{PG}/{DB_NAME}"
         subprocess.run(["psql", psql_db, "-q", "-c", "VACUUM ANALYZE"], check=True)
         print(
@@ -211,9 +244,10 @@ def main() -> int:
         )
 
         port = free_port()
-        proc, start_s = start_gunicorn(env, port)
+        proc, start_s = start_gunicorn(env, port, args.workers, args.threads)
         print(
-            f"web start (exec to first /healthz answer, gunicorn --preload, 2 workers): {start_s:.2f}s "
+            f"web start (exec to first /healthz answer, gunicorn --preload, {args.workers} workers"
+            f" x {args.threads} threads): {start_s:.2f}s "
             f"(goal < 2 s)"
         )
 
@@ -231,6 +265,11 @@ def main() -> int:
             "page: job list": (f"{base}/projects/{busy_project}/jobs/", cookie, 150),
             "page: run (100k points)": (
                 f"{base}/projects/{busy_project}/jobs/{run_id}/",
+                cookie,
+                150,
+            ),
+            "page: pre-training run": (
+                f"{base}/projects/{busy_project}/jobs/{pretrain_id}/",
                 cookie,
                 150,
             ),

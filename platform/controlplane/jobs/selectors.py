@@ -26,44 +26,41 @@ def job_log_tail(job: Job, *, limit: int = 200) -> list[JobEventRecord]:
     return list(reversed(records))
 
 
-# One statement per job: the job's metric names by a loose index scan (one index probe per
-# name, not per point), each name's step span by two index probes, then the points averaged
-# into buckets of `width` steps. Integer division and correlated subqueries only, so SQLite
-# (the embedded default) runs the same text as PostgreSQL.
-_SERIES_SQL = """
+# A job's metric names by a loose index scan (one index probe per name, not per point),
+# each with its step span from two more probes. Correlated subqueries and a recursive CTE
+# only, so SQLite (the embedded default) runs the same text as PostgreSQL.
+_SPANS_SQL = """
 WITH RECURSIVE names(key) AS (
     SELECT MIN(key) FROM {table} WHERE job_id = %s
     UNION ALL
     SELECT (SELECT MIN(key) FROM {table} WHERE job_id = %s AND key > names.key)
     FROM names WHERE names.key IS NOT NULL
-),
-spans(key, width) AS MATERIALIZED (
-    SELECT names.key,
-        ((SELECT MAX(step) FROM {table} WHERE job_id = %s AND key = names.key)
-         - (SELECT MIN(step) FROM {table} WHERE job_id = %s AND key = names.key)
-         + %s) / %s
-    FROM names WHERE names.key IS NOT NULL {key_filter}
 )
-SELECT m.key, MAX(m.step) AS last_step, AVG(m.value)
-FROM {table} m JOIN spans ON spans.key = m.key
-WHERE m.job_id = %s
-GROUP BY m.key, m.step / spans.width
-ORDER BY m.key, last_step
+SELECT names.key,
+    (SELECT MIN(step) FROM {table} WHERE job_id = %s AND key = names.key),
+    (SELECT MAX(step) FROM {table} WHERE job_id = %s AND key = names.key)
+FROM names WHERE names.key IS NOT NULL
 """
+
+# One arm per curve, each grouped in the (job, key, step) index's order, so the database
+# streams every curve's points into buckets without sorting them.
+_BUCKETS_SQL = "SELECT key, MAX(step), AVG(value) FROM {table} WHERE job_id = %s AND key = %s GROUP BY key, step / %s"
 
 
 def _averaged_series(job_id: int, keys: list[str] | None, max_points: int) -> list[tuple]:
     from django.db import connection
 
-    key_filter = ""
-    key_params: list = []
-    if keys is not None:
-        key_filter = f"AND names.key IN ({', '.join(['%s'] * len(keys))})" if keys else "AND 1 = 0"
-        key_params = list(keys)
-    sql = _SERIES_SQL.format(table=JobMetric._meta.db_table, key_filter=key_filter)
-    params = [job_id, job_id, job_id, job_id, max_points, max_points, *key_params, job_id]
+    table = JobMetric._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_SPANS_SQL.format(table=table), [job_id] * 4)
+        spans = [row for row in cursor.fetchall() if keys is None or row[0] in keys]
+        if not spans:
+            return []
+        arms, params = [], []
+        for key, first, last in spans:
+            arms.append(_BUCKETS_SQL.format(table=table))
+            params += [job_id, key, max(1, -(-(last - first + 1) // max_points))]
+        cursor.execute(" UNION ALL ".join(arms) + " ORDER BY 1, 2", params)
         return cursor.fetchall()
 
 
@@ -72,7 +69,7 @@ def metric_series(jobs: list[Job], *, keys: list[str] | None = None, max_points:
 
     A run can log a million points; charts need a few hundred. The averaging happens in
     the database (GROUP BY step / width) over the (job, key, step) index, so drawing a
-    run costs about the same whatever its length, and one query per run.
+    run costs about the same whatever its length, in two queries per run.
     """
     series: dict[str, dict[int, list[tuple[int, float]]]] = {}
     for job in jobs:
