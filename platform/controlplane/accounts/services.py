@@ -59,7 +59,10 @@ def _lock_user(user: User) -> None:
 
 
 def _checked_scopes(scopes: list[str] | None, minted_by: ApiToken | None) -> list[str]:
-    wanted = list(DEFAULT_SCOPES) if scopes is None else list(dict.fromkeys(scopes))
+    if scopes is None:
+        # The default, less what the minting token itself lacks (never tokens:write).
+        scopes = [s for s in DEFAULT_SCOPES if minted_by is None or minted_by.has_scope(s)]
+    wanted = list(dict.fromkeys(scopes))
     unknown = [scope for scope in wanted if scope not in Scope.values]
     if unknown:
         raise TokenInvalid(
