@@ -59,9 +59,10 @@ def test_past_expiry_is_a_400(make_user, client):
 
 def test_per_user_cap_refuses_the_next_token_with_409(make_user, settings):
     """The reported fault: a token minted 50 tokens of 50 attempts."""
+    from rest_framework.test import APIClient
+
     from controlplane.accounts.models import ApiToken
     from controlplane.accounts.services import api_token_create
-    from rest_framework.test import APIClient
 
     settings.API_TOKEN_MAX_PER_USER = 3
     user = make_user()
