@@ -21,6 +21,10 @@ MIGRATED_SCOPES = ["api:read", "api:write"]
 
 def migrate_existing_tokens(apps, schema_editor):
     ApiToken = apps.get_model("accounts", "ApiToken")
+    if schema_editor.connection.vendor == "postgresql":
+        # Updated rows would otherwise leave deferred FK trigger events pending, and
+        # PostgreSQL refuses the CREATE INDEX that Django runs at the end of the migration.
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     latest = timezone.now() + timedelta(days=getattr(settings, "API_TOKEN_MAX_DAYS", 365))
     ApiToken.objects.update(scopes=MIGRATED_SCOPES)
     ApiToken.objects.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=latest)).update(
@@ -50,7 +54,6 @@ class Migration(migrations.Migration):
             name="scopes",
             field=models.JSONField(default=controlplane.accounts.models.default_scopes),
         ),
-        migrations.RunPython(migrate_existing_tokens, migrations.RunPython.noop),
         migrations.CreateModel(
             name="AuthFailureCounter",
             fields=[
@@ -82,4 +85,5 @@ class Migration(migrations.Migration):
                 ],
             },
         ),
+        migrations.RunPython(migrate_existing_tokens, migrations.RunPython.noop),
     ]
