@@ -1,8 +1,7 @@
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView
 
 from controlplane.accounts import api as accounts
-from controlplane.api.docs import ApiDocsView
+from controlplane.api.docs import ApiDocsView, ApiSchemaView
 from controlplane.audit import api as audit
 from controlplane.datasets import api as datasets
 from controlplane.jobs import api as jobs
@@ -10,7 +9,7 @@ from controlplane.projects import api as projects
 from controlplane.uploads import api as uploads
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("schema/", ApiSchemaView.as_view(), name="api-schema"),
     path("docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("tokens/", accounts.TokenListCreate.as_view(), name="api-tokens"),
     path("tokens/<int:token_id>/", accounts.TokenRevoke.as_view(), name="api-token"),
