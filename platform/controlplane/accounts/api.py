@@ -48,6 +48,21 @@ class TokenCreatedOut(TokenOut):
         fields = [*TokenOut.Meta.fields, "token"]
 
 
+class ScopeList(serializers.ListField):
+    """Scope names; the schema lists the choices, an error names the bad one plainly
+    (ListField's own error is keyed by index, which reads badly in the error shape)."""
+
+    child = serializers.ChoiceField(choices=Scope.choices)
+
+    def run_child_validation(self, data):
+        unknown = [item for item in data if item not in Scope.values]
+        if unknown:
+            raise serializers.ValidationError(
+                f"unknown scope {unknown[0]!r}; choose from {', '.join(Scope.values)}"
+            )
+        return super().run_child_validation(data)
+
+
 class TokenIn(StrictSerializer):
     name = serializers.CharField(max_length=100)
     expires_at = serializers.DateTimeField(
@@ -57,8 +72,7 @@ class TokenIn(StrictSerializer):
         help_text="At most API_TOKEN_MAX_DAYS ahead (and not after the minting token's "
         "expiry); empty: the longest allowed.",
     )
-    scopes = serializers.ListField(
-        child=serializers.ChoiceField(choices=Scope.choices),
+    scopes = ScopeList(
         required=False,
         allow_empty=False,
         help_text="Default: api:read and api:write. tokens:write lets the token create "

@@ -107,7 +107,10 @@ def test_unknown_scope_is_a_400_naming_the_field(make_user, client):
     response = client.post(
         "/api/v1/tokens/", {"name": "x", "scopes": ["admin"]}, content_type="application/json"
     )
-    assert response.status_code == 400 and "scopes" in response.json()["error"]["fields"]
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"]["scopes"] == [
+        "unknown scope 'admin'; choose from api:read, api:write, tokens:write"
+    ]
 
 
 def test_read_only_token_reads_but_cannot_write(make_user):
