@@ -113,7 +113,9 @@ def _counter_for_update(kind: str, key_hash: str, now: datetime) -> AuthFailureC
     if counter is not None:
         return counter
     # A new key: a good moment to drop the stale ones (rare, and bounded by the index).
-    AuthFailureCounter.objects.filter(updated_at__lt=now - STALE_AFTER).delete()
+    AuthFailureCounter.objects.filter(updated_at__lt=now - STALE_AFTER).exclude(
+        locked_until__gt=now
+    ).delete()
     try:
         with transaction.atomic():
             AuthFailureCounter.objects.create(

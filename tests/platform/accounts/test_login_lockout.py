@@ -161,3 +161,21 @@ def test_forwarded_for_is_ignored_unless_a_proxy_is_trusted(
         HTTP_X_FORWARDED_FOR="spoofed, 198.51.100.1",
     )
     assert response.status_code == 302
+
+
+def test_stale_counters_are_dropped_but_a_lockout_in_force_is_kept(
+    make_user, client, clock, lockout_settings
+):
+    from controlplane.accounts.models import AuthFailureCounter
+
+    lockout_settings.AUTH_LOCKOUT_MAX_SECONDS = 3 * 24 * 3600
+    lockout_settings.AUTH_LOCKOUT_SECONDS = 3 * 24 * 3600
+    for _ in range(5):
+        _login(client, "alice", "wrong", address="10.0.0.1")  # locks alice for 3 days
+    _login(client, "bob", "wrong", address="10.0.0.2")
+    clock.advance(days=2)
+    _login(client, "carol", "wrong", address="10.0.0.3")  # a new key: prunes the stale ones
+    kept = set(AuthFailureCounter.objects.values_list("kind", "failures", "lockouts"))
+    assert ("account", 0, 1) in kept  # alice, still locked
+    assert ("account", 1, 0) in kept  # carol, new
+    assert AuthFailureCounter.objects.count() == 3  # alice, carol and 10.0.0.3; bob's gone
