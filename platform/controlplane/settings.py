@@ -48,6 +48,23 @@ try:
     CACHE_URL = env.env_str("CACHE_URL", "locmem://")
     if not CACHE_URL.startswith(("locmem://", "redis://", "rediss://")):
         raise env.ConfigError(f"CACHE_URL={CACHE_URL!r}: use locmem:// or redis://host:port/db")
+    # API tokens: the longest lifetime one may have (also the lifetime of one made without
+    # an expiry) and how many active tokens one user may hold.
+    API_TOKEN_MAX_DAYS = env.env_int("API_TOKEN_MAX_DAYS", 365, minimum=1)
+    API_TOKEN_MAX_PER_USER = env.env_int("API_TOKEN_MAX_PER_USER", 20, minimum=1)
+    # Failed logins and bearer tokens (accounts/lockout.py): this many failures of one
+    # account, or from one client address, within the window lock it out; each lockout
+    # of the same key lasts twice as long as the one before, up to the maximum.
+    AUTH_LOCKOUT_ACCOUNT_FAILURES = env.env_int("AUTH_LOCKOUT_ACCOUNT_FAILURES", 5, minimum=1)
+    AUTH_LOCKOUT_ADDRESS_FAILURES = env.env_int("AUTH_LOCKOUT_ADDRESS_FAILURES", 20, minimum=1)
+    AUTH_LOCKOUT_WINDOW_SECONDS = env.env_int("AUTH_LOCKOUT_WINDOW_SECONDS", 900, minimum=1)
+    AUTH_LOCKOUT_SECONDS = env.env_int("AUTH_LOCKOUT_SECONDS", 60, minimum=1)
+    AUTH_LOCKOUT_MAX_SECONDS = env.env_int("AUTH_LOCKOUT_MAX_SECONDS", 3600, minimum=1)
+    # Reverse proxies in front of the web process that append to X-Forwarded-For (0: the
+    # client address is REMOTE_ADDR). Trusting a header no proxy of ours wrote would let
+    # a client pick its own address and escape the per-address lockout.
+    TRUSTED_PROXY_COUNT = env.env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+    _object_store = env.object_store_config()
 except env.ConfigError as error:
     raise ImproperlyConfigured(str(error)) from None
 
@@ -61,6 +78,9 @@ INSTALLED_APPS = [
     "django_htmx",
     "rest_framework",
     "drf_spectacular",
+    # Swagger UI's files served from our own origin (no CDN: works offline and under the CSP).
+    "drf_spectacular_sidecar",
+    "csp",
     "controlplane.accounts",
     "controlplane.projects",
     "controlplane.audit",
@@ -79,6 +99,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
@@ -137,7 +158,11 @@ REST_FRAMEWORK = {
         "controlplane.accounts.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        # A bearer token acts only within its scopes (api:read, api:write, tokens:write).
+        "controlplane.accounts.permissions.TokenScopes",
+    ],
     "DEFAULT_PAGINATION_CLASS": "controlplane.api.pagination.StandardPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -156,6 +181,45 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The schema and the docs page are public on purpose (docs/architecture.md, "Security").
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+
+def _object_store_origins() -> list[str]:
+    """Origins a browser sends upload parts to (presigned URLs): the S3 server or, for the
+    local store, PUBLIC_BASE_URL, which may name another host than the page's own."""
+    store = _object_store
+    if store.backend == "local":
+        parts = store.public_base_url.split("/")
+        return ["/".join(parts[:3])] if len(parts) >= 3 else []
+    secure = store.secure if store.public_secure is None else store.public_secure
+    return [f"{'https' if secure else 'http'}://{store.public_endpoint or store.endpoint}"]
+
+
+# Content-Security-Policy (django-csp): scripts only from our own origin, no inline code
+# anywhere (a test scans templates/ for it). htmx's inline indicator <style> is switched
+# off in base.html (htmx-config meta) and its rules live in app.css. Inline style
+# *attributes* are allowed deliberately: the server computes bar widths and chart colours
+# into them, and an attribute cannot run script.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        # data: for the SVG icons in Swagger UI's stylesheet.
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'", *_object_store_origins()],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
 }
 
 if CACHE_URL.startswith("locmem://"):

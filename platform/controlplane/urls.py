@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from controlplane.accounts import views as account_pages
 from controlplane.dashboard import dataset_views as dataset_pages
 from controlplane.dashboard import experiment_views as experiment_pages
 from controlplane.dashboard import posttrain_views as posttrain_pages
@@ -12,14 +13,12 @@ urlpatterns = [
     path("healthz", pages.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("controlplane.api.urls")),
-    path(
-        "login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"
-    ),
+    path("login/", account_pages.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("storage/local/<str:token>", storage_views.local_presigned, name="storage-local"),
     path("", pages.overview, name="overview"),
-    path("account/tokens/", pages.token_list, name="token-list"),
-    path("account/tokens/<int:token_id>/revoke/", pages.token_revoke, name="token-revoke"),
+    path("account/tokens/", account_pages.token_list, name="token-list"),
+    path("account/tokens/<int:token_id>/revoke/", account_pages.token_revoke, name="token-revoke"),
     path("projects/", pages.project_list, name="project-list"),
     path("projects/<int:project_id>/", pages.project_detail, name="project-detail"),
     path("projects/<int:project_id>/uploads/", pages.upload_file, name="upload-file"),

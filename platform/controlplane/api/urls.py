@@ -1,7 +1,7 @@
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from controlplane.accounts import api as accounts
+from controlplane.api.docs import ApiDocsView, ApiSchemaView
 from controlplane.audit import api as audit
 from controlplane.datasets import api as datasets
 from controlplane.jobs import api as jobs
@@ -9,8 +9,8 @@ from controlplane.projects import api as projects
 from controlplane.uploads import api as uploads
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("schema/", ApiSchemaView.as_view(), name="api-schema"),
+    path("docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("tokens/", accounts.TokenListCreate.as_view(), name="api-tokens"),
     path("tokens/<int:token_id>/", accounts.TokenRevoke.as_view(), name="api-token"),
     path("projects/", projects.ProjectListCreate.as_view(), name="api-projects"),

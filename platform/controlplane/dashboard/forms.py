@@ -32,10 +32,6 @@ class InspectJobForm(forms.Form):
     )
 
 
-class TokenForm(forms.Form):
-    name = forms.CharField(max_length=100)
-
-
 class DatasetForm(forms.Form):
     name = forms.CharField(max_length=120)
     slug = forms.SlugField(max_length=63, help_text="lowercase letters, digits, hyphens")

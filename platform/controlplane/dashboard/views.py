@@ -11,8 +11,6 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from controlplane.accounts.models import ApiToken
-from controlplane.accounts.services import TokenError, api_token_create, api_token_revoke
 from controlplane.audit.selectors import audit_events_for
 from controlplane.audit.services import audit_verify
 from controlplane.dashboard.access import project_page
@@ -22,7 +20,6 @@ from controlplane.dashboard.forms import (
     MemberForm,
     ProjectForm,
     RoleForm,
-    TokenForm,
     UploadForm,
 )
 from controlplane.dashboard.posttrain_views import posttrain_form
@@ -335,27 +332,3 @@ def audit_timeline(request, project):
             "verification": verification[0] if verification else None,
         },
     )
-
-
-@login_required
-def token_list(request):
-    form = TokenForm(request.POST or None)
-    created = None
-    if request.method == "POST" and form.is_valid():
-        _token, created = api_token_create(user=request.user, name=form.cleaned_data["name"])
-        form = TokenForm()
-    tokens = ApiToken.objects.filter(user=request.user)
-    return render(
-        request, "dashboard/tokens.html", {"tokens": tokens, "form": form, "created": created}
-    )
-
-
-@login_required
-@require_POST
-def token_revoke(request, token_id: int):
-    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
-    try:
-        api_token_revoke(token=token, actor=request.user)
-    except TokenError as error:
-        messages.error(request, str(error))
-    return redirect("token-list")
