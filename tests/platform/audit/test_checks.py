@@ -1,0 +1,69 @@
+"""A dropped or disabled audit trigger fails `check --database`, `migrate` and `audit_verify`."""
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError, SystemCheckError
+from django.db import connection
+
+pytestmark = pytest.mark.django_db
+
+
+def _as_owner(*statements):
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # else ALTER TABLE refuses
+        for statement in statements:
+            cursor.execute(statement)
+
+
+def test_every_trigger_is_in_place_after_migrating(team, capsys):
+    from controlplane.audit.triggers import GUARDS, audit_trigger_problems
+
+    assert audit_trigger_problems() == []
+    call_command("check", "--database", "default")
+    call_command("audit_verify")
+    assert "every audit trigger is in place" in capsys.readouterr().out
+    assert len([guard for guard in GUARDS if "postgresql" in guard.vendors]) == 7
+
+
+def test_a_dropped_trigger_fails_check_migrate_and_audit_verify(team, capsys):
+    """The reported fault: DROP TRIGGER went unnoticed by all three."""
+    _as_owner("DROP TRIGGER audit_event_no_delete ON audit_auditevent")
+    with pytest.raises(
+        SystemCheckError, match="audit_event_no_delete on audit_auditevent is MISSING"
+    ):
+        call_command("check", "--database", "default")
+    with pytest.raises(SystemCheckError, match="audit.E001"):
+        # call_command skips system checks unless told; `manage.py migrate` runs them.
+        call_command("migrate", "--check", skip_checks=False, verbosity=0)
+    with pytest.raises(CommandError):
+        call_command("audit_verify")
+    out = capsys.readouterr().out
+    assert "database: trigger audit_event_no_delete on audit_auditevent is MISSING" in out
+
+
+def test_a_disabled_or_weakened_trigger_is_reported(team):
+    from controlplane.audit.triggers import audit_trigger_problems
+
+    _as_owner(
+        "ALTER TABLE audit_auditchain DISABLE TRIGGER audit_chain_no_truncate",
+        "ALTER TABLE audit_auditchain ENABLE REPLICA TRIGGER audit_chain_advance_only",
+        "ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_update",
+    )
+    problems = audit_trigger_problems()
+    assert len(problems) == 3
+    assert "audit_chain_no_truncate on audit_auditchain is DISABLED" in problems[1]
+    assert "audit_chain_advance_only on audit_auditchain is enabled for replica" in problems[2]
+    assert "audit_event_no_update on audit_auditevent is not ENABLE ALWAYS" in problems[0]
+
+
+def test_a_database_mid_upgrade_is_not_reported(team, monkeypatch):
+    """Before the head-guard migration runs, its triggers are not expected yet."""
+    from controlplane.audit import triggers
+
+    applied = {"initial", "append_only_triggers"}
+    _as_owner(
+        "DROP TRIGGER audit_chain_advance_only ON audit_auditchain",
+        "ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_update",
+    )
+    monkeypatch.setattr(triggers, "_applied_migration_suffixes", lambda alias: applied)
+    assert triggers.audit_trigger_problems() == []
