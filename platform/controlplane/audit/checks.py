@@ -14,7 +14,7 @@ from controlplane.audit.triggers import audit_trigger_problems
 REPAIR_HINT = (
     "Find out who removed it (the chain may have been rewritten meanwhile: run "
     "`manage.py audit_verify`), then re-create the guards as the tables' owner: "
-    "`manage.py migrate --skip-checks audit 0002 && manage.py migrate --skip-checks audit`."
+    "`manage.py migrate --skip-checks audit 0001 && manage.py migrate --skip-checks audit`."
 )
 
 

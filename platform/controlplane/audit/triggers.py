@@ -111,12 +111,11 @@ def audit_trigger_problems(alias: str = "default") -> list[str]:
         state = installed.get((guard.table, guard.trigger))
         if state is None:
             problems.append(
-                f"trigger {guard.trigger} on {guard.table} is MISSING: {guard.refuses} "
-                "are no longer refused"
+                f"trigger {guard.trigger} on {guard.table} is MISSING (it refuses {guard.refuses})"
             )
         elif state not in enabled:
             problems.append(
-                f"trigger {guard.trigger} on {guard.table} is {_PG_STATES.get(state, state)}: "
-                f"{guard.refuses} may get through"
+                f"trigger {guard.trigger} on {guard.table} is {_PG_STATES.get(state, state)} "
+                f"(it refuses {guard.refuses})"
             )
     return problems

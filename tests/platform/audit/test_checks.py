@@ -67,3 +67,20 @@ def test_a_database_mid_upgrade_is_not_reported(team, monkeypatch):
     )
     monkeypatch.setattr(triggers, "_applied_migration_suffixes", lambda alias: applied)
     assert triggers.audit_trigger_problems() == []
+
+
+def test_the_repair_in_the_hint_restores_every_guard(team):
+    from controlplane.audit.checks import REPAIR_HINT
+    from controlplane.audit.triggers import audit_trigger_problems
+
+    _as_owner(
+        "DROP TRIGGER audit_event_no_delete ON audit_auditevent",
+        "ALTER TABLE audit_auditchain DISABLE TRIGGER audit_chain_advance_only",
+    )
+    assert len(audit_trigger_problems()) == 2
+    assert (
+        "migrate --skip-checks audit 0001 && manage.py migrate --skip-checks audit" in REPAIR_HINT
+    )
+    call_command("migrate", "audit", "0001", verbosity=0)
+    call_command("migrate", "audit", verbosity=0)
+    assert audit_trigger_problems() == []

@@ -78,9 +78,9 @@ ALTER TABLE audit_auditchain ENABLE ALWAYS TRIGGER audit_chain_advance_only;
 ALTER TABLE audit_auditchain ENABLE ALWAYS TRIGGER audit_chain_no_delete;
 ALTER TABLE audit_auditchain ENABLE ALWAYS TRIGGER audit_chain_starts_empty;
 """
+# 0002's triggers stay ENABLE ALWAYS (harmless, and they may be the ones being repaired:
+# `migrate audit 0001 && migrate audit` re-creates every guard, see audit/checks.py).
 POSTGRES_DOWN = """
-ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_update;
-ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_delete;
 DROP TRIGGER IF EXISTS audit_event_no_truncate ON audit_auditevent;
 DROP TRIGGER IF EXISTS audit_chain_no_truncate ON audit_auditchain;
 DROP TRIGGER IF EXISTS audit_chain_advance_only ON audit_auditchain;
