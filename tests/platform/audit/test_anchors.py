@@ -268,3 +268,42 @@ def test_deploy_check_warns_when_the_anchor_key_is_derived(settings):
     assert [warning.id for warning in check_audit_anchor_key()] == ["audit.W001"]
     settings.AUDIT_ANCHOR_KEY = "k" * 40
     assert check_audit_anchor_key() == []
+
+
+@pytest.fixture
+def s3_store():
+    """The S3 backend on a private moto server (tests/s3server.py), one bucket."""
+    from tests.s3server import ACCESS_KEY, REGION, SECRET_KEY, start_s3_server
+    from workers.storage.s3 import S3ObjectStore
+
+    endpoint, stop = start_s3_server()
+    try:
+        store = S3ObjectStore(
+            endpoint, "anchors", access_key=ACCESS_KEY, secret_key=SECRET_KEY, region=REGION
+        )
+        store.ensure_bucket()
+        yield store
+    finally:
+        stop()
+
+
+def test_anchors_on_an_s3_store_catch_a_truncation_and_are_never_overwritten(team, s3_store):
+    from controlplane.audit.anchors import audit_anchor_chains
+    from controlplane.audit.services import audit_verify
+    from workers.storage.errors import ObjectExistsError
+
+    (anchor, _other) = audit_anchor_chains(store=s3_store)
+    assert audit_verify(team.project, store=s3_store)[0].anchors_checked == 1
+    with pytest.raises(ObjectExistsError):
+        s3_store.put_bytes(anchor.object_key, b"{}")
+    chain = _chain(team.project)
+    keep = chain.events.get(seq=chain.length - 1)
+    _as_superuser(
+        "ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_no_delete",
+        "ALTER TABLE audit_auditchain DISABLE TRIGGER audit_chain_advance_only",
+        f"DELETE FROM audit_auditevent WHERE chain_id = {chain.pk} AND seq > {keep.seq}",
+        f"UPDATE audit_auditchain SET length = {keep.seq}, head_hash = '{keep.hash}'"
+        f" WHERE id = {chain.pk}",
+    )
+    (result,) = audit_verify(team.project, store=s3_store)
+    assert not result.ok and result.first_bad_seq == chain.length and "TRUNCATED" in result.reason
