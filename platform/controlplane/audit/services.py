@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from controlplane.audit.anchors import Anchor, StoredAnchor, stored_anchors
@@ -196,11 +198,33 @@ def _anchor_failure(hashes: dict[int, str], anchors: list[Anchor]) -> tuple[int,
     return None
 
 
+@contextmanager
+def _one_snapshot() -> Iterator[None]:
+    """Read the head row and its events from one snapshot.
+
+    Under READ COMMITTED each statement sees the latest commits, so an append landing
+    between reading the head and reading the events would look like a head that disagrees
+    with its events. (Inside a caller's transaction the isolation level is the caller's.)
+    """
+    outermost = not connection.in_atomic_block
+    with transaction.atomic():
+        if outermost and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
 def audit_verify_chain(
     chain: AuditChain, anchors: list[StoredAnchor] | None = None
 ) -> ChainVerification:
-    """Recompute the chain, then check that it still holds every anchored head."""
-    failure, hashes = _recompute(chain)
+    """Recompute the chain, then check that it still holds every anchored head.
+
+    Read the anchors before calling this: the chain only grows, so a head anchored before
+    the chain is read must be a prefix of it.
+    """
+    with _one_snapshot():
+        chain = AuditChain.objects.get(pk=chain.pk)
+        failure, hashes = _recompute(chain)
     if failure is not None:
         return failure
     readings = anchors or []

@@ -143,3 +143,32 @@ def test_concurrent_appends_all_pass_the_head_guard(make_user):
     assert _chain(project).length == start + writers * per_writer
     (result,) = audit_verify(project)
     assert result.ok, result.describe()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verifying_while_events_are_appended_never_reports_a_broken_chain(make_user):
+    """The head row and the events are read from one snapshot: an append in between must
+    not look like a head that disagrees with its events (the dashboard badge under load)."""
+    from controlplane.audit.services import audit_append, audit_verify
+    from controlplane.projects.services import project_create
+
+    owner = make_user("owner")
+    project = project_create(name="Busy", slug="busy", actor=owner)
+    stop = threading.Event()
+
+    def keep_appending() -> None:
+        try:
+            while not stop.is_set():
+                audit_append(project=project, actor=owner, action="test.append", artifact=("x", 1))
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=keep_appending)
+    writer.start()
+    try:
+        results = [audit_verify(project)[0] for _ in range(40)]
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert [result.describe() for result in results if not result.ok] == []
+    assert results[-1].events_checked > results[0].events_checked  # it did run concurrently
