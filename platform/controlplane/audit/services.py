@@ -242,7 +242,8 @@ def audit_verify_chain(
 
 def _missing_chain(scope: str, readings: list[StoredAnchor]) -> ChainVerification:
     """A chain the store has anchors of but the database has no row for: deleted whole."""
-    project_id = int(scope.split(":", 1)[1]) if scope.startswith("project:") else None
+    number = scope.split(":", 1)[1] if scope.startswith("project:") else ""
+    project_id = int(number) if number.isdigit() else None  # else a stray folder: named below
     lengths = [reading.anchor.length for reading in readings if reading.anchor is not None]
     detail = f"anchored at #{max(lengths)}" if lengths else "anchored"
     return ChainVerification(

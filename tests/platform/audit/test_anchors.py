@@ -307,3 +307,12 @@ def test_anchors_on_an_s3_store_catch_a_truncation_and_are_never_overwritten(tea
     )
     (result,) = audit_verify(team.project, store=s3_store)
     assert not result.ok and result.first_bad_seq == chain.length and "TRUNCATED" in result.reason
+
+
+def test_a_stray_folder_under_the_anchor_prefix_is_reported_not_a_crash(team):
+    from controlplane.audit.services import audit_verify
+    from controlplane.storage import object_store
+
+    object_store().put_bytes("system/audit-anchors/project-abc/1.json", b"{}")
+    stray = [result for result in audit_verify(all_chains=True) if not result.ok]
+    assert len(stray) == 1 and "chain project:abc is missing" in stray[0].reason
