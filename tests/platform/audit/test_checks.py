@@ -84,3 +84,48 @@ def test_the_repair_in_the_hint_restores_every_guard(team):
     call_command("migrate", "audit", "0001", verbosity=0)
     call_command("migrate", "audit", verbosity=0)
     assert audit_trigger_problems() == []
+
+
+@pytest.mark.slow
+def test_the_embedded_sqlite_database_is_guarded_and_checked_too(tmp_path):
+    """The embedded default: the head guard refuses a rewrite, and a dropped trigger fails
+    `check --database default` (read from sqlite_master)."""
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    env = {"PATH": "/usr/bin:/bin", "CONTROLPLANE_DATA_DIR": str(tmp_path)}
+
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert manage("migrate", "-v0").returncode == 0
+    probe = manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User\n"
+        "from django.db import DatabaseError, connection\n"
+        "from controlplane.projects.services import project_create\n"
+        "owner = User.objects.create_user('owner', 'o@example.org', 'pw-for-tests-1')\n"
+        "project_create(name='S', slug='s', actor=owner)\n"
+        "try:\n"
+        "    connection.cursor().execute('UPDATE audit_auditchain SET length = 1')\n"
+        "except DatabaseError as error:\n"
+        "    print('REFUSED', error)\n",
+    )
+    assert "REFUSED audit chain heads only advance" in probe.stdout, probe.stderr
+    assert manage("check", "--database", "default").returncode == 0
+    with sqlite3.connect(tmp_path / "db.sqlite3") as database:
+        database.execute("DROP TRIGGER audit_chain_no_delete")
+    checked = manage("check", "--database", "default")
+    assert checked.returncode != 0
+    assert "audit_chain_no_delete on audit_auditchain is MISSING" in checked.stderr
