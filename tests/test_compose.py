@@ -26,6 +26,7 @@ SERVICES = {
     "minio",
     "minio-init",
     "mlflow",
+    "migrate",
     "web",
     "control-worker",
     "cpu-worker",
@@ -89,9 +90,11 @@ def test_services_wait_for_healthy_or_finished_dependencies(services):
             else:
                 assert condition == "service_completed_successfully", (name, dependency)
                 assert services[dependency].get("restart") == "no", dependency
-    assert services["web"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    # Migrations run in web: the control worker may only touch the database after them.
-    assert services["control-worker"]["depends_on"]["web"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Only after the migrations may the platform's processes touch the database.
+    for name in ("web", "control-worker"):
+        migrate = services[name]["depends_on"]["migrate"]["condition"]
+        assert migrate == "service_completed_successfully", name
     for worker in WORKERS:
         assert services[worker]["depends_on"]["redis"]["condition"] == "service_healthy"
 
@@ -123,7 +126,7 @@ def test_every_variable_given_to_the_app_is_one_it_reads(services):
         ROOT / "platform" / "controlplane" / "gunicorn_conf.py",
     ]
     read_by_app = "".join(path.read_text() for path in readers)
-    for name in ("web", "control-worker", "cpu-worker", "gpu-worker"):
+    for name in ("migrate", "web", "control-worker", "cpu-worker", "gpu-worker"):
         for variable in services[name]["environment"]:
             assert f'"{variable}"' in read_by_app, (
                 f"{name} sets {variable}, which nothing reads (a typo?)"
@@ -137,7 +140,8 @@ def _module_exists(module: str) -> bool:
 
 def test_commands_name_modules_that_exist(services):
     web = _command(services["web"])
-    assert "manage.py migrate" in web
+    assert "migrate" not in web  # the app role could not run them: the migrate service does
+    assert _command(services["migrate"]) == "python manage.py migrate --noinput"
     gunicorn = re.search(r"gunicorn -c python:(\S+) (\S+)", web)
     assert gunicorn, web
     assert _module_exists(gunicorn.group(1)) and _module_exists(gunicorn.group(2))
@@ -150,7 +154,7 @@ def test_commands_name_modules_that_exist(services):
         assert _module_exists(app.group(1)), f"{name} names missing module {app.group(1)}"
         assert f"-Q {queue}" in command
     assert "controlplane.celery_app" in _command(services["control-worker"])
-    assert " -B" in _command(services["control-worker"])  # the reaper's beat
+    assert " -B" in _command(services["control-worker"])  # the reaper's and anchors' beat
     for worker in WORKERS:
         assert "workers.celery_app" in _command(services[worker])
 
@@ -197,3 +201,49 @@ def test_dockerfile_installs_cpu_torch_and_runs_as_a_user():
     assert re.search(r"^USER app$", dockerfile, re.MULTILINE)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "var", ".git"} <= set(ignored)
+
+
+def _database_user(service: dict) -> str:
+    return re.match(r"postgres://([^:@]+)", service["environment"]["DATABASE_URL"]).group(1)
+
+
+def test_the_app_logs_in_with_a_role_that_owns_no_table(services):
+    """Issue 11: the application itself must not be able to drop or disable audit triggers."""
+    assert _database_user(services["migrate"]) == "controlplane_owner"
+    for name in ("web", "control-worker"):
+        assert _database_user(services[name]) == "controlplane_app", name
+    postgres = services["postgres"]["environment"]
+    assert postgres["POSTGRES_USER"] == "postgres"  # the superuser: nobody's DATABASE_URL
+    assert {"DB_OWNER_PASSWORD", "DB_APP_PASSWORD"} <= set(postgres)
+    init = (ROOT / "compose" / "postgres-init" / "20-controlplane-roles.sh").read_text()
+    assert "-v owner=controlplane_owner" in init and "-v app=controlplane_app" in init
+    assert "/docker-entrypoint-initdb.d/roles/controlplane-roles.sql" in init
+    sql = (ROOT / "compose" / "postgres-init" / "roles" / "controlplane-roles.sql").read_text()
+    grants = re.findall(r"GRANT ([A-Z, ]+) ON TABLES TO", sql)
+    assert grants == ["SELECT, INSERT, UPDATE, DELETE"]  # no TRUNCATE, TRIGGER, REFERENCES
+    assert 'ALTER DEFAULT PRIVILEGES FOR ROLE :"owner"' in sql
+
+
+def test_the_platform_store_user_cannot_delete_audit_anchors(services):
+    import json
+
+    minio_init = services["minio-init"]
+    command = _command(minio_init)
+    # `config` keeps the escaped "$$" of the file (compose v1 and v2 alike).
+    assert re.search(r'mc admin user add store "\$+APP_ACCESS_KEY" "\$+APP_SECRET_KEY"', command)
+    assert "mc admin policy attach store controlplane-app" in command
+    mounts = [str(volume) for volume in minio_init["volumes"]]
+    assert any("compose/minio/controlplane-app-policy.json:/policies" in m for m in mounts)
+    app_key = minio_init["environment"]["APP_ACCESS_KEY"]
+    for name in ("web", "control-worker", "cpu-worker", "gpu-worker"):
+        assert services[name]["environment"]["OBJECT_STORE_ACCESS_KEY"] == app_key, name
+    assert app_key != minio_init["environment"]["MINIO_ROOT_USER"]
+    policy = json.loads((ROOT / "compose" / "minio" / "controlplane-app-policy.json").read_text())
+    denied = {
+        action
+        for statement in policy["Statement"]
+        if statement["Effect"] == "Deny"
+        for action in statement["Action"]
+        if any(r.endswith("/system/audit-anchors/*") for r in statement["Resource"])
+    }
+    assert {"s3:DeleteObject", "s3:DeleteObjectVersion"} <= denied

@@ -265,3 +265,19 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "control"},
     },
 }
+
+# Audit anchors (controlplane/audit/anchors.py): signed chain heads in the object store.
+# AUDIT_ANCHOR_KEY unset = derived from SECRET_KEY (the embedded default); set it in
+# production, comma-separated during a rotation (the first signs, every one verifies).
+try:
+    AUDIT_ANCHOR_KEY = env.env_str("AUDIT_ANCHOR_KEY", "")
+    AUDIT_ANCHOR_INTERVAL_SECONDS = env.env_int("AUDIT_ANCHOR_INTERVAL_SECONDS", 300, minimum=10)
+    # Also anchor a chain each time it grows by this many events (0 = only on the beat).
+    AUDIT_ANCHOR_EVERY_EVENTS = env.env_int("AUDIT_ANCHOR_EVERY_EVENTS", 100, minimum=0)
+except env.ConfigError as error:
+    raise ImproperlyConfigured(str(error)) from None
+CELERY_BEAT_SCHEDULE["anchor-audit-chains"] = {
+    "task": "control.audit_anchor_chains",
+    "schedule": float(AUDIT_ANCHOR_INTERVAL_SECONDS),
+    "options": {"queue": "control"},
+}

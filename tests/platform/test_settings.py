@@ -13,6 +13,7 @@ PRODUCTION = {
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/controlplane",
     "CELERY_BROKER_URL": "redis://127.0.0.1:6379/15",
     "CACHE_URL": "redis://127.0.0.1:6379/14",
+    "AUDIT_ANCHOR_KEY": "a" * 20 + "-audit-anchor-key-for-the-check-only",
 }
 
 

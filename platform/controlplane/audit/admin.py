@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from controlplane.audit.models import AuditChain, AuditEvent
+from controlplane.audit.models import AuditAnchor, AuditChain, AuditEvent
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -38,3 +38,10 @@ class AuditEventAdmin(ReadOnlyAdmin):
 @admin.register(AuditChain)
 class AuditChainAdmin(ReadOnlyAdmin):
     list_display = ["scope", "project", "length", "head_hash"]
+
+
+@admin.register(AuditAnchor)
+class AuditAnchorAdmin(ReadOnlyAdmin):
+    """The index of anchors written; the signed documents themselves are in the store."""
+
+    list_display = ["chain", "length", "head_hash", "anchored_at", "object_key"]

@@ -54,3 +54,27 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action} {self.artifact_type}:{self.artifact_id}"
+
+
+class AuditAnchor(models.Model):
+    """An index of the signed chain heads written to the object store (`audit/anchors.py`).
+
+    The object store is the record: `audit_verify` reads the anchors from there, never from
+    this table, which someone with the database could edit. The table only tells the anchor
+    task which heads are already anchored, so an idle chain is not anchored again.
+    """
+
+    chain = models.ForeignKey(AuditChain, on_delete=models.PROTECT, related_name="anchors")
+    length = models.PositiveBigIntegerField()
+    head_hash = models.CharField(max_length=64)
+    object_key = models.CharField(max_length=300, unique=True)
+    anchored_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "length"], name="one_anchor_per_length")
+        ]
+        ordering = ["chain_id", "length"]
+
+    def __str__(self) -> str:
+        return f"anchor of {self.chain.scope} at #{self.length}"
