@@ -28,6 +28,7 @@ from workers.storage.base import (
     SHA256_METADATA_KEY,
     ObjectInfo,
     ObjectStore,
+    OpenUpload,
     StoredObject,
     check_content_type,
     check_expiry,
@@ -372,8 +373,28 @@ class LocalObjectStore(ObjectStore):
         folder = self.bucket_dir / ".multipart" / upload_id
         folder.mkdir(parents=True)
         manifest = json.dumps({"key": key, "content_type": content_type})
-        (folder / "upload.json").write_text(manifest, "utf-8")
+        try:
+            (folder / "upload.json").write_text(manifest, "utf-8")
+        except BaseException:
+            # A folder without its manifest names no upload: nothing could ever remove it.
+            self._drop_upload(folder)
+            raise
         return upload_id
+
+    def multipart_list(self, prefix: str = "") -> Iterator[OpenUpload]:
+        folder_prefix = validate_prefix(prefix)
+        uploads = self.bucket_dir / ".multipart"
+        if not uploads.is_dir():
+            return
+        for folder in sorted(uploads.iterdir()):
+            manifest = folder / "upload.json"
+            try:
+                key = json.loads(manifest.read_text("utf-8"))["key"]
+                initiated = datetime.fromtimestamp(manifest.stat().st_mtime, UTC)
+            except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
+                continue  # completed or aborted while we looked, or not an upload
+            if isinstance(key, str) and key.startswith(folder_prefix):
+                yield OpenUpload(key=key, upload_id=folder.name, initiated=initiated)
 
     def presigned_part_url(
         self, key: str, upload_id: str, part_number: int, expires: timedelta = timedelta(hours=1)

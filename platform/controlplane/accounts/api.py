@@ -10,6 +10,7 @@ from controlplane.accounts.models import ApiToken
 from controlplane.accounts.services import TokenError, api_token_create, api_token_revoke
 from controlplane.api.access import StrictSerializer
 from controlplane.api.errors import Conflict
+from controlplane.names import validate_name
 
 
 class TokenOut(serializers.ModelSerializer):
@@ -37,7 +38,7 @@ class TokenCreatedOut(TokenOut):
 
 
 class TokenIn(StrictSerializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=100, validators=[validate_name])
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 

@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 from controlplane.api.access import project_or_404
 from controlplane.projects.permissions import Action
 from controlplane.uploads.models import Upload
-from controlplane.uploads.services import UploadError, upload_create
+from controlplane.uploads.services import UploadError, single_uploaded_file, upload_create
 
 
 class PayloadTooLarge(APIException):
@@ -54,10 +54,8 @@ def reject_oversized_body(request) -> None:
 
 
 def store_uploaded_file(request, project) -> Upload:
-    uploaded = request.FILES.get("file")
-    if uploaded is None or len(request.FILES) != 1:
-        raise serializers.ValidationError({"file": ["send exactly one file in the 'file' field"]})
     try:
+        uploaded = single_uploaded_file(request.FILES, "file")
         # The file is in a temp file (or small in memory); put_stream reads it in parts.
         return upload_create(
             project=project,

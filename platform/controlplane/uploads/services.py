@@ -9,6 +9,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from controlplane.audit.services import audit_append
+from controlplane.names import name_problem
 from controlplane.projects.models import Project
 from controlplane.storage import object_store
 from controlplane.uploads.models import Upload
@@ -28,6 +29,22 @@ def display_filename(name: str) -> str:
     """The user's name, shown in the UI only; path parts and control characters dropped."""
     base = _UNSAFE_DISPLAY.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip(" .")
     return (base or "upload")[:255]
+
+
+def single_uploaded_file(files, field: str = "file"):
+    """The one file sent under `field`; UploadError when there is none, or more than one.
+
+    Two parts under the same form field used to be accepted with the last one kept: the
+    client believed it had stored both. Other file fields are refused too.
+    """
+    sent = files.getlist(field)
+    others = sorted(name for name in files if name != field)
+    if len(sent) != 1 or others:
+        detail = f"got {len(sent)} under '{field}'" + (
+            f" and files under {', '.join(others)}" if others else ""
+        )
+        raise UploadError(f"send exactly one file in the '{field}' field ({detail})")
+    return sent[0]
 
 
 def upload_create(
@@ -50,6 +67,9 @@ def upload_create(
         )
     if size == 0:
         raise UploadError("file is empty")
+    problem = name_problem(filename, field="file name")
+    if problem:
+        raise UploadError(problem)
     store = object_store()
     key = project_key(project.pk, "uploads", uuid.uuid4().hex)
     stored = store.put_stream(
