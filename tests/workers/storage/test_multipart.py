@@ -70,3 +70,49 @@ def test_an_existing_key_cannot_be_uploaded_again(store):
     store.put_bytes("projects/1/x", b"1")
     with pytest.raises(ObjectExistsError):
         store.multipart_create("projects/1/x")
+
+
+def test_open_uploads_are_listed_until_completed_or_aborted(store):
+    from datetime import UTC, datetime, timedelta
+
+    kept = store.multipart_create("projects/1/datasets/1/v4/upload/00000")
+    dropped = store.multipart_create("projects/1/datasets/1/v4/upload/00001")
+    done = store.multipart_create("projects/2/datasets/1/v1/upload/00000")
+    _send_part(store, "projects/2/datasets/1/v1/upload/00000", done, 1, b"whole")
+    etag = _send_part(store, "projects/2/datasets/1/v1/upload/00000", done, 1, b"whole")
+    store.multipart_complete("projects/2/datasets/1/v1/upload/00000", done, [(1, etag)])
+    store.multipart_abort("projects/1/datasets/1/v4/upload/00001", dropped)
+    listed = list(store.multipart_list("projects/"))
+    assert [(u.key, u.upload_id) for u in listed] == [
+        ("projects/1/datasets/1/v4/upload/00000", kept)
+    ]
+    if store.backend == "local":  # moto answers a fixed Initiated date (2010-11-10)
+        assert abs(listed[0].initiated - datetime.now(UTC)) < timedelta(minutes=1)
+    assert list(store.multipart_list("projects/2/")) == []
+    # Folder prefixes, as everywhere: projects/1 does not reach projects/10.
+    assert list(store.multipart_list("projects/10/")) == []
+
+
+def test_listing_open_uploads_pages_through_many(s3_store, monkeypatch):
+    """More uploads than one ListMultipartUploads page (the SDK drops the upload-id marker)."""
+    original = s3_store.client._list_multipart_uploads
+    monkeypatch.setattr(
+        s3_store.client,
+        "_list_multipart_uploads",
+        lambda *a, **kw: original(*a, **{**kw, "max_uploads": 2}),
+    )
+    ids = {s3_store.multipart_create(f"projects/1/up/{n:03d}") for n in range(5)}
+    assert {u.upload_id for u in s3_store.multipart_list("projects/")} == ids
+
+
+def test_a_failed_local_create_leaves_no_upload_folder(local_store, monkeypatch):
+    from pathlib import Path
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    with pytest.raises(OSError):
+        local_store.multipart_create("projects/1/x")
+    monkeypatch.undo()
+    assert not (local_store.bucket_dir / ".multipart").exists()

@@ -1,0 +1,90 @@
+"""A version number, once given out, always means that version: removed ones stay taken."""
+
+import hashlib
+import io
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def dataset(team):
+    from controlplane.datasets.services import dataset_create
+
+    return dataset_create(
+        project=team.project, actor=team.engineer, name="Plays", slug="plays", kind="text"
+    )
+
+
+def _start(dataset, user, data: bytes, sha256: str | None = None):
+    from controlplane.datasets.services import DeclaredFile, dataset_version_start
+
+    declared = DeclaredFile("a.txt", len(data), sha256 or hashlib.sha256(data).hexdigest())
+    return dataset_version_start(dataset=dataset, actor=user, files=[declared])
+
+
+def _send(upload, data: bytes) -> dict:
+    from controlplane.storage import object_store
+
+    etag = object_store().upload_part(
+        upload.file.object_key, upload.file.upload_id, 1, io.BytesIO(data), len(data)
+    )
+    return {upload.file.pk: [(1, etag)]}
+
+
+def _removal(version_id):
+    from controlplane.audit.models import AuditEvent
+
+    return AuditEvent.objects.get(
+        artifact_type="datasetversion",
+        artifact_id=str(version_id),
+        action="dataset_version.removed",
+    )
+
+
+def test_an_aborted_versions_number_is_not_reused(team, dataset):
+    from controlplane.datasets.services import dataset_version_abort
+
+    first, _ = _start(dataset, team.engineer, b"first")
+    assert first.number == 1
+    dataset_version_abort(version=first, actor=team.engineer)
+    second, _ = _start(dataset, team.engineer, b"second")
+    assert second.number == 2
+    removal = _removal(first.pk)
+    assert removal.payload["number"] == 1 and removal.payload["reason"] == "aborted by the uploader"
+    assert removal.actor_id == team.engineer.pk
+
+
+def test_a_failed_complete_is_audited_and_its_number_stays_taken(team, dataset):
+    from controlplane.datasets.services import DatasetError, dataset_version_complete
+    from controlplane.storage import object_store
+
+    version, (upload,) = _start(dataset, team.engineer, b"data", sha256="0" * 64)
+    parts = _send(upload, b"data")
+    with pytest.raises(DatasetError, match="sha256"):
+        dataset_version_complete(version=version, actor=team.engineer, parts=parts)
+    assert not object_store().exists(upload.file.object_key)
+    assert "sha256" in _removal(version.pk).payload["reason"]
+    again, _ = _start(dataset, team.engineer, b"data")
+    assert again.number == 2
+
+
+def test_numbers_continue_from_versions_made_before_the_counter(team, dataset):
+    """Rows written before the counter existed (or by hand) are never collided with."""
+    from controlplane.datasets.models import DatasetVersion
+
+    DatasetVersion.objects.create(dataset=dataset, number=7, created_by=team.engineer)
+    version, _ = _start(dataset, team.engineer, b"x")
+    assert version.number == 8
+
+
+def test_aborting_a_ready_version_is_refused(team, dataset, make_ready_version):
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.datasets.services import DatasetError, dataset_version_abort
+
+    ready = make_ready_version(dataset, team.engineer, {"a.txt": b"kept"})
+    with pytest.raises(DatasetError) as refused:
+        dataset_version_abort(version=ready, actor=team.engineer)
+    assert refused.value.status == 409
+    assert DatasetVersion.objects.get(pk=ready.pk).state == "ready"
