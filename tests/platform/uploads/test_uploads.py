@@ -97,3 +97,74 @@ def test_upload_from_the_dashboard(team, client):
     )
     assert response.status_code == 302
     assert Upload.objects.get().filename == "a.csv"
+
+
+def _nothing_stored(team):
+    from controlplane.storage import object_store
+    from controlplane.uploads.models import Upload
+
+    assert not Upload.objects.exists()
+    assert not list(object_store().list(f"projects/{team.project.pk}/uploads/"))
+
+
+def test_two_files_under_one_field_are_refused(team, api):
+    response = api(team.engineer).post(
+        _url(team),
+        {"file": [SimpleUploadedFile("a.txt", b"first"), SimpleUploadedFile("b.txt", b"second")]},
+        format="multipart",
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "exactly one file" in str(error["fields"]["file"]) and "got 2" in str(error["fields"])
+    _nothing_stored(team)
+
+
+def test_a_file_under_another_field_is_refused(team, api):
+    response = api(team.engineer).post(
+        _url(team),
+        {"file": SimpleUploadedFile("a.txt", b"1"), "other": SimpleUploadedFile("b.txt", b"2")},
+        format="multipart",
+    )
+    assert response.status_code == 400 and "other" in str(response.json()["error"]["fields"])
+    _nothing_stored(team)
+
+
+def test_two_files_from_the_dashboard_are_refused(team, client):
+    client.force_login(team.engineer)
+    response = client.post(
+        f"/projects/{team.project.pk}/uploads/",
+        {"file": [SimpleUploadedFile("a.csv", b"1\n"), SimpleUploadedFile("b.csv", b"2\n")]},
+    )
+    assert response.status_code == 400
+    assert "exactly one file" in response.content.decode()
+    _nothing_stored(team)
+
+
+def test_unnormalised_file_names_are_refused(team, api):
+    response = api(team.engineer).post(
+        _url(team), {"file": SimpleUploadedFile("cafe\u0301.txt", b"1")}, format="multipart"
+    )
+    assert response.status_code == 400
+    assert "U+0301 COMBINING ACUTE ACCENT" in str(response.json()["error"]["fields"]["file"])
+    _nothing_stored(team)
+
+
+def test_a_bidi_override_never_reaches_a_stored_name(team, api):
+    """Django's multipart parser drops non-printable characters from file names before we
+    see them; the service refuses them from any other caller."""
+    from controlplane.uploads.services import UploadError, upload_create
+
+    response = api(team.engineer).post(
+        _url(team), {"file": SimpleUploadedFile("\u202egnp.exe", b"MZ")}, format="multipart"
+    )
+    assert response.status_code in (201, 400)
+    if response.status_code == 201:
+        assert response.json()["filename"] == "gnp.exe"
+    with pytest.raises(UploadError, match="U\\+202E RIGHT-TO-LEFT OVERRIDE"):
+        upload_create(
+            project=team.project,
+            actor=team.engineer,
+            stream=io.BytesIO(b"MZ"),
+            filename="\u202egnp.exe",
+            size=2,
+        )
