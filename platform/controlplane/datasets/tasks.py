@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 
 from controlplane.datasets.services import dataset_uploads_reap
+from controlplane.uploads.services import upload_orphans_reap
 from controlplane.uploads.tempfiles import upload_temp_files_sweep
 from workers.protocol import CONTROL_QUEUE
 
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
     name="control.reap_abandoned_uploads", queue=CONTROL_QUEUE, ignore_result=True, time_limit=600
 )
 def reap_abandoned_uploads() -> list[int]:
-    """Abandoned dataset uploads and orphan multipart uploads, then stale upload temp files.
+    """Abandoned dataset uploads, orphan multipart uploads and upload objects, temp files.
 
     The temp folder is the web process's; the sweep reaches it where the control worker
     shares the data dir (the embedded default, one host). Each web process sweeps its own
@@ -27,4 +28,5 @@ def reap_abandoned_uploads() -> list[int]:
         upload_temp_files_sweep()
     except OSError:
         logger.exception("sweeping upload temp files failed")
+    upload_orphans_reap()
     return dataset_uploads_reap()

@@ -168,3 +168,52 @@ def test_a_bidi_override_never_reaches_a_stored_name(team, api):
             filename="\u202egnp.exe",
             size=2,
         )
+
+
+def test_an_upload_whose_process_died_before_its_row_is_reaped(team, monkeypatch):
+    """Killed between the store write and the commit: the cleanup never ran. The intent
+    recorded before the write lets the reaper find and remove the object."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from controlplane.audit.models import AuditEvent
+    from controlplane.storage import object_store
+    from controlplane.uploads import services
+    from controlplane.uploads.models import PendingUpload, Upload
+
+    def killed(**kwargs):
+        raise SystemExit("SIGKILL stand-in")
+
+    # The process "dies" in the row's transaction, and its cleanup cannot reach the store.
+    monkeypatch.setattr(services, "audit_append", killed)
+    monkeypatch.setattr(services, "_undo_pending", lambda intent: None)
+    with pytest.raises(SystemExit):
+        services.upload_create(
+            project=team.project,
+            actor=team.engineer,
+            stream=io.BytesIO(b"orphan bytes"),
+            filename="a.txt",
+            size=12,
+        )
+    monkeypatch.undo()
+    (intent,) = PendingUpload.objects.all()
+    assert object_store().exists(intent.object_key) and not Upload.objects.exists()
+
+    assert services.upload_orphans_reap() == []  # could still be a live upload
+    later = timezone.now() + services.PENDING_UPLOAD_MAX_AGE + timedelta(seconds=1)
+    assert services.upload_orphans_reap(now=later) == [intent.object_key]
+    assert not object_store().exists(intent.object_key)
+    assert not PendingUpload.objects.exists()
+    event = AuditEvent.objects.get(action="upload.orphan_removed")
+    assert event.payload["object_key"] == intent.object_key
+
+
+def test_a_completed_upload_leaves_no_intent(team, api):
+    from controlplane.uploads.models import PendingUpload
+
+    response = api(team.engineer).post(
+        _url(team), {"file": SimpleUploadedFile("a.txt", b"abc")}, format="multipart"
+    )
+    assert response.status_code == 201
+    assert not PendingUpload.objects.exists()
