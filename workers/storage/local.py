@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -255,14 +256,38 @@ class LocalObjectStore(ObjectStore):
     def delete(self, key: str) -> int:
         path = self._path(key)
         self._sidecar(path).unlink(missing_ok=True)
+        leftovers = self._remove_leftover_temps(path)
         try:
             path.unlink()
         except FileNotFoundError:
+            if leftovers:
+                self._prune_empty_parents(path)
             return 0
         except IsADirectoryError:
             raise StorageError(f"{key} is a folder of objects; use delete_prefix") from None
         self._prune_empty_parents(path)
         return 1
+
+    def _remove_leftover_temps(self, path: Path) -> int:
+        """Temp files a killed writer of this key left beside it (see `_write_temp`).
+
+        Deleting a key is how the platform removes what a dead upload wrote, and on this
+        store a dead write leaves only its hidden temp file; the exact pattern (mkstemp's
+        8 random characters) never matches another key's temp file.
+        """
+        if not path.parent.is_dir():
+            return 0
+        name = re.escape(path.name)
+        # `.<name>.XXXXXXXX.tmp` (data) or `..<name>.meta.json.XXXXXXXX.tmp` (sidecar).
+        pattern = re.compile(
+            rf"(?:\.{name}|\.\.{name}{re.escape(_SIDECAR_SUFFIX)})\.[a-z0-9_]{{8}}\.tmp"
+        )
+        removed = 0
+        for entry in os.scandir(path.parent):
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def delete_prefix(self, prefix: str) -> int:
         if validate_prefix(prefix) == "":

@@ -116,3 +116,19 @@ def test_a_failed_local_create_leaves_no_upload_folder(local_store, monkeypatch)
         local_store.multipart_create("projects/1/x")
     monkeypatch.undo()
     assert not (local_store.bucket_dir / ".multipart").exists()
+
+
+def test_deleting_a_key_removes_what_a_killed_local_writer_left(local_store):
+    """A writer killed mid-put leaves only its hidden temp file; deleting the key (what
+    the platform's reapers do) removes it, and never another key's temp file."""
+    folder = local_store.bucket_dir / "projects" / "1" / "uploads"
+    folder.mkdir(parents=True)
+    dead = folder / ".abc.k3j_x9q2.tmp"
+    dead_sidecar = folder / "..abc.meta.json.a1b2c3d4.tmp"
+    other = folder / ".abc.meta.json.z9y8x7w6.tmp"  # the temp of key "abc.meta.json"
+    neighbour = folder / ".abcd.q1w2e3r4.tmp"
+    for path in (dead, dead_sidecar, other, neighbour):
+        path.write_bytes(b"half")
+    assert local_store.delete("projects/1/uploads/abc") == 0
+    assert not dead.exists() and not dead_sidecar.exists()
+    assert other.exists() and neighbour.exists()
