@@ -190,9 +190,14 @@ def dataset_version_start(
                     for number in range(1, n_parts + 1)
                 ]
                 uploads.append(PartUpload(row, size, urls))
-    except BaseException:
+    except BaseException as error:
         # The rows rolled back; the store has no transaction, so undo what it opened.
         _abort_quietly(opened)
+        if isinstance(error, StorageError):
+            raise DatasetError(
+                f"the object store did not accept the upload ({error}); try again later",
+                status=503,
+            ) from error
         raise
     return version, uploads
 
@@ -325,12 +330,21 @@ def _delete_objects(files: list[DatasetFile]) -> None:
 
 
 def dataset_version_abort(*, version: DatasetVersion, actor: User) -> None:
-    if not version_remove(
-        version,
-        actor=actor,
-        from_states=[VersionState.UPLOADING],
-        reason="aborted by the uploader",
-    ):
+    try:
+        removed = version_remove(
+            version,
+            actor=actor,
+            from_states=[VersionState.UPLOADING],
+            reason="aborted by the uploader",
+        )
+    except StorageError as error:
+        # Claimed: the version stays `removing` and the reaper finishes once its lease ends.
+        raise DatasetError(
+            f"version {version.number} is being removed, but the object store did not "
+            f"answer ({error}); the removal is finished automatically",
+            status=503,
+        ) from error
+    if not removed:
         current = DatasetVersion.objects.filter(pk=version.pk).first()
         state = current.state if current else "removed"
         raise DatasetError(

@@ -88,3 +88,38 @@ def test_aborting_a_ready_version_is_refused(team, dataset, make_ready_version):
         dataset_version_abort(version=ready, actor=team.engineer)
     assert refused.value.status == 409
     assert DatasetVersion.objects.get(pk=ready.pk).state == "ready"
+
+
+def test_an_abort_the_store_cannot_finish_is_a_503_and_the_reaper_finishes_it(
+    team, dataset, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.datasets.services import (
+        DatasetError,
+        dataset_uploads_reap,
+        dataset_version_abort,
+    )
+    from controlplane.datasets.versioning import REMOVAL_LEASE
+    from controlplane.storage import object_store
+    from workers.storage import StorageError
+
+    version, (upload,) = _start(dataset, team.engineer, b"x")
+    store = object_store()
+
+    def unreachable(*args, **kwargs):
+        raise StorageError("connection refused")
+
+    monkeypatch.setattr(store, "multipart_abort", unreachable)
+    with pytest.raises(DatasetError) as refused:
+        dataset_version_abort(version=version, actor=team.engineer)
+    assert refused.value.status == 503
+    assert DatasetVersion.objects.get(pk=version.pk).state == "removing"
+    monkeypatch.undo()
+    later = timezone.now() + REMOVAL_LEASE + timedelta(seconds=1)
+    assert dataset_uploads_reap(now=later) == [version.pk]
+    assert list(store.multipart_list()) == []
+    assert _removal(version.pk).payload["reason"] == "aborted by the uploader"
