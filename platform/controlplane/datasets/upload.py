@@ -31,10 +31,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import urllib3
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
+from minio.error import ServerError
 
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion, VersionState
 from controlplane.datasets.orphans import multipart_orphans_abort
@@ -240,7 +242,20 @@ def dataset_version_complete(
     if claimed != 1:
         return _answer_unclaimed(version, digest)
     version.state = VersionState.ASSEMBLING
-    problem = _assemble(files, parts)
+    try:
+        problem = _assemble(files, parts)
+    except StoreUnreachable as error:
+        # Not the client's fault: give the claim back so the same `complete` can be sent
+        # again. Files already assembled and checked are skipped then.
+        DatasetVersion.objects.filter(pk=version.pk, state=VersionState.ASSEMBLING).update(
+            state=VersionState.UPLOADING, upload_expires_at=version.upload_expires_at
+        )
+        version.state = VersionState.UPLOADING
+        raise DatasetError(
+            f"the object store could not be reached while assembling {error.file_name} "
+            f"({error.__cause__}); send the same request again",
+            status=503,
+        ) from error
     if problem is not None:
         _remove_after_failure(version, actor, problem)
         raise DatasetError(f"upload failed and was removed: {problem}; start a new version")
@@ -298,6 +313,8 @@ def _assemble(files: list[DatasetFile], parts: dict[int, list[tuple[int, str]]])
                 file.object_key, file.upload_id, sorted(parts[file.pk])
             )
         except Exception as error:  # noqa: BLE001 - any store refusal means the upload failed
+            if _store_unreachable(error):
+                raise StoreUnreachable(file.name) from error
             return f"'{file.name}' could not be assembled: {error}"
         DatasetFile.objects.filter(pk=file.pk).update(upload_id="")
         file.upload_id = ""
@@ -306,6 +323,29 @@ def _assemble(files: list[DatasetFile], parts: dict[int, list[tuple[int, str]]])
         if stored.sha256 != file.sha256:
             return f"'{file.name}' has sha256 {stored.sha256}, not the declared {file.sha256}"
     return None
+
+
+class StoreUnreachable(Exception):
+    """The store failed to answer (network, 5xx, disk): the parts may be perfectly fine."""
+
+    def __init__(self, file_name: str):
+        super().__init__(file_name)
+        self.file_name = file_name
+
+
+def _store_unreachable(error: BaseException) -> bool:
+    """Whether the failure is the store's (worth a retry), not a refusal of the parts.
+
+    The backends wrap what the SDK or the disk raised in StorageError and keep it as the
+    cause: an OSError or urllib3 error is the network or the disk, minio's ServerError a 5xx
+    that survived its retries; an S3 error code (InvalidPart, NoSuchUpload) is a refusal.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (OSError, urllib3.exceptions.HTTPError, ServerError)):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _remove_after_failure(version: DatasetVersion, actor: User, problem: str) -> None:

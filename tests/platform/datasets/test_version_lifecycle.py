@@ -1,4 +1,4 @@
-"""A version number, once given out, always means that version: removed ones stay taken."""
+"""A version's life: numbers never reused, removals audited, store failures survived."""
 
 import hashlib
 import io
@@ -123,3 +123,34 @@ def test_an_abort_the_store_cannot_finish_is_a_503_and_the_reaper_finishes_it(
     assert dataset_uploads_reap(now=later) == [version.pk]
     assert list(store.multipart_list()) == []
     assert _removal(version.pk).payload["reason"] == "aborted by the uploader"
+
+
+def test_a_store_outage_during_complete_keeps_the_upload_for_a_retry(team, dataset, monkeypatch):
+    """A network failure is not the client's fault: its parts stay, the same request
+    succeeds later. (A refusal of the parts themselves still removes the version.)"""
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.datasets.services import DatasetError, dataset_version_complete
+    from controlplane.storage import object_store
+    from workers.storage import StorageError
+
+    data = b"kept through an outage"
+    version, (upload,) = _start(dataset, team.engineer, data)
+    parts = _send(upload, data)
+    store = object_store()
+    original = store.multipart_complete
+
+    def unreachable(*args, **kwargs):
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as error:
+            raise StorageError("complete multipart upload at S3 endpoint failed") from error
+
+    monkeypatch.setattr(store, "multipart_complete", unreachable)
+    with pytest.raises(DatasetError) as outage:
+        dataset_version_complete(version=version, actor=team.engineer, parts=parts)
+    assert outage.value.status == 503
+    assert DatasetVersion.objects.get(pk=version.pk).state == "uploading"
+    monkeypatch.setattr(store, "multipart_complete", original)
+    again = DatasetVersion.objects.get(pk=version.pk)
+    ready = dataset_version_complete(version=again, actor=team.engineer, parts=parts)
+    assert ready.state == "ready" and store.get_bytes(upload.file.object_key) == data
