@@ -154,3 +154,23 @@ def test_a_store_outage_during_complete_keeps_the_upload_for_a_retry(team, datas
     again = DatasetVersion.objects.get(pk=version.pk)
     ready = dataset_version_complete(version=again, actor=team.engineer, parts=parts)
     assert ready.state == "ready" and store.get_bytes(upload.file.object_key) == data
+
+
+def test_the_admin_cannot_delete_or_renumber_versions(team, dataset, client, make_ready_version):
+    """The admin's forms would bypass the services: no audit, numbers edited, objects
+    orphaned. Staff get read-only views."""
+    from django.contrib.auth.models import User
+
+    from controlplane.datasets.models import DatasetVersion
+
+    version = make_ready_version(dataset, team.engineer, {"a.txt": b"kept"})
+    root = User.objects.create_superuser("root", "root@example.org", "pw-for-tests-1")
+    client.force_login(root)
+    base = "/admin/datasets/datasetversion"
+    assert client.get(f"{base}/{version.pk}/change/").status_code == 200  # can look
+    assert client.post(f"{base}/{version.pk}/delete/", {"post": "yes"}).status_code == 403
+    edited = client.post(f"{base}/{version.pk}/change/", {"number": 1, "state": "uploading"})
+    assert edited.status_code == 403
+    assert client.get("/admin/uploads/upload/add/").status_code == 403
+    version.refresh_from_db()
+    assert DatasetVersion.objects.filter(pk=version.pk, state="ready", number=1).exists()
