@@ -19,6 +19,11 @@ class PayloadTooLarge(APIException):
     default_code = "too_large"
 
 
+class StoreUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "store_unavailable"
+
+
 class UploadOut(serializers.ModelSerializer):
     uploaded_by = serializers.CharField(source="uploaded_by.username")
 
@@ -68,6 +73,8 @@ def store_uploaded_file(request, project) -> Upload:
     except UploadError as error:
         if error.status == 413:
             raise PayloadTooLarge(str(error)) from None
+        if error.status >= 500:
+            raise StoreUnavailable(str(error)) from None
         raise serializers.ValidationError({"file": [str(error)]}) from None
 
 

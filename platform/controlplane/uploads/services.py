@@ -30,6 +30,8 @@ class UploadError(Exception):
         self.status = status
 
 
+_CONTENT_TYPE_MAX = Upload._meta.get_field("content_type").max_length
+_CONTENT_TYPE = re.compile(rf"(?=.{{3,{_CONTENT_TYPE_MAX}}}$)[!-~]+/[!-~]+(?:;[ -~]*)?")
 _UNSAFE_DISPLAY = re.compile(r"[\x00-\x1f\x7f/\\]+")
 
 
@@ -79,14 +81,25 @@ def upload_create(
     problem = name_problem(filename, field="file name")
     if problem:
         raise UploadError(problem)
+    content_type = content_type or "application/octet-stream"
+    # It becomes an HTTP header of the object and a 120-character column: checked here, so
+    # neither the store nor the database refuses it half-way through (a 500).
+    if not _CONTENT_TYPE.fullmatch(content_type):
+        raise UploadError(
+            f"content type {content_type[:60]!r} must be printable ASCII 'type/subtype', "
+            f"at most {_CONTENT_TYPE_MAX} characters"
+        )
     store = object_store()
     key = project_key(project.pk, "uploads", uuid.uuid4().hex)
     # The intent first, committed on its own: whatever happens next, a row knows the key.
     intent = PendingUpload.objects.create(project=project, object_key=key)
     try:
-        stored = store.put_stream(
-            key, stream, length=size, content_type=content_type or "application/octet-stream"
-        )
+        try:
+            stored = store.put_stream(key, stream, length=size, content_type=content_type)
+        except StorageError as error:
+            raise UploadError(
+                f"the object store did not accept the file ({error}); try again later", status=503
+            ) from error
         with transaction.atomic():
             upload = Upload.objects.create(
                 project=project,
@@ -94,7 +107,7 @@ def upload_create(
                 object_key=key,
                 size=stored.size,
                 sha256=stored.sha256,
-                content_type=content_type or "application/octet-stream",
+                content_type=content_type,
                 uploaded_by=actor,
             )
             audit_append(

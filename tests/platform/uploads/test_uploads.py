@@ -217,3 +217,33 @@ def test_a_completed_upload_leaves_no_intent(team, api):
     )
     assert response.status_code == 201
     assert not PendingUpload.objects.exists()
+
+
+@pytest.mark.parametrize("content_type", ["text/" + "x" * 200, "text/plain\x7f", "tëxt/plain"])
+def test_bad_content_types_are_field_errors_not_500s(team, api, content_type):
+    response = api(team.engineer).post(
+        _url(team),
+        {"file": SimpleUploadedFile("a.txt", b"abc", content_type=content_type)},
+        format="multipart",
+    )
+    assert response.status_code == 400
+    assert "content type" in str(response.json()["error"]["fields"]["file"])
+    _nothing_stored(team)
+
+
+def test_a_store_outage_is_a_503_and_leaves_nothing(team, api, monkeypatch):
+    from controlplane.storage import object_store
+    from controlplane.uploads.models import PendingUpload
+    from workers.storage import StorageError
+
+    def unreachable(*args, **kwargs):
+        raise StorageError("put at S3 endpoint minio:9000 failed: connection refused")
+
+    monkeypatch.setattr(object_store(), "put_stream", unreachable)
+    response = api(team.engineer).post(
+        _url(team), {"file": SimpleUploadedFile("a.txt", b"abc")}, format="multipart"
+    )
+    assert response.status_code == 503 and response.json()["error"]["status"] == 503
+    monkeypatch.undo()
+    _nothing_stored(team)
+    assert not PendingUpload.objects.exists()
