@@ -231,11 +231,7 @@ def dataset_version_complete(
     """
     digest = completion_digest(parts)
     files = list(version.files.all())
-    missing = [f.name for f in files if f.upload_id and f.pk not in parts]
-    if missing:
-        raise DatasetError(
-            f"no parts given for {', '.join(missing)}", fields={"files": ["parts missing"]}
-        )
+    _check_parts_listed(files, parts)
     claimed = DatasetVersion.objects.filter(pk=version.pk, state=VersionState.UPLOADING).update(
         state=VersionState.ASSEMBLING, upload_expires_at=timezone.now() + ASSEMBLY_LEASE
     )
@@ -275,6 +271,29 @@ def dataset_version_complete(
             status=409,
         )
     return version
+
+
+def _check_parts_listed(files: list[DatasetFile], parts: dict[int, list[tuple[int, str]]]):
+    """Each open file lists its parts 1..N exactly once (N from its size and part size).
+
+    A malformed list is the client's slip, found without touching the version: it can send
+    the request again. Only what the store finds wrong with the bytes removes an upload.
+    """
+    missing = [f.name for f in files if f.upload_id and f.pk not in parts]
+    if missing:
+        raise DatasetError(
+            f"no parts given for {', '.join(missing)}", fields={"files": ["parts missing"]}
+        )
+    for file in files:
+        if not file.upload_id:
+            continue
+        expected = max(1, math.ceil(file.size / file.part_size)) if file.part_size else None
+        numbers = sorted(number for number, _etag in parts[file.pk])
+        if len(set(numbers)) != len(numbers) or (
+            expected is not None and numbers != list(range(1, expected + 1))
+        ):
+            message = f"'{file.name}' needs parts 1 to {expected}, each once; got {numbers[:20]}"
+            raise DatasetError(message, fields={"files": [message]})
 
 
 def _answer_unclaimed(version: DatasetVersion, digest: str) -> DatasetVersion:

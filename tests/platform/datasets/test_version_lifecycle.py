@@ -174,3 +174,22 @@ def test_the_admin_cannot_delete_or_renumber_versions(team, dataset, client, mak
     assert client.get("/admin/uploads/upload/add/").status_code == 403
     version.refresh_from_db()
     assert DatasetVersion.objects.filter(pk=version.pk, state="ready", number=1).exists()
+
+
+def test_a_malformed_parts_list_is_a_400_that_keeps_the_upload(team, dataset):
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.datasets.services import DatasetError, dataset_version_complete
+
+    data = b"one part"
+    version, (upload,) = _start(dataset, team.engineer, data)
+    parts = _send(upload, data)
+    ((number, etag),) = parts[upload.file.pk]
+    for wrong in ([(1, etag), (1, etag)], [(1, etag), (2, etag)], [(2, etag)]):
+        with pytest.raises(DatasetError) as refused:
+            dataset_version_complete(
+                version=version, actor=team.engineer, parts={upload.file.pk: wrong}
+            )
+        assert refused.value.status == 400 and "needs parts 1 to 1" in str(refused.value)
+        assert DatasetVersion.objects.get(pk=version.pk).state == "uploading"
+    ready = dataset_version_complete(version=version, actor=team.engineer, parts=parts)
+    assert ready.state == "ready"
