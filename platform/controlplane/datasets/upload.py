@@ -61,7 +61,7 @@ DEFAULT_PART_SIZE = 64 * 1024**2
 # A `complete` that has not finished by then is taken to have died with its request (a
 # gunicorn timeout kills one long before); the reaper then removes the version.
 ASSEMBLY_LEASE = timedelta(hours=1)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,9 @@ def _check_declared(files: list[DeclaredFile]) -> None:
                 f"file '{f.name}' must have a positive integer size",
                 fields={"files": [f"'{f.name}' has size {f.size!r}"]},
             )
-        if not isinstance(f.sha256, str) or not _SHA256.match(f.sha256):
+        if not isinstance(f.sha256, str) or not _SHA256.fullmatch(f.sha256.lower()):
             raise DatasetError(
-                "sha256 must be 64 lowercase hex digits",
+                "sha256 must be 64 hex digits",
                 fields={"files": [f"'{f.name}': bad sha256"]},
             )
     names = [f.name for f in files]
