@@ -435,10 +435,16 @@ class LocalObjectStore(ObjectStore):
         folder = self._upload_dir(key, upload_id)
         target = folder / f"{part_number:05d}.part"
         reader = HashingReader(as_reader(stream), expected_length=length)
-        temp = self._write_temp(target, reader)
-        etag = reader.hexdigest()
-        os.replace(temp, target)  # a part sent again replaces the earlier one, as on S3
-        (folder / f"{part_number:05d}.etag").write_text(etag, "ascii")
+        try:
+            temp = self._write_temp(target, reader)
+            etag = reader.hexdigest()
+            os.replace(temp, target)  # a part sent again replaces the earlier one, as on S3
+            (folder / f"{part_number:05d}.etag").write_text(etag, "ascii")
+        except FileNotFoundError:
+            # Aborted (or completed) while this part was arriving: its folder is gone.
+            raise ObjectNotFoundError(
+                f"multipart upload {upload_id} of {key} ended while part {part_number} arrived"
+            ) from None
         return etag
 
     def multipart_complete(

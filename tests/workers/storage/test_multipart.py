@@ -132,3 +132,30 @@ def test_deleting_a_key_removes_what_a_killed_local_writer_left(local_store):
     assert local_store.delete("projects/1/uploads/abc") == 0
     assert not dead.exists() and not dead_sidecar.exists()
     assert other.exists() and neighbour.exists()
+
+
+def test_a_part_arriving_while_the_upload_is_aborted_is_not_found(local_store):
+    """The part's folder vanishes under it: a clear 'not found' (the part URL answers 404),
+    and nothing is left behind."""
+    import io
+
+    key = "projects/1/datasets/1/v5/upload/00000"
+    upload_id = local_store.multipart_create(key)
+
+    class AbortedMidway(io.RawIOBase):
+        sent = False
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            if self.sent:
+                return 0
+            local_store.multipart_abort(key, upload_id)  # another request gives up
+            self.sent = True
+            buffer[:4] = b"part"
+            return 4
+
+    with pytest.raises(ObjectNotFoundError, match="ended while part 1 arrived"):
+        local_store.upload_part(key, upload_id, 1, AbortedMidway(), 4)
+    assert list(local_store.bucket_dir.rglob("*")) == []
