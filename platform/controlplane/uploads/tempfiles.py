@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,13 @@ def upload_temp_dir() -> Path:
 def upload_temp_dir_ensure() -> Path:
     """Create the folder (owner-only: uploads may hold anyone's data)."""
     folder = upload_temp_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as error:
+        raise ImproperlyConfigured(
+            f"cannot create the upload temp folder {folder}: {error}; "
+            "point CONTROLPLANE_DATA_DIR at a writable folder"
+        ) from error
     return folder
 
 
