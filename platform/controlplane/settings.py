@@ -149,7 +149,9 @@ STATIC_ROOT = DATA_DIR / "staticfiles"
 
 # Uploads above this size spill to a temp file instead of memory (Django's default is 2.5 MB).
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
-FILE_UPLOAD_TEMP_DIR = None
+# Their own folder, not TMPDIR: a worker killed mid-upload leaves its temp file there, and
+# uploads/tempfiles.py removes such files at start and in the reaper.
+FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "tmp" / "uploads")
 # Bodies are checked by UPLOAD_MAX_BYTES; Django's own cap would only reject non-file fields.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

@@ -15,9 +15,35 @@
       headers: {"Content-Type": "application/json", "X-CSRFToken": csrf},
       body: body === undefined ? undefined : JSON.stringify(body),
     });
-    const data = response.status === 204 ? null : await response.json();
-    if (!response.ok) throw new Error(data && data.error ? data.error.message : response.statusText);
+    const data = response.status === 204 ? null : await response.json().catch(() => null);
+    if (!response.ok) {
+      const error = new Error(data && data.error ? data.error.message : response.statusText);
+      error.status = response.status;
+      throw error;
+    }
     return data;
+  }
+
+  const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // `complete` is idempotent: the same request again answers the same 200, so a lost
+  // answer (network error, 5xx) is retried; a 409 while another request assembles the
+  // version means waiting for it to become ready. Never abort a version on these.
+  async function complete(versionUrl, body) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await api(`${versionUrl}complete/`, "POST", body);
+      } catch (error) {
+        const retryable = error.status === undefined || error.status >= 500;
+        if (error.status === 409) {
+          const current = await api(versionUrl, "GET").catch(() => null);
+          if (current && current.state === "ready") return current;
+          if (current && current.state === "assembling" && attempt < 60) { await pause(2000); continue; }
+        }
+        if (!retryable || attempt >= 4) throw error;
+        await pause(1000 * attempt);
+      }
+    }
   }
 
   async function sha256Hex(file) {
@@ -50,7 +76,8 @@
     try {
       status.textContent = "computing checksums…";
       const declared = [];
-      for (const f of files) declared.push({name: f.name, size: f.size, sha256: await sha256Hex(f)});
+      // NFC: the server refuses names whose letters are decomposed (as macOS may send them).
+      for (const f of files) declared.push({name: f.name.normalize("NFC"), size: f.size, sha256: await sha256Hex(f)});
       version = await api(form.dataset.api, "POST", {files: declared, note: form.elements.note.value});
       let sent = 0;
       const completed = [];
@@ -68,10 +95,12 @@
         completed.push({file_id: upload.file_id, parts});
       }
       status.textContent = "verifying…";
-      await api(`${form.dataset.api}${version.number}/complete/`, "POST", {files: completed});
+      await complete(`${form.dataset.api}${version.number}/`, {files: completed});
       window.location = form.dataset.done;
     } catch (error) {
       status.textContent = `Upload failed: ${error.message}`;
+      // Only an upload still in progress can be aborted; the server refuses (409) to
+      // touch a version that is being completed or is ready.
       if (version && version.state === "uploading") {
         api(`${form.dataset.api}${version.number}/`, "DELETE").catch(() => {});
       }

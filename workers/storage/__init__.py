@@ -11,7 +11,7 @@ for chunk in store.iter_chunks(key): ...
 from __future__ import annotations
 
 from workers.config import ObjectStoreConfig, object_store_config
-from workers.storage.base import ObjectInfo, ObjectStore, StoredObject
+from workers.storage.base import ObjectInfo, ObjectStore, OpenUpload, StoredObject
 from workers.storage.errors import (
     InvalidKeyError,
     ObjectExistsError,
@@ -31,6 +31,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFoundError",
     "ObjectStore",
+    "OpenUpload",
     "PresignedURLError",
     "S3ObjectStore",
     "StorageError",

@@ -57,6 +57,15 @@ class ObjectInfo:
         return self.metadata.get(SHA256_METADATA_KEY)
 
 
+@dataclass(frozen=True)
+class OpenUpload:
+    """A multipart upload that was created and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
 def check_metadata(key: str, metadata: dict[str, str] | None) -> dict[str, str]:
     """Lower-case names of letters, digits and '-', printable ASCII values: what S3 keeps intact."""
     checked: dict[str, str] = {}
@@ -212,6 +221,14 @@ class ObjectStore(ABC):
     @abstractmethod
     def multipart_abort(self, key: str, upload_id: str) -> None:
         """Drop an open upload and its parts; a no-op when it is already gone."""
+
+    def multipart_list(self, prefix: str = "") -> Iterator[OpenUpload]:
+        """Open multipart uploads under a folder prefix, for sweeping those nobody owns.
+
+        Not abstract so that wrappers written before it (a retrying store) still build;
+        both backends implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list open multipart uploads")
 
     @abstractmethod
     def ensure_bucket(self) -> None:

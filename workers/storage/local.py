@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -28,6 +29,7 @@ from workers.storage.base import (
     SHA256_METADATA_KEY,
     ObjectInfo,
     ObjectStore,
+    OpenUpload,
     StoredObject,
     check_content_type,
     check_expiry,
@@ -254,14 +256,38 @@ class LocalObjectStore(ObjectStore):
     def delete(self, key: str) -> int:
         path = self._path(key)
         self._sidecar(path).unlink(missing_ok=True)
+        leftovers = self._remove_leftover_temps(path)
         try:
             path.unlink()
         except FileNotFoundError:
+            if leftovers:
+                self._prune_empty_parents(path)
             return 0
         except IsADirectoryError:
             raise StorageError(f"{key} is a folder of objects; use delete_prefix") from None
         self._prune_empty_parents(path)
         return 1
+
+    def _remove_leftover_temps(self, path: Path) -> int:
+        """Temp files a killed writer of this key left beside it (see `_write_temp`).
+
+        Deleting a key is how the platform removes what a dead upload wrote, and on this
+        store a dead write leaves only its hidden temp file; the exact pattern (mkstemp's
+        8 random characters) never matches another key's temp file.
+        """
+        if not path.parent.is_dir():
+            return 0
+        name = re.escape(path.name)
+        # `.<name>.XXXXXXXX.tmp` (data) or `..<name>.meta.json.XXXXXXXX.tmp` (sidecar).
+        pattern = re.compile(
+            rf"(?:\.{name}|\.\.{name}{re.escape(_SIDECAR_SUFFIX)})\.[a-z0-9_]{{8}}\.tmp"
+        )
+        removed = 0
+        for entry in os.scandir(path.parent):
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def delete_prefix(self, prefix: str) -> int:
         if validate_prefix(prefix) == "":
@@ -372,8 +398,28 @@ class LocalObjectStore(ObjectStore):
         folder = self.bucket_dir / ".multipart" / upload_id
         folder.mkdir(parents=True)
         manifest = json.dumps({"key": key, "content_type": content_type})
-        (folder / "upload.json").write_text(manifest, "utf-8")
+        try:
+            (folder / "upload.json").write_text(manifest, "utf-8")
+        except BaseException:
+            # A folder without its manifest names no upload: nothing could ever remove it.
+            self._drop_upload(folder)
+            raise
         return upload_id
+
+    def multipart_list(self, prefix: str = "") -> Iterator[OpenUpload]:
+        folder_prefix = validate_prefix(prefix)
+        uploads = self.bucket_dir / ".multipart"
+        if not uploads.is_dir():
+            return
+        for folder in sorted(uploads.iterdir()):
+            manifest = folder / "upload.json"
+            try:
+                key = json.loads(manifest.read_text("utf-8"))["key"]
+                initiated = datetime.fromtimestamp(manifest.stat().st_mtime, UTC)
+            except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
+                continue  # completed or aborted while we looked, or not an upload
+            if isinstance(key, str) and key.startswith(folder_prefix):
+                yield OpenUpload(key=key, upload_id=folder.name, initiated=initiated)
 
     def presigned_part_url(
         self, key: str, upload_id: str, part_number: int, expires: timedelta = timedelta(hours=1)
@@ -389,10 +435,16 @@ class LocalObjectStore(ObjectStore):
         folder = self._upload_dir(key, upload_id)
         target = folder / f"{part_number:05d}.part"
         reader = HashingReader(as_reader(stream), expected_length=length)
-        temp = self._write_temp(target, reader)
-        etag = reader.hexdigest()
-        os.replace(temp, target)  # a part sent again replaces the earlier one, as on S3
-        (folder / f"{part_number:05d}.etag").write_text(etag, "ascii")
+        try:
+            temp = self._write_temp(target, reader)
+            etag = reader.hexdigest()
+            os.replace(temp, target)  # a part sent again replaces the earlier one, as on S3
+            (folder / f"{part_number:05d}.etag").write_text(etag, "ascii")
+        except FileNotFoundError:
+            # Aborted (or completed) while this part was arriving: its folder is gone.
+            raise ObjectNotFoundError(
+                f"multipart upload {upload_id} of {key} ended while part {part_number} arrived"
+            ) from None
         return etag
 
     def multipart_complete(

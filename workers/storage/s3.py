@@ -33,6 +33,7 @@ from workers.storage.base import (
     SHA256_METADATA_KEY,
     ObjectInfo,
     ObjectStore,
+    OpenUpload,
     StoredObject,
     check_content_type,
     check_expiry,
@@ -499,6 +500,26 @@ class S3ObjectStore(ObjectStore):
                 raise StorageError(
                     f"S3 endpoint {self.endpoint} could not abort upload of {key}: {exc}"
                 ) from exc
+
+    def multipart_list(self, prefix: str = "") -> Iterator[OpenUpload]:
+        folder = validate_prefix(prefix)
+        key_marker, upload_id_marker = None, None
+        while True:
+            with self._errors(f"list multipart uploads under {folder or '/'}"):
+                page = self.client._list_multipart_uploads(
+                    self.bucket,
+                    prefix=folder,
+                    key_marker=key_marker,
+                    upload_id_marker=upload_id_marker,
+                )
+            for upload in page.uploads:
+                if upload.upload_id and upload.initiated_time is not None:
+                    yield OpenUpload(upload.object_name, upload.upload_id, upload.initiated_time)
+            if not page.is_truncated or not page.uploads:
+                return
+            # The SDK (7.2) loses NextUploadIdMarker; the last entry is the same marker.
+            last = page.uploads[-1]
+            key_marker, upload_id_marker = last.object_name, last.upload_id
 
     def ensure_bucket(self) -> None:
         with self._errors("create bucket"):

@@ -16,6 +16,7 @@ from controlplane.accounts.services import (
 )
 from controlplane.api.access import StrictSerializer
 from controlplane.api.errors import Conflict
+from controlplane.names import validate_name
 
 
 class TokenOut(serializers.ModelSerializer):
@@ -64,7 +65,7 @@ class ScopeList(serializers.ListField):
 
 
 class TokenIn(StrictSerializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=100, validators=[validate_name])
     expires_at = serializers.DateTimeField(
         required=False,
         allow_null=True,

@@ -17,6 +17,7 @@ from controlplane.accounts.lockout import (
     lockout_for,
 )
 from controlplane.accounts.models import Scope
+from controlplane.names import validate_name
 
 
 class ThrottledLoginMixin:
@@ -54,7 +55,7 @@ class ThrottledAdminAuthenticationForm(ThrottledLoginMixin, AdminAuthenticationF
 
 
 class TokenForm(forms.Form):
-    name = forms.CharField(max_length=100)
+    name = forms.CharField(max_length=100, validators=[validate_name])
     expires_in_days = forms.IntegerField(
         min_value=1,
         required=False,

@@ -1,10 +1,11 @@
 from django import forms
 
+from controlplane.names import validate_name
 from controlplane.projects.models import Role, slug_validator
 
 
 class ProjectForm(forms.Form):
-    name = forms.CharField(max_length=120)
+    name = forms.CharField(max_length=120, validators=[validate_name])
     slug = forms.CharField(
         max_length=63, validators=[slug_validator], help_text="lowercase letters, digits, hyphens"
     )
@@ -33,7 +34,7 @@ class InspectJobForm(forms.Form):
 
 
 class DatasetForm(forms.Form):
-    name = forms.CharField(max_length=120)
+    name = forms.CharField(max_length=120, validators=[validate_name])
     slug = forms.SlugField(max_length=63, help_text="lowercase letters, digits, hyphens")
     kind = forms.ChoiceField(choices=[("text", "Text"), ("images", "Images")])
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
@@ -102,6 +103,7 @@ class TrainJobForm(forms.Form):
         r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         max_length=100,
         required=False,
+        validators=[validate_name],
         help_text="groups runs for comparison (letters, digits, . _ -)",
     )
     max_iters = forms.IntegerField(min_value=1, initial=2000, label="Steps")
@@ -160,7 +162,9 @@ class ImageJobForm(forms.Form):
             ("tiny", "tiny (seconds: a first look)"),
         ]
     )
-    experiment = forms.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, required=False)
+    experiment = forms.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, required=False, validators=[validate_name]
+    )
     steps = forms.IntegerField(min_value=1, required=False)
     batch_size = forms.IntegerField(min_value=1, required=False)
     lr = forms.FloatField(min_value=1e-7, max_value=1.0, required=False, label="Learning rate")
@@ -204,7 +208,9 @@ class PostTrainJobForm(forms.Form):
             ("ppo", "ppo: RLHF against a reward model"),
         ]
     )
-    experiment = forms.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, required=False)
+    experiment = forms.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, required=False, validators=[validate_name]
+    )
     dataset_version = forms.TypedChoiceField(
         coerce=int, empty_value=None, required=False, help_text="JSON lines; blank: built-in pairs"
     )

@@ -39,7 +39,7 @@ from controlplane.projects.services import (
     project_create,
 )
 from controlplane.uploads.models import Upload
-from controlplane.uploads.services import UploadError, upload_create
+from controlplane.uploads.services import UploadError, single_uploaded_file, upload_create
 
 
 def healthz(request) -> HttpResponse:
@@ -86,12 +86,8 @@ def project_detail(request, project):
 @project_page(Action.RUN)
 @require_POST
 def upload_file(request, project):
-    form = UploadForm(request.POST, request.FILES)
-    if not form.is_valid():
-        messages.error(request, "Choose a file to upload.")
-        return redirect("project-detail", project_id=project.pk)
-    uploaded = form.cleaned_data["file"]
     try:
+        uploaded = single_uploaded_file(request.FILES, "file")
         upload = upload_create(
             project=project,
             actor=request.user,
@@ -101,12 +97,15 @@ def upload_file(request, project):
             content_type=uploaded.content_type or "",
         )
     except UploadError as error:
+        # Nothing was stored: the page again with the reason, and a 4xx that says so.
         messages.error(request, str(error))
-    else:
-        messages.success(
-            request,
-            f"Uploaded {upload.filename} ({upload.size} bytes, sha256 {upload.sha256[:12]}…).",
-        )
+        response = project_detail(request, project.pk)
+        response.status_code = error.status
+        return response
+    messages.success(
+        request,
+        f"Uploaded {upload.filename} ({upload.size} bytes, sha256 {upload.sha256[:12]}…).",
+    )
     return redirect("project-detail", project_id=project.pk)
 
 

@@ -1,10 +1,25 @@
+"""Read-only views for staff. Every change to datasets and versions goes through the
+services, which audit it, keep version numbers unique for good and remove objects with
+their rows; an admin form that edits `number` or `state`, or deletes a row, would not."""
+
 from django.contrib import admin
 
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion
 
 
+class ViewOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
+class DatasetAdmin(ViewOnlyAdmin):
     list_display = [
         "name",
         "slug",
@@ -26,9 +41,12 @@ class DatasetFileInline(admin.TabularInline):
     readonly_fields = fields
     can_delete = False
 
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
 
 @admin.register(DatasetVersion)
-class DatasetVersionAdmin(admin.ModelAdmin):
+class DatasetVersionAdmin(ViewOnlyAdmin):
     list_display = [
         "dataset",
         "number",

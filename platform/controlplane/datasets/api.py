@@ -13,6 +13,8 @@ from controlplane.api.access import StrictSerializer, project_or_404
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetKind, DatasetVersion
 from controlplane.datasets.selectors import datasets_for, versions_of
 from controlplane.datasets.services import (
+    MAX_PART_SIZE,
+    MIN_PART_SIZE,
     DatasetError,
     DeclaredFile,
     dataset_create,
@@ -20,7 +22,11 @@ from controlplane.datasets.services import (
     dataset_version_complete,
     dataset_version_start,
 )
+from controlplane.names import validate_name
 from controlplane.projects.permissions import Action
+
+# PostgreSQL's bigint: a size beyond it could never be stored (and is no real file).
+MAX_BIGINT = 2**63 - 1
 
 
 def raise_dataset_error(error: DatasetError):
@@ -29,6 +35,15 @@ def raise_dataset_error(error: DatasetError):
     exc = APIException(str(error))
     exc.status_code = error.status
     raise exc from None
+
+
+class JSONIntegerField(serializers.IntegerField):
+    """A JSON integer and nothing else: no "12" strings, 12.0 floats or true."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class DatasetOut(serializers.ModelSerializer):
@@ -54,7 +69,7 @@ class DatasetOut(serializers.ModelSerializer):
 
 
 class DatasetIn(StrictSerializer):
-    name = serializers.CharField(max_length=120)
+    name = serializers.CharField(max_length=120, validators=[validate_name])
     slug = serializers.CharField(max_length=63, validators=[validate_slug])
     kind = serializers.ChoiceField(choices=DatasetKind.choices)
     description = serializers.CharField(required=False, allow_blank=True, default="")
@@ -98,8 +113,8 @@ class VersionOut(serializers.ModelSerializer):
 
 
 class DeclaredFileIn(StrictSerializer):
-    name = serializers.CharField(max_length=255)
-    size = serializers.IntegerField(min_value=1)
+    name = serializers.CharField(max_length=255, validators=[validate_name])
+    size = JSONIntegerField(min_value=1, max_value=MAX_BIGINT)
     sha256 = serializers.RegexField(
         r"^[0-9a-fA-F]{64}$", error_messages={"invalid": "64 hex digits"}
     )
@@ -107,17 +122,17 @@ class DeclaredFileIn(StrictSerializer):
 
 class VersionStartIn(StrictSerializer):
     files = DeclaredFileIn(many=True, allow_empty=False)
-    part_size = serializers.IntegerField(required=False, min_value=1)
+    part_size = JSONIntegerField(required=False, min_value=MIN_PART_SIZE, max_value=MAX_PART_SIZE)
     note = serializers.CharField(required=False, allow_blank=True, default="", max_length=300)
 
 
 class PartIn(StrictSerializer):
-    part_number = serializers.IntegerField(min_value=1, max_value=10_000)
+    part_number = JSONIntegerField(min_value=1, max_value=10_000)
     etag = serializers.CharField(max_length=200)
 
 
 class CompletedFileIn(StrictSerializer):
-    file_id = serializers.IntegerField()
+    file_id = JSONIntegerField(min_value=1, max_value=MAX_BIGINT)
     parts = PartIn(many=True, allow_empty=False)
 
 
@@ -253,4 +268,4 @@ class VersionComplete(APIView):
             version = dataset_version_complete(version=version, actor=request.user, parts=parts)
         except DatasetError as error:
             raise_dataset_error(error)
-        return Response(VersionOut(version).data)
+        return Response(VersionOut(versions_of(version.dataset).get(pk=version.pk)).data)

@@ -4,6 +4,15 @@ A version is created empty in state `uploading`, its files arrive in the object 
 (presigned multipart upload from the browser or an API client, or written by a pipeline
 job), and it becomes `ready` only when every file's size and sha256 have been checked.
 A version that never completes is removed with its bytes: nothing half-written remains.
+
+States (each transition is a conditional UPDATE claimed by exactly one request or task):
+
+    uploading --complete--> assembling --verified--> ready
+        |                       |
+        +---abort / reaper------+--mismatch / lease ran out--> removing --> (row deleted)
+
+A version number is taken from `Dataset.last_version_number`, which only grows: a removed
+version's number is never given to another version.
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ class Dataset(models.Model):
     # The record field naming the data subject, when the data holds personal data: the
     # pipeline builds a subject index from it so an erasure request finds every record.
     subject_field = models.CharField(max_length=120, blank=True)
+    # The highest version number ever given out (removed versions included): numbers are
+    # taken from here under the dataset's row lock and never reused.
+    last_version_number = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
@@ -47,6 +59,10 @@ class Dataset(models.Model):
 
 class VersionState(models.TextChoices):
     UPLOADING = "uploading", "Uploading"
+    # One `complete` request claimed the version and is assembling and checking its files.
+    ASSEMBLING = "assembling", "Assembling"
+    # Being removed (aborted, failed its checks, abandoned): objects first, then the row.
+    REMOVING = "removing", "Removing"
     READY = "ready", "Ready"
     ERASED = "erased", "Erased"
 
@@ -78,8 +94,14 @@ class DatasetVersion(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     ready_at = models.DateTimeField(null=True, blank=True)
-    # An upload not completed by then is aborted by the reaper and the version removed.
+    # Deadline of the transient state (uploading, assembling, removing): past it the
+    # reaper takes the version over and removes it. None once the version is ready.
     upload_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # sha256 of the `complete` request that made the version ready: the same request sent
+    # again (a client retrying after a timeout) gets the same answer instead of a conflict.
+    completion_digest = models.CharField(max_length=64, blank=True)
+    # Why a version in state `removing` is being removed (for the audit event).
+    removal_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["dataset_id", "-number"]

@@ -11,6 +11,7 @@ from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import Job, JobArtifact, JobEventRecord, JobMetric, JobState
 from controlplane.jobs.selectors import jobs_for
 from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
+from controlplane.names import validate_name
 from controlplane.projects.permissions import Action
 
 
@@ -53,6 +54,7 @@ class JobIn(StrictSerializer):
         max_length=100,
         required=False,
         default="",
+        validators=[validate_name],
         error_messages={"invalid": "letters, digits, '.', '_' and '-' only"},
     )
 

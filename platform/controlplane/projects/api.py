@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from controlplane.api.access import StrictSerializer, project_or_404
 from controlplane.api.errors import Conflict
+from controlplane.names import validate_name
 from controlplane.projects.models import Membership, Project, Role, slug_validator
 from controlplane.projects.permissions import Action
 from controlplane.projects.selectors import members_of, project_list_for, role_of
@@ -48,13 +49,13 @@ class ProjectOut(serializers.ModelSerializer):
 
 
 class ProjectIn(StrictSerializer):
-    name = serializers.CharField(max_length=120)
+    name = serializers.CharField(max_length=120, validators=[validate_name])
     slug = serializers.CharField(max_length=63, validators=[slug_validator])
     description = serializers.CharField(required=False, allow_blank=True, default="")
 
 
 class ProjectPatch(StrictSerializer):
-    name = serializers.CharField(max_length=120, required=False)
+    name = serializers.CharField(max_length=120, required=False, validators=[validate_name])
     description = serializers.CharField(required=False, allow_blank=True)
 
 

@@ -1,10 +1,13 @@
 from django.contrib import admin
 
+from controlplane.datasets.admin import ViewOnlyAdmin
 from controlplane.uploads.models import Upload
 
 
 @admin.register(Upload)
-class UploadAdmin(admin.ModelAdmin):
+class UploadAdmin(ViewOnlyAdmin):
+    """Read-only: deleting a row here would orphan its object, unaudited."""
+
     list_display = ["filename", "project", "size", "sha256", "uploaded_by", "created_at"]
     list_filter = ["project"]
     search_fields = ["filename", "sha256", "object_key"]

@@ -11,12 +11,17 @@ from rest_framework.views import APIView
 from controlplane.api.access import project_or_404
 from controlplane.projects.permissions import Action
 from controlplane.uploads.models import Upload
-from controlplane.uploads.services import UploadError, upload_create
+from controlplane.uploads.services import UploadError, single_uploaded_file, upload_create
 
 
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "too_large"
+
+
+class StoreUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "store_unavailable"
 
 
 class UploadOut(serializers.ModelSerializer):
@@ -54,10 +59,8 @@ def reject_oversized_body(request) -> None:
 
 
 def store_uploaded_file(request, project) -> Upload:
-    uploaded = request.FILES.get("file")
-    if uploaded is None or len(request.FILES) != 1:
-        raise serializers.ValidationError({"file": ["send exactly one file in the 'file' field"]})
     try:
+        uploaded = single_uploaded_file(request.FILES, "file")
         # The file is in a temp file (or small in memory); put_stream reads it in parts.
         return upload_create(
             project=project,
@@ -70,6 +73,8 @@ def store_uploaded_file(request, project) -> Upload:
     except UploadError as error:
         if error.status == 413:
             raise PayloadTooLarge(str(error)) from None
+        if error.status >= 500:
+            raise StoreUnavailable(str(error)) from None
         raise serializers.ValidationError({"file": [str(error)]}) from None
 
 

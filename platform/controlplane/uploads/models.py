@@ -26,3 +26,21 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return f"{self.filename} ({self.size} bytes)"
+
+
+class PendingUpload(models.Model):
+    """An object key about to be written for an upload: the intent, committed first.
+
+    The store has no transaction with the database. Recording the key before the first
+    byte goes out means that a process killed between the store write and the commit of
+    the `Upload` row leaves a row pointing at its object, which the reaper removes
+    (`upload_orphans_reap`). The intent is deleted in the same transaction that creates
+    the `Upload`, so an upload that completed never has one.
+    """
+
+    project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="+")
+    object_key = models.CharField(max_length=512, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"pending {self.object_key}"

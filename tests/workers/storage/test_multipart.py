@@ -70,3 +70,92 @@ def test_an_existing_key_cannot_be_uploaded_again(store):
     store.put_bytes("projects/1/x", b"1")
     with pytest.raises(ObjectExistsError):
         store.multipart_create("projects/1/x")
+
+
+def test_open_uploads_are_listed_until_completed_or_aborted(store):
+    from datetime import UTC, datetime, timedelta
+
+    kept = store.multipart_create("projects/1/datasets/1/v4/upload/00000")
+    dropped = store.multipart_create("projects/1/datasets/1/v4/upload/00001")
+    done = store.multipart_create("projects/2/datasets/1/v1/upload/00000")
+    _send_part(store, "projects/2/datasets/1/v1/upload/00000", done, 1, b"whole")
+    etag = _send_part(store, "projects/2/datasets/1/v1/upload/00000", done, 1, b"whole")
+    store.multipart_complete("projects/2/datasets/1/v1/upload/00000", done, [(1, etag)])
+    store.multipart_abort("projects/1/datasets/1/v4/upload/00001", dropped)
+    listed = list(store.multipart_list("projects/"))
+    assert [(u.key, u.upload_id) for u in listed] == [
+        ("projects/1/datasets/1/v4/upload/00000", kept)
+    ]
+    if store.backend == "local":  # moto answers a fixed Initiated date (2010-11-10)
+        assert abs(listed[0].initiated - datetime.now(UTC)) < timedelta(minutes=1)
+    assert list(store.multipart_list("projects/2/")) == []
+    # Folder prefixes, as everywhere: projects/1 does not reach projects/10.
+    assert list(store.multipart_list("projects/10/")) == []
+
+
+def test_listing_open_uploads_pages_through_many(s3_store, monkeypatch):
+    """More uploads than one ListMultipartUploads page (the SDK drops the upload-id marker)."""
+    original = s3_store.client._list_multipart_uploads
+    monkeypatch.setattr(
+        s3_store.client,
+        "_list_multipart_uploads",
+        lambda *a, **kw: original(*a, **{**kw, "max_uploads": 2}),
+    )
+    ids = {s3_store.multipart_create(f"projects/1/up/{n:03d}") for n in range(5)}
+    assert {u.upload_id for u in s3_store.multipart_list("projects/")} == ids
+
+
+def test_a_failed_local_create_leaves_no_upload_folder(local_store, monkeypatch):
+    from pathlib import Path
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    with pytest.raises(OSError):
+        local_store.multipart_create("projects/1/x")
+    monkeypatch.undo()
+    assert not (local_store.bucket_dir / ".multipart").exists()
+
+
+def test_deleting_a_key_removes_what_a_killed_local_writer_left(local_store):
+    """A writer killed mid-put leaves only its hidden temp file; deleting the key (what
+    the platform's reapers do) removes it, and never another key's temp file."""
+    folder = local_store.bucket_dir / "projects" / "1" / "uploads"
+    folder.mkdir(parents=True)
+    dead = folder / ".abc.k3j_x9q2.tmp"
+    dead_sidecar = folder / "..abc.meta.json.a1b2c3d4.tmp"
+    other = folder / ".abc.meta.json.z9y8x7w6.tmp"  # the temp of key "abc.meta.json"
+    neighbour = folder / ".abcd.q1w2e3r4.tmp"
+    for path in (dead, dead_sidecar, other, neighbour):
+        path.write_bytes(b"half")
+    assert local_store.delete("projects/1/uploads/abc") == 0
+    assert not dead.exists() and not dead_sidecar.exists()
+    assert other.exists() and neighbour.exists()
+
+
+def test_a_part_arriving_while_the_upload_is_aborted_is_not_found(local_store):
+    """The part's folder vanishes under it: a clear 'not found' (the part URL answers 404),
+    and nothing is left behind."""
+    import io
+
+    key = "projects/1/datasets/1/v5/upload/00000"
+    upload_id = local_store.multipart_create(key)
+
+    class AbortedMidway(io.RawIOBase):
+        sent = False
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            if self.sent:
+                return 0
+            local_store.multipart_abort(key, upload_id)  # another request gives up
+            self.sent = True
+            buffer[:4] = b"part"
+            return 4
+
+    with pytest.raises(ObjectNotFoundError, match="ended while part 1 arrived"):
+        local_store.upload_part(key, upload_id, 1, AbortedMidway(), 4)
+    assert list(local_store.bucket_dir.rglob("*")) == []
