@@ -36,6 +36,10 @@ try:
     # An upload not completed within this many seconds is aborted and its version removed.
     DATASET_UPLOAD_TTL_SECONDS = env.env_int("DATASET_UPLOAD_TTL_SECONDS", 24 * 3600, minimum=60)
     REAPER_INTERVAL_SECONDS = env.env_int("REAPER_INTERVAL_SECONDS", 15, minimum=1)
+    # The control worker sends unsent job dispatches (the outbox) this often, retrying a
+    # failed send after 1, 2, 4 ... seconds, at most DISPATCH_RETRY_MAX_SECONDS apart.
+    DISPATCH_OUTBOX_INTERVAL_SECONDS = env.env_int("DISPATCH_OUTBOX_INTERVAL_SECONDS", 2, minimum=1)
+    DISPATCH_RETRY_MAX_SECONDS = env.env_int("DISPATCH_RETRY_MAX_SECONDS", 10, minimum=1)
     API_THROTTLE_USER = env.env_str("API_THROTTLE_USER", "2000/min")
     API_THROTTLE_ANON = env.env_str("API_THROTTLE_ANON", "60/min")
     # Queue of training jobs: "auto" asks the workers whether a gpu worker is up.
@@ -189,11 +193,21 @@ if not DEBUG:
 
 # Celery (platform side: dispatches JobSpecs, consumes JobEvents on the `control` queue).
 CELERY = env.celery_settings()
+if CELERY["broker_url"].startswith(("redis://", "rediss://")):
+    # A broker host that drops packets must not hold a request (or the outbox) for the
+    # operating system's connect timeout of minutes; a refused connect fails at once anyway.
+    CELERY["broker_transport_options"]["socket_connect_timeout"] = 3
 CELERY_BEAT_SCHEDULE = {
     "reap-expired-jobs": {
         "task": "control.reap_expired_jobs",
         "schedule": float(REAPER_INTERVAL_SECONDS),
         "options": {"queue": "control"},
+    },
+    "send-dispatch-outbox": {
+        "task": "control.send_dispatch_outbox",
+        "schedule": float(DISPATCH_OUTBOX_INTERVAL_SECONDS),
+        # Passes that could not run while the control worker was away are worthless later.
+        "options": {"queue": "control", "expires": 10 * DISPATCH_OUTBOX_INTERVAL_SECONDS},
     },
     "reap-abandoned-uploads": {
         "task": "control.reap_abandoned_uploads",
