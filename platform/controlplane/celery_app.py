@@ -13,7 +13,7 @@ from celery import Celery
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 app = Celery("controlplane")
-app.autodiscover_tasks(["controlplane.jobs", "controlplane.datasets"])
+app.autodiscover_tasks(["controlplane.jobs", "controlplane.datasets", "controlplane.api"])
 
 
 def _configure() -> None:

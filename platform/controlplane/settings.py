@@ -42,6 +42,8 @@ try:
     DISPATCH_RETRY_MAX_SECONDS = env.env_int("DISPATCH_RETRY_MAX_SECONDS", 10, minimum=1)
     API_THROTTLE_USER = env.env_str("API_THROTTLE_USER", "2000/min")
     API_THROTTLE_ANON = env.env_str("API_THROTTLE_ANON", "60/min")
+    # How long a POST's Idempotency-Key is remembered (its response replayed to retries).
+    IDEMPOTENCY_KEY_TTL_SECONDS = env.env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600, minimum=60)
     # Queue of training jobs: "auto" asks the workers whether a gpu worker is up.
     TRAINING_QUEUE = env.env_str("TRAINING_QUEUE", "auto")
     if TRAINING_QUEUE not in ("auto", "cpu", "gpu"):
@@ -65,6 +67,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "rest_framework",
     "drf_spectacular",
+    "controlplane.api",
     "controlplane.accounts",
     "controlplane.projects",
     "controlplane.audit",
@@ -208,6 +211,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(DISPATCH_OUTBOX_INTERVAL_SECONDS),
         # Passes that could not run while the control worker was away are worthless later.
         "options": {"queue": "control", "expires": 10 * DISPATCH_OUTBOX_INTERVAL_SECONDS},
+    },
+    "purge-idempotency-keys": {
+        "task": "control.purge_idempotency_keys",
+        "schedule": 3600.0,
+        "options": {"queue": "control", "expires": 3000},
     },
     "reap-abandoned-uploads": {
         "task": "control.reap_abandoned_uploads",

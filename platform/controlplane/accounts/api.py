@@ -10,6 +10,7 @@ from controlplane.accounts.models import ApiToken
 from controlplane.accounts.services import TokenError, api_token_create, api_token_revoke
 from controlplane.api.access import StrictSerializer
 from controlplane.api.errors import Conflict
+from controlplane.api.idempotency import idempotent
 
 
 class TokenOut(serializers.ModelSerializer):
@@ -51,6 +52,7 @@ class TokenListCreate(generics.GenericAPIView):
         )
         return self.get_paginated_response(TokenOut(page, many=True).data)
 
+    @idempotent
     @extend_schema(request=TokenIn, responses={201: TokenCreatedOut})
     def post(self, request):
         body = TokenIn(data=request.data)
