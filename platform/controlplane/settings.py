@@ -168,9 +168,8 @@ SPECTACULAR_SETTINGS = {
 if CACHE_URL.startswith("locmem://"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 else:
-    CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
-    }
+    # Fails open: while Redis is down the API throttles per process instead of answering 500.
+    CACHES = {"default": {"BACKEND": "controlplane.cache.FailOpenRedisCache", "LOCATION": CACHE_URL}}
 
 LOGGING = {
     "version": 1,
@@ -182,6 +181,8 @@ LOGGING = {
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.env_bool("SECURE_SSL_REDIRECT", True)
+    # Probes come from inside the cluster over plain HTTP; a redirect is not an answer.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)

@@ -10,6 +10,7 @@ from controlplane.dashboard import views as pages
 
 urlpatterns = [
     path("healthz", pages.healthz, name="healthz"),
+    path("readyz", pages.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("controlplane.api.urls")),
     path(
