@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 # Bound on each network check, so a probe answers within its orchestrator's timeout.
@@ -82,6 +82,18 @@ def _timed(check: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
 
 
 def check_database() -> None:
+    try:
+        _select_one()
+    except DatabaseError:
+        if connection.in_atomic_block:
+            raise
+        # A connection kept from before a database restart is stale, not an outage: the
+        # next request would open a new one, and so does this check.
+        connection.close()
+        _select_one()
+
+
+def _select_one() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         cursor.fetchone()

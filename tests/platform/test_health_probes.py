@@ -62,17 +62,19 @@ def test_readyz_names_a_dead_broker_and_stays_ready(client, private_redis, monke
 
 
 def test_readyz_is_503_without_the_database(client, monkeypatch):
-    from django.db import connection
+    from django.db import connection, connections
 
     import controlplane.health as health
 
-    # A real connection attempt to a PostgreSQL port where nothing listens.
-    dead = connection.__class__({**connection.settings_dict, "PORT": free_port()}, alias="dead")
+    # A real connection attempt to a database port where nothing listens.
+    settings_dict = {**connection.settings_dict, "HOST": "127.0.0.1", "PORT": free_port()}
+    dead = type(connections["default"])(settings_dict, alias="dead")
     monkeypatch.setattr(health, "connection", dead)
     response = client.get("/readyz")
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable" and body["checks"]["database"]["ok"] is False
+    assert "OperationalError" in body["checks"]["database"]["error"]
     assert body["checks"]["broker"]["ok"] is True  # the others are still checked
     assert client.get("/healthz").status_code == 200  # liveness: no restart for this
 
@@ -95,3 +97,24 @@ def test_readyz_bounds_a_hanging_object_store(client, monkeypatch):
     body = response.json()
     assert response.status_code == 200 and body["failing"] == ["object_store"]
     assert "no answer" in body["checks"]["object_store"]["error"]
+
+
+def test_readyz_reconnects_a_connection_the_database_dropped(client, monkeypatch):
+    """A database restart leaves processes with dead connections: not an outage."""
+    from django.db import connection, connections
+
+    import controlplane.health as health
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL")
+    # `connection` is a proxy; the class of the real wrapper makes a second connection.
+    kept = type(connections["default"])(dict(connection.settings_dict), alias="kept")
+    kept.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [kept.connection.info.backend_pid])
+    monkeypatch.setattr(health, "connection", kept)
+    try:
+        response = client.get("/readyz")
+    finally:
+        kept.close()
+    assert response.status_code == 200 and response.json()["checks"]["database"]["ok"] is True

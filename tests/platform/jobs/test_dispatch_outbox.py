@@ -231,3 +231,29 @@ def test_concurrent_senders_send_each_row_once(api, team, upload, broker, monkey
     assert errors == []
     sent_ids = sorted(args[0]["job_id"] for _n, args, _q in broker.sent)
     assert sent_ids == sorted(job_ids)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_dashboard_starts_a_job_while_the_broker_is_down(team, client, upload, broker):
+    from controlplane.jobs.models import Job
+
+    broker.down = True
+    client.force_login(team.engineer)
+    response = client.post(
+        f"/projects/{team.project.pk}/uploads/{upload.pk}/inspect/",
+        {"upload_id": upload.pk, "preview_records": 3},
+    )
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"].endswith(f"/jobs/{job.pk}/")
+    assert [d.state for d in _dispatches(job.pk)] == ["pending"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_request_during_an_outage_does_not_wait_for_the_broker(api, team, upload, broker):
+    """After a failed send, the process leaves the next ones to the outbox for a while."""
+    broker.down = True
+    _create_job(api, team, upload)
+    second = _create_job(api, team, upload)
+    assert second.status_code == 201 and broker.refused == 1
+    (dispatch,) = _dispatches(second.json()["id"])
+    assert dispatch.state == "pending" and dispatch.send_attempts == 0
