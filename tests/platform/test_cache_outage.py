@@ -89,3 +89,26 @@ def test_the_gpu_workers_answer_does_not_fail_with_the_cache_down(redis_cache, s
     redis_cache.stop()
     assert training_queue() in ("cpu", "gpu")
     assert training_queue() in ("cpu", "gpu")  # the second answer from the local fallback
+
+
+def test_a_broker_blip_does_not_send_training_to_the_cpu_queue(settings, monkeypatch):
+    from django.core.cache import cache
+    from kombu.exceptions import OperationalError
+
+    import controlplane.jobs.dispatch as dispatch
+
+    settings.TRAINING_QUEUE = "auto"
+    monkeypatch.setattr(dispatch, "_last_gpu_answer", None)
+    answers = [{"gpu-1@host": [{"name": "gpu"}]}]
+
+    class Inspect:
+        def active_queues(self):
+            if not answers:
+                raise OperationalError("Error 111 connecting to 127.0.0.1:6379.")
+            return answers.pop()
+
+    monkeypatch.setattr(dispatch.app.control, "inspect", lambda timeout: Inspect())
+    cache.delete(dispatch.GPU_WORKERS_CACHE_KEY)
+    assert dispatch.training_queue() == "gpu"
+    cache.delete(dispatch.GPU_WORKERS_CACHE_KEY)  # the minute passed; now the broker is down
+    assert dispatch.training_queue() == "gpu"

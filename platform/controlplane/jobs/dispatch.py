@@ -126,23 +126,33 @@ def send_job(job: Job) -> None:
 def training_queue() -> str:
     """The gpu queue when a worker consumes it, else cpu (TRAINING_QUEUE overrides).
 
-    Asking the workers costs a broadcast round trip, so the answer is cached a minute; an
-    answer that could not be had (broker down) only for a few seconds. Neither the broker
-    nor the cache being down makes this raise (the cache backend fails open,
-    controlplane/cache.py): a job request must not fail for it.
+    Asking the workers costs a broadcast round trip, so the answer is cached a minute.
+    When they cannot be asked (broker down) the last answer this process had stands, for
+    a few seconds at a time: a blip must not send an hours-long run to the cpu queue.
+    Neither the broker nor the cache being down makes this raise (the cache backend fails
+    open, controlplane/cache.py): a job request must not fail for it.
     """
     from django.core.cache import cache
 
+    global _last_gpu_answer
     if settings.TRAINING_QUEUE in ("cpu", "gpu"):
         return settings.TRAINING_QUEUE
-    cached = cache.get(GPU_WORKERS_CACHE_KEY)
-    if cached is None:
-        ttl = 60
+    gpu_up = cache.get(GPU_WORKERS_CACHE_KEY)
+    if gpu_up is None:
         try:
             replies = app.control.inspect(timeout=0.5).active_queues() or {}
-        except Exception as error:  # noqa: BLE001 - no broker, or one without broadcast
-            log.warning("asking the workers for a gpu queue failed (%s); using cpu", error)
-            replies, ttl = {}, 5
-        cached = any(q.get("name") == "gpu" for queues in replies.values() for q in queues)
-        cache.set(GPU_WORKERS_CACHE_KEY, cached, ttl)
-    return "gpu" if cached else "cpu"
+        except Exception as error:  # noqa: BLE001 - the broker is down
+            gpu_up, ttl = bool(_last_gpu_answer), 5
+            log.warning(
+                "asking the workers for a gpu queue failed (%s); using %s, the last answer",
+                error,
+                "gpu" if gpu_up else "cpu",
+            )
+        else:
+            gpu_up = any(q.get("name") == "gpu" for queues in replies.values() for q in queues)
+            _last_gpu_answer, ttl = gpu_up, 60
+        cache.set(GPU_WORKERS_CACHE_KEY, gpu_up, ttl)
+    return "gpu" if gpu_up else "cpu"
+
+
+_last_gpu_answer: bool | None = None

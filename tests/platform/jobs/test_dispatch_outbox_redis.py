@@ -97,3 +97,12 @@ def test_a_job_posted_while_redis_is_down_is_accepted_and_runs_when_it_returns(
     print(f"outbox: dispatched {sent_after:.1f}s after Redis returned; POST took {seconds:.2f}s")
     assert job.state == "succeeded" and job.attempt == 1, (job.error, stack.logs())
     assert sent_after < 20, stack.logs()
+
+    # The web process's own broker connection recovered too: a new job is sent at once.
+    status, answer, _headers = http(
+        "POST", f"{stack.base}/api/v1/projects/{team.project.pk}/jobs/", token=raw, body=body
+    )
+    assert status == 201, answer
+    second = Job.objects.get(pk=json.loads(answer)["id"])
+    assert JobDispatch.objects.get(job=second).state == "sent", stack.logs()
+    wait_until(lambda: Job.objects.get(pk=second.pk).state == "succeeded", 60, stack.logs)
