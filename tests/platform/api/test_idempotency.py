@@ -225,3 +225,53 @@ def test_the_header_is_documented_on_the_three_create_endpoints(tmp_path):
     ]:
         assert "Idempotency-Key" in header_names(path), path
     assert "Idempotency-Key" not in header_names("/api/v1/projects/")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("endpoint", ["tokens", "versions"])
+def test_concurrent_duplicates_create_exactly_one_token_or_version(
+    api, team, endpoint, monkeypatch
+):
+    from django.db import connection
+
+    import controlplane.api.idempotency as idempotency
+    from controlplane.accounts.models import ApiToken
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.datasets.services import dataset_create
+
+    if endpoint == "tokens":
+        url, body, model = "/api/v1/tokens/", {"name": "race"}, ApiToken
+    else:
+        dataset = dataset_create(
+            project=team.project, actor=team.engineer, name="D", slug="d", kind="text"
+        )
+        url = f"/api/v1/projects/{team.project.pk}/datasets/{dataset.pk}/versions/"
+        body = {"files": [{"name": "a.txt", "size": 3, "sha256": "ab" * 32}]}
+        model = DatasetVersion
+    clients = [api(team.engineer), api(team.engineer)]
+    before = model.objects.count()
+    original_seal = idempotency._seal
+
+    def slow_seal(*args, **kwargs):
+        time.sleep(0.5)  # the first request's transaction stays open: the second must wait
+        return original_seal(*args, **kwargs)
+
+    monkeypatch.setattr(idempotency, "_seal", slow_seal)
+    started = threading.Barrier(2)
+    responses = [None, None]
+
+    def send(index):
+        try:
+            started.wait(10)
+            responses[index] = _post(clients[index], url, body, f"race-{endpoint}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [r.status_code for r in responses] == [201, 201]
+    assert responses[0].json() == responses[1].json()
+    assert model.objects.count() == before + 1
