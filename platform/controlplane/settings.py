@@ -169,7 +169,9 @@ if CACHE_URL.startswith("locmem://"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 else:
     # Fails open: while Redis is down the API throttles per process instead of answering 500.
-    CACHES = {"default": {"BACKEND": "controlplane.cache.FailOpenRedisCache", "LOCATION": CACHE_URL}}
+    CACHES = {
+        "default": {"BACKEND": "controlplane.cache.FailOpenRedisCache", "LOCATION": CACHE_URL}
+    }
 
 LOGGING = {
     "version": 1,
