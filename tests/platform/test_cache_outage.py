@@ -72,9 +72,9 @@ def test_api_answers_while_the_cache_is_down_and_recovers(api, team, redis_cache
 def test_throttling_goes_on_per_process_while_the_cache_is_down(
     api, team, redis_cache, monkeypatch
 ):
-    from rest_framework.throttling import SimpleRateThrottle
+    from rest_framework.throttling import UserRateThrottle
 
-    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", {"user": "3/min", "anon": "3/min"})
+    monkeypatch.setattr(UserRateThrottle, "THROTTLE_RATES", {"user": "3/min", "anon": "3/min"})
     client = api(team.engineer)
     redis_cache.stop()
     statuses = [client.get("/api/v1/projects/").status_code for _ in range(4)]
