@@ -18,6 +18,8 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def redis_cache(private_redis, settings, monkeypatch):  # noqa: F811
     """The default cache as production configures it (settings.py), on a private Redis."""
+    from django.core.cache import caches
+
     import controlplane.cache
 
     settings.CACHES = {
@@ -27,6 +29,9 @@ def redis_cache(private_redis, settings, monkeypatch):  # noqa: F811
         }
     }
     monkeypatch.setattr(controlplane.cache, "RETRY_SECONDS", 0.0)  # retry Redis at once
+    # Ports are reused: no state of an earlier test's Redis on the same port may leak in.
+    monkeypatch.setattr(controlplane.cache, "_health", {})
+    caches["default"].fallback.clear()
     return private_redis
 
 
