@@ -66,6 +66,8 @@ def test_readyz_is_503_without_the_database(client, monkeypatch):
 
     import controlplane.health as health
 
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL")
     # A real connection attempt to a database port where nothing listens.
     settings_dict = {**connection.settings_dict, "HOST": "127.0.0.1", "PORT": free_port()}
     dead = type(connections["default"])(settings_dict, alias="dead")
