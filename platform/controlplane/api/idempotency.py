@@ -45,7 +45,7 @@ from controlplane.api.models import IdempotencyRecord
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 # Visible ASCII, as Stripe and the IETF draft use it: UUIDs, ULIDs, "order-42-attempt".
-_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 
 IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
     name=HEADER,
@@ -116,7 +116,7 @@ def idempotent(view_method: Callable) -> Callable:
 
 
 def _checked_key(raw_key: str) -> str:
-    if not _KEY_PATTERN.match(raw_key):
+    if not _KEY_PATTERN.fullmatch(raw_key):
         raise serializers.ValidationError(
             {HEADER: ["1-255 visible ASCII characters (no spaces), e.g. a UUID"]}
         )
@@ -128,7 +128,8 @@ def _request_digest(request) -> str:
     data = request.data
     if hasattr(data, "lists"):  # a form: every value of every field
         data = {name: values for name, values in data.lists()}
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), cls=JSONEncoder, default=str)
+    # Parsed JSON holds only JSON types; str() covers a form's uploaded files (by name).
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
