@@ -13,7 +13,9 @@ from celery import Celery
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 app = Celery("controlplane")
-app.autodiscover_tasks(["controlplane.jobs", "controlplane.datasets", "controlplane.audit"])
+app.autodiscover_tasks(
+    ["controlplane.jobs", "controlplane.datasets", "controlplane.audit", "controlplane.api"]
+)
 
 
 def _configure() -> None:

@@ -36,8 +36,14 @@ try:
     # An upload not completed within this many seconds is aborted and its version removed.
     DATASET_UPLOAD_TTL_SECONDS = env.env_int("DATASET_UPLOAD_TTL_SECONDS", 24 * 3600, minimum=60)
     REAPER_INTERVAL_SECONDS = env.env_int("REAPER_INTERVAL_SECONDS", 15, minimum=1)
+    # The control worker sends unsent job dispatches (the outbox) this often, retrying a
+    # failed send after 1, 2, 4 ... seconds, at most DISPATCH_RETRY_MAX_SECONDS apart.
+    DISPATCH_OUTBOX_INTERVAL_SECONDS = env.env_int("DISPATCH_OUTBOX_INTERVAL_SECONDS", 2, minimum=1)
+    DISPATCH_RETRY_MAX_SECONDS = env.env_int("DISPATCH_RETRY_MAX_SECONDS", 10, minimum=1)
     API_THROTTLE_USER = env.env_str("API_THROTTLE_USER", "2000/min")
     API_THROTTLE_ANON = env.env_str("API_THROTTLE_ANON", "60/min")
+    # How long a POST's Idempotency-Key is remembered (its response replayed to retries).
+    IDEMPOTENCY_KEY_TTL_SECONDS = env.env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600, minimum=60)
     # Queue of training jobs: "auto" asks the workers whether a gpu worker is up.
     TRAINING_QUEUE = env.env_str("TRAINING_QUEUE", "auto")
     if TRAINING_QUEUE not in ("auto", "cpu", "gpu"):
@@ -81,6 +87,7 @@ INSTALLED_APPS = [
     # Swagger UI's files served from our own origin (no CDN: works offline and under the CSP).
     "drf_spectacular_sidecar",
     "csp",
+    "controlplane.api",
     "controlplane.accounts",
     "controlplane.projects",
     "controlplane.audit",
@@ -227,8 +234,9 @@ CONTENT_SECURITY_POLICY = {
 if CACHE_URL.startswith("locmem://"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 else:
+    # Fails open: while Redis is down the API throttles per process instead of answering 500.
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        "default": {"BACKEND": "controlplane.cache.FailOpenRedisCache", "LOCATION": CACHE_URL}
     }
 
 LOGGING = {
@@ -241,6 +249,8 @@ LOGGING = {
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.env_bool("SECURE_SSL_REDIRECT", True)
+    # Probes come from inside the cluster over plain HTTP; a redirect is not an answer.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
@@ -255,11 +265,26 @@ if not DEBUG:
 
 # Celery (platform side: dispatches JobSpecs, consumes JobEvents on the `control` queue).
 CELERY = env.celery_settings()
+if CELERY["broker_url"].startswith(("redis://", "rediss://")):
+    # A broker host that drops packets must not hold a request (or the outbox) for the
+    # operating system's connect timeout of minutes; a refused connect fails at once anyway.
+    CELERY["broker_transport_options"]["socket_connect_timeout"] = 3
 CELERY_BEAT_SCHEDULE = {
     "reap-expired-jobs": {
         "task": "control.reap_expired_jobs",
         "schedule": float(REAPER_INTERVAL_SECONDS),
         "options": {"queue": "control"},
+    },
+    "send-dispatch-outbox": {
+        "task": "control.send_dispatch_outbox",
+        "schedule": float(DISPATCH_OUTBOX_INTERVAL_SECONDS),
+        # Passes that could not run while the control worker was away are worthless later.
+        "options": {"queue": "control", "expires": 10 * DISPATCH_OUTBOX_INTERVAL_SECONDS},
+    },
+    "purge-idempotency-keys": {
+        "task": "control.purge_idempotency_keys",
+        "schedule": 3600.0,
+        "options": {"queue": "control", "expires": 3000},
     },
     "reap-abandoned-uploads": {
         "task": "control.reap_abandoned_uploads",

@@ -11,6 +11,7 @@ from controlplane.dashboard import views as pages
 
 urlpatterns = [
     path("healthz", pages.healthz, name="healthz"),
+    path("readyz", pages.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("controlplane.api.urls")),
     path("login/", account_pages.LoginView.as_view(), name="login"),

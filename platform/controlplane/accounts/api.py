@@ -16,6 +16,7 @@ from controlplane.accounts.services import (
 )
 from controlplane.api.access import StrictSerializer
 from controlplane.api.errors import Conflict
+from controlplane.api.idempotency import idempotent
 from controlplane.names import validate_name
 
 
@@ -104,6 +105,7 @@ class TokenListCreate(generics.GenericAPIView):
         )
         return self.get_paginated_response(TokenOut(page, many=True).data)
 
+    @idempotent
     @extend_schema(request=TokenIn, responses={201: TokenCreatedOut})
     def post(self, request):
         body = TokenIn(data=request.data)

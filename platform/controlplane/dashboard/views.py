@@ -7,7 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -24,6 +24,7 @@ from controlplane.dashboard.forms import (
 )
 from controlplane.dashboard.posttrain_views import posttrain_form
 from controlplane.dashboard.selectors import overview_for
+from controlplane.health import liveness_report, readiness_report
 from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import Job, JobState
 from controlplane.jobs.posttrain import has_model
@@ -42,8 +43,16 @@ from controlplane.uploads.models import Upload
 from controlplane.uploads.services import UploadError, single_uploaded_file, upload_create
 
 
-def healthz(request) -> HttpResponse:
-    return HttpResponse("ok\n", content_type="text/plain")
+def healthz(request) -> JsonResponse:
+    """Liveness: cheap (no network call), always 200; names the dependencies seen failing."""
+    return JsonResponse(liveness_report())
+
+
+def readyz(request) -> JsonResponse:
+    """Readiness: database, broker, object store and cache checked, each with its latency;
+    503 only when the database does not answer (see controlplane/health.py)."""
+    report, ready = readiness_report()
+    return JsonResponse(report, status=200 if ready else 503)
 
 
 @login_required

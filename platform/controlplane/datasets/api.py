@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api.access import StrictSerializer, project_or_404
+from controlplane.api.idempotency import idempotent
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetKind, DatasetVersion
 from controlplane.datasets.selectors import datasets_for, versions_of
 from controlplane.datasets.services import (
@@ -198,6 +199,7 @@ class VersionListStart(generics.GenericAPIView):
         page = self.paginate_queryset(versions_of(dataset))
         return self.get_paginated_response(VersionOut(page, many=True).data)
 
+    @idempotent
     @extend_schema(request=VersionStartIn, responses={201: dict})
     def post(self, request, project_id: int, dataset_id: int):
         """Start an upload: declare the files, get presigned part URLs back."""

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from controlplane.jobs.models import Job, JobArtifact, JobEventRecord, JobMetric
+from controlplane.jobs.models import Job, JobArtifact, JobDispatch, JobEventRecord, JobMetric
 
 
 class ArtifactInline(admin.TabularInline):
@@ -51,3 +51,24 @@ class JobMetricAdmin(admin.ModelAdmin):
 class JobArtifactAdmin(admin.ModelAdmin):
     list_display = ["job", "kind", "name", "object_key", "size", "step", "created_at"]
     list_filter = ["kind"]
+
+
+@admin.register(JobDispatch)
+class JobDispatchAdmin(admin.ModelAdmin):
+    """The outbox, read-only: rows are written by job services and sent by the control worker."""
+
+    list_display = ["id", "job", "attempt", "state", "send_attempts", "next_attempt_at", "sent_at"]
+    list_filter = ["state"]
+    readonly_fields = [
+        "job",
+        "attempt",
+        "state",
+        "created_at",
+        "next_attempt_at",
+        "send_attempts",
+        "last_error",
+        "sent_at",
+    ]
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api.access import StrictSerializer, project_or_404
+from controlplane.api.idempotency import idempotent
 from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import Job, JobArtifact, JobEventRecord, JobMetric, JobState
 from controlplane.jobs.selectors import jobs_for
@@ -108,6 +109,7 @@ class JobListCreate(generics.GenericAPIView):
         )
         return self.get_paginated_response(JobOut(page, many=True).data)
 
+    @idempotent
     @extend_schema(request=JobIn, responses={201: JobOut})
     def post(self, request, project_id: int):
         project = project_or_404(request, project_id, Action.RUN)

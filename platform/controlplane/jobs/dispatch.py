@@ -2,11 +2,72 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 from django.conf import settings
 
 from controlplane.celery_app import app
 from controlplane.jobs.models import Job
 from workers.protocol import RUN_JOB_TASK, ArtifactRef, JobKind, JobSpec
+
+log = logging.getLogger(__name__)
+
+# One quick retry, then give up: the outbox retries with backoff, so a caller (a web
+# request) never waits through Celery's default publish retries on a dead broker.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0.2,
+    "interval_step": 0,
+    "interval_max": 0.2,
+}
+# After a failed send, this process leaves sends to the control worker's outbox for a while.
+BROKER_BACKOFF_SECONDS = 5.0
+GPU_WORKERS_CACHE_KEY = "controlplane:gpu-workers-up"
+
+
+class BrokerHealth:
+    """What this process last learnt about the broker from its own sends (for /healthz)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.last_failure_at: float | None = None  # time.monotonic()
+        self.last_error = ""
+
+    def record_failure(self, error: Exception) -> None:
+        with self._lock:
+            self.failures += 1
+            self.last_failure_at = time.monotonic()
+            self.last_error = f"{type(error).__name__}: {error}"
+
+    def record_success(self) -> None:
+        with self._lock:
+            self.last_failure_at = None
+            self.last_error = ""
+
+    def failed_within(self, seconds: float) -> bool:
+        failed_at = self.last_failure_at
+        return failed_at is not None and time.monotonic() - failed_at < seconds
+
+    def status(self) -> dict:
+        failed_at = self.last_failure_at
+        return {
+            "ok": failed_at is None,
+            "send_failures": self.failures,
+            "last_error": self.last_error,
+            "seconds_since_failure": None
+            if failed_at is None
+            else round(time.monotonic() - failed_at, 1),
+        }
+
+
+broker_health = BrokerHealth()
+
+
+def broker_recently_failed() -> bool:
+    return broker_health.failed_within(BROKER_BACKOFF_SECONDS)
 
 
 def job_spec(job: Job) -> JobSpec:
@@ -46,24 +107,52 @@ def tracking_block(job: Job) -> dict:
 
 
 def send_job(job: Job) -> None:
-    app.send_task(RUN_JOB_TASK, args=[job_spec(job).to_dict()], queue=job.queue)
+    """Publish the job's current attempt; raises if the broker does not take it."""
+    spec = job_spec(job).to_dict()
+    try:
+        app.send_task(
+            RUN_JOB_TASK,
+            args=[spec],
+            queue=job.queue,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
+    except Exception as error:
+        broker_health.record_failure(error)
+        raise
+    broker_health.record_success()
 
 
 def training_queue() -> str:
     """The gpu queue when a worker consumes it, else cpu (TRAINING_QUEUE overrides).
 
     Asking the workers costs a broadcast round trip, so the answer is cached a minute.
+    When they cannot be asked (broker down) the last answer this process had stands, for
+    a few seconds at a time: a blip must not send an hours-long run to the cpu queue.
+    Neither the broker nor the cache being down makes this raise (the cache backend fails
+    open, controlplane/cache.py): a job request must not fail for it.
     """
     from django.core.cache import cache
 
+    global _last_gpu_answer
     if settings.TRAINING_QUEUE in ("cpu", "gpu"):
         return settings.TRAINING_QUEUE
-    cached = cache.get("controlplane:gpu-workers-up")
-    if cached is None:
+    gpu_up = cache.get(GPU_WORKERS_CACHE_KEY)
+    if gpu_up is None:
         try:
             replies = app.control.inspect(timeout=0.5).active_queues() or {}
-        except Exception:  # noqa: BLE001 - a broker without broadcast: assume no gpu worker
-            replies = {}
-        cached = any(q.get("name") == "gpu" for queues in replies.values() for q in queues)
-        cache.set("controlplane:gpu-workers-up", cached, 60)
-    return "gpu" if cached else "cpu"
+        except Exception as error:  # noqa: BLE001 - the broker is down
+            gpu_up, ttl = bool(_last_gpu_answer), 5
+            log.warning(
+                "asking the workers for a gpu queue failed (%s); using %s, the last answer",
+                error,
+                "gpu" if gpu_up else "cpu",
+            )
+        else:
+            gpu_up = any(q.get("name") == "gpu" for queues in replies.values() for q in queues)
+            _last_gpu_answer, ttl = gpu_up, 60
+        cache.set(GPU_WORKERS_CACHE_KEY, gpu_up, ttl)
+    return "gpu" if gpu_up else "cpu"
+
+
+_last_gpu_answer: bool | None = None

@@ -139,3 +139,47 @@ class JobArtifact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name} of job {self.job_id}"
+
+
+class DispatchState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    OBSOLETE = "obsolete", "Obsolete"  # the attempt was superseded or the job left QUEUED
+
+
+class JobDispatch(models.Model):
+    """The outbox: one row per job attempt to send, written in the job's own transaction.
+
+    A broker outage can then never lose an accepted job nor turn it into a 500: the row
+    is sent right after commit and, failing that, by `control.send_dispatch_outbox` with
+    backoff (services/outbox.py).
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="dispatches")
+    attempt = models.PositiveIntegerField()
+    state = models.CharField(
+        max_length=20, choices=DispatchState.choices, default=DispatchState.PENDING
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    # When a sender may (next) try: also a claim, pushed ahead while a sender holds the row.
+    next_attempt_at = models.DateTimeField()
+    send_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt"], name="one_dispatch_per_attempt")
+        ]
+        indexes = [
+            # The sender's scan: only pending rows, oldest due first.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="jobs_dispatch_due",
+                condition=models.Q(state="pending"),
+            )
+        ]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"dispatch of job {self.job_id} attempt {self.attempt} ({self.state})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from controlplane.jobs.services import job_apply_event, jobs_reap_expired
+from controlplane.jobs.services.outbox import dispatch_outbox_send_due
 from workers.protocol import APPLY_EVENT_TASK, CONTROL_QUEUE, JobEvent, ProtocolError
 
 
@@ -31,3 +32,12 @@ def apply_event(event: dict) -> bool:
 )
 def reap_expired_jobs() -> list[int]:
     return jobs_reap_expired()
+
+
+# Beat runs this every DISPATCH_OUTBOX_INTERVAL_SECONDS; overlapping runs (two control
+# workers, a slow pass) are safe because every row is taken by a conditional claim.
+@shared_task(
+    name="control.send_dispatch_outbox", queue=CONTROL_QUEUE, ignore_result=True, time_limit=120
+)
+def send_dispatch_outbox() -> dict[str, int]:
+    return dispatch_outbox_send_due()

@@ -107,4 +107,4 @@ def test_admin_lists_every_model(team, client):
 
 
 def test_healthz(client):
-    assert client.get("/healthz").content == b"ok\n"
+    assert client.get("/healthz").json()["status"] == "ok"

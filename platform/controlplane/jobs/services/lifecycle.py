@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -10,7 +11,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane.audit.services import audit_append
-from controlplane.jobs.dispatch import send_job
 from controlplane.jobs.kinds import validate_job_request
 from controlplane.jobs.models import (
     ArtifactKind,
@@ -19,6 +19,7 @@ from controlplane.jobs.models import (
     JobState,
 )
 from controlplane.jobs.posttrain import POSTTRAIN_KINDS
+from controlplane.jobs.services.outbox import dispatch_enqueue, dispatch_send_after_commit
 from controlplane.projects.models import Project
 from controlplane.storage import object_store
 from workers.protocol import cancel_marker_key
@@ -33,14 +34,11 @@ class JobError(Exception):
 
 
 def dispatch_after_commit(job: Job) -> None:
-    job_id = job.pk
-
-    def send() -> None:
-        fresh = Job.objects.get(pk=job_id)
-        if fresh.state == JobState.QUEUED:
-            send_job(fresh)
-
-    transaction.on_commit(send)
+    """Queue the job's current attempt for its worker: an outbox row in the caller's
+    transaction, sent right after commit if the broker takes it, else by the control
+    worker's outbox task (services/outbox.py). Never raises for a broker outage."""
+    dispatch = dispatch_enqueue(job)
+    transaction.on_commit(partial(dispatch_send_after_commit, dispatch.pk), robust=True)
 
 
 @transaction.atomic
