@@ -48,15 +48,16 @@ def team(make_user):
 
 @pytest.fixture
 def api():
-    """`api(user)` -> an APIClient authenticated with a real bearer token of that user."""
+    """`api(user)` -> an APIClient authenticated with a real bearer token of that user
+    (the default scopes; `api(user, scopes=[...])` for others, e.g. tokens:write)."""
     from rest_framework.test import APIClient
 
     from controlplane.accounts.services import api_token_create
 
-    def client_for(user=None) -> APIClient:
+    def client_for(user=None, scopes: list[str] | None = None) -> APIClient:
         client = APIClient()
         if user is not None:
-            _token, raw = api_token_create(user=user, name="tests")
+            _token, raw = api_token_create(user=user, name="tests", scopes=scopes)
             client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
         return client
 

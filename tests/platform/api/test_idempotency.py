@@ -21,6 +21,10 @@ def upload(team, make_upload):
     return make_upload(team.project, team.engineer, b"a\nb\n")
 
 
+# A bearer token may create tokens only with tokens:write.
+TOKEN_MAKER = ["api:read", "api:write", "tokens:write"]
+
+
 def _jobs_url(team):
     return f"/api/v1/projects/{team.project.pk}/jobs/"
 
@@ -83,7 +87,7 @@ def test_keys_belong_to_their_user_and_endpoint(api, team, upload):
     body = {"kind": "inspect", "params": {"upload_id": upload.pk}}
     a = _post(api(team.engineer), _jobs_url(team), body, "shared")
     b = _post(api(team.owner), _jobs_url(team), body, "shared")
-    token = _post(api(team.engineer), "/api/v1/tokens/", {"name": "ci"}, "shared")
+    token = _post(api(team.engineer, TOKEN_MAKER), "/api/v1/tokens/", {"name": "ci"}, "shared")
     assert a.status_code == b.status_code == token.status_code == 201
     assert a.json()["id"] != b.json()["id"] and Job.objects.count() == 2
 
@@ -123,7 +127,7 @@ def test_a_retried_token_post_returns_the_same_secret_never_stored_in_clear(api,
     from controlplane.accounts.models import ApiToken
     from controlplane.api.models import IdempotencyRecord
 
-    client = api(team.engineer)
+    client = api(team.engineer, TOKEN_MAKER)
     before = ApiToken.objects.count()
     first = _post(client, "/api/v1/tokens/", {"name": "deploy"}, "tok-1")
     again = _post(client, "/api/v1/tokens/", {"name": "deploy"}, "tok-1")
@@ -248,7 +252,8 @@ def test_concurrent_duplicates_create_exactly_one_token_or_version(
         url = f"/api/v1/projects/{team.project.pk}/datasets/{dataset.pk}/versions/"
         body = {"files": [{"name": "a.txt", "size": 3, "sha256": "ab" * 32}]}
         model = DatasetVersion
-    clients = [api(team.engineer), api(team.engineer)]
+    scopes = TOKEN_MAKER if endpoint == "tokens" else None
+    clients = [api(team.engineer, scopes), api(team.engineer, scopes)]
     before = model.objects.count()
     original_seal = idempotency._seal
 
