@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.config import worker_runtime_config
 from workers.events import EventSink
 from workers.protocol import EventType, JobEvent, JobSpec, cancel_marker_key, superseded_marker_key
 from workers.storage import ObjectStore, StoredObject
@@ -63,8 +64,29 @@ class JobContext:
                 payload=payload or {},
             )
             self._seq += 1
-            self._sink.send(event)
+            self._send(event)
         return event
+
+    def _send(self, event: JobEvent) -> None:
+        # The sink is a BufferedSink on a real worker: it queues and never raises. Any other
+        # sink failing must not end the training either; the event stays re-sendable.
+        try:
+            self._sink.send(event)
+        except Exception:  # noqa: BLE001
+            log.exception("job %s: event %s could not be sent", self.spec.job_id, event.seq)
+
+    def flush_events(self, timeout: float) -> bool:
+        """Wait (bounded) until the broker has every event of the attempt."""
+        delivered = self._sink.flush(timeout)
+        if not delivered:
+            log.warning(
+                "job %s attempt %s: events still unsent after %.0f s; they go out when the "
+                "broker is back while this process lives",
+                self.spec.job_id,
+                self.spec.attempt,
+                timeout,
+            )
+        return delivered
 
     def progress(self, fraction: float, message: str = "") -> None:
         self.emit(EventType.PROGRESS, {"fraction": fraction, "message": message})
@@ -167,9 +189,30 @@ class JobContext:
             self._heartbeat.join(timeout=5)
 
 
-def run_attempt(spec: JobSpec, sink: EventSink, store: ObjectStore, handlers: dict) -> str:
-    """Run one attempt of a job from start to its terminal event; returns that event's type."""
+def run_attempt(
+    spec: JobSpec,
+    sink: EventSink,
+    store: ObjectStore,
+    handlers: dict,
+    *,
+    flush_seconds: float | None = None,
+) -> str:
+    """Run one attempt of a job from start to its terminal event; returns that event's type.
+
+    Returns only once the sink delivered every event, or after `flush_seconds` (default
+    WORKER_EVENT_FLUSH_SECONDS) of waiting for a broker that is away.
+    """
     ctx = JobContext(spec, sink, store)
+    try:
+        return _run_attempt(ctx, handlers)
+    finally:
+        if flush_seconds is None:
+            flush_seconds = worker_runtime_config().event_flush_seconds
+        ctx.flush_events(flush_seconds)
+
+
+def _run_attempt(ctx: JobContext, handlers: dict) -> str:
+    spec = ctx.spec
     if ctx._refresh_stop_reason() is not None:
         # A stale message (re-dispatched or cancelled before it ran): do no work at all.
         if ctx._stop_reason == "cancelled":

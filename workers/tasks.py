@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from workers.celery_app import app
-from workers.events import ControlQueueSink
+from workers.config import worker_runtime_config
+from workers.events import BufferedSink, ControlQueueSink
 from workers.jobs import HANDLERS
 from workers.protocol import RUN_JOB_TASK, JobSpec
 from workers.runtime import run_attempt
@@ -16,4 +17,10 @@ from workers.storage import get_object_store
 @app.task(name=RUN_JOB_TASK, acks_late=False, ignore_result=True)
 def run_job(spec: dict) -> str:
     parsed = JobSpec.from_dict(spec)
-    return run_attempt(parsed, ControlQueueSink(app), get_object_store(), HANDLERS)
+    config = worker_runtime_config()
+    # Events leave through a buffer so a broker outage never stops the training: they are
+    # sent in order by a background thread once the broker is back.
+    sink = BufferedSink(ControlQueueSink(app), capacity=config.event_buffer_events)
+    return run_attempt(
+        parsed, sink, get_object_store(), HANDLERS, flush_seconds=config.event_flush_seconds
+    )
