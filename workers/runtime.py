@@ -5,11 +5,20 @@ units of work (chunks, training steps) and returns when it is true. The context 
 job when the platform asked to cancel it (cancel marker) or when the reaper handed the job
 to another attempt (superseded marker); both are objects in the store, because a worker
 holds no database credentials.
+
+No event may be lost on the way to the platform (docs/architecture.md, "The event path"):
+- every event is numbered (seq) and kept in a bounded `EventLog`; with each stop check
+  the context looks for re-send requests the platform wrote after it saw a gap
+  (`resend_request_prefix`) and sends the asked-for events again, unchanged;
+- before `finished` goes out, the attempt's completion record (`completion_record_key`:
+  the finished event and every artifact and checkpoint event) is written to the store, so
+  the reaper can tell a success whose `finished` was lost from a dead worker.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import socket
 import threading
@@ -18,9 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from workers.config import worker_runtime_config
-from workers.events import EventSink
-from workers.protocol import EventType, JobEvent, JobSpec, cancel_marker_key, superseded_marker_key
-from workers.storage import ObjectStore, StoredObject
+from workers.events import EventLog, EventSink
+from workers.protocol import (
+    EventType,
+    JobEvent,
+    JobSpec,
+    cancel_marker_key,
+    completion_record_key,
+    resend_request_prefix,
+    superseded_marker_key,
+)
+from workers.storage import ObjectNotFoundError, ObjectStore, StorageError, StoredObject
 from workers.tracking import NullTracker, start_tracking
 
 log = logging.getLogger(__name__)
@@ -39,12 +56,20 @@ class JobFailed(Exception):
 
 class JobContext:
     def __init__(
-        self, spec: JobSpec, sink: EventSink, store: ObjectStore, *, stop_check_seconds: float = 2.0
+        self,
+        spec: JobSpec,
+        sink: EventSink,
+        store: ObjectStore,
+        *,
+        stop_check_seconds: float = 2.0,
+        event_log: EventLog | None = None,
     ):
         self.spec = spec
         self.store = store
         self._sink = sink
         self._seq = 0
+        self.events = event_log or EventLog(worker_runtime_config().event_log_events)
+        self._answered_resend_requests: set[str] = set()
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
         self._stop_check_seconds = stop_check_seconds
@@ -56,15 +81,21 @@ class JobContext:
     # events -------------------------------------------------------------------------
     def emit(self, event_type: EventType, payload: dict[str, Any] | None = None) -> JobEvent:
         with self._lock:  # the heartbeat thread emits too; seq must stay gap-free and ordered
-            event = JobEvent(
-                job_id=self.spec.job_id,
-                attempt=self.spec.attempt,
-                seq=self._seq,
-                type=event_type,
-                payload=payload or {},
-            )
-            self._seq += 1
+            event = self._number(event_type, payload)
             self._send(event)
+        return event
+
+    def _number(self, event_type: EventType, payload: dict[str, Any] | None) -> JobEvent:
+        """The next event of the attempt, logged for re-sends; the caller holds the lock."""
+        event = JobEvent(
+            job_id=self.spec.job_id,
+            attempt=self.spec.attempt,
+            seq=self._seq,
+            type=event_type,
+            payload=payload or {},
+        )
+        self._seq += 1
+        self.events.record(event)
         return event
 
     def _send(self, event: JobEvent) -> None:
@@ -160,7 +191,72 @@ class JobContext:
             self._stop_reason = "superseded"
         elif self.store.exists(cancel_marker_key(self.spec.job_id)):
             self._stop_reason = "cancelled"
+        else:
+            self.answer_resend_requests()
         return self._stop_reason
+
+    # re-sends and the completion record -----------------------------------------------
+    def answer_resend_requests(self) -> int:
+        """Send again the events the platform asked for (it saw a gap); returns how many.
+
+        Each request object is answered once. The events go out exactly as first sent
+        (same seq, payload and time), so applying them twice changes nothing.
+        """
+        prefix = resend_request_prefix(self.spec.job_id, self.spec.attempt)
+        resent = 0
+        for info in self.store.list(prefix):
+            if info.key in self._answered_resend_requests:
+                continue
+            seqs = self._requested_seqs(info.key)
+            self._answered_resend_requests.add(info.key)
+            found, missing = self.events.find(seqs)
+            for event in found:
+                self._send(event)
+            resent += len(found)
+            log.info(
+                "job %s attempt %s: re-sent %d events on request %s",
+                self.spec.job_id,
+                self.spec.attempt,
+                len(found),
+                info.key,
+            )
+            if missing:
+                self.log(f"cannot re-send events {_ranges(missing)}: no longer in the worker's log")
+        return resent
+
+    def _requested_seqs(self, key: str) -> list[int]:
+        try:
+            request = json.loads(self.store.get_bytes(key, max_size=1024 * 1024))
+            seqs = request["seqs"]
+            if not isinstance(seqs, list) or not all(
+                isinstance(seq, int) and not isinstance(seq, bool) for seq in seqs
+            ):
+                raise ValueError("seqs must be a list of integers")
+        except ObjectNotFoundError:
+            return []  # withdrawn by the platform (the gap healed meanwhile)
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning(
+                "job %s: ignoring malformed re-send request %s: %s", self.spec.job_id, key, error
+            )
+            return []
+        return [seq for seq in seqs if 0 <= seq < self._seq]
+
+    def _finish(self, result: dict[str, Any]) -> JobEvent:
+        """Number `finished`, write the completion record holding it, then send it."""
+        with self._lock:
+            finished = self._number(EventType.FINISHED, {"result": result})
+        record = {
+            "finished": finished.to_dict(),
+            "events": [event.to_dict() for event in self.events.published()],
+        }
+        key = completion_record_key(self.spec.job_id, self.spec.attempt)
+        try:
+            self.store.put_bytes(key, json.dumps(record).encode(), content_type="application/json")
+        except StorageError as error:
+            # The outputs are stored; losing the success over its receipt would be worse.
+            log.error("job %s: completion record %s not written: %s", self.spec.job_id, key, error)
+        self._send(finished)
+        return finished
 
     def should_stop(self) -> bool:
         return self.stop_reason() is not None
@@ -256,5 +352,19 @@ def _run_handler(ctx: JobContext, handlers: dict) -> str:
     if ctx._stop_reason == "cancelled":
         ctx.emit(EventType.CANCELLED, {"reason": "cancelled by user"})
         return EventType.CANCELLED
-    ctx.emit(EventType.FINISHED, {"result": result or {}})
+    ctx._finish(result or {})
     return EventType.FINISHED
+
+
+def _ranges(seqs: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7": a short way to name many sequence numbers."""
+    parts: list[str] = []
+    start = previous = seqs[0]
+    for seq in [*seqs[1:], None]:
+        if seq is not None and seq == previous + 1:
+            previous = seq
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if seq is not None:
+            start = previous = seq
+    return ", ".join(parts)
