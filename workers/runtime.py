@@ -258,6 +258,28 @@ class JobContext:
         self._send(finished)
         return finished
 
+    def is_current_attempt(self) -> bool:
+        """Whether this attempt still owns the job: asked fresh before every MLflow write.
+
+        Not the throttled stop check: a worker paused for longer than its lease resumes
+        into a step that logs metrics, and that very first write must already see the
+        superseded marker the reaper wrote meanwhile.
+        """
+        if self._stop_reason == "superseded":
+            return False
+        try:
+            superseded = self.store.exists(
+                superseded_marker_key(self.spec.job_id, self.spec.attempt)
+            )
+        except StorageError as error:
+            log.warning(
+                "job %s: superseded marker unreadable, not tracking: %s", self.spec.job_id, error
+            )
+            return False
+        if superseded:
+            self._stop_reason = "superseded"
+        return not superseded
+
     def should_stop(self) -> bool:
         return self.stop_reason() is not None
 
@@ -315,7 +337,7 @@ def _run_attempt(ctx: JobContext, handlers: dict) -> str:
             ctx.emit(EventType.CANCELLED, {"reason": "cancelled before start"})
             return EventType.CANCELLED
         return "skipped"
-    ctx.tracker = start_tracking(spec)
+    ctx.tracker = start_tracking(spec, is_current=ctx.is_current_attempt)
     ctx.emit(
         EventType.STARTED,
         {"worker": f"{socket.gethostname()}", "tracking_run_id": ctx.tracker.run_id},
@@ -324,7 +346,8 @@ def _run_attempt(ctx: JobContext, handlers: dict) -> str:
         ctx.log(ctx.tracker.problem)
     ctx.start_heartbeat()
     outcome = _run_handler(ctx, handlers)
-    ctx.tracker.finish(_TRACKING_STATUS.get(outcome, "KILLED"))
+    if outcome != "superseded":  # the current attempt owns the run and closes it
+        ctx.tracker.finish(_TRACKING_STATUS.get(outcome, "KILLED"))
     return outcome
 
 
