@@ -20,15 +20,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import socket
 import threading
 import time
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workers.config import worker_runtime_config
 from workers.events import EventLog, EventSink
 from workers.protocol import (
+    RETRYABLE_FIELD,
     EventType,
     JobEvent,
     JobSpec,
@@ -38,12 +42,38 @@ from workers.protocol import (
     superseded_marker_key,
 )
 from workers.storage import ObjectNotFoundError, ObjectStore, StorageError, StoredObject
+from workers.storage.retrying import is_transient
 from workers.tracking import NullTracker, start_tracking
 
 log = logging.getLogger(__name__)
 
 
 _TRANSFER_CHUNK = 8 * 1024 * 1024
+# step_000250.tar (pre-training), step_000250.pt (vision, post-training)
+_CHECKPOINT_STEP = re.compile(r"step_(\d+)")
+
+
+def checkpoint_step(key: str) -> int | None:
+    """The training step a checkpoint object's name carries, if it carries one."""
+    found = _CHECKPOINT_STEP.search(Path(key).name)
+    return int(found.group(1)) if found else None
+
+
+def _step_or_minus_one(key: str) -> int:
+    step = checkpoint_step(key)
+    return -1 if step is None else step
+
+
+def verified_step_file(path: Path) -> Path:
+    """A .pt step file that is whole: torch.save writes a zip, whose CRCs we check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile as error:
+        raise JobFailed(f"{path.name} is not a readable checkpoint: {error}") from None
+    if damaged is not None:
+        raise JobFailed(f"{path.name} is damaged ({damaged} fails its CRC)")
+    return path
 
 
 class JobStopped(Exception):
@@ -160,13 +190,57 @@ class JobContext:
             raise JobFailed(f"{key} does not match its sha256 (the stored object changed)")
         return target
 
-    def download_resume_checkpoint(self, folder: Path) -> Path | None:
-        """The checkpoint this attempt resumes from, as ``folder/<its name>``; None if fresh."""
-        key = self.spec.resume_checkpoint
-        if not key:
+    def download_resume_checkpoint(
+        self, folder: Path, open_checkpoint: Callable[[Path], Any] = lambda path: path
+    ) -> Any:
+        """The newest usable checkpoint to resume from, opened; None when starting afresh.
+
+        The spec names one checkpoint, but it may be gone (deleted, never fully stored) or
+        damaged. Then the job's older checkpoints (any attempt's, under the job's output
+        prefixes) are tried, newest first. Usable means: the download matches the sha256
+        the store recorded for it and `open_checkpoint(path)` (unpack, integrity check)
+        does not raise. An outage of the store is not "unusable": it propagates, so the
+        attempt fails as retryable instead of silently resuming from further back.
+        """
+        named = self.spec.resume_checkpoint
+        if not named:
             return None
-        self.log(f"resuming from {key}")
-        return self.download(key, folder / Path(key).name)
+        for key in [named, *self._older_checkpoints(named)]:
+            target = folder / Path(key).name
+            try:
+                opened = open_checkpoint(self._download_verified(key, target))
+            except Exception as error:  # noqa: BLE001 - any damage: try an older one
+                if isinstance(error, StorageError) and is_transient(error):
+                    raise
+                target.unlink(missing_ok=True)
+                self.log(f"checkpoint {key} is not usable ({error}); trying an older one")
+                continue
+            self.log(f"resuming from {key}" + ("" if key == named else f" instead of {named}"))
+            return opened
+        self.log(f"no usable checkpoint of this job (asked for {named}); starting from step 0")
+        return None
+
+    def _older_checkpoints(self, named: str) -> list[str]:
+        """The job's other checkpoints at or before the named one's step, newest first."""
+        named_step = checkpoint_step(named)
+        job_prefix = f"projects/{self.spec.project_id}/jobs/{self.spec.job_id}/"
+        candidates = [
+            info
+            for info in self.store.list(job_prefix)
+            if "/checkpoints/" in info.key and info.key != named
+        ]
+        if named_step is not None:
+            candidates = [
+                info for info in candidates if (checkpoint_step(info.key) or -1) <= named_step
+            ]
+        candidates.sort(
+            key=lambda info: (_step_or_minus_one(info.key), info.last_modified), reverse=True
+        )
+        return [info.key for info in candidates]
+
+    def _download_verified(self, key: str, target: Path) -> Path:
+        sha256 = self.store.stat(key).sha256  # recorded by the store when it was written
+        return self.download(key, target, sha256)
 
     def upload(self, path: Path, *parts: str) -> StoredObject:
         """Put a local file under this attempt's output prefix (reporting it is the caller's)."""
@@ -331,7 +405,13 @@ def run_attempt(
 
 def _run_attempt(ctx: JobContext, handlers: dict) -> str:
     spec = ctx.spec
-    if ctx._refresh_stop_reason() is not None:
+    try:
+        stopped = ctx._refresh_stop_reason()
+    except StorageError as error:  # the store is away for longer than our patience
+        log.exception("job %s: cannot read its markers", spec.job_id)
+        ctx.emit(EventType.FAILED, failure_payload(error))
+        return EventType.FAILED
+    if stopped is not None:
         # A stale message (re-dispatched or cancelled before it ran): do no work at all.
         if ctx._stop_reason == "cancelled":
             ctx.emit(EventType.CANCELLED, {"reason": "cancelled before start"})
@@ -366,7 +446,7 @@ def _run_handler(ctx: JobContext, handlers: dict) -> str:
         return EventType.FAILED
     except Exception as error:  # noqa: BLE001 - every crash becomes a failed event with its reason
         log.exception("job %s failed", spec.job_id)
-        ctx.emit(EventType.FAILED, {"error": f"{type(error).__name__}: {error}"})
+        ctx.emit(EventType.FAILED, failure_payload(error))
         return EventType.FAILED
     finally:
         ctx.stop_heartbeat()
@@ -377,6 +457,23 @@ def _run_handler(ctx: JobContext, handlers: dict) -> str:
         return EventType.CANCELLED
     ctx._finish(result or {})
     return EventType.FINISHED
+
+
+def is_infrastructure_error(error: BaseException) -> bool:
+    """An object store or broker that stayed away past our retries: not the job's fault."""
+    if isinstance(error, StorageError):
+        return is_transient(error)
+    from kombu.exceptions import OperationalError
+
+    return isinstance(error, OperationalError)
+
+
+def failure_payload(error: BaseException) -> dict[str, Any]:
+    """A failed event's payload; an infrastructure failure is marked for an automatic retry."""
+    payload: dict[str, Any] = {"error": f"{type(error).__name__}: {error}"}
+    if is_infrastructure_error(error):
+        payload[RETRYABLE_FIELD] = True
+    return payload
 
 
 def _ranges(seqs: list[int]) -> str:

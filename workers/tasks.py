@@ -9,6 +9,7 @@ from workers.jobs import HANDLERS
 from workers.protocol import RUN_JOB_TASK, JobSpec
 from workers.runtime import run_attempt
 from workers.storage import get_object_store
+from workers.storage.retrying import RetryingObjectStore
 
 
 # Acked on receipt (not acks_late): a job may run for hours, longer than any broker
@@ -21,6 +22,9 @@ def run_job(spec: dict) -> str:
     # Events leave through a buffer so a broker outage never stops the training: they are
     # sent in order by a background thread once the broker is back.
     sink = BufferedSink(ControlQueueSink(app), capacity=config.event_buffer_events)
-    return run_attempt(
-        parsed, sink, get_object_store(), HANDLERS, flush_seconds=config.event_flush_seconds
+    # The store retries transient errors (a restarting S3 server) for up to
+    # WORKER_STORAGE_PATIENCE_SECONDS before the attempt fails as retryable.
+    store = RetryingObjectStore(
+        get_object_store(), patience_seconds=config.storage_patience_seconds
     )
+    return run_attempt(parsed, sink, store, HANDLERS, flush_seconds=config.event_flush_seconds)

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workers.runtime import JobContext, JobFailed
+from workers.runtime import JobContext, JobFailed, verified_step_file
 
 ADAPTER_KINDS = ("lora", "qlora")
 PPO_MINIBATCH = 8  # rollouts per PPO optimizer step, at most
@@ -117,7 +117,10 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
             config = config_from_dict(kind, run_config(kind, params, work), source="job")
         except ConfigError as error:
             raise JobFailed(str(error)) from None
-        resume = ctx.download_resume_checkpoint(work / "run" / "checkpoints") or False
+        resume = (
+            ctx.download_resume_checkpoint(work / "run" / "checkpoints", verified_step_file)
+            or False
+        )
         steps = config.train.steps
 
         def on_metrics(step: int, metrics: dict[str, float]) -> None:

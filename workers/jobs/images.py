@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from workers.runtime import JobContext, JobFailed
+from workers.runtime import JobContext, JobFailed, verified_step_file
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "vision"
 # Small enough to train in seconds on a CPU: tests, demos, a first look.
@@ -85,7 +85,9 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
             config = config_from_dict(kind, run_config(kind, params, run_dir), source="job")
         except ConfigError as error:
             raise JobFailed(str(error)) from None
-        resume = ctx.download_resume_checkpoint(run_dir / "checkpoints") or False
+        resume = (
+            ctx.download_resume_checkpoint(run_dir / "checkpoints", verified_step_file) or False
+        )
         publisher = _Publisher(ctx, run_dir)
         publisher.sent.update({resume} if resume else set())
         steps = config.train.steps
