@@ -160,9 +160,11 @@ class JobContext:
         self.emit(EventType.LOG, {"message": message})
 
     def artifact(self, *, name: str, key: str, sha256: str, size: int) -> None:
+        self._check_stop_before_publishing(key)
         self.emit(EventType.ARTIFACT, {"name": name, "key": key, "sha256": sha256, "size": size})
 
     def checkpoint(self, *, step: int, key: str, sha256: str, size: int) -> None:
+        self._check_stop_before_publishing(key)
         self.emit(
             EventType.CHECKPOINT,
             {
@@ -243,10 +245,17 @@ class JobContext:
         return self.download(key, target, sha256)
 
     def upload(self, path: Path, *parts: str) -> StoredObject:
-        """Put a local file under this attempt's output prefix (reporting it is the caller's)."""
+        """Put a local file under this attempt's output prefix (reporting it is the caller's).
+
+        A cancel seen mid-upload ends it (JobStopped, no object left), so a big model file
+        does not keep a cancelled job alive for minutes.
+        """
+        self.check_stop()
         with path.open("rb") as stream:
             return self.store.put_stream(
-                self.output_key(*parts), stream, length=path.stat().st_size
+                self.output_key(*parts),
+                _StopCheckingReader(stream, self),
+                length=path.stat().st_size,
             )
 
     # stopping -----------------------------------------------------------------------
@@ -361,6 +370,15 @@ class JobContext:
         if self.should_stop():
             raise JobStopped(self._stop_reason)
 
+    def _check_stop_before_publishing(self, key: str) -> None:
+        """Nothing is published once a cancel is seen: look now, not a few seconds ago."""
+        if self._stop_reason is None:
+            self._last_stop_check = time.monotonic()
+            self._refresh_stop_reason()
+        if self._stop_reason is not None:
+            log.info("job %s: %s, %s not published", self.spec.job_id, self._stop_reason, key)
+            raise JobStopped(self._stop_reason)
+
     # heartbeats ---------------------------------------------------------------------
     def start_heartbeat(self) -> None:
         def beat() -> None:
@@ -379,6 +397,27 @@ class JobContext:
         self._heartbeat_stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
+
+
+class _StopCheckingReader:
+    """A file being uploaded that looks for a cancel (throttled) between the reads."""
+
+    def __init__(self, stream, ctx: JobContext) -> None:
+        self._stream, self._ctx = stream, ctx
+
+    def read(self, size: int = -1) -> bytes:
+        self._ctx.check_stop()
+        return self._stream.read(size)
+
+    # Seekable, so the retrying store can send the file again after a transient error.
+    def seekable(self) -> bool:
+        return self._stream.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
 
 
 def run_attempt(

@@ -97,6 +97,7 @@ def run_config(kind: str, params: dict[str, Any], work: Path) -> dict[str, Any]:
 def _publish_folder(ctx: JobContext, folder: Path, prefix: str) -> list[dict[str, Any]]:
     published = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        ctx.check_stop()  # a cancel during publishing: stop before the next file
         name = f"{prefix}/{path.name}"
         stored = ctx.upload(path, prefix, path.name)
         ctx.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
@@ -142,6 +143,7 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
             )
         except FinetuneError as error:
             raise JobFailed(str(error)) from None
+        ctx.check_stop()  # evaluation and sampling after the last step may have taken a while
         ctx.progress(0.99, "publishing the outputs")
         files = []
         for prefix, folder in summary.outputs.items():

@@ -55,6 +55,7 @@ class _Publisher:
     def publish(self) -> None:
         for path in sorted((self.run_dir / "checkpoints").glob("step_*.pt")):
             if path not in self.sent and path.is_file():
+                self.ctx.check_stop()
                 step = int(path.stem.split("_")[1])
                 stored = self.ctx.upload(path, "checkpoints", path.name)
                 self.ctx.checkpoint(
@@ -63,6 +64,7 @@ class _Publisher:
                 self.sent.add(path)
         for path in sorted((self.run_dir / "samples").glob("step_*.png")):
             if path not in self.sent:
+                self.ctx.check_stop()
                 stored = self.ctx.upload(path, "samples", path.name)
                 self.ctx.artifact(
                     name=f"samples/{path.name}",
@@ -107,6 +109,7 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
             )
         except (TrainingError, CheckpointError) as error:
             raise JobFailed(str(error)) from None
+        ctx.check_stop()  # the final evaluation and samples may have taken a while
         publisher.publish()
         ctx.tracker.log_text(str(summary.evaluation), "evaluation.txt")
         return {

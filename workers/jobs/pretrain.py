@@ -158,14 +158,23 @@ def run_pretrain(ctx: JobContext) -> dict[str, Any]:
             raise JobFailed(str(error)) from None
         if summary.checkpoint is None:
             raise JobFailed("training ended without a checkpoint")
-        ctx.progress(0.97, "exporting the model and sampling")
+        # Export, sample, publish: a cancel is looked for between every two of them (and
+        # before each file), and the outputs are published last, so a job cancelled during
+        # export or sampling publishes nothing.
+        ctx.check_stop()
+        ctx.progress(0.96, "exporting the model")
         export_dir = work / "export"
         export_checkpoint(summary.checkpoint, export_dir)
-        files = [
-            _publish(ctx, p, f"model/{p.name}") for p in sorted(export_dir.iterdir()) if p.is_file()
-        ]
+        ctx.check_stop()
+        ctx.progress(0.97, "sampling")
         prompts = params.get("sample_prompts") or ["\n"]
         samples = _samples(summary.checkpoint, prompts, int(params.get("sample_tokens", 200)))
+        ctx.check_stop()
+        ctx.progress(0.98, "publishing the model")
+        files = []
+        for path in sorted(p for p in export_dir.iterdir() if p.is_file()):
+            ctx.check_stop()
+            files.append(_publish(ctx, path, f"model/{path.name}"))
         ctx.tracker.log_text(json.dumps(samples, indent=1), "samples.json")
         return {
             "step": summary.step,
