@@ -97,6 +97,7 @@ class BufferedSink:
         self._pending: collections.deque[JobEvent] = collections.deque()
         self._changed = threading.Condition()
         self._stopping = threading.Event()
+        self._closing = False
         self._thread: threading.Thread | None = None
         self.sent = 0
         self.dropped = 0
@@ -105,6 +106,8 @@ class BufferedSink:
     # the producer side: the job's threads -----------------------------------------------
     def send(self, event: JobEvent) -> None:
         with self._changed:
+            if self._closing:
+                raise RuntimeError("events sent to a closed BufferedSink")
             if len(self._pending) >= self._capacity:
                 self._make_room()
             self._pending.append(event)
@@ -148,6 +151,16 @@ class BufferedSink:
                 self._changed.wait(left)
         return True
 
+    def close(self) -> None:
+        """No more events will come: the thread ends once it has sent what it holds.
+
+        What the broker has not taken yet is still sent when it returns, for as long as
+        this process lives (a worker process runs job after job).
+        """
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+
     def stop(self) -> None:
         """End the background thread now, giving up on what it has not sent (tests, shutdown)."""
         self._stopping.set()
@@ -162,6 +175,8 @@ class BufferedSink:
         while not self._stopping.is_set():
             with self._changed:
                 while not self._pending and not self._stopping.is_set():
+                    if self._closing:
+                        return
                     self._changed.wait()
                 if self._stopping.is_set():
                     return

@@ -27,4 +27,7 @@ def run_job(spec: dict) -> str:
     store = RetryingObjectStore(
         get_object_store(), patience_seconds=config.storage_patience_seconds
     )
-    return run_attempt(parsed, sink, store, HANDLERS, flush_seconds=config.event_flush_seconds)
+    try:
+        return run_attempt(parsed, sink, store, HANDLERS, flush_seconds=config.event_flush_seconds)
+    finally:
+        sink.close()

@@ -144,3 +144,16 @@ def test_a_job_rides_out_a_20_second_broker_outage(tmp_path, local_store, monkey
         plug.join()
         sink.stop()
         server.stop()
+
+
+def test_a_closed_buffer_ends_its_thread_once_drained():
+    target = FlakySink()
+    target.down.set()
+    sink = BufferedSink(target, first_retry_seconds=0.01, max_retry_seconds=0.05)
+    sink.send(_event(0))
+    sink.close()  # the attempt is over; the broker is still away
+    time.sleep(0.1)
+    assert sink._thread.is_alive()  # it keeps trying to deliver what it holds
+    target.down.clear()
+    sink._thread.join(5)
+    assert not sink._thread.is_alive() and [e.seq for e in target.events] == [0]
