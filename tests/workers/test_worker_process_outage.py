@@ -1,4 +1,5 @@
-"""A real `celery worker` process runs a job through a 20 s outage of its broker.
+"""A real `celery worker` process (prefork, the compose default) runs a job through a 20 s
+outage of its broker.
 
 The worker, its broker (a private redis-server) and the object store (a local folder)
 belong to this test alone. The broker is stopped while the job runs and started again;
@@ -43,7 +44,16 @@ def _worker(redis_url: str, tmp_path: Path) -> subprocess.Popen:
     log = (tmp_path / "worker.log").open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "cpu"]
-        + ["--pool", "solo", "-n", f"outage-{os.getpid()}@test", "--loglevel", "INFO"],
+        + [
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+            "-n",
+            f"outage-{os.getpid()}@test",
+            "--loglevel",
+            "INFO",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
