@@ -207,3 +207,45 @@ def test_a_20_second_s3_outage_fails_no_operation(restartable_s3):
     assert results["put"] == 2000 and results["exists"] is True and results["get"] == 1000
     assert "projects/1/jobs/1/before" in results["list"]
     assert store.get_bytes("projects/1/jobs/1/during") == b"y" * 2000
+
+
+@pytest.mark.slow
+def test_a_job_runs_through_a_20_second_s3_outage(restartable_s3):
+    """Stop checks and checkpoint uploads wait for the store instead of failing the job."""
+    import json
+
+    from workers.events import ListSink
+    from workers.protocol import EventType, JobKind, JobSpec, completion_record_key
+    from workers.runtime import run_attempt
+
+    endpoint, outage = restartable_s3
+    inner = S3ObjectStore(
+        endpoint, "job-outage", access_key=ACCESS_KEY, secret_key=SECRET_KEY, region=REGION
+    )
+    store = RetryingObjectStore(inner, patience_seconds=60, max_delay_seconds=2)
+    store.ensure_bucket()
+    spec = JobSpec(8, JobKind.INSPECT, 1, 1, (), {}, "projects/1/jobs/8/attempt-1/", 1.0)
+
+    def train(ctx):
+        ctx.check_stop()
+        plug = outage(20)
+        started, step = time.monotonic(), 0
+        while time.monotonic() - started < 24:
+            step += 1
+            ctx.metric(step, loss=1.0 / step)
+            ctx.check_stop()
+            if step % 10 == 0:
+                key = ctx.output_key("checkpoints", f"step_{step:06d}.pt")
+                stored = ctx.store.put_bytes(key, b"weights %d" % step)
+                ctx.checkpoint(step=step, key=key, sha256=stored.sha256, size=stored.size)
+            time.sleep(0.2)
+        plug.join()
+        return {"steps": step}
+
+    sink = ListSink()
+    assert run_attempt(spec, sink, store, {JobKind.INSPECT: train}) == EventType.FINISHED
+    checkpoints = [e for e in sink.events if e.type == EventType.CHECKPOINT]
+    assert checkpoints and all(store.exists(e.payload["key"]) for e in checkpoints)
+    record = json.loads(store.get_bytes(completion_record_key(8, 1)))
+    assert record["finished"] == sink.events[-1].to_dict()
+    assert sum(e.type == EventType.HEARTBEAT for e in sink.events) >= 15  # the lease held
