@@ -41,6 +41,8 @@ def _worker(redis_url: str, tmp_path: Path) -> subprocess.Popen:
         }
     )
     env.pop("OBJECT_STORE_ENDPOINT", None)
+    # pytest-django sets it; with it Celery's Django fixup would load the platform.
+    env.pop("DJANGO_SETTINGS_MODULE", None)
     log = (tmp_path / "worker.log").open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "cpu"]
