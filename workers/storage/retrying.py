@@ -294,6 +294,21 @@ class RetryingObjectStore(ObjectStore):
         self._retrying("create bucket", self.inner.ensure_bucket)
 
 
+def _pass_through(name: str):
+    def method(self: RetryingObjectStore, *args, **kwargs):
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+# An operation the interface gains later reaches the wrapped store unretried, instead of
+# making the wrapper abstract (and every worker unable to start) until it is listed here.
+for _name in ObjectStore.__abstractmethods__ - vars(RetryingObjectStore).keys():
+    setattr(RetryingObjectStore, _name, _pass_through(_name))
+RetryingObjectStore.__abstractmethods__ = frozenset()
+
+
 def _position(stream) -> int | None:
     """Where a seekable stream stands now (to send it again from there); None otherwise."""
     try:
