@@ -162,3 +162,27 @@ def celery_settings() -> dict:
         # the platform's lease + reaper re-dispatch lost jobs (see docs/architecture.md).
         settings["broker_transport_options"] = {"visibility_timeout": 3600}
     return settings
+
+
+@dataclass(frozen=True)
+class WorkerRuntimeConfig:
+    """How a worker rides out broker and object-store outages (docs/architecture.md)."""
+
+    # Events held in memory while the broker is away; beyond it the oldest re-sendable
+    # ones (metrics, progress, logs, heartbeats) leave the send queue, never an artifact.
+    event_buffer_events: int
+    # Events an attempt remembers so the platform can ask for them again after a gap.
+    event_log_events: int
+    # How long the end of an attempt waits for its buffered events to reach the broker.
+    event_flush_seconds: int
+    # Total time one object-store operation keeps retrying a transient error.
+    storage_patience_seconds: int
+
+
+def worker_runtime_config() -> WorkerRuntimeConfig:
+    return WorkerRuntimeConfig(
+        event_buffer_events=env_int("WORKER_EVENT_BUFFER", 10_000, minimum=100),
+        event_log_events=env_int("WORKER_EVENT_LOG", 50_000, minimum=100),
+        event_flush_seconds=env_int("WORKER_EVENT_FLUSH_SECONDS", 120, minimum=0),
+        storage_patience_seconds=env_int("WORKER_STORAGE_PATIENCE_SECONDS", 60, minimum=0),
+    )

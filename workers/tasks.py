@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from workers.celery_app import app
-from workers.events import ControlQueueSink
+from workers.config import worker_runtime_config
+from workers.events import BufferedSink, ControlQueueSink
 from workers.jobs import HANDLERS
 from workers.protocol import RUN_JOB_TASK, JobSpec
 from workers.runtime import run_attempt
 from workers.storage import get_object_store
+from workers.storage.retrying import RetryingObjectStore
 
 
 # Acked on receipt (not acks_late): a job may run for hours, longer than any broker
@@ -16,4 +18,16 @@ from workers.storage import get_object_store
 @app.task(name=RUN_JOB_TASK, acks_late=False, ignore_result=True)
 def run_job(spec: dict) -> str:
     parsed = JobSpec.from_dict(spec)
-    return run_attempt(parsed, ControlQueueSink(app), get_object_store(), HANDLERS)
+    config = worker_runtime_config()
+    # Events leave through a buffer so a broker outage never stops the training: they are
+    # sent in order by a background thread once the broker is back.
+    sink = BufferedSink(ControlQueueSink(app), capacity=config.event_buffer_events)
+    # The store retries transient errors (a restarting S3 server) for up to
+    # WORKER_STORAGE_PATIENCE_SECONDS before the attempt fails as retryable.
+    store = RetryingObjectStore(
+        get_object_store(), patience_seconds=config.storage_patience_seconds
+    )
+    try:
+        return run_attempt(parsed, sink, store, HANDLERS, flush_seconds=config.event_flush_seconds)
+    finally:
+        sink.close()

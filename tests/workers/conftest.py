@@ -15,3 +15,18 @@ def s3_endpoint() -> Iterator[str]:
     endpoint, stop = start_s3_server()
     yield endpoint
     stop()
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    """A local-filesystem object store of its own, under the test's temporary folder."""
+    from workers.storage import LocalObjectStore
+
+    store = LocalObjectStore(
+        tmp_path / "objects",
+        "test",
+        public_base_url="http://127.0.0.1:8000",
+        signing_key="test-signing-key",
+    )
+    store.ensure_bucket()
+    return store

@@ -102,3 +102,92 @@ def test_tracking_down_does_not_stop_the_job(store, monkeypatch):
     assert run_attempt(_spec(store, 44), sink, store, HANDLERS) == EventType.FINISHED
     logs = [e.payload["message"] for e in sink.events if e.type == EventType.LOG]
     assert any("MLflow tracking unavailable" in m for m in logs)
+
+
+def _history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    points = MlflowClient(tracking_uri).get_metric_history(run_id, key)
+    return sorted((m.step, m.value) for m in points)
+
+
+def test_steps_replayed_after_a_resume_are_not_logged_again(store, tracking_uri):
+    """Attempt 2 resumes from the step-3 checkpoint and replays steps 4 and 5."""
+    from workers.runtime import JobContext
+    from workers.tracking import start_tracking
+
+    first = JobContext(_spec(store, 45), ListSink(), store)
+    first.tracker = start_tracking(first.spec, is_current=first.is_current_attempt)
+    for step in range(6):
+        first.metric(step, **{"train/loss": 10.0 - step})
+    first.metric(3, **{"val/loss": 7.5})
+    run_id = first.tracker.run_id  # attempt 1 died here without closing the run
+
+    second_spec = _spec(store, 45, attempt=2, run_id=run_id)
+    second = JobContext(second_spec, ListSink(), store)
+    second.tracker = start_tracking(second_spec, is_current=second.is_current_attempt)
+    for step in range(4, 9):
+        second.metric(step, **{"train/loss": 20.0 - step})
+    second.metric(6, **{"val/loss": 6.5})
+    second.tracker.finish("FINISHED")
+
+    assert _history(tracking_uri, run_id, "train/loss") == [
+        (0, 10.0),
+        (1, 9.0),
+        (2, 8.0),
+        (3, 7.0),
+        (4, 6.0),
+        (5, 5.0),
+        (6, 14.0),
+        (7, 13.0),
+        (8, 12.0),
+    ]
+    assert _history(tracking_uri, run_id, "val/loss") == [(3, 7.5), (6, 6.5)]
+    # The platform's events still carry every step: its own table overwrites replays.
+    assert [e.payload["step"] for e in second._sink.events if e.type == "metric"][0] == 4
+
+
+def test_a_superseded_attempt_leaves_the_run_alone(store, tracking_uri):
+    """Attempt 1's worker stalls, the reaper hands the job to attempt 2, which finishes;
+    then attempt 1 wakes up, logs its next steps and ends: the run must not change."""
+    from mlflow.tracking import MlflowClient
+
+    from workers.protocol import superseded_marker_key
+
+    client = MlflowClient(tracking_uri)
+    seen = {}
+
+    def current_attempt(ctx):
+        for step in range(6):
+            ctx.metric(step, **{"train/loss": 100.0 + step})
+        return {"steps": 6}
+
+    def stale_attempt(ctx):
+        for step in range(3):
+            ctx.metric(step, **{"train/loss": 100.0 + step})
+        # The worker stalls; meanwhile the reaper supersedes attempt 1 and attempt 2 runs.
+        store.put_bytes(superseded_marker_key(46, 1), b"")
+        second = ListSink()
+        outcome = run_attempt(
+            _spec(store, 46, attempt=2, run_id=ctx.tracker.run_id),
+            second,
+            store,
+            {JobKind.INSPECT: current_attempt},
+        )
+        assert outcome == EventType.FINISHED
+        seen["run"] = client.get_run(ctx.tracker.run_id)
+        # Attempt 1 wakes up: its next steps, then its stop check.
+        for step in range(3, 5):
+            ctx.metric(step, **{"train/loss": -1.0})
+        ctx.tracker.log_text("stale", "samples.json")
+        ctx.check_stop()
+
+    sink = ListSink()
+    outcome = run_attempt(_spec(store, 46), sink, store, {JobKind.INSPECT: stale_attempt})
+    assert outcome == "superseded"
+    run_id = sink.events[0].payload["tracking_run_id"]
+    after = client.get_run(run_id)
+    assert after.info.status == "FINISHED"
+    assert after.info.end_time == seen["run"].info.end_time
+    assert _history(tracking_uri, run_id, "train/loss") == [(s, 100.0 + s) for s in range(6)]
+    assert not [a for a in client.list_artifacts(run_id) if a.path == "samples.json"]

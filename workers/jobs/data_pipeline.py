@@ -80,6 +80,7 @@ def _publish(ctx: JobContext, root: Path) -> list[dict[str, Any]]:
     """Put every output file into the store and report it; returns the manifest rows."""
     files = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        ctx.check_stop()  # a cancel during publishing: stop before the next file
         relative = path.relative_to(root).as_posix()
         stored = ctx.upload(path, *relative.split("/"))
         ctx.artifact(name=relative, key=stored.key, sha256=stored.sha256, size=stored.size)
@@ -113,6 +114,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
             report = run_pipeline(config, output_dir=clean_dir, progress=on_progress)
         except (PipelineError, InputError) as error:
             raise JobFailed(f"pipeline: {error}") from None
+        ctx.check_stop()
         ctx.log(report.summary())
         ctx.tracker.log_text(report.summary(), "report.txt")
         if report.records_written == 0:
@@ -146,6 +148,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
             )
         except InputError as error:
             raise JobFailed(f"tokenize: {error}") from None
+        ctx.check_stop()
         ctx.progress(0.9, "storing the new version")
         files = _publish(ctx, out)
         return {

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workers.runtime import JobContext, JobFailed
+from workers.runtime import JobContext, JobFailed, verified_step_file
 
 ADAPTER_KINDS = ("lora", "qlora")
 PPO_MINIBATCH = 8  # rollouts per PPO optimizer step, at most
@@ -97,6 +97,7 @@ def run_config(kind: str, params: dict[str, Any], work: Path) -> dict[str, Any]:
 def _publish_folder(ctx: JobContext, folder: Path, prefix: str) -> list[dict[str, Any]]:
     published = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        ctx.check_stop()  # a cancel during publishing: stop before the next file
         name = f"{prefix}/{path.name}"
         stored = ctx.upload(path, prefix, path.name)
         ctx.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
@@ -117,7 +118,10 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
             config = config_from_dict(kind, run_config(kind, params, work), source="job")
         except ConfigError as error:
             raise JobFailed(str(error)) from None
-        resume = ctx.download_resume_checkpoint(work / "run" / "checkpoints") or False
+        resume = (
+            ctx.download_resume_checkpoint(work / "run" / "checkpoints", verified_step_file)
+            or False
+        )
         steps = config.train.steps
 
         def on_metrics(step: int, metrics: dict[str, float]) -> None:
@@ -139,6 +143,7 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
             )
         except FinetuneError as error:
             raise JobFailed(str(error)) from None
+        ctx.check_stop()  # evaluation and sampling after the last step may have taken a while
         ctx.progress(0.99, "publishing the outputs")
         files = []
         for prefix, folder in summary.outputs.items():

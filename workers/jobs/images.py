@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from workers.runtime import JobContext, JobFailed
+from workers.runtime import JobContext, JobFailed, verified_step_file
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "vision"
 # Small enough to train in seconds on a CPU: tests, demos, a first look.
@@ -55,6 +55,7 @@ class _Publisher:
     def publish(self) -> None:
         for path in sorted((self.run_dir / "checkpoints").glob("step_*.pt")):
             if path not in self.sent and path.is_file():
+                self.ctx.check_stop()
                 step = int(path.stem.split("_")[1])
                 stored = self.ctx.upload(path, "checkpoints", path.name)
                 self.ctx.checkpoint(
@@ -63,6 +64,7 @@ class _Publisher:
                 self.sent.add(path)
         for path in sorted((self.run_dir / "samples").glob("step_*.png")):
             if path not in self.sent:
+                self.ctx.check_stop()
                 stored = self.ctx.upload(path, "samples", path.name)
                 self.ctx.artifact(
                     name=f"samples/{path.name}",
@@ -85,7 +87,9 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
             config = config_from_dict(kind, run_config(kind, params, run_dir), source="job")
         except ConfigError as error:
             raise JobFailed(str(error)) from None
-        resume = ctx.download_resume_checkpoint(run_dir / "checkpoints") or False
+        resume = (
+            ctx.download_resume_checkpoint(run_dir / "checkpoints", verified_step_file) or False
+        )
         publisher = _Publisher(ctx, run_dir)
         publisher.sent.update({resume} if resume else set())
         steps = config.train.steps
@@ -105,6 +109,7 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
             )
         except (TrainingError, CheckpointError) as error:
             raise JobFailed(str(error)) from None
+        ctx.check_stop()  # the final evaluation and samples may have taken a while
         publisher.publish()
         ctx.tracker.log_text(str(summary.evaluation), "evaluation.txt")
         return {

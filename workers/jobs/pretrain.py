@@ -17,6 +17,7 @@ weight_decay), checkpoint_interval, seed, sample_prompts, sample_tokens.
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -69,6 +70,26 @@ def _unpack(archive: Path, into: Path) -> Path:
     if len(top) != 1:
         raise JobFailed(f"checkpoint archive {archive.name} must hold one folder")
     return into / top.pop()
+
+
+def _unpack_checkpoint(archive: Path, run_dir: Path) -> Path:
+    """A downloaded checkpoint archive as a folder under run_dir/checkpoints.
+
+    Unpacked apart first, so a damaged archive leaves nothing half-written where the
+    trainer looks (the runtime then tries an older checkpoint).
+    """
+    staging = Path(tempfile.mkdtemp(prefix="unpack-", dir=archive.parent))
+    try:
+        folder = _unpack(archive, staging)
+        target = run_dir / "checkpoints" / folder.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        return Path(shutil.move(folder, target))
+    except tarfile.TarError as error:
+        raise JobFailed(f"checkpoint archive {archive.name} does not unpack: {error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        archive.unlink(missing_ok=True)
 
 
 def _callbacks(ctx: JobContext, work: Path):
@@ -124,28 +145,37 @@ def run_pretrain(ctx: JobContext) -> dict[str, Any]:
             config = config_from_dict(run_config(params, work / "run", work / "data"), source="job")
         except ConfigError as error:
             raise JobFailed(str(error)) from None
-        resume: bool | Path = False
-        if ctx.spec.resume_checkpoint:
-            ctx.log(f"resuming from {ctx.spec.resume_checkpoint}")
-            archive = work / "resume.tar"
-            ctx.download(ctx.spec.resume_checkpoint, archive)
-            resume = _unpack(archive, work / "run" / "checkpoints")
+        resume = ctx.download_resume_checkpoint(
+            work / "resume", lambda archive: _unpack_checkpoint(archive, work / "run")
+        )
         try:
             summary = Trainer(
-                config, callbacks=_callbacks(ctx, work), resume=resume, default_callbacks=False
+                config,
+                callbacks=_callbacks(ctx, work),
+                resume=resume or False,
+                default_callbacks=False,
             ).fit()
         except (TrainingError, CheckpointError) as error:
             raise JobFailed(str(error)) from None
         if summary.checkpoint is None:
             raise JobFailed("training ended without a checkpoint")
-        ctx.progress(0.97, "exporting the model and sampling")
+        # Export, sample, publish: a cancel is looked for between every two of them (and
+        # before each file), and the outputs are published last, so a job cancelled during
+        # export or sampling publishes nothing.
+        ctx.check_stop()
+        ctx.progress(0.96, "exporting the model")
         export_dir = work / "export"
         export_checkpoint(summary.checkpoint, export_dir)
-        files = [
-            _publish(ctx, p, f"model/{p.name}") for p in sorted(export_dir.iterdir()) if p.is_file()
-        ]
+        ctx.check_stop()
+        ctx.progress(0.97, "sampling")
         prompts = params.get("sample_prompts") or ["\n"]
         samples = _samples(summary.checkpoint, prompts, int(params.get("sample_tokens", 200)))
+        ctx.check_stop()
+        ctx.progress(0.98, "publishing the model")
+        files = []
+        for path in sorted(p for p in export_dir.iterdir() if p.is_file()):
+            ctx.check_stop()
+            files.append(_publish(ctx, path, f"model/{path.name}"))
         ctx.tracker.log_text(json.dumps(samples, indent=1), "samples.json")
         return {
             "step": summary.step,
