@@ -49,8 +49,8 @@ from engine.finetune.data import (  # noqa: E402
 )
 from engine.finetune.sft import ChatTemplate  # noqa: E402
 from engine.infer.loading import load_for_generation  # noqa: E402
+from engine.loop.callbacks import Callback  # noqa: E402
 from engine.models.gpt import GPT  # noqa: E402
-from engine.train.callbacks import Callback  # noqa: E402
 from engine.train.config import config_from_dict  # noqa: E402
 from engine.train.export import export_model  # noqa: E402
 from engine.train.recipes import prepare_shakespeare_char  # noqa: E402

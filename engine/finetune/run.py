@@ -48,8 +48,8 @@ from engine.finetune.lora import (
     trainable_parameters,
 )
 from engine.finetune.sft import ChatTemplate
-from engine.metricswindow import MetricsWindow
-from engine.stepfiles import StepFiles, latest_checkpoint
+from engine.loop.checkpoints import StepFiles
+from engine.loop.metrics import MetricsWindow
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 FORMAT = "engine.finetune.checkpoint/1"
@@ -60,7 +60,13 @@ class FinetuneError(ValueError):
     """A run that cannot start or continue as configured; the message says why."""
 
 
-CHECKPOINTS = StepFiles(FORMAT, "a post-training checkpoint", FinetuneError)
+class FinetuneCheckpoints(StepFiles):
+    format = FORMAT
+    description = "a post-training checkpoint"
+    error = FinetuneError
+
+
+CHECKPOINTS = FinetuneCheckpoints  # the run's checkpoint files (tests read them through it)
 
 
 @dataclass
@@ -512,7 +518,8 @@ def run(
     optimizer = _optimizer(objective, config)
     step_gen = torch.Generator().manual_seed(config.seed)
     start = 0
-    if not resume and latest_checkpoint(run_dir) is not None:
+    store = FinetuneCheckpoints(run_dir, keep_last=train_cfg.keep_last)
+    if not resume and store.latest() is not None:
         raise FinetuneError(
             f"{run_dir} holds checkpoints of an earlier run; resume it (--resume) "
             "or choose another run_dir"
@@ -544,7 +551,7 @@ def run(
             "extra": objective.extra_state(),
             "base_fingerprint": fingerprint,
         }
-        path = CHECKPOINTS.save(run_dir, step, payload, keep_last=train_cfg.keep_last)
+        path = store.save(step, payload)
         summary.checkpoint = str(path)
         if on_checkpoint is not None:
             on_checkpoint(step, path)
@@ -593,7 +600,11 @@ def run(
 
 
 def _resume(resume, run_dir, config, objective, optimizer, step_gen, base_fingerprint) -> int:
-    path = latest_checkpoint(run_dir) if resume is True else CHECKPOINTS.resolve(resume)
+    path = (
+        FinetuneCheckpoints(run_dir, keep_last=0).latest()
+        if resume is True
+        else CHECKPOINTS.resolve(resume)
+    )
     if path is None:
         raise FinetuneError(f"--resume: {run_dir} has no checkpoint yet")
     payload = CHECKPOINTS.load(path)
