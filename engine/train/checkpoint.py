@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from engine.loop.checkpoints import CheckpointStore, atomic_write_json, fsync_dir
+from engine.models.gpt import GPT, GPTConfig
 from engine.train.parallelize import DistInfo, barrier
 
 FORMAT = "engine.checkpoint/1"
@@ -210,3 +211,17 @@ def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
         target = Path(tmp) / "full.pt"
         dcp_to_torch_save(str(path / "dcp"), str(target))
         return torch.load(target, map_location="cpu", weights_only=True)["model"]
+
+
+def load_checkpoint_model(path: Path) -> tuple[GPT, Path | None]:
+    """Model of a training checkpoint (full or sharded), and its tokenizer file if present."""
+    meta = read_meta(path)
+    config = GPTConfig(**meta["model_config"])
+    model = GPT(config)
+    state = load_model_state(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not match its model_config ({error})") from None
+    tokenizer = path / "tokenizer.json"
+    return model, tokenizer if tokenizer.is_file() else None
