@@ -230,11 +230,8 @@ def _cmd_find_subject(args: argparse.Namespace) -> int:
 # ---- pairs --------------------------------------------------------------------------------
 def _cmd_pairs(args: argparse.Namespace) -> int:
     from engine.data.corpora import CorpusUnavailable
-    from engine.finetune.data import (
-        shakespeare_preference_pairs,
-        shakespeare_sft_pairs,
-        write_pairs_jsonl,
-    )
+    from engine.finetune.pairs import write_pairs_jsonl
+    from engine.finetune.shakespeare import shakespeare_preference_pairs, shakespeare_sft_pairs
 
     bounds = dict(
         max_prompt_chars=args.max_prompt_chars, max_response_chars=args.max_response_chars
@@ -377,8 +374,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     find.add_argument("--salt", default="", help="the subject_salt the pipeline ran with")
     find.set_defaults(func=_guarded(_cmd_find_subject))
 
-    # engine.finetune.data imports no torch, so reading its defaults here costs nothing.
-    from engine.finetune.data import CORRUPTIONS, KINDS, MAX_PROMPT_CHARS, MAX_RESPONSE_CHARS
+    # engine.finetune.pairs and .shakespeare import no torch: their defaults cost nothing here.
+    from engine.finetune.pairs import KINDS
+    from engine.finetune.shakespeare import CORRUPTIONS, MAX_PROMPT_CHARS, MAX_RESPONSE_CHARS
 
     pairs = commands.add_parser(
         "pairs", help="write SFT or preference pairs built from the Shakespeare plays (JSONL)"
