@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.finetune.lora import lora_modules, set_adapters_enabled
-from engine.finetune.objective import BatchOrder, EpochOrder, Objective, train_objective
+from engine.finetune.objective import BatchOrder, Objective, train_pairs
 from engine.finetune.preference import PairBatch, preference_batches_for, sequence_logps
 
 
@@ -254,13 +254,8 @@ def dpo_train(
             "frozen copy (copy.deepcopy(policy).requires_grad_(False)) or None under LoRA"
         )
     objective = DPOObjective(policy, reference, batches, beta=beta, label_smoothing=label_smoothing)
-    history = train_objective(
-        objective,
-        steps=steps,
-        lr=lr,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        order=EpochOrder(seed, from_end=True),
+    history = train_pairs(
+        objective, steps=steps, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed
     )
     return [_dpo_names(metrics) for metrics in history]
 

@@ -128,3 +128,24 @@ def train_objective(
     return [
         optimizer_step(objective, optimizer, pick, lr=lr, grad_clip=grad_clip) for _ in range(steps)
     ]
+
+
+def train_pairs(
+    objective: Objective,
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    grad_clip: float | None,
+    seed: int,
+) -> list[dict[str, float]]:
+    """:func:`train_objective` over preference batches, drawn in the order dpo_train and
+    reward_train have always used (each epoch's shuffle from its end): their figures hold."""
+    return train_objective(
+        objective,
+        steps=steps,
+        lr=lr,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        order=EpochOrder(seed, from_end=True),
+    )

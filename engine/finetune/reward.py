@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
 from engine.finetune.lora import LoRALinear, lora_modules, merge_and_unload
-from engine.finetune.objective import BatchOrder, EpochOrder, Objective, train_objective
+from engine.finetune.objective import BatchOrder, Objective, train_pairs
 from engine.finetune.preference import PairBatch, preference_batches_for
 from engine.models.gpt import GPT, GPTConfig
 
@@ -155,13 +155,8 @@ def reward_train(
 ) -> list[dict[str, float]]:
     """The reward objective in its smallest loop: every step's ``reward/*`` metrics."""
     objective = RewardObjective(model, batches)
-    history = train_objective(
-        objective,
-        steps=steps,
-        lr=lr,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        order=EpochOrder(seed, from_end=True),
+    history = train_pairs(
+        objective, steps=steps, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed
     )
     return [
         {**{k: v for k, v in m.items() if k.startswith("reward/")}, "reward/loss": m["train/loss"]}
