@@ -14,9 +14,9 @@ from engine.finetune.config import ConfigError, config_from_dict
 from engine.finetune.run import CHECKPOINTS, FinetuneError, run
 from engine.finetune.shakespeare import shakespeare_preference_pairs
 from engine.infer.loading import load_for_generation
-from engine.loop.callbacks import Callback
 from engine.models.gpt import GPT, GPTConfig
 from engine.train.export import export_model
+from tests.engine.recording_callback import Recorder
 
 PAIRS = 48  # built-in Shakespeare pairs per run: a few batches, seconds of CPU
 
@@ -103,30 +103,12 @@ def test_resumed_run_matches_an_uninterrupted_one(base_dir, tmp_path):
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), abs=1e-6)
 
 
-class _StopAfter(Callback):
-    """Records checkpoints; asks to stop once ``step`` is logged (a cancelled job)."""
-
-    def __init__(self, step: int):
-        self.step, self.seen = step, 0
-        self.checkpoints: list[int] = []
-
-    def on_metrics(self, step, metrics):
-        self.seen = step
-
-    def on_checkpoint(self, step, path, val_loss=None):
-        assert Path(path).is_file()
-        self.checkpoints.append(step)
-
-    def should_stop(self):
-        return self.seen >= self.step
-
-
 def test_should_stop_ends_at_a_checkpoint_without_outputs_and_resumes_exactly(base_dir, tmp_path):
     run(make_config("lora", tmp_path / "whole", base_dir, train={"log_interval": 1}))
-    stopper = _StopAfter(1)
+    stopper = Recorder(stop_at=1)
     cut = make_config("lora", tmp_path / "cut", base_dir, train={"log_interval": 1})
     stopped = run(cut, callbacks=[stopper])
-    assert stopped.stopped and stopped.steps == 1 and stopper.checkpoints == [1]
+    assert stopped.stopped and stopped.steps == 1 and stopper.checkpoint_steps == [1]
     assert stopped.outputs == {} and not (tmp_path / "cut" / "model").exists()
     resumed = run(cut, resume=True)
     assert resumed.steps == 4 and not resumed.stopped and "model" in resumed.outputs

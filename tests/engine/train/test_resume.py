@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from engine.loop.callbacks import Callback
 from engine.train.trainer import Trainer
+from tests.engine.recording_callback import Recorder
 
 
 def test_resumed_run_reproduces_the_uninterrupted_losses(make_config, tmp_path):
@@ -36,32 +36,15 @@ def test_resume_without_a_checkpoint_says_so(make_config):
         Trainer(make_config("empty"), resume=True)
 
 
-class _StopAfter(Callback):
-    """Asks the run to stop once it has reached ``step`` (a cancelled job, say)."""
-
-    def __init__(self, step: int):
-        self.step, self.current = step, 0
-        self.checkpoints: list[int] = []
-
-    def on_metrics(self, step, metrics):
-        self.current = step
-
-    def on_checkpoint(self, step, path, val_loss=None):
-        self.checkpoints.append(step)
-
-    def should_stop(self):
-        return self.current >= self.step
-
-
 def test_should_stop_ends_the_run_at_a_checkpoint_that_resumes_exactly(make_config):
     uninterrupted = dict(Trainer(make_config("full")).fit().losses)
 
     # log_interval 1: on_metrics sees every step; no checkpoint interval before step 8.
-    stopper = _StopAfter(3)
+    stopper = Recorder(stop_at=3)
     stopped = make_config("stopped", checkpoint={"interval": 0})
     summary = Trainer(stopped, callbacks=[stopper]).fit()
     assert summary.stopped and summary.step == 3
-    assert stopper.checkpoints == [3] and summary.checkpoint.name == "step_000003"
+    assert stopper.checkpoint_steps == [3] and summary.checkpoint.name == "step_000003"
 
     resumed = Trainer(make_config("stopped"), resume=True).fit()
     assert not resumed.stopped and resumed.step == 8

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.loop.callbacks import Callback
 from engine.vision.checkpoint import CheckpointError, VisionCheckpoints, load_checkpoint
 from engine.vision.train import TrainingError, load_recipe, train
+from tests.engine.recording_callback import Recorder
 
 
 def _weights(path) -> dict:
@@ -85,30 +85,8 @@ def test_unreadable_checkpoint_is_refused(tmp_path):
         load_recipe(tmp_path)
 
 
-class _Recorder(Callback):
-    """Records the hooks' calls; asks to stop once ``stop_at`` steps are logged."""
-
-    def __init__(self, stop_at: int | None = None):
-        self.stop_at, self.step = stop_at, 0
-        self.checkpoints: list[tuple[int, Path]] = []
-        self.artifacts: list[tuple[int, Path]] = []
-
-    def on_metrics(self, step, metrics):
-        self.step = step
-
-    def on_checkpoint(self, step, path, val_loss=None):
-        assert Path(path).is_file()  # complete when announced
-        self.checkpoints.append((step, Path(path)))
-
-    def on_artifact(self, step, path):
-        self.artifacts.append((step, Path(path)))
-
-    def should_stop(self):
-        return self.stop_at is not None and self.step >= self.stop_at
-
-
 def test_callbacks_hear_of_every_checkpoint_and_grid(make_config):
-    recorder = _Recorder()
+    recorder = Recorder()
     config = make_config("vae", train={"checkpoint_interval": 2, "sample_interval": 2})
     train(config, callbacks=[recorder])
     assert [(s, p.name) for s, p in recorder.checkpoints] == [
@@ -123,12 +101,12 @@ def test_callbacks_hear_of_every_checkpoint_and_grid(make_config):
 
 def test_should_stop_checkpoints_the_step_and_the_run_resumes_exactly(make_config):
     whole = train(make_config("gan", "whole"))
-    recorder = _Recorder(stop_at=1)
+    recorder = Recorder(stop_at=1)
     stopped = train(
         make_config("gan", "split", train={"checkpoint_interval": 0}), callbacks=[recorder]
     )
     assert stopped.stopped and stopped.steps == 1
-    assert [s for s, _ in recorder.checkpoints] == [1]
+    assert recorder.checkpoint_steps == [1]
     resumed = train(make_config("gan", "split"), resume=True)
     assert resumed.steps == 4 and not resumed.stopped
     _assert_same_state(_weights(whole.checkpoint), _weights(resumed.checkpoint))
