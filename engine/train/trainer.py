@@ -386,10 +386,16 @@ class Trainer:
         return val_loss
 
     def _stop_requested(self) -> bool:
-        """Rank 0's callbacks decide; every rank learns it (checkpointing is collective)."""
-        wanted = self.info.is_main and self.callbacks.should_stop()
+        """Rank 0's callbacks decide; every rank learns it (checkpointing is collective).
+
+        Under torchrun only on logging steps, which synchronise the ranks anyway: asking
+        every step would add a device sync to each step of a multi-GPU run.
+        """
         if not self.info.enabled:
-            return wanted
+            return self.callbacks.should_stop()
+        if self.step % self.config.train.log_interval != 0:
+            return False
+        wanted = self.info.is_main and self.callbacks.should_stop()
         flag = torch.tensor(float(wanted), device=self.device)
         return bool(all_reduce_mean(flag, self.info).item() > 0)
 
