@@ -17,7 +17,7 @@ Stages, all on the post-training base of ``bench/posttrain_common.py`` (4 layers
 3. A reward model (``engine.finetune.reward``: a copy of the same start model + a scalar
    head) trained with the Bradley-Terry loss on the same training pairs.
 
-Pairs (``engine.finetune.data``): prompt = the opening lines of a speech, chosen = its real
+Pairs (``engine.finetune.shakespeare``): prompt = the opening lines of a speech, chosen = its real
 continuation, rejected = the same words shuffled (``shuffle``, the default here), another
 speech's continuation (``mismatch``) or half of each (``mixed``). Telling which of two
 fluent continuations follows a prompt is beyond this 0.8M-parameter character model (val

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.data.shards import ShardWriter  # noqa: E402
-from engine.train.callbacks import Callback  # noqa: E402
+from engine.loop.callbacks import Callback  # noqa: E402
 from engine.train.config import config_from_dict  # noqa: E402
 from engine.train.trainer import Trainer  # noqa: E402
 

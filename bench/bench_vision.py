@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from engine.vision.checkpoint import latest_checkpoint
+from engine.vision.checkpoint import VisionCheckpoints
 from engine.vision.config import KINDS, load_config
 from engine.vision.evaluate import Evaluator, balanced_labels, sample_in_batches
 from engine.vision.images import save_grid
@@ -38,7 +38,7 @@ def trained_recipe(kind: str, runs_root: Path, train_steps: int):
     """The run's latest checkpoint, or a short run trained now (returns recipe, note)."""
     run_dir = runs_root / f"vision-{kind}"
     note = ""
-    if latest_checkpoint(run_dir) is None:
+    if VisionCheckpoints(run_dir).latest() is None:
         config = load_config(
             kind,
             ROOT / "configs" / "vision" / f"{kind}.yaml",

@@ -41,16 +41,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer, load_tokenizer  # noqa: E402
-from engine.finetune.data import (  # noqa: E402
-    check_fits,
+from engine.finetune.pairs import check_fits, split_pairs  # noqa: E402
+from engine.finetune.sft import ChatTemplate  # noqa: E402
+from engine.finetune.shakespeare import (  # noqa: E402
     shakespeare_preference_pairs,
     shakespeare_sft_pairs,
-    split_pairs,
 )
-from engine.finetune.sft import ChatTemplate  # noqa: E402
 from engine.infer.loading import load_for_generation  # noqa: E402
+from engine.loop.callbacks import Callback  # noqa: E402
 from engine.models.gpt import GPT  # noqa: E402
-from engine.train.callbacks import Callback  # noqa: E402
 from engine.train.config import config_from_dict  # noqa: E402
 from engine.train.export import export_model  # noqa: E402
 from engine.train.recipes import prepare_shakespeare_char  # noqa: E402
@@ -65,7 +64,7 @@ SUMMARY_NAME = "base.json"
 RECIPE: dict[str, Any] = {
     "seed": 1337,
     "model": {
-        "block_size": BLOCK_SIZE,  # prompt + response of the pairs fit (engine.finetune.data)
+        "block_size": BLOCK_SIZE,  # prompt + response of the pairs fit (engine.finetune.shakespeare)
         "n_layer": 4,
         "n_head": 4,
         "n_embd": 128,

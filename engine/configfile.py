@@ -3,8 +3,9 @@
     raw, source = read_config(path, ["train.steps=200"], ConfigError)
     config = build(RunConfig, raw, ConfigError)
 
-One builder for every engine config (pre-training, image generators, post-training): a
-YAML file mirrors the dataclasses; an unknown key, a value of the wrong type or out of range
+One builder for every engine config (pre-training, image generators, post-training, the
+data pipeline): a YAML file mirrors the dataclasses (lists of them and ``dict[int, float]``
+maps included); an unknown or missing key, a value of the wrong type or out of range
 raises the caller's error class naming the key, e.g.
 ``unknown key 'train.stesp' (did you mean 'train.steps'?)``. Overrides ``section.key=value``
 are parsed as YAML and go through the same checks (minGPT's rule: never ``exec``). After a
@@ -64,7 +65,8 @@ def build(cls: type, raw: Any, error: type[Exception], prefix: str = "") -> Any:
     if not isinstance(raw, dict):
         raise error(f"{where} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    fields = [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    known = {f.name for f in fields}
     kwargs = {}
     for key, value in raw.items():
         if key not in known:
@@ -79,6 +81,12 @@ def build(cls: type, raw: Any, error: type[Exception], prefix: str = "") -> Any:
             kwargs[key] = build(hints[key], value, error, prefix=f"{prefix}{key}.")
         else:
             kwargs[key] = coerce(value, hints[key], f"{prefix}{key}", error)
+    for spec in fields:
+        required = (
+            spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+        )
+        if required and spec.name not in kwargs:
+            raise error(f"missing key '{prefix}{spec.name}' (it has no default)")
     # Sections left out of the YAML take their defaults, which are valid by construction;
     # the ones given are checked here, then cross-section rules at the top level.
     try:
@@ -94,6 +102,8 @@ def build(cls: type, raw: Any, error: type[Exception], prefix: str = "") -> Any:
 
 
 def coerce(value: Any, hint: Any, key: str, error: type[Exception]) -> Any:
+    if dataclasses.is_dataclass(hint):  # e.g. an item of list[InputConfig]
+        return build(hint, value, error, prefix=f"{key}.")
     origin = typing.get_origin(hint)
     if origin is Literal:
         allowed = typing.get_args(hint)
@@ -105,6 +115,16 @@ def coerce(value: Any, hint: Any, key: str, error: type[Exception]) -> Any:
         if not isinstance(value, list):
             raise error(f"{key} must be a list, got {value!r}")
         return [coerce(item, item_hint, f"{key}[{i}]", error) for i, item in enumerate(value)]
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise error(f"{key} must be a mapping, got {value!r}")
+        return {
+            coerce(_map_key(k, key_hint), key_hint, f"{key}.{k}", error): coerce(
+                v, value_hint, f"{key}.{k}", error
+            )
+            for k, v in value.items()
+        }
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -133,3 +153,10 @@ def coerce(value: Any, hint: Any, key: str, error: type[Exception]) -> Any:
             raise error(f"{key} must be a string, got {value!r}")
         return value
     return value
+
+
+def _map_key(key: Any, hint: Any) -> Any:
+    """JSON writes every map key as a string: ``{5: 0.15}`` comes back as ``{"5": 0.15}``."""
+    if hint is int and isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        return int(key)
+    return key

@@ -230,11 +230,8 @@ def _cmd_find_subject(args: argparse.Namespace) -> int:
 # ---- pairs --------------------------------------------------------------------------------
 def _cmd_pairs(args: argparse.Namespace) -> int:
     from engine.data.corpora import CorpusUnavailable
-    from engine.finetune.data import (
-        shakespeare_preference_pairs,
-        shakespeare_sft_pairs,
-        write_pairs_jsonl,
-    )
+    from engine.finetune.pairs import write_pairs_jsonl
+    from engine.finetune.shakespeare import shakespeare_preference_pairs, shakespeare_sft_pairs
 
     bounds = dict(
         max_prompt_chars=args.max_prompt_chars, max_response_chars=args.max_response_chars
@@ -264,7 +261,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="command", metavar="{run,train-tokenizer,tokenize,images,find-subject,pairs}"
     )
     data.set_defaults(func=lambda args: data.print_help() or 2)
+    _register_run(commands)
+    _register_train_tokenizer(commands)
+    _register_tokenize(commands)
+    _register_images(commands)
+    _register_find_subject(commands)
+    _register_pairs(commands)
 
+
+def _add_processes_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--processes",
+        type=_positive,
+        default=1,
+        help="worker processes (output is the same for any number)",
+    )
+
+
+def _add_text_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="pipeline output folders, files or folders (jsonl, txt, parquet, csv; .gz/.zst)",
+    )
+    parser.add_argument(
+        "--text-field", default="text", help="field holding the text in JSONL/CSV/Parquet"
+    )
+    parser.add_argument(
+        "--text-unit",
+        default="file",
+        choices=["file", "paragraph", "line"],
+        help="plain text: one document per ...",
+    )
+    parser.add_argument("--strict", action="store_true", help="stop at the first malformed record")
+    _add_progress_flag(parser)
+
+
+def _register_run(commands: argparse._SubParsersAction) -> None:
+    """data run CONFIG: the cleaning pipeline."""
     run = commands.add_parser("run", help="run a cleaning pipeline config (YAML or JSON)")
     run.add_argument("config", help="pipeline config file")
     run.add_argument(
@@ -273,40 +307,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="input file or folder (repeatable); replaces the config's inputs",
     )
     run.add_argument("--output", help="output folder (default: the config's output.path)")
-    run.add_argument(
-        "--processes",
-        type=_positive,
-        default=1,
-        help="worker processes (output is the same for any number)",
-    )
+    _add_processes_flag(run)
     run.add_argument("--strict", action="store_true", help="stop at the first malformed record")
     _add_progress_flag(run)
     run.set_defaults(func=_guarded(_cmd_run))
 
-    def add_text_inputs(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "inputs",
-            nargs="+",
-            help="pipeline output folders, files or folders (jsonl, txt, parquet, csv; .gz/.zst)",
-        )
-        parser.add_argument(
-            "--text-field", default="text", help="field holding the text in JSONL/CSV/Parquet"
-        )
-        parser.add_argument(
-            "--text-unit",
-            default="file",
-            choices=["file", "paragraph", "line"],
-            help="plain text: one document per ...",
-        )
-        parser.add_argument(
-            "--strict", action="store_true", help="stop at the first malformed record"
-        )
-        _add_progress_flag(parser)
 
+def _register_train_tokenizer(commands: argparse._SubParsersAction) -> None:
+    """data train-tokenizer INPUTS: a BPE or character tokenizer."""
     train = commands.add_parser(
         "train-tokenizer", help="train a byte-level BPE or character tokenizer"
     )
-    add_text_inputs(train)
+    _add_text_inputs(train)
     train.add_argument("--kind", choices=["bpe", "char"], default="bpe")
     train.add_argument(
         "--vocab-size",
@@ -327,10 +339,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="tokenizer JSON file to write")
     train.set_defaults(func=_guarded(_cmd_train_tokenizer))
 
+
+def _register_tokenize(commands: argparse._SubParsersAction) -> None:
+    """data tokenize INPUTS: train/val token shards."""
     tokenize = commands.add_parser(
         "tokenize", help="tokenize documents into train/val token shards"
     )
-    add_text_inputs(tokenize)
+    _add_text_inputs(tokenize)
     tokenize.add_argument("--tokenizer", required=True, help="tokenizer file from train-tokenizer")
     tokenize.add_argument(
         "--out", required=True, help="output folder for the shards and manifest.json"
@@ -344,14 +359,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tokenize.add_argument(
         "--shard-tokens", type=_positive, default=100_000_000, help="tokens per shard file"
     )
-    tokenize.add_argument(
-        "--processes",
-        type=_positive,
-        default=1,
-        help="worker processes (output is the same for any number)",
-    )
+    _add_processes_flag(tokenize)
     tokenize.set_defaults(func=_guarded(_cmd_tokenize))
 
+
+def _register_images(commands: argparse._SubParsersAction) -> None:
+    """data images SOURCE: image shards."""
     images = commands.add_parser(
         "images", help="normalize a PNG folder or an .npz array into .npy shards"
     )
@@ -369,6 +382,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     images.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     images.set_defaults(func=_guarded(_cmd_images))
 
+
+def _register_find_subject(commands: argparse._SubParsersAction) -> None:
+    """data find-subject DIR SUBJECT: a data subject's records."""
     find = commands.add_parser(
         "find-subject", help="list the (shard, row) records of a data subject"
     )
@@ -377,8 +393,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     find.add_argument("--salt", default="", help="the subject_salt the pipeline ran with")
     find.set_defaults(func=_guarded(_cmd_find_subject))
 
-    # engine.finetune.data imports no torch, so reading its defaults here costs nothing.
-    from engine.finetune.data import CORRUPTIONS, KINDS, MAX_PROMPT_CHARS, MAX_RESPONSE_CHARS
+
+def _register_pairs(commands: argparse._SubParsersAction) -> None:
+    """data pairs KIND OUT: Shakespeare SFT or preference pairs."""
+    # engine.finetune.pairs and .shakespeare import no torch: their defaults cost nothing here.
+    from engine.finetune.pairs import KINDS
+    from engine.finetune.shakespeare import CORRUPTIONS, MAX_PROMPT_CHARS, MAX_RESPONSE_CHARS
 
     pairs = commands.add_parser(
         "pairs", help="write SFT or preference pairs built from the Shakespeare plays (JSONL)"

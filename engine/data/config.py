@@ -15,20 +15,22 @@
     output: {path: data/clean, shard_records: 50000, compression: zstd}
     strict: false
 
-``load_pipeline_config(path_or_dict)`` returns a ``PipelineConfig``; a bad key raises
-``ConfigError("stages[1].quality.min_wrds: unknown key; known keys: ...")``.
+``load_pipeline_config(path_or_dict)`` returns a ``PipelineConfig``. The dataclasses are
+built by engine/configfile.py like every other engine config, so a bad key raises
+``ConfigError("unknown key 'stages[1].quality.min_wrds' (did you mean
+'stages[1].quality.min_words'?)")``; stage names get the same "did you mean".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.configfile import build, read_config
 from engine.data.dedup import ExactDedupConfig, NearDedupConfig
 from engine.data.normalize import NormalizeConfig
 from engine.data.pii import PII_TYPES, PIIConfig
@@ -97,82 +99,6 @@ class PipelineConfig:
         return next((s for s in self.stages if s.name == name), None)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (the subset our configs use)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        return _convert(value, next(o for o in options if o is not type(None)), where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_type,) = typing.get_args(tp)
-        return [_convert(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        key_type, value_type = typing.get_args(tp)
-        return {
-            _convert(k, key_type, f"{where}.{k}"): _convert(v, value_type, f"{where}.{k}")
-            for k, v in value.items()
-        }
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)  # YAML/JSON map keys ({5: 0.15} written as "5")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _join(where: str, key: object) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys and wrong types."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{where or 'config'}: expected a mapping of {_type_name(cls)} settings, got {data!r}"
-        )
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{_join(where, unknown[0])}: unknown key; known keys: {', '.join(fields)}"
-        )
-    values = {}
-    for name, spec in fields.items():
-        if name in data:
-            values[name] = _convert(data[name], hints[name], _join(where, name))
-        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{_join(where, name)}: required key is missing")
-    return cls(**values)
-
-
 def _stage_from(entry: Any, where: str) -> StageConfig:
     known = {**RECORD_STAGES, **GLOBAL_STAGES}
     if isinstance(entry, str):
@@ -184,8 +110,10 @@ def _stage_from(entry: Any, where: str) -> StageConfig:
             f"{where}: a stage is a name or a one-key mapping {{name: {{settings}}}}, got {entry!r}"
         )
     if name not in known:
-        raise ConfigError(f"{where}: unknown stage {name!r}; known stages: {', '.join(known)}")
-    return StageConfig(name, from_dict(known[name], params, f"{where}.{name}"))
+        close = difflib.get_close_matches(str(name), list(known), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known stages: {', '.join(known)}"
+        raise ConfigError(f"{where}: unknown stage {name!r} ({hint})")
+    return StageConfig(name, build(known[name], params or {}, ConfigError, f"{where}.{name}."))
 
 
 def _check_choice(value: str, choices: tuple[str, ...], where: str) -> None:
@@ -231,26 +159,13 @@ def validate(config: PipelineConfig) -> PipelineConfig:
 def load_pipeline_config(path_or_dict: str | Path | dict) -> PipelineConfig:
     """Read a YAML or JSON file (or take a dict) and return a validated ``PipelineConfig``."""
     if isinstance(path_or_dict, dict):
-        data = path_or_dict
+        data = dict(path_or_dict)
     else:
-        path = Path(path_or_dict)
-        if not path.is_file():
-            raise ConfigError(f"pipeline config {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except (json.JSONDecodeError, ValueError) as error:
-            raise ConfigError(f"{path}: not valid JSON/YAML: {error}") from None
-        except Exception as error:  # yaml.YAMLError carries the line and column
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    data = dict(data or {})
+        if not Path(path_or_dict).is_file():
+            raise ConfigError(f"pipeline config {path_or_dict} does not exist")
+        data, _ = read_config(path_or_dict, None, ConfigError)  # YAML reads JSON too
     stages = data.pop("stages", None)
-    config = from_dict(PipelineConfig, data)
+    config = build(PipelineConfig, data, ConfigError)
     if stages is not None:
         if not isinstance(stages, list) or not stages:
             raise ConfigError(

@@ -28,7 +28,6 @@ steps then run no reference forward at all.
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
@@ -37,7 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.finetune.lora import lora_modules, set_adapters_enabled
-from engine.finetune.preference import PairBatch, sequence_logps
+from engine.finetune.objective import BatchOrder, Objective, train_pairs
+from engine.finetune.preference import PairBatch, preference_batches_for, sequence_logps
 
 
 def ranking_accuracy(higher: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
@@ -166,6 +166,68 @@ def dpo_batch_loss(
     return loss, metrics
 
 
+class DPOObjective(Objective):
+    """DPO on preference pairs against a frozen reference (None: the adapter-free base)."""
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        reference: nn.Module | None,
+        batches: Sequence[PairBatch],
+        eval_batches: Sequence[PairBatch] = (),
+        *,
+        beta: float,
+        label_smoothing: float = 0.0,
+        device: torch.device | None = None,
+    ):
+        if not batches:
+            raise ValueError("no preference batches to train on")
+        self.module, self.reference, self.batches = policy, reference, list(batches)
+        self.beta, self.label_smoothing = beta, label_smoothing
+        self.device = device if device is not None else next(policy.parameters()).device
+        # The held-out reference log-probs never change: compute them once.
+        held = [b.to(self.device) for b in eval_batches]
+        self.eval_batches = precompute_reference_logps(policy, reference, held)
+
+    @classmethod
+    def from_records(
+        cls, policy, reference, template, train, heldout, config, device
+    ) -> DPOObjective:
+        block = policy.config.block_size
+        batches = preference_batches_for(template, train, config, block, shuffle=True)
+        held = preference_batches_for(template, heldout, config, block, shuffle=False)
+        return cls(
+            policy,
+            reference,
+            batches,
+            held[: config.train.eval_batches],
+            beta=config.dpo.beta,
+            label_smoothing=config.dpo.label_smoothing,
+            device=device,
+        )
+
+    def precompute(self) -> None:
+        """Reference log-probs of every training batch, before the first step only."""
+        batches = [b.to(self.device) for b in self.batches]
+        self.batches = precompute_reference_logps(self.module, self.reference, batches)
+
+    def loss(self, pick: BatchOrder) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.batches[pick(len(self.batches), 1)[0]].to(self.device)
+        loss, metrics = dpo_batch_loss(
+            self.module,
+            self.reference,
+            batch,
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+        )
+        metrics.pop("dpo/loss", None)  # the same number as train/loss
+        return loss, {"train/loss": loss.item(), **metrics}
+
+    def evaluate(self) -> dict[str, float]:
+        scores = evaluate_preferences(self.module, self.reference, self.eval_batches, self.beta)
+        return {f"eval/{key}": value for key, value in scores.items()}
+
+
 def dpo_train(
     policy: nn.Module,
     reference: nn.Module | None,
@@ -179,43 +241,32 @@ def dpo_train(
     grad_clip: float | None = 1.0,
     seed: int = 0,
 ) -> list[dict[str, float]]:
-    """A plain AdamW loop of DPO steps over the trainable parameters; metrics of every step.
+    """The DPO objective in its smallest loop: every step's ``dpo/*`` metrics.
 
-    Batches are visited in a fresh random order each epoch. The full trainer (checkpoints,
-    live metrics) is the lead's run.py; this loop is the objective in its smallest form.
+    Batches are visited in a fresh random order each epoch. The full run (checkpoints,
+    live metrics, outputs) is ``engine.finetune.run``.
     """
-    if not batches:
-        raise ValueError("no preference batches to train on")
-    params = [p for p in policy.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the policy has no trainable parameters")
-    if reference is not None and {id(p) for p in reference.parameters()} & {id(p) for p in params}:
+    params = {id(p) for p in policy.parameters() if p.requires_grad}
+    if reference is not None and {id(p) for p in reference.parameters()} & params:
         # The reference would move with the policy and the loss would stay at log 2.
         raise ValueError(
             "the reference model shares trainable parameters with the policy; pass a "
             "frozen copy (copy.deepcopy(policy).requires_grad_(False)) or None under LoRA"
         )
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    device = next(policy.parameters()).device
-    order = random.Random(seed)
-    queue: list[int] = []
-    history: list[dict[str, float]] = []
-    policy.train()
-    for _ in range(steps):
-        if not queue:
-            queue = list(range(len(batches)))
-            order.shuffle(queue)
-        batch = batches[queue.pop()].to(device)
-        loss, metrics = dpo_batch_loss(
-            policy, reference, batch, beta=beta, label_smoothing=label_smoothing
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            metrics["dpo/grad_norm"] = nn.utils.clip_grad_norm_(params, grad_clip).item()
-        optimizer.step()
-        history.append(metrics)
-    return history
+    objective = DPOObjective(policy, reference, batches, beta=beta, label_smoothing=label_smoothing)
+    history = train_pairs(
+        objective, steps=steps, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed
+    )
+    return [_dpo_names(metrics) for metrics in history]
+
+
+def _dpo_names(metrics: dict[str, float]) -> dict[str, float]:
+    """The run's metric names back in the standalone loop's (``dpo/loss``, ``dpo/grad_norm``)."""
+    named = {k: v for k, v in metrics.items() if k.startswith("dpo/")}
+    named["dpo/loss"] = metrics["train/loss"]
+    if "train/grad_norm" in metrics:
+        named["dpo/grad_norm"] = metrics["train/grad_norm"]
+    return named
 
 
 @torch.no_grad()

@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from engine.finetune.lora import lora_modules, set_adapters_enabled
+from engine.finetune.objective import BatchOrder, FinetuneError, Objective
 from engine.models.gpt import GPT, KVCache
 
 # (sequences (B, T), attention_mask (B, T) bool) -> scores (B,); sequences hold the
@@ -556,3 +557,51 @@ class PPOTrainer:
         else:
             self.kl_coef = float(state["kl_coef"])
         self.generator.set_state(state["generator"])
+
+
+class PPOObjective(Objective):
+    """PPO makes its own optimizer steps (epochs x minibatches per rollout batch)."""
+
+    def __init__(self, trainer, template, train, heldout, config):
+        self.trainer, self.config = trainer, config
+        self.module = trainer.policy
+        # A prompt needs room for max_new_tokens after it.
+        room = trainer.policy.gpt.config.block_size - config.ppo.max_new_tokens
+        self.prompts = _unique_prompts(template, train, room)
+        self.eval_prompts = _unique_prompts(template, heldout, room)
+        if not self.prompts or not self.eval_prompts:
+            raise FinetuneError(
+                f"data: no prompt leaves room for ppo.max_new_tokens ({config.ppo.max_new_tokens}) "
+                "in the training or the held-out part; lower it or use shorter prompts"
+            )
+
+    def loss(self, pick: BatchOrder) -> tuple[None, dict[str, float]]:
+        size = self.config.ppo.rollout_batch_size
+        prompts = [self.prompts[i] for i in pick(len(self.prompts), size)]
+        return None, self.trainer.step(prompts)
+
+    @torch.no_grad()
+    def evaluate(self):
+        """Mean score and KL of responses to held-out prompts, fixed sampling seed."""
+        trainer, cfg = self.trainer, self.config.ppo
+        count = cfg.rollout_batch_size
+        prompts = [self.eval_prompts[i % len(self.eval_prompts)] for i in range(count)]
+        self.module.eval()
+        generator = torch.Generator(device=trainer.generator.device).manual_seed(self.config.seed)
+        rollout = generate_rollouts(
+            self.module, prompts, cfg, trainer.eot_id, trainer.pad_id, generator
+        )
+        scores = trainer.score(rollout)
+        kl = (rollout.logprobs - trainer.reference_logprobs(rollout)) * rollout.response_mask
+        return {"eval/reward": scores.mean().item(), "eval/kl": kl.sum(dim=1).mean().item()}
+
+    def extra_state(self):
+        return {"ppo": self.trainer.state_dict()}
+
+    def load_extra_state(self, state):
+        self.trainer.load_state_dict(state["ppo"])
+
+
+def _unique_prompts(template, records: list[dict], room: int) -> list[list[int]]:
+    encoded = (template.encode_prompt(p) for p in dict.fromkeys(r["prompt"] for r in records))
+    return [ids for ids in encoded if len(ids) <= room]

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.finetune.objective import FinetuneError
 from engine.finetune.sft import ChatTemplate, Example
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
@@ -176,3 +177,25 @@ def sequence_logps(
     )  # (N, T - 1)
     # where, not a product: a non-finite logit at a prompt position must not leak in.
     return torch.where(loss_mask, token_logps, 0.0).sum(dim=-1)
+
+
+def preference_batches_for(
+    template: ChatTemplate,
+    records: Sequence[Mapping[str, str]],
+    config,
+    block_size: int,
+    *,
+    shuffle: bool,
+) -> list[PairBatch]:
+    """``preference_batches`` with a run config's batch size and seed; FinetuneError on bad data."""
+    try:
+        return preference_batches(
+            template,
+            records,
+            batch_size=config.train.batch_size,
+            block_size=block_size,
+            shuffle=shuffle,
+            seed=config.seed,
+        )
+    except ValueError as error:
+        raise FinetuneError(f"data: {error}") from None

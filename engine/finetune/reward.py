@@ -26,7 +26,6 @@ import copy
 import json
 import math
 import os
-import random
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
 from engine.finetune.lora import LoRALinear, lora_modules, merge_and_unload
-from engine.finetune.preference import PairBatch
+from engine.finetune.objective import BatchOrder, Objective, train_pairs
+from engine.finetune.preference import PairBatch, preference_batches_for
 from engine.models.gpt import GPT, GPTConfig
 
 REWARD_FORMAT = "engine.reward-model/1"
@@ -110,6 +110,39 @@ def pair_rewards(model: RewardModel, batch: PairBatch) -> tuple[torch.Tensor, to
     return chosen, rejected
 
 
+class RewardObjective(Objective):
+    """Bradley-Terry on preference pairs, one batch a step (the reward kind)."""
+
+    def __init__(
+        self,
+        model: RewardModel,
+        batches: Sequence[PairBatch],
+        eval_batches: Sequence[PairBatch] = (),
+        *,
+        device: torch.device | None = None,
+    ):
+        if not batches:
+            raise ValueError("no preference batches to train on")
+        self.module, self.batches, self.eval_batches = model, list(batches), list(eval_batches)
+        self.device = device if device is not None else next(model.parameters()).device
+
+    @classmethod
+    def from_records(cls, model, template, train, heldout, config, device) -> RewardObjective:
+        block = model.config.block_size
+        batches = preference_batches_for(template, train, config, block, shuffle=True)
+        held = preference_batches_for(template, heldout, config, block, shuffle=False)
+        return cls(model, batches, held[: config.train.eval_batches], device=device)
+
+    def loss(self, pick: BatchOrder) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.batches[pick(len(self.batches), 1)[0]].to(self.device)
+        loss, metrics = bradley_terry_loss(*pair_rewards(self.module, batch))
+        return loss, {"train/loss": loss.item(), **metrics}
+
+    def evaluate(self) -> dict[str, float]:
+        scores = evaluate_reward_model(self.module, self.eval_batches)
+        return {f"eval/{key}": value for key, value in scores.items()}
+
+
 def reward_train(
     model: RewardModel,
     batches: Sequence[PairBatch],
@@ -120,31 +153,15 @@ def reward_train(
     grad_clip: float | None = 1.0,
     seed: int = 0,
 ) -> list[dict[str, float]]:
-    """A plain AdamW loop of Bradley-Terry steps over the trainable parameters."""
-    if not batches:
-        raise ValueError("no preference batches to train on")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the reward model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    device = next(model.parameters()).device
-    order = random.Random(seed)
-    queue: list[int] = []
-    history: list[dict[str, float]] = []
-    model.train()
-    for _ in range(steps):
-        if not queue:
-            queue = list(range(len(batches)))
-            order.shuffle(queue)
-        loss, metrics = bradley_terry_loss(*pair_rewards(model, batches[queue.pop()].to(device)))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        metrics["reward/loss"] = loss.item()
-        history.append(metrics)
-    return history
+    """The reward objective in its smallest loop: every step's ``reward/*`` metrics."""
+    objective = RewardObjective(model, batches)
+    history = train_pairs(
+        objective, steps=steps, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed
+    )
+    return [
+        {**{k: v for k, v in m.items() if k.startswith("reward/")}, "reward/loss": m["train/loss"]}
+        for m in history
+    ]
 
 
 @torch.no_grad()

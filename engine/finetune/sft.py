@@ -26,13 +26,14 @@ isolation matters.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from engine.finetune.objective import BatchOrder, FinetuneError, Objective, train_objective
 
 IGNORE_INDEX = -100
 USER, ASSISTANT, SYSTEM, PAD = "<|user|>", "<|assistant|>", "<|system|>", "<|pad|>"
@@ -139,6 +140,62 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+class SFTObjective(Objective):
+    """Cross-entropy on the response tokens of packed rows (the sft, lora and qlora kinds)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rows: tuple[torch.Tensor, torch.Tensor],
+        eval_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        batch_size: int,
+        eval_batches: int = 0,
+        device: torch.device | None = None,
+    ):
+        self.module, self.rows, self.eval_rows = model, rows, eval_rows
+        self.batch_size, self.eval_batches = batch_size, eval_batches
+        self.device = device if device is not None else next(model.parameters()).device
+
+    @classmethod
+    def from_records(cls, model, template, train, heldout, config, device) -> SFTObjective:
+        block = model.config.block_size
+        try:
+            examples = encode_records(template, train)
+            rows = pack_examples(examples, block, template.pad_id, pack=config.data.pack)
+            held = encode_records(template, heldout)
+            eval_rows = pack_examples(held, block, template.pad_id, pack=False)
+        except ValueError as error:
+            raise FinetuneError(f"data: {error}") from None
+        return cls(
+            model,
+            rows,
+            eval_rows,
+            batch_size=config.train.batch_size,
+            eval_batches=config.train.eval_batches,
+            device=device,
+        )
+
+    def _batch_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.module(inputs.to(self.device))
+        return sft_loss(logits, labels.to(self.device))
+
+    def loss(self, pick: BatchOrder) -> tuple[torch.Tensor, dict[str, float]]:
+        index = pick(len(self.rows[0]), self.batch_size)
+        loss = self._batch_loss(self.rows[0][index], self.rows[1][index])
+        return loss, {"train/loss": loss.item()}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        inputs, labels = self.eval_rows
+        size = self.batch_size
+        losses = []
+        for start in range(0, min(len(inputs), size * self.eval_batches), size):
+            batch = slice(start, start + size)
+            losses.append(self._batch_loss(inputs[batch], labels[batch]).item())
+        return {"eval/loss": sum(losses) / len(losses)}
+
+
 def sft_train(
     model: nn.Module,
     rows: tuple[torch.Tensor, torch.Tensor],
@@ -149,35 +206,13 @@ def sft_train(
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> list[float]:
-    """A plain AdamW loop over the trainable parameters (all, or the adapters under LoRA).
+    """The SFT objective in its smallest loop (no checkpoints, no schedule): every step's loss.
 
-    Returns the loss of every step. The full trainer (checkpoints, metrics) lives in
-    engine/train; this loop is the SFT objective in its smallest working form.
+    The full run (checkpoints, metrics, outputs) is ``engine.finetune.run``.
     """
-    inputs, labels = rows
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    device = next(model.parameters()).device
-    order = random.Random(seed)
-    indices: list[int] = []
-    losses: list[float] = []
-    model.train()
-    for _ in range(steps):
-        if len(indices) < batch_size:
-            fresh = list(range(len(inputs)))
-            order.shuffle(fresh)
-            indices += fresh * max(1, -(-batch_size // len(fresh)))
-        batch, indices = indices[:batch_size], indices[batch_size:]
-        x, y = inputs[batch].to(device), labels[batch].to(device)
-        logits, _ = model(x)
-        loss = sft_loss(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    objective = SFTObjective(model, rows, batch_size=batch_size)
+    history = train_objective(objective, steps=steps, lr=lr, weight_decay=weight_decay, seed=seed)
+    return [metrics["train/loss"] for metrics in history]
 
 
 def encode_records(template: ChatTemplate, records: Iterable[Mapping[str, str]]) -> list[Example]:

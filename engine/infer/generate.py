@@ -212,13 +212,7 @@ class Generator:
             generator = torch.Generator(device=device).manual_seed(params.seed)
         B = len(rows)
         longest = max(len(r.prompt_ids) for r in rows)
-        pad = self.tokenizer.eot_id
-        tokens = torch.full((B, longest), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((B, longest), dtype=torch.bool, device=device)
-        for i, row in enumerate(rows):
-            n = len(row.prompt_ids)
-            tokens[i, longest - n :] = torch.tensor(row.prompt_ids, device=device)
-            mask[i, longest - n :] = True
+        tokens, mask = _left_padded(rows, longest, self.tokenizer.eot_id, device)
         padded = not bool(mask.all())
         active = list(range(B))  # rows still generating, in batch order
         window = self.model.config.block_size
@@ -345,3 +339,16 @@ class Generator:
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
         probs = logits.softmax(dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _left_padded(
+    rows: list[_Row], longest: int, pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts right-aligned in (B, longest) ids, and the mask of the real (non-pad) ones."""
+    tokens = torch.full((len(rows), longest), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), longest), dtype=torch.bool, device=device)
+    for i, row in enumerate(rows):
+        n = len(row.prompt_ids)
+        tokens[i, longest - n :] = torch.tensor(row.prompt_ids, device=device)
+        mask[i, longest - n :] = True
+    return tokens, mask

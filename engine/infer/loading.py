@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 from engine.data.tokenizers import load_tokenizer
-from engine.models.gpt import GPT, GPTConfig
-from engine.train.checkpoint import Checkpointer, CheckpointError, load_model_state, read_meta
+from engine.models.gpt import GPTConfig
+from engine.train.checkpoint import Checkpointer, CheckpointError, load_checkpoint_model
+from engine.train.export import ExportError, import_gpt2
 
 
 class LoadError(ValueError):
@@ -38,24 +39,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
-def load_checkpoint_model(path: Path) -> tuple[GPT, Path | None]:
-    """Model of a training checkpoint (full or sharded), and its tokenizer file if present."""
-    meta = read_meta(path)
-    config = GPTConfig(**meta["model_config"])
-    model = GPT(config)
-    state = load_model_state(path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not match its model_config ({error})") from None
-    tokenizer = path / "tokenizer.json"
-    return model, tokenizer if tokenizer.is_file() else None
-
-
 def load_for_generation(path: str | Path, tokenizer_path: str | Path | None = None):
     """(model in eval mode, tokenizer); LoadError names what does not fit."""
-    from engine.train.export import ExportError, import_gpt2
-
     folder = resolve_checkpoint(path)
     try:
         if (folder / "meta.json").is_file():

@@ -1,49 +1,19 @@
-"""How metrics leave the trainer: a small callback interface (the workers forward to MLflow).
+"""The pre-trainer's own callback (a progress bar) and its metric names.
 
-    class ToMLflow(Callback):
-        def on_metrics(self, step, metrics):
-            mlflow.log_metrics(metrics, step=step)
+The protocol is the kit's (engine/loop/callbacks.py); ``Callback`` is re-exported here
+because workers/jobs/pretrain.py imports it from this module.
 
-    Trainer(config, callbacks=[ToMLflow()]).fit()
-
-Only rank 0 calls callbacks. Metric names: ``train/loss``, ``train/lr``,
-``train/tokens_per_second``, ``train/mfu`` (when the device's peak is known),
-``train/grad_norm``, ``val/loss``, ``val/perplexity``.
+Metric names: ``train/loss``, ``train/lr``, ``train/tokens_per_second``, ``train/mfu``
+(when the device's peak is known), ``train/grad_norm``, ``val/loss``, ``val/perplexity``.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
+from engine.loop.callbacks import Callback
 
-class Callback:
-    """Override what you need; every hook is optional."""
-
-    def on_train_start(self, info: dict[str, Any]) -> None:
-        """Run facts: config, parameter count, world size, start step (after a resume)."""
-
-    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Called every ``log_interval`` steps and after each evaluation."""
-
-    def on_checkpoint(self, step: int, path: Path, val_loss: float | None) -> None:
-        """A complete checkpoint exists at ``path``."""
-
-    def on_train_end(self, summary: dict[str, Any]) -> None:
-        """Final step, losses, time."""
-
-
-class JsonlMetrics(Callback):
-    """Append every metrics record to ``<run_dir>/metrics.jsonl`` (one JSON object a line)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+__all__ = ["Callback", "ProgressBar"]
 
 
 class ProgressBar(Callback):

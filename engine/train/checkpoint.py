@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,32 +27,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from engine.loop.checkpoints import CheckpointStore, atomic_write_json, fsync_dir
+from engine.models.gpt import GPT, GPTConfig
 from engine.train.parallelize import DistInfo, barrier
 
 FORMAT = "engine.checkpoint/1"
 META_NAME = "meta.json"
-STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or does not fit the run."""
-
-
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -71,30 +54,16 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-class Checkpointer:
+class Checkpointer(CheckpointStore):
+    """A folder per step (see engine/loop/checkpoints.py for the interface it shares)."""
+
     def __init__(self, run_dir: str | Path, *, keep_last: int = 3, keep_best: bool = True):
-        self.dir = Path(run_dir) / "checkpoints"
-        self.keep_last = keep_last
+        super().__init__(run_dir, keep_last=keep_last)
         self.keep_best = keep_best
 
-    # -- finding -------------------------------------------------------------------------
-    def steps(self) -> list[int]:
-        """Steps of the complete checkpoints, oldest first."""
-        if not self.dir.is_dir():
-            return []
-        found = []
-        for child in self.dir.iterdir():
-            match = STEP_DIR.match(child.name)
-            if match and (child / META_NAME).is_file():
-                found.append(int(match.group(1)))
-        return sorted(found)
-
-    def path_for(self, step: int) -> Path:
-        return self.dir / f"step_{step:06d}"
-
-    def latest(self) -> Path | None:
-        steps = self.steps()
-        return self.path_for(steps[-1]) if steps else None
+    @classmethod
+    def is_complete(cls, path: Path) -> bool:
+        return (path / META_NAME).is_file()  # meta.json is written last
 
     def best(self) -> dict[str, Any] | None:
         path = self.dir / "best.json"
@@ -144,14 +113,15 @@ class Checkpointer:
                 "world_size": info.world_size,
                 **meta,
             }
-            _atomic_write_json(tmp / META_NAME, full_meta)
-            _fsync_dir(tmp)
+            atomic_write_json(tmp / META_NAME, full_meta)
+            fsync_dir(tmp)
             if final.exists():  # the same step saved twice (interval hit on the last step)
                 shutil.rmtree(final)
             os.rename(tmp, final)  # the checkpoint appears complete or not at all
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             self._update_best(step, meta.get("val_loss"))
-            self._prune()
+            best = self.best() if self.keep_best else None
+            self.prune(keep={best["step"]} if best is not None else None)
         barrier(info)
         return final
 
@@ -160,17 +130,7 @@ class Checkpointer:
             return
         best = self.best()
         if best is None or val_loss < best["val_loss"] or best["step"] not in self.steps():
-            _atomic_write_json(self.dir / "best.json", {"step": step, "val_loss": val_loss})
-
-    def _prune(self) -> None:
-        steps = self.steps()
-        keep = set(steps[-self.keep_last :])
-        best = self.best() if self.keep_best else None
-        if best is not None:
-            keep.add(best["step"])
-        for step in steps:
-            if step not in keep:
-                shutil.rmtree(self.path_for(step), ignore_errors=True)
+            atomic_write_json(self.dir / "best.json", {"step": step, "val_loss": val_loss})
 
     # -- loading -------------------------------------------------------------------------
     def load(
@@ -251,3 +211,17 @@ def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
         target = Path(tmp) / "full.pt"
         dcp_to_torch_save(str(path / "dcp"), str(target))
         return torch.load(target, map_location="cpu", weights_only=True)["model"]
+
+
+def load_checkpoint_model(path: Path) -> tuple[GPT, Path | None]:
+    """Model of a training checkpoint (full or sharded), and its tokenizer file if present."""
+    meta = read_meta(path)
+    config = GPTConfig(**meta["model_config"])
+    model = GPT(config)
+    state = load_model_state(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not match its model_config ({error})") from None
+    tokenizer = path / "tokenizer.json"
+    return model, tokenizer if tokenizer.is_file() else None

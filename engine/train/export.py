@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from engine.data.tokenizers import load_tokenizer
 from engine.models.gpt import GPT, GPTConfig
+from engine.train.checkpoint import load_checkpoint_model
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -108,13 +110,9 @@ def export_model(
 
 def export_checkpoint(checkpoint: Path, out_dir: Path) -> Path:
     """A training checkpoint folder -> an HF GPT-2 folder (weights, config, tokenizer)."""
-    from engine.infer.loading import load_checkpoint_model
-
     model, tokenizer_file = load_checkpoint_model(checkpoint)
     eot_id = None
     if tokenizer_file is not None:
-        from engine.data.tokenizers import load_tokenizer
-
         eot_id = load_tokenizer(tokenizer_file).eot_id
     return export_model(model, out_dir, tokenizer_file=tokenizer_file, eot_id=eot_id)
 

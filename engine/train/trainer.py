@@ -15,7 +15,6 @@ exactly the losses of a run that was never stopped.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,8 +26,11 @@ import torch
 
 from engine.data.shards import ShardError, ShardManifest, TokenLoader, load_manifest
 from engine.data.tokenizers import load_tokenizer
+from engine.loop.callbacks import Callback, CallbackList
+from engine.loop.device import autocast, pick_device, pick_dtype, set_threads
+from engine.loop.metrics import JsonlMetrics
 from engine.models.gpt import GPT, GPTConfig
-from engine.train.callbacks import Callback, JsonlMetrics, ProgressBar
+from engine.train.callbacks import ProgressBar
 from engine.train.checkpoint import Checkpointer, CheckpointError, read_meta
 from engine.train.config import RunConfig
 from engine.train.mfu import mfu, peak_flops
@@ -57,24 +59,7 @@ class TrainSummary:
     tokens_per_second: float
     checkpoint: Path | None
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss) as logged
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return (
-            torch.bfloat16
-            if device.type == "cuda" and torch.cuda.is_bf16_supported()
-            else torch.float32
-        )
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    stopped: bool = False  # a callback's should_stop() ended the run before max_iters
 
 
 class Trainer:
@@ -87,15 +72,14 @@ class Trainer:
         default_callbacks: bool = True,
     ):
         self.config = config
-        self.device = pick_device(config.train.device)
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
+        self.device = pick_device(config.train.device, TrainingError)
+        set_threads(config.train.threads)
         self.info: DistInfo = init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.info.local_rank)
         self.dtype = pick_dtype(config.train.dtype, self.device)
         self.run_dir = Path(config.run_dir)
-        self.callbacks = list(callbacks or [])
+        self.callbacks = CallbackList(callbacks or ())
         if default_callbacks and self.info.is_main:
             self.callbacks.append(JsonlMetrics(self.run_dir / "metrics.jsonl"))
             if config.train.progress:
@@ -178,11 +162,6 @@ class Trainer:
             raise TrainingError(f"train.parallel is {mode!r}: launch with torchrun")
         return mode
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
     # -- checkpoints ---------------------------------------------------------------------
     def _resume(self, resume: bool | str | Path) -> None:
         path = self.checkpointer.latest() if resume is True else Path(resume)
@@ -247,8 +226,7 @@ class Trainer:
             tokenizer_file=self.tokenizer_file,
         )
         if self.info.is_main:
-            for callback in self.callbacks:
-                callback.on_checkpoint(self.step, path, val_loss)
+            self.callbacks.checkpoint(self.step, path, val_loss)
         return path
 
     # -- evaluation ----------------------------------------------------------------------
@@ -270,7 +248,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for _ in range(self.config.train.eval_iters):
             x, y = self._to_device(loader.next_batch())
-            with self._autocast():
+            with autocast(self.device, self.dtype):
                 _, loss = self.forward(x, y)
             total += loss.float()
         self.model.train()
@@ -293,7 +271,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(train.grad_accum):
             x, y = self._to_device(self.train_loader.next_batch())
-            with no_sync(self.wrapped, micro == train.grad_accum - 1), self._autocast():
+            with (
+                no_sync(self.wrapped, micro == train.grad_accum - 1),
+                autocast(self.device, self.dtype),
+            ):
                 _, loss = self.forward(x, y)
                 loss = loss / train.grad_accum
             loss.backward()
@@ -307,90 +288,116 @@ class Trainer:
         return loss_sum, grad_norm
 
     def fit(self) -> TrainSummary:
-        cfg, train = self.config, self.config.train
-        tokens_per_step = (
+        train = self.config.train
+        self._emit_start()
+        self._flops_per_token = self.model.flops_per_token()
+        self._peak_flops = train.peak_flops or peak_flops(self.device)
+        self.model.train()
+        self._window = _LogWindow(self.device)
+        val_loss = None
+        started = time.perf_counter()
+        start_step = self.step
+        last_checkpoint: Path | None = None
+        stopped = False
+        while self.step < train.max_iters and not stopped:
+            loss, grad_norm = self.train_step()
+            self._window.add(loss)
+            last = self.step == train.max_iters
+            if self.step % train.log_interval == 0 or last:
+                self._log_train(grad_norm)
+            evaluate = last or (train.eval_interval and self.step % train.eval_interval == 0)
+            if evaluate:
+                val_loss = self._timed(self._evaluate_and_emit)
+            stopped = not last and self._stop_requested()
+            interval = self.config.checkpoint.interval
+            if last or stopped or (interval and self.step % interval == 0):
+                saved_val = val_loss if evaluate else None
+                last_checkpoint = self._timed(self.save_checkpoint, saved_val)
+        elapsed = time.perf_counter() - started
+        summary = TrainSummary(
+            step=self.step,
+            train_loss=self._window.train_loss,
+            val_loss=val_loss,
+            best_val_loss=self.best_val_loss,
+            seconds=elapsed,
+            tokens_per_second=self._tokens_per_step()
+            * (self.step - start_step)
+            / max(elapsed, 1e-9),
+            checkpoint=last_checkpoint,
+            losses=self._window.losses,
+            stopped=stopped,
+        )
+        if self.info.is_main:
+            self.callbacks.train_end(
+                {
+                    "step": summary.step,
+                    "train_loss": summary.train_loss,
+                    "val_loss": val_loss,
+                    "best_val_loss": self.best_val_loss,
+                    "seconds": elapsed,
+                    "stopped": stopped,
+                }
+            )
+        return summary
+
+    def _tokens_per_step(self) -> int:
+        train = self.config.train
+        return (
             train.batch_size
             * train.grad_accum
             * self.info.world_size
             * self.model_config.block_size
         )
-        flops_per_token = self.model.flops_per_token()
-        peak = train.peak_flops or peak_flops(self.device)
-        self._emit_start()
-        self.model.train()
-        losses: list[tuple[int, float]] = []
-        loss_sum = torch.zeros((), device=self.device)
-        steps_since_log = 0
-        train_loss = val_loss = None
-        started = last_log = time.perf_counter()
-        start_step = self.step
-        last_checkpoint: Path | None = None
-        while self.step < train.max_iters:
-            loss, grad_norm = self.train_step()
-            loss_sum += loss
-            steps_since_log += 1
 
-            last = self.step == train.max_iters
-            if self.step % train.log_interval == 0 or last:
-                train_loss = float(all_reduce_mean(loss_sum / steps_since_log, self.info).item())
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                now = time.perf_counter()
-                tokens_per_second = tokens_per_step * steps_since_log / (now - last_log)
-                metrics = {
-                    "train/loss": train_loss,
-                    "train/lr": self.optimizer.param_groups[0]["lr"],
-                    "train/tokens_per_second": tokens_per_second,
-                }
-                if grad_norm is not None:
-                    metrics["train/grad_norm"] = float(grad_norm)
-                utilisation = mfu(flops_per_token, tokens_per_second, peak)
-                if utilisation is not None:
-                    metrics["train/mfu"] = utilisation
-                losses.append((self.step, train_loss))
-                self._emit(metrics)
-                loss_sum.zero_()
-                steps_since_log = 0
-                last_log = now
-            evaluate = last or (train.eval_interval and self.step % train.eval_interval == 0)
-            if evaluate:
-                eval_started = time.perf_counter()
-                val_loss = self.evaluate()
-                if val_loss is not None:
-                    if self.best_val_loss is None or val_loss < self.best_val_loss:
-                        self.best_val_loss = val_loss
-                    self._emit(
-                        {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))}
-                    )
-                last_log += time.perf_counter() - eval_started  # keep eval out of tokens/s
-            interval = cfg.checkpoint.interval
-            if last or (interval and self.step % interval == 0):
-                save_started = time.perf_counter()
-                last_checkpoint = self.save_checkpoint(val_loss if evaluate else None)
-                last_log += time.perf_counter() - save_started
-        elapsed = time.perf_counter() - started
-        summary = TrainSummary(
-            step=self.step,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            best_val_loss=self.best_val_loss,
-            seconds=elapsed,
-            tokens_per_second=tokens_per_step * (self.step - start_step) / max(elapsed, 1e-9),
-            checkpoint=last_checkpoint,
-            losses=losses,
-        )
-        if self.info.is_main:
-            for callback in self.callbacks:
-                callback.on_train_end(
-                    {
-                        "step": summary.step,
-                        "train_loss": train_loss,
-                        "val_loss": val_loss,
-                        "best_val_loss": self.best_val_loss,
-                        "seconds": elapsed,
-                    }
-                )
-        return summary
+    def _timed(self, work, *args):
+        """Run ``work`` with its time kept out of the next tokens/s figure (eval, saving)."""
+        began = time.perf_counter()
+        result = work(*args)
+        self._window.last_log += time.perf_counter() - began
+        return result
+
+    def _log_train(self, grad_norm: torch.Tensor | None) -> None:
+        """Average the window's loss over ranks and emit the training figures."""
+        window = self._window
+        train_loss = float(all_reduce_mean(window.mean(), self.info).item())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        tokens_per_second = self._tokens_per_step() * window.steps / (now - window.last_log)
+        metrics = {
+            "train/loss": train_loss,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/tokens_per_second": tokens_per_second,
+        }
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        utilisation = mfu(self._flops_per_token, tokens_per_second, self._peak_flops)
+        if utilisation is not None:
+            metrics["train/mfu"] = utilisation
+        window.logged(self.step, train_loss, now)
+        self._emit(metrics)
+
+    def _evaluate_and_emit(self) -> float | None:
+        val_loss = self.evaluate()
+        if val_loss is not None:
+            if self.best_val_loss is None or val_loss < self.best_val_loss:
+                self.best_val_loss = val_loss
+            self._emit({"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))})
+        return val_loss
+
+    def _stop_requested(self) -> bool:
+        """Rank 0's callbacks decide; every rank learns it (checkpointing is collective).
+
+        Under torchrun only on logging steps, which synchronise the ranks anyway: asking
+        every step would add a device sync to each step of a multi-GPU run.
+        """
+        if not self.info.enabled:
+            return self.callbacks.should_stop()
+        if self.step % self.config.train.log_interval != 0:
+            return False
+        wanted = self.info.is_main and self.callbacks.should_stop()
+        flag = torch.tensor(float(wanted), device=self.device)
+        return bool(all_reduce_mean(flag, self.info).item() > 0)
 
     def _emit_start(self) -> None:
         if not self.info.is_main:
@@ -405,11 +412,35 @@ class Trainer:
             "dtype": str(self.dtype).removeprefix("torch."),
             "start_step": self.step,
             "max_iters": self.config.train.max_iters,
+            "total_steps": self.config.train.max_iters,
         }
-        for callback in self.callbacks:
-            callback.on_train_start(info)
+        self.callbacks.train_start(info)
 
     def _emit(self, metrics: dict[str, float]) -> None:
         if self.info.is_main:
-            for callback in self.callbacks:
-                callback.on_metrics(self.step, metrics)
+            self.callbacks.metrics(self.step, metrics)
+
+
+class _LogWindow:
+    """The training losses since the last log line, and every logged (step, loss)."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)  # summed on the device: no sync a step
+        self.steps = 0
+        self.last_log = time.perf_counter()
+        self.train_loss: float | None = None
+        self.losses: list[tuple[int, float]] = []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+
+    def mean(self) -> torch.Tensor:
+        return self.loss_sum / self.steps
+
+    def logged(self, step: int, train_loss: float, now: float) -> None:
+        self.train_loss = train_loss
+        self.losses.append((step, train_loss))
+        self.loss_sum.zero_()
+        self.steps = 0
+        self.last_log = now

@@ -6,9 +6,7 @@
     python -m engine sample --checkpoint var/runs/vision-diffusion --prompt "a handwritten 7" \\
         --n 16 --out grid.png [--sampler ddim --steps 50 --guidance-scale 2.0 --seed 0]
 
-Standalone (before the hook-up): ``python -m engine.vision.cli train diffusion ...`` and
-``python -m engine.vision.cli sample ...``. Without ``--prompt``, ``sample`` draws ``--n``
-of every digit, one row per digit.
+Without ``--prompt``, ``sample`` draws ``--n`` of every digit, one row per digit.
 """
 
 from __future__ import annotations
@@ -143,35 +141,3 @@ def cmd_sample(args: argparse.Namespace) -> int:
         f"{images.shape[0]} samples of {what} from {payload['kind']} step {payload['step']}: {path}"
     )
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.vision.cli", description=__doc__.splitlines()[0]
-    )
-    groups = parser.add_subparsers(dest="group", metavar="{train,sample}")
-    train_parser = groups.add_parser("train", help="train diffusion, gan or vae")
-    register_train(train_parser.add_subparsers(dest="command", metavar="{diffusion,gan,vae}"))
-    register(groups)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 2
-    try:
-        return int(func(args) or 0)
-    except EngineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

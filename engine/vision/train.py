@@ -3,42 +3,39 @@
     from engine.vision.config import load_config
     from engine.vision.train import train
     config = load_config("diffusion", "configs/vision/diffusion.yaml")
-    summary = train(config, on_metrics=lambda step, metrics: print(step, metrics))
+    summary = train(config, callbacks=[MyCallback()])     # engine.loop.callbacks.Callback
     train(config, resume=True)            # continue from the run's latest checkpoint
 
 Under ``config.run_dir``: ``checkpoints/step_NNNNNN.pt`` (atomic), ``samples/step_NNNNNN.png``
 (one row per digit 0..9, fixed noise so grids compare across steps), ``metrics.jsonl``.
-The metrics callback receives ``(step, {"train/loss": ..., ...})``; the engine never
-talks to a tracking server itself, the caller forwards what it wants.
+Callbacks (engine/loop/callbacks.py) hear ``on_metrics(step, {"train/loss": ...})``,
+``on_checkpoint(step, path)`` for each checkpoint file, ``on_artifact(step, path)`` for
+each grid, and may end the run with ``should_stop()``; the engine never talks to a
+tracking server itself, the caller forwards what it wants. ``on_metrics=`` (a function)
+is still taken, for callers that pass one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.metricswindow import MetricsWindow
-from engine.vision.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from engine.loop.callbacks import Callback, CallbackList, MetricsFunction, callback_list
+from engine.loop.device import pick_device, set_threads
+from engine.loop.metrics import JsonlMetrics, MetricsWindow
+from engine.vision.checkpoint import CheckpointError, VisionCheckpoints, load_checkpoint
 from engine.vision.config import RunConfig, config_from_dict, config_to_dict
 from engine.vision.data import NUM_CLASSES, load_digits_split
 from engine.vision.evaluate import Evaluator, balanced_labels, sample_in_batches
 from engine.vision.images import save_grid
 from engine.vision.recipes import Recipe, make_recipe
 
-MetricsCallback = Callable[[int, dict[str, float]], None]
 GRID_SEED = 1234  # same noise for every grid of a run
 
 
@@ -55,14 +52,7 @@ class TrainSummary:
     checkpoint: str | None = None
     grid: str | None = None
     evaluation: dict[str, float] = field(default_factory=dict)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device is 'cuda' but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    stopped: bool = False  # a callback's should_stop() ended the run before train.steps
 
 
 def kind_of(config: RunConfig) -> str:
@@ -102,118 +92,145 @@ def evaluate(
     return scores
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+@dataclass
+class _Generators:
+    """The run's random streams, saved in every checkpoint so a resume continues them."""
+
+    data: torch.Generator  # which images make each batch
+    noise: torch.Generator  # the models' noise (diffusion steps, GAN latents ...)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "data": self.data.get_state(),
+            "noise": self.noise.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.data.set_state(state["data"])
+        self.noise.set_state(state["noise"].to(self.noise.get_state().device))
+        torch.set_rng_state(state["torch"])
 
 
-def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict[str, Any]:
-    return {
-        "data": data_gen.get_state(),
-        "noise": noise_gen.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+def _resume(
+    resume: bool | str | os.PathLike,
+    store: VisionCheckpoints,
+    config: RunConfig,
+    recipe: Recipe,
+    generators: _Generators,
+) -> int:
+    """Restore the recipe and random streams from a checkpoint; return its step."""
+    kind = kind_of(config)
+    path = store.latest() if resume is True else VisionCheckpoints.resolve(resume)
+    if path is None:
+        raise TrainingError(f"--resume: {config.run_dir} has no checkpoint yet")
+    payload = load_checkpoint(path)
+    if payload["kind"] != kind:
+        raise TrainingError(f"--resume: {path} is a {payload['kind']} checkpoint, not {kind}")
+    saved = config_from_dict(kind, payload["config"])
+    if config_to_dict(saved)["model"] != config_to_dict(config)["model"]:
+        raise TrainingError(f"--resume: {path} was trained with a different model section")
+    recipe.load_state_dict(payload["state"])
+    generators.load(payload["rng"])
+    step = int(payload["step"])
+    if step >= config.train.steps:
+        raise TrainingError(
+            f"--resume: {path} is at step {step}, not before train.steps "
+            f"({config.train.steps}); raise train.steps to train further"
+        )
+    return step
 
 
 def train(
     config: RunConfig,
     *,
     resume: bool | str | os.PathLike = False,
-    on_metrics: MetricsCallback | None = None,
+    callbacks: Iterable[Callback] | None = None,
+    on_metrics: MetricsFunction | None = None,
     eval_per_class: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> TrainSummary:
     """Train ``config`` for ``config.train.steps`` optimizer steps (from a checkpoint if asked)."""
     kind = kind_of(config)
-    train_cfg = config.train
-    if train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
-    device = pick_device(train_cfg.device)
+    set_threads(config.train.threads)
+    device = pick_device(config.train.device, TrainingError)
     run_dir = Path(config.run_dir)
     torch.manual_seed(config.seed)
-    data_gen = torch.Generator().manual_seed(config.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    generators = _Generators(
+        data=torch.Generator().manual_seed(config.seed),
+        noise=torch.Generator(device=device).manual_seed(config.seed + 1),
+    )
     recipe = make_recipe(config, device)
-    start_step = 0
+    store = VisionCheckpoints(run_dir, keep_last=config.train.keep_last)
+    start_step = _resume(resume, store, config, recipe, generators) if resume else 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hooks = callback_list([JsonlMetrics(run_dir / "metrics.jsonl"), *(callbacks or ())], on_metrics)
+    hooks.train_start({"kind": kind, "start_step": start_step, "total_steps": config.train.steps})
+    summary = TrainSummary(kind=kind, steps=start_step, seconds=0.0)
+    started = time.perf_counter()
+    _train_steps(config, recipe, device, generators, store, hooks, summary, progress)
+    if eval_per_class and not summary.stopped:
+        summary.evaluation = evaluate(recipe, config, eval_per_class)
+        hooks.metrics(summary.steps, summary.evaluation)
+    summary.seconds = time.perf_counter() - started
+    hooks.train_end({"step": summary.steps, "seconds": summary.seconds, "stopped": summary.stopped})
+    return summary
 
-    if resume:
-        path = latest_checkpoint(run_dir) if resume is True else resolve_checkpoint(resume)
-        if path is None:
-            raise TrainingError(f"--resume: {run_dir} has no checkpoint yet")
-        payload = load_checkpoint(path)
-        if payload["kind"] != kind:
-            raise TrainingError(f"--resume: {path} is a {payload['kind']} checkpoint, not {kind}")
-        saved = config_from_dict(kind, payload["config"])
-        if config_to_dict(saved)["model"] != config_to_dict(config)["model"]:
-            raise TrainingError(f"--resume: {path} was trained with a different model section")
-        recipe.load_state_dict(payload["state"])
-        data_gen.set_state(payload["rng"]["data"])
-        noise_gen.set_state(payload["rng"]["noise"].to(noise_gen.get_state().device))
-        torch.set_rng_state(payload["rng"]["torch"])
-        start_step = int(payload["step"])
-        if start_step >= train_cfg.steps:
-            raise TrainingError(
-                f"--resume: {path} is at step {start_step}, not before train.steps "
-                f"({train_cfg.steps}); raise train.steps to train further"
-            )
 
+def _train_steps(
+    config: RunConfig,
+    recipe: Recipe,
+    device: torch.device,
+    generators: _Generators,
+    store: VisionCheckpoints,
+    hooks: CallbackList,
+    summary: TrainSummary,
+    progress: Callable[[str], None] | None,
+) -> None:
+    """The optimizer steps from ``summary.steps`` on, with logging, checkpoints and grids."""
+    kind, train_cfg, run_dir = summary.kind, config.train, Path(config.run_dir)
     split = load_digits_split(
         config.data.image_size, config.data.heldout_fraction, config.data.split_seed
     )
     images, labels = split.train_images.to(device), split.train_labels.to(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    summary = TrainSummary(kind=kind, steps=start_step, seconds=0.0)
-    started = time.perf_counter()
     window = MetricsWindow()
-
-    def checkpoint(step: int) -> None:
-        summary.checkpoint = str(
-            save_checkpoint(
-                run_dir,
-                step,
-                {
-                    "kind": kind,
-                    "config": config_to_dict(config),
-                    "state": recipe.state_dict(),
-                    "rng": _rng_state(data_gen, noise_gen),
-                },
-                keep_last=train_cfg.keep_last,
-            )
-        )
-
-    for step in range(start_step, train_cfg.steps):
+    for step in range(summary.steps, train_cfg.steps):
         lr = set_lr(recipe, step, config)
-        index = torch.randint(0, images.shape[0], (train_cfg.batch_size,), generator=data_gen)
-        index = index.to(device)
-        metrics = recipe.train_step(images[index], labels[index], step, noise_gen)
+        index = torch.randint(
+            0, images.shape[0], (train_cfg.batch_size,), generator=generators.data
+        ).to(device)
+        metrics = recipe.train_step(images[index], labels[index], step, generators.noise)
         window.add({**metrics, "train/lr": lr})
         done = step + 1
-        if done % train_cfg.log_interval == 0 or done == train_cfg.steps:
+        last = done == train_cfg.steps
+        if done % train_cfg.log_interval == 0 or last:
             averaged = window.flush(
                 done, "train/images_per_second", train_cfg.batch_size, TrainingError
             )
             summary.last_metrics = averaged
-            _append_jsonl(metrics_path, {"step": done, **averaged})
-            if on_metrics is not None:
-                on_metrics(done, averaged)
+            hooks.metrics(done, averaged)
             if progress is not None:
                 progress(window.describe(kind, done, train_cfg.steps, averaged))
+        summary.stopped = not last and hooks.should_stop()
         interval = train_cfg.checkpoint_interval
-        if done == train_cfg.steps or (interval and done % interval == 0):
-            checkpoint(done)
+        if last or summary.stopped or (interval and done % interval == 0):
+            payload = {
+                "kind": kind,
+                "config": config_to_dict(config),
+                "state": recipe.state_dict(),
+                "rng": generators.state(),
+            }
+            path = store.save(done, payload)
+            summary.checkpoint = str(path)
+            hooks.checkpoint(done, path)
         sample_every = train_cfg.sample_interval
-        if done == train_cfg.steps or (sample_every and done % sample_every == 0):
-            summary.grid = str(write_grid(recipe, run_dir / "samples" / f"step_{done:06d}.png"))
+        if last or (sample_every and done % sample_every == 0):
+            grid = write_grid(recipe, run_dir / "samples" / f"step_{done:06d}.png")
+            summary.grid = str(grid)
+            hooks.artifact(done, grid)
         summary.steps = done
-
-    if eval_per_class:
-        summary.evaluation = evaluate(recipe, config, eval_per_class)
-        _append_jsonl(metrics_path, {"step": summary.steps, **summary.evaluation})
-        if on_metrics is not None:
-            on_metrics(summary.steps, summary.evaluation)
-    summary.seconds = time.perf_counter() - started
-    return summary
+        if summary.stopped:
+            return
 
 
 def load_recipe(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[Recipe, dict]:
@@ -224,6 +241,6 @@ def load_recipe(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[Re
         config = config_from_dict(kind, payload["config"], source=payload["path"])
     except (KeyError, ValueError) as error:
         raise CheckpointError(f"{payload['path']}: its config does not load: {error}") from None
-    recipe = make_recipe(config, pick_device(device))
+    recipe = make_recipe(config, pick_device(device, TrainingError))
     recipe.load_state_dict(payload["state"], weights_only=True)
     return recipe, payload

@@ -71,9 +71,8 @@ def test_user_errors_print_one_line_and_exit_2(raw, capsys):
     config.write_text(config.read_text().replace("quality", "{quality: {min_wrds: 3}}"))
     assert main(["data", "run", str(config)]) == 2
     assert capsys.readouterr().err == (
-        "error: stages[1].quality.min_wrds: unknown key; known keys: min_words, max_words, "
-        "min_mean_word_length, max_mean_word_length, max_symbol_word_ratio, max_bullet_line_fraction, "
-        "max_ellipsis_line_fraction, min_alpha_word_fraction, min_stop_words, stop_words\n"
+        "error: unknown key 'stages[1].quality.min_wrds' "
+        "(did you mean 'stages[1].quality.min_words'?)\n"
     )
     assert (
         main(

@@ -62,13 +62,21 @@ def test_json_config_and_default_stages(tmp_path):
     [
         (
             "stages: [normalize, {quality: {min_wrds: 3}}]",
-            r"stages\[1\]\.quality\.min_wrds: unknown key; known keys: min_words",
+            r"unknown key 'stages\[1\]\.quality\.min_wrds' "
+            r"\(did you mean 'stages\[1\]\.quality\.min_words'\?\)",
         ),
         (
             "stages: [normalize, {quality: {min_words: many}}]",
-            r"stages\[1\]\.quality\.min_words: expected an integer, got 'many'",
+            r"stages\[1\]\.quality\.min_words must be an integer, got 'many'",
         ),
-        ("stages: [normalise]", r"stages\[0\]: unknown stage 'normalise'; known stages: normalize"),
+        (
+            "stages: [normalise]",
+            r"stages\[0\]: unknown stage 'normalise' \(did you mean 'normalize'\?\)",
+        ),
+        (
+            "stages: [translate]",
+            r"stages\[0\]: unknown stage .translate. \(known stages: normalize",
+        ),
         ("stages: [near_dedup, pii]", r"stages\[1\]: 'pii' comes after 'near_dedup'"),
         (
             "stages: [{pii: {types: [EMAIL, SSN]}}]",
@@ -78,9 +86,10 @@ def test_json_config_and_default_stages(tmp_path):
             "inputs: [{path: a, format: xml}]",
             r"inputs\[0\]\.format: 'xml' is not one of auto, jsonl",
         ),
-        ("inputs: [{format: jsonl}]", r"inputs\[0\]\.path: required key is missing"),
+        ("inputs: [{format: jsonl}]", r"missing key 'inputs\[0\]\.path'"),
+        ("inputs: [{path: a, formt: jsonl}]", r"did you mean 'inputs\[0\]\.format'"),
         ("output: {shard_records: 0}", r"output\.shard_records: must be 1 or more"),
-        ("strict: maybe", r"strict: expected true or false"),
+        ("strict: maybe", r"strict must be true or false, got 'maybe'"),
         ("stages: [normalize, normalize]", r"stages\[1\]: stage 'normalize' appears twice"),
         ("inputs: [path: a\n  - b", r"not valid YAML"),
     ],

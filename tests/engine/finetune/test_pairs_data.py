@@ -10,17 +10,19 @@ import pytest
 from engine.cli import main as engine_main
 from engine.data.corpora import shakespeare_files
 from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer
-from engine.finetune.data import (
+from engine.finetune.pairs import (
     PairsError,
     check_fits,
     load_pairs_jsonl,
-    parse_play,
-    shakespeare_preference_pairs,
-    shakespeare_sft_pairs,
     split_pairs,
     write_pairs_jsonl,
 )
 from engine.finetune.sft import ChatTemplate
+from engine.finetune.shakespeare import (
+    parse_play,
+    shakespeare_preference_pairs,
+    shakespeare_sft_pairs,
+)
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

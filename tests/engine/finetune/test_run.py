@@ -11,11 +11,12 @@ import torch
 from engine.cli import main as engine_main
 from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer
 from engine.finetune.config import ConfigError, config_from_dict
-from engine.finetune.data import shakespeare_preference_pairs
 from engine.finetune.run import CHECKPOINTS, FinetuneError, run
+from engine.finetune.shakespeare import shakespeare_preference_pairs
 from engine.infer.loading import load_for_generation
 from engine.models.gpt import GPT, GPTConfig
 from engine.train.export import export_model
+from tests.engine.recording_callback import Recorder
 
 PAIRS = 48  # built-in Shakespeare pairs per run: a few batches, seconds of CPU
 
@@ -100,6 +101,22 @@ def test_resumed_run_matches_an_uninterrupted_one(base_dir, tmp_path):
 
     assert len(losses(tmp_path / "cut")) == 4
     assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "whole"), abs=1e-6)
+
+
+def test_should_stop_ends_at_a_checkpoint_without_outputs_and_resumes_exactly(base_dir, tmp_path):
+    run(make_config("lora", tmp_path / "whole", base_dir, train={"log_interval": 1}))
+    stopper = Recorder(stop_at=1)
+    cut = make_config("lora", tmp_path / "cut", base_dir, train={"log_interval": 1})
+    stopped = run(cut, callbacks=[stopper])
+    assert stopped.stopped and stopped.steps == 1 and stopper.checkpoint_steps == [1]
+    assert stopped.outputs == {} and not (tmp_path / "cut" / "model").exists()
+    resumed = run(cut, resume=True)
+    assert resumed.steps == 4 and not resumed.stopped and "model" in resumed.outputs
+
+    def losses(run_dir: Path) -> list[float]:
+        return [line["train/loss"] for line in metric_lines(run_dir) if "train/loss" in line]
+
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
 
 
 def test_reward_then_ppo(base_dir, tmp_path):

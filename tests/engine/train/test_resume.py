@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 from engine.train.trainer import Trainer
+from tests.engine.recording_callback import Recorder
 
 
 def test_resumed_run_reproduces_the_uninterrupted_losses(make_config, tmp_path):
@@ -33,3 +34,19 @@ def test_resume_without_a_checkpoint_says_so(make_config):
 
     with pytest.raises(TrainingError, match="no checkpoint"):
         Trainer(make_config("empty"), resume=True)
+
+
+def test_should_stop_ends_the_run_at_a_checkpoint_that_resumes_exactly(make_config):
+    uninterrupted = dict(Trainer(make_config("full")).fit().losses)
+
+    # log_interval 1: on_metrics sees every step; no checkpoint interval before step 8.
+    stopper = Recorder(stop_at=3)
+    stopped = make_config("stopped", checkpoint={"interval": 0})
+    summary = Trainer(stopped, callbacks=[stopper]).fit()
+    assert summary.stopped and summary.step == 3
+    assert stopper.checkpoint_steps == [3] and summary.checkpoint.name == "step_000003"
+
+    resumed = Trainer(make_config("stopped"), resume=True).fit()
+    assert not resumed.stopped and resumed.step == 8
+    for step, loss in resumed.losses:
+        assert loss == uninterrupted[step], step

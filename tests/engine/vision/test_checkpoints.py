@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.vision.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from engine.vision.checkpoint import CheckpointError, VisionCheckpoints, load_checkpoint
 from engine.vision.train import TrainingError, load_recipe, train
+from tests.engine.recording_callback import Recorder
 
 
 def _weights(path) -> dict:
@@ -43,7 +44,7 @@ def test_checkpoints_are_complete_files_and_old_ones_pruned(make_config):
     config = make_config("vae", train={"steps": 6, "checkpoint_interval": 1, "keep_last": 2})
     summary = train(config)
     folder = summary.checkpoint.rsplit("/", 1)[0]
-    steps = [step for step, _ in list_checkpoints(config.run_dir)]
+    steps = VisionCheckpoints(config.run_dir).steps()
     assert steps == [5, 6]
     assert not list(Path(folder).glob(".*tmp"))
     payload = load_checkpoint(config.run_dir)  # a run folder means its latest checkpoint
@@ -82,3 +83,30 @@ def test_unreadable_checkpoint_is_refused(tmp_path):
         load_recipe(tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match="holds no checkpoints"):
         load_recipe(tmp_path)
+
+
+def test_callbacks_hear_of_every_checkpoint_and_grid(make_config):
+    recorder = Recorder()
+    config = make_config("vae", train={"checkpoint_interval": 2, "sample_interval": 2})
+    train(config, callbacks=[recorder])
+    assert [(s, p.name) for s, p in recorder.checkpoints] == [
+        (2, "step_000002.pt"),
+        (4, "step_000004.pt"),
+    ]
+    assert [(s, p.name) for s, p in recorder.artifacts] == [
+        (2, "step_000002.png"),
+        (4, "step_000004.png"),
+    ]
+
+
+def test_should_stop_checkpoints_the_step_and_the_run_resumes_exactly(make_config):
+    whole = train(make_config("gan", "whole"))
+    recorder = Recorder(stop_at=1)
+    stopped = train(
+        make_config("gan", "split", train={"checkpoint_interval": 0}), callbacks=[recorder]
+    )
+    assert stopped.stopped and stopped.steps == 1
+    assert recorder.checkpoint_steps == [1]
+    resumed = train(make_config("gan", "split"), resume=True)
+    assert resumed.steps == 4 and not resumed.stopped
+    _assert_same_state(_weights(whole.checkpoint), _weights(resumed.checkpoint))

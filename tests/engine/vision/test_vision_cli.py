@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import struct
 import zlib
 
@@ -10,18 +9,13 @@ import pytest
 import yaml
 from vision_helpers import tiny_config_dict
 
-from engine.cli import EngineError
-from engine.vision import cli
+from engine.cli import EngineError, build_parser
+from engine.cli import main as engine_main
 
 
 def run(argv: list[str]) -> int:
-    """Build the parser as the engine CLI does (train group + top-level sample)."""
-    parser = argparse.ArgumentParser(prog="engine")
-    groups = parser.add_subparsers(dest="group")
-    train = groups.add_parser("train")
-    cli.register_train(train.add_subparsers(dest="command"))
-    cli.register(groups)
-    args = parser.parse_args(argv)
+    """The engine's own parser (``python -m engine``); errors raise instead of printing."""
+    args = build_parser(argv).parse_args(argv)
     return args.func(args)
 
 
@@ -147,12 +141,12 @@ def test_diffusion_options_on_a_gan_are_refused(trained_run, tmp_path):
 
 
 def test_main_prints_error_and_exits_2(tmp_path, capsys):
-    code = cli.main(["train", "vae", str(tmp_path / "missing.yaml")])
+    code = engine_main(["train", "vae", str(tmp_path / "missing.yaml")])
     assert code == 2
     assert capsys.readouterr().err.startswith("error: ")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  batchsize: 3\n")
-    assert cli.main(["train", "vae", str(bad)]) == 2
+    assert engine_main(["train", "vae", str(bad)]) == 2
     assert (
         "unknown key 'train.batchsize' (did you mean 'train.batch_size'?)"
         in capsys.readouterr().err

@@ -1,20 +1,38 @@
-"""Per-step metrics averaged over a logging window, checked for NaN, shown as one line.
+"""Metrics of a run: ``metrics.jsonl`` as a callback, and the window that averages steps.
 
-    window = MetricsWindow()
-    window.add({"train/loss": 2.1, "train/grad_norm": 0.3})     # every step
-    averaged = window.flush(step, "train/steps_per_second", per_step=1)   # every log_interval
-    progress(window.describe("lora", step, total, averaged))
+callbacks.append(JsonlMetrics(run_dir / "metrics.jsonl"))   # one {"step", ...} a line
 
-Shared by the image-generator and post-training loops (the pre-trainer has callbacks).
+window = MetricsWindow()
+window.add({"train/loss": 2.1, "train/grad_norm": 0.3})     # every step
+averaged = window.flush(step, "train/steps_per_second", per_step=1)   # every log_interval
+progress(window.describe("lora", step, total, averaged))
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
+
+from engine.loop.callbacks import Callback
+
+
+class JsonlMetrics(Callback):
+    """Append every metrics record to ``path`` (one JSON object a line, ``step`` first)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
 
 
 class MetricsWindow:
+    """Per-step metrics averaged over a logging window, checked for NaN, shown as one line."""
+
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = {}
         self.started = time.perf_counter()
