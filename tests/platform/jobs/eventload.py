@@ -105,9 +105,11 @@ class EventSender:
         self.connection = self.app.connection_for_write(broker_url)
 
     def send(self, event: JobEvent) -> None:
+        # Stamped now, as a worker stamps an event when it emits it (lag is measured from it).
+        message = {**event.to_dict(), "time": time.time()}
         self.app.send_task(
             APPLY_EVENT_TASK,
-            args=[event.to_dict()],
+            args=[message],
             queue=CONTROL_QUEUE,
             connection=self.connection,
         )
