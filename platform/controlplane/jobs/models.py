@@ -162,6 +162,9 @@ class JobEventStream(models.Model):
     # Set when the attempt's outputs were taken from its completion record in the store:
     # every artifact/checkpoint is then applied even if other events (metrics) are missing.
     outputs_reconciled_at = models.DateTimeField(null=True, blank=True)
+    # The seq of a `finished` that arrived before the events ahead of it: the attempt has
+    # at least this many events, so events lost just before the finish are a gap too.
+    waiting_finish_seq = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -173,15 +176,20 @@ class JobEventStream(models.Model):
         return f"job {self.job_id} attempt {self.attempt}: {self.applied_count} events"
 
     @property
+    def expected_count(self) -> int:
+        """Events the attempt has at least: up to the highest seq seen (or a waiting finish)."""
+        return max(self.max_seq + 1, self.waiting_finish_seq or 0)
+
+    @property
     def has_gap(self) -> bool:
-        return self.applied_count < self.max_seq + 1
+        return self.applied_count < self.expected_count
 
     def missing_seqs(self, *, below: int | None = None, limit: int = 1000) -> list[int]:
-        """The seqs below `max_seq` (or `below`, when higher) not applied yet.
+        """The seqs below `expected_count` (or `below`, when higher) not applied yet.
 
         One query, and only when something is missing.
         """
-        end = max(self.max_seq + 1, below or 0)
+        end = max(self.expected_count, below or 0)
         if self.applied_count >= end:
             return []
         applied = set(

@@ -29,6 +29,7 @@ from controlplane.jobs.services import (
     job_apply_event,
     job_reconcile_outputs,
     jobs_reap_expired,
+    stream_note_waiting_finish,
 )
 from workers.protocol import APPLY_EVENT_TASK, CONTROL_QUEUE, JobEvent, ProtocolError
 
@@ -113,6 +114,8 @@ def _retry_transient(task, event: dict, error: Exception) -> bool:
 def _wait_for_earlier_events(task, event: dict, parsed: JobEvent, waiting: EventNotReady) -> bool:
     retries = task.request.retries
     try:
+        if retries == 0:
+            stream_note_waiting_finish(job_id=parsed.job_id, attempt=parsed.attempt, seq=parsed.seq)
         if retries >= RECONCILE_AFTER_RETRIES and job_reconcile_outputs(
             job_id=parsed.job_id, attempt=parsed.attempt
         ):

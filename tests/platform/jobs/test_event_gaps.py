@@ -132,6 +132,26 @@ def test_a_finished_that_overtook_an_artifact_is_retried_until_the_artifact_is_a
     assert job.state == "succeeded" and job.artifacts.get().name == "report.json"
 
 
+def test_events_lost_just_before_a_finish_are_a_gap_and_asked_for_again(job, retries, settings):
+    from controlplane.jobs.services import events_request_resends
+    from controlplane.storage import object_store
+
+    settings.EVENT_GAP_GRACE_SECONDS = 5
+    _apply(_event(job, 0, EventType.STARTED), _event(job, 1, EventType.HEARTBEAT))
+    finished = _event(job, 4, EventType.FINISHED, result={})  # 2 and 3 never arrived
+    with pytest.raises(retries.error):
+        _run_as_retry(0, finished)
+    stream = _stream(job)
+    assert stream.has_gap and stream.missing_seqs() == [2, 3]
+    assert events_request_resends(now=timezone.now() + timedelta(seconds=6)) == [(job.pk, 1)]
+    (request,) = list(object_store().list(resend_request_prefix(job.pk, 1)))
+    assert json.loads(object_store().get_bytes(request.key)) == {"seqs": [2, 3]}
+
+    _apply(_artifact(job, 2, "model.bin"), _event(job, 3, EventType.LOG, message="re-sent"))
+    assert _run_as_retry(1, finished) is True
+    assert not _stream(job).has_gap
+
+
 def _write_completion_record(job, finished: JobEvent, outputs: list[JobEvent]) -> None:
     from controlplane.storage import object_store
 

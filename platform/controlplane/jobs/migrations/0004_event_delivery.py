@@ -90,6 +90,7 @@ class Migration(migrations.Migration):
                 ("resend_requested_at", models.DateTimeField(blank=True, null=True)),
                 ("resend_requests", models.PositiveIntegerField(default=0)),
                 ("outputs_reconciled_at", models.DateTimeField(blank=True, null=True)),
+                ("waiting_finish_seq", models.PositiveIntegerField(blank=True, null=True)),
                 (
                     "job",
                     models.ForeignKey(

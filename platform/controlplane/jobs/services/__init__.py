@@ -27,7 +27,11 @@ from controlplane.jobs.services.delivery import (
     events_request_resends,
     job_reconcile_outputs,
 )
-from controlplane.jobs.services.events import EventNotReady, job_apply_event
+from controlplane.jobs.services.events import (
+    EventNotReady,
+    job_apply_event,
+    stream_note_waiting_finish,
+)
 from controlplane.jobs.services.lifecycle import (
     RESUMABLE_KINDS,
     JobError,
@@ -49,5 +53,6 @@ __all__ = [
     "job_cancel",
     "job_create",
     "jobs_reap_expired",
+    "stream_note_waiting_finish",
     "job_resume",
 ]

@@ -103,6 +103,22 @@ def job_apply_event(event: JobEvent) -> bool:
     return True
 
 
+def stream_note_waiting_finish(*, job_id: int, attempt: int, seq: int) -> None:
+    """Remember a `finished` that has to wait: the events before it are then a visible gap
+    (and asked for again by the reaper) even when they were the attempt's last ones."""
+    with transaction.atomic():
+        job = lock_job(job_id)  # the lock order: job row first
+        if job is None or job.attempt != attempt:
+            return
+        stream = stream_of(job, attempt)
+        if stream.waiting_finish_seq == seq:
+            return
+        stream.waiting_finish_seq = seq
+        if stream.has_gap and stream.gap_since is None:
+            stream.gap_since = timezone.now()
+        stream.save(update_fields=["waiting_finish_seq", "gap_since"])
+
+
 def _already_applied(stream: JobEventStream, seq: int) -> bool:
     """From the stream alone in the common cases; a query only below a gap.
 
