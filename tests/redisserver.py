@@ -5,9 +5,11 @@
     redis.stop()                               # an outage: connections are refused
     redis.start()                              # back, on the same port, empty
     redis.stop()
+    PrivateRedis(tmp_path, persistent=True)    # AOF, fsync always: a restart keeps the data
 
 Never the machine's shared Redis: stopping that one would break everyone's tests.
-Nothing is persisted, so a restart comes back empty, like a Redis without AOF.
+By default nothing is persisted, so a restart comes back empty, like a Redis without AOF;
+`persistent=True` keeps what was accepted before a stop, like a production broker.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,7 +32,7 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, persistent: bool = False):
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed")
@@ -36,6 +40,7 @@ class PrivateRedis:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.persistent = persistent
         self.process: subprocess.Popen | None = None
 
     @property
@@ -53,8 +58,11 @@ class PrivateRedis:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *(
+                    ("--appendonly", "yes", "--appendfsync", "always")
+                    if self.persistent
+                    else ("--appendonly", "no")
+                ),
                 "--dir",
                 str(self.folder),
             ],
@@ -84,6 +92,11 @@ class PrivateRedis:
             self.process.wait(10)
         self.process = None
 
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
 
 @pytest.fixture
 def private_redis(tmp_path):
@@ -91,3 +104,15 @@ def private_redis(tmp_path):
     server = PrivateRedis(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+def start_redis_server(timeout: float = 10.0) -> tuple[str, Callable[[], None]]:
+    """`url, stop = start_redis_server()`: a PrivateRedis in a folder of its own, for tests
+    that need only a server to flood or stop once."""
+    redis = PrivateRedis(Path(tempfile.mkdtemp(prefix="private-redis-"))).start(timeout)
+
+    def stop() -> None:
+        redis.stop()
+        shutil.rmtree(redis.folder, ignore_errors=True)
+
+    return redis.url, stop

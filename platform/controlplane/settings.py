@@ -40,6 +40,18 @@ try:
     # failed send after 1, 2, 4 ... seconds, at most DISPATCH_RETRY_MAX_SECONDS apart.
     DISPATCH_OUTBOX_INTERVAL_SECONDS = env.env_int("DISPATCH_OUTBOX_INTERVAL_SECONDS", 2, minimum=1)
     DISPATCH_RETRY_MAX_SECONDS = env.env_int("DISPATCH_RETRY_MAX_SECONDS", 10, minimum=1)
+    # The event path (jobs/tasks.py): retries of an event on database errors before it is
+    # parked as a dead letter (backoff 0.5 s doubling to 10 s: ~3 min of outage), how
+    # long a `finished` waits for the events before it, and how long a gap may last
+    # before the worker is asked to re-send (shorter gaps are out-of-order delivery).
+    EVENT_MAX_RETRIES = env.env_int("EVENT_MAX_RETRIES", 20, minimum=0)
+    EVENT_FINISH_WAIT_SECONDS = env.env_int("EVENT_FINISH_WAIT_SECONDS", 60, minimum=1)
+    EVENT_GAP_GRACE_SECONDS = env.env_int("EVENT_GAP_GRACE_SECONDS", 5, minimum=1)
+    # Redis: how soon the unacked events of a crashed control worker are delivered again
+    # (see "Event delivery" in docs/architecture.md).
+    CONTROL_VISIBILITY_TIMEOUT_SECONDS = env.env_int(
+        "CONTROL_VISIBILITY_TIMEOUT_SECONDS", 30, minimum=5
+    )
     API_THROTTLE_USER = env.env_str("API_THROTTLE_USER", "2000/min")
     API_THROTTLE_ANON = env.env_str("API_THROTTLE_ANON", "60/min")
     # How long a POST's Idempotency-Key is remembered (its response replayed to retries).
@@ -128,7 +140,15 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+# Health checks: a connection kept across requests that died with a database restart is
+# replaced before use, instead of failing the first request after the restart with a 500.
+DATABASES = {
+    "default": dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database that does not answer fails a connection in seconds (then retried by the
+    # control worker / answered 503-style), rather than hanging a process.
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Web process and control worker write concurrently: wait for the lock, don't fail.
@@ -265,6 +285,28 @@ if not DEBUG:
 
 # Celery (platform side: dispatches JobSpecs, consumes JobEvents on the `control` queue).
 CELERY = env.celery_settings()
+# The control worker applies short, idempotent tasks acknowledged late (jobs/tasks.py):
+# - prefetch 1: a process holds at most one unacked event besides the one it applies, so
+#   a crash strands as few as possible;
+# - Redis: a short visibility timeout brings a crashed worker's unacked events back in
+#   seconds, swept every 2 s. Kombu's restore sweep returns *every* message of its
+#   unacked index older than its timeout, so the control side keeps its own index keys:
+#   the cpu/gpu workers' reserved job messages (an hour's timeout) are never swept by it.
+CELERY["worker_prefetch_multiplier"] = 1
+# Reuse a worker process's database connection across tasks (Celery's Django fixup
+# otherwise opens one per event); the task drops a connection that broke.
+CELERY["CELERY_DB_REUSE_MAX"] = 500
+if CELERY["broker_url"].startswith(("redis://", "rediss://")):
+    CELERY["broker_transport_options"] = {
+        **CELERY.get("broker_transport_options", {}),
+        "visibility_timeout": CONTROL_VISIBILITY_TIMEOUT_SECONDS,
+        "unacked_key": "unacked:control",
+        "unacked_index_key": "unacked_index:control",
+        "unacked_mutex_key": "unacked_mutex:control",
+        "unacked_mutex_expire": 30,
+        "unacked_restore_interval": 2,
+        "unacked_restore_throttle": 1,
+    }
 if CELERY["broker_url"].startswith(("redis://", "rediss://")):
     # A broker host that drops packets must not hold a request (or the outbox) for the
     # operating system's connect timeout of minutes; a refused connect fails at once anyway.

@@ -14,7 +14,7 @@ import time
 import pytest
 from celery import Celery
 
-from tests.workers.redisserver import RedisServer
+from tests.redisserver import PrivateRedis
 from workers.events import BufferedSink, ControlQueueSink, ListSink
 from workers.protocol import CONTROL_QUEUE, EventType, JobEvent, JobKind, JobSpec
 from workers.runtime import run_attempt
@@ -81,7 +81,7 @@ def test_a_full_buffer_drops_resendable_events_never_published_ones():
     sink.stop()
 
 
-def _control_queue(server: RedisServer) -> list[dict]:
+def _control_queue(server: PrivateRedis) -> list[dict]:
     """The apply_event messages in the order a consumer would take them (LPUSH / BRPOP)."""
     raw = server.client().lrange(CONTROL_QUEUE, 0, -1)
     events = []
@@ -96,7 +96,7 @@ def _control_queue(server: RedisServer) -> list[dict]:
 def test_a_job_rides_out_a_20_second_broker_outage(tmp_path, local_store, monkeypatch):
     # Celery prefers CELERY_BROKER_URL from the environment to the app's own setting.
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    server = RedisServer(tmp_path / "redis")
+    server = PrivateRedis(tmp_path / "redis", persistent=True)
     server.start()
     app = Celery("outage-test")
     app.conf.update(

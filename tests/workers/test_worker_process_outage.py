@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tests.workers.redisserver import RedisServer
+from tests.redisserver import PrivateRedis
 from tests.workers.test_broker_outage import _control_queue
 from workers.protocol import RUN_JOB_TASK
 
@@ -77,7 +77,7 @@ def test_a_worker_process_keeps_its_job_through_a_broker_outage(tmp_path, monkey
     from workers.storage import LocalObjectStore
 
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery would prefer it
-    server = RedisServer(tmp_path / "redis")
+    server = PrivateRedis(tmp_path / "redis", persistent=True)
     server.start()
     store = LocalObjectStore(
         tmp_path / "objects", "controlplane", public_base_url="http://x", signing_key="k"

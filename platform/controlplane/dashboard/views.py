@@ -28,7 +28,13 @@ from controlplane.health import liveness_report, readiness_report
 from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import Job, JobState
 from controlplane.jobs.posttrain import has_model
-from controlplane.jobs.selectors import checkpoints_with_losses, job_charts, job_log_tail, jobs_for
+from controlplane.jobs.selectors import (
+    checkpoints_with_losses,
+    job_charts,
+    job_event_health,
+    job_log_tail,
+    jobs_for,
+)
 from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
 from controlplane.projects.permissions import Action
 from controlplane.projects.selectors import members_of, project_list_for
@@ -190,6 +196,7 @@ def job_detail(request, project, job_id: int):
         .order_by("-name")
         .first(),
         "checkpoints": checkpoints_with_losses(job),
+        "event_health": job_event_health(job),
         "charts": job_charts(job),
         "result_hidden": ("records", "samples", "files", "report", "preview"),
     }

@@ -1,6 +1,14 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from controlplane.jobs.models import Job, JobArtifact, JobDispatch, JobEventRecord, JobMetric
+from controlplane.jobs.models import (
+    DeadLetterEvent,
+    Job,
+    JobArtifact,
+    JobDispatch,
+    JobEventRecord,
+    JobEventStream,
+    JobMetric,
+)
 
 
 class ArtifactInline(admin.TabularInline):
@@ -72,3 +80,54 @@ class JobDispatchAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+
+@admin.register(JobEventStream)
+class JobEventStreamAdmin(admin.ModelAdmin):
+    list_display = [
+        "job",
+        "attempt",
+        "applied_count",
+        "max_seq",
+        "gap_since",
+        "resend_requests",
+        "outputs_reconciled_at",
+    ]
+    list_filter = [("gap_since", admin.EmptyFieldListFilter)]
+    readonly_fields = [field.name for field in JobEventStream._meta.fields]
+
+
+@admin.register(DeadLetterEvent)
+class DeadLetterEventAdmin(admin.ModelAdmin):
+    """Events the control worker could not apply: read the error, fix the cause, apply again."""
+
+    list_display = [
+        "id",
+        "job",
+        "attempt",
+        "seq",
+        "error",
+        "attempts",
+        "last_seen_at",
+        "resolved_at",
+    ]
+    list_filter = [("resolved_at", admin.EmptyFieldListFilter)]
+    search_fields = ["job__id", "error"]
+    readonly_fields = [field.name for field in DeadLetterEvent._meta.fields]
+    actions = ["apply_again"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # only the control worker parks events
+
+    @admin.action(description="Apply the selected events again")
+    def apply_again(self, request, queryset):
+        from controlplane.jobs.services import dead_letter_reapply
+
+        done = 0
+        for letter in queryset.filter(resolved_at__isnull=True).select_related("job__project"):
+            try:
+                dead_letter_reapply(letter=letter, actor=request.user)
+                done += 1
+            except Exception as error:  # noqa: BLE001 - shown to the admin, the letter stays
+                self.message_user(request, f"#{letter.pk}: {error}", messages.ERROR)
+        self.message_user(request, f"{done} event(s) applied again")

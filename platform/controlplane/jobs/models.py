@@ -183,3 +183,93 @@ class JobDispatch(models.Model):
 
     def __str__(self) -> str:
         return f"dispatch of job {self.job_id} attempt {self.attempt} ({self.state})"
+
+
+class JobEventStream(models.Model):
+    """What the platform applied of one attempt's event sequence: the gap detector.
+
+    Workers number an attempt's events 0, 1, 2 ... without holes, so the attempt is
+    complete up to `max_seq` exactly when `applied_count == max_seq + 1`; anything less is
+    a gap (an event lost or still in flight). Updated with every applied event, under the
+    job's row lock, so it never disagrees with JobEventRecord.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="event_streams")
+    attempt = models.PositiveIntegerField()
+    max_seq = models.IntegerField(default=-1)  # -1: nothing applied yet
+    applied_count = models.PositiveIntegerField(default=0)
+    # When the current gap was first seen (None: no gap); a gap older than a few seconds
+    # is not just out-of-order delivery, and the reaper asks the worker to re-send.
+    gap_since = models.DateTimeField(null=True, blank=True)
+    resend_requested_at = models.DateTimeField(null=True, blank=True)
+    resend_requests = models.PositiveIntegerField(default=0)
+    # Set when the attempt's outputs were taken from its completion record in the store:
+    # every artifact/checkpoint is then applied even if other events (metrics) are missing.
+    outputs_reconciled_at = models.DateTimeField(null=True, blank=True)
+    # The seq of a `finished` that arrived before the events ahead of it: the attempt has
+    # at least this many events, so events lost just before the finish are a gap too.
+    waiting_finish_seq = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt"], name="one_stream_per_attempt")
+        ]
+        ordering = ["job_id", "attempt"]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} attempt {self.attempt}: {self.applied_count} events"
+
+    @property
+    def expected_count(self) -> int:
+        """Events the attempt has at least: up to the highest seq seen (or a waiting finish)."""
+        return max(self.max_seq + 1, self.waiting_finish_seq or 0)
+
+    @property
+    def has_gap(self) -> bool:
+        return self.applied_count < self.expected_count
+
+    def missing_seqs(self, *, below: int | None = None, limit: int = 1000) -> list[int]:
+        """The seqs below `expected_count` (or `below`, when higher) not applied yet.
+
+        One query, and only when something is missing.
+        """
+        end = max(self.expected_count, below or 0)
+        if self.applied_count >= end:
+            return []
+        applied = set(
+            JobEventRecord.objects.filter(
+                job_id=self.job_id, attempt=self.attempt, seq__lt=end
+            ).values_list("seq", flat=True)
+        )
+        return [seq for seq in range(end) if seq not in applied][:limit]
+
+
+class DeadLetterEvent(models.Model):
+    """A worker event that could not be applied: parked here, never dropped silently.
+
+    Poison events (a non-transient error, or retries exhausted) land here with their error;
+    the job page and the admin list them, and the admin can apply them again once the
+    cause is fixed. Parking is idempotent per (job, attempt, seq): a redelivered poison
+    event bumps `attempts` and `last_seen_at`.
+    """
+
+    job = models.ForeignKey(
+        Job, null=True, blank=True, on_delete=models.CASCADE, related_name="dead_letters"
+    )
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    seq = models.PositiveIntegerField(null=True, blank=True)
+    event = models.JSONField()  # the message as received, to apply again
+    error = models.TextField()
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(auto_now=True)
+    attempts = models.PositiveIntegerField(default=1)  # deliveries that failed
+    resolved_at = models.DateTimeField(null=True, blank=True)  # applied later (admin action)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt", "seq"], name="park_event_once")
+        ]
+        ordering = ["-last_seen_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"dead letter: job {self.job_id} attempt {self.attempt} event #{self.seq}"

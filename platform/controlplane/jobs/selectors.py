@@ -137,3 +137,22 @@ def checkpoints_with_losses(job: Job) -> list[dict]:
         }
         for c in checkpoints
     ]
+
+
+def job_event_health(job: Job) -> dict:
+    """What the job page shows of its event path: the current attempt's applied count and
+    highest seq, the seqs still missing (a gap), resend requests, and parked events.
+
+    Two small queries in the usual case (no gap, no dead letter).
+    """
+    from controlplane.jobs.models import DeadLetterEvent, JobEventStream
+
+    stream = JobEventStream.objects.filter(job=job, attempt=job.attempt).first()
+    dead_letters = list(
+        DeadLetterEvent.objects.filter(job=job, resolved_at__isnull=True).order_by("attempt", "seq")
+    )
+    return {
+        "stream": stream,
+        "missing": stream.missing_seqs(limit=50) if stream is not None else [],
+        "dead_letters": dead_letters,
+    }

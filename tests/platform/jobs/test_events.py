@@ -77,11 +77,16 @@ def test_events_of_a_superseded_attempt_are_ignored(job):
     assert job.state == "queued"
 
 
-def test_a_late_start_cannot_reopen_a_finished_job(job):
-    from controlplane.jobs.services import job_apply_event
+def test_a_finished_event_waits_for_the_events_before_it(job):
+    from controlplane.jobs.services import EventNotReady, job_apply_event
 
-    job_apply_event(_event(job, 1, EventType.FINISHED, result={}))
+    with pytest.raises(EventNotReady) as waiting:
+        job_apply_event(_event(job, 1, EventType.FINISHED, result={}))
+    assert waiting.value.missing == [0]
+    job.refresh_from_db()
+    assert job.state == "queued"
     job_apply_event(_event(job, 0, EventType.STARTED))
+    assert job_apply_event(_event(job, 1, EventType.FINISHED, result={})) is True
     job.refresh_from_db()
     assert job.state == "succeeded"
 
@@ -136,13 +141,16 @@ def test_heartbeat_extends_the_lease(job):
     assert job.lease_expires_at > timezone.now() + timedelta(seconds=30)
 
 
-def test_cancel_of_a_queued_job_is_immediate_and_of_a_finished_one_a_conflict(job, team, api):
+def test_cancel_of_a_queued_job_is_immediate_and_of_a_finished_one_a_conflict(
+    job, team, api, django_capture_on_commit_callbacks
+):
     from controlplane.storage import object_store
     from workers.protocol import cancel_marker_key
 
     client = api(team.engineer)
     url = f"/api/v1/projects/{team.project.pk}/jobs/{job.pk}/cancel/"
-    assert client.post(url).json()["state"] == "cancelled"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(url).json()["state"] == "cancelled"
     assert object_store().exists(cancel_marker_key(job.pk))
     response = client.post(url)
     assert (

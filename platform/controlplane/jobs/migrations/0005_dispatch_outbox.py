@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("jobs", "0003_metric_series_covering_index")]
+    dependencies = [("jobs", "0004_event_delivery")]
 
     operations = [
         migrations.CreateModel(

@@ -124,14 +124,17 @@ def job_resume(*, job: Job, checkpoint: JobArtifact, actor: User) -> Job:
 @transaction.atomic
 def job_cancel(*, job: Job, actor: User) -> Job:
     """Cooperative cancel: a queued job stops at once, a running one at its next check."""
-    job = Job.objects.select_for_update().get(pk=job.pk)
+    job = Job.objects.select_for_update().get(pk=job.pk)  # job row first, then the audit chain
     if job.is_terminal:
         raise JobError(f"job {job.pk} already {job.state}; nothing to cancel", status=409)
     now = timezone.now()
     if job.cancel_requested_at is None:
         job.cancel_requested_at = now
-    # The marker tells the worker (which holds no database credentials) to stop.
-    put_marker(cancel_marker_key(job.pk), f"cancel requested by user {actor.pk}")
+    # The marker tells the worker (which holds no database credentials) to stop. Written
+    # after commit, so a cancel that rolls back leaves no marker behind; if the store
+    # fails then, the reaper writes it again (robust: the committed cancel still answers).
+    marker_text = f"cancel requested by user {actor.pk}"
+    transaction.on_commit(lambda: put_marker(cancel_marker_key(job.pk), marker_text), robust=True)
     if job.state == JobState.QUEUED:
         job.state = JobState.CANCELLED
         job.finished_at = now

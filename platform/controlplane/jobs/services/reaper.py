@@ -1,4 +1,8 @@
-"""The reaper: jobs whose worker was lost are re-dispatched from their last checkpoint."""
+"""The reaper: jobs whose worker was lost are re-dispatched from their last checkpoint.
+
+One pass (beat, every REAPER_INTERVAL_SECONDS) also asks workers to re-send the events of
+lasting gaps and writes again the cancel markers whose post-commit write failed.
+"""
 
 from __future__ import annotations
 
@@ -7,86 +11,107 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.audit.services import audit_append
-from controlplane.jobs.models import (
-    ArtifactKind,
-    Job,
-    JobState,
+from controlplane.jobs.models import Job, JobState
+from controlplane.jobs.services.attempts import requeue_next_attempt
+from controlplane.jobs.services.delivery import (
+    CompletionRecordUnreadable,
+    events_request_resends,
+    job_reconcile_outputs,
 )
-from controlplane.jobs.services.lifecycle import dispatch_after_commit, put_marker
-from workers.protocol import superseded_marker_key
+from controlplane.jobs.services.lifecycle import put_marker
+from controlplane.storage import object_store
+from workers.protocol import cancel_marker_key, superseded_marker_key
+from workers.storage import StorageError
 
 log = logging.getLogger(__name__)
 
 
-def _latest_checkpoint(job: Job) -> str:
-    checkpoint = job.artifacts.filter(kind=ArtifactKind.CHECKPOINT).order_by("-step", "-id").first()
-    return checkpoint.object_key if checkpoint else ""
+def _expired(now: datetime) -> Q:
+    queued_before = now - timedelta(seconds=settings.JOB_QUEUE_TIMEOUT_SECONDS)
+    return Q(state=JobState.RUNNING, lease_expires_at__lt=now) | Q(
+        state=JobState.QUEUED, dispatched_at__lt=queued_before
+    )
 
 
-@transaction.atomic
 def jobs_reap_expired(*, now: datetime | None = None) -> list[int]:
     """Re-dispatch running jobs whose lease ran out (their worker died or hung), and queued
     jobs no worker picked up within JOB_QUEUE_TIMEOUT_SECONDS (a worker took the message
-    and died before it could report, or the message was lost).
+    and died before it could report, or the message was lost). Returns the re-dispatched.
 
-    The new attempt resumes from the job's last checkpoint. The superseded marker makes
-    a worker that is still alive stop the old attempt, and a stale message of it do nothing
-    when it is finally delivered; after JOB_MAX_ATTEMPTS the job fails.
+    A running attempt whose completion record is in the store did finish (its `finished`
+    event was lost): it is finished from the record, never re-run. Otherwise the new
+    attempt resumes from the job's last checkpoint; the superseded marker makes a worker
+    that is still alive stop the old attempt, and a stale message of it do nothing when it
+    is finally delivered; after JOB_MAX_ATTEMPTS the job fails.
     """
     now = now or timezone.now()
-    queued_before = now - timedelta(seconds=settings.JOB_QUEUE_TIMEOUT_SECONDS)
-    expired = (
-        Job.objects.select_for_update(skip_locked=True)
-        .select_related("project")
-        .filter(
-            Q(state=JobState.RUNNING, lease_expires_at__lt=now)
-            | Q(state=JobState.QUEUED, dispatched_at__lt=queued_before)
-        )
-    )
+    candidates = list(Job.objects.filter(_expired(now)).values_list("pk", flat=True)[:500])
     reaped = []
-    for job in expired:
-        old_attempt = job.attempt
-        reason = "lease expired" if job.state == JobState.RUNNING else "not picked up by a worker"
-        put_marker(superseded_marker_key(job.pk, old_attempt), reason)
-        if old_attempt >= settings.JOB_MAX_ATTEMPTS:
-            Job.objects.filter(pk=job.pk).update(
-                state=JobState.FAILED,
-                finished_at=now,
-                lease_expires_at=None,
-                error=f"worker lost {old_attempt} times ({reason}); giving up",
-            )
-            audit_append(
-                project=job.project,
-                actor=None,
-                action="job.failed",
-                artifact=job,
-                payload={"attempt": old_attempt, "reason": f"{reason}, attempts exhausted"},
-            )
-            continue
-        checkpoint = _latest_checkpoint(job)
+    for job_id in candidates:
+        try:
+            if _reap_one(job_id, now):
+                reaped.append(job_id)
+        except Exception:  # noqa: BLE001 - one bad job must not stop the pass for the others
+            log.exception("reaping job %s failed; tried again next pass", job_id)
+    events_request_resends(now=now)
+    _rewrite_missing_cancel_markers()
+    return reaped
+
+
+@transaction.atomic
+def _reap_one(job_id: int, now: datetime) -> bool:
+    # Job row first (the one lock order); skip_locked: an event being applied to it right
+    # now proves it is alive, and the next pass looks again.
+    job = (
+        Job.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("project")
+        .filter(_expired(now), pk=job_id)
+        .first()
+    )
+    if job is None:
+        return False
+    old_attempt = job.attempt
+    if job.state == JobState.RUNNING:
+        try:
+            if job_reconcile_outputs(job_id=job.pk, attempt=old_attempt, finish=True):
+                return False
+        except CompletionRecordUnreadable as error:
+            # Whether it finished is unknown: declaring it lost could re-run a success.
+            log.warning("job %s not reaped: completion record unreadable (%s)", job_id, error)
+            return False
+    reason = "lease expired" if job.state == JobState.RUNNING else "not picked up by a worker"
+    put_marker(superseded_marker_key(job.pk, old_attempt), reason)
+    if old_attempt >= settings.JOB_MAX_ATTEMPTS:
         Job.objects.filter(pk=job.pk).update(
-            state=JobState.QUEUED,
-            attempt=F("attempt") + 1,
+            state=JobState.FAILED,
+            finished_at=now,
             lease_expires_at=None,
-            dispatched_at=now,
-            worker="",
-            resume_checkpoint=checkpoint,
+            error=f"worker lost {old_attempt} times ({reason}); giving up",
         )
         audit_append(
             project=job.project,
             actor=None,
-            action="job.redispatched",
+            action="job.failed",
             artifact=job,
-            payload={
-                "attempt": old_attempt + 1,
-                "reason": reason,
-                "resume_checkpoint": checkpoint,
-            },
+            payload={"attempt": old_attempt, "reason": f"{reason}, attempts exhausted"},
         )
-        dispatch_after_commit(job)
-        reaped.append(job.pk)
-    return reaped
+        return False
+    requeue_next_attempt(job, now=now, action="job.redispatched", reason=reason)
+    return True
+
+
+def _rewrite_missing_cancel_markers() -> None:
+    """job_cancel writes its marker after commit; a store blip then must not lose it."""
+    cancelling = Job.objects.filter(
+        cancel_requested_at__isnull=False, state__in=[JobState.QUEUED, JobState.RUNNING]
+    ).values_list("pk", flat=True)[:500]
+    for job_id in cancelling:
+        try:
+            if not object_store().exists(cancel_marker_key(job_id)):
+                put_marker(cancel_marker_key(job_id), "cancel requested (marker written again)")
+        except StorageError as error:
+            log.warning("cancel marker of job %s not written: %s", job_id, error)

@@ -1,0 +1,233 @@
+"""Event application: throughput of one control worker with 2 processes, and lag under load.
+
+    .venv/bin/python bench/bench_events.py            # 3,000-event backlog; 8 s at 1,000/s
+    .venv/bin/python bench/bench_events.py --quick    # 1,000-event backlog; 4 s at 1,000/s
+
+Everything real: a scratch PostgreSQL database (migrated), a private `redis-server` on a
+free port, and `celery -A controlplane.celery_app worker -Q control --pool prefork -c 2`.
+Real jobs (created through `job_create`) receive synthetic worker events (started,
+metrics with two values, heartbeats, checkpoints; tests/platform/jobs/eventload.py)
+published on the control queue exactly as a worker's sink publishes them, each stamped
+with its send time as a worker stamps its emit time.
+
+1. Throughput: a backlog is queued before the worker starts; events/s is measured from
+   the first to the last `applied_at` (worker start-up excluded).
+2. Lag (applied_at - emitted_at per event; p50/p95/max) at half the measured throughput,
+   then at 1,000 events/s offered (two sender threads). When the offered rate is above
+   the throughput the queue grows and the lag with it: the figures say so, with how many
+   events were applied within the wait.
+Bounded (about a minute): each phase waits at most 8-15 s for the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "platform"), str(ROOT), str(ROOT / "bench")]
+
+from bench_api import PG, psql  # noqa: E402
+
+DB_NAME = "controlplane_bench_events"
+N_JOBS = 8
+
+
+def setup_django(data_dir: Path) -> None:
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="controlplane.settings",
+        DATABASE_URL=f"{PG}/{DB_NAME}",
+        CONTROLPLANE_DATA_DIR=str(data_dir),
+        OBJECT_STORE_ROOT=str(data_dir / "objects"),
+    )
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+
+
+def make_jobs(count: int, steps: int):
+    from django.contrib.auth.models import User
+
+    from controlplane.jobs.models import Job
+    from controlplane.projects.services import project_create
+    from tests.platform.jobs.eventload import SyntheticJob
+
+    user = User.objects.create_user(f"bench{time.monotonic_ns()}", password="bench-pw-1")
+    project = project_create(name="Bench", slug=f"bench-{time.monotonic_ns()}", actor=user)
+    jobs = Job.objects.bulk_create(
+        [Job(project=project, kind="inspect", created_by=user, params={}) for _ in range(count)]
+    )
+    # Long runs: no finish inside the window, a checkpoint every 100 steps.
+    return [
+        SyntheticJob(
+            job_id=job.pk,
+            output_prefix=job.output_prefix,
+            steps=steps,
+            checkpoint_every=100,
+            heartbeat_every=20,
+        )
+        for job in jobs
+    ]
+
+
+def applied_times(job_ids: list[int]) -> list[tuple[float, float]]:
+    """(emitted_at, applied_at) in epoch seconds for every applied event of the jobs."""
+    from controlplane.jobs.models import JobEventRecord
+
+    rows = JobEventRecord.objects.filter(job_id__in=job_ids).values_list("emitted_at", "applied_at")
+    return [(emitted.timestamp(), applied.timestamp()) for emitted, applied in rows]
+
+
+def wait_applied(job_ids: list[int], expected: int, timeout: float) -> int:
+    from controlplane.jobs.models import JobEventRecord
+
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count = JobEventRecord.objects.filter(job_id__in=job_ids).count()
+        if count >= expected:
+            break
+        time.sleep(0.25)
+    return count
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def offer(broker_url: str, jobs: list, rate: float, seconds: float) -> tuple[int, float, float]:
+    """Send the jobs' events at `rate` for `seconds` from two threads (one sender tops out
+    near 1,000/s here); returns (events sent, seconds it took, start time)."""
+    from tests.platform.jobs.eventload import EventSender, interleave
+
+    halves = [jobs[: len(jobs) // 2], jobs[len(jobs) // 2 :]]
+    streams = [interleave(half, seed=2) for half in halves]
+    senders = [EventSender(broker_url) for _ in streams]
+    sent = [0, 0]
+    start = time.time()
+
+    def send(index: int) -> None:
+        per_thread = rate / 2
+        for position, event in enumerate(streams[index]):
+            due = start + position / per_thread
+            if due - start > seconds:
+                break
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            senders[index].send(event)
+            sent[index] += 1
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    took = time.time() - start
+    for sender in senders:
+        sender.close()
+    return sum(sent), took, start
+
+
+def lag_line(job_ids: list[int], offered: int, wait: float) -> str:
+    applied = wait_applied(job_ids, offered, timeout=wait)
+    lags = [applied_at - emitted for emitted, applied_at in applied_times(job_ids)]
+    if not lags:
+        return f"0/{offered} applied"
+    return (
+        f"{applied}/{offered} applied within {wait:.0f} s of the last send; lag "
+        f"p50 {statistics.median(lags) * 1000:.0f} ms, p95 {percentile(lags, 0.95) * 1000:.0f} ms, "
+        f"max {max(lags) * 1000:.0f} ms"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered events/s")
+    args = parser.parse_args()
+    backlog, drain_seconds, load_seconds = (1000, 8.0, 4.0) if args.quick else (3000, 15.0, 8.0)
+
+    import redis
+
+    from tests.platform.jobs.eventload import ControlWorker, EventSender, control_env, interleave
+    from tests.redisserver import start_redis_server
+
+    psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+    psql(f"CREATE DATABASE {DB_NAME}")
+    stop_redis = None
+    worker = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
+            data_dir = Path(tmp)
+            setup_django(data_dir)
+            broker_url, stop_redis = start_redis_server()
+            env = control_env(
+                database_url=f"{PG}/{DB_NAME}",
+                broker_url=broker_url,
+                data_dir=data_dir,
+                OBJECT_STORE_ROOT=str(data_dir / "objects"),
+                DEBUG="false",
+                SECRET_KEY="bench-" + "x" * 60,
+            )
+
+            # 1. throughput: drain a backlog queued before the worker starts
+            first = make_jobs(N_JOBS, steps=backlog // N_JOBS)
+            events = interleave(first, seed=1)
+            sender = EventSender(broker_url)
+            for event in events:
+                sender.send(event)
+            sender.close()
+            worker = ControlWorker(env, data_dir / "control.log", concurrency=2)
+            worker.wait_ready()
+            ids = [job.job_id for job in first]
+            drained = wait_applied(ids, len(events), timeout=drain_seconds)
+            times = sorted(applied_at for _, applied_at in applied_times(ids))
+            throughput = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+            redis.Redis.from_url(broker_url).delete("control")  # what was left of the backlog
+            time.sleep(1.0)
+
+            print(f"control worker: prefork, 2 processes; PostgreSQL {PG}; private Redis")
+            print(
+                f"throughput: {throughput:.0f} events/s ({drained} of a {len(events)}-event backlog)"
+            )
+
+            # 2. lag below saturation: half the measured throughput
+            calm_rate = max(1.0, throughput / 2)
+            calm = make_jobs(N_JOBS, steps=int(calm_rate * 5) // N_JOBS + 1)
+            offered, took, _ = offer(broker_url, calm, calm_rate, 5.0)
+            print(
+                f"at {offered / took:.0f} events/s offered (half the throughput): "
+                + lag_line([job.job_id for job in calm], offered, 10.0)
+            )
+
+            # 3. lag at the target load
+            loaded = make_jobs(N_JOBS, steps=int(args.rate * load_seconds) // N_JOBS + 1)
+            offered, took, _ = offer(broker_url, loaded, args.rate, load_seconds)
+            print(
+                f"at {offered / took:.0f} events/s offered (target {args.rate:.0f}/s): "
+                + lag_line([job.job_id for job in loaded], offered, 15.0)
+            )
+    finally:
+        if worker is not None:
+            worker.stop()
+        if stop_redis is not None:
+            stop_redis()
+        from django.db import connections
+
+        connections.close_all()
+        psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
