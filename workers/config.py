@@ -146,6 +146,9 @@ def celery_settings() -> dict:
         "task_default_queue": "cpu",
     }
     if url.startswith("filesystem://"):
+        from workers.filesystem_broker import install
+
+        install()  # atomic message files: see workers/filesystem_broker.py
         folder = broker_folder()
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,11 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.audit.services import audit_verify
+from controlplane.dashboard.management.commands._demo_hardening import (
+    anchors_and_readiness,
+    event_path_health,
+    safe_retry,
+)
 from controlplane.dashboard.management.commands._demo_posttrain import post_train
 from controlplane.datasets.models import Dataset, DatasetVersion
 from controlplane.datasets.services import (
@@ -333,8 +338,11 @@ class Command(BaseCommand):
         base = self.pretrain(project, users["bob"], tokens)
         post_train(self, project, users["bob"], base, steps=max(self.train_steps // 5, 4))
         self.image_model(project, users["bob"])
+        safe_retry(self, project, users["bob"], upload.pk)
+        event_path_health(self, project)
+        anchors_and_readiness(self)
 
-        self.step("Audit trail")
+        self.step("Audit trail (checked against the anchors too)")
         for verification in audit_verify(all_chains=True):
             self.stdout.write(f"    {verification.describe()}")
             if not verification.ok:
