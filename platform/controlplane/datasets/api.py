@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from django.core.validators import validate_slug
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import APIException, NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api.access import StrictSerializer, project_or_404
+from controlplane.api.params import choice_param
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetKind, DatasetVersion
 from controlplane.datasets.selectors import datasets_for, versions_of
 from controlplane.datasets.services import (
@@ -150,10 +151,14 @@ def version_or_404(
 class DatasetListCreate(generics.GenericAPIView):
     serializer_class = DatasetOut
 
-    @extend_schema(responses=DatasetOut(many=True))
+    @extend_schema(
+        parameters=[OpenApiParameter("kind", enum=DatasetKind.values)],
+        responses=DatasetOut(many=True),
+    )
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
-        page = self.paginate_queryset(datasets_for(project, kind=request.query_params.get("kind")))
+        kind = choice_param(request, "kind", DatasetKind.values)
+        page = self.paginate_queryset(datasets_for(project, kind=kind))
         return self.get_paginated_response(DatasetOut(page, many=True).data)
 
     @extend_schema(request=DatasetIn, responses={201: DatasetOut})
