@@ -159,6 +159,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two choice sets share the field name "kind": name each after its enum.
+    "ENUM_NAME_OVERRIDES": {
+        "JobKindEnum": "workers.protocol.JobKind",
+        "DatasetKindEnum": "controlplane.datasets.models.DatasetKind",
+    },
     # Every operation documents its error responses in the one error shape.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

@@ -8,6 +8,8 @@ once, for every operation, instead of repeating them in each `@extend_schema`.
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiSerializerExtension
+
 ERROR_COMPONENT = "Error"
 _ERROR_SCHEMA = {
     "type": "object",
@@ -67,3 +69,17 @@ def document_error_responses(result: dict, generator, request, public) -> dict:
                     },
                 )
     return result
+
+
+class StrictSerializerExtension(OpenApiSerializerExtension):
+    """A StrictSerializer refuses unknown fields: say so (`additionalProperties: false`),
+    so that generated clients and the fuzzer send the fields the API takes."""
+
+    target_class = "controlplane.api.access.StrictSerializer"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_basic_serializer(self.target, direction)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema

@@ -34,7 +34,7 @@ def raise_dataset_error(error: DatasetError):
 
 class DatasetOut(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username")
-    version_count = serializers.IntegerField(read_only=True, default=None)
+    version_count = serializers.IntegerField(read_only=True)  # annotated by datasets_for
 
     class Meta:
         model = Dataset
@@ -170,13 +170,15 @@ class DatasetListCreate(generics.GenericAPIView):
             dataset = dataset_create(project=project, actor=request.user, **body.validated_data)
         except DatasetError as error:
             raise_dataset_error(error)
+        dataset = datasets_for(project).get(pk=dataset.pk)  # with its version_count
         return Response(DatasetOut(dataset).data, status=status.HTTP_201_CREATED)
 
 
 class DatasetDetail(APIView):
     @extend_schema(responses=DatasetOut)
     def get(self, request, project_id: int, dataset_id: int):
-        return Response(DatasetOut(dataset_or_404(request, project_id, dataset_id)).data)
+        dataset = dataset_or_404(request, project_id, dataset_id)
+        return Response(DatasetOut(datasets_for(dataset.project).get(pk=dataset.pk)).data)
 
 
 class VersionListStart(generics.GenericAPIView):
