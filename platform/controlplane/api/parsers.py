@@ -87,8 +87,33 @@ def _string_problem(text: str) -> str | None:
     return "the text contains a lone UTF-16 surrogate, which is not valid Unicode"
 
 
+class JSONTextError(ValueError):
+    """The text is not JSON we can store; `path` names the string at fault, if one is."""
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.message = message
+        self.path = path
+
+
+def loads_storable(text: str) -> Any:
+    """json.loads for text from outside (API bodies, JSON typed into a page's form) that
+    refuses deep nesting, NaN/Infinity, numbers out of float range, NUL and lone surrogates."""
+    if nesting_depth(text) > MAX_DEPTH:
+        raise JSONTextError(f"nested deeper than {MAX_DEPTH} levels")
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as error:
+        raise JSONTextError(str(error)) from None
+    if _SUSPECT_ESCAPE.search(text):
+        found = first_bad_string(data)
+        if found is not None:
+            raise JSONTextError(found[1], path=found[0])
+    return data
+
+
 class JSONParser(parsers.JSONParser):
-    """DRF's JSON parser (strict: no NaN or Infinity) with the checks of this module."""
+    """DRF's JSON parser (strict: no NaN or Infinity) with the checks of `loads_storable`."""
 
     def parse(self, stream, media_type=None, parser_context=None) -> Any:
         encoding = (parser_context or {}).get("encoding", "utf-8")
@@ -98,17 +123,12 @@ class JSONParser(parsers.JSONParser):
             raise ParseError(
                 f"JSON parse error - the body is not valid {encoding}: {error}"
             ) from None
-        if nesting_depth(text) > MAX_DEPTH:
-            raise ParseError(f"JSON parse error - nested deeper than {MAX_DEPTH} levels")
         try:
-            data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-        except (ValueError, RecursionError) as error:
-            raise ParseError(f"JSON parse error - {error}") from None
-        if _SUSPECT_ESCAPE.search(text):
-            found = first_bad_string(data)
-            if found is not None:
-                raise serializers.ValidationError({found[0]: [found[1]]})
-        return data
+            return loads_storable(text)
+        except JSONTextError as error:
+            if error.path is None:
+                raise ParseError(f"JSON parse error - {error.message}") from None
+            raise serializers.ValidationError({error.path: [error.message]}) from None
 
 
 def _refuse_constant(name: str) -> None:
