@@ -141,6 +141,9 @@ REST_FRAMEWORK = {
     # JSON only (uploads declare their multipart parser): our parser refuses NUL, lone
     # surrogates, non-finite numbers and deep nesting before a view sees the body.
     "DEFAULT_PARSER_CLASSES": ["controlplane.api.parsers.JSONParser"],
+    # JSON only: errors keep their one shape whatever the Accept header (the browsable
+    # API would answer a browser's error in HTML); people use the docs at /api/v1/docs/.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "controlplane.api.pagination.StandardPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -20,7 +20,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
-from django.db import InterfaceError, OperationalError
+from django.db import IntegrityError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -122,6 +122,12 @@ def _storage_is_unreachable(error: StorageError) -> bool:
     return False
 
 
+def _is_unique_violation(error: IntegrityError) -> bool:
+    cause = error.__cause__
+    # PostgreSQL's SQLSTATE 23505 (psycopg), or SQLite's message.
+    return getattr(cause, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(error)
+
+
 def as_api_exception(exc: Exception) -> exceptions.APIException | None:
     """The APIException a non-DRF error answers as, or None for an unexpected one."""
     if isinstance(exc, exceptions.APIException):
@@ -134,6 +140,11 @@ def as_api_exception(exc: Exception) -> exceptions.APIException | None:
         return PayloadTooLarge(f"the request body is larger than the limit: {exc}")
     if isinstance(exc, SuspiciousOperation):
         return exceptions.ParseError(str(exc))
+    if isinstance(exc, IntegrityError) and _is_unique_violation(exc):
+        # Two requests raced past a service's "already exists?" check; the database's
+        # unique constraint decided. The loser's request conflicts, it is not a bug.
+        logger.info("unique constraint decided a race: %s", exc)
+        return Conflict("another request created the same thing at the same time; reload and retry")
     if isinstance(exc, (OperationalError, InterfaceError)):
         logger.warning("database unavailable during an API request: %s", exc)
         return ServiceUnavailable("the database is unavailable; retry shortly")

@@ -41,6 +41,7 @@ _ERRORS = {
     "404": ("Not found, or not visible to you.", "all"),
     "409": ("Conflicts with the current state.", "writes"),
     "413": ("The request body is larger than the limit.", "body"),
+    "415": ("The body is not in a media type this operation takes.", "body"),
     "429": ("Too many requests; retry after the Retry-After header's seconds.", "all"),
     "503": ("The database or object store is unavailable; retry after Retry-After.", "all"),
 }

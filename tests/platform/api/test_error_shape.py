@@ -155,3 +155,24 @@ def test_pagination_caps_page_size_and_404s_past_the_last_page(api, team):
     assert body["count"] == 1 and len(body["results"]) == 1
     assert "last page is 1" in _error(client.get("/api/v1/projects/?page=2"), 404)["message"]
     assert client.get("/api/v1/projects/?page=last").status_code == 200
+
+
+def test_a_race_decided_by_a_unique_constraint_is_a_409(api, team, monkeypatch):
+    """Two requests pass member_add's "already a member?" check at once; the database's
+    unique constraint refuses the second insert. That is a conflict, not a server error."""
+    from django.db import transaction
+
+    import controlplane.projects.api as projects_api
+    from controlplane.projects.models import Membership
+
+    def racing_member_add(*, project, user, role, actor):
+        Membership.objects.create(project=project, user=user, role=role)  # the other request
+        with transaction.atomic():
+            return Membership.objects.create(project=project, user=user, role=role)
+
+    monkeypatch.setattr(projects_api, "member_add", racing_member_add)
+    url = f"/api/v1/projects/{team.project.pk}/members/"
+    body = {"username": team.outsider.username, "role": "viewer"}
+    response = api(team.owner).post(url, body, format="json")
+    assert _error(response, 409)["code"] == "conflict"
+    assert Membership.objects.filter(project=team.project, user=team.outsider).count() == 1
