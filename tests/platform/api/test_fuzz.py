@@ -7,7 +7,7 @@ with real bearer tokens, against real objects (a project with an upload, a datas
 a ready and an uploading version, a job), so validation runs past the "not found" answers.
 
 The examples are derandomized (a fixed seed) and bounded per operation, so a run takes
-the same cases every time; raise FUZZ_EXAMPLES locally to look harder.
+the same cases every time; raise FUZZ_EXAMPLES (and set FUZZ_SEED) locally to look harder.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import pytest
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+# Unset: derandomized (the same cases every run). FUZZ_SEED=<n> explores other cases.
+SEED = os.environ.get("FUZZ_SEED")
 
 
 @dataclass
@@ -131,19 +133,20 @@ def _hostile_variants(case):
 
 
 def _fuzz(operation, strategy, headers: dict, failures: dict, *, hostile: bool = False) -> int:
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, given, seed, settings
     from schemathesis.core.failures import FailureGroup
 
     sent = 0
 
     @settings(
         max_examples=EXAMPLES,
-        derandomize=True,
+        derandomize=SEED is None,
         database=None,
         deadline=None,
         suppress_health_check=list(HealthCheck),
         phases=["explicit", "generate"],  # no shrinking: failures are collected, not raised
     )
+    @seed(int(SEED or 0))
     @given(case=strategy)
     def run(case):
         nonlocal sent

@@ -94,3 +94,25 @@ def test_pipeline_json_typed_into_the_page_is_checked_like_an_api_body(world, te
     response = client.post(url, {**forms[url], "pipeline": text})
     assert response.status_code == 200 and b"not valid JSON" in response.content
     assert Job.objects.count() == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/jobs/job/?state__exact=a%00b",
+        "/admin/projects/project/?slug=a%00b",
+        "/projects/?x=a%00b",
+    ],
+)
+def test_nul_in_any_query_is_a_400_page_even_in_the_admin(team, client, url):
+    team.admin.is_superuser = True
+    team.admin.save()
+    client.force_login(team.admin)
+    response = client.get(url)
+    assert response.status_code == 400 and response["Content-Type"].startswith("text/html")
+
+
+def test_nul_in_an_unknown_api_query_parameter_is_a_json_400(team, api):
+    response = api(team.owner).get("/api/v1/projects/?colour=a%00b")
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"colour": ["must not contain NUL characters"]}
