@@ -45,6 +45,19 @@ def world(team, make_upload, make_ready_version, client):
             "tokenizer": "char",
             "val_fraction": 0.05,
         },
+        # The same page's second form (the query string only keeps the dict keys apart).
+        f"/projects/{p}/datasets/{dataset.pk}/v{version.number}/?train": {
+            "action": "train",
+            "preset": "tiny",
+            "max_iters": 10,
+            "batch_size": 2,
+            "lr": 0.001,
+            "min_lr": 0.0001,
+            "warmup_iters": 0,
+            "eval_interval": 0,
+            "device": "cpu",
+            "sample_prompt": "ROMEO:",
+        },
         f"/projects/{p}/jobs/{job.pk}/posttrain/": {"kind": "sft", "steps": 10, "batch_size": 2},
         f"/projects/{p}/jobs/{job.pk}/resume/": {"checkpoint_id": 1},
     }
