@@ -186,6 +186,8 @@ def test_every_operation_survives_the_fuzzer(world):
             sent += _fuzz(operation, strategy, world.headers, failures, hostile=hostile)
         # Generated path parameters too: unknown ids and malformed paths.
         sent += _fuzz(operation, operation.as_strategy(), world.headers, failures)
+    print(f"fuzzed {len(operations)} operations with {sent} requests")
+    assert sent >= 10 * len(operations)  # the fuzzer really ran (not a silently empty strategy)
     report = "\n".join(
         f"{label}: {title}: {message}" for (label, title), message in failures.items()
     )
