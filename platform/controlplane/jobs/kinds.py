@@ -145,6 +145,13 @@ def _pipeline_stages(raw: Any, errors: dict) -> dict | None:
     if problem is not None:
         errors["pipeline"] = [problem]
         return None
+    if any((stage.get("toxicity") or {}).get("lexicon") for stage in clean.get("stages", [])):
+        # A path on the worker's disk: its words would become the filter, and which records
+        # it drops would tell a user about files (secrets included) they cannot read.
+        errors["pipeline"] = [
+            "toxicity.lexicon names a file on the worker; leave it empty (the built-in list)"
+        ]
+        return None
     for key in ("inputs", "output", "subject_salt"):
         clean.pop(key, None)
     return clean

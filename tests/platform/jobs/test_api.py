@@ -87,3 +87,14 @@ def test_metrics_filter_by_key(api, team, upload):
     url = f"/api/v1/projects/{team.project.pk}/jobs/{job_id}/metrics/"
     body = api(team.viewer).get(url, {"key": "val/loss"}).json()
     assert [m["key"] for m in body["results"]] == ["val/loss"]
+
+
+def test_pipeline_cannot_name_a_file_on_the_worker(api, team):
+    """toxicity.lexicon is a path the worker would read: /etc/passwd's words as a filter."""
+    from controlplane.jobs.models import Job
+
+    params = {"pipeline": {"stages": [{"toxicity": {"lexicon": "/etc/passwd"}}]}}
+    response = _post(api, team, {"kind": "data_pipeline", "params": params})
+    (message,) = response.json()["error"]["fields"]["params.pipeline"]
+    assert "toxicity.lexicon" in message
+    assert not Job.objects.exists()
