@@ -74,6 +74,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # Before CommonMiddleware: an API write without its trailing slash is a JSON 404, not
+    # a redirect that turns a POST into a GET (or, with DEBUG on, a RuntimeError).
+    "controlplane.api.middleware.ApiPathWithoutSlashMiddleware",
     "django.middleware.common.CommonMiddleware",
     # A NUL in any query parameter is a 400 before a view or the admin filters on it.
     "controlplane.api.middleware.RejectNulInQueryMiddleware",

@@ -176,3 +176,15 @@ def test_a_race_decided_by_a_unique_constraint_is_a_409(api, team, monkeypatch):
     response = api(team.owner).post(url, body, format="json")
     assert _error(response, 409)["code"] == "conflict"
     assert Membership.objects.filter(project=team.project, user=team.outsider).count() == 1
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_write_without_the_trailing_slash_is_a_json_404(api, team, settings, debug):
+    from controlplane.projects.models import Project
+
+    settings.DEBUG = debug
+    before = Project.objects.count()
+    body = {"name": "x", "slug": "no-slash"}
+    error = _error(api(team.owner).post("/api/v1/projects", body, format="json"), 404)
+    assert "/api/v1/projects/" in error["message"]
+    assert Project.objects.count() == before
