@@ -113,7 +113,12 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # Before CommonMiddleware: an API write without its trailing slash is a JSON 404, not
+    # a redirect that turns a POST into a GET (or, with DEBUG on, a RuntimeError).
+    "controlplane.api.middleware.ApiPathWithoutSlashMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # A NUL in any query parameter is a 400 before a view or the admin filters on it.
+    "controlplane.api.middleware.RejectNulInQueryMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -192,6 +197,12 @@ REST_FRAMEWORK = {
         # A bearer token acts only within its scopes (api:read, api:write, tokens:write).
         "controlplane.accounts.permissions.TokenScopes",
     ],
+    # JSON only (uploads declare their multipart parser): our parser refuses NUL, lone
+    # surrogates, non-finite numbers and deep nesting before a view sees the body.
+    "DEFAULT_PARSER_CLASSES": ["controlplane.api.parsers.JSONParser"],
+    # JSON only: errors keep their one shape whatever the Accept header (the browsable
+    # API would answer a browser's error in HTML); people use the docs at /api/v1/docs/.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "controlplane.api.pagination.StandardPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -215,6 +226,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two choice sets share the field name "kind": name each after its enum.
+    "ENUM_NAME_OVERRIDES": {
+        "JobKindEnum": "workers.protocol.JobKind",
+        "DatasetKindEnum": "controlplane.datasets.models.DatasetKind",
+    },
+    # Every operation documents its error responses in the one error shape.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "controlplane.api.schema.document_error_responses",
+    ],
 }
 
 

@@ -74,3 +74,9 @@ urlpatterns = [
     ),
     path("projects/<int:project_id>/audit/", pages.audit_timeline, name="audit-timeline"),
 ]
+
+# Under /api/ these answer in the API's JSON error shape; pages keep Django's HTML pages.
+handler400 = "controlplane.api.handlers.bad_request"
+handler403 = "controlplane.api.handlers.permission_denied"
+handler404 = "controlplane.api.handlers.page_not_found"
+handler500 = "controlplane.api.handlers.server_error"

@@ -8,7 +8,6 @@ from kombu import Connection
 
 from workers.filesystem_broker import install
 
-
 # kombu keeps declared bindings per process (class-level state), so each test uses a queue
 # name of its own: a binding remembered from another test's folder is not written again.
 

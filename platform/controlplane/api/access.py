@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import exceptions, serializers
 
+from controlplane.api import schema  # noqa: F401 - registers StrictSerializer's schema
 from controlplane.projects.permissions import Action
 from controlplane.projects.selectors import ProjectForbidden, ProjectNotFound, project_for
 

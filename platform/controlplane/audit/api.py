@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.api.access import project_or_404
+from controlplane.api.params import text_param
 from controlplane.audit.models import AuditEvent
 from controlplane.audit.selectors import audit_events_for
 from controlplane.audit.services import audit_verify
@@ -47,12 +48,11 @@ class AuditEventList(generics.GenericAPIView):
     )
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
-        params = request.query_params
         events = audit_events_for(
             project,
-            artifact_type=params.get("artifact_type"),
-            artifact_id=params.get("artifact_id"),
-            action=params.get("action"),
+            artifact_type=text_param(request, "artifact_type"),
+            artifact_id=text_param(request, "artifact_id"),
+            action=text_param(request, "action"),
         )
         page = self.paginate_queryset(events)
         return self.get_paginated_response(AuditEventOut(page, many=True).data)

@@ -61,14 +61,15 @@ class PipelineJobForm(forms.Form):
     val_fraction = forms.FloatField(min_value=0.001, max_value=0.5, initial=0.05)
 
     def clean_pipeline(self):
-        import json
+        from controlplane.api.parsers import JSONTextError, loads_storable
 
         text = self.cleaned_data["pipeline"].strip()
         if not text:
             return {}
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as error:
+            # Not json.loads: NaN, NUL or deep nesting would reach jsonb (or the stack).
+            value = loads_storable(text)
+        except JSONTextError as error:
             raise forms.ValidationError(f"not valid JSON: {error}") from None
         if not isinstance(value, dict):
             raise forms.ValidationError("must be a JSON object")

@@ -11,6 +11,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from controlplane.api.params import page_text_param
 from controlplane.audit.selectors import audit_events_for
 from controlplane.audit.services import audit_verify
 from controlplane.dashboard.access import project_page
@@ -236,9 +237,13 @@ def job_artifact(request, project, job_id: int, artifact_id: int):
 @require_POST
 def job_resume_view(request, project, job_id: int):
     job = get_object_or_404(Job, project=project, pk=job_id)
-    checkpoint = job.artifacts.filter(
-        pk=request.POST.get("checkpoint_id") or 0, kind="checkpoint"
-    ).first()
+    checkpoint_id = request.POST.get("checkpoint_id", "")
+    # Not a number ("abc", "²"): no checkpoint, the same message as an unknown id.
+    checkpoint = (
+        job.artifacts.filter(pk=int(checkpoint_id), kind="checkpoint").first()
+        if checkpoint_id.isascii() and checkpoint_id.isdigit()
+        else None
+    )
     if checkpoint is None:
         messages.error(request, "Pick one of this job's checkpoints to resume from.")
         return redirect("job-detail", project_id=project.pk, job_id=job.pk)
@@ -325,8 +330,8 @@ def member_change(request, project, user_id: int):
 
 @project_page()
 def audit_timeline(request, project):
-    artifact_type = request.GET.get("artifact_type") or None
-    artifact_id = request.GET.get("artifact_id") or None
+    artifact_type = page_text_param(request, "artifact_type")
+    artifact_id = page_text_param(request, "artifact_id")
     events = audit_events_for(project, artifact_type=artifact_type, artifact_id=artifact_id)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     actors = dict(

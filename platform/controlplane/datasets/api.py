@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.core.validators import validate_slug
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import APIException, NotFound
 from rest_framework.response import Response
@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from controlplane.api.access import StrictSerializer, project_or_404
 from controlplane.api.idempotency import idempotent
+from controlplane.api.params import choice_param
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetKind, DatasetVersion
 from controlplane.datasets.selectors import datasets_for, versions_of
 from controlplane.datasets.services import (
@@ -49,7 +50,7 @@ class JSONIntegerField(serializers.IntegerField):
 
 class DatasetOut(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username")
-    version_count = serializers.IntegerField(read_only=True, default=None)
+    version_count = serializers.IntegerField(read_only=True)  # annotated by datasets_for
 
     class Meta:
         model = Dataset
@@ -166,10 +167,14 @@ def version_or_404(
 class DatasetListCreate(generics.GenericAPIView):
     serializer_class = DatasetOut
 
-    @extend_schema(responses=DatasetOut(many=True))
+    @extend_schema(
+        parameters=[OpenApiParameter("kind", enum=DatasetKind.values)],
+        responses=DatasetOut(many=True),
+    )
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
-        page = self.paginate_queryset(datasets_for(project, kind=request.query_params.get("kind")))
+        kind = choice_param(request, "kind", DatasetKind.values)
+        page = self.paginate_queryset(datasets_for(project, kind=kind))
         return self.get_paginated_response(DatasetOut(page, many=True).data)
 
     @extend_schema(request=DatasetIn, responses={201: DatasetOut})
@@ -181,13 +186,15 @@ class DatasetListCreate(generics.GenericAPIView):
             dataset = dataset_create(project=project, actor=request.user, **body.validated_data)
         except DatasetError as error:
             raise_dataset_error(error)
+        dataset = datasets_for(project).get(pk=dataset.pk)  # with its version_count
         return Response(DatasetOut(dataset).data, status=status.HTTP_201_CREATED)
 
 
 class DatasetDetail(APIView):
     @extend_schema(responses=DatasetOut)
     def get(self, request, project_id: int, dataset_id: int):
-        return Response(DatasetOut(dataset_or_404(request, project_id, dataset_id)).data)
+        dataset = dataset_or_404(request, project_id, dataset_id)
+        return Response(DatasetOut(datasets_for(dataset.project).get(pk=dataset.pk)).data)
 
 
 class VersionListStart(generics.GenericAPIView):

@@ -47,6 +47,22 @@ def _number(
     return kind(value)
 
 
+def _choice(
+    params: dict, name: str, errors: dict, *, choices, default: str, message: str = ""
+) -> str | None:
+    """A string out of `choices`. The type is checked first: `[] in PRESETS` would raise
+    "unhashable type" instead of saying which values are allowed."""
+    value = params.get(name, default)
+    if not isinstance(value, str) or value not in choices:
+        errors[name] = [message or f"use one of {', '.join(choices)}"]
+        return None
+    return value
+
+
+_DEVICES = ("auto", "cpu", "cuda")
+_DEVICE_MESSAGE = "use auto, cpu or cuda"
+
+
 def _validate_inspect(project: Project, params: dict[str, Any]) -> JobRequest:
     from controlplane.uploads.models import Upload
 
@@ -129,6 +145,13 @@ def _pipeline_stages(raw: Any, errors: dict) -> dict | None:
     if problem is not None:
         errors["pipeline"] = [problem]
         return None
+    if any((stage.get("toxicity") or {}).get("lexicon") for stage in clean.get("stages", [])):
+        # A path on the worker's disk: its words would become the filter, and which records
+        # it drops would tell a user about files (secrets included) they cannot read.
+        errors["pipeline"] = [
+            "toxicity.lexicon names a file on the worker; leave it empty (the built-in list)"
+        ]
+        return None
     for key in ("inputs", "output", "subject_salt"):
         clean.pop(key, None)
     return clean
@@ -140,7 +163,10 @@ def _validate_data_pipeline(project: Project, params: dict[str, Any]) -> JobRequ
     version = _ready_text_version(project, params.get("dataset_version_id"), errors)
     pipeline = _pipeline_stages(params.get("pipeline"), errors)
     tokenizer = params.get("tokenizer") or {"kind": "char"}
-    if not isinstance(tokenizer, dict) or tokenizer.get("kind") not in ("char", "bpe"):
+    if (
+        not isinstance(tokenizer, dict)
+        or _choice(tokenizer, "kind", {}, choices=("char", "bpe"), default="") is None
+    ):
         errors["tokenizer"] = ['must be {"kind": "char"} or {"kind": "bpe", "vocab_size": N}']
     elif set(tokenizer) - {"kind", "vocab_size"}:
         errors["tokenizer"] = ["only kind and vocab_size may be set"]
@@ -243,9 +269,7 @@ def _validate_pretrain(project: Project, params: dict[str, Any]) -> JobRequest:
     }
     errors: dict[str, list[str]] = {name: ["unknown parameter"] for name in params.keys() - allowed}
     version = _token_shard_version(project, params.get("dataset_version_id"), errors)
-    preset = params.get("preset", "tiny")
-    if preset not in PRESETS:
-        errors["preset"] = [f"use one of {', '.join(PRESETS)}"]
+    preset = _choice(params, "preset", errors, choices=list(PRESETS), default="tiny")
     model = _numbers(params.get("model"), _MODEL_NUMBERS, errors, "model")
     train = _numbers(params.get("train"), _TRAIN_NUMBERS, errors, "train")
     optim = _numbers(params.get("optim"), _OPTIM_NUMBERS, errors, "optim")
@@ -263,9 +287,9 @@ def _validate_pretrain(project: Project, params: dict[str, Any]) -> JobRequest:
         or not all(isinstance(p, str) and 0 < len(p) <= 500 for p in prompts)
     ):
         errors["sample_prompts"] = ["1 to 8 prompts, each a string of 1 to 500 characters"]
-    device = params.get("device", "auto")
-    if device not in ("auto", "cpu", "cuda"):
-        errors["device"] = ["use auto, cpu or cuda"]
+    device = _choice(
+        params, "device", errors, choices=_DEVICES, default="auto", message=_DEVICE_MESSAGE
+    )
     if errors:
         raise JobRequestError(errors)
     files = list(version.files.filter(name__startswith="tokens/").order_by("name"))
@@ -301,15 +325,20 @@ def _validate_image_training(project: Project, params: dict[str, Any]) -> JobReq
 
     allowed = {"preset", "train", "eval_per_class", "device", "seed"}
     errors: dict[str, list[str]] = {name: ["unknown parameter"] for name in params.keys() - allowed}
-    preset = params.get("preset", "recipe")
-    if preset not in ("recipe", "tiny"):
-        errors["preset"] = ["use recipe (configs/vision) or tiny (seconds on a CPU)"]
+    preset = _choice(
+        params,
+        "preset",
+        errors,
+        choices=("recipe", "tiny"),
+        default="recipe",
+        message="use recipe (configs/vision) or tiny (seconds on a CPU)",
+    )
     train = _numbers(params.get("train"), _IMAGE_TRAIN_NUMBERS, errors, "train")
     evaluate = _number(params, "eval_per_class", errors, kind=int, default=0, low=0, high=1000)
     seed = _number(params, "seed", errors, kind=int, default=0, low=0, high=2**31 - 1)
-    device = params.get("device", "auto")
-    if device not in ("auto", "cpu", "cuda"):
-        errors["device"] = ["use auto, cpu or cuda"]
+    device = _choice(
+        params, "device", errors, choices=_DEVICES, default="auto", message=_DEVICE_MESSAGE
+    )
     if errors:
         raise JobRequestError(errors)
     clean = {

@@ -26,7 +26,16 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from controlplane.jobs.kinds import JobRequest, JobRequestError, _number, _numbers, ready_version
+from controlplane.jobs.kinds import (
+    _DEVICE_MESSAGE,
+    _DEVICES,
+    JobRequest,
+    JobRequestError,
+    _choice,
+    _number,
+    _numbers,
+    ready_version,
+)
 from controlplane.jobs.models import ArtifactKind, Job, JobArtifact, JobState
 from controlplane.projects.models import Project
 from workers.protocol import JobKind
@@ -314,9 +323,9 @@ def validate_posttrain(project: Project, kind: str, params: dict[str, Any]) -> J
             params.get("ppo"), _PPO, errors, "ppo", positive=("clip_range", "temperature")
         )
     seed = _number(given, "seed", errors, kind=int, default=1337, low=0, high=2**31 - 1)
-    device = given.get("device", "auto")
-    if device not in ("auto", "cpu", "cuda"):
-        errors["device"] = ["use auto, cpu or cuda"]
+    device = _choice(
+        given, "device", errors, choices=_DEVICES, default="auto", message=_DEVICE_MESSAGE
+    )
     if errors:
         raise JobRequestError(errors)
 

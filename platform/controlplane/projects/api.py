@@ -23,9 +23,10 @@ from controlplane.projects.services import (
 
 
 class ProjectOut(serializers.ModelSerializer):
-    member_count = serializers.IntegerField(read_only=True, default=None)
-    job_count = serializers.IntegerField(read_only=True, default=None)
-    running_job_count = serializers.IntegerField(read_only=True, default=None)
+    # Annotated by project_list_for (views serialize only projects fetched through it).
+    member_count = serializers.IntegerField(read_only=True)
+    job_count = serializers.IntegerField(read_only=True)
+    running_job_count = serializers.IntegerField(read_only=True)
     my_role = serializers.SerializerMethodField()
 
     class Meta:
@@ -46,6 +47,11 @@ class ProjectOut(serializers.ModelSerializer):
         if hasattr(project, "my_role"):  # annotated by project_list_for: no query per row
             return project.my_role
         return role_of(self.context["request"].user, project)
+
+
+def with_counts(request, project: Project) -> Project:
+    """The project as the list shows it: its counts annotated (never null) and the role."""
+    return project_list_for(request.user).get(pk=project.pk)
 
 
 class ProjectIn(StrictSerializer):
@@ -79,16 +85,17 @@ class ProjectListCreate(generics.GenericAPIView):
             project = project_create(actor=request.user, **body.validated_data)
         except MembershipError as error:
             raise Conflict(str(error)) from None
-        return Response(
-            ProjectOut(project, context={"request": request}).data, status=status.HTTP_201_CREATED
-        )
+        data = ProjectOut(with_counts(request, project), context={"request": request}).data
+        return Response(data, status=status.HTTP_201_CREATED)
 
 
 class ProjectDetail(APIView):
     @extend_schema(responses=ProjectOut)
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
-        return Response(ProjectOut(project, context={"request": request}).data)
+        return Response(
+            ProjectOut(with_counts(request, project), context={"request": request}).data
+        )
 
     @extend_schema(request=ProjectPatch, responses=ProjectOut)
     def patch(self, request, project_id: int):
@@ -96,7 +103,9 @@ class ProjectDetail(APIView):
         body = ProjectPatch(data=request.data)
         body.is_valid(raise_exception=True)
         project = project_update(project=project, actor=request.user, **body.validated_data)
-        return Response(ProjectOut(project, context={"request": request}).data)
+        return Response(
+            ProjectOut(with_counts(request, project), context={"request": request}).data
+        )
 
 
 class MemberOut(serializers.ModelSerializer):
