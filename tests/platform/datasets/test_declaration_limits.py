@@ -55,7 +55,7 @@ def test_out_of_range_or_non_integer_file_size_is_refused(team, api, dataset, si
         format="json",
     )
     assert response.status_code == 400, response.content
-    assert "files" in response.json()["error"]["fields"]
+    assert list(response.json()["error"]["fields"]) == ["files.0.size"]
     _nothing_created()
 
 
@@ -120,8 +120,8 @@ def test_file_names_that_display_as_something_else_are_refused(
     )
     assert response.status_code == 400, response.content
     error = response.json()["error"]
-    assert "files" in error["fields"]
-    assert code_point in str(error["fields"]["files"])
+    assert list(error["fields"]) == ["files.0.name"]
+    assert code_point in str(error["fields"]["files.0.name"])
     _nothing_created()
 
 
