@@ -44,6 +44,7 @@ from workers.protocol import (
 from workers.storage import ObjectNotFoundError, ObjectStore, StorageError, StoredObject
 from workers.storage.retrying import is_transient
 from workers.tracking import NullTracker, start_tracking
+from workers.training import TrainingCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,12 @@ class JobContext:
         self._check_stop_before_publishing(key)
         self.emit(EventType.ARTIFACT, {"name": name, "key": key, "sha256": sha256, "size": size})
 
-    def checkpoint(self, *, step: int, key: str, sha256: str, size: int) -> None:
-        self._check_stop_before_publishing(key)
+    def checkpoint(
+        self, *, step: int, key: str, sha256: str, size: int, even_if_stopped: bool = False
+    ) -> None:
+        """Report a stored checkpoint; ``even_if_stopped``: the one a loop wrote at its stop."""
+        if not even_if_stopped:
+            self._check_stop_before_publishing(key)
         self.emit(
             EventType.CHECKPOINT,
             {
@@ -178,6 +183,14 @@ class JobContext:
 
     def output_key(self, *parts: str) -> str:
         return self.spec.output_prefix + "/".join(parts)
+
+    def training_callbacks(self, *, progress_until: float = 0.99) -> TrainingCallbacks:
+        """The callback that reports an engine training loop's run as this job's events.
+
+        ``progress_until``: the share of the job's progress bar the loop fills (the rest is
+        for the handler's work after it, e.g. export and sampling).
+        """
+        return TrainingCallbacks(self, progress_until=progress_until)
 
     # files ------------------------------------------------------------------------------
     def download(self, key: str, target: Path, sha256: str | None = None) -> Path:
@@ -244,17 +257,19 @@ class JobContext:
         sha256 = self.store.stat(key).sha256  # recorded by the store when it was written
         return self.download(key, target, sha256)
 
-    def upload(self, path: Path, *parts: str) -> StoredObject:
+    def upload(self, path: Path, *parts: str, even_if_stopped: bool = False) -> StoredObject:
         """Put a local file under this attempt's output prefix (reporting it is the caller's).
 
         A cancel seen mid-upload ends it (JobStopped, no object left), so a big model file
-        does not keep a cancelled job alive for minutes.
+        does not keep a cancelled job alive for minutes. ``even_if_stopped``: upload it
+        whole all the same (the checkpoint a training loop wrote because it was cancelled).
         """
-        self.check_stop()
+        if not even_if_stopped:
+            self.check_stop()
         with path.open("rb") as stream:
             return self.store.put_stream(
                 self.output_key(*parts),
-                _StopCheckingReader(stream, self),
+                stream if even_if_stopped else _StopCheckingReader(stream, self),
                 length=path.stat().st_size,
             )
 
