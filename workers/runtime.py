@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 
 _TRANSFER_CHUNK = 8 * 1024 * 1024
+# How often (at most) the markers are read: a training loop asks after every step.
+STOP_CHECK_SECONDS = 2.0
 # step_000250.tar (pre-training), step_000250.pt (vision, post-training)
 _CHECKPOINT_STEP = re.compile(r"step_(\d+)")
 
@@ -92,7 +94,7 @@ class JobContext:
         sink: EventSink,
         store: ObjectStore,
         *,
-        stop_check_seconds: float = 2.0,
+        stop_check_seconds: float | None = None,
         event_log: EventLog | None = None,
     ):
         self.spec = spec
@@ -103,7 +105,9 @@ class JobContext:
         self._answered_resend_requests: set[str] = set()
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
-        self._stop_check_seconds = stop_check_seconds
+        self._stop_check_seconds = (
+            STOP_CHECK_SECONDS if stop_check_seconds is None else stop_check_seconds
+        )
         self._last_stop_check = 0.0
         self._heartbeat_stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
