@@ -1,7 +1,9 @@
 """Running one job attempt: event numbering, heartbeats and cooperative stopping.
 
 A handler gets a `JobContext` and reports through it; it calls `ctx.should_stop()` between
-units of work (chunks, training steps) and returns when it is true. The context stops a
+units of work (chunks, files) and returns when it is true. A training handler passes
+`ctx.training_callbacks()` (workers/training.py) to its engine loop instead, which asks
+the same question after every step. The context stops a
 job when the platform asked to cancel it (cancel marker) or when the reaper handed the job
 to another attempt (superseded marker); both are objects in the store, because a worker
 holds no database credentials.
