@@ -170,6 +170,12 @@ class JobContext:
         self._check_stop_before_publishing(key)
         self.emit(EventType.ARTIFACT, {"name": name, "key": key, "sha256": sha256, "size": size})
 
+    def publish(self, path: Path, name: str) -> dict[str, Any]:
+        """Upload ``path`` as the output ``name`` ("model/config.json") and report it."""
+        stored = self.upload(path, *name.split("/"))
+        self.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
+        return {"name": name, "key": stored.key, "sha256": stored.sha256, "size": stored.size}
+
     def checkpoint(
         self, *, step: int, key: str, sha256: str, size: int, even_if_stopped: bool = False
     ) -> None:

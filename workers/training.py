@@ -54,8 +54,8 @@ class TrainingCallbacks(Callback):
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.ctx.metric(step, **metrics)
-        fraction = self.progress_until * step / max(self.total_steps, 1)
-        self.ctx.progress(min(fraction, self.progress_until), f"step {step} of {self.total_steps}")
+        done = min(step / max(self.total_steps, 1), 1.0)
+        self.ctx.progress(self.progress_until * done, f"step {step} of {self.total_steps}")
 
     def should_stop(self) -> bool:
         self.stopped = self.stopped or self.ctx.should_stop()
@@ -82,9 +82,7 @@ class TrainingCallbacks(Callback):
     def on_artifact(self, step: int, path: Path) -> None:
         if self.stopped:
             return  # nothing but the stop's checkpoint is published after a stop
-        name = f"{path.parent.name}/{path.name}"  # samples/step_000500.png
-        stored = self.ctx.upload(path, path.parent.name, path.name)
-        self.ctx.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
+        self.ctx.publish(path, f"{path.parent.name}/{path.name}")  # samples/step_000500.png
 
     def _upload(self, checkpoint: Path, at_stop: bool) -> StoredObject:
         return self.ctx.upload(checkpoint, CHECKPOINTS, checkpoint.name, even_if_stopped=at_stop)

@@ -99,10 +99,7 @@ def _publish_folder(ctx: JobContext, folder: Path, prefix: str) -> list[dict[str
     published = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         ctx.check_stop()  # a cancel during publishing: stop before the next file
-        name = f"{prefix}/{path.name}"
-        stored = ctx.upload(path, prefix, path.name)
-        ctx.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
-        published.append({"name": name, "key": stored.key, "sha256": stored.sha256})
+        published.append(ctx.publish(path, f"{prefix}/{path.name}"))
     return published
 
 

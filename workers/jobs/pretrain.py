@@ -97,12 +97,6 @@ def _samples(checkpoint: Path, prompts: list[str], tokens: int) -> list[dict[str
     return [{"prompt": g.prompt, "text": g.text} for g in result.generations]
 
 
-def _publish(ctx: JobContext, path: Path, name: str) -> dict[str, Any]:
-    stored = ctx.upload(path, *name.split("/"))
-    ctx.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
-    return {"name": name, "key": stored.key, "sha256": stored.sha256, "size": stored.size}
-
-
 def run_pretrain(ctx: JobContext) -> dict[str, Any]:
     from engine.train.checkpoint import CheckpointError
     from engine.train.config import ConfigError, config_from_dict
@@ -147,7 +141,7 @@ def run_pretrain(ctx: JobContext) -> dict[str, Any]:
         files = []
         for path in sorted(p for p in export_dir.iterdir() if p.is_file()):
             ctx.check_stop()
-            files.append(_publish(ctx, path, f"model/{path.name}"))
+            files.append(ctx.publish(path, f"model/{path.name}"))
         ctx.tracker.log_text(json.dumps(samples, indent=1), "samples.json")
         return {
             "step": summary.step,
