@@ -1,7 +1,9 @@
 """Running one job attempt: event numbering, heartbeats and cooperative stopping.
 
 A handler gets a `JobContext` and reports through it; it calls `ctx.should_stop()` between
-units of work (chunks, training steps) and returns when it is true. The context stops a
+units of work (chunks, files) and returns when it is true. A training handler passes
+`ctx.training_callbacks()` (workers/training.py) to its engine loop instead, which asks
+the same question after every step. The context stops a
 job when the platform asked to cancel it (cancel marker) or when the reaper handed the job
 to another attempt (superseded marker); both are objects in the store, because a worker
 holds no database credentials.
@@ -44,11 +46,14 @@ from workers.protocol import (
 from workers.storage import ObjectNotFoundError, ObjectStore, StorageError, StoredObject
 from workers.storage.retrying import is_transient
 from workers.tracking import NullTracker, start_tracking
+from workers.training import TrainingCallbacks
 
 log = logging.getLogger(__name__)
 
 
 _TRANSFER_CHUNK = 8 * 1024 * 1024
+# How often (at most) the markers are read: a training loop asks after every step.
+STOP_CHECK_SECONDS = 2.0
 # step_000250.tar (pre-training), step_000250.pt (vision, post-training)
 _CHECKPOINT_STEP = re.compile(r"step_(\d+)")
 
@@ -91,7 +96,7 @@ class JobContext:
         sink: EventSink,
         store: ObjectStore,
         *,
-        stop_check_seconds: float = 2.0,
+        stop_check_seconds: float | None = None,
         event_log: EventLog | None = None,
     ):
         self.spec = spec
@@ -102,7 +107,9 @@ class JobContext:
         self._answered_resend_requests: set[str] = set()
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
-        self._stop_check_seconds = stop_check_seconds
+        self._stop_check_seconds = (
+            STOP_CHECK_SECONDS if stop_check_seconds is None else stop_check_seconds
+        )
         self._last_stop_check = 0.0
         self._heartbeat_stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -163,8 +170,18 @@ class JobContext:
         self._check_stop_before_publishing(key)
         self.emit(EventType.ARTIFACT, {"name": name, "key": key, "sha256": sha256, "size": size})
 
-    def checkpoint(self, *, step: int, key: str, sha256: str, size: int) -> None:
-        self._check_stop_before_publishing(key)
+    def publish(self, path: Path, name: str) -> dict[str, Any]:
+        """Upload ``path`` as the output ``name`` ("model/config.json") and report it."""
+        stored = self.upload(path, *name.split("/"))
+        self.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
+        return {"name": name, "key": stored.key, "sha256": stored.sha256, "size": stored.size}
+
+    def checkpoint(
+        self, *, step: int, key: str, sha256: str, size: int, even_if_stopped: bool = False
+    ) -> None:
+        """Report a stored checkpoint; ``even_if_stopped``: the one a loop wrote at its stop."""
+        if not even_if_stopped:
+            self._check_stop_before_publishing(key)
         self.emit(
             EventType.CHECKPOINT,
             {
@@ -178,6 +195,14 @@ class JobContext:
 
     def output_key(self, *parts: str) -> str:
         return self.spec.output_prefix + "/".join(parts)
+
+    def training_callbacks(self, *, progress_until: float = 0.99) -> TrainingCallbacks:
+        """The callback that reports an engine training loop's run as this job's events.
+
+        ``progress_until``: the share of the job's progress bar the loop fills (the rest is
+        for the handler's work after it, e.g. export and sampling).
+        """
+        return TrainingCallbacks(self, progress_until=progress_until)
 
     # files ------------------------------------------------------------------------------
     def download(self, key: str, target: Path, sha256: str | None = None) -> Path:
@@ -244,17 +269,19 @@ class JobContext:
         sha256 = self.store.stat(key).sha256  # recorded by the store when it was written
         return self.download(key, target, sha256)
 
-    def upload(self, path: Path, *parts: str) -> StoredObject:
+    def upload(self, path: Path, *parts: str, even_if_stopped: bool = False) -> StoredObject:
         """Put a local file under this attempt's output prefix (reporting it is the caller's).
 
         A cancel seen mid-upload ends it (JobStopped, no object left), so a big model file
-        does not keep a cancelled job alive for minutes.
+        does not keep a cancelled job alive for minutes. ``even_if_stopped``: upload it
+        whole all the same (the checkpoint a training loop wrote because it was cancelled).
         """
-        self.check_stop()
+        if not even_if_stopped:
+            self.check_stop()
         with path.open("rb") as stream:
             return self.store.put_stream(
                 self.output_key(*parts),
-                _StopCheckingReader(stream, self),
+                stream if even_if_stopped else _StopCheckingReader(stream, self),
                 length=path.stat().st_size,
             )
 

@@ -24,7 +24,7 @@ build.py assembles one from the config, outputs.py writes what the run leaves; t
 here (schedule, clipping, logging, checkpoints, resume) is shared. Callbacks follow the
 kit's protocol (engine/loop/callbacks.py): ``on_metrics``, ``on_checkpoint`` for each
 checkpoint file, ``should_stop`` to end the run at a checkpoint (no outputs are written
-then). ``on_metrics=``/``on_checkpoint=`` functions are still taken (the worker passes them).
+then).
 """
 
 from __future__ import annotations
@@ -51,13 +51,7 @@ from engine.finetune.dpo import DPOObjective
 from engine.finetune.objective import FinetuneError, Objective, RandomPicks, optimizer_step
 from engine.finetune.outputs import write_outputs, write_samples
 from engine.finetune.sft import ChatTemplate
-from engine.loop.callbacks import (
-    Callback,
-    CallbackList,
-    CheckpointFunction,
-    MetricsFunction,
-    callback_list,
-)
+from engine.loop.callbacks import Callback, CallbackList
 from engine.loop.checkpoints import StepFiles
 from engine.loop.device import pick_device, pick_dtype, set_threads
 from engine.loop.metrics import JsonlMetrics, MetricsWindow
@@ -132,8 +126,6 @@ def run(
     *,
     resume: bool | str | os.PathLike = False,
     callbacks: Iterable[Callback] | None = None,
-    on_metrics: MetricsFunction | None = None,
-    on_checkpoint: CheckpointFunction | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Train ``config`` for ``train.steps`` steps (from a checkpoint if asked); write outputs."""
@@ -168,9 +160,7 @@ def run(
         objective.precompute()
     trainable, total = parameter_counts(objective.module)
     run_dir.mkdir(parents=True, exist_ok=True)
-    hooks = callback_list(
-        [JsonlMetrics(run_dir / "metrics.jsonl"), *(callbacks or ())], on_metrics, on_checkpoint
-    )
+    hooks = CallbackList([JsonlMetrics(run_dir / "metrics.jsonl"), *(callbacks or ())])
     summary = RunSummary(config.kind, start, 0.0, trainable, total)
     if progress is not None:
         share = 100 * trainable / total

@@ -32,12 +32,9 @@ is asked on logging steps only there (they synchronise the ranks anyway).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-MetricsFunction = Callable[[int, dict[str, float]], None]
-CheckpointFunction = Callable[[int, Path], None]
 
 
 class Callback:
@@ -61,31 +58,6 @@ class Callback:
 
     def on_train_end(self, summary: dict[str, Any]) -> None:
         """Final step and figures."""
-
-
-class FunctionCallback(Callback):
-    """Plain functions as a callback (the loops' older ``on_metrics=``/``on_checkpoint=``)."""
-
-    def __init__(
-        self,
-        on_metrics: MetricsFunction | None = None,
-        on_checkpoint: CheckpointFunction | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ):
-        self.metrics_function = on_metrics
-        self.checkpoint_function = on_checkpoint
-        self.stop_function = should_stop
-
-    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        if self.metrics_function is not None:
-            self.metrics_function(step, metrics)
-
-    def on_checkpoint(self, step: int, path: Path, val_loss: float | None = None) -> None:
-        if self.checkpoint_function is not None:
-            self.checkpoint_function(step, path)
-
-    def should_stop(self) -> bool:
-        return self.stop_function is not None and bool(self.stop_function())
 
 
 class CallbackList:
@@ -120,15 +92,3 @@ class CallbackList:
     def train_end(self, summary: dict[str, Any]) -> None:
         for callback in self.callbacks:
             callback.on_train_end(summary)
-
-
-def callback_list(
-    callbacks: Iterable[Callback] | None,
-    on_metrics: MetricsFunction | None = None,
-    on_checkpoint: CheckpointFunction | None = None,
-) -> CallbackList:
-    """``callbacks`` plus the older function arguments, adapted, after them."""
-    chosen = CallbackList(callbacks or ())
-    if on_metrics is not None or on_checkpoint is not None:
-        chosen.append(FunctionCallback(on_metrics, on_checkpoint))
-    return chosen

@@ -1,7 +1,6 @@
 """The pre-trainer's own callback (a progress bar) and its metric names.
 
-The protocol is the kit's (engine/loop/callbacks.py); ``Callback`` is re-exported here
-because workers/jobs/pretrain.py imports it from this module.
+The protocol is the kit's (engine/loop/callbacks.py).
 
 Metric names: ``train/loss``, ``train/lr``, ``train/tokens_per_second``, ``train/mfu``
 (when the device's peak is known), ``train/grad_norm``, ``val/loss``, ``val/perplexity``.
@@ -12,8 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from engine.loop.callbacks import Callback
-
-__all__ = ["Callback", "ProgressBar"]
 
 
 class ProgressBar(Callback):

@@ -1,6 +1,6 @@
 """Loss curves of a run as a PNG: ``python -m engine train plot var/runs/shakespeare-char out.png``.
 
-Reads ``<run_dir>/metrics.jsonl`` (written by :class:`engine.train.callbacks.JsonlMetrics`).
+Reads ``<run_dir>/metrics.jsonl`` (written by :class:`engine.loop.metrics.JsonlMetrics`).
 matplotlib is a development dependency, imported only here.
 """
 

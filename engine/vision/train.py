@@ -11,8 +11,7 @@ Under ``config.run_dir``: ``checkpoints/step_NNNNNN.pt`` (atomic), ``samples/ste
 Callbacks (engine/loop/callbacks.py) hear ``on_metrics(step, {"train/loss": ...})``,
 ``on_checkpoint(step, path)`` for each checkpoint file, ``on_artifact(step, path)`` for
 each grid, and may end the run with ``should_stop()``; the engine never talks to a
-tracking server itself, the caller forwards what it wants. ``on_metrics=`` (a function)
-is still taken, for callers that pass one.
+tracking server itself, the caller forwards what it wants.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from engine.loop.callbacks import Callback, CallbackList, MetricsFunction, callback_list
+from engine.loop.callbacks import Callback, CallbackList
 from engine.loop.device import pick_device, set_threads
 from engine.loop.metrics import JsonlMetrics, MetricsWindow
 from engine.vision.checkpoint import CheckpointError, VisionCheckpoints, load_checkpoint
@@ -146,7 +145,6 @@ def train(
     *,
     resume: bool | str | os.PathLike = False,
     callbacks: Iterable[Callback] | None = None,
-    on_metrics: MetricsFunction | None = None,
     eval_per_class: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> TrainSummary:
@@ -164,7 +162,7 @@ def train(
     store = VisionCheckpoints(run_dir, keep_last=config.train.keep_last)
     start_step = _resume(resume, store, config, recipe, generators) if resume else 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    hooks = callback_list([JsonlMetrics(run_dir / "metrics.jsonl"), *(callbacks or ())], on_metrics)
+    hooks = CallbackList([JsonlMetrics(run_dir / "metrics.jsonl"), *(callbacks or ())])
     hooks.train_start({"kind": kind, "start_step": start_step, "total_steps": config.train.steps})
     summary = TrainSummary(kind=kind, steps=start_step, seconds=0.0)
     started = time.perf_counter()

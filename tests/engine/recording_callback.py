@@ -18,9 +18,11 @@ class Recorder(Callback):
         self.stop_at, self.step = stop_at, 0
         self.checkpoints: list[tuple[int, Path]] = []
         self.artifacts: list[tuple[int, Path]] = []
+        self.metrics: list[tuple[int, dict[str, float]]] = []
 
     def on_metrics(self, step, metrics):
         self.step = step
+        self.metrics.append((step, metrics))
 
     def on_checkpoint(self, step, path, val_loss=None):
         assert Path(path).exists()  # complete when announced

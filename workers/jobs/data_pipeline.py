@@ -81,12 +81,7 @@ def _publish(ctx: JobContext, root: Path) -> list[dict[str, Any]]:
     files = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
         ctx.check_stop()  # a cancel during publishing: stop before the next file
-        relative = path.relative_to(root).as_posix()
-        stored = ctx.upload(path, *relative.split("/"))
-        ctx.artifact(name=relative, key=stored.key, sha256=stored.sha256, size=stored.size)
-        files.append(
-            {"name": relative, "key": stored.key, "sha256": stored.sha256, "size": stored.size}
-        )
+        files.append(ctx.publish(path, path.relative_to(root).as_posix()))
     return files
 
 

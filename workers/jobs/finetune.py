@@ -2,9 +2,10 @@
 
 The worker downloads the inputs the platform listed (``params["input_names"]``: the base
 model under ``base/``, a reward model under ``reward/`` for PPO, pairs under ``data/``),
-builds the engine's run config from the job's parameters and runs engine.finetune. Metrics
-go to the platform (and MLflow) as they are logged; every checkpoint (one .pt file) is put
-into the store and reported, so a re-dispatched attempt resumes from the last one. At the
+builds the engine's run config from the job's parameters and runs engine.finetune. The
+job's training callbacks (workers/training.py) send the metrics to the platform (and
+MLflow) as they are logged and put every checkpoint (one .pt file) into the store and
+report it, so a re-dispatched attempt resumes from the last one. At the
 end the outputs are published as artifacts that chain into the next job:
 ``model/config.json``, ``model/model.safetensors``, ``model/tokenizer.json`` (policies),
 ``adapter/*`` (LoRA runs), ``reward/*`` (reward models), and the samples.
@@ -98,10 +99,7 @@ def _publish_folder(ctx: JobContext, folder: Path, prefix: str) -> list[dict[str
     published = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         ctx.check_stop()  # a cancel during publishing: stop before the next file
-        name = f"{prefix}/{path.name}"
-        stored = ctx.upload(path, prefix, path.name)
-        ctx.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
-        published.append({"name": name, "key": stored.key, "sha256": stored.sha256})
+        published.append(ctx.publish(path, f"{prefix}/{path.name}"))
     return published
 
 
@@ -122,27 +120,12 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
             ctx.download_resume_checkpoint(work / "run" / "checkpoints", verified_step_file)
             or False
         )
-        steps = config.train.steps
-
-        def on_metrics(step: int, metrics: dict[str, float]) -> None:
-            ctx.metric(step, **metrics)
-            ctx.progress(min(step / steps, 0.99), f"step {step} of {steps}")
-            ctx.check_stop()  # cancel or supersede: JobStopped ends the run here
-
-        def on_checkpoint(step: int, path: Path) -> None:
-            stored = ctx.upload(path, "checkpoints", path.name)
-            ctx.checkpoint(step=step, key=stored.key, sha256=stored.sha256, size=stored.size)
-
+        to_platform = ctx.training_callbacks()
         try:
-            summary = run(
-                config,
-                resume=resume,
-                on_metrics=on_metrics,
-                on_checkpoint=on_checkpoint,
-                progress=ctx.log,
-            )
+            summary = run(config, resume=resume, callbacks=[to_platform], progress=ctx.log)
         except FinetuneError as error:
             raise JobFailed(str(error)) from None
+        to_platform.end_if_stopped(summary.stopped)
         ctx.check_stop()  # evaluation and sampling after the last step may have taken a while
         ctx.progress(0.99, "publishing the outputs")
         files = []

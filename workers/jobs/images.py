@@ -1,9 +1,10 @@
 """Image-generation training jobs: diffusion, GAN and VAE on the 8x8 digits (engine.vision).
 
-The engine trains from its own copy of scikit-learn's digits. Metrics go to the platform
-and MLflow as they are logged; every checkpoint (a single .pt file) and every sample grid
-(a PNG, one row per digit) is put into the store and reported, so the run page shows the
-grids and a re-dispatched attempt resumes from the last checkpoint.
+The engine trains from its own copy of scikit-learn's digits. The job's training callbacks
+(workers/training.py) send the metrics to the platform and MLflow as they are logged, and
+put every checkpoint (a single .pt file) and every sample grid (a PNG, one row per digit)
+into the store as the loop writes it, so the run page shows the grids and a re-dispatched
+attempt resumes from the last checkpoint.
 
 Params (validated by the platform): preset ("recipe": configs/vision/<kind>.yaml, or
 "tiny" for a seconds-long run), train overrides (steps, batch_size, lr, log_interval,
@@ -45,36 +46,6 @@ def run_config(kind: str, params: dict[str, Any], run_dir: Path) -> dict[str, An
     return raw
 
 
-class _Publisher:
-    """Sends each new checkpoint and grid to the store once, as the run writes them."""
-
-    def __init__(self, ctx: JobContext, run_dir: Path):
-        self.ctx, self.run_dir = ctx, run_dir
-        self.sent: set[Path] = set()
-
-    def publish(self) -> None:
-        for path in sorted((self.run_dir / "checkpoints").glob("step_*.pt")):
-            if path not in self.sent and path.is_file():
-                self.ctx.check_stop()
-                step = int(path.stem.split("_")[1])
-                stored = self.ctx.upload(path, "checkpoints", path.name)
-                self.ctx.checkpoint(
-                    step=step, key=stored.key, sha256=stored.sha256, size=stored.size
-                )
-                self.sent.add(path)
-        for path in sorted((self.run_dir / "samples").glob("step_*.png")):
-            if path not in self.sent:
-                self.ctx.check_stop()
-                stored = self.ctx.upload(path, "samples", path.name)
-                self.ctx.artifact(
-                    name=f"samples/{path.name}",
-                    key=stored.key,
-                    sha256=stored.sha256,
-                    size=stored.size,
-                )
-                self.sent.add(path)
-
-
 def run_image_training(ctx: JobContext) -> dict[str, Any]:
     from engine.vision.checkpoint import CheckpointError
     from engine.vision.config import ConfigError, config_from_dict
@@ -90,27 +61,18 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
         resume = (
             ctx.download_resume_checkpoint(run_dir / "checkpoints", verified_step_file) or False
         )
-        publisher = _Publisher(ctx, run_dir)
-        publisher.sent.update({resume} if resume else set())
-        steps = config.train.steps
-
-        def on_metrics(step: int, metrics: dict[str, float]) -> None:
-            ctx.metric(step, **metrics)
-            ctx.progress(min(step / steps, 0.99), f"step {step} of {steps}")
-            publisher.publish()  # what the previous steps wrote
-            ctx.check_stop()
-
+        to_platform = ctx.training_callbacks()
         try:
             summary = train(
                 config,
                 resume=resume,
-                on_metrics=on_metrics,
+                callbacks=[to_platform],
                 eval_per_class=int(params.get("eval_per_class", 0)),
             )
         except (TrainingError, CheckpointError) as error:
             raise JobFailed(str(error)) from None
-        ctx.check_stop()  # the final evaluation and samples may have taken a while
-        publisher.publish()
+        to_platform.end_if_stopped(summary.stopped)
+        ctx.check_stop()  # the final evaluation may have taken a while
         ctx.tracker.log_text(str(summary.evaluation), "evaluation.txt")
         return {
             "kind": kind,

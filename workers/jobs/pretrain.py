@@ -1,10 +1,10 @@
 """The pre-training job: a GPT trained on a tokenized dataset version, resumable anywhere.
 
 The worker downloads the version's token shards, builds the engine's run config from the
-job's parameters, and trains with engine.train. Metrics go to the platform (and MLflow)
-as they are logged; every checkpoint is packed into one tar object in the store and
-reported, so a re-dispatched attempt (its worker died) downloads the last one and goes
-on from the same step. At the end the model is exported (safetensors, Hugging Face GPT-2
+job's parameters, and trains with engine.train, followed by the job's training callbacks
+(workers/training.py): metrics to the platform (and MLflow) as they are logged, every
+checkpoint packed into one tar object in the store and reported, so a re-dispatched
+attempt (its worker died) downloads the last one and goes on from the same step. At the end the model is exported (safetensors, Hugging Face GPT-2
 layout) and a few samples are generated for the run page.
 
 Params (validated by the platform): dataset_version_id, input_names (the local name of
@@ -58,11 +58,6 @@ def run_config(params: dict[str, Any], run_dir: Path, data_dir: Path) -> dict[st
     }
 
 
-def _pack(folder: Path, target: Path) -> None:
-    with tarfile.open(target, "w") as tar:
-        tar.add(folder, arcname=folder.name)
-
-
 def _unpack(archive: Path, into: Path) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")  # "data": no absolute paths, links or devices
@@ -92,28 +87,6 @@ def _unpack_checkpoint(archive: Path, run_dir: Path) -> Path:
         archive.unlink(missing_ok=True)
 
 
-def _callbacks(ctx: JobContext, work: Path):
-    from engine.train.callbacks import Callback
-
-    class ToPlatform(Callback):
-        """Metrics to the platform (and MLflow); checkpoints into the store."""
-
-        def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-            ctx.metric(step, **metrics)
-            ctx.progress(step / max_iters, f"step {step} of {max_iters}")
-            ctx.check_stop()  # cancel or supersede: JobStopped ends the loop here
-
-        def on_checkpoint(self, step: int, path: Path, val_loss: float | None) -> None:
-            archive = work / f"{path.name}.tar"
-            _pack(path, archive)
-            stored = ctx.upload(archive, "checkpoints", archive.name)
-            archive.unlink()
-            ctx.checkpoint(step=step, key=stored.key, sha256=stored.sha256, size=stored.size)
-
-    max_iters = int((ctx.spec.params.get("train") or {}).get("max_iters", 5000))
-    return [ToPlatform()]
-
-
 def _samples(checkpoint: Path, prompts: list[str], tokens: int) -> list[dict[str, str]]:
     from engine.infer.generate import Generator, SamplingParams
     from engine.infer.loading import load_for_generation
@@ -122,12 +95,6 @@ def _samples(checkpoint: Path, prompts: list[str], tokens: int) -> list[dict[str
     params = SamplingParams(max_new_tokens=tokens, temperature=0.8, top_k=50, seed=1337)
     result = Generator(model, tokenizer).generate(prompts, params)
     return [{"prompt": g.prompt, "text": g.text} for g in result.generations]
-
-
-def _publish(ctx: JobContext, path: Path, name: str) -> dict[str, Any]:
-    stored = ctx.upload(path, *name.split("/"))
-    ctx.artifact(name=name, key=stored.key, sha256=stored.sha256, size=stored.size)
-    return {"name": name, "key": stored.key, "sha256": stored.sha256, "size": stored.size}
 
 
 def run_pretrain(ctx: JobContext) -> dict[str, Any]:
@@ -148,15 +115,14 @@ def run_pretrain(ctx: JobContext) -> dict[str, Any]:
         resume = ctx.download_resume_checkpoint(
             work / "resume", lambda archive: _unpack_checkpoint(archive, work / "run")
         )
+        to_platform = ctx.training_callbacks(progress_until=0.95)
         try:
             summary = Trainer(
-                config,
-                callbacks=_callbacks(ctx, work),
-                resume=resume or False,
-                default_callbacks=False,
+                config, callbacks=[to_platform], resume=resume or False, default_callbacks=False
             ).fit()
         except (TrainingError, CheckpointError) as error:
             raise JobFailed(str(error)) from None
+        to_platform.end_if_stopped(summary.stopped)
         if summary.checkpoint is None:
             raise JobFailed("training ended without a checkpoint")
         # Export, sample, publish: a cancel is looked for between every two of them (and
@@ -175,7 +141,7 @@ def run_pretrain(ctx: JobContext) -> dict[str, Any]:
         files = []
         for path in sorted(p for p in export_dir.iterdir() if p.is_file()):
             ctx.check_stop()
-            files.append(_publish(ctx, path, f"model/{path.name}"))
+            files.append(ctx.publish(path, f"model/{path.name}"))
         ctx.tracker.log_text(json.dumps(samples, indent=1), "samples.json")
         return {
             "step": summary.step,

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.loop.callbacks import Callback, callback_list
+from engine.loop.callbacks import Callback, CallbackList
 from engine.loop.checkpoints import StepFiles
 from engine.loop.device import pick_device, pick_dtype
 from engine.loop.metrics import JsonlMetrics
+from tests.engine.recording_callback import Recorder
 
 
 class _Asked(Callback):
@@ -24,21 +25,19 @@ class _Asked(Callback):
 
 def test_every_callback_is_asked_and_one_yes_stops():
     first, second = _Asked(True), _Asked(False)
-    hooks = callback_list([first, second])
+    hooks = CallbackList([first, second])
     assert hooks.should_stop() and first.asked == second.asked == 1
-    assert not callback_list([_Asked(False)]).should_stop()
+    assert not CallbackList([_Asked(False)]).should_stop()
 
 
-def test_functions_are_adapted_to_the_protocol(tmp_path):
-    seen, saved = [], []
-    hooks = callback_list(
-        [JsonlMetrics(tmp_path / "metrics.jsonl")],
-        on_metrics=lambda step, metrics: seen.append((step, metrics)),
-        on_checkpoint=lambda step, path: saved.append((step, path)),
-    )
+def test_every_callback_hears_each_hook_in_order(tmp_path):
+    recorder = Recorder()
+    hooks = CallbackList([JsonlMetrics(tmp_path / "metrics.jsonl"), recorder])
     hooks.metrics(3, {"train/loss": 1.5})
+    (tmp_path / "step_000003.pt").write_bytes(b"")  # the recorder checks it exists
     hooks.checkpoint(3, tmp_path / "step_000003.pt", None)
-    assert seen == [(3, {"train/loss": 1.5})] and saved == [(3, tmp_path / "step_000003.pt")]
+    assert recorder.metrics == [(3, {"train/loss": 1.5})]
+    assert recorder.checkpoints == [(3, tmp_path / "step_000003.pt")]
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 3, "train/loss": 1.5}\n'
 
 

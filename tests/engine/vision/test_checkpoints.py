@@ -52,9 +52,10 @@ def test_checkpoints_are_complete_files_and_old_ones_pruned(make_config):
 
 
 def test_training_writes_grid_and_metrics(make_config):
-    seen = []
+    recorder = Recorder()
     config = make_config("gan", train={"sample_interval": 2})
-    summary = train(config, on_metrics=lambda step, metrics: seen.append((step, metrics)))
+    summary = train(config, callbacks=[recorder])
+    seen = recorder.metrics
     assert [step for step, _ in seen] == [1, 2, 3, 4]
     assert {"train/d_loss", "train/g_loss", "train/lr"} <= set(seen[-1][1])
     run_dir = Path(config.run_dir)

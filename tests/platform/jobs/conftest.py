@@ -1,0 +1,48 @@
+"""Fixtures shared by the job tests."""
+
+import hashlib
+
+import pytest
+
+
+@pytest.fixture
+def model_job(team, tmp_path):
+    """A succeeded job that published a tiny GPT (model/*) the way a pre-training job does."""
+    import torch
+
+    from controlplane.jobs.models import Job, JobArtifact
+    from controlplane.storage import object_store
+    from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer
+    from engine.models.gpt import GPT, GPTConfig
+    from engine.train.export import export_model
+    from engine.train.recipes import shakespeare_texts
+
+    text = "".join(shakespeare_texts().values())  # every character the built-in pairs use
+    tokenizer = CharTokenizer.train(text, special_tokens=DEFAULT_SPECIAL_TOKENS)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=32
+    )
+    folder = export_model(
+        GPT(config), tmp_path / "model", tokenizer_file=tmp_path / "tokenizer.json", eot_id=0
+    )
+    job = Job.objects.create(
+        project=team.project,
+        kind="pretrain",
+        state="succeeded",
+        params={},
+        created_by=team.engineer,
+    )
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        key = f"{job.output_prefix}attempt-1/model/{path.name}"
+        object_store().put_bytes(key, data)
+        JobArtifact.objects.create(
+            job=job,
+            name=f"model/{path.name}",
+            object_key=key,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+        )
+    return job
