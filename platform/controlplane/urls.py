@@ -20,8 +20,7 @@ urlpatterns = [
     path("", pages.overview, name="overview"),
     path("account/tokens/", account_pages.token_list, name="token-list"),
     path("account/tokens/<int:token_id>/revoke/", account_pages.token_revoke, name="token-revoke"),
-    path("projects/", pages.project_list, name="project-list"),
-    path("projects/<int:project_id>/", pages.project_detail, name="project-detail"),
+    path("", include("controlplane.projects.urls")),
     path("projects/<int:project_id>/uploads/", pages.upload_file, name="upload-file"),
     path(
         "projects/<int:project_id>/uploads/<int:upload_id>/inspect/",
@@ -65,12 +64,6 @@ urlpatterns = [
         "projects/<int:project_id>/jobs/<int:job_id>/cancel/",
         pages.job_cancel_view,
         name="job-cancel",
-    ),
-    path("projects/<int:project_id>/members/", pages.member_list, name="member-list"),
-    path(
-        "projects/<int:project_id>/members/<int:user_id>/",
-        pages.member_change,
-        name="member-change",
     ),
     path("projects/<int:project_id>/audit/", pages.audit_timeline, name="audit-timeline"),
 ]

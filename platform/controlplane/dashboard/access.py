@@ -1,4 +1,8 @@
-"""`@project_page(action)`: resolve the project of a page and check the caller's role."""
+"""`@project_page(action)`: resolve the project of a page and check the caller's role.
+
+Every app's pages (projects, uploads, datasets, jobs, audit) use it, so that no page can
+forget the role check (tests/platform/projects/test_access_matrix.py walks them all).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,19 @@ from functools import wraps
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest
+from django_htmx.middleware import HtmxDetails
 
 from controlplane.projects.permissions import Action, role_allows
 from controlplane.projects.selectors import ProjectForbidden, ProjectNotFound, project_for
+
+
+class ProjectRequest(HttpRequest):
+    """What a page under `@project_page` gets: htmx's details and the caller's rights."""
+
+    htmx: HtmxDetails
+    project_role: str | None
+    can: dict[str, bool]  # {"view": True, "run": False, "manage": False}
 
 
 def project_page(action: Action = Action.VIEW):

@@ -18,10 +18,6 @@ from controlplane.dashboard.access import project_page
 from controlplane.dashboard.forms import (
     ImageJobForm,
     InspectJobForm,
-    MemberForm,
-    ProjectForm,
-    RoleForm,
-    UploadForm,
 )
 from controlplane.dashboard.posttrain_views import posttrain_form
 from controlplane.dashboard.selectors import overview_for
@@ -38,14 +34,7 @@ from controlplane.jobs.selectors import (
 )
 from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
 from controlplane.projects.permissions import Action
-from controlplane.projects.selectors import members_of, project_list_for
-from controlplane.projects.services import (
-    MembershipError,
-    member_add,
-    member_change_role,
-    member_remove,
-    project_create,
-)
+from controlplane.projects.views import project_detail
 from controlplane.uploads.models import Upload
 from controlplane.uploads.services import UploadError, single_uploaded_file, upload_create
 
@@ -65,38 +54,6 @@ def readyz(request) -> JsonResponse:
 @login_required
 def overview(request):
     return render(request, "dashboard/overview.html", overview_for(request.user))
-
-
-@login_required
-def project_list(request):
-    form = ProjectForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            project = project_create(actor=request.user, **form.cleaned_data)
-        except MembershipError as error:
-            form.add_error("slug", str(error))
-        else:
-            messages.success(request, f"Project {project.name} created.")
-            return redirect("project-detail", project_id=project.pk)
-    projects = project_list_for(request.user).order_by("name")
-    return render(request, "dashboard/project_list.html", {"projects": projects, "form": form})
-
-
-@project_page()
-def project_detail(request, project):
-    uploads = Upload.objects.filter(project=project).select_related("uploaded_by")[:20]
-    return render(
-        request,
-        "dashboard/project_detail.html",
-        {
-            "project": project,
-            "uploads": uploads,
-            "jobs": jobs_for(project)[:10],
-            "upload_form": UploadForm(),
-            "members": members_of(project),
-            "audit": audit_verify(project),
-        },
-    )
 
 
 @project_page(Action.RUN)
@@ -267,65 +224,6 @@ def job_cancel_view(request, project, job_id: int):
     else:
         messages.info(request, f"Cancel requested for job {job.pk}.")
     return redirect("job-detail", project_id=project.pk, job_id=job.pk)
-
-
-@project_page()
-def member_list(request, project):
-    form = MemberForm()
-    if request.method == "POST":
-        if not request.can["manage"]:
-            from django.core.exceptions import PermissionDenied
-
-            raise PermissionDenied("only owners manage members")
-        form = MemberForm(request.POST)
-        if form.is_valid():
-            user = User.objects.filter(
-                username=form.cleaned_data["username"], is_active=True
-            ).first()
-            if user is None:
-                form.add_error("username", "no active user with this name")
-            else:
-                try:
-                    member_add(
-                        project=project,
-                        user=user,
-                        role=form.cleaned_data["role"],
-                        actor=request.user,
-                    )
-                except MembershipError as error:
-                    form.add_error(None, str(error))
-                else:
-                    messages.success(
-                        request, f"{user.username} added as {form.cleaned_data['role']}."
-                    )
-                    return redirect("member-list", project_id=project.pk)
-    return render(
-        request,
-        "dashboard/members.html",
-        {"project": project, "members": members_of(project), "form": form, "role_form": RoleForm()},
-    )
-
-
-@project_page(Action.MANAGE)
-@require_POST
-def member_change(request, project, user_id: int):
-    membership = get_object_or_404(members_of(project), user_id=user_id)
-    try:
-        if request.POST.get("remove"):
-            member_remove(membership=membership, actor=request.user)
-            messages.success(request, f"{membership.user.username} removed.")
-        else:
-            form = RoleForm(request.POST)
-            if form.is_valid():
-                member_change_role(
-                    membership=membership, role=form.cleaned_data["role"], actor=request.user
-                )
-                messages.success(
-                    request, f"{membership.user.username} is now {form.cleaned_data['role']}."
-                )
-    except MembershipError as error:
-        messages.error(request, str(error))
-    return redirect("member-list", project_id=project.pk)
 
 
 @project_page()

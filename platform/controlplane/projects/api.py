@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.contrib.auth.models import User
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
@@ -11,7 +10,13 @@ from controlplane.api.errors import Conflict
 from controlplane.names import validate_name
 from controlplane.projects.models import Membership, Project, Role, slug_validator
 from controlplane.projects.permissions import Action
-from controlplane.projects.selectors import members_of, project_list_for, role_of
+from controlplane.projects.selectors import (
+    active_user_named,
+    members_of,
+    membership_of,
+    project_list_for,
+    role_of,
+)
 from controlplane.projects.services import (
     MembershipError,
     member_add,
@@ -140,7 +145,7 @@ class MemberListCreate(generics.GenericAPIView):
         project = project_or_404(request, project_id, Action.MANAGE)
         body = MemberIn(data=request.data)
         body.is_valid(raise_exception=True)
-        user = User.objects.filter(username=body.validated_data["username"], is_active=True).first()
+        user = active_user_named(body.validated_data["username"])
         if user is None:
             raise serializers.ValidationError({"username": ["no active user with this name"]})
         try:
@@ -155,7 +160,7 @@ class MemberListCreate(generics.GenericAPIView):
 class MemberDetail(APIView):
     def _membership(self, request, project_id: int, user_id: int, action: Action) -> Membership:
         project = project_or_404(request, project_id, action)
-        membership = members_of(project).filter(user_id=user_id).first()
+        membership = membership_of(project, user_id)
         if membership is None:
             from rest_framework.exceptions import NotFound
 

@@ -40,14 +40,14 @@ def _count_of(model, **filters) -> Coalesce:
 
 
 def project_list_for(user: User) -> QuerySet[Project]:
-    from controlplane.jobs.models import Job
+    from controlplane.jobs.models import Job, JobState
 
     my_role = Membership.objects.filter(project=OuterRef("pk"), user_id=user.pk).values("role")[:1]
     return projects_visible_to(user).annotate(
         my_role=Subquery(my_role),
         member_count=_count_of(Membership),
         job_count=_count_of(Job),
-        running_job_count=_count_of(Job, state="running"),
+        running_job_count=_count_of(Job, state=JobState.RUNNING),
     )
 
 
@@ -87,3 +87,13 @@ def members_of(project: Project) -> QuerySet[Membership]:
     return (
         Membership.objects.filter(project=project).select_related("user").order_by("user__username")
     )
+
+
+def membership_of(project: Project, user_id: int) -> Membership | None:
+    """The user's membership of the project, or None when they are not a member."""
+    return members_of(project).filter(user_id=user_id).first()
+
+
+def active_user_named(username: str) -> User | None:
+    """The user a member is added by name: only active accounts can join a project."""
+    return User.objects.filter(username=username, is_active=True).first()
