@@ -21,12 +21,7 @@ urlpatterns = [
     path("account/tokens/", account_pages.token_list, name="token-list"),
     path("account/tokens/<int:token_id>/revoke/", account_pages.token_revoke, name="token-revoke"),
     path("", include("controlplane.projects.urls")),
-    path("projects/<int:project_id>/uploads/", pages.upload_file, name="upload-file"),
-    path(
-        "projects/<int:project_id>/uploads/<int:upload_id>/inspect/",
-        pages.inspect_job_start,
-        name="inspect-start",
-    ),
+    path("", include("controlplane.uploads.urls")),
     path("projects/<int:project_id>/datasets/", dataset_pages.dataset_list, name="dataset-list"),
     path(
         "projects/<int:project_id>/datasets/<int:dataset_id>/",

@@ -3,10 +3,6 @@ from django import forms
 from controlplane.names import validate_name
 
 
-class UploadForm(forms.Form):
-    file = forms.FileField()
-
-
 class InspectJobForm(forms.Form):
     upload_id = forms.IntegerField(widget=forms.HiddenInput)
     preview_records = forms.IntegerField(min_value=1, max_value=50, initial=5)

@@ -17,7 +17,6 @@ from controlplane.audit.services import audit_verify
 from controlplane.dashboard.access import project_page
 from controlplane.dashboard.forms import (
     ImageJobForm,
-    InspectJobForm,
 )
 from controlplane.dashboard.posttrain_views import posttrain_form
 from controlplane.dashboard.selectors import overview_for
@@ -34,9 +33,6 @@ from controlplane.jobs.selectors import (
 )
 from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
 from controlplane.projects.permissions import Action
-from controlplane.projects.views import project_detail
-from controlplane.uploads.models import Upload
-from controlplane.uploads.services import UploadError, single_uploaded_file, upload_create
 
 
 def healthz(request) -> JsonResponse:
@@ -54,53 +50,6 @@ def readyz(request) -> JsonResponse:
 @login_required
 def overview(request):
     return render(request, "dashboard/overview.html", overview_for(request.user))
-
-
-@project_page(Action.RUN)
-@require_POST
-def upload_file(request, project):
-    try:
-        uploaded = single_uploaded_file(request.FILES, "file")
-        upload = upload_create(
-            project=project,
-            actor=request.user,
-            stream=uploaded.file,
-            filename=uploaded.name,
-            size=uploaded.size,
-            content_type=uploaded.content_type or "",
-        )
-    except UploadError as error:
-        # Nothing was stored: the page again with the reason, and a 4xx that says so.
-        messages.error(request, str(error))
-        response = project_detail(request, project.pk)
-        response.status_code = error.status
-        return response
-    messages.success(
-        request,
-        f"Uploaded {upload.filename} ({upload.size} bytes, sha256 {upload.sha256[:12]}…).",
-    )
-    return redirect("project-detail", project_id=project.pk)
-
-
-@project_page(Action.RUN)
-def inspect_job_start(request, project, upload_id: int):
-    upload = get_object_or_404(Upload, project=project, pk=upload_id)
-    form = InspectJobForm(request.POST or None, initial={"upload_id": upload.pk})
-    if request.method == "POST" and form.is_valid():
-        params = {k: v for k, v in form.cleaned_data.items() if v is not None}
-        try:
-            job = job_create(project=project, kind="inspect", params=params, actor=request.user)
-        except JobRequestError as error:
-            for field, errors in error.errors.items():
-                form.add_error(field if field in form.fields else None, " ".join(errors))
-        else:
-            messages.success(request, f"Job {job.pk} queued.")
-            return redirect("job-detail", project_id=project.pk, job_id=job.pk)
-    return render(
-        request,
-        "dashboard/inspect_start.html",
-        {"project": project, "upload": upload, "form": form},
-    )
 
 
 @project_page()

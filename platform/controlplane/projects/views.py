@@ -11,7 +11,6 @@ from django.views.decorators.http import require_POST
 
 from controlplane.audit.services import audit_verify
 from controlplane.dashboard.access import ProjectRequest, project_page
-from controlplane.dashboard.forms import UploadForm
 from controlplane.jobs.selectors import jobs_for
 from controlplane.projects.forms import MemberForm, ProjectForm, RoleForm
 from controlplane.projects.models import Project
@@ -29,6 +28,7 @@ from controlplane.projects.services import (
     member_remove,
     project_create,
 )
+from controlplane.uploads.forms import UploadForm
 from controlplane.uploads.selectors import uploads_for
 
 

@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 from controlplane.api.access import project_or_404
 from controlplane.projects.permissions import Action
 from controlplane.uploads.models import Upload
+from controlplane.uploads.selectors import upload_in, uploads_for
 from controlplane.uploads.services import UploadError, single_uploaded_file, upload_create
 
 
@@ -85,8 +86,7 @@ class UploadListCreate(generics.GenericAPIView):
     @extend_schema(responses=UploadOut(many=True))
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
-        uploads = Upload.objects.filter(project=project).select_related("uploaded_by")
-        page = self.paginate_queryset(uploads)
+        page = self.paginate_queryset(uploads_for(project))
         return self.get_paginated_response(UploadOut(page, many=True).data)
 
     @extend_schema(request={"multipart/form-data": UploadIn}, responses={201: UploadOut})
@@ -101,11 +101,7 @@ class UploadDetail(APIView):
     @extend_schema(responses=UploadOut)
     def get(self, request, project_id: int, upload_id: int):
         project = project_or_404(request, project_id)
-        upload = (
-            Upload.objects.filter(project=project, pk=upload_id)
-            .select_related("uploaded_by")
-            .first()
-        )
+        upload = upload_in(project, upload_id)
         if upload is None:
             raise NotFound(f"upload {upload_id} not found in this project")
         return Response(UploadOut(upload).data)

@@ -1,0 +1,5 @@
+from django import forms
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField()
