@@ -3,7 +3,6 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from controlplane.accounts import views as account_pages
-from controlplane.dashboard import dataset_views as dataset_pages
 from controlplane.dashboard import experiment_views as experiment_pages
 from controlplane.dashboard import posttrain_views as posttrain_pages
 from controlplane.dashboard import storage_views
@@ -22,17 +21,7 @@ urlpatterns = [
     path("account/tokens/<int:token_id>/revoke/", account_pages.token_revoke, name="token-revoke"),
     path("", include("controlplane.projects.urls")),
     path("", include("controlplane.uploads.urls")),
-    path("projects/<int:project_id>/datasets/", dataset_pages.dataset_list, name="dataset-list"),
-    path(
-        "projects/<int:project_id>/datasets/<int:dataset_id>/",
-        dataset_pages.dataset_detail,
-        name="dataset-detail",
-    ),
-    path(
-        "projects/<int:project_id>/datasets/<int:dataset_id>/v<int:number>/",
-        dataset_pages.dataset_version,
-        name="dataset-version",
-    ),
+    path("", include("controlplane.datasets.urls")),
     path(
         "projects/<int:project_id>/experiments/",
         experiment_pages.experiment_compare,

@@ -104,14 +104,20 @@ def site(team, make_upload, make_ready_version):
 
 
 def _dashboard_urls(kwargs: dict) -> list[str]:
-    """Every route of the root URLconf (the dashboard; the API and admin are included
-    URLconfs), with its arguments filled in."""
-    from django.urls import URLPattern, get_resolver, reverse
+    """Every page route, with its arguments filled in: the root URLconf's own and those of
+    the apps' urls.py it includes at the root (the API and admin, included under their
+    own prefixes, are not pages)."""
+    from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+    def page_patterns(patterns):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver) and str(pattern.pattern) == "":
+                yield from page_patterns(pattern.url_patterns)
+            elif isinstance(pattern, URLPattern) and pattern.name:
+                yield pattern
 
     urls = []
-    for pattern in get_resolver().url_patterns:
-        if not isinstance(pattern, URLPattern) or not pattern.name:
-            continue
+    for pattern in page_patterns(get_resolver().url_patterns):
         names = list(pattern.pattern.regex.groupindex)
         urls.append(reverse(pattern.name, kwargs={name: kwargs[name] for name in names}))
     return urls

@@ -11,21 +11,6 @@ class InspectJobForm(forms.Form):
     )
 
 
-class DatasetForm(forms.Form):
-    name = forms.CharField(max_length=120, validators=[validate_name])
-    slug = forms.SlugField(max_length=63, help_text="lowercase letters, digits, hyphens")
-    kind = forms.ChoiceField(choices=[("text", "Text"), ("images", "Images")])
-    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
-    source = forms.CharField(max_length=500, required=False, help_text="where the data came from")
-    license = forms.CharField(max_length=120, required=False)
-    subject_field = forms.CharField(
-        max_length=120,
-        required=False,
-        label="Data-subject field",
-        help_text="the record field naming the person, if the data holds personal data",
-    )
-
-
 class PipelineJobForm(forms.Form):
     pipeline = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 12, "class": "code"}),

@@ -13,7 +13,12 @@ from controlplane.api.access import StrictSerializer, project_or_404
 from controlplane.api.idempotency import idempotent
 from controlplane.api.params import choice_param
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetKind, DatasetVersion
-from controlplane.datasets.selectors import datasets_for, versions_of
+from controlplane.datasets.selectors import (
+    dataset_in,
+    datasets_for,
+    version_numbered,
+    versions_of,
+)
 from controlplane.datasets.services import (
     MAX_PART_SIZE,
     MIN_PART_SIZE,
@@ -146,9 +151,7 @@ def dataset_or_404(
     request, project_id: int, dataset_id: int, action: Action = Action.VIEW
 ) -> Dataset:
     project = project_or_404(request, project_id, action)
-    dataset = (
-        Dataset.objects.filter(project=project, pk=dataset_id).select_related("project").first()
-    )
+    dataset = dataset_in(project, dataset_id)
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} not found in this project")
     return dataset
@@ -158,7 +161,7 @@ def version_or_404(
     request, project_id, dataset_id, number, action: Action = Action.VIEW
 ) -> DatasetVersion:
     dataset = dataset_or_404(request, project_id, dataset_id, action)
-    version = versions_of(dataset).filter(number=number).first()
+    version = version_numbered(dataset, number)
     if version is None:
         raise NotFound(f"version {number} of dataset '{dataset.slug}' not found")
     return version

@@ -117,13 +117,26 @@ class DatasetVersion(models.Model):
         return f"projects/{self.dataset.project_id}/datasets/{self.dataset_id}/v{self.number}/"
 
 
+class FileRole(models.TextChoices):
+    """What a file of a version is for; set from its name (datasets/services.py)."""
+
+    DATA = "data", "Data"  # records a job reads (JSON lines)
+    SHARD = "shard", "Token shard"  # tokens/*.bin, what pre-training reads
+    TOKENIZER = "tokenizer", "Tokenizer"
+    REPORT = "report", "Pipeline report"
+    INDEX = "index", "Data-subject index"
+    MANIFEST = "manifest", "Manifest"
+    OTHER = "other", "Other"
+
+
 class DatasetFile(models.Model):
     """One object of a version; its manifest is the list of these."""
 
     version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="files")
     # The user's file name (display) or the pipeline's output path inside the version.
     name = models.CharField(max_length=255)
-    role = models.CharField(max_length=40, default="data")  # data, shard, tokenizer, report, index
+    # One of FileRole; not declared as the field's choices, which would only add a migration.
+    role = models.CharField(max_length=40, default=FileRole.DATA)
     object_key = models.CharField(max_length=512, unique=True)
     size = models.PositiveBigIntegerField()
     sha256 = models.CharField(max_length=64)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import Count, Prefetch, QuerySet
 
-from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion
+from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion, FileRole
 from controlplane.projects.models import Project
 
 
@@ -22,3 +22,21 @@ def versions_of(dataset: Dataset) -> QuerySet[DatasetVersion]:
         )
         .order_by("-number")
     )
+
+
+def dataset_in(project: Project, dataset_id: int) -> Dataset | None:
+    """The dataset, or None when it is not one of this project's."""
+    return (
+        Dataset.objects.filter(project=project, pk=dataset_id)
+        .select_related("project", "created_by")
+        .first()
+    )
+
+
+def version_numbered(dataset: Dataset, number: int) -> DatasetVersion | None:
+    return versions_of(dataset).filter(number=number).first()
+
+
+def version_has_token_shards(version: DatasetVersion) -> bool:
+    """Whether a pipeline tokenized the version (tokens/*.bin): what pre-training reads."""
+    return version.files.filter(role=FileRole.SHARD, name__startswith="tokens/").exists()

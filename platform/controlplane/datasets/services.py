@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
 from controlplane.audit.services import audit_append
-from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion
+from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion, FileRole
 from controlplane.datasets.upload import (
     DEFAULT_PART_SIZE,
     MAX_PART_SIZE,
@@ -98,19 +98,19 @@ def dataset_create(
     return dataset
 
 
-def _role_of(name: str) -> str:
+def _role_of(name: str) -> FileRole:
     base = name.rsplit("/", 1)[-1]
     if base.startswith("records-"):
-        return "data"
+        return FileRole.DATA
     if base.startswith("report."):
-        return "report"
+        return FileRole.REPORT
     if base.startswith("subject_index"):
-        return "index"
+        return FileRole.INDEX
     if base == "tokenizer.json":
-        return "tokenizer"
+        return FileRole.TOKENIZER
     if base.endswith(".bin"):
-        return "shard"
-    return "manifest" if base == "manifest.json" else "other"
+        return FileRole.SHARD
+    return FileRole.MANIFEST if base == "manifest.json" else FileRole.OTHER
 
 
 def dataset_version_from_job(*, job, result: dict[str, Any]) -> DatasetVersion:

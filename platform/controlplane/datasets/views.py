@@ -9,24 +9,34 @@ from __future__ import annotations
 
 import json
 
+from django import forms
 from django.contrib import messages
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 
 from controlplane.audit.selectors import audit_events_for
-from controlplane.dashboard.access import project_page
-from controlplane.dashboard.forms import DatasetForm, PipelineJobForm, TrainJobForm
+from controlplane.dashboard.access import ProjectRequest, project_page
+from controlplane.dashboard.forms import PipelineJobForm, TrainJobForm
+from controlplane.datasets.forms import DatasetForm
 from controlplane.datasets.lineage import dataset_lineage
-from controlplane.datasets.models import Dataset
-from controlplane.datasets.selectors import datasets_for, versions_of
+from controlplane.datasets.models import Dataset, DatasetVersion
+from controlplane.datasets.selectors import (
+    dataset_in,
+    datasets_for,
+    version_has_token_shards,
+    version_numbered,
+    versions_of,
+)
 from controlplane.datasets.services import DatasetError, dataset_create
 from controlplane.engine_tools import pipeline_defaults
 from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.services import job_create
+from controlplane.projects.models import Project
+from workers.protocol import JobKind
 
 
 @project_page()
-def dataset_list(request, project):
+def dataset_list(request: ProjectRequest, project: Project) -> HttpResponse:
     form = DatasetForm(request.POST or None)
     if request.method == "POST":
         if not request.can["run"]:
@@ -43,26 +53,24 @@ def dataset_list(request, project):
                 return redirect("dataset-detail", project_id=project.pk, dataset_id=dataset.pk)
     return render(
         request,
-        "dashboard/dataset_list.html",
+        "datasets/dataset_list.html",
         {"project": project, "datasets": datasets_for(project), "form": form},
     )
 
 
-def _dataset(project, dataset_id: int) -> Dataset:
-    dataset = (
-        Dataset.objects.filter(project=project, pk=dataset_id).select_related("created_by").first()
-    )
+def _dataset(project: Project, dataset_id: int) -> Dataset:
+    dataset = dataset_in(project, dataset_id)
     if dataset is None:
         raise Http404(f"dataset {dataset_id} not found in this project")
     return dataset
 
 
 @project_page()
-def dataset_detail(request, project, dataset_id: int):
+def dataset_detail(request: ProjectRequest, project: Project, dataset_id: int) -> HttpResponse:
     dataset = _dataset(project, dataset_id)
     return render(
         request,
-        "dashboard/dataset_detail.html",
+        "datasets/dataset_detail.html",
         {
             "project": project,
             "dataset": dataset,
@@ -73,9 +81,12 @@ def dataset_detail(request, project, dataset_id: int):
 
 
 @project_page()
-def dataset_version(request, project, dataset_id: int, number: int):
+def dataset_version(
+    request: ProjectRequest, project: Project, dataset_id: int, number: int
+) -> HttpResponse:
+    """A version's manifest, report and history; its forms start a pipeline or a training."""
     dataset = _dataset(project, dataset_id)
-    version = versions_of(dataset).filter(number=number).first()
+    version = version_numbered(dataset, number)
     if version is None:
         raise Http404(f"version {number} of {dataset.slug} not found")
     posted = request.POST if request.method == "POST" else None
@@ -88,22 +99,10 @@ def dataset_version(request, project, dataset_id: int, number: int):
         if not request.can["run"]:
             raise Http404("only engineers and owners run jobs")
         chosen = form if action == "pipeline" else train_form
-        if chosen.is_valid():
-            kind = "data_pipeline" if action == "pipeline" else "pretrain"
-            experiment = chosen.cleaned_data.get("experiment", "") if kind == "pretrain" else ""
-            try:
-                job = job_create(
-                    project=project,
-                    kind=kind,
-                    actor=request.user,
-                    params=chosen.job_params(version.pk),
-                    experiment=experiment,
-                )
-            except JobRequestError as error:
-                _show_job_errors(chosen, error)
-            else:
-                messages.success(request, f"Job {job.pk} ({kind}) queued.")
-                return redirect("job-detail", project_id=project.pk, job_id=job.pk)
+        kind = JobKind.DATA_PIPELINE if action == "pipeline" else JobKind.PRETRAIN
+        job_id = _job_started(request, project, version, chosen, kind)
+        if job_id is not None:
+            return redirect("job-detail", project_id=project.pk, job_id=job_id)
     history = audit_events_for(project, artifact_type="datasetversion", artifact_id=str(version.pk))
     context = {
         "project": project,
@@ -112,10 +111,36 @@ def dataset_version(request, project, dataset_id: int, number: int):
         "history": history[:50],
         "form": form,
         "train_form": train_form,
-        "has_shards": version.files.filter(role="shard", name__startswith="tokens/").exists(),
+        "has_shards": version_has_token_shards(version),
         "report_rows": _report_rows(version.report),
     }
-    return render(request, "dashboard/dataset_version.html", context)
+    return render(request, "datasets/dataset_version.html", context)
+
+
+def _job_started(
+    request: ProjectRequest,
+    project: Project,
+    version: DatasetVersion,
+    form: forms.Form,
+    kind: JobKind,
+) -> int | None:
+    """Start the form's job on the version: its id, or None with the reasons on the form."""
+    if not form.is_valid():
+        return None
+    experiment = form.cleaned_data.get("experiment", "") if kind == JobKind.PRETRAIN else ""
+    try:
+        job = job_create(
+            project=project,
+            kind=kind,
+            actor=request.user,
+            params=form.job_params(version.pk),
+            experiment=experiment,
+        )
+    except JobRequestError as error:
+        _show_job_errors(form, error)
+        return None
+    messages.success(request, f"Job {job.pk} ({kind}) queued.")
+    return job.pk
 
 
 def _show_job_errors(form, error: JobRequestError) -> None:
