@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db.models import QuerySet
 
 from controlplane.audit.models import AuditEvent
@@ -20,3 +22,11 @@ def audit_events_for(
     if action:
         events = events.filter(action=action)
     return events.order_by("-seq")
+
+
+def actor_names(events: Iterable[AuditEvent]) -> dict[int, str]:
+    """{user id: username} of the events' actors, in one query (system events have none)."""
+    from django.contrib.auth.models import User
+
+    actor_ids = {event.actor_id for event in events if event.actor_id}
+    return dict(User.objects.filter(pk__in=actor_ids).values_list("pk", "username"))

@@ -10,8 +10,8 @@ from controlplane.api.access import StrictSerializer, project_or_404
 from controlplane.api.idempotency import idempotent
 from controlplane.api.params import choice_param, text_param
 from controlplane.jobs.kinds import JobRequestError
-from controlplane.jobs.models import Job, JobArtifact, JobEventRecord, JobMetric, JobState
-from controlplane.jobs.selectors import jobs_for
+from controlplane.jobs.models import Job, JobEventRecord, JobMetric, JobState
+from controlplane.jobs.selectors import job_artifact_of, job_events, job_in, job_metrics, jobs_for
 from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
 from controlplane.names import validate_name
 from controlplane.projects.permissions import Action
@@ -84,11 +84,7 @@ class MetricOut(serializers.ModelSerializer):
 
 def job_or_404(request, project_id: int, job_id: int, action: Action = Action.VIEW) -> Job:
     project = project_or_404(request, project_id, action)
-    job = (
-        Job.objects.filter(project=project, pk=job_id)
-        .select_related("created_by", "project")
-        .first()
-    )
+    job = job_in(project, job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found in this project")
     return job
@@ -162,9 +158,8 @@ class JobResume(APIView):
         job = job_or_404(request, project_id, job_id, Action.RUN)
         body = ResumeIn(data=request.data)
         body.is_valid(raise_exception=True)
-        checkpoint = JobArtifact.objects.filter(
-            pk=body.validated_data["checkpoint_id"], job=job
-        ).first()
+        # Any artifact of the job: job_resume refuses one that is not a checkpoint.
+        checkpoint = job_artifact_of(job, body.validated_data["checkpoint_id"])
         if checkpoint is None:
             raise serializers.ValidationError(
                 {"checkpoint_id": [f"not a checkpoint of job {job.pk}"]}
@@ -182,9 +177,7 @@ class JobEvents(generics.GenericAPIView):
     @extend_schema(responses=EventOut(many=True))
     def get(self, request, project_id: int, job_id: int):
         job = job_or_404(request, project_id, job_id)
-        page = self.paginate_queryset(
-            JobEventRecord.objects.filter(job=job).order_by("attempt", "seq")
-        )
+        page = self.paginate_queryset(job_events(job))
         return self.get_paginated_response(EventOut(page, many=True).data)
 
 
@@ -194,9 +187,5 @@ class JobMetrics(generics.GenericAPIView):
     @extend_schema(parameters=[OpenApiParameter("key", str)], responses=MetricOut(many=True))
     def get(self, request, project_id: int, job_id: int):
         job = job_or_404(request, project_id, job_id)
-        metrics = JobMetric.objects.filter(job=job).order_by("key", "step")
-        key = text_param(request, "key")
-        if key:
-            metrics = metrics.filter(key=key)
-        page = self.paginate_queryset(metrics)
+        page = self.paginate_queryset(job_metrics(job, key=text_param(request, "key")))
         return self.get_paginated_response(MetricOut(page, many=True).data)

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Count, Max, QuerySet
 
-from controlplane.jobs.models import Job, JobEventRecord, JobMetric
+from controlplane.jobs.models import ArtifactKind, Job, JobArtifact, JobEventRecord, JobMetric
 from controlplane.projects.models import Project
 
 
@@ -15,6 +15,69 @@ def jobs_for(
     if kind:
         jobs = jobs.filter(kind=kind)
     return jobs.order_by("-created_at", "-id")
+
+
+def job_in(project: Project, job_id: int) -> Job | None:
+    """The job, or None when it is not one of this project's."""
+    return (
+        Job.objects.filter(project=project, pk=job_id)
+        .select_related("created_by", "project")
+        .first()
+    )
+
+
+def job_artifact_of(
+    job: Job, artifact_id: int, *, kind: ArtifactKind | None = None
+) -> JobArtifact | None:
+    """One of the job's artifacts (of `kind` if given), or None."""
+    artifacts = JobArtifact.objects.filter(job=job, pk=artifact_id)
+    if kind is not None:
+        artifacts = artifacts.filter(kind=kind)
+    return artifacts.first()
+
+
+def job_outputs(job: Job) -> QuerySet[JobArtifact]:
+    return JobArtifact.objects.filter(job=job, kind=ArtifactKind.OUTPUT)
+
+
+def job_sample_grid(job: Job) -> JobArtifact | None:
+    """The newest sample grid an image job published (samples/step-N.png), if any."""
+    return (
+        job_outputs(job)
+        .filter(name__startswith="samples/", name__endswith=".png")
+        .order_by("-name")
+        .first()
+    )
+
+
+def job_events(job: Job) -> QuerySet[JobEventRecord]:
+    """Every event applied to the job, in the order the worker sent them."""
+    return JobEventRecord.objects.filter(job=job).order_by("attempt", "seq")
+
+
+def job_metrics(job: Job, *, key: str | None = None) -> QuerySet[JobMetric]:
+    metrics = JobMetric.objects.filter(job=job).order_by("key", "step")
+    return metrics.filter(key=key) if key else metrics
+
+
+def experiments_of(project: Project) -> QuerySet:
+    """The project's experiment names with their run count, most recently run first."""
+    return (
+        Job.objects.filter(project=project)
+        .exclude(experiment="")
+        .values("experiment")
+        .annotate(runs=Count("id"), last=Max("created_at"))
+        .order_by("-last")
+    )
+
+
+def runs_with_metrics(project: Project, *, experiment: str = "", limit: int = 50) -> list[Job]:
+    """The newest runs that logged metrics (those of `experiment` if named): what the
+    compare page may overlay."""
+    runs = Job.objects.filter(project=project, metrics__isnull=False).distinct().order_by("-id")
+    if experiment:
+        runs = runs.filter(experiment=experiment)
+    return list(runs.select_related("created_by")[:limit])
 
 
 def job_log_tail(job: Job, *, limit: int = 200) -> list[JobEventRecord]:
@@ -116,8 +179,6 @@ def job_charts(job: Job) -> list[tuple[str, dict[str, list]]]:
 
 def checkpoints_with_losses(job: Job) -> list[dict]:
     """The job's checkpoints with the train and validation loss logged at their step."""
-    from controlplane.jobs.models import ArtifactKind, JobArtifact
-
     checkpoints = list(
         JobArtifact.objects.filter(job=job, kind=ArtifactKind.CHECKPOINT).order_by("step")
     )
