@@ -7,6 +7,7 @@ from rest_framework.views import APIView
 
 from controlplane.accounts.models import ApiToken, Scope
 from controlplane.accounts.permissions import bearer_token
+from controlplane.accounts.selectors import token_of, tokens_of
 from controlplane.accounts.services import (
     TokenConflict,
     TokenError,
@@ -100,9 +101,7 @@ class TokenListCreate(generics.GenericAPIView):
 
     @extend_schema(responses=TokenOut(many=True))
     def get(self, request):
-        page = self.paginate_queryset(
-            ApiToken.objects.filter(user=request.user).order_by("-created_at")
-        )
+        page = self.paginate_queryset(tokens_of(request.user))
         return self.get_paginated_response(TokenOut(page, many=True).data)
 
     @idempotent
@@ -130,7 +129,7 @@ class TokenRevoke(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request, token_id: int):
-        token = ApiToken.objects.filter(pk=token_id, user=request.user).first()
+        token = token_of(request.user, token_id)
         if token is None:
             raise exceptions.NotFound(f"token {token_id} not found")
         try:

@@ -7,13 +7,13 @@ from datetime import timedelta
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from controlplane.accounts.forms import ThrottledAuthenticationForm, TokenForm
-from controlplane.accounts.models import ApiToken
+from controlplane.accounts.selectors import token_of, tokens_of
 from controlplane.accounts.services import TokenError, api_token_create, api_token_revoke
 
 
@@ -50,7 +50,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
             form.add_error(None, str(error))
         else:
             form = TokenForm()
-    tokens = ApiToken.objects.filter(user=request.user).select_related("parent")
+    tokens = tokens_of(request.user)
     status = 400 if form.is_bound and form.errors else 200
     return render(
         request,
@@ -63,7 +63,9 @@ def token_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
-    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    token = token_of(request.user, token_id)
+    if token is None:
+        raise Http404(f"token {token_id} not found")
     try:
         revoked = api_token_revoke(token=token, actor=request.user)
     except TokenError as error:
