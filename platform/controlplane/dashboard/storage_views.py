@@ -1,4 +1,9 @@
-"""Serves presigned URLs of the embedded local object store (what MinIO does in production)."""
+"""Serves presigned URLs of the embedded local object store (what MinIO does in production).
+
+It stays with the shell rather than in uploads: it is the object store's S3 stand-in, used
+by uploads, dataset versions (multipart parts) and artifact downloads alike, and it
+belongs to no project page (the URL's signature is its only authorisation).
+"""
 
 from __future__ import annotations
 
@@ -35,9 +40,8 @@ def local_presigned(request, token: str):
         )
         response["Content-Length"] = str(info.size)
         return response
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or "")
-    except ValueError:
+    length = _content_length(request)
+    if length is None:
         return HttpResponseBadRequest("a presigned PUT needs a Content-Length\n")
     try:
         stored = store.put_stream(

@@ -176,7 +176,7 @@ class JobDispatch(models.Model):
             models.Index(
                 fields=["next_attempt_at"],
                 name="jobs_dispatch_due",
-                condition=models.Q(state="pending"),
+                condition=models.Q(state=DispatchState.PENDING),
             )
         ]
         ordering = ["id"]
