@@ -7,6 +7,7 @@ forget the role check (tests/platform/projects/test_access_matrix.py walks them 
 from __future__ import annotations
 
 from functools import wraps
+from typing import TypeVar
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -16,6 +17,8 @@ from django_htmx.middleware import HtmxDetails
 from controlplane.projects.permissions import Action, role_allows
 from controlplane.projects.selectors import ProjectForbidden, ProjectNotFound, project_for
 
+T = TypeVar("T")
+
 
 class ProjectRequest(HttpRequest):
     """What a page under `@project_page` gets: htmx's details and the caller's rights."""
@@ -23,6 +26,13 @@ class ProjectRequest(HttpRequest):
     htmx: HtmxDetails
     project_role: str | None
     can: dict[str, bool]  # {"view": True, "run": False, "manage": False}
+
+
+def found_or_404(found: T | None, message: str) -> T:
+    """What a selector found in the page's project, or the 404 page saying what is missing."""
+    if found is None:
+        raise Http404(message)
+    return found
 
 
 def project_page(action: Action = Action.VIEW):

@@ -15,7 +15,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 
 from controlplane.audit.selectors import audit_events_for
-from controlplane.dashboard.access import ProjectRequest, project_page
+from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
 from controlplane.dashboard.forms import PipelineJobForm, TrainJobForm
 from controlplane.datasets.forms import DatasetForm
 from controlplane.datasets.lineage import dataset_lineage
@@ -29,8 +29,7 @@ from controlplane.datasets.selectors import (
 )
 from controlplane.datasets.services import DatasetError, dataset_create
 from controlplane.engine_tools import pipeline_defaults
-from controlplane.jobs.kinds import JobRequestError
-from controlplane.jobs.services import job_create
+from controlplane.jobs.views import job_started
 from controlplane.projects.models import Project
 from workers.protocol import JobKind
 
@@ -59,10 +58,9 @@ def dataset_list(request: ProjectRequest, project: Project) -> HttpResponse:
 
 
 def _dataset(project: Project, dataset_id: int) -> Dataset:
-    dataset = dataset_in(project, dataset_id)
-    if dataset is None:
-        raise Http404(f"dataset {dataset_id} not found in this project")
-    return dataset
+    return found_or_404(
+        dataset_in(project, dataset_id), f"dataset {dataset_id} not found in this project"
+    )
 
 
 @project_page()
@@ -86,9 +84,9 @@ def dataset_version(
 ) -> HttpResponse:
     """A version's manifest, report and history; its forms start a pipeline or a training."""
     dataset = _dataset(project, dataset_id)
-    version = version_numbered(dataset, number)
-    if version is None:
-        raise Http404(f"version {number} of {dataset.slug} not found")
+    version = found_or_404(
+        version_numbered(dataset, number), f"version {number} of {dataset.slug} not found"
+    )
     posted = request.POST if request.method == "POST" else None
     action = (posted or {}).get("action")
     form = PipelineJobForm(
@@ -100,9 +98,9 @@ def dataset_version(
             raise Http404("only engineers and owners run jobs")
         chosen = form if action == "pipeline" else train_form
         kind = JobKind.DATA_PIPELINE if action == "pipeline" else JobKind.PRETRAIN
-        job_id = _job_started(request, project, version, chosen, kind)
-        if job_id is not None:
-            return redirect("job-detail", project_id=project.pk, job_id=job_id)
+        started = _job_started(request, project, version, chosen, kind)
+        if started:
+            return started
     history = audit_events_for(project, artifact_type="datasetversion", artifact_id=str(version.pk))
     context = {
         "project": project,
@@ -123,29 +121,24 @@ def _job_started(
     version: DatasetVersion,
     form: forms.Form,
     kind: JobKind,
-) -> int | None:
-    """Start the form's job on the version: its id, or None with the reasons on the form."""
+) -> HttpResponse | None:
+    """Start the form's job on the version: the redirect to it, or None with the reasons
+    on the form."""
     if not form.is_valid():
         return None
-    experiment = form.cleaned_data.get("experiment", "") if kind == JobKind.PRETRAIN else ""
-    try:
-        job = job_create(
-            project=project,
-            kind=kind,
-            actor=request.user,
-            params=form.job_params(version.pk),
-            experiment=experiment,
-        )
-    except JobRequestError as error:
-        _show_job_errors(form, error)
-        return None
-    messages.success(request, f"Job {job.pk} ({kind}) queued.")
-    return job.pk
+    return job_started(
+        request,
+        project,
+        kind=kind,
+        params=form.job_params(version.pk),
+        experiment=form.cleaned_data.get("experiment", "") if kind == JobKind.PRETRAIN else "",
+        show_errors=lambda errors: _show_job_errors(form, errors),
+    )
 
 
-def _show_job_errors(form, error: JobRequestError) -> None:
+def _show_job_errors(form: forms.Form, errors: dict[str, list[str]]) -> None:
     """The platform's field errors ("params.pipeline") on the form's own fields."""
-    for field, problems in error.errors.items():
+    for field, problems in errors.items():
         name = field.removeprefix("params.").rsplit(".", 1)[-1]
         for problem in problems:
             if name in form.fields:

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from django.core.management.base import CommandError
-
 from controlplane.datasets.models import Dataset, DatasetKind, DatasetVersion
 from controlplane.datasets.services import (
     DeclaredFile,
@@ -22,7 +20,6 @@ from controlplane.datasets.services import (
     dataset_version_start,
 )
 from controlplane.demo.processes import shakespeare_files
-from controlplane.jobs.models import JobState
 from controlplane.jobs.services import job_create
 from controlplane.storage import object_store
 from workers.protocol import JobKind
@@ -113,9 +110,7 @@ def data_pipeline(command, project: Project, user: User, version: DatasetVersion
         actor=user,
         params={"dataset_version_id": version.pk, "val_fraction": 0.1},
     )
-    job = command.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
-    if job.state != JobState.SUCCEEDED:
-        raise CommandError(f"data-pipeline job {job.pk} failed: {job.error}")
+    job = command.wait_succeeded(job, "data-pipeline")
     derived = job.produced_versions.get()
     report, result = job.result["report"], job.result
     command.stdout.write(

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from django.core.management.base import CommandError
-
-from controlplane.jobs.models import Job, JobState
+from controlplane.jobs.models import Job
 from controlplane.jobs.services import job_create
 from workers.protocol import JobKind
 
@@ -45,9 +43,7 @@ def post_train(command, project: Project, user: User, base: Job, steps: int) -> 
     def run(kind: JobKind, params: dict) -> Job:
         params = {"pairs_count": PAIRS, "device": "cpu", "train": _train(steps), **params}
         job = job_create(project=project, kind=kind, actor=user, params=params, experiment="post")
-        job = command.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
-        if job.state != JobState.SUCCEEDED:
-            raise CommandError(f"{kind} job {job.pk} failed: {job.error}")
+        job = command.wait_succeeded(job)
         share = 100 * job.result["trainable_parameters"] / job.result["total_parameters"]
         command.stdout.write(f"    job {job.pk}: {kind}, {share:.1f}% of the weights train")
         return job

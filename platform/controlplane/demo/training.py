@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from django.core.management.base import CommandError
-
-from controlplane.jobs.models import ArtifactKind, Job, JobState
+from controlplane.jobs.models import ArtifactKind, Job
 from controlplane.jobs.services import job_create
 from workers.protocol import JobKind
 
@@ -16,13 +14,6 @@ if TYPE_CHECKING:
 
     from controlplane.datasets.models import DatasetVersion
     from controlplane.projects.models import Project
-
-
-def _succeeded(command, job: Job, what: str) -> Job:
-    job = command.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
-    if job.state != JobState.SUCCEEDED:
-        raise CommandError(f"{what} job {job.pk} failed: {job.error}")
-    return job
 
 
 def pretrain(command, project: Project, user: User, tokens: DatasetVersion, steps: int) -> Job:
@@ -46,7 +37,7 @@ def pretrain(command, project: Project, user: User, tokens: DatasetVersion, step
     job = job_create(
         project=project, kind=JobKind.PRETRAIN, actor=user, params=params, experiment="demo"
     )
-    job = _succeeded(command, job, "training")
+    job = command.wait_succeeded(job, "training")
     result = job.result
     checkpoints = job.artifacts.filter(kind=ArtifactKind.CHECKPOINT).count()
     command.stdout.write(
@@ -70,7 +61,7 @@ def image_model(command, project: Project, user: User, steps: int) -> None:
     job = job_create(
         project=project, kind=JobKind.DIFFUSION, actor=user, params=params, experiment="digits"
     )
-    job = _succeeded(command, job, "diffusion")
+    job = command.wait_succeeded(job)
     grids = job.artifacts.filter(name__startswith="samples/").count()
     command.stdout.write(
         f"    job {job.pk}: {job.result['steps']} steps, loss {job.result['metrics'].get('train/loss', 0):.3f}, "

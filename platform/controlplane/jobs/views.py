@@ -7,6 +7,9 @@ and the page reads only job selectors (runs and their metric series).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -15,7 +18,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from controlplane.api.params import page_text_param
-from controlplane.dashboard.access import ProjectRequest, project_page
+from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
 from controlplane.dashboard.forms import ImageJobForm, PostTrainJobForm
 from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import ArtifactKind, Job, JobState
@@ -44,10 +47,38 @@ _CONTENT_TYPES = {".png": "image/png", ".json": "application/json", ".txt": "tex
 
 
 def _job(project: Project, job_id: int) -> Job:
-    job = job_in(project, job_id)
-    if job is None:
-        raise Http404(f"job {job_id} not found in this project")
-    return job
+    return found_or_404(job_in(project, job_id), f"job {job_id} not found in this project")
+
+
+def job_started(
+    request: ProjectRequest,
+    project: Project,
+    *,
+    kind: str,
+    params: dict,
+    show_errors: Callable[[dict[str, list[str]]], None],
+    experiment: str = "",
+    note: str = "",
+) -> HttpResponse | None:
+    """Start a job from a page's form, through the same service as the API: the redirect to
+    its page, or None once the platform's field errors are on the form (`show_errors`)."""
+    try:
+        job = job_create(
+            project=project, kind=kind, actor=request.user, params=params, experiment=experiment
+        )
+    except JobRequestError as error:
+        show_errors(error.errors)
+        return None
+    messages.success(request, f"Job {job.pk} ({job.kind}) queued{note}.")
+    return redirect("job-detail", project_id=project.pk, job_id=job.pk)
+
+
+def _errors_above_form(form: forms.Form) -> Callable[[dict[str, list[str]]], None]:
+    def show(errors: dict[str, list[str]]) -> None:
+        for field, problems in errors.items():
+            form.add_error(None, f"{field}: {' '.join(problems)}")
+
+    return show
 
 
 @project_page()
@@ -60,21 +91,16 @@ def job_list(request: ProjectRequest, project: Project) -> HttpResponse:
     if request.method == "POST":
         if not request.can["run"]:
             raise PermissionDenied("only engineers and owners start jobs")
-        if form.is_valid():
-            try:
-                job = job_create(
-                    project=project,
-                    kind=form.cleaned_data["kind"],
-                    actor=request.user,
-                    params=form.job_params(),
-                    experiment=form.cleaned_data["experiment"] or "",
-                )
-            except JobRequestError as error:
-                for field, problems in error.errors.items():
-                    form.add_error(None, f"{field}: {' '.join(problems)}")
-            else:
-                messages.success(request, f"Job {job.pk} ({job.kind}) queued.")
-                return redirect("job-detail", project_id=project.pk, job_id=job.pk)
+        started = form.is_valid() and job_started(
+            request,
+            project,
+            kind=form.cleaned_data["kind"],
+            params=form.job_params(),
+            experiment=form.cleaned_data["experiment"] or "",
+            show_errors=_errors_above_form(form),
+        )
+        if started:
+            return started
     page = Paginator(jobs_for(project, state=state), 25).get_page(request.GET.get("page"))
     context = {
         "project": project,
@@ -186,20 +212,21 @@ def job_posttrain(request: ProjectRequest, project: Project, job_id: int) -> Htt
     """
     base = _job(project, job_id)
     form = posttrain_form(project, request.POST if request.method == "POST" else None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            job = job_create(
-                project=project,
-                kind=form.cleaned_data["kind"],
-                actor=request.user,
-                params=form.job_params(base.pk),
-                experiment=form.cleaned_data["experiment"] or "",
-            )
-        except JobRequestError as error:
-            form.add_job_errors(error.errors)
-        else:
-            messages.success(request, f"Job {job.pk} ({job.kind}) queued from job {base.pk}.")
-            return redirect("job-detail", project_id=project.pk, job_id=job.pk)
+    started = (
+        request.method == "POST"
+        and form.is_valid()
+        and job_started(
+            request,
+            project,
+            kind=form.cleaned_data["kind"],
+            params=form.job_params(base.pk),
+            experiment=form.cleaned_data["experiment"] or "",
+            show_errors=form.add_job_errors,
+            note=f" from job {base.pk}",
+        )
+    )
+    if started:
+        return started
     return render(
         request,
         "jobs/posttrain_start.html",

@@ -12,7 +12,7 @@ from controlplane.api.access import project_or_404
 from controlplane.projects.permissions import Action
 from controlplane.uploads.models import Upload
 from controlplane.uploads.selectors import upload_in, uploads_for
-from controlplane.uploads.services import UploadError, single_uploaded_file, upload_create
+from controlplane.uploads.services import UploadError, upload_create_from_request
 
 
 class PayloadTooLarge(APIException):
@@ -61,16 +61,7 @@ def reject_oversized_body(request) -> None:
 
 def store_uploaded_file(request, project) -> Upload:
     try:
-        uploaded = single_uploaded_file(request.FILES, "file")
-        # The file is in a temp file (or small in memory); put_stream reads it in parts.
-        return upload_create(
-            project=project,
-            actor=request.user,
-            stream=uploaded.file,
-            filename=uploaded.name,
-            size=uploaded.size,
-            content_type=uploaded.content_type or "",
-        )
+        return upload_create_from_request(project=project, actor=request.user, files=request.FILES)
     except UploadError as error:
         if error.status == 413:
             raise PayloadTooLarge(str(error)) from None

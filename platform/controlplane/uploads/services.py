@@ -57,6 +57,22 @@ def single_uploaded_file(files, field: str = "file"):
     return sent[0]
 
 
+def upload_create_from_request(
+    *, project: Project, actor: User, files, field: str = "file"
+) -> Upload:
+    """The one file a form or API client sent under `field` (Django's UploadedFile: a temp
+    file, or small in memory), streamed into the store by `upload_create`."""
+    uploaded = single_uploaded_file(files, field)
+    return upload_create(
+        project=project,
+        actor=actor,
+        stream=uploaded.file,
+        filename=uploaded.name,
+        size=uploaded.size,
+        content_type=uploaded.content_type or "",
+    )
+
+
 def upload_create(
     *,
     project: Project,

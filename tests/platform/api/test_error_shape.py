@@ -86,13 +86,13 @@ def test_database_outage_in_a_view_is_a_503_with_retry_after(api, team, monkeypa
     ids=["unreachable", "refused"],
 )
 def test_storage_errors_in_a_view_are_503_or_502(api, team, monkeypatch, cause, status):
-    import controlplane.uploads.api as uploads_api
+    import controlplane.uploads.services as upload_services
     from controlplane.uploads.models import Upload
 
     def failing_store(**kwargs):
         raise StorageError("put of projects/1/uploads/x failed") from cause
 
-    monkeypatch.setattr(uploads_api, "upload_create", failing_store)
+    monkeypatch.setattr(upload_services, "upload_create", failing_store)
     url = f"/api/v1/projects/{team.project.pk}/uploads/"
     with open(__file__, "rb") as handle:
         response = api(team.engineer).post(url, {"file": handle}, format="multipart")

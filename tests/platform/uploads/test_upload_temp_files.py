@@ -20,16 +20,16 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_uploads_spool_into_the_data_dirs_upload_folder(team, api, monkeypatch, settings):
-    from controlplane.uploads import api as uploads_api
+    from controlplane.uploads import services as upload_services
 
     seen = []
-    original = uploads_api.upload_create
+    original = upload_services.upload_create
 
     def spy(**kwargs):
         seen.append(Path(kwargs["stream"].name))
         return original(**kwargs)
 
-    monkeypatch.setattr(uploads_api, "upload_create", spy)
+    monkeypatch.setattr(upload_services, "upload_create", spy)
     big = b"x" * (settings.FILE_UPLOAD_MAX_MEMORY_SIZE + 1)
     response = api(team.engineer).post(
         f"/api/v1/projects/{team.project.pk}/uploads/",

@@ -107,6 +107,13 @@ class Command(BaseCommand):
             f"job {job.pk} still {job.state} after {self.timeout:.0f}s; see var/logs/worker-*.log"
         )
 
+    def wait_succeeded(self, job: Job, what: str = "") -> Job:
+        """Wait for the job to finish; a failure ends the demo with the job's error."""
+        job = self.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
+        if job.state != JobState.SUCCEEDED:
+            raise CommandError(f"{what or job.kind} job {job.pk} failed: {job.error}")
+        return job
+
     def walk(self) -> None:
         self.step("Users and project")
         users = self.users()
@@ -196,10 +203,7 @@ class Command(BaseCommand):
         job = job_create(
             project=project, kind=JobKind.INSPECT, params={"upload_id": upload.pk}, actor=user
         )
-        job = self.wait_for(job, {JobState.SUCCEEDED, JobState.FAILED})
-        if job.state != JobState.SUCCEEDED:
-            raise CommandError(f"inspect job {job.pk} failed: {job.error}")
-        result = job.result
+        result = self.wait_succeeded(job).result
         self.stdout.write(
             f"    job {job.pk} succeeded in {time.monotonic() - started:.1f}s: format {result['format']}, "
             f"{result['line_count']} lines, sha256 matches upload: {result['sha256'] == upload.sha256}"
