@@ -16,6 +16,7 @@ from controlplane.datasets.models import Dataset, DatasetFile, DatasetKind, Data
 from controlplane.datasets.selectors import (
     dataset_in,
     datasets_for,
+    version_file_ids,
     version_numbered,
     versions_of,
 )
@@ -271,7 +272,7 @@ class VersionComplete(APIView):
             f["file_id"]: [(p["part_number"], p["etag"]) for p in f["parts"]]
             for f in body.validated_data["files"]
         }
-        unknown = set(parts) - set(version.files.values_list("pk", flat=True))
+        unknown = set(parts) - version_file_ids(version)
         if unknown:
             raise serializers.ValidationError(
                 {"files": [f"file {i} is not part of this version" for i in sorted(unknown)]}

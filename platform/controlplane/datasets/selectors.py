@@ -40,3 +40,7 @@ def version_numbered(dataset: Dataset, number: int) -> DatasetVersion | None:
 def version_has_token_shards(version: DatasetVersion) -> bool:
     """Whether a pipeline tokenized the version (tokens/*.bin): what pre-training reads."""
     return version.files.filter(role=FileRole.SHARD, name__startswith="tokens/").exists()
+
+
+def version_file_ids(version: DatasetVersion) -> set[int]:
+    return set(version.files.values_list("pk", flat=True))
