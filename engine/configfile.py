@@ -75,8 +75,10 @@ def range_problem(value: Any, rules: dict[str, Any]) -> str | None:
         return None
     low, high = rules.get("minimum"), rules.get("maximum")
     above, below = rules.get("exclusiveMinimum"), rules.get("exclusiveMaximum")
-    if (low is not None and value < low) or (high is not None and value > high):
-        return f"must be in [{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+    if low is not None and value < low:
+        return f"must be at least {low}"
+    if high is not None and value > high:
+        return f"must be at most {high}"
     if above is not None and value <= above:
         return f"must be greater than {above}"
     if below is not None and value >= below:

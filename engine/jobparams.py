@@ -147,7 +147,7 @@ def pretrain_schema() -> dict[str, Any]:
                 presets,
                 pretrain.DEFAULT_PRESET,
                 {name: _preset_help(name) for name in presets},
-                "model (a preset's shape)",
+                "preset (engine.train.config.PRESETS: the model's shape)",
             ),
             "model": model,
             "train": section(pretrain.TrainConfig, train, "train"),
@@ -172,7 +172,10 @@ def image_schema(kind: str) -> dict[str, Any]:
         kind,
         {
             "preset": choice(
-                list(vision.PRESETS), vision.DEFAULT_PRESET, vision.PRESET_HELP, "the whole config"
+                list(vision.PRESETS),
+                vision.DEFAULT_PRESET,
+                vision.PRESET_HELP,
+                "preset (engine.vision.config.preset_raw: the whole config)",
             ),
             # The preset's values apply to what the job leaves out.
             "train": section(vision.TrainConfig, train, "train", default=False),

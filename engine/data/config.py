@@ -87,6 +87,11 @@ class TokenizeConfig:
     )
 
 
+def tokenize_config(raw: dict[str, Any]) -> TokenizeConfig:
+    """The tokenizer and shard settings from a mapping, checked like every config."""
+    return build(TokenizeConfig, raw, ConfigError, "tokenize.")
+
+
 @dataclass
 class StageConfig:
     name: str

@@ -173,6 +173,11 @@ class SamplesConfig:
     seed: int = 1337  # the sampler's generator: the same model gives the same samples
 
 
+def samples_config(prompts: list[str], tokens: int) -> SamplesConfig:
+    """The end-of-run samples' settings, checked like every config (ranges, types)."""
+    return build(SamplesConfig, {"prompts": prompts, "tokens": tokens}, ConfigError, "samples.")
+
+
 def preset_model(preset: str) -> dict[str, Any]:
     """The model section of a named preset (a copy: callers override keys)."""
     if preset not in PRESETS:

@@ -43,6 +43,11 @@ class EvaluationConfig:
     )
 
 
+def evaluation_config(per_class: int) -> EvaluationConfig:
+    """The end-of-run evaluation's settings, checked like every config."""
+    return build(EvaluationConfig, {"per_class": per_class}, ConfigError, "evaluation.")
+
+
 @dataclass
 class DataConfig:
     image_size: int = 8  # native; 16 or 32 upscale bilinearly (4x, 16x the compute)

@@ -57,6 +57,15 @@ def _pipeline_config(params: dict[str, Any], inputs: list[Path]):
         raise JobFailed(f"pipeline config: {error}") from None
 
 
+def _tokenize_config(params: dict[str, Any]):
+    from engine.data.config import ConfigError, tokenize_config
+
+    try:
+        return tokenize_config({**params["tokenizer"], "val_fraction": params["val_fraction"]})
+    except ConfigError as error:
+        raise JobFailed(f"tokenizer: {error}") from None
+
+
 def _preview(clean_dir: Path, text_field: str) -> list[dict[str, Any]]:
     from engine.data.records import read_records
 
@@ -99,6 +108,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.02, "downloading the input version")
         inputs = _download_inputs(ctx, work_dir / "in")
         config = _pipeline_config(params, inputs)
+        spec = _tokenize_config(params)
         out = work_dir / "out"
         clean_dir = out / "clean"
 
@@ -122,9 +132,8 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
         clean_files = sorted(str(p) for p in clean_dir.glob("records-*.jsonl*"))
         text_field = config.output.text_field
         texts = _texts(clean_dir, text_field)
-        spec = params["tokenizer"]
-        if spec["kind"] == "bpe":
-            tokenizer = BPETokenizer.train(texts, vocab_size=spec["vocab_size"])
+        if spec.kind == "bpe":
+            tokenizer = BPETokenizer.train(texts, vocab_size=spec.vocab_size)
         else:
             # The chat role tokens too, so a model pre-trained on these shards can be
             # fine-tuned with the chat template (engine.finetune.sft) without a new vocabulary.
@@ -139,7 +148,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
                 clean_files,
                 tokenizer_path,
                 out / "tokens",
-                val_fraction=params["val_fraction"],
+                val_fraction=spec.val_fraction,
                 text_field=text_field,
             )
         except InputError as error:
@@ -152,7 +161,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
             "summary": report.summary(),
             "records": report.records_written,
             "preview": _preview(clean_dir, text_field),
-            "tokenizer": {"kind": spec["kind"], "vocab_size": tokenizer.vocab_size},
+            "tokenizer": {"kind": spec.kind, "vocab_size": tokenizer.vocab_size},
             "tokens": {"train": manifest.num_tokens("train"), "val": manifest.num_tokens("val")},
             "files": files,
         }

@@ -20,6 +20,7 @@ from typing import Any
 
 from workers.runtime import JobContext, JobFailed, verified_step_file
 
+
 def run_config(kind: str, params: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The engine's run config as a dict: the preset's, with what the job set on top (the
     platform filled in seed and device; train holds only what the user chose)."""
@@ -35,7 +36,7 @@ def run_config(kind: str, params: dict[str, Any], run_dir: Path) -> dict[str, An
 
 def run_image_training(ctx: JobContext) -> dict[str, Any]:
     from engine.vision.checkpoint import CheckpointError
-    from engine.vision.config import ConfigError, config_from_dict
+    from engine.vision.config import ConfigError, config_from_dict, evaluation_config
     from engine.vision.train import TrainingError, train
 
     kind, params = str(ctx.spec.kind), ctx.spec.params
@@ -43,6 +44,7 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
         run_dir = Path(tmp) / "run"
         try:
             config = config_from_dict(kind, run_config(kind, params, run_dir), source="job")
+            evaluation = evaluation_config(params["eval_per_class"])
         except ConfigError as error:
             raise JobFailed(str(error)) from None
         resume = (
@@ -54,7 +56,7 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
                 config,
                 resume=resume,
                 callbacks=[to_platform],
-                eval_per_class=params["eval_per_class"],
+                eval_per_class=evaluation.per_class,
             )
         except (TrainingError, CheckpointError) as error:
             raise JobFailed(str(error)) from None

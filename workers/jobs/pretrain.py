@@ -26,6 +26,7 @@ from typing import Any
 
 from workers.runtime import JobContext, JobFailed
 
+
 def _download_shards(ctx: JobContext, folder: Path) -> None:
     """The token shards of the version, laid out as engine.data.shards expects."""
     names = ctx.spec.params.get("input_names") or []
@@ -87,10 +88,13 @@ def _unpack_checkpoint(archive: Path, run_dir: Path) -> Path:
 def _samples(checkpoint: Path, prompts: list[str], tokens: int) -> list[dict[str, str]]:
     from engine.infer.generate import Generator, SamplingParams
     from engine.infer.loading import load_for_generation
-    from engine.train.config import SamplesConfig
+    from engine.train.config import ConfigError, samples_config
 
+    try:
+        sampling = samples_config(prompts, tokens)
+    except ConfigError as error:
+        raise JobFailed(str(error)) from None
     model, tokenizer = load_for_generation(checkpoint)
-    sampling = SamplesConfig(prompts=prompts, tokens=tokens)
     params = SamplingParams(
         max_new_tokens=sampling.tokens,
         temperature=sampling.temperature,
