@@ -67,7 +67,7 @@ class BaseModelConfig:
 class DataConfig:
     source: Literal["shakespeare", "jsonl"] = "shakespeare"  # built-in pairs, or your file
     path: str = ""  # the .jsonl(.gz) file of pairs when source is jsonl
-    # Built-in pairs to make (the plays hold about 14,000 speeches; more takes them all).
+    # Built-in pairs to make (the plays give about 14,000; asking for more is an error).
     count: int = setting(2000, minimum=16, maximum=100_000, help="built-in pairs to make")
     corruption: Literal["shuffle", "mismatch", "mixed"] = "mixed"  # how rejected answers differ
     heldout_fraction: float = 0.1  # never trained on: evaluation and PPO prompts
