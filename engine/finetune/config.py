@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.configfile import build, read_config, setting
+from engine.configfile import build, check_ranges, read_config, setting
 from engine.finetune.lora import LoRAConfig
 from engine.finetune.ppo import PPOConfig
 
@@ -76,8 +76,7 @@ class DataConfig:
     def validate(self) -> None:
         if self.source == "jsonl" and not self.path:
             raise ConfigError("data.path is empty; name the .jsonl file of pairs")
-        if self.count < 0:
-            raise ConfigError(f"data.count must not be negative, got {self.count}")
+        check_ranges(self, ConfigError, "data.")  # count
         if not 0.0 < self.heldout_fraction < 0.5:
             raise ConfigError("data.heldout_fraction must be in (0, 0.5)")
 
@@ -108,16 +107,13 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def validate(self) -> None:
-        for key in ("steps", "batch_size", "log_interval", "eval_batches", "keep_last"):
+        check_ranges(self, ConfigError, "train.")  # steps, batch_size, lr, the intervals
+        for key in ("eval_batches", "keep_last"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("weight_decay", "warmup_steps", "grad_clip", "eval_interval"):
+        for key in ("weight_decay", "grad_clip", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must not be negative, got {getattr(self, key)}")
-        if self.checkpoint_interval < 0 or self.threads < 0:
-            raise ConfigError("train.checkpoint_interval and train.threads must not be negative")
-        if self.lr is not None and not 0.0 < self.lr <= 1.0:
-            raise ConfigError(f"train.lr must be in (0, 1], got {self.lr}")
 
 
 @dataclass
@@ -134,10 +130,7 @@ class DPOSection:
     precompute_reference: bool = setting(False, help="reference log-probs computed once")
 
     def validate(self) -> None:
-        if not 0.0 < self.beta <= 10.0:
-            raise ConfigError(f"dpo.beta must be in (0, 10], got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("dpo.label_smoothing must be in [0, 0.5)")
+        check_ranges(self, ConfigError, "dpo.")  # beta in (0, 10], label_smoothing in [0, 0.5)
 
 
 @dataclass

@@ -34,7 +34,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 # dequantize_model is re-exported: the merge error below sends users to it.
-from engine.configfile import setting
+from engine.configfile import check_ranges, setting
 from engine.finetune.modules import match_modules, replace_module
 from engine.finetune.qlora import NF4Linear, dequantize_model  # noqa: F401
 from engine.finetune.tokens import TOKEN_LAYERS, add_token_rows
@@ -64,14 +64,8 @@ class LoRAConfig:
     trainable_tokens: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"lora.r must be at least 1, got {self.r}")
-        if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise ValueError("lora.target_modules must name at least one module pattern")
+        # r, alpha, dropout, target_modules: the fields' own ranges (as in the job schemas).
+        check_ranges(self, ValueError, "lora.")
 
     @property
     def scaling(self) -> float:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 
-from engine.configfile import setting
+from engine.configfile import check_ranges, setting
 from engine.finetune.lora import lora_modules, set_adapters_enabled
 from engine.finetune.objective import BatchOrder, FinetuneError, Objective
 from engine.models.gpt import GPT, KVCache
@@ -94,18 +94,18 @@ class PPOConfig:
         def fail(name: str, rule: str) -> None:
             raise ValueError(f"ppo.{name} must be {rule}, got {getattr(self, name)!r}")
 
-        for name in ("rollout_batch_size", "max_new_tokens", "kl_horizon", "ppo_epochs"):
-            if getattr(self, name) < 1:
-                fail(name, "at least 1")
+        # rollout_batch_size, max_new_tokens, temperature, kl_coef, clip_range, ppo_epochs:
+        # the fields' own ranges (the job schemas show the same).
+        check_ranges(self, ValueError, "ppo.")
+        if self.kl_horizon < 1:
+            fail("kl_horizon", "at least 1")
         if not 1 <= self.minibatch_size <= self.rollout_batch_size:
             fail("minibatch_size", f"in [1, rollout_batch_size={self.rollout_batch_size}]")
         if self.rollout_batch_size % self.minibatch_size:
             fail("minibatch_size", f"a divisor of rollout_batch_size={self.rollout_batch_size}")
-        if not 0.0 < self.temperature <= 100.0:
-            fail("temperature", "in (0, 100] (greedy decoding has no log-probs to train)")
         if self.top_k is not None and self.top_k < 1:
             fail("top_k", "None or at least 1")
-        for name in ("kl_coef", "vf_coef", "entropy_coef"):
+        for name in ("vf_coef", "entropy_coef"):
             if not getattr(self, name) >= 0.0:
                 fail(name, "non-negative")
         if self.target_kl is not None and not self.target_kl > 0.0:
@@ -114,9 +114,8 @@ class PPOConfig:
             fail("gamma", "in (0, 1]")
         if not 0.0 <= self.lam <= 1.0:
             fail("lam", "in [0, 1]")
-        for name in ("clip_range", "clip_range_value"):
-            if not getattr(self, name) > 0.0:
-                fail(name, "positive")
+        if not self.clip_range_value > 0.0:
+            fail("clip_range_value", "positive")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0.0:
             fail("max_grad_norm", "None or positive")
 

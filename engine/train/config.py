@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.configfile import build, read_config, setting
+from engine.configfile import build, check_ranges, read_config, setting
 from engine.models.gpt import GPTConfig
 
 
@@ -116,29 +116,17 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        positive = {
-            "train.max_iters": self.train.max_iters,
-            "train.batch_size": self.train.batch_size,
-            "train.grad_accum": self.train.grad_accum,
-            "train.eval_iters": self.train.eval_iters,
-            "train.log_interval": self.train.log_interval,
-            "checkpoint.keep_last": self.checkpoint.keep_last,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be at least 1, got {value}")
-        not_negative = {
-            "optim.lr": self.optim.lr,
-            "optim.min_lr": self.optim.min_lr,
-            "optim.weight_decay": self.optim.weight_decay,
-            "optim.grad_clip": self.optim.grad_clip,
-            "optim.warmup_iters": self.optim.warmup_iters,
-            "train.eval_interval": self.train.eval_interval,
-            "checkpoint.interval": self.checkpoint.interval,
-        }
-        for key, value in not_negative.items():
-            if value < 0:
-                raise ConfigError(f"{key} must not be negative, got {value}")
+        # The fields' own ranges (their metadata: the job schemas show the same), then the
+        # rules no single field can state.
+        check_ranges(self, ConfigError)
+        for name in ("data", "optim", "train", "checkpoint"):
+            check_ranges(getattr(self, name), ConfigError, f"{name}.")
+        if self.checkpoint.keep_last < 1:
+            raise ConfigError(
+                f"checkpoint.keep_last must be at least 1, got {self.checkpoint.keep_last}"
+            )
+        if self.optim.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must not be negative, got {self.optim.grad_clip}")
         for key in ("beta1", "beta2"):
             if not 0.0 <= getattr(self.optim, key) < 1.0:
                 raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(self.optim, key)}")

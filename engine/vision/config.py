@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from engine.configfile import build, read_config, setting
+from engine.configfile import build, check_ranges, read_config, setting
 from engine.vision.data import ALLOWED_SIZES, VisionInputError
 
 KINDS = ("diffusion", "gan", "vae")
@@ -85,13 +85,10 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def validate(self) -> None:
-        for key in ("steps", "batch_size", "log_interval", "keep_last"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("lr", "weight_decay", "warmup_steps", "grad_clip", "checkpoint_interval"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"train.{key} must not be negative, got {getattr(self, key)}")
-        for key in ("sample_interval", "threads"):
+        check_ranges(self, ConfigError, "train.")  # steps, batch_size, lr, the intervals
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last must be at least 1, got {self.keep_last}")
+        for key in ("weight_decay", "warmup_steps", "grad_clip", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must not be negative, got {getattr(self, key)}")
         for key in ("beta1", "beta2", "ema_decay"):
