@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench compose-check clean
+.PHONY: install demo test test-fast lint bench schemas compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The job-parameter schemas the platform validates with, made from the engine's configs
+# (run after changing a default, range or preset; a test fails while the file is stale).
+schemas: $(STAMP)
+	$(PY) -m engine.jobparams > platform/controlplane/jobs/param_schemas.json
 
 compose-check:
 	docker-compose -f compose.yaml config -q

@@ -10,6 +10,14 @@ raises the caller's error class naming the key, e.g.
 ``unknown key 'train.stesp' (did you mean 'train.steps'?)``. Overrides ``section.key=value``
 are parsed as YAML and go through the same checks (minGPT's rule: never ``exec``). After a
 dataclass is built its ``validate()`` runs, if it has one.
+
+A field's range and help live in its metadata, written once with :func:`setting`::
+
+    max_iters: int = setting(5000, minimum=1, maximum=10_000_000, help="optimizer steps")
+
+``build`` refuses a value outside the range (naming the key), and engine/jobparams.py turns
+the same metadata into the JSON Schema the platform validates job parameters with, so the
+platform and the engine refuse the same values.
 """
 
 from __future__ import annotations
@@ -22,6 +30,75 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+# The metadata keys of a field's range, as JSON Schema spells them.
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+_LIST_RULES = ("minItems", "maxItems", "minLength", "maxLength")
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    help: str = "",
+    **rules: Any,
+) -> Any:
+    """A dataclass field with its range (``minimum``, ``maximum``, ``exclusiveMinimum``,
+    ``exclusiveMaximum``; for lists ``minItems``/``maxItems`` and the items' ``minLength``/
+    ``maxLength``) and a help line, in JSON Schema's words so the schema copies them."""
+    unknown = set(rules) - set(BOUNDS) - set(_LIST_RULES)
+    if unknown:
+        raise TypeError(f"setting(): unknown rule(s) {sorted(unknown)}")
+    metadata = {"help": help, **rules} if help else dict(rules)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def range_problem(value: Any, rules: dict[str, Any]) -> str | None:
+    """Why ``value`` breaks the field's range, or None. Booleans and None are not numbers."""
+    if isinstance(value, list):
+        if len(value) < rules.get("minItems", 0) or len(value) > rules.get("maxItems", len(value)):
+            return f"must hold {_span(rules.get('minItems', 0), rules.get('maxItems'))} items"
+        for item in value:
+            if isinstance(item, str) and not (
+                rules.get("minLength", 0) <= len(item) <= rules.get("maxLength", len(item))
+            ):
+                span = _span(rules.get("minLength", 0), rules.get("maxLength"))
+                return f"items must be {span} characters long"
+        return None
+    if isinstance(value, str):
+        if len(value) < rules.get("minLength", 0) or len(value) > rules.get(
+            "maxLength", len(value)
+        ):
+            return f"must be {_span(rules.get('minLength', 0), rules.get('maxLength'))} characters long"
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    low, high = rules.get("minimum"), rules.get("maximum")
+    above, below = rules.get("exclusiveMinimum"), rules.get("exclusiveMaximum")
+    if low is not None and value < low:
+        return f"must be at least {low}"
+    if high is not None and value > high:
+        return f"must be at most {high}"
+    if above is not None and value <= above:
+        return f"must be greater than {above}"
+    if below is not None and value >= below:
+        return f"must be less than {below}"
+    return None
+
+
+def _span(low: int, high: int | None) -> str:
+    return f"at least {low}" if high is None else f"{low} to {high}"
+
+
+def check_ranges(instance: Any, error: type[Exception], prefix: str = "") -> None:
+    """Every field of ``instance`` against the range in its metadata (see :func:`setting`)."""
+    for spec in dataclasses.fields(instance):
+        if not any(rule in spec.metadata for rule in (*BOUNDS, *_LIST_RULES)):
+            continue
+        value = getattr(instance, spec.name)
+        problem = range_problem(value, spec.metadata)
+        if problem is not None:
+            raise error(f"{prefix}{spec.name} {problem}, got {value!r}")
 
 
 def read_config(
@@ -91,6 +168,7 @@ def build(cls: type, raw: Any, error: type[Exception], prefix: str = "") -> Any:
     # the ones given are checked here, then cross-section rules at the top level.
     try:
         instance = cls(**kwargs)
+        check_ranges(instance, error, prefix)
         validate = getattr(instance, "validate", None)
         if validate is not None:
             validate()

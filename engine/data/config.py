@@ -28,9 +28,9 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from engine.configfile import build, read_config
+from engine.configfile import build, read_config, setting
 from engine.data.dedup import ExactDedupConfig, NearDedupConfig
 from engine.data.normalize import NormalizeConfig
 from engine.data.pii import PII_TYPES, PIIConfig
@@ -61,7 +61,8 @@ class ConfigError(ValueError):
 class InputConfig:
     path: str
     format: str = "auto"  # jsonl | text | parquet | csv; auto: from the extension (.gz/.zst ok)
-    text_field: str = "text"  # JSONL/CSV/Parquet field that holds the document
+    # JSONL/CSV/Parquet field that holds the document.
+    text_field: str = setting("text", minLength=1, help="the record field holding the text")
     subject_field: str = ""  # field naming the data subject (person); enables the subject index
     text_unit: str = "file"  # plain text: one document per file, per paragraph or per line
 
@@ -72,6 +73,23 @@ class OutputConfig:
     shard_records: int = 50_000  # records per output JSONL shard
     compression: str = "none"  # "zstd": records-00000.jsonl.zst
     text_field: str = "text"  # name of the cleaned text in the output records
+
+
+@dataclass
+class TokenizeConfig:
+    """After cleaning: the tokenizer trained on the records and the token shards cut from them
+    (engine.data.tokenizers, engine.data.packing)."""
+
+    kind: Literal["char", "bpe"] = setting("char", help="characters, or byte-level BPE")
+    vocab_size: int = setting(4096, minimum=260, maximum=65535, help="BPE only")
+    val_fraction: float = setting(
+        0.05, minimum=0.001, maximum=0.5, help="share of documents held out for validation"
+    )
+
+
+def tokenize_config(raw: dict[str, Any]) -> TokenizeConfig:
+    """The tokenizer and shard settings from a mapping, checked like every config."""
+    return build(TokenizeConfig, raw, ConfigError, "tokenize.")
 
 
 @dataclass

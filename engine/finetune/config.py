@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.configfile import build, read_config
+from engine.configfile import build, check_ranges, read_config, setting
 from engine.finetune.lora import LoRAConfig
 from engine.finetune.ppo import PPOConfig
 
@@ -38,7 +38,9 @@ RECORD_KIND = {
     "dpo": "preference",
     "ppo": "preference",
 }
-# Default learning rates (the platform's job defaults are the same). Full fine-tuning
+# Kinds that always train adapters; sft never does, the others do when use_lora is true.
+ADAPTER_KINDS = ("lora", "qlora")
+# Default learning rates (the job schemas of engine/jobparams.py copy them). Full fine-tuning
 # moves every weight of a model that already writes well, so it takes small steps, and
 # the preference methods the smallest: they must stay near their reference. Adapters
 # start from B = 0 and hold ~1% of the weights, so they take ten times the step.
@@ -65,7 +67,8 @@ class BaseModelConfig:
 class DataConfig:
     source: Literal["shakespeare", "jsonl"] = "shakespeare"  # built-in pairs, or your file
     path: str = ""  # the .jsonl(.gz) file of pairs when source is jsonl
-    count: int = 2000  # built-in pairs to make (0: every speech)
+    # Built-in pairs to make (the plays give about 14,000; asking for more is an error).
+    count: int = setting(2000, minimum=16, maximum=100_000, help="built-in pairs to make")
     corruption: Literal["shuffle", "mismatch", "mixed"] = "mixed"  # how rejected answers differ
     heldout_fraction: float = 0.1  # never trained on: evaluation and PPO prompts
     pack: bool = True  # SFT: lay short examples end to end in a row (faster)
@@ -73,61 +76,68 @@ class DataConfig:
     def validate(self) -> None:
         if self.source == "jsonl" and not self.path:
             raise ConfigError("data.path is empty; name the .jsonl file of pairs")
-        if self.count < 0:
-            raise ConfigError(f"data.count must not be negative, got {self.count}")
+        check_ranges(self, ConfigError, "data.")  # count
         if not 0.0 < self.heldout_fraction < 0.5:
             raise ConfigError("data.heldout_fraction must be in (0, 0.5)")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 200  # optimizer steps (PPO: rollout + update iterations)
-    batch_size: int = 8  # examples (pairs, rows) per step
-    lr: float | None = None  # None: the kind's default (DEFAULT_LR, DEFAULT_LR_ADAPTERS)
+    # Optimizer steps (PPO: rollout + update iterations).
+    steps: int = setting(200, minimum=1, maximum=1_000_000, help="optimizer steps")
+    batch_size: int = setting(8, minimum=1, maximum=1024, help="examples (pairs, rows) per step")
+    # None: the kind's default (DEFAULT_LR, DEFAULT_LR_ADAPTERS).
+    lr: float | None = setting(None, minimum=1e-7, maximum=1.0, help="learning rate")
     weight_decay: float = 0.0  # small data, few steps: no decay
-    warmup_steps: int = 10  # linear warm-up, then constant: few steps leave no room to decay
+    # Linear warm-up, then constant: few steps leave no room to decay.
+    warmup_steps: int = setting(10, minimum=0, maximum=1_000_000, help="linear warm-up steps")
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
-    log_interval: int = 10  # metrics every N steps
-    eval_interval: int = 50  # held-out evaluation every N steps (and at the end); 0: end only
+    log_interval: int = setting(10, minimum=1, maximum=100_000, help="metrics every N steps")
+    eval_interval: int = setting(
+        50, minimum=0, maximum=1_000_000, help="held-out evaluation every N steps (0: at the end)"
+    )
     eval_at_start: bool = True  # evaluate the starting model too: the baseline of every curve
     eval_batches: int = 4  # held-out batches per evaluation
-    checkpoint_interval: int = 0  # 0: only at the end
+    checkpoint_interval: int = setting(
+        0, minimum=0, maximum=1_000_000, help="a checkpoint every N steps (0: at the end)"
+    )
     keep_last: int = 2  # older checkpoints are deleted
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # QLoRA's compute dtype too
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def validate(self) -> None:
-        for key in ("steps", "batch_size", "log_interval", "eval_batches", "keep_last"):
+        check_ranges(self, ConfigError, "train.")  # steps, batch_size, lr, the intervals
+        for key in ("eval_batches", "keep_last"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("weight_decay", "warmup_steps", "grad_clip", "eval_interval"):
+        for key in ("weight_decay", "grad_clip", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must not be negative, got {getattr(self, key)}")
-        if self.checkpoint_interval < 0 or self.threads < 0:
-            raise ConfigError("train.checkpoint_interval and train.threads must not be negative")
-        if self.lr is not None and not 0.0 < self.lr <= 1.0:
-            raise ConfigError(f"train.lr must be in (0, 1], got {self.lr}")
 
 
 @dataclass
 class DPOSection:
-    beta: float = 0.1  # strength of the KL tie to the reference (Rafailov et al. 2023)
-    label_smoothing: float = 0.0  # conservative DPO: the share of labels assumed flipped
-    precompute_reference: bool = False  # reference log-probs once, then no reference forward
+    # Strength of the KL tie to the reference (Rafailov et al. 2023).
+    beta: float = setting(
+        0.1, exclusiveMinimum=0.0, maximum=10.0, help="strength of the tie to the reference"
+    )
+    # Conservative DPO: the share of labels assumed flipped.
+    label_smoothing: float = setting(
+        0.0, minimum=0.0, exclusiveMaximum=0.5, help="share of labels assumed flipped"
+    )
+    # Reference log-probs once, then no reference forward.
+    precompute_reference: bool = setting(False, help="reference log-probs computed once")
 
     def validate(self) -> None:
-        if not 0.0 < self.beta <= 10.0:
-            raise ConfigError(f"dpo.beta must be in (0, 10], got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("dpo.label_smoothing must be in [0, 0.5)")
+        check_ranges(self, ConfigError, "dpo.")  # beta in (0, 10], label_smoothing in [0, 0.5)
 
 
 @dataclass
 class FinetuneRunConfig:
     kind: Literal["sft", "lora", "qlora", "reward", "dpo", "ppo"] = "sft"
     run_dir: str = "var/runs/finetune"  # checkpoints, metrics.jsonl, model/, adapter/
-    seed: int = 1337
+    seed: int = setting(1337, minimum=0, maximum=2**31 - 1, help="init, data order, sampling")
     base: BaseModelConfig = field(default_factory=BaseModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -141,7 +151,7 @@ class FinetuneRunConfig:
     sample_prompts: list[str] = field(default_factory=list)  # generated at the end (samples.json)
 
     def validate(self) -> None:
-        if self.kind in ("lora", "qlora") and self.use_lora is False:
+        if self.kind in ADAPTER_KINDS and self.use_lora is False:
             raise ConfigError(f"use_lora: false contradicts the kind {self.kind}")
         if self.kind == "sft" and self.use_lora:
             raise ConfigError("use_lora: true with kind sft; use the lora kind instead")
@@ -150,7 +160,7 @@ class FinetuneRunConfig:
 
     @property
     def adapters(self) -> bool:
-        return self.kind in ("lora", "qlora") or bool(self.use_lora)
+        return self.kind in ADAPTER_KINDS or bool(self.use_lora)
 
     @property
     def lr(self) -> float:

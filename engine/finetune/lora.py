@@ -34,6 +34,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 # dequantize_model is re-exported: the merge error below sends users to it.
+from engine.configfile import check_ranges, setting
 from engine.finetune.modules import match_modules, replace_module
 from engine.finetune.qlora import NF4Linear, dequantize_model  # noqa: F401
 from engine.finetune.tokens import TOKEN_LAYERS, add_token_rows
@@ -45,26 +46,26 @@ CONFIG_NAME = "adapter.json"
 
 @dataclass
 class LoRAConfig:
-    r: int = 8  # rank of the update; 4-16 is plenty for most fine-tuning
-    alpha: float = 16.0  # scaling = alpha / r, so changing r does not change the step size much
-    dropout: float = 0.0  # on the adapter's input only; the base path is untouched
+    # Rank of the update; 4-16 is plenty for most fine-tuning.
+    r: int = setting(8, minimum=1, maximum=256, help="rank of the update")
+    # scaling = alpha / r, so changing r does not change the step size much.
+    alpha: float = setting(16.0, exclusiveMinimum=0.0, maximum=1024.0, help="scaling = alpha / r")
+    # On the adapter's input only; the base path is untouched.
+    dropout: float = setting(0.0, minimum=0.0, maximum=0.9, help="dropout on the adapter input")
     # fnmatch patterns on module names; the defaults cover attention and MLP projections.
-    target_modules: list[str] = field(
-        default_factory=lambda: ["*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj"]
+    target_modules: list[str] = setting(
+        default_factory=lambda: ["*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj"],
+        minItems=1,
+        minLength=1,
+        help="module-name patterns that get adapters",
     )
     # Token ids whose embedding (and output-head) rows train too: tokens the base never
     # learnt, such as a chat template's roles (engine/finetune/tokens.py). Empty: none.
     trainable_tokens: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"lora.r must be at least 1, got {self.r}")
-        if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise ValueError("lora.target_modules must name at least one module pattern")
+        # r, alpha, dropout, target_modules: the fields' own ranges (as in the job schemas).
+        check_ranges(self, ValueError, "lora.")
 
     @property
     def scaling(self) -> float:

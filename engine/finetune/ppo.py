@@ -43,6 +43,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 
+from engine.configfile import check_ranges, setting
 from engine.finetune.lora import lora_modules, set_adapters_enabled
 from engine.finetune.objective import BatchOrder, FinetuneError, Objective
 from engine.models.gpt import GPT, KVCache
@@ -54,20 +55,30 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class PPOConfig:
-    rollout_batch_size: int = 16  # prompts (episodes) per step; advantages are whitened over them
-    max_new_tokens: int = 64  # response length cap; a response may stop earlier at end-of-text
-    temperature: float = 1.0  # 1 samples the policy itself; log-probs use the same temperature
+    # Prompts (episodes) per step; advantages are whitened over them.
+    rollout_batch_size: int = setting(16, minimum=1, maximum=512, help="prompts per step")
+    # Response length cap; a response may stop earlier at end-of-text.
+    max_new_tokens: int = setting(64, minimum=1, maximum=1024, help="response length cap")
+    # 1 samples the policy itself; log-probs use the same temperature.
+    temperature: float = setting(
+        1.0, exclusiveMinimum=0.0, maximum=5.0, help="sampling temperature of the rollouts"
+    )
     top_k: int | None = None  # sampling only; narrows the samples off-policy, so None by default
-    kl_coef: float = 0.05  # beta of the KL penalty (the initial value when adaptive)
+    # Beta of the KL penalty (the initial value when adaptive).
+    kl_coef: float = setting(0.05, minimum=0.0, maximum=10.0, help="weight of the KL penalty")
     target_kl: float | None = None  # per-sequence KL the adaptive controller aims at; None: fixed
     kl_horizon: int = 10000  # episodes over which the controller corrects (Ziegler's K_beta)
     gamma: float = 1.0  # no discounting: the score comes once, at the end of a short episode
     lam: float = 0.95  # GAE lambda: bias (0, one-step TD) vs variance (1, Monte Carlo)
-    clip_range: float = 0.2  # epsilon of the clipped surrogate (Schulman et al. 2017)
+    # Epsilon of the clipped surrogate (Schulman et al. 2017).
+    clip_range: float = setting(
+        0.2, exclusiveMinimum=0.0, maximum=1.0, help="epsilon of the clipped surrogate"
+    )
     clip_range_value: float = 0.2  # values move at most this far from the rollout's per update
     vf_coef: float = 0.1  # value loss weight; the value head shares the policy's backbone
     entropy_coef: float = 0.0  # entropy bonus; the KL penalty already keeps the policy spread
-    ppo_epochs: int = 4  # passes over each batch of rollouts (sample efficiency vs staleness)
+    # Passes over each batch of rollouts (sample efficiency vs staleness).
+    ppo_epochs: int = setting(4, minimum=1, maximum=16, help="passes over each rollout batch")
     minibatch_size: int = 8  # rollouts per optimizer step; must divide rollout_batch_size
     whiten_advantages: bool = True  # zero mean, unit variance: one step size fits any reward scale
     max_grad_norm: float | None = 1.0  # clip the global gradient norm; None: no clipping
@@ -83,18 +94,18 @@ class PPOConfig:
         def fail(name: str, rule: str) -> None:
             raise ValueError(f"ppo.{name} must be {rule}, got {getattr(self, name)!r}")
 
-        for name in ("rollout_batch_size", "max_new_tokens", "kl_horizon", "ppo_epochs"):
-            if getattr(self, name) < 1:
-                fail(name, "at least 1")
+        # rollout_batch_size, max_new_tokens, temperature, kl_coef, clip_range, ppo_epochs:
+        # the fields' own ranges (the job schemas show the same).
+        check_ranges(self, ValueError, "ppo.")
+        if self.kl_horizon < 1:
+            fail("kl_horizon", "at least 1")
         if not 1 <= self.minibatch_size <= self.rollout_batch_size:
             fail("minibatch_size", f"in [1, rollout_batch_size={self.rollout_batch_size}]")
         if self.rollout_batch_size % self.minibatch_size:
             fail("minibatch_size", f"a divisor of rollout_batch_size={self.rollout_batch_size}")
-        if not 0.0 < self.temperature <= 100.0:
-            fail("temperature", "in (0, 100] (greedy decoding has no log-probs to train)")
         if self.top_k is not None and self.top_k < 1:
             fail("top_k", "None or at least 1")
-        for name in ("kl_coef", "vf_coef", "entropy_coef"):
+        for name in ("vf_coef", "entropy_coef"):
             if not getattr(self, name) >= 0.0:
                 fail(name, "non-negative")
         if self.target_kl is not None and not self.target_kl > 0.0:
@@ -103,9 +114,8 @@ class PPOConfig:
             fail("gamma", "in (0, 1]")
         if not 0.0 <= self.lam <= 1.0:
             fail("lam", "in [0, 1]")
-        for name in ("clip_range", "clip_range_value"):
-            if not getattr(self, name) > 0.0:
-                fail(name, "positive")
+        if not self.clip_range_value > 0.0:
+            fail("clip_range_value", "positive")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0.0:
             fail("max_grad_norm", "None or positive")
 

@@ -19,7 +19,7 @@ lengths decode together; positions then count real tokens only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import torch
@@ -30,11 +30,17 @@ import torch.nn.functional as F
 @dataclass
 class GPTConfig:
     vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64 for faster matmuls
-    block_size: int = 1024  # longest sequence the model sees (learned positions / rotary table)
+    # Longest sequence the model sees (learned positions / rotary table).
+    block_size: int = field(
+        default=1024, metadata={"minimum": 8, "maximum": 8192, "help": "context length"}
+    )
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    dropout: float = 0.0  # 0 for pre-training large data; 0.1-0.2 for small data fine-tuning
+    # 0 for pre-training large data; 0.1-0.2 for small data fine-tuning.
+    dropout: float = field(
+        default=0.0, metadata={"minimum": 0.0, "maximum": 0.9, "help": "dropout"}
+    )
     bias: bool = True  # biases in Linear and norm layers (GPT-2 has them; False is a bit faster)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     position: Literal["learned", "rotary"] = "learned"

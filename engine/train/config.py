@@ -17,12 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.configfile import build, read_config
+from engine.configfile import build, check_ranges, read_config, setting
 from engine.models.gpt import GPTConfig
 
 
 class ConfigError(ValueError):
     """A configuration the user must fix; the message names the key."""
+
+
+# Model sizes a user picks by name (nanoGPT's and GPT-2's shapes); a job starts from one
+# and may override block_size and dropout.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
+    "shakespeare-char": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64},
+    "small": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
+    "gpt2-124m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024},
+}
+DEFAULT_PRESET = "tiny"  # seconds on a CPU: what a job gets when it names none
+PRESET_HELP = {
+    "tiny": "seconds on a CPU",
+    "shakespeare-char": "nanoGPT's CPU recipe",
+    "small": "a GPU, or patience",
+    "gpt2-124m": "GPU",
+}
 
 
 @dataclass
@@ -34,26 +51,32 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 6e-4  # peak learning rate, reached after warmup
-    min_lr: float = 6e-5  # floor of the cosine decay (Chinchilla: about lr / 10)
-    weight_decay: float = 0.1  # on matrices and embeddings only, not biases or norms
+    lr: float = setting(6e-4, minimum=1e-7, maximum=1.0, help="peak learning rate, after warmup")
+    # Floor of the cosine decay (Chinchilla: about lr / 10).
+    min_lr: float = setting(6e-5, minimum=0.0, maximum=1.0, help="floor of the cosine decay")
+    # On matrices and embeddings only, not biases or norms.
+    weight_decay: float = setting(0.1, minimum=0.0, maximum=1.0, help="AdamW weight decay")
     beta1: float = 0.9
     beta2: float = 0.95  # 0.99 for tiny models with few tokens per step (nanoGPT char recipe)
     eps: float = 1e-8
     grad_clip: float = 1.0  # clip the global gradient norm; 0 turns clipping off
-    warmup_iters: int = 100  # linear warmup from 0 (stabilises Adam's early updates)
+    # Linear warmup from 0 (stabilises Adam's early updates).
+    warmup_iters: int = setting(100, minimum=0, maximum=10_000_000, help="linear warmup steps")
     lr_decay_iters: int | None = None  # cosine reaches min_lr here; defaults to train.max_iters
     schedule: Literal["cosine", "constant"] = "cosine"
 
 
 @dataclass
 class TrainConfig:
-    max_iters: int = 5000  # optimizer steps
-    batch_size: int = 12  # sequences per micro-step *per rank*
-    grad_accum: int = 1  # micro-steps per optimizer step (gradients summed, synced once)
-    eval_interval: int = 250  # evaluate every N steps (and at the end); 0 = only at the end
-    eval_iters: int = 20  # validation batches per evaluation
-    log_interval: int = 10  # metrics every N steps
+    max_iters: int = setting(5000, minimum=1, maximum=10_000_000, help="optimizer steps")
+    batch_size: int = setting(12, minimum=1, maximum=4096, help="sequences per micro-step per rank")
+    # Micro-steps per optimizer step (gradients summed, synced once).
+    grad_accum: int = setting(1, minimum=1, maximum=1024, help="micro-steps per optimizer step")
+    eval_interval: int = setting(
+        250, minimum=0, maximum=10_000_000, help="evaluate every N steps (0: only at the end)"
+    )
+    eval_iters: int = setting(20, minimum=1, maximum=10_000, help="validation batches per eval")
+    log_interval: int = setting(10, minimum=1, maximum=100_000, help="metrics every N steps")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = (
         "auto"  # auto: bf16 on GPU, fp32 on CPU
@@ -67,7 +90,9 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 0  # save every N steps (0 = only at the end)
+    interval: int = setting(
+        0, minimum=0, maximum=10_000_000, help="a checkpoint every N steps (0: only at the end)"
+    )
     keep_last: int = 3  # older checkpoints are deleted, except the best one
     keep_best: bool = True  # keep the checkpoint with the lowest validation loss
     sharded: Literal["auto", "always", "never"] = (
@@ -78,7 +103,7 @@ class CheckpointConfig:
 @dataclass
 class RunConfig:
     run_dir: str = "var/runs/default"  # checkpoints, metrics.jsonl, tokenizer copy
-    seed: int = 1337  # model init, data order, dropout
+    seed: int = setting(1337, minimum=0, maximum=2**31 - 1, help="model init, data order, dropout")
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -91,29 +116,17 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        positive = {
-            "train.max_iters": self.train.max_iters,
-            "train.batch_size": self.train.batch_size,
-            "train.grad_accum": self.train.grad_accum,
-            "train.eval_iters": self.train.eval_iters,
-            "train.log_interval": self.train.log_interval,
-            "checkpoint.keep_last": self.checkpoint.keep_last,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be at least 1, got {value}")
-        not_negative = {
-            "optim.lr": self.optim.lr,
-            "optim.min_lr": self.optim.min_lr,
-            "optim.weight_decay": self.optim.weight_decay,
-            "optim.grad_clip": self.optim.grad_clip,
-            "optim.warmup_iters": self.optim.warmup_iters,
-            "train.eval_interval": self.train.eval_interval,
-            "checkpoint.interval": self.checkpoint.interval,
-        }
-        for key, value in not_negative.items():
-            if value < 0:
-                raise ConfigError(f"{key} must not be negative, got {value}")
+        # The fields' own ranges (their metadata: the job schemas show the same), then the
+        # rules no single field can state.
+        check_ranges(self, ConfigError)
+        for name in ("data", "optim", "train", "checkpoint"):
+            check_ranges(getattr(self, name), ConfigError, f"{name}.")
+        if self.checkpoint.keep_last < 1:
+            raise ConfigError(
+                f"checkpoint.keep_last must be at least 1, got {self.checkpoint.keep_last}"
+            )
+        if self.optim.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must not be negative, got {self.optim.grad_clip}")
         for key in ("beta1", "beta2"):
             if not 0.0 <= getattr(self.optim, key) < 1.0:
                 raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(self.optim, key)}")
@@ -128,6 +141,36 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class SamplesConfig:
+    """What is generated from the trained model at the end (the run page's samples)."""
+
+    prompts: list[str] = setting(
+        default_factory=lambda: ["\n"],
+        minItems=1,
+        maxItems=8,
+        minLength=1,
+        maxLength=500,
+        help="prompts to continue at the end",
+    )
+    tokens: int = setting(200, minimum=1, maximum=4000, help="tokens generated per prompt")
+    temperature: float = 0.8
+    top_k: int = 50
+    seed: int = 1337  # the sampler's generator: the same model gives the same samples
+
+
+def samples_config(prompts: list[str], tokens: int) -> SamplesConfig:
+    """The end-of-run samples' settings, checked like every config (ranges, types)."""
+    return build(SamplesConfig, {"prompts": prompts, "tokens": tokens}, ConfigError, "samples.")
+
+
+def preset_model(preset: str) -> dict[str, Any]:
+    """The model section of a named preset (a copy: callers override keys)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    return dict(PRESETS[preset])
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.configfile import build, read_config
+import yaml
+
+from engine.configfile import build, check_ranges, read_config, setting
 from engine.vision.data import ALLOWED_SIZES, VisionInputError
 
 KINDS = ("diffusion", "gan", "vae")
@@ -24,6 +26,26 @@ KINDS = ("diffusion", "gan", "vae")
 
 class ConfigError(VisionInputError):
     """A configuration the user must fix; the message names the key."""
+
+
+def _seed() -> Any:
+    """The seed field of every image run config: one range for the three kinds."""
+    return setting(0, minimum=0, maximum=2**31 - 1, help="weights init, data order, noise")
+
+
+@dataclass
+class EvaluationConfig:
+    """The evaluation at the end of a run (engine.vision.evaluate): a trained classifier's
+    accuracy on generated digits and the Frechet distance to the held-out ones."""
+
+    per_class: int = setting(
+        0, minimum=0, maximum=1000, help="samples per digit scored at the end (0: none)"
+    )
+
+
+def evaluation_config(per_class: int) -> EvaluationConfig:
+    """The end-of-run evaluation's settings, checked like every config."""
+    return build(EvaluationConfig, {"per_class": per_class}, ConfigError, "evaluation.")
 
 
 @dataclass
@@ -41,30 +63,32 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 4000  # optimizer steps (for the GAN: generator steps)
-    batch_size: int = 128
-    lr: float = 1e-3
+    # Optimizer steps (for the GAN: generator steps).
+    steps: int = setting(4000, minimum=1, maximum=10_000_000, help="optimizer steps")
+    batch_size: int = setting(128, minimum=1, maximum=4096, help="images per step")
+    lr: float = setting(1e-3, minimum=1e-7, maximum=1.0, help="learning rate")
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
     warmup_steps: int = 100  # linear learning-rate warm-up: Adam's first updates are noisy
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
     ema_decay: float = 0.999  # weights averaged for sampling (diffusion, GAN generator)
-    log_interval: int = 50  # metrics to the callback every N steps
-    checkpoint_interval: int = 1000  # and always at the end
-    sample_interval: int = 1000  # a sample grid PNG every N steps (0: only at the end)
+    log_interval: int = setting(50, minimum=1, maximum=100_000, help="metrics every N steps")
+    checkpoint_interval: int = setting(
+        1000, minimum=0, maximum=10_000_000, help="a checkpoint every N steps, and at the end"
+    )
+    sample_interval: int = setting(
+        1000, minimum=0, maximum=10_000_000, help="a sample grid every N steps (0: at the end)"
+    )
     keep_last: int = 2  # older checkpoints are deleted
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def validate(self) -> None:
-        for key in ("steps", "batch_size", "log_interval", "keep_last"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("lr", "weight_decay", "warmup_steps", "grad_clip", "checkpoint_interval"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"train.{key} must not be negative, got {getattr(self, key)}")
-        for key in ("sample_interval", "threads"):
+        check_ranges(self, ConfigError, "train.")  # steps, batch_size, lr, the intervals
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last must be at least 1, got {self.keep_last}")
+        for key in ("weight_decay", "warmup_steps", "grad_clip", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must not be negative, got {getattr(self, key)}")
         for key in ("beta1", "beta2", "ema_decay"):
@@ -149,7 +173,7 @@ class VAEConfig:
 @dataclass
 class DiffusionRunConfig:
     run_dir: str = "var/runs/vision-diffusion"  # checkpoints, samples, metrics.jsonl
-    seed: int = 0
+    seed: int = _seed()
     data: DataConfig = field(default_factory=DataConfig)
     model: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -168,7 +192,7 @@ class DiffusionRunConfig:
 @dataclass
 class GANRunConfig:
     run_dir: str = "var/runs/vision-gan"
-    seed: int = 0
+    seed: int = _seed()
     data: DataConfig = field(default_factory=DataConfig)
     model: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(
@@ -179,10 +203,37 @@ class GANRunConfig:
 @dataclass
 class VAERunConfig:
     run_dir: str = "var/runs/vision-vae"
-    seed: int = 0
+    seed: int = _seed()
     data: DataConfig = field(default_factory=DataConfig)
     model: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Named starting points for a run: "recipe" is configs/vision/<kind>.yaml; "tiny" shrinks
+# it to train in seconds on a CPU (tests, demos, a first look).
+RECIPES = Path(__file__).resolve().parents[2] / "configs" / "vision"
+TINY = {
+    "diffusion": {
+        "model": {"base_channels": 16, "channel_mults": [1, 2], "attention": True},
+        "diffusion": {"timesteps": 100, "sample_steps": 20},
+    },
+    "gan": {"model": {"z_dim": 16, "g_channels": 32, "d_channels": 16}},
+    "vae": {"model": {"latent_dim": 8, "channels": 16, "kl_warmup_steps": 50}},
+}
+PRESETS = ("recipe", "tiny")
+DEFAULT_PRESET = "recipe"
+PRESET_HELP = {"recipe": "configs/vision, minutes on a CPU", "tiny": "seconds: a first look"}
+
+
+def preset_raw(kind: str, preset: str) -> dict[str, Any]:
+    """The raw config (a YAML mapping) of a named preset, for ``config_from_dict``."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    raw = yaml.safe_load((RECIPES / f"{kind}.yaml").read_text(encoding="utf-8"))
+    if preset == "tiny":
+        for section, values in TINY[kind].items():
+            raw.setdefault(section, {}).update(values)
+    return raw
 
 
 RUN_CONFIGS: dict[str, type] = {

@@ -27,7 +27,7 @@ def _spec(job_id: int = 7, heartbeat: float = 0.5) -> JobSpec:
         project_id=3,
         attempt=1,
         inputs=(),
-        params={},
+        params={"preview_records": 5},  # as the platform fills it in
         output_prefix=f"projects/3/jobs/{job_id}/attempt-1/",
         heartbeat_seconds=heartbeat,
     )

@@ -27,7 +27,7 @@ def _spec(job_id: int = 9, attempt: int = 1) -> JobSpec:
         project_id=3,
         attempt=attempt,
         inputs=(),
-        params={},
+        params={"preview_records": 5},  # as the platform fills it in
         output_prefix=f"projects/3/jobs/{job_id}/attempt-{attempt}/",
         heartbeat_seconds=60,
     )

@@ -16,7 +16,7 @@ def _spec(job_id: int) -> JobSpec:
         project_id=1,
         attempt=1,
         inputs=(),
-        params={},
+        params={"preview_records": 5},  # as the platform fills it in
         output_prefix=f"projects/1/jobs/{job_id}/attempt-1/",
         heartbeat_seconds=60,
     )

@@ -5,12 +5,13 @@ tokenizer on the cleaned records and packs them into token shards. Every output 
 put into the object store under the attempt's prefix and reported as an artifact; the
 platform turns those artifacts into the new dataset version when the job finishes.
 
-Params (validated by the platform before the job exists):
+Params (validated and filled in by the platform before the job exists, with the engine's
+schema, engine/jobparams.py; no defaults here):
     input_names     the file names of the inputs, aligned with spec.inputs (formats come
                     from their extensions)
     pipeline        the engine's pipeline config, minus inputs/output (engine.data.config)
     text_field, subject_field
-    tokenizer       {"kind": "char" | "bpe", "vocab_size": int}
+    tokenizer       {"kind": "char" | "bpe", "vocab_size": int (bpe only)}
     val_fraction    share of documents held out for validation
 """
 
@@ -41,12 +42,12 @@ def _download_inputs(ctx: JobContext, folder: Path) -> list[Path]:
 def _pipeline_config(params: dict[str, Any], inputs: list[Path]):
     from engine.data.config import ConfigError, load_pipeline_config
 
-    raw = dict(params.get("pipeline") or {})
+    raw = dict(params["pipeline"])
     raw["inputs"] = [
         {
             "path": str(p),
-            "text_field": params.get("text_field", "text"),
-            "subject_field": params.get("subject_field", ""),
+            "text_field": params["text_field"],
+            "subject_field": params["subject_field"],
         }
         for p in inputs
     ]
@@ -54,6 +55,15 @@ def _pipeline_config(params: dict[str, Any], inputs: list[Path]):
         return load_pipeline_config(raw)
     except ConfigError as error:
         raise JobFailed(f"pipeline config: {error}") from None
+
+
+def _tokenize_config(params: dict[str, Any]):
+    from engine.data.config import ConfigError, tokenize_config
+
+    try:
+        return tokenize_config({**params["tokenizer"], "val_fraction": params["val_fraction"]})
+    except ConfigError as error:
+        raise JobFailed(f"tokenizer: {error}") from None
 
 
 def _preview(clean_dir: Path, text_field: str) -> list[dict[str, Any]]:
@@ -98,6 +108,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0.02, "downloading the input version")
         inputs = _download_inputs(ctx, work_dir / "in")
         config = _pipeline_config(params, inputs)
+        spec = _tokenize_config(params)
         out = work_dir / "out"
         clean_dir = out / "clean"
 
@@ -121,9 +132,8 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
         clean_files = sorted(str(p) for p in clean_dir.glob("records-*.jsonl*"))
         text_field = config.output.text_field
         texts = _texts(clean_dir, text_field)
-        spec = params.get("tokenizer") or {"kind": "char"}
-        if spec.get("kind") == "bpe":
-            tokenizer = BPETokenizer.train(texts, vocab_size=int(spec.get("vocab_size", 4096)))
+        if spec.kind == "bpe":
+            tokenizer = BPETokenizer.train(texts, vocab_size=spec.vocab_size)
         else:
             # The chat role tokens too, so a model pre-trained on these shards can be
             # fine-tuned with the chat template (engine.finetune.sft) without a new vocabulary.
@@ -138,7 +148,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
                 clean_files,
                 tokenizer_path,
                 out / "tokens",
-                val_fraction=float(params.get("val_fraction", 0.05)),
+                val_fraction=spec.val_fraction,
                 text_field=text_field,
             )
         except InputError as error:
@@ -151,7 +161,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
             "summary": report.summary(),
             "records": report.records_written,
             "preview": _preview(clean_dir, text_field),
-            "tokenizer": {"kind": spec.get("kind", "char"), "vocab_size": tokenizer.vocab_size},
+            "tokenizer": {"kind": spec.kind, "vocab_size": tokenizer.vocab_size},
             "tokens": {"train": manifest.num_tokens("train"), "val": manifest.num_tokens("val")},
             "files": files,
         }

@@ -10,7 +10,8 @@ end the outputs are published as artifacts that chain into the next job:
 ``model/config.json``, ``model/model.safetensors``, ``model/tokenizer.json`` (policies),
 ``adapter/*`` (LoRA runs), ``reward/*`` (reward models), and the samples.
 
-Params (validated by the platform, controlplane/jobs/posttrain.py): base_job_id,
+Params (validated and filled in by the platform, controlplane/jobs/posttrain.py, with the
+engine's schema, engine/jobparams.py): base_job_id,
 reward_job_id (ppo), dataset_version_id or pairs_count, train {steps, batch_size, lr,
 warmup_steps, log_interval, eval_interval, checkpoint_interval}, lora {r, alpha, dropout,
 target_modules}, dpo {beta, label_smoothing, precompute_reference}, ppo
@@ -30,7 +31,6 @@ from typing import Any
 
 from workers.runtime import JobContext, JobFailed, verified_step_file
 
-ADAPTER_KINDS = ("lora", "qlora")
 PPO_MINIBATCH = 8  # rollouts per PPO optimizer step, at most
 
 
@@ -65,32 +65,34 @@ def combined_pairs(folder: Path) -> Path | None:
 
 
 def run_config(kind: str, params: dict[str, Any], work: Path) -> dict[str, Any]:
-    """The engine's FinetuneRunConfig as a dict, from the validated job parameters."""
-    train = dict(params.get("train") or {})
-    train["device"] = params.get("device", "auto")
+    """The engine's FinetuneRunConfig as a dict, from the params the platform filled in
+    (every setting is there: defaults come from the engine's schema, never from here)."""
+    from engine.finetune.config import ADAPTER_KINDS
+
     raw: dict[str, Any] = {
         "run_dir": str(work / "run"),
-        "seed": int(params.get("seed", 1337)),
+        "seed": params["seed"],
         "base": {"path": str(work / "base")},
-        "train": train,
+        "train": {**params["train"], "device": params["device"]},
     }
     pairs = combined_pairs(work / "data")
     if pairs is not None:
         raw["data"] = {"source": "jsonl", "path": str(pairs)}
     else:
-        raw["data"] = {"source": "shakespeare", "count": int(params.get("pairs_count", 2000))}
-    if params.get("lora"):
+        raw["data"] = {"source": "shakespeare", "count": params["pairs_count"]}
+    if "lora" in params:  # always for lora/qlora; for the others, adapters instead of weights
         raw["lora"] = dict(params["lora"])
         if kind not in ADAPTER_KINDS:
             raw["use_lora"] = True
-    if kind == "dpo" and params.get("dpo"):
+    if kind == "dpo":
         raw["dpo"] = dict(params["dpo"])
     if kind == "ppo":
         raw["base"]["reward_model"] = str(work / "reward")
-        ppo = dict(params.get("ppo") or {})
-        rollouts = int(ppo.get("rollout_batch_size", 8))
-        ppo.setdefault("minibatch_size", math.gcd(rollouts, PPO_MINIBATCH))
-        ppo.setdefault("seed", raw["seed"])
+        ppo = dict(params["ppo"])
+        # Not job settings: the minibatch must divide the rollouts, and the sampler's
+        # seed follows the job's.
+        ppo["minibatch_size"] = math.gcd(ppo["rollout_batch_size"], PPO_MINIBATCH)
+        ppo["seed"] = params["seed"]
         raw["ppo"] = ppo
     return raw
 

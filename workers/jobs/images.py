@@ -6,8 +6,9 @@ put every checkpoint (a single .pt file) and every sample grid (a PNG, one row p
 into the store as the loop writes it, so the run page shows the grids and a re-dispatched
 attempt resumes from the last checkpoint.
 
-Params (validated by the platform): preset ("recipe": configs/vision/<kind>.yaml, or
-"tiny" for a seconds-long run), train overrides (steps, batch_size, lr, log_interval,
+Params (validated and filled in by the platform with the engine's schema,
+engine/jobparams.py): preset ("recipe": configs/vision/<kind>.yaml, or "tiny" for a
+seconds-long run: engine.vision.config.preset_raw), train overrides (steps, batch_size, lr, log_interval,
 checkpoint_interval, sample_interval), eval_per_class, device, seed.
 """
 
@@ -17,38 +18,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from workers.runtime import JobContext, JobFailed, verified_step_file
-
-RECIPES = Path(__file__).resolve().parents[2] / "configs" / "vision"
-# Small enough to train in seconds on a CPU: tests, demos, a first look.
-TINY = {
-    "diffusion": {
-        "model": {"base_channels": 16, "channel_mults": [1, 2], "attention": True},
-        "diffusion": {"timesteps": 100, "sample_steps": 20},
-    },
-    "gan": {"model": {"z_dim": 16, "g_channels": 32, "d_channels": 16}},
-    "vae": {"model": {"latent_dim": 8, "channels": 16, "kl_warmup_steps": 50}},
-}
-IMAGE_KINDS = tuple(TINY)
 
 
 def run_config(kind: str, params: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    raw = yaml.safe_load((RECIPES / f"{kind}.yaml").read_text(encoding="utf-8"))
-    if params.get("preset") == "tiny":
-        for section, values in TINY[kind].items():
-            raw.setdefault(section, {}).update(values)
+    """The engine's run config as a dict: the preset's, with what the job set on top (the
+    platform filled in seed and device; train holds only what the user chose)."""
+    from engine.vision.config import preset_raw
+
+    raw = preset_raw(kind, params["preset"])
     raw["run_dir"] = str(run_dir)
-    raw["seed"] = int(params.get("seed", raw.get("seed", 0)))
-    raw.setdefault("train", {}).update(params.get("train") or {})
-    raw["train"]["device"] = params.get("device", "auto")
+    raw["seed"] = params["seed"]
+    raw.setdefault("train", {}).update(params["train"])
+    raw["train"]["device"] = params["device"]
     return raw
 
 
 def run_image_training(ctx: JobContext) -> dict[str, Any]:
     from engine.vision.checkpoint import CheckpointError
-    from engine.vision.config import ConfigError, config_from_dict
+    from engine.vision.config import ConfigError, config_from_dict, evaluation_config
     from engine.vision.train import TrainingError, train
 
     kind, params = str(ctx.spec.kind), ctx.spec.params
@@ -56,6 +44,7 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
         run_dir = Path(tmp) / "run"
         try:
             config = config_from_dict(kind, run_config(kind, params, run_dir), source="job")
+            evaluation = evaluation_config(params["eval_per_class"])
         except ConfigError as error:
             raise JobFailed(str(error)) from None
         resume = (
@@ -67,7 +56,7 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
                 config,
                 resume=resume,
                 callbacks=[to_platform],
-                eval_per_class=int(params.get("eval_per_class", 0)),
+                eval_per_class=evaluation.per_class,
             )
         except (TrainingError, CheckpointError) as error:
             raise JobFailed(str(error)) from None

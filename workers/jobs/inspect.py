@@ -148,7 +148,8 @@ class _RateLimiter:
 
 def inspect_upload(ctx: JobContext) -> dict:
     (source,) = ctx.spec.inputs
-    limit = int(ctx.spec.params.get("preview_records", 5))
+    # Filled in by the platform (jobs/params.py); a rate limit is optional (none: no limit).
+    limit = ctx.spec.params["preview_records"]
     limiter = _RateLimiter(ctx.spec.params.get("read_rate_limit_mb_s"))
     digest = hashlib.sha256()
     raw_size = 0

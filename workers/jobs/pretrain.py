@@ -7,11 +7,12 @@ checkpoint packed into one tar object in the store and reported, so a re-dispatc
 attempt (its worker died) downloads the last one and goes on from the same step. At the end the model is exported (safetensors, Hugging Face GPT-2
 layout) and a few samples are generated for the run page.
 
-Params (validated by the platform): dataset_version_id, input_names (the local name of
-each input, in the order of spec.inputs),
-preset, model overrides (block_size, dropout), train (max_iters, batch_size, grad_accum,
-eval_interval, eval_iters, log_interval, device), optim (lr, min_lr, warmup_iters,
-weight_decay), checkpoint_interval, seed, sample_prompts, sample_tokens.
+Params (validated and filled in by the platform with the engine's schema,
+engine/jobparams.py): dataset_version_id, input_names (the local name of each input, in
+the order of spec.inputs), preset (engine.train.config.PRESETS), model overrides
+(block_size, dropout), train (max_iters, batch_size, grad_accum, eval_interval,
+eval_iters, log_interval, device), optim (lr, min_lr, warmup_iters, weight_decay),
+checkpoint_interval, seed, sample_prompts, sample_tokens.
 """
 
 from __future__ import annotations
@@ -25,14 +26,6 @@ from typing import Any
 
 from workers.runtime import JobContext, JobFailed
 
-# Model sizes a user picks by name (nanoGPT's and GPT-2's shapes).
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
-    "shakespeare-char": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64},
-    "small": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
-    "gpt2-124m": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024},
-}
-
 
 def _download_shards(ctx: JobContext, folder: Path) -> None:
     """The token shards of the version, laid out as engine.data.shards expects."""
@@ -44,17 +37,22 @@ def _download_shards(ctx: JobContext, folder: Path) -> None:
 
 
 def run_config(params: dict[str, Any], run_dir: Path, data_dir: Path) -> dict[str, Any]:
-    model = dict(PRESETS[params.get("preset", "tiny")])
-    model.update(params.get("model") or {})
-    train = {"progress": False, "parallel": "none", **(params.get("train") or {})}
+    """The engine's RunConfig as a dict, from the params the platform filled in (every
+    setting is there: defaults come from the engine's schema, never from here)."""
+    from engine.train.config import preset_model
+
+    model = {**preset_model(params["preset"]), **params["model"]}
+    # One process, no progress bar: the worker reports progress through its callbacks.
+    train = {"progress": False, "parallel": "none", **params["train"]}
     return {
         "run_dir": str(run_dir),
-        "seed": int(params.get("seed", 1337)),
+        "seed": params["seed"],
         "model": model,
         "data": {"path": str(data_dir)},
-        "optim": dict(params.get("optim") or {}),
+        "optim": dict(params["optim"]),
         "train": train,
-        "checkpoint": {"interval": int(params.get("checkpoint_interval", 0)), "keep_last": 2},
+        # Two checkpoints on the worker's disk: each is also in the object store.
+        "checkpoint": {"interval": params["checkpoint_interval"], "keep_last": 2},
     }
 
 
@@ -90,10 +88,20 @@ def _unpack_checkpoint(archive: Path, run_dir: Path) -> Path:
 def _samples(checkpoint: Path, prompts: list[str], tokens: int) -> list[dict[str, str]]:
     from engine.infer.generate import Generator, SamplingParams
     from engine.infer.loading import load_for_generation
+    from engine.train.config import ConfigError, samples_config
 
+    try:
+        sampling = samples_config(prompts, tokens)
+    except ConfigError as error:
+        raise JobFailed(str(error)) from None
     model, tokenizer = load_for_generation(checkpoint)
-    params = SamplingParams(max_new_tokens=tokens, temperature=0.8, top_k=50, seed=1337)
-    result = Generator(model, tokenizer).generate(prompts, params)
+    params = SamplingParams(
+        max_new_tokens=sampling.tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        seed=sampling.seed,
+    )
+    result = Generator(model, tokenizer).generate(sampling.prompts, params)
     return [{"prompt": g.prompt, "text": g.text} for g in result.generations]
 
 
@@ -134,8 +142,7 @@ def run_pretrain(ctx: JobContext) -> dict[str, Any]:
         export_checkpoint(summary.checkpoint, export_dir)
         ctx.check_stop()
         ctx.progress(0.97, "sampling")
-        prompts = params.get("sample_prompts") or ["\n"]
-        samples = _samples(summary.checkpoint, prompts, int(params.get("sample_tokens", 200)))
+        samples = _samples(summary.checkpoint, params["sample_prompts"], params["sample_tokens"])
         ctx.check_stop()
         ctx.progress(0.98, "publishing the model")
         files = []

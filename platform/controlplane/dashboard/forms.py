@@ -1,13 +1,41 @@
+"""The dashboard's forms. The job forms take their choices, defaults and ranges from the
+job kinds' param schemas (controlplane/jobs/params.py, generated from the engine's
+configs), so a form offers exactly what the API accepts."""
+
+from typing import Any
+
 from django import forms
 
+from controlplane.jobs.params import param_leaf
 from controlplane.names import validate_name
+
+
+def schema_field(kind: str, dotted: str, *, required: bool = True, **options: Any) -> forms.Field:
+    """A form field for one job parameter: its type, range, default and help from the
+    kind's schema; ``options`` (a label, a help text) win."""
+    leaf = param_leaf(kind, dotted)
+    options.setdefault("help_text", leaf.get("description", ""))
+    if "enum" in leaf:
+        helps = leaf.get("x-choices-help", {})
+        choices = [(c, f"{c}: {helps[c]}" if c in helps else c) for c in leaf["enum"]]
+        return forms.ChoiceField(choices=choices, initial=leaf.get("default"), **options)
+    field_class = forms.IntegerField if leaf["type"] == "integer" else forms.FloatField
+    # Django's bounds are inclusive; an exclusive one's edge is refused by the platform's
+    # check, whose message the view puts on this field.
+    return field_class(
+        min_value=leaf.get("minimum", leaf.get("exclusiveMinimum")),
+        max_value=leaf.get("maximum", leaf.get("exclusiveMaximum")),
+        initial=leaf.get("default"),
+        required=required,
+        **options,
+    )
 
 
 class InspectJobForm(forms.Form):
     upload_id = forms.IntegerField(widget=forms.HiddenInput)
-    preview_records = forms.IntegerField(min_value=1, max_value=50, initial=5)
-    read_rate_limit_mb_s = forms.FloatField(
-        min_value=0.01, required=False, label="Read rate limit (MB/s)"
+    preview_records = schema_field("inspect", "preview_records")
+    read_rate_limit_mb_s = schema_field(
+        "inspect", "read_rate_limit_mb_s", required=False, label="Read rate limit (MB/s)"
     )
 
 
@@ -17,11 +45,9 @@ class PipelineJobForm(forms.Form):
         required=False,
         help_text="the engine's pipeline config as JSON: stages and their thresholds",
     )
-    tokenizer = forms.ChoiceField(choices=[("char", "characters"), ("bpe", "byte-level BPE")])
-    vocab_size = forms.IntegerField(
-        min_value=260, max_value=65535, initial=4096, required=False, help_text="BPE only"
-    )
-    val_fraction = forms.FloatField(min_value=0.001, max_value=0.5, initial=0.05)
+    tokenizer = schema_field("data_pipeline", "tokenizer.kind", help_text="")
+    vocab_size = schema_field("data_pipeline", "tokenizer.vocab_size", required=False)
+    val_fraction = schema_field("data_pipeline", "val_fraction")
 
     def clean_pipeline(self):
         from controlplane.api.parsers import JSONTextError, loads_storable
@@ -41,8 +67,8 @@ class PipelineJobForm(forms.Form):
     def job_params(self, version_id: int) -> dict:
         data = self.cleaned_data
         tokenizer = {"kind": data["tokenizer"]}
-        if data["tokenizer"] == "bpe":
-            tokenizer["vocab_size"] = data["vocab_size"] or 4096
+        if data["tokenizer"] == "bpe" and data["vocab_size"] is not None:
+            tokenizer["vocab_size"] = data["vocab_size"]  # blank: the engine's default
         return {
             "dataset_version_id": version_id,
             "pipeline": data["pipeline"],
@@ -51,18 +77,10 @@ class PipelineJobForm(forms.Form):
         }
 
 
-PRESET_CHOICES = [
-    ("tiny", "tiny: 2 layers, 64 wide, context 64 (seconds on a CPU)"),
-    ("shakespeare-char", "shakespeare-char: 4 layers, 128 wide, context 64 (nanoGPT's CPU recipe)"),
-    ("small", "small: 6 layers, 384 wide, context 256 (a GPU, or patience)"),
-    ("gpt2-124m", "gpt2-124m: 12 layers, 768 wide, context 1024 (GPU)"),
-]
-
-
 class TrainJobForm(forms.Form):
     """Pre-training a GPT; blank fields take the preset's or the engine's default."""
 
-    preset = forms.ChoiceField(choices=PRESET_CHOICES, initial="shakespeare-char")
+    preset = schema_field("pretrain", "preset")
     experiment = forms.RegexField(
         r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         max_length=100,
@@ -70,22 +88,27 @@ class TrainJobForm(forms.Form):
         validators=[validate_name],
         help_text="groups runs for comparison (letters, digits, . _ -)",
     )
-    max_iters = forms.IntegerField(min_value=1, initial=2000, label="Steps")
-    batch_size = forms.IntegerField(min_value=1, initial=12)
-    block_size = forms.IntegerField(
-        min_value=8, required=False, label="Context length", help_text="blank: the preset's"
+    max_iters = schema_field("pretrain", "train.max_iters", label="Steps")
+    batch_size = schema_field("pretrain", "train.batch_size")
+    block_size = schema_field(
+        "pretrain",
+        "model.block_size",
+        required=False,
+        label="Context length",
+        help_text="blank: the preset's",
     )
-    lr = forms.FloatField(min_value=1e-7, max_value=1.0, initial=1e-3, label="Learning rate")
-    min_lr = forms.FloatField(
-        min_value=0.0, max_value=1.0, initial=1e-4, label="Final learning rate"
+    lr = schema_field("pretrain", "optim.lr", label="Learning rate")
+    min_lr = schema_field("pretrain", "optim.min_lr", label="Final learning rate")
+    warmup_iters = schema_field("pretrain", "optim.warmup_iters", label="Warmup steps")
+    eval_interval = schema_field("pretrain", "train.eval_interval")
+    checkpoint_interval = schema_field("pretrain", "checkpoint_interval")
+    device = schema_field("pretrain", "device")
+    sample_prompt = forms.CharField(
+        max_length=param_leaf("pretrain", "sample_prompts")["items"]["maxLength"],
+        initial="ROMEO:",
+        required=False,
+        help_text="blank: the engine's default prompt",
     )
-    warmup_iters = forms.IntegerField(min_value=0, initial=100, label="Warmup steps")
-    eval_interval = forms.IntegerField(min_value=0, initial=250)
-    checkpoint_interval = forms.IntegerField(
-        min_value=0, initial=250, help_text="0: only at the end"
-    )
-    device = forms.ChoiceField(choices=[("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")])
-    sample_prompt = forms.CharField(max_length=500, initial="ROMEO:", required=False)
 
     def job_params(self, version_id: int) -> dict:
         data = self.cleaned_data
@@ -106,7 +129,7 @@ class TrainJobForm(forms.Form):
             },
             "checkpoint_interval": data["checkpoint_interval"],
             "device": data["device"],
-            "sample_prompts": [data["sample_prompt"] or "\n"],
+            "sample_prompts": [data["sample_prompt"]] if data["sample_prompt"] else None,
         }
 
 
@@ -120,29 +143,19 @@ class ImageJobForm(forms.Form):
             ("vae", "VAE"),
         ]
     )
-    preset = forms.ChoiceField(
-        choices=[
-            ("recipe", "recipe (configs/vision, minutes on a CPU)"),
-            ("tiny", "tiny (seconds: a first look)"),
-        ]
-    )
+    preset = schema_field("diffusion", "preset")
     experiment = forms.RegexField(
         r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, required=False, validators=[validate_name]
     )
-    steps = forms.IntegerField(min_value=1, required=False)
-    batch_size = forms.IntegerField(min_value=1, required=False)
-    lr = forms.FloatField(min_value=1e-7, max_value=1.0, required=False, label="Learning rate")
-    sample_interval = forms.IntegerField(
-        min_value=0, required=False, help_text="a grid every N steps"
+    # Blank: the preset's value (the schema gives these no default).
+    steps = schema_field("diffusion", "train.steps", required=False)
+    batch_size = schema_field("diffusion", "train.batch_size", required=False)
+    lr = schema_field("diffusion", "train.lr", required=False, label="Learning rate")
+    sample_interval = schema_field(
+        "diffusion", "train.sample_interval", required=False, help_text="a grid every N steps"
     )
-    eval_per_class = forms.IntegerField(
-        min_value=0,
-        max_value=1000,
-        initial=0,
-        required=False,
-        help_text="samples per digit scored at the end (0: none)",
-    )
-    device = forms.ChoiceField(choices=[("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")])
+    eval_per_class = schema_field("diffusion", "eval_per_class", required=False)
+    device = schema_field("diffusion", "device")
 
     def job_params(self) -> dict:
         data = self.cleaned_data
@@ -155,7 +168,7 @@ class ImageJobForm(forms.Form):
             "preset": data["preset"],
             "train": train,
             "device": data["device"],
-            "eval_per_class": data["eval_per_class"] or 0,
+            "eval_per_class": data["eval_per_class"],  # None: the schema's default
         }
 
 
@@ -181,27 +194,23 @@ class PostTrainJobForm(forms.Form):
     reward_job = forms.TypedChoiceField(
         coerce=int, empty_value=None, required=False, help_text="ppo only"
     )
-    steps = forms.IntegerField(min_value=1, initial=200)
-    batch_size = forms.IntegerField(min_value=1, initial=8)
-    lr = forms.FloatField(
-        min_value=1e-7,
-        max_value=1.0,
-        required=False,
-        label="Learning rate",
-        help_text="blank: the kind's",
+    steps = schema_field("sft", "train.steps")
+    batch_size = schema_field("sft", "train.batch_size")
+    # No initial value: the default depends on the kind and on adapters (the schema's).
+    lr = schema_field(
+        "sft", "train.lr", required=False, label="Learning rate", help_text="blank: the kind's"
     )
-    lora_r = forms.IntegerField(
-        min_value=1,
-        max_value=256,
+    lora_r = schema_field(
+        "lora",
+        "lora.r",
         required=False,
         label="LoRA rank",
-        help_text="lora/qlora: blank = 8; reward/dpo/ppo: set it to train adapters only",
+        help_text="lora/qlora: blank = the default; reward/dpo/ppo: set it to train adapters only",
     )
-    beta = forms.FloatField(min_value=0.0, initial=0.1, required=False, label="DPO beta")
-    kl_coef = forms.FloatField(
-        min_value=0.0, initial=0.05, required=False, label="PPO KL coefficient"
-    )
-    device = forms.ChoiceField(choices=[("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")])
+    lora_r.initial = None  # set, it turns adapters on for reward/dpo/ppo
+    beta = schema_field("dpo", "dpo.beta", required=False, label="DPO beta")
+    kl_coef = schema_field("ppo", "ppo.kl_coef", required=False, label="PPO KL coefficient")
+    device = schema_field("sft", "device")
 
     # The platform's field errors ("train.lr", "dpo.beta") on this form's fields.
     ERROR_FIELDS = {

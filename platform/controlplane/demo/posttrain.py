@@ -66,7 +66,7 @@ def post_train(command, project: Project, user: User, base: Job, steps: int) -> 
             "base_job_id": lora.pk,
             "reward_job_id": reward.pk,
             "lora": {"r": 4},
-            "ppo": {"rollout_batch_size": 8, "max_new_tokens": 24},
+            "ppo": {"rollout_batch_size": 8, "max_new_tokens": 24, "ppo_epochs": 2},
         },
     )
     command.stdout.write(f"      held-out {_figures(ppo, 'eval/reward', 'eval/kl')}")

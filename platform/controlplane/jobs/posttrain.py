@@ -26,17 +26,9 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from controlplane.jobs.kinds import (
-    _DEVICE_MESSAGE,
-    _DEVICES,
-    JobRequest,
-    JobRequestError,
-    _choice,
-    _number,
-    _numbers,
-    ready_version,
-)
+from controlplane.jobs.kinds import JobRequest, JobRequestError, ready_version
 from controlplane.jobs.models import ArtifactKind, Job, JobArtifact, JobState
+from controlplane.jobs.params import check_params, param_schema
 from controlplane.projects.models import Project
 from workers.protocol import JobKind
 
@@ -58,53 +50,13 @@ _PAIR_FIELDS = {
     JobKind.DPO: "prompt/chosen/rejected",
     JobKind.PPO: "prompt/chosen/rejected",
 }
-_ADAPTER_KINDS = {JobKind.LORA, JobKind.QLORA}  # always adapters; sft never, the rest optional
-
-# Default learning rates. Full fine-tuning moves every weight of a model that already
-# writes well, so it takes small steps, and the preference methods (dpo, ppo) the smallest:
-# they must stay near their reference model. Adapters start from B = 0 and hold ~1% of the
-# parameters, so they take about ten times the rate of the same kind on all weights.
-_LR_ALL_WEIGHTS = {JobKind.SFT: 1e-4, JobKind.REWARD: 5e-5, JobKind.DPO: 1e-5, JobKind.PPO: 1e-5}
-_LR_ADAPTERS = {
-    JobKind.LORA: 1e-3,
-    JobKind.QLORA: 1e-3,
-    JobKind.REWARD: 5e-4,
-    JobKind.DPO: 1e-4,
-    JobKind.PPO: 1e-4,
-}
-
-# name: (type, default, low, high), as in kinds.py; "lr" gets its default per kind.
-_TRAIN = {
-    "steps": (int, 200, 1, 1_000_000),
-    "batch_size": (int, 8, 1, 1024),
-    "lr": (float, None, 1e-7, 1.0),
-    "warmup_steps": (int, 10, 0, 1_000_000),
-    "log_interval": (int, 10, 1, 100_000),
-    "eval_interval": (int, 50, 0, 1_000_000),  # 0: no evaluation during training
-    "checkpoint_interval": (int, 0, 0, 1_000_000),  # 0: one checkpoint, at the end
-}
-_LORA = {
-    "r": (int, 8, 1, 256),
-    "alpha": (float, 16.0, 0.0, 1024.0),  # > 0: scaling = alpha / r
-    "dropout": (float, 0.0, 0.0, 0.9),
-}
-DEFAULT_TARGET_MODULES = ["*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj"]
-_DPO = {
-    "beta": (float, 0.1, 0.0, 10.0),  # > 0
-    "label_smoothing": (float, 0.0, 0.0, 0.49),
-}
-_PPO = {
-    "rollout_batch_size": (int, 8, 1, 512),
-    "max_new_tokens": (int, 32, 1, 1024),
-    "kl_coef": (float, 0.05, 0.0, 10.0),
-    "ppo_epochs": (int, 2, 1, 16),
-    "clip_range": (float, 0.2, 0.0, 1.0),  # > 0
-    "temperature": (float, 1.0, 0.0, 5.0),  # > 0
-}
 
 
-def default_lr(kind: str, *, adapters: bool) -> float:
-    return (_LR_ADAPTERS if adapters else _LR_ALL_WEIGHTS)[JobKind(kind)]
+def trains_adapters(kind: str, params: dict[str, Any]) -> bool:
+    """Whether the job trains LoRA adapters (always, never, or when it sets lora: the
+    kind's schema says which)."""
+    adapters = param_schema(kind)["x-adapters"]
+    return adapters == "always" or (adapters == "optional" and params.get("lora") is not None)
 
 
 def published(job: Job, prefix: str) -> list[JobArtifact]:
@@ -230,62 +182,9 @@ def _pairs_version(project: Project, value: Any, kind: str, errors: dict):
     return version
 
 
-def _section(
-    raw: Any, spec: dict, errors: dict, where: str, *, positive: tuple = (), other: tuple = ()
-) -> dict:
-    """A nested object of numbers (bounds as in `spec`, `positive` ones above 0) plus the
-    `other` keys, which the caller checks; defaults filled in."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        errors[where] = ["must be an object"]
-        return {}
-    known = [*spec, *other]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        errors[where] = [f"unknown key(s) {', '.join(unknown)}; use {', '.join(known)}"]
-        return {}
-    # null takes the default, so the worker always finds every setting.
-    numbers = {k: v for k, v in raw.items() if k in spec and v is not None}
-    clean = _numbers(numbers, spec, errors, where)
-    for name in positive:
-        if name in clean and clean[name] <= 0:
-            errors[f"{where}.{name}"] = ["must be greater than 0"]
-    return clean
-
-
-def _lora(raw: Any, errors: dict) -> dict:
-    clean = _section(raw, _LORA, errors, "lora", positive=("alpha",), other=("target_modules",))
-    targets = (raw if isinstance(raw, dict) else {}).get("target_modules", DEFAULT_TARGET_MODULES)
-    if not (
-        isinstance(targets, list)
-        and targets
-        and all(isinstance(t, str) and t.strip() for t in targets)
-    ):
-        errors["lora.target_modules"] = [
-            "a non-empty list of module-name patterns, such as " + ", ".join(DEFAULT_TARGET_MODULES)
-        ]
-        targets = []
-    return {**clean, "target_modules": list(targets)}
-
-
-def _dpo(raw: Any, errors: dict) -> dict:
-    clean = _section(raw, _DPO, errors, "dpo", positive=("beta",), other=("precompute_reference",))
-    precompute = (raw if isinstance(raw, dict) else {}).get("precompute_reference", False)
-    if not isinstance(precompute, bool):
-        errors["dpo.precompute_reference"] = ["must be true or false"]
-    return {**clean, "precompute_reference": precompute}
-
-
-def validate_posttrain(project: Project, kind: str, params: dict[str, Any]) -> JobRequest:
-    from controlplane.jobs.dispatch import training_queue
-
-    kind = JobKind(kind)
-    common = {"base_job_id", "dataset_version_id", "pairs_count", "train", "seed", "device"}
-    errors: dict[str, list[str]] = {}
-    # A key set to null counts as left out (its default applies).
-    given = {name: value for name, value in params.items() if value is not None}
-    # Settings of another kind get a message that says whose they are, not "unknown".
+def _misplaced_settings(kind: str, given: dict[str, Any]) -> dict[str, list[str]]:
+    """Settings of another kind get a message that says whose they are, not "unknown"."""
+    errors = {}
     if kind != JobKind.PPO and "reward_job_id" in given:
         errors["reward_job_id"] = ["only ppo jobs take a reward model"]
     if kind == JobKind.SFT and "lora" in given:
@@ -293,43 +192,44 @@ def validate_posttrain(project: Project, kind: str, params: dict[str, Any]) -> J
     for section in ("dpo", "ppo"):
         if kind != section and section in given:
             errors[section] = [f"only {section} jobs take {section} settings"]
-    known = common | {"reward_job_id", "lora", "dpo", "ppo"}
-    errors.update({name: ["unknown parameter"] for name in params.keys() - known})
+    return errors
+
+
+def _engine_settings(kind: str, params: dict[str, Any]) -> tuple[dict, dict]:
+    """The engine's settings checked and filled by the kind's schema; a job that trains
+    adapters gets the adapter learning rate by default."""
+    schema = param_schema(kind)
+    lr = schema["properties"]["train"]["properties"]["lr"]
+    if trains_adapters(kind, params) and "x-default-with-adapters" in lr:
+        lr["default"] = lr["x-default-with-adapters"]
+    return check_params(kind, params, schema=schema)
+
+
+def validate_posttrain(project: Project, kind: str, params: dict[str, Any]) -> JobRequest:
+    from controlplane.jobs.dispatch import training_queue
+
+    kind = JobKind(kind)
+    # A key set to null counts as left out (its default applies).
+    given = {name: value for name, value in params.items() if value is not None}
+    clean, errors = _engine_settings(kind, params)
+    errors.update(_misplaced_settings(kind, given))
 
     base_files = _base_model(project, params.get("base_job_id"), errors)
     reward_files = []
     if kind == JobKind.PPO:
         reward_files = _reward_model(project, params.get("reward_job_id"), errors)
-    version = pairs_count = None
+    version = None
     if params.get("dataset_version_id") is not None:
         version = _pairs_version(project, params["dataset_version_id"], kind, errors)
         if "pairs_count" in given:
             errors["pairs_count"] = [
                 "only for the built-in pairs; leave it out when dataset_version_id is set"
             ]
-    else:
-        pairs_count = _number(
-            given, "pairs_count", errors, kind=int, default=2000, low=16, high=100_000
-        )
-
-    adapters = kind in _ADAPTER_KINDS or (kind != JobKind.SFT and "lora" in given)
-    train_spec = dict(_TRAIN, lr=(float, default_lr(kind, adapters=adapters), 1e-7, 1.0))
-    train = _section(params.get("train"), train_spec, errors, "train")
-    lora = _lora(params.get("lora"), errors) if adapters else None
-    dpo = _dpo(params.get("dpo"), errors) if kind == JobKind.DPO else None
-    ppo = None
-    if kind == JobKind.PPO:
-        ppo = _section(
-            params.get("ppo"), _PPO, errors, "ppo", positive=("clip_range", "temperature")
-        )
-    seed = _number(given, "seed", errors, kind=int, default=1337, low=0, high=2**31 - 1)
-    device = _choice(
-        given, "device", errors, choices=_DEVICES, default="auto", message=_DEVICE_MESSAGE
-    )
+        clean.pop("pairs_count", None)
     if errors:
         raise JobRequestError(errors)
 
-    clean: dict[str, Any] = {"base_job_id": params["base_job_id"]}
+    clean["base_job_id"] = params["base_job_id"]
     named = [(f"base/{a.name.removeprefix('model/')}", a) for a in base_files]
     if kind == JobKind.PPO:
         clean["reward_job_id"] = params["reward_job_id"]
@@ -337,12 +237,6 @@ def validate_posttrain(project: Project, kind: str, params: dict[str, Any]) -> J
     if version is not None:
         clean["dataset_version_id"] = version.pk
         named += [(f"data/{f.name}", f) for f in pair_files(version).order_by("name", "id")]
-    else:
-        clean["pairs_count"] = pairs_count
-    clean["train"] = train
-    for section, value in (("lora", lora), ("dpo", dpo), ("ppo", ppo)):
-        if value is not None:
-            clean[section] = value
-    clean.update(seed=seed, device=device, input_names=[name for name, _ in named])
+    clean["input_names"] = [name for name, _ in named]
     inputs = [{"uri": f.object_key, "sha256": f.sha256, "size": f.size} for _, f in named]
     return JobRequest(queue=training_queue(), params=clean, inputs=inputs)

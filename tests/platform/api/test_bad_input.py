@@ -35,7 +35,7 @@ def _assert_error(response, status: int, field: str | None = None) -> dict:
         ("diffusion", {"preset": {"a": 1}}, "params.preset"),
         ("diffusion", {"device": {}}, "params.device"),
         ("data_pipeline", {"text_field": ["text"]}, "params.text_field"),
-        ("data_pipeline", {"tokenizer": {"kind": ["bpe"]}}, "params.tokenizer"),
+        ("data_pipeline", {"tokenizer": {"kind": ["bpe"]}}, "params.tokenizer.kind"),
         ("dpo", {"base_job_id": 1, "device": []}, "params.device"),
         (
             "lora",

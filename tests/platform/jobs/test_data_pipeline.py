@@ -68,7 +68,7 @@ def test_bad_pipeline_requests_name_the_problem(team, plays, api, make_ready_ver
     assert "params.pipeline" in errors(
         {"dataset_version_id": plays.pk, "pipeline": {"output": {"path": "/etc"}}}
     )
-    assert "params.tokenizer" in errors(
+    assert "params.tokenizer.vocab_size" in errors(
         {"dataset_version_id": plays.pk, "tokenizer": {"kind": "bpe", "vocab_size": 3}}
     )
     assert "params.val_fraction" in errors({"dataset_version_id": plays.pk, "val_fraction": 2})

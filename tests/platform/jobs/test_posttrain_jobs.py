@@ -30,11 +30,12 @@ LORA_DEFAULTS = {
     "target_modules": ["*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj"],
 }
 DPO_DEFAULTS = {"beta": 0.1, "label_smoothing": 0.0, "precompute_reference": False}
+# The engine's PPOConfig defaults (they were 8/32/2 on the platform, 16/64/4 in the engine).
 PPO_DEFAULTS = {
-    "rollout_batch_size": 8,
-    "max_new_tokens": 32,
+    "rollout_batch_size": 16,
+    "max_new_tokens": 64,
     "kl_coef": 0.05,
-    "ppo_epochs": 2,
+    "ppo_epochs": 4,
     "clip_range": 0.2,
     "temperature": 1.0,
 }

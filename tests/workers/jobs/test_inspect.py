@@ -99,7 +99,7 @@ def test_changed_object_fails_the_job(store):
         project_id=1,
         attempt=1,
         inputs=(ArtifactRef(key, "0" * 64, 3),),
-        params={},
+        params={"preview_records": 5},  # as the platform fills it in
         output_prefix="projects/1/jobs/8/",
         heartbeat_seconds=30,
     )

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane.audit.services import audit_append
-from controlplane.jobs.kinds import validate_job_request
+from controlplane.jobs.kinds import JobRequest, validate_job_request
 from controlplane.jobs.models import (
     ArtifactKind,
     Job,
@@ -41,11 +41,20 @@ def dispatch_after_commit(job: Job) -> None:
     transaction.on_commit(partial(dispatch_send_after_commit, dispatch.pk), robust=True)
 
 
-@transaction.atomic
 def job_create(
     *, project: Project, kind: str, params: dict[str, Any], actor: User, experiment: str = ""
 ) -> Job:
+    # Validated before the transaction opens: the checks read committed rows only, and the
+    # data pipeline's config is checked by the engine in a subprocess (~0.8 s) that must
+    # not hold a connection in a transaction meanwhile.
     request = validate_job_request(project=project, kind=kind, params=params)
+    with transaction.atomic():
+        return _job_insert(project, kind, request, actor, experiment)
+
+
+def _job_insert(
+    project: Project, kind: str, request: JobRequest, actor: User, experiment: str
+) -> Job:
     now = timezone.now()
     job = Job.objects.create(
         project=project,
