@@ -9,8 +9,8 @@ from rest_framework.views import APIView
 from controlplane.api.access import StrictSerializer, project_or_404
 from controlplane.api.idempotency import idempotent
 from controlplane.api.params import choice_param, text_param
-from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import Job, JobEventRecord, JobMetric, JobState
+from controlplane.jobs.requests import JobRequestError
 from controlplane.jobs.selectors import job_artifact_of, job_events, job_in, job_metrics, jobs_for
 from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
 from controlplane.names import validate_name

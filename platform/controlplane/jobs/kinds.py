@@ -8,28 +8,15 @@ platform can check (dataset versions, uploads, the pipeline config through the e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from controlplane.jobs.dispatch import training_queue
 from controlplane.jobs.params import check_params
+from controlplane.jobs.posttrain import validate_posttrain
+from controlplane.jobs.requests import JobRequest, JobRequestError, ready_version
 from controlplane.projects.models import Project
 from workers.protocol import JobKind, Queue
-
-
-class JobRequestError(Exception):
-    """Field errors of a job request: {"field": ["message", ...]}."""
-
-    def __init__(self, errors: dict[str, list[str]]):
-        super().__init__("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in errors.items()))
-        self.errors = errors
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    queue: str
-    params: dict[str, Any]
-    inputs: list[dict[str, Any]]
 
 
 def _upload(project: Project, upload_id: Any, errors: dict):
@@ -54,33 +41,6 @@ def _validate_inspect(project: Project, params: dict[str, Any]) -> JobRequest:
         raise JobRequestError(errors)
     inputs = [{"uri": upload.object_key, "sha256": upload.sha256, "size": upload.size}]
     return JobRequest(queue=Queue.CPU, params={"upload_id": upload.pk, **clean}, inputs=inputs)
-
-
-def ready_version(project: Project, version_id: Any, errors: dict):
-    """A READY dataset version of this project, or None with a message in errors."""
-    from controlplane.datasets.models import DatasetVersion, VersionState
-
-    if version_id is None:
-        errors["dataset_version_id"] = ["this field is required"]
-        return None
-    if isinstance(version_id, bool) or not isinstance(version_id, int):
-        errors["dataset_version_id"] = ["must be an integer"]
-        return None
-    version = (
-        DatasetVersion.objects.filter(pk=version_id, dataset__project=project)
-        .select_related("dataset")
-        .first()
-    )
-    if version is None:
-        errors["dataset_version_id"] = [f"no dataset version {version_id} in this project"]
-    elif version.state != VersionState.READY:
-        errors["dataset_version_id"] = [
-            f"version {version.number} of {version.dataset.slug} is {version.state}; "
-            "wait for its upload to complete or pick a ready version"
-        ]
-    else:
-        return version
-    return None
 
 
 def _ready_text_version(project: Project, version_id: Any, errors: dict):
@@ -154,8 +114,6 @@ def _token_shard_version(project: Project, version_id: Any, errors: dict):
 
 
 def _validate_pretrain(project: Project, params: dict[str, Any]) -> JobRequest:
-    from controlplane.jobs.dispatch import training_queue
-
     clean, errors = check_params("pretrain", params)
     version = _token_shard_version(project, params.get("dataset_version_id"), errors)
     optim = clean.get("optim", {})
@@ -173,8 +131,6 @@ def _validate_pretrain(project: Project, params: dict[str, Any]) -> JobRequest:
 
 def _validate_image_training(project: Project, params: dict[str, Any], *, kind: str) -> JobRequest:
     """Diffusion, GAN and VAE on the 8x8 digits (the engine loads them itself)."""
-    from controlplane.jobs.dispatch import training_queue
-
     clean, errors = check_params(kind, params)
     if errors:
         raise JobRequestError(errors)
@@ -182,9 +138,6 @@ def _validate_image_training(project: Project, params: dict[str, Any], *, kind: 
 
 
 def _validate_posttrain(project: Project, params: dict[str, Any], *, kind: JobKind) -> JobRequest:
-    # posttrain.py builds on this module's helpers, so it is imported on first use.
-    from controlplane.jobs.posttrain import validate_posttrain
-
     return validate_posttrain(project, kind, params)
 
 

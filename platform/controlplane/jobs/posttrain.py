@@ -26,9 +26,10 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from controlplane.jobs.kinds import JobRequest, JobRequestError, ready_version
+from controlplane.jobs.dispatch import training_queue
 from controlplane.jobs.models import ArtifactKind, Job, JobArtifact, JobState
 from controlplane.jobs.params import check_params, param_schema
+from controlplane.jobs.requests import JobRequest, JobRequestError, ready_version
 from controlplane.projects.models import Project
 from workers.protocol import JobKind
 
@@ -206,8 +207,6 @@ def _engine_settings(kind: str, params: dict[str, Any]) -> tuple[dict, dict]:
 
 
 def validate_posttrain(project: Project, kind: str, params: dict[str, Any]) -> JobRequest:
-    from controlplane.jobs.dispatch import training_queue
-
     kind = JobKind(kind)
     # A key set to null counts as left out (its default applies).
     given = {name: value for name, value in params.items() if value is not None}

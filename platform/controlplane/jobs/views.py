@@ -20,9 +20,9 @@ from django.views.decorators.http import require_POST
 from controlplane.api.params import page_text_param
 from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
 from controlplane.dashboard.forms import ImageJobForm, PostTrainJobForm
-from controlplane.jobs.kinds import JobRequestError
 from controlplane.jobs.models import ArtifactKind, Job, JobState
 from controlplane.jobs.posttrain import has_model, pair_versions_for, reward_jobs_for
+from controlplane.jobs.requests import JobRequestError
 from controlplane.jobs.selectors import (
     charts_for,
     checkpoints_with_losses,

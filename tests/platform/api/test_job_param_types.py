@@ -98,7 +98,8 @@ def _engine_answers_quickly(monkeypatch):
 
 @pytest.mark.parametrize("kind", sorted(TEMPLATES))
 def test_no_value_anywhere_crashes_the_validator(team, kind):
-    from controlplane.jobs.kinds import JobRequestError, validate_job_request
+    from controlplane.jobs.kinds import validate_job_request
+    from controlplane.jobs.requests import JobRequestError
 
     template = TEMPLATES[kind]
     checked = 0

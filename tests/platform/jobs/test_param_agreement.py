@@ -255,8 +255,8 @@ def _engine_refuses(kind: str, params: dict[str, Any], tmp_path: Path) -> bool:
 def test_ranges_refuse_the_same_values_in_platform_and_engine(
     kind, platform_lookups, monkeypatch, tmp_path
 ):
-    from controlplane.jobs.kinds import JobRequestError
     from controlplane.jobs.params import param_schema
+    from controlplane.jobs.requests import JobRequestError
 
     # The pipeline's stages are the engine's own config, checked by the engine itself.
     monkeypatch.setattr(

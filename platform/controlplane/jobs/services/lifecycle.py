@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane.audit.services import audit_append
-from controlplane.jobs.kinds import JobRequest, validate_job_request
+from controlplane.jobs.kinds import validate_job_request
 from controlplane.jobs.models import (
     ArtifactKind,
     Job,
@@ -19,6 +19,7 @@ from controlplane.jobs.models import (
     JobState,
 )
 from controlplane.jobs.posttrain import POSTTRAIN_KINDS
+from controlplane.jobs.requests import JobRequest
 from controlplane.jobs.services.outbox import dispatch_enqueue, dispatch_send_after_commit
 from controlplane.projects.models import Project
 from controlplane.storage import object_store
