@@ -28,8 +28,10 @@ from controlplane.jobs.services.delivery import (
     job_reconcile_outputs,
 )
 from controlplane.jobs.services.events import (
+    BatchOutcome,
     EventNotReady,
     job_apply_event,
+    job_apply_events,
     stream_note_waiting_finish,
 )
 from controlplane.jobs.services.lifecycle import (
@@ -43,6 +45,7 @@ from controlplane.jobs.services.reaper import jobs_reap_expired
 
 __all__ = [
     "RESUMABLE_KINDS",
+    "BatchOutcome",
     "EventNotReady",
     "dead_letter_reapply",
     "event_park",
@@ -50,6 +53,7 @@ __all__ = [
     "job_reconcile_outputs",
     "JobError",
     "job_apply_event",
+    "job_apply_events",
     "job_cancel",
     "job_create",
     "jobs_reap_expired",
