@@ -18,6 +18,7 @@ from django.db import connection
 
 from tests.faultproxy import FaultProxy
 from tests.platform.jobs.eventload import (
+    BatchingSender,
     Beat,
     ControlWorker,
     EventSender,
@@ -191,6 +192,39 @@ def test_a_killed_control_pool_process_gives_its_event_back(rig):
     sending.join(30)
     _settle(jobs, timeout=40)
     assert stream_problems(jobs) == [], rig.logs()[-3000:]
+
+
+def test_a_control_pool_process_killed_mid_batch_gives_the_whole_batch_back(rig):
+    """Batches of up to 200 events keep 3 processes busy; pool processes are killed until
+    one dies while applying a batch (Celery's WorkerLostError). Its transaction rolls
+    back, the message is requeued, and every event ends up applied exactly once."""
+    jobs = rig.jobs(8, steps=160, checkpoint_every=40)
+    worker = rig.worker(rig.env(), concurrency=3)
+    worker.wait_ready()
+    sender = BatchingSender(rig.broker_url, batch_seconds=0.25)
+    events = interleave(jobs, seed=4)
+    sending = _send_in_background_with(sender, events, per_second=800)
+    kills = 0
+    ids = [job.job_id for job in jobs]
+    while kills < 8 and "WorkerLostError" not in rig.logs():
+        wait_for(lambda: applied_count(ids) > 0, 20, 0.05)
+        time.sleep(0.4)
+        worker.kill_pool_process()
+        kills += 1
+        time.sleep(0.3)
+    sending.join(30)
+    sender.close()
+    _settle(jobs, timeout=60)
+    logs = rig.logs()
+    assert "WorkerLostError" in logs, f"no kill hit a batch in {kills} tries"
+    assert sender.messages < len(events) / 10  # batches it was: tens of events a message
+    assert stream_problems(jobs) == [], logs[-3000:]
+
+
+def _send_in_background_with(sender, events, per_second: float) -> threading.Thread:
+    thread = threading.Thread(target=sender.send_at_rate, args=(events, per_second), daemon=True)
+    thread.start()
+    return thread
 
 
 def test_a_killed_control_worker_s_events_come_back_in_seconds(rig):
