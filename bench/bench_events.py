@@ -44,6 +44,7 @@ from bench_api import PG, psql  # noqa: E402
 
 DB_NAME = "controlplane_bench_events"
 N_JOBS = 8
+BATCH_SECONDS = None  # None: the workers' default (WORKER_EVENT_BATCH_MS)
 
 
 def setup_django(data_dir: Path) -> None:
@@ -120,7 +121,12 @@ def offer(
 
     halves = [jobs[: len(jobs) // 2], jobs[len(jobs) // 2 :]]
     streams = [interleave(half, seed=2) for half in halves]
-    senders = [BatchingSender(broker_url) if batched else EventSender(broker_url) for _ in streams]
+    senders = [
+        BatchingSender(broker_url, batch_seconds=BATCH_SECONDS)
+        if batched
+        else EventSender(broker_url)
+        for _ in streams
+    ]
     sent = [0, 0]
     start = time.time()
 
@@ -162,6 +168,17 @@ def lag_figures(job_ids: list[int], offered: int, wait: float) -> tuple[str, flo
     ), p95
 
 
+def forget_queued_events(broker_url: str) -> None:
+    """Empty the private broker's control queue (and what a stopped worker held unacked)
+    so that the next phase measures its own events only."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    for key in client.scan_iter():
+        if key.startswith((b"control", b"unacked")):
+            client.delete(key)
+
+
 def measure_throughput(
     env: dict, broker_url: str, data_dir: Path, backlog: int, *, batched: bool, wait: float
 ):
@@ -172,7 +189,11 @@ def measure_throughput(
 
     jobs = make_jobs(N_JOBS, steps=backlog // N_JOBS)
     events = interleave(jobs, seed=1)
-    sender = BatchingSender(broker_url) if batched else EventSender(broker_url)
+    sender = (
+        BatchingSender(broker_url, batch_seconds=BATCH_SECONDS)
+        if batched
+        else EventSender(broker_url)
+    )
     for event in events:
         sender.send(event)
     sender.close()  # a batching sender flushes its sinks first
@@ -198,7 +219,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered events/s")
+    parser.add_argument(
+        "--batch-ms",
+        type=int,
+        default=None,
+        help="the workers' batch interval (default: WORKER_EVENT_BATCH_MS's default)",
+    )
     args = parser.parse_args()
+    global BATCH_SECONDS
+    if args.batch_ms is not None:
+        BATCH_SECONDS = args.batch_ms / 1000
     backlog, drain_seconds, load_seconds = (1000, 8.0, 4.0) if args.quick else (3000, 15.0, 8.0)
 
     from tests.platform.jobs.eventload import control_env
@@ -222,7 +252,13 @@ def main() -> int:
                 DEBUG="false",
                 SECRET_KEY="bench-" + "x" * 60,
             )
-            print(f"control worker: prefork, 2 processes; PostgreSQL {PG}; private Redis")
+            from workers.config import worker_runtime_config
+
+            batch_ms = (BATCH_SECONDS or worker_runtime_config().event_batch_seconds) * 1000
+            print(
+                f"control worker: prefork, 2 processes; PostgreSQL {PG}; private Redis; "
+                f"workers' batch interval {batch_ms:.0f} ms"
+            )
             for batched in (False, True):
                 name = "batched" if batched else "single"
                 throughput, line, worker = measure_throughput(
@@ -252,6 +288,7 @@ def main() -> int:
                 results[name] = (throughput, p95)
                 worker.stop()
                 worker = None
+                forget_queued_events(broker_url)
             single, batched_figures = results["single"], results["batched"]
             print(
                 f"batched/single: throughput x{batched_figures[0] / max(single[0], 1e-9):.1f}; "
