@@ -13,7 +13,7 @@ in the same run:
 - single: one `control.apply_event` message per event (what workers sent before);
 - batched: as a worker's sink sends now, one `BufferedSink(ControlQueueSink)` per job
   (`control.apply_events`, up to 200 events a message, one message per
-  WORKER_EVENT_BATCH_MS = 50 ms at most while events keep coming).
+  WORKER_EVENT_BATCH_MS = 100 ms at most while events keep coming).
 
 Per path:
 1. Throughput: a backlog is queued before a fresh worker starts; events/s is measured

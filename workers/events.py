@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BUFFER_EVENTS = 10_000
 DEFAULT_LOG_EVENTS = 50_000
 # While events keep coming, one message per this many seconds at most (see the docstring).
-DEFAULT_BATCH_SECONDS = 0.05
+DEFAULT_BATCH_SECONDS = 0.1
 # Events that are the record of what a job produced or how it ended: never dropped from
 # the send buffer nor evicted from the event log.
 ESSENTIAL_TYPES = frozenset(
