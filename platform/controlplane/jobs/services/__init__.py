@@ -12,6 +12,8 @@ Invariants:
   the reaper's pass over each job), then whatever the change derives (a dataset row),
   then the audit chain row last (audit_append). Never take the chain and then a job:
   two control processes would deadlock (one holding the chain, the other the job).
+  A batch of events (job_apply_events) holds the job row for all of them and appends
+  its audit events at its end, after every derived row.
 - An event is acknowledged only once applied or parked (DeadLetterEvent): the control
   task retries database errors with backoff; nothing is dropped silently.
 - Per attempt, JobEventStream counts the events applied and the highest seq: a gap is
