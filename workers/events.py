@@ -11,8 +11,8 @@ and sends what it holds as one message (`control.apply_events`, up to
 EVENT_BATCH_MAX_EVENTS events or EVENT_BATCH_MAX_BYTES): the platform applies a batch in
 one transaction, which is what lets one control worker keep up with jobs that log many
 metrics a second. A quiet job's event goes out at once; while events keep coming, the
-sender sends at most one message per `batch_seconds` (a few tens of ms), so the delay an
-event can pick up is bounded by that. Through an outage it re-sends in order with
+sender sends at most one message per `batch_seconds` (WORKER_EVENT_BATCH_MS, 100 ms), so
+the delay an event can pick up is bounded by that. Through an outage it re-sends in order with
 exponential backoff. Each event keeps the seq it was numbered with, which is what makes a
 re-send harmless: the platform applies (job, attempt, seq) once. The buffer is bounded;
 when it is full the oldest event the platform can ask for again (metrics, progress, logs,

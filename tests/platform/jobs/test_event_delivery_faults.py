@@ -97,6 +97,11 @@ def rig(private_redis, tmp_path, team, make_upload):
                 made.append(SyntheticJob(job_id=job.pk, output_prefix=job.output_prefix, **shape))
             return made
 
+        def batching(self) -> BatchingSender:
+            sender = BatchingSender(private_redis)
+            self.batching_senders.append(sender)
+            return sender
+
         def logs(self) -> str:
             return "\n".join(
                 path.read_text(errors="replace") for path in sorted(tmp_path.glob("*.log"))
@@ -104,9 +109,12 @@ def rig(private_redis, tmp_path, team, make_upload):
 
     rig = Rig()
     rig.processes = []
+    rig.batching_senders = []
     rig.sender = EventSender(private_redis)
     yield rig
     rig.sender.close()
+    for sender in rig.batching_senders:
+        sender.close()
     for process in rig.processes:
         process.stop()
 
@@ -131,9 +139,11 @@ def _send_in_background(rig, events, per_second: float) -> threading.Thread:
     return thread
 
 
-def test_concurrent_jobs_and_user_cancels_never_deadlock_or_rerun(rig, team):
+@pytest.mark.parametrize("messages", ["one event each", "batches"])
+def test_concurrent_jobs_and_user_cancels_never_deadlock_or_rerun(rig, team, messages):
     """Before: artifacts locked the audit chain then the job, started/finished/cancel the
-    job then the chain; with 3 processes jobs deadlocked, lost events and were re-run."""
+    job then the chain; with 3 processes jobs deadlocked, lost events and were re-run.
+    Batches hold a job's row for all their events and audit at their end."""
     from django.db import connections
 
     from controlplane.jobs.services import JobError, job_cancel
@@ -168,7 +178,10 @@ def test_concurrent_jobs_and_user_cancels_never_deadlock_or_rerun(rig, team):
 
     canceller = threading.Thread(target=cancel_while_running, daemon=True)
     canceller.start()
-    rig.sender.send_at_rate(interleave(jobs, seed=12), per_second=150)
+    sender = rig.sender if messages == "one event each" else rig.batching()
+    sender.send_at_rate(interleave(jobs, seed=12), per_second=150)
+    if messages == "batches":
+        sender.flush()
     canceller.join(30)
     _settle(jobs, timeout=40)
 
@@ -246,8 +259,10 @@ def test_a_killed_control_worker_s_events_come_back_in_seconds(rig):
     assert time.monotonic() - killed_at < 45
 
 
-def test_a_15_second_database_outage_loses_no_event(rig):
-    """Before: events that failed with "connection refused" were acked and dropped."""
+@pytest.mark.parametrize("messages", ["one event each", "batches"])
+def test_a_15_second_database_outage_loses_no_event(rig, messages):
+    """Before: events that failed with "connection refused" were acked and dropped.
+    A batch that meets the outage is retried whole."""
     jobs = rig.jobs(6, steps=40)
     with FaultProxy("127.0.0.1", int(connection.settings_dict.get("PORT") or 5432)) as proxy:
         env = rig.env(database_url=_database_url(port=proxy.port))
@@ -255,7 +270,8 @@ def test_a_15_second_database_outage_loses_no_event(rig):
         rig.beat(env)
         worker.wait_ready()
         events = interleave(jobs, seed=7)
-        sending = _send_in_background(rig, events, per_second=len(events) / 20)
+        sender = rig.sender if messages == "one event each" else rig.batching()
+        sending = _send_in_background_with(sender, events, per_second=len(events) / 20)
         wait_for(lambda: applied_count(j.job_id for j in jobs) > 20, 20, 0.05)
         proxy.cut()
         time.sleep(15)
