@@ -168,6 +168,19 @@ def lag_figures(job_ids: list[int], offered: int, wait: float) -> tuple[str, flo
     ), p95
 
 
+def cpu_seconds(worker) -> float:
+    """CPU time (user + system) the control worker's processes have used so far: what a
+    path costs per event, whatever else the shared machine is doing."""
+    import psutil
+
+    main = psutil.Process(worker.process.pid)
+    total = 0.0
+    for process in [main, *main.children(recursive=True)]:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def forget_queued_events(broker_url: str) -> None:
     """Empty the private broker's control queue (and what a stopped worker held unacked)
     so that the next phase measures its own events only."""
@@ -238,7 +251,7 @@ def main() -> int:
     psql(f"CREATE DATABASE {DB_NAME}")
     stop_redis = None
     worker = None
-    results: dict[str, tuple[float, float]] = {}
+    results: dict[str, tuple[float, float, float]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
             data_dir = Path(tmp)
@@ -277,15 +290,19 @@ def main() -> int:
                     text, _ = lag_figures([job.job_id for job in calm], offered, 10.0)
                     print(f"[{name}] at {offered / took:.0f} events/s offered (half): {text}")
                 loaded = make_jobs(N_JOBS, steps=int(args.rate * load_seconds) // N_JOBS + 1)
+                cpu_before = cpu_seconds(worker)
                 offered, took, messages = offer(
                     broker_url, loaded, args.rate, load_seconds, batched=batched
                 )
                 text, p95 = lag_figures([job.job_id for job in loaded], offered, 15.0)
+                applied = len(applied_times([job.job_id for job in loaded]))
+                cpu_ms = (cpu_seconds(worker) - cpu_before) * 1000 / max(1, applied)
                 print(
                     f"[{name}] at {offered / took:.0f} events/s offered (target "
                     f"{args.rate:.0f}/s, {offered / max(1, messages):.1f} events a message): {text}"
                 )
-                results[name] = (throughput, p95)
+                print(f"[{name}] control worker CPU: {cpu_ms:.2f} ms per event applied")
+                results[name] = (throughput, p95, cpu_ms)
                 worker.stop()
                 worker = None
                 forget_queued_events(broker_url)
@@ -293,7 +310,8 @@ def main() -> int:
             print(
                 f"batched/single: throughput x{batched_figures[0] / max(single[0], 1e-9):.1f}; "
                 f"lag p95 at {args.rate:.0f}/s {batched_figures[1] * 1000:.0f} ms vs "
-                f"{single[1] * 1000:.0f} ms"
+                f"{single[1] * 1000:.0f} ms; CPU per event x"
+                f"{batched_figures[2] / max(single[2], 1e-9):.2f}"
             )
     finally:
         if worker is not None:

@@ -160,7 +160,11 @@ class BufferedSink:
             if len(self._pending) >= self._capacity:
                 self._make_room()
             self._pending.append(event)
-            self._changed.notify_all()
+            # Wake the sender only when it can act: it waits for a first event, or lingers
+            # until its batch is full (a wake-up per event would cost a busy job's
+            # training thread a GIL hand-off each time).
+            if len(self._pending) == 1 or len(self._pending) >= self._batch_events:
+                self._changed.notify_all()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._deliver, name=f"events-{event.job_id}", daemon=True
