@@ -10,6 +10,8 @@ artifact row and its audit event, one terminal state, attempt 1, no dead letter.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -97,8 +99,8 @@ def rig(private_redis, tmp_path, team, make_upload):
                 made.append(SyntheticJob(job_id=job.pk, output_prefix=job.output_prefix, **shape))
             return made
 
-        def batching(self) -> BatchingSender:
-            sender = BatchingSender(private_redis)
+        def batching(self, **options) -> BatchingSender:
+            sender = BatchingSender(private_redis, **options)
             self.batching_senders.append(sender)
             return sender
 
@@ -208,30 +210,50 @@ def test_a_killed_control_pool_process_gives_its_event_back(rig):
 
 
 def test_a_control_pool_process_killed_mid_batch_gives_the_whole_batch_back(rig):
-    """Batches of up to 200 events keep 3 processes busy; pool processes are killed until
-    one dies while applying a batch (Celery's WorkerLostError). Its transaction rolls
-    back, the message is requeued, and every event ends up applied exactly once."""
+    """A pool process is killed while its batch's transaction is open (seen in
+    pg_stat_activity, matched to the process by its connection's port), until Celery
+    reports a lost task (WorkerLostError). The transaction rolls back, the message is
+    requeued, and every event ends up applied exactly once."""
     jobs = rig.jobs(8, steps=160, checkpoint_every=40)
     worker = rig.worker(rig.env(), concurrency=3)
     worker.wait_ready()
-    sender = BatchingSender(rig.broker_url, batch_seconds=0.25)
+    sender = rig.batching(batch_seconds=0.25)
     events = interleave(jobs, seed=4)
     sending = _send_in_background_with(sender, events, per_second=800)
     kills = 0
-    ids = [job.job_id for job in jobs]
-    while kills < 8 and "WorkerLostError" not in rig.logs():
-        wait_for(lambda: applied_count(ids) > 0, 20, 0.05)
-        time.sleep(0.4)
-        worker.kill_pool_process()
-        kills += 1
-        time.sleep(0.3)
+    deadline = time.monotonic() + 20
+    while "WorkerLostError" not in rig.logs() and time.monotonic() < deadline:
+        if _kill_a_pool_process_inside_a_transaction(worker):
+            kills += 1
+            time.sleep(0.5)  # the main process forks a replacement
     sending.join(30)
-    sender.close()
+    sender.flush()
     _settle(jobs, timeout=60)
     logs = rig.logs()
-    assert "WorkerLostError" in logs, f"no kill hit a batch in {kills} tries"
+    assert "WorkerLostError" in logs, f"no batch was lost to {kills} kill(s)"
     assert sender.messages < len(events) / 10  # batches it was: tens of events a message
     assert stream_problems(jobs) == [], logs[-3000:]
+
+
+def _kill_a_pool_process_inside_a_transaction(worker: ControlWorker) -> bool:
+    """SIGKILL the pool process whose database connection has a transaction open now."""
+    import psutil
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT client_port FROM pg_stat_activity WHERE datname = current_database() "
+            "AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
+        )
+        ports = {row[0] for row in cursor.fetchall()}
+    for pid in worker.pool_pids():
+        try:
+            held = {conn.laddr.port for conn in psutil.Process(pid).net_connections("tcp")}
+        except psutil.Error:
+            continue
+        if held & ports:
+            os.kill(pid, signal.SIGKILL)
+            return True
+    return False
 
 
 def _send_in_background_with(sender, events, per_second: float) -> threading.Thread:
