@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.events import DEFAULT_BATCH_SECONDS
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -178,6 +180,9 @@ class WorkerRuntimeConfig:
     event_log_events: int
     # How long the end of an attempt waits for its buffered events to reach the broker.
     event_flush_seconds: int
+    # While a job's events keep coming, at most one control message per this interval
+    # (the events queued meanwhile travel together); a lone event goes out at once.
+    event_batch_seconds: float
     # Total time one object-store operation keeps retrying a transient error.
     storage_patience_seconds: int
 
@@ -187,5 +192,9 @@ def worker_runtime_config() -> WorkerRuntimeConfig:
         event_buffer_events=env_int("WORKER_EVENT_BUFFER", 10_000, minimum=100),
         event_log_events=env_int("WORKER_EVENT_LOG", 50_000, minimum=100),
         event_flush_seconds=env_int("WORKER_EVENT_FLUSH_SECONDS", 120, minimum=0),
+        event_batch_seconds=env_int(
+            "WORKER_EVENT_BATCH_MS", round(DEFAULT_BATCH_SECONDS * 1000), minimum=0
+        )
+        / 1000,
         storage_patience_seconds=env_int("WORKER_STORAGE_PATIENCE_SECONDS", 60, minimum=0),
     )

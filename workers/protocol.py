@@ -15,8 +15,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 RUN_JOB_TASK = "workers.run_job"
+# One event per message: what workers sent before batching (still applied, for the old
+# workers of a rolling upgrade). Payload: the JobEvent dict.
 APPLY_EVENT_TASK = "control.apply_event"
+# Many events of one attempt per message, in seq order. Payload: {"events": [<JobEvent
+# dict>, ...]} (`event_batch`). Upgrade the platform's control workers before the workers.
+APPLY_EVENTS_TASK = "control.apply_events"
 CONTROL_QUEUE = "control"
+# What a worker puts in one batch at most: enough to drain a backlog quickly, small
+# enough that one message stays far below the broker's and the task's limits.
+EVENT_BATCH_MAX_EVENTS = 200
+EVENT_BATCH_MAX_BYTES = 256 * 1024
 
 
 class ProtocolError(ValueError):
@@ -169,6 +178,20 @@ class JobEvent:
             payload=dict(data["payload"]),
             time=event_time,
         )
+
+
+def event_batch(events) -> dict:
+    """The payload of an APPLY_EVENTS_TASK message: the events in seq order."""
+    return {"events": [event.to_dict() for event in sorted(events, key=lambda e: e.seq)]}
+
+
+def event_batch_items(data: Any) -> list:
+    """The event dicts of a batch payload, each still to be parsed on its own (one
+    malformed event must not spoil the others); ProtocolError if the batch itself is bad."""
+    _require_keys("event batch", data, {"events"})
+    if not isinstance(data["events"], list):
+        raise ProtocolError("event batch events must be a list")
+    return data["events"]
 
 
 def _require_keys(

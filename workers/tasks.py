@@ -21,7 +21,12 @@ def run_job(spec: dict) -> str:
     config = worker_runtime_config()
     # Events leave through a buffer so a broker outage never stops the training: they are
     # sent in order by a background thread once the broker is back.
-    sink = BufferedSink(ControlQueueSink(app), capacity=config.event_buffer_events)
+    # They travel in batches: one message per WORKER_EVENT_BATCH_MS while they keep coming.
+    sink = BufferedSink(
+        ControlQueueSink(app),
+        capacity=config.event_buffer_events,
+        batch_seconds=config.event_batch_seconds,
+    )
     # The store retries transient errors (a restarting S3 server) for up to
     # WORKER_STORAGE_PATIENCE_SECONDS before the attempt fails as retryable.
     store = RetryingObjectStore(

@@ -16,7 +16,7 @@ from celery import Celery
 
 from tests.redisserver import PrivateRedis
 from workers.events import BufferedSink, ControlQueueSink, ListSink
-from workers.protocol import CONTROL_QUEUE, EventType, JobEvent, JobKind, JobSpec
+from workers.protocol import APPLY_EVENTS_TASK, CONTROL_QUEUE, EventType, JobEvent, JobKind, JobSpec
 from workers.runtime import run_attempt
 
 
@@ -82,13 +82,17 @@ def test_a_full_buffer_drops_resendable_events_never_published_ones():
 
 
 def _control_queue(server: PrivateRedis) -> list[dict]:
-    """The apply_event messages in the order a consumer would take them (LPUSH / BRPOP)."""
+    """The events of the control queue's messages (one event, or a batch of them), in the
+    order a consumer would take them (LPUSH / BRPOP)."""
     raw = server.client().lrange(CONTROL_QUEUE, 0, -1)
     events = []
     for message in reversed(raw):
         envelope = json.loads(message)
         args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        events.append(args[0])
+        if envelope["headers"]["task"] == APPLY_EVENTS_TASK:
+            events.extend(args[0]["events"])
+        else:
+            events.append(args[0])
     return events
 
 

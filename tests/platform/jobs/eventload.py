@@ -3,13 +3,16 @@ worker: what the event-delivery fault tests and bench/bench_events.py drive.
 
 A `SyntheticJob` emits what a training attempt does (started, metrics, heartbeats,
 checkpoints, artifacts, then finished or cancelled) with gap-free seqs; `EventSender`
-publishes them on the `control` queue as a worker's ControlQueueSink would;
+publishes them on the `control` queue one event per message (`control.apply_event`, as
+workers did before batching), `BatchingSender` as workers do now (one BufferedSink per
+attempt, `control.apply_events` batches);
 `ControlWorker` runs `celery -A controlplane.celery_app worker -Q control --pool prefork`;
 `stream_problems` lists whatever the platform did not apply exactly once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -92,27 +95,9 @@ def interleave(jobs: Iterable[SyntheticJob], *, seed: int = 0) -> list[JobEvent]
     return mixed
 
 
-class EventSender:
-    """Publishes events on the control queue of a broker, as a worker's sink does."""
-
-    def __init__(self, broker_url: str):
-        from celery import Celery
-
-        self.app = Celery("synthetic-worker", broker=broker_url)
-        self.app.conf.update(task_serializer="json", accept_content=["json"])
-        # An explicit connection: Celery lets CELERY_BROKER_URL in the environment win
-        # over `broker=`, and the test process has the shared Redis there.
-        self.connection = self.app.connection_for_write(broker_url)
-
+class _Sender:
     def send(self, event: JobEvent) -> None:
-        # Stamped now, as a worker stamps an event when it emits it (lag is measured from it).
-        message = {**event.to_dict(), "time": time.time()}
-        self.app.send_task(
-            APPLY_EVENT_TASK,
-            args=[message],
-            queue=CONTROL_QUEUE,
-            connection=self.connection,
-        )
+        raise NotImplementedError
 
     def send_at_rate(
         self,
@@ -135,8 +120,80 @@ class EventSender:
                 on_progress(index)
         return sent_at
 
+
+def _celery_for(broker_url: str):
+    from celery import Celery
+
+    app = Celery("synthetic-worker", broker=broker_url)
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    return app
+
+
+class EventSender(_Sender):
+    """Publishes events on the control queue of a broker, one per message (old workers)."""
+
+    def __init__(self, broker_url: str):
+        self.app = _celery_for(broker_url)
+        # An explicit connection: Celery lets CELERY_BROKER_URL in the environment win
+        # over `broker=`, and the test process has the shared Redis there.
+        self.connection = self.app.connection_for_write(broker_url)
+
+    def send(self, event: JobEvent) -> None:
+        # Stamped now, as a worker stamps an event when it emits it (lag is measured from it).
+        message = {**event.to_dict(), "time": time.time()}
+        self.app.send_task(
+            APPLY_EVENT_TASK,
+            args=[message],
+            queue=CONTROL_QUEUE,
+            connection=self.connection,
+        )
+
     def close(self) -> None:
         self.connection.release()
+        self.app.close()
+
+
+class BatchingSender(_Sender):
+    """Publishes events as a worker's sink does now: each attempt's through its own
+    `BufferedSink(ControlQueueSink)`, whose thread sends `control.apply_events` batches."""
+
+    def __init__(self, broker_url: str, *, batch_seconds: float | None = None):
+        from workers.events import DEFAULT_BATCH_SECONDS
+
+        self.broker_url = broker_url
+        self.app = _celery_for(broker_url)
+        self.batch_seconds = DEFAULT_BATCH_SECONDS if batch_seconds is None else batch_seconds
+        self._sinks: dict[tuple[int, int], tuple] = {}
+
+    def send(self, event: JobEvent) -> None:
+        self._sink_for(event).send(dataclasses.replace(event, time=time.time()))
+
+    def _sink_for(self, event: JobEvent):
+        from workers.events import BufferedSink, ControlQueueSink
+
+        key = (event.job_id, event.attempt)
+        if key not in self._sinks:
+            # One connection per sending thread: a kombu connection is not thread-safe.
+            connection = self.app.connection_for_write(self.broker_url)
+            sink = BufferedSink(
+                ControlQueueSink(self.app, connection=connection),
+                batch_seconds=self.batch_seconds,
+            )
+            self._sinks[key] = (sink, connection)
+        return self._sinks[key][0]
+
+    @property
+    def messages(self) -> int:
+        return sum(sink.messages for sink, _ in self._sinks.values())
+
+    def flush(self, timeout: float = 30) -> bool:
+        return all(sink.flush(timeout) for sink, _ in self._sinks.values())
+
+    def close(self) -> None:
+        self.flush()
+        for sink, connection in self._sinks.values():
+            sink.stop()
+            connection.release()
         self.app.close()
 
 

@@ -10,6 +10,8 @@ artifact row and its audit event, one terminal state, attempt 1, no dead letter.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -18,6 +20,7 @@ from django.db import connection
 
 from tests.faultproxy import FaultProxy
 from tests.platform.jobs.eventload import (
+    BatchingSender,
     Beat,
     ControlWorker,
     EventSender,
@@ -96,6 +99,11 @@ def rig(private_redis, tmp_path, team, make_upload):
                 made.append(SyntheticJob(job_id=job.pk, output_prefix=job.output_prefix, **shape))
             return made
 
+        def batching(self, **options) -> BatchingSender:
+            sender = BatchingSender(private_redis, **options)
+            self.batching_senders.append(sender)
+            return sender
+
         def logs(self) -> str:
             return "\n".join(
                 path.read_text(errors="replace") for path in sorted(tmp_path.glob("*.log"))
@@ -103,9 +111,12 @@ def rig(private_redis, tmp_path, team, make_upload):
 
     rig = Rig()
     rig.processes = []
+    rig.batching_senders = []
     rig.sender = EventSender(private_redis)
     yield rig
     rig.sender.close()
+    for sender in rig.batching_senders:
+        sender.close()
     for process in rig.processes:
         process.stop()
 
@@ -130,9 +141,11 @@ def _send_in_background(rig, events, per_second: float) -> threading.Thread:
     return thread
 
 
-def test_concurrent_jobs_and_user_cancels_never_deadlock_or_rerun(rig, team):
+@pytest.mark.parametrize("messages", ["one event each", "batches"])
+def test_concurrent_jobs_and_user_cancels_never_deadlock_or_rerun(rig, team, messages):
     """Before: artifacts locked the audit chain then the job, started/finished/cancel the
-    job then the chain; with 3 processes jobs deadlocked, lost events and were re-run."""
+    job then the chain; with 3 processes jobs deadlocked, lost events and were re-run.
+    Batches hold a job's row for all their events and audit at their end."""
     from django.db import connections
 
     from controlplane.jobs.services import JobError, job_cancel
@@ -167,7 +180,10 @@ def test_concurrent_jobs_and_user_cancels_never_deadlock_or_rerun(rig, team):
 
     canceller = threading.Thread(target=cancel_while_running, daemon=True)
     canceller.start()
-    rig.sender.send_at_rate(interleave(jobs, seed=12), per_second=150)
+    sender = rig.sender if messages == "one event each" else rig.batching()
+    sender.send_at_rate(interleave(jobs, seed=12), per_second=150)
+    if messages == "batches":
+        sender.flush()
     canceller.join(30)
     _settle(jobs, timeout=40)
 
@@ -193,6 +209,59 @@ def test_a_killed_control_pool_process_gives_its_event_back(rig):
     assert stream_problems(jobs) == [], rig.logs()[-3000:]
 
 
+def test_a_control_pool_process_killed_mid_batch_gives_the_whole_batch_back(rig):
+    """A pool process is killed while its batch's transaction is open (seen in
+    pg_stat_activity, matched to the process by its connection's port), until Celery
+    reports a lost task (WorkerLostError). The transaction rolls back, the message is
+    requeued, and every event ends up applied exactly once."""
+    jobs = rig.jobs(8, steps=160, checkpoint_every=40)
+    worker = rig.worker(rig.env(), concurrency=3)
+    worker.wait_ready()
+    sender = rig.batching(batch_seconds=0.25)
+    events = interleave(jobs, seed=4)
+    sending = _send_in_background_with(sender, events, per_second=800)
+    kills = 0
+    deadline = time.monotonic() + 20
+    while "WorkerLostError" not in rig.logs() and time.monotonic() < deadline:
+        if _kill_a_pool_process_inside_a_transaction(worker):
+            kills += 1
+            time.sleep(0.5)  # the main process forks a replacement
+    sending.join(30)
+    sender.flush()
+    _settle(jobs, timeout=60)
+    logs = rig.logs()
+    assert "WorkerLostError" in logs, f"no batch was lost to {kills} kill(s)"
+    assert sender.messages < len(events) / 10  # batches it was: tens of events a message
+    assert stream_problems(jobs) == [], logs[-3000:]
+
+
+def _kill_a_pool_process_inside_a_transaction(worker: ControlWorker) -> bool:
+    """SIGKILL the pool process whose database connection has a transaction open now."""
+    import psutil
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT client_port FROM pg_stat_activity WHERE datname = current_database() "
+            "AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
+        )
+        ports = {row[0] for row in cursor.fetchall()}
+    for pid in worker.pool_pids():
+        try:
+            held = {conn.laddr.port for conn in psutil.Process(pid).net_connections("tcp")}
+        except psutil.Error:
+            continue
+        if held & ports:
+            os.kill(pid, signal.SIGKILL)
+            return True
+    return False
+
+
+def _send_in_background_with(sender, events, per_second: float) -> threading.Thread:
+    thread = threading.Thread(target=sender.send_at_rate, args=(events, per_second), daemon=True)
+    thread.start()
+    return thread
+
+
 def test_a_killed_control_worker_s_events_come_back_in_seconds(rig):
     """Before: prefetched events of a killed worker were invisible for the broker's
     visibility timeout (an hour), and some never came back."""
@@ -212,8 +281,10 @@ def test_a_killed_control_worker_s_events_come_back_in_seconds(rig):
     assert time.monotonic() - killed_at < 45
 
 
-def test_a_15_second_database_outage_loses_no_event(rig):
-    """Before: events that failed with "connection refused" were acked and dropped."""
+@pytest.mark.parametrize("messages", ["one event each", "batches"])
+def test_a_15_second_database_outage_loses_no_event(rig, messages):
+    """Before: events that failed with "connection refused" were acked and dropped.
+    A batch that meets the outage is retried whole."""
     jobs = rig.jobs(6, steps=40)
     with FaultProxy("127.0.0.1", int(connection.settings_dict.get("PORT") or 5432)) as proxy:
         env = rig.env(database_url=_database_url(port=proxy.port))
@@ -221,7 +292,8 @@ def test_a_15_second_database_outage_loses_no_event(rig):
         rig.beat(env)
         worker.wait_ready()
         events = interleave(jobs, seed=7)
-        sending = _send_in_background(rig, events, per_second=len(events) / 20)
+        sender = rig.sender if messages == "one event each" else rig.batching()
+        sending = _send_in_background_with(sender, events, per_second=len(events) / 20)
         wait_for(lambda: applied_count(j.job_id for j in jobs) > 20, 20, 0.05)
         proxy.cut()
         time.sleep(15)

@@ -12,6 +12,8 @@ Invariants:
   the reaper's pass over each job), then whatever the change derives (a dataset row),
   then the audit chain row last (audit_append). Never take the chain and then a job:
   two control processes would deadlock (one holding the chain, the other the job).
+  A batch of events (job_apply_events) holds the job row for all of them and appends
+  its audit events at its end, after every derived row.
 - An event is acknowledged only once applied or parked (DeadLetterEvent): the control
   task retries database errors with backoff; nothing is dropped silently.
 - Per attempt, JobEventStream counts the events applied and the highest seq: a gap is
@@ -28,8 +30,10 @@ from controlplane.jobs.services.delivery import (
     job_reconcile_outputs,
 )
 from controlplane.jobs.services.events import (
+    BatchOutcome,
     EventNotReady,
     job_apply_event,
+    job_apply_events,
     stream_note_waiting_finish,
 )
 from controlplane.jobs.services.lifecycle import (
@@ -43,6 +47,7 @@ from controlplane.jobs.services.reaper import jobs_reap_expired
 
 __all__ = [
     "RESUMABLE_KINDS",
+    "BatchOutcome",
     "EventNotReady",
     "dead_letter_reapply",
     "event_park",
@@ -50,6 +55,7 @@ __all__ = [
     "job_reconcile_outputs",
     "JobError",
     "job_apply_event",
+    "job_apply_events",
     "job_cancel",
     "job_create",
     "jobs_reap_expired",

@@ -22,7 +22,12 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from controlplane.jobs.models import DeadLetterEvent, Job, JobEventStream, JobState
-from controlplane.jobs.services.events import job_apply_event, lock_job, stream_of
+from controlplane.jobs.services.events import (
+    job_apply_event,
+    job_apply_events,
+    lock_job,
+    stream_of,
+)
 from controlplane.storage import object_store
 from workers.protocol import (
     EventType,
@@ -183,7 +188,8 @@ def job_reconcile_outputs(*, job_id: int, attempt: int, finish: bool = False) ->
     (with `finish`) its finished event, all through the normal idempotent path.
 
     True when a record was found and applied. Lock order as everywhere: the job row
-    first (here and again inside every job_apply_event), then the audit chain.
+    first, then what a data pipeline's finish derives, then the audit chain: outputs and
+    finish are one batch, whose audit events are appended at its end.
     """
     record = read_completion_record(job_id, attempt)
     if record is None:
@@ -193,12 +199,10 @@ def job_reconcile_outputs(*, job_id: int, attempt: int, finish: bool = False) ->
         job = lock_job(job_id)
         if job is None or job.attempt != attempt or job.is_terminal:
             return False
-        for event in outputs:
-            job_apply_event(event)
         stream = stream_of(job, attempt)
+        # Set first: the finish below is then ready whatever else (metrics) is missing.
         JobEventStream.objects.filter(pk=stream.pk).update(outputs_reconciled_at=timezone.now())
-        if finish:
-            job_apply_event(finished)
+        job_apply_events([*outputs, finished] if finish else outputs)
     log.info(
         "job %s attempt %s: %d output event(s)%s applied from its completion record",
         job_id,

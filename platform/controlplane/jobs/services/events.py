@@ -1,31 +1,26 @@
 """Applying worker events to the job state of record (see the package docstring).
 
-The hot path: every event of every running job comes through `job_apply_event`, so it
-costs a handful of statements: lock the job row, read the attempt's stream, insert the
-record, advance the stream, apply the handler.
+The hot path: every event of every running job comes through here. The events of one
+attempt that arrive together (a worker sends up to EVENT_BATCH_MAX_EVENTS per message)
+are applied in one transaction whose cost hardly depends on their number: lock the job
+row, read the attempt's stream, one INSERT of the records, one upsert of the metric
+points, at most one lease refresh, advance the stream, one commit (one WAL flush).
+`job_apply_event` is the batch of one.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from controlplane.audit.services import audit_append
-from controlplane.jobs.models import (
-    ArtifactKind,
-    Job,
-    JobArtifact,
-    JobEventRecord,
-    JobEventStream,
-    JobMetric,
-    JobState,
-)
-from workers.protocol import RETRYABLE_FIELD, EventType, JobEvent
+from controlplane.jobs.models import Job, JobEventRecord, JobEventStream
+from controlplane.jobs.services.handlers import DEFERRED_TYPES, HANDLERS, EventWrites
+from workers.protocol import EventType, JobEvent
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +38,18 @@ class EventNotReady(Exception):
             f"{event.type} #{event.seq} of job {event.job_id} attempt {event.attempt} waits "
             f"for event(s) {shown}"
         )
+        self.event = event
         self.missing = missing
+
+
+@dataclass
+class BatchOutcome:
+    """What became of a batch's events (each event lands in exactly one of these)."""
+
+    applied: list[int] = field(default_factory=list)  # seqs applied now, ascending
+    skipped: int = 0  # duplicates, a superseded attempt's, an unknown job's
+    waiting: list[EventNotReady] = field(default_factory=list)  # finishes held back
+    poisoned: list[tuple[JobEvent, str]] = field(default_factory=list)  # (event, error)
 
 
 def lock_job(job_id: int) -> Job | None:
@@ -75,32 +81,185 @@ def job_apply_event(event: JobEvent) -> bool:
 
     Returns False when the event changed nothing (duplicate, stale attempt, unknown job).
     Raises EventNotReady for a `finished` whose earlier events are not all applied, and
-    lets database errors through (the control task retries them).
+    lets database errors (and a handler's own error) through: the control task retries
+    or parks the event.
     """
-    job = lock_job(event.job_id)
+    outcome = _apply(event.job_id, event.attempt, [event])
+    if outcome.waiting:
+        raise outcome.waiting[0]  # rolls back: nothing of a waiting event is written
+    return bool(outcome.applied)
+
+
+# Errors that are never an event's fault: they abort the batch (the caller retries it)
+# instead of parking the event that happened to be running.
+DATABASE_TRANSIENT = (OperationalError, InterfaceError)
+
+
+@transaction.atomic
+def job_apply_events(
+    events: Sequence[JobEvent],
+    *,
+    isolate: bool = False,
+    transient: tuple[type[BaseException], ...] = DATABASE_TRANSIENT,
+) -> BatchOutcome:
+    """Apply events of one job attempt in one transaction, in seq order; idempotent.
+
+    Duplicates (inside the batch or applied before) and a superseded attempt's events are
+    skipped; a `finished` whose earlier events are missing is held back (`waiting`, and
+    noted on the stream) while the others are applied. A handler's error aborts the
+    whole batch, unless `isolate`: then each event runs in its own savepoint and one
+    that fails is reported in `poisoned` (not applied) while the others are; errors of a
+    `transient` kind still abort the batch (the caller retries it).
+    """
+    if not events:
+        return BatchOutcome()
+    job_id, attempt = events[0].job_id, events[0].attempt
+    if any((event.job_id, event.attempt) != (job_id, attempt) for event in events):
+        raise ValueError("a batch holds the events of one job attempt")
+    return _apply(job_id, attempt, events, isolate=isolate, transient=transient)
+
+
+def _apply(
+    job_id: int,
+    attempt: int,
+    events: Sequence[JobEvent],
+    *,
+    isolate: bool = False,
+    transient: tuple[type[BaseException], ...] = (),
+) -> BatchOutcome:
+    """The body of both entry points; the caller holds the transaction."""
+    job = lock_job(job_id)
     if job is None:
-        log.warning("event for unknown job %s dropped", event.job_id)
-        return False
-    if event.attempt != job.attempt:
-        log.info("event of superseded attempt %s of job %s dropped", event.attempt, job.pk)
-        return False
-    stream = stream_of(job, event.attempt)
-    if _already_applied(stream, event.seq):
-        return False
-    if event.type == EventType.FINISHED and not _earlier_events_applied(stream, event.seq):
-        raise EventNotReady(event, stream.missing_seqs(below=event.seq))
+        log.warning("%d event(s) for unknown job %s dropped", len(events), job_id)
+        return BatchOutcome(skipped=len(events))
+    if attempt != job.attempt:
+        log.info("event(s) of superseded attempt %s of job %s dropped", attempt, job.pk)
+        return BatchOutcome(skipped=len(events))
+    stream = stream_of(job, attempt)
+    fresh = _fresh_events(stream, events)
+    outcome = BatchOutcome(skipped=len(events) - len(fresh))
+    if not fresh:
+        return outcome
     now = timezone.now()
-    JobEventRecord.objects.create(
-        job=job,
-        attempt=event.attempt,
-        seq=event.seq,
-        type=event.type,
-        payload=event.payload,
-        emitted_at=datetime.fromtimestamp(event.time, tz=UTC),
+    # Counted before anything of this batch is written: how many events below each
+    # `finished` were applied earlier (the ones of this batch are added as they apply).
+    applied_before = {
+        event.seq: _applied_below(stream, event.seq)
+        for event in fresh
+        if event.type == EventType.FINISHED
+    }
+
+    def ready(event: JobEvent) -> bool:
+        if event.type != EventType.FINISHED or stream.outputs_reconciled_at is not None:
+            # Once the completion record supplied every artifact and checkpoint, what may
+            # still be missing (metrics, logs) is shown as a gap, not worth a re-run.
+            return True
+        # `fresh` is in seq order: everything applied so far in this batch is below it.
+        return applied_before[event.seq] + len(outcome.applied) == event.seq
+
+    held: list[JobEvent] = []  # finishes that wait for earlier events
+    if isolate:
+        writes = _apply_one_by_one(job, attempt, fresh, now, ready, outcome, held, transient)
+    else:
+        writes = _apply_in_order(job, attempt, fresh, now, ready, outcome, held)
+    outcome.waiting = [EventNotReady(event, _missing_below(stream, event.seq)) for event in held]
+    _advance(stream, outcome, now)
+    writes.flush_audits()  # the audit chain last (lock order)
+    return outcome
+
+
+def _apply_in_order(job, attempt, fresh, now, ready, outcome, held) -> EventWrites:
+    writes = EventWrites(job, now)
+    for event in fresh:
+        if job.attempt != attempt:
+            # A retryable failure just queued the next attempt: the rest is a stale one's.
+            outcome.skipped += 1
+        elif not ready(event):
+            held.append(event)
+        else:
+            _apply_event(writes, event)
+            outcome.applied.append(event.seq)
+    writes.flush()
+    return writes
+
+
+def _apply_one_by_one(job, attempt, fresh, now, ready, outcome, held, transient) -> EventWrites:
+    """The failure path: each event in a savepoint, so a poison event fails alone."""
+    writes = EventWrites(job, now)
+    for event in fresh:
+        if writes.job.attempt != attempt:
+            outcome.skipped += 1
+            continue
+        if not ready(event):
+            held.append(event)
+            continue
+        audits = writes.pending_audits()
+        try:
+            with transaction.atomic():
+                _apply_event(writes, event)
+                writes.flush()
+        except transient:
+            raise
+        except Exception as error:  # noqa: BLE001 - this event's own fault: reported, not applied
+            log.exception("event %s of job %s cannot be applied", event.seq, event.job_id)
+            outcome.poisoned.append((event, f"{type(error).__name__}: {error}"))
+            # The savepoint rolled back what the handler wrote: forget what it queued
+            # and reload the row its claims may have changed in memory.
+            writes.discard(keep_audits=audits, job=lock_job(job.pk))
+            continue
+        outcome.applied.append(event.seq)
+    return writes
+
+
+def _apply_event(writes: EventWrites, event: JobEvent) -> None:
+    writes.record(event)
+    if event.type not in DEFERRED_TYPES:
+        writes.flush()  # its handler writes at once: what waits goes first, in event order
+    HANDLERS[event.type](writes, event)
+
+
+def _fresh_events(stream: JobEventStream, events: Sequence[JobEvent]) -> list[JobEvent]:
+    """The events not applied yet, each seq once, in seq order.
+
+    From the stream alone in the common cases; one query only below a gap. The job row
+    lock is held, so no other transaction inserts a record of this job meanwhile (the
+    unique (job, attempt, seq) key stays as the backstop).
+    """
+    by_seq: dict[int, JobEvent] = {}
+    for event in events:
+        by_seq.setdefault(event.seq, event)  # a duplicate inside the batch counts once
+    seqs = sorted(by_seq)
+    old = [seq for seq in seqs if seq <= stream.max_seq]
+    if not old:
+        applied: set[int] = set()
+    elif not stream.has_gap:
+        applied = set(old)
+    else:
+        applied = set(
+            JobEventRecord.objects.filter(
+                job_id=stream.job_id, attempt=stream.attempt, seq__in=old
+            ).values_list("seq", flat=True)
+        )
+    return [by_seq[seq] for seq in seqs if seq not in applied]
+
+
+def _applied_below(stream: JobEventStream, seq: int) -> int:
+    """How many events below `seq` the attempt has applied (before this batch)."""
+    if stream.max_seq < seq:
+        return stream.applied_count
+    return JobEventRecord.objects.filter(
+        job_id=stream.job_id, attempt=stream.attempt, seq__lt=seq
+    ).count()
+
+
+def _missing_below(stream: JobEventStream, seq: int) -> list[int]:
+    """The seqs below `seq` with no record (this batch's records are written by now)."""
+    applied = set(
+        JobEventRecord.objects.filter(
+            job_id=stream.job_id, attempt=stream.attempt, seq__lt=seq
+        ).values_list("seq", flat=True)
     )
-    _advance(stream, event.seq, now)
-    _HANDLERS[event.type](job, event, now)
-    return True
+    return [missing for missing in range(seq) if missing not in applied][:1000]
 
 
 def stream_note_waiting_finish(*, job_id: int, attempt: int, seq: int) -> None:
@@ -119,260 +278,25 @@ def stream_note_waiting_finish(*, job_id: int, attempt: int, seq: int) -> None:
         stream.save(update_fields=["waiting_finish_seq", "gap_since"])
 
 
-def _already_applied(stream: JobEventStream, seq: int) -> bool:
-    """From the stream alone in the common cases; a query only below a gap.
-
-    The job row lock is held, so no other transaction inserts a record of this job
-    meanwhile (the unique (job, attempt, seq) key stays as the backstop).
-    """
-    if seq > stream.max_seq:
-        return False
-    if not stream.has_gap:
-        return True
-    return JobEventRecord.objects.filter(
-        job_id=stream.job_id, attempt=stream.attempt, seq=seq
-    ).exists()
-
-
-def _earlier_events_applied(stream: JobEventStream, seq: int) -> bool:
-    if stream.outputs_reconciled_at is not None:
-        # The completion record supplied every artifact and checkpoint of the attempt; what
-        # may still be missing (metrics, logs) is shown as a gap, not worth a re-run.
-        return True
-    if stream.max_seq < seq:
-        return stream.applied_count == seq
-    return (
-        JobEventRecord.objects.filter(
-            job_id=stream.job_id, attempt=stream.attempt, seq__lt=seq
-        ).count()
-        == seq
-    )
-
-
-def _advance(stream: JobEventStream, seq: int, now: datetime) -> None:
-    stream.max_seq = max(stream.max_seq, seq)
-    stream.applied_count += 1
+def _advance(stream: JobEventStream, outcome: BatchOutcome, now: datetime) -> None:
+    """Count the batch's applied events; a held-back `finished` marks how far it reaches."""
+    fields = []
+    if outcome.applied:
+        stream.max_seq = max(stream.max_seq, outcome.applied[-1])
+        stream.applied_count += len(outcome.applied)
+        fields += ["max_seq", "applied_count"]
+    if outcome.waiting:
+        # The attempt has at least this many events: those lost just before its finish
+        # are a gap too (shown, and asked for again by the reaper).
+        stream.waiting_finish_seq = max(waiting.event.seq for waiting in outcome.waiting)
+        fields.append("waiting_finish_seq")
+    if not fields:
+        return
+    gap_since = stream.gap_since
     if not stream.has_gap:
         stream.gap_since = None
     elif stream.gap_since is None:
         stream.gap_since = now
-    stream.save(update_fields=["max_seq", "applied_count", "gap_since"])
-
-
-def _claim(job: Job, *, attempt: int, from_states: set[str], **changes: Any) -> bool:
-    claimed = (
-        Job.objects.filter(pk=job.pk, attempt=attempt, state__in=from_states).update(**changes) == 1
-    )
-    if claimed:  # keep the locked instance in step for the handlers that follow
-        for name, value in changes.items():
-            setattr(job, name, value)
-    return claimed
-
-
-def _lease_until(now: datetime) -> datetime:
-    return now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
-
-
-def _on_started(job: Job, event: JobEvent, now: datetime) -> None:
-    if _claim(
-        job,
-        attempt=event.attempt,
-        from_states={JobState.QUEUED},
-        state=JobState.RUNNING,
-        started_at=job.started_at or now,
-        worker=str(event.payload.get("worker", ""))[:200],
-        lease_expires_at=_lease_until(now),
-        last_heartbeat_at=now,
-        # A later attempt reports the run it continued: the same id.
-        tracking_run_id=str(event.payload.get("tracking_run_id") or job.tracking_run_id or "")[:64],
-    ):
-        audit_append(
-            project=job.project,
-            actor=None,
-            action="job.started",
-            artifact=job,
-            payload={"attempt": event.attempt, "worker": event.payload.get("worker", "")},
-        )
-
-
-# A dense metric stream extends the lease at most this often (the lease lasts minutes):
-# one UPDATE of the job row saved per event on the hot path.
-_LEASE_REFRESH = timedelta(seconds=1)
-
-
-def _extend_lease(
-    job: Job, event: JobEvent, now: datetime, *, throttle: bool = True, **extra: Any
-) -> None:
-    # The row is locked and loaded: a job that is not running needs no statement at all.
-    if job.state != JobState.RUNNING:
-        return
-    recent = job.last_heartbeat_at and now - job.last_heartbeat_at < _LEASE_REFRESH
-    if throttle and recent and not extra:
-        return
-    Job.objects.filter(pk=job.pk).update(
-        lease_expires_at=_lease_until(now), last_heartbeat_at=now, **extra
-    )
-
-
-def _on_heartbeat(job: Job, event: JobEvent, now: datetime) -> None:
-    _extend_lease(job, event, now, throttle=False)  # rare, and what the lease is for
-
-
-def _on_progress(job: Job, event: JobEvent, now: datetime) -> None:
-    fraction = float(event.payload.get("fraction", 0.0))
-    _extend_lease(
-        job,
-        event,
-        now,
-        progress=max(0.0, min(1.0, fraction)),
-        progress_message=str(event.payload.get("message", ""))[:300],
-    )
-
-
-def _on_metric(job: Job, event: JobEvent, now: datetime) -> None:
-    step = int(event.payload["step"])
-    recorded_at = datetime.fromtimestamp(event.time, tz=UTC)
-    # One INSERT ... ON CONFLICT DO UPDATE for every key of the step: a step replayed after
-    # a resume overwrites its value.
-    JobMetric.objects.bulk_create(
-        [
-            JobMetric(
-                job=job, key=str(key)[:100], step=step, value=float(value), recorded_at=recorded_at
-            )
-            for key, value in event.payload.get("values", {}).items()
-        ],
-        update_conflicts=True,
-        unique_fields=["job", "key", "step"],
-        update_fields=["value", "recorded_at"],
-    )
-    _extend_lease(job, event, now)
-
-
-def _on_artifact(job: Job, event: JobEvent, now: datetime, kind: str = ArtifactKind.OUTPUT) -> None:
-    key = str(event.payload["key"])
-    if not key.startswith(job.output_prefix):
-        log.warning("job %s reported artifact %s outside its prefix; ignored", job.pk, key)
-        return
-    artifact, created = JobArtifact.objects.get_or_create(
-        object_key=key,
-        defaults={
-            "job": job,
-            "kind": kind,
-            "name": str(event.payload.get("name", key.rsplit("/", 1)[-1]))[:200],
-            "sha256": str(event.payload.get("sha256", "")),
-            "size": int(event.payload.get("size", 0)),
-            "step": event.payload.get("step"),
-        },
-    )
-    if created:
-        audit_append(
-            project=job.project,
-            actor=None,
-            action=f"{kind}.created",
-            artifact=artifact,
-            payload={
-                "job_id": job.pk,
-                "object_key": key,
-                "sha256": artifact.sha256,
-                "size": artifact.size,
-            },
-        )
-    _extend_lease(job, event, now)
-
-
-def _on_checkpoint(job: Job, event: JobEvent, now: datetime) -> None:
-    _on_artifact(job, event, now, kind=ArtifactKind.CHECKPOINT)
-
-
-def _on_log(job: Job, event: JobEvent, now: datetime) -> None:
-    _extend_lease(job, event, now)
-
-
-def _finish(job: Job, event: JobEvent, now: datetime, state: str, **changes: Any) -> bool:
-    """Move the job to its final state once; True for the event that did it."""
-    return _claim(
-        job,
-        attempt=event.attempt,
-        from_states={JobState.QUEUED, JobState.RUNNING},
-        state=state,
-        finished_at=now,
-        lease_expires_at=None,
-        **changes,
-    )
-
-
-def _audit_finish(job: Job, event: JobEvent, action: str, **details: Any) -> None:
-    audit_append(
-        project=job.project,
-        actor=None,
-        action=action,
-        artifact=job,
-        payload={"attempt": event.attempt, **details},
-    )
-
-
-def _create_derived_version(job: Job, result: dict) -> None:
-    from controlplane.datasets.services import dataset_version_from_job
-
-    dataset_version_from_job(job=job, result=result)
-
-
-# What a successful job of a kind leaves behind besides its result, in the same transaction.
-_ON_SUCCESS = {"data_pipeline": _create_derived_version}
-
-
-def _on_finished(job: Job, event: JobEvent, now: datetime) -> None:
-    result = event.payload.get("result", {})
-    if _finish(
-        job, event, now, JobState.SUCCEEDED, result=result, progress=1.0, progress_message="done"
-    ):
-        # Lock order: job row, then what the kind derives (its dataset row), then the audit
-        # chain last; auditing first would take the chain before the dataset row, the
-        # reverse of every dataset service.
-        if job.kind in _ON_SUCCESS:
-            _ON_SUCCESS[job.kind](job, result)
-        _audit_finish(job, event, "job.succeeded", progress=1.0, progress_message="done")
-
-
-def _on_failed(job: Job, event: JobEvent, now: datetime) -> None:
-    error = str(event.payload.get("error", "failed"))[:5000]
-    if event.payload.get(RETRYABLE_FIELD) is True and _retry_allowed(job):
-        from controlplane.jobs.services.attempts import requeue_next_attempt
-
-        requeue_next_attempt(
-            job,
-            now=now,
-            action="job.retried",
-            reason=f"infrastructure error: {error}"[:1000],
-        )
-        return
-    if _finish(job, event, now, JobState.FAILED, error=error):
-        _audit_finish(job, event, "job.failed", error=error)
-
-
-def _retry_allowed(job: Job) -> bool:
-    """A retryable failure runs again unless attempts are used up or the user cancelled."""
-    return (
-        not job.is_terminal
-        and job.attempt < settings.JOB_MAX_ATTEMPTS
-        and job.cancel_requested_at is None
-    )
-
-
-def _on_cancelled(job: Job, event: JobEvent, now: datetime) -> None:
-    if _finish(job, event, now, JobState.CANCELLED):
-        _audit_finish(job, event, "job.cancelled")
-
-
-_HANDLERS = {
-    EventType.STARTED: _on_started,
-    EventType.HEARTBEAT: _on_heartbeat,
-    EventType.PROGRESS: _on_progress,
-    EventType.METRIC: _on_metric,
-    EventType.ARTIFACT: _on_artifact,
-    EventType.CHECKPOINT: _on_checkpoint,
-    EventType.LOG: _on_log,
-    EventType.FINISHED: _on_finished,
-    EventType.FAILED: _on_failed,
-    EventType.CANCELLED: _on_cancelled,
-}
+    if stream.gap_since != gap_since:
+        fields.append("gap_since")
+    stream.save(update_fields=fields)
