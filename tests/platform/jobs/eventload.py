@@ -7,23 +7,32 @@ publishes them on the `control` queue one event per message (`control.apply_even
 workers did before batching), `BatchingSender` as workers do now (one BufferedSink per
 attempt, `control.apply_events` batches);
 `ControlWorker` runs `celery -A controlplane.celery_app worker -Q control --pool prefork`;
+`Resender` answers the platform's resend requests as a worker's event log does;
 `stream_problems` lists whatever the platform did not apply exactly once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.protocol import APPLY_EVENT_TASK, CONTROL_QUEUE, EventType, JobEvent
+from workers.protocol import (
+    APPLY_EVENT_TASK,
+    CONTROL_QUEUE,
+    EventType,
+    JobEvent,
+    resend_request_prefix,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -119,6 +128,47 @@ class _Sender:
             if on_progress is not None:
                 on_progress(index)
         return sent_at
+
+
+class Resender:
+    """What a worker's bounded event log does for the platform: every resend request
+    object under the attempt's prefix is answered once, by sending the named seqs again,
+    unchanged. Kombu's Redis transport can lose a message taken off the queue by a worker
+    that is killed before it registers the message as unacked (kombu #305); the gap it
+    leaves is healed this way, by the platform asking and the worker re-sending."""
+
+    def __init__(self, sender: _Sender, jobs: Iterable[SyntheticJob], store, interval=0.5):
+        self.sender, self.jobs, self.store, self.interval = sender, list(jobs), store, interval
+        self.answered: set[str] = set()
+        self.resent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="resender", daemon=True)
+
+    def __enter__(self) -> Resender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for job in self.jobs:
+                self._answer(job)
+
+    def _answer(self, job: SyntheticJob) -> None:
+        prefix = resend_request_prefix(job.job_id, job.attempt)
+        for info in self.store.list(prefix):
+            if info.key in self.answered:
+                continue
+            self.answered.add(info.key)
+            seqs = json.loads(self.store.get_bytes(info.key))["seqs"]
+            events = job.events()
+            for seq in seqs:
+                if 0 <= seq < len(events):
+                    self.sender.send(events[seq])
+                    self.resent += 1
 
 
 def _celery_for(broker_url: str):
