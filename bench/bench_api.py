@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_api.py            # 10 s per endpoint
     .venv/bin/python bench/bench_api.py --quick    # 3 s per endpoint
+    .venv/bin/python bench/bench_api.py --connections 8 --workers 2 --threads 1   # 8 users
 
 What it does, all for real: creates a scratch PostgreSQL database, migrates it, seeds
 1,000 projects (the benchmark user is a member of every one) and 10,000 jobs (half of
@@ -13,7 +14,9 @@ run as the floor of the stack (the ratio says how much the endpoint itself costs
 Also measures how long the web process takes from exec to its first answered request.
 Goals: p95 under 50 ms on the API list endpoints and web start under 2 s (issue 2); the
 job list and run pages under 150 ms p95 with 10,000 jobs and 1,000,000 metric points in
-a project (issue 5). Non-2xx answers count as errors (a redirect to the login page too).
+a project (issue 5); with 8 connections (8 users without think time, issue 11) every
+page and endpoint under 150 ms p95, which 2 sync gunicorn workers hold on 2 cores and
+threads do not improve. Non-2xx answers count as errors (a redirect to the login page too).
 """
 
 from __future__ import annotations

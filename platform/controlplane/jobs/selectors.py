@@ -152,18 +152,25 @@ def charts_for(jobs: list[Job], *, max_points: int = 300) -> list[tuple[str, dic
     ]
 
 
+# A running job's page polls every second, once per viewer: its charts are shared for
+# this long, so ten people watching a run cost one series query a second, not ten.
+LIVE_CHARTS_SECONDS = 2
+
+
 def job_charts(job: Job) -> list[tuple[str, dict[str, list]]]:
-    """The run page's charts; a finished attempt's are cached, since they cannot change.
+    """The run page's charts, cached: a finished attempt's for an hour, a live one's briefly.
 
     Once a job is terminal no event of its attempt is applied any more (a resumed or
-    re-dispatched job is a new attempt, a new cache key), so the key needs no
-    invalidation. A cache that is down costs the query, never the page.
+    re-dispatched job is a new attempt, a new cache key), so that key needs no
+    invalidation; a live job's charts may lag by LIVE_CHARTS_SECONDS. A cache that is
+    down costs the query, never the page.
     """
     from django.core.cache import cache
 
-    if not job.is_terminal or job.finished_at is None:
-        return charts_for([job])
-    key = f"job-charts:{job.pk}:{job.attempt}:{job.finished_at.timestamp()}"
+    if job.is_terminal:
+        key, seconds = f"job-charts:{job.pk}:{job.attempt}:{job.state}", 3600
+    else:
+        key, seconds = f"job-charts:{job.pk}:{job.attempt}:live", LIVE_CHARTS_SECONDS
     try:
         charts = cache.get(key)
     except Exception:  # noqa: BLE001 - the cache is an optimisation here
@@ -171,7 +178,7 @@ def job_charts(job: Job) -> list[tuple[str, dict[str, list]]]:
     if charts is None:
         charts = charts_for([job])
         try:
-            cache.set(key, charts, 3600)
+            cache.set(key, charts, seconds)
         except Exception:  # noqa: BLE001
             pass
     return charts

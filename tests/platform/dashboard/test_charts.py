@@ -58,6 +58,7 @@ def test_run_page_and_compare_view_draw_the_curves(team, client, runs):
 
 
 def test_run_page_costs_the_same_queries_whatever_the_number_of_curves(team, client, runs):
+    from django.core.cache import cache
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -73,6 +74,7 @@ def test_run_page_costs_the_same_queries_whatever_the_number_of_curves(team, cli
         for n in range(8)
         for step in range(50)
     )
+    cache.clear()  # a live run's charts are shared for a moment (LIVE_CHARTS_SECONDS)
     with CaptureQueriesContext(connection) as nine_curves:
         body = client.get(page).content.decode()
     assert body.count("<polyline") == 9
@@ -96,3 +98,27 @@ def test_a_finished_runs_charts_are_read_once(team, client, runs):
         second_body = client.get(page).content.decode()
     assert len(second) == len(first) - 2  # the two series queries, served from the cache
     assert first_body.count("<polyline") == second_body.count("<polyline") == 1
+
+
+def test_a_live_runs_charts_are_shared_for_a_moment(team, client, runs, monkeypatch):
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from controlplane.jobs import selectors
+    from controlplane.jobs.models import JobMetric
+
+    cache.clear()
+    client.force_login(team.viewer)
+    page = f"/projects/{team.project.pk}/jobs/{runs[0].pk}/"
+    with CaptureQueriesContext(connection) as first:
+        client.get(page)
+    JobMetric.objects.create(
+        job=runs[0], key="val/loss", step=1, value=1.0, recorded_at=timezone.now()
+    )
+    with CaptureQueriesContext(connection) as polled:
+        body = client.get(page).content.decode()
+    assert len(polled) == len(first) - 2 and body.count("<polyline") == 1
+    monkeypatch.setattr(selectors, "LIVE_CHARTS_SECONDS", 0)  # the moment has passed
+    cache.clear()
+    assert client.get(page).content.decode().count("<polyline") == 2
