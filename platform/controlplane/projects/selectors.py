@@ -97,3 +97,11 @@ def membership_of(project: Project, user_id: int) -> Membership | None:
 def active_user_named(username: str) -> User | None:
     """The user a member is added by name: only active accounts can join a project."""
     return User.objects.filter(username=username, is_active=True).first()
+
+
+def project_named(text: str) -> Project | None:
+    """A project by slug, or by id when the text is a number (command-line arguments)."""
+    found = Project.objects.filter(slug=text).first()
+    if found is None and text.isdigit():
+        found = Project.objects.filter(pk=int(text)).first()
+    return found

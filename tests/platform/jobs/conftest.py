@@ -46,3 +46,38 @@ def model_job(team, tmp_path):
             size=len(data),
         )
     return job
+
+
+@pytest.fixture
+def job(team, make_upload):
+    """A queued inspect job: the smallest real job, for the event-path tests."""
+    from controlplane.jobs.services import job_create
+
+    upload = make_upload(team.project, team.engineer, b"a\nb\n")
+    return job_create(
+        project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer
+    )
+
+
+@pytest.fixture
+def token_version(team, make_ready_version, settings, run_on_worker):
+    """A dataset version of token shards (the data pipeline run on two small plays)."""
+    from controlplane.datasets.services import dataset_create
+    from controlplane.jobs.services import job_create
+    from engine.data.corpora import shakespeare_files
+
+    settings.TRAINING_QUEUE = "cpu"
+    files = {p.name: p.read_bytes() for p in shakespeare_files("modern")[:2]}
+    dataset = dataset_create(
+        project=team.project, actor=team.engineer, name="Plays", slug="plays", kind="text"
+    )
+    raw = make_ready_version(dataset, team.engineer, files)
+    pipeline = run_on_worker(
+        job_create(
+            project=team.project,
+            kind="data_pipeline",
+            actor=team.engineer,
+            params={"dataset_version_id": raw.pk, "val_fraction": 0.34},
+        )
+    )
+    return pipeline.produced_versions.get()

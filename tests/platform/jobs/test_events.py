@@ -10,16 +10,6 @@ from workers.protocol import EventType, JobEvent
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def job(team, make_upload):
-    from controlplane.jobs.services import job_create
-
-    upload = make_upload(team.project, team.engineer, b"a\nb\n")
-    return job_create(
-        project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer
-    )
-
-
 def _event(job, seq, event_type, attempt=1, **payload):
     return JobEvent(job_id=job.pk, attempt=attempt, seq=seq, type=event_type, payload=payload)
 

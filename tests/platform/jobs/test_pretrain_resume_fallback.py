@@ -16,32 +16,16 @@ PARAMS = {
 
 
 @pytest.fixture
-def trained(team, make_ready_version, settings, run_on_worker):
+def trained(team, token_version, run_on_worker):
     """A finished pre-training job with checkpoints at steps 6 and 12."""
-    from controlplane.datasets.services import dataset_create
     from controlplane.jobs.services import job_create
-    from engine.data.corpora import shakespeare_files
 
-    settings.TRAINING_QUEUE = "cpu"
-    files = {p.name: p.read_bytes() for p in shakespeare_files("modern")[:2]}
-    dataset = dataset_create(
-        project=team.project, actor=team.engineer, name="Plays", slug="plays", kind="text"
-    )
-    raw = make_ready_version(dataset, team.engineer, files)
-    pipeline = run_on_worker(
-        job_create(
-            project=team.project,
-            kind="data_pipeline",
-            actor=team.engineer,
-            params={"dataset_version_id": raw.pk, "val_fraction": 0.34},
-        )
-    )
     job = run_on_worker(
         job_create(
             project=team.project,
             kind="pretrain",
             actor=team.engineer,
-            params={"dataset_version_id": pipeline.produced_versions.get().pk, **PARAMS},
+            params={"dataset_version_id": token_version.pk, **PARAMS},
         )
     )
     assert job.state == "succeeded", job.error

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.audit.anchors import audit_anchor_chain, audit_anchor_chains
 from controlplane.audit.models import AuditChain
-from controlplane.projects.models import Project
+from controlplane.projects.selectors import project_named
 
 
 class Command(BaseCommand):
@@ -16,9 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, project=None, **options):
         if project:
-            found = Project.objects.filter(slug=project).first()
-            if found is None and project.isdigit():
-                found = Project.objects.filter(pk=int(project)).first()
+            found = project_named(project)
             chain = AuditChain.objects.filter(project=found).first() if found else None
             if chain is None:
                 raise CommandError(f"no audit chain for project '{project}'")

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.audit.services import audit_verify
 from controlplane.audit.triggers import audit_trigger_problems
-from controlplane.projects.models import Project
+from controlplane.projects.selectors import project_named
 
 
 class Command(BaseCommand):
@@ -16,9 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, project=None, **options):
         if project:
-            found = Project.objects.filter(slug=project).first()
-            if found is None and project.isdigit():
-                found = Project.objects.filter(pk=int(project)).first()
+            found = project_named(project)
             if found is None:
                 raise CommandError(f"no project with id or slug '{project}'")
             results = audit_verify(found)
