@@ -91,7 +91,7 @@ def test_a_worker_process_keeps_its_job_through_a_broker_outage(tmp_path, monkey
         "project_id": 1,
         "attempt": 1,
         "inputs": [{"uri": stored.key, "sha256": stored.sha256, "size": stored.size}],
-        "params": {"read_rate_limit_mb_s": 0.1},
+        "params": {"read_rate_limit_mb_s": 0.1, "preview_records": 5},
         "output_prefix": "projects/1/jobs/77/attempt-1/",
         "heartbeat_seconds": 1,
     }
