@@ -121,7 +121,7 @@ class BufferedSink:
 
     def __init__(
         self,
-        sink: EventSink,
+        sink: EventSink | BatchSink,
         *,
         capacity: int = DEFAULT_BUFFER_EVENTS,
         first_retry_seconds: float = 0.5,

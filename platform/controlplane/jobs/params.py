@@ -72,10 +72,6 @@ def param_schema(kind: str) -> dict[str, Any]:
     return copy.deepcopy(_schemas()[kind])
 
 
-def schema_kinds() -> list[str]:
-    return list(_schemas())
-
-
 def param_leaf(kind: str, dotted: str) -> dict[str, Any]:
     """The schema of one parameter, e.g. ``param_leaf("pretrain", "train.max_iters")``."""
     node = _schemas()[kind]

@@ -60,24 +60,35 @@ def job(team, make_upload):
 
 
 @pytest.fixture
-def token_version(team, make_ready_version, settings, run_on_worker):
-    """A dataset version of token shards (the data pipeline run on two small plays)."""
+def make_token_version(team, make_ready_version, settings, run_on_worker):
+    """`raw, tokens = make_token_version(plays=2)`: a version of the plays (modern spelling)
+    and the token-shard version the data pipeline derives from it, on the worker for real."""
     from controlplane.datasets.services import dataset_create
     from controlplane.jobs.services import job_create
     from engine.data.corpora import shakespeare_files
 
     settings.TRAINING_QUEUE = "cpu"
-    files = {p.name: p.read_bytes() for p in shakespeare_files("modern")[:2]}
-    dataset = dataset_create(
-        project=team.project, actor=team.engineer, name="Plays", slug="plays", kind="text"
-    )
-    raw = make_ready_version(dataset, team.engineer, files)
-    pipeline = run_on_worker(
-        job_create(
-            project=team.project,
-            kind="data_pipeline",
-            actor=team.engineer,
-            params={"dataset_version_id": raw.pk, "val_fraction": 0.34},
+
+    def make(plays: int = 2):
+        files = {p.name: p.read_bytes() for p in shakespeare_files("modern")[:plays]}
+        dataset = dataset_create(
+            project=team.project, actor=team.engineer, name="Plays", slug="plays", kind="text"
         )
-    )
-    return pipeline.produced_versions.get()
+        raw = make_ready_version(dataset, team.engineer, files)
+        pipeline = run_on_worker(
+            job_create(
+                project=team.project,
+                kind="data_pipeline",
+                actor=team.engineer,
+                params={"dataset_version_id": raw.pk, "val_fraction": 0.34},
+            )
+        )
+        return raw, pipeline.produced_versions.get()
+
+    return make
+
+
+@pytest.fixture
+def token_version(make_token_version):
+    """A dataset version of token shards (the data pipeline run on two small plays)."""
+    return make_token_version(plays=2)[1]

@@ -10,26 +10,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def tokenized(team, make_ready_version, settings, run_on_worker):
-    from controlplane.datasets.services import dataset_create
-    from controlplane.jobs.services import job_create
-    from engine.data.corpora import shakespeare_files
-
-    settings.TRAINING_QUEUE = "cpu"
-    files = {p.name: p.read_bytes() for p in shakespeare_files("modern")[:3]}
-    dataset = dataset_create(
-        project=team.project, actor=team.engineer, name="Plays", slug="plays", kind="text"
-    )
-    raw = make_ready_version(dataset, team.engineer, files)
-    job = run_on_worker(
-        job_create(
-            project=team.project,
-            kind="data_pipeline",
-            actor=team.engineer,
-            params={"dataset_version_id": raw.pk, "val_fraction": 0.34},
-        )
-    )
-    return raw, job.produced_versions.get()
+def tokenized(make_token_version):
+    return make_token_version(plays=3)
 
 
 PARAMS = {
