@@ -106,6 +106,7 @@ INSTALLED_APPS = [
     "controlplane.uploads",
     "controlplane.jobs",
     "controlplane.datasets",
+    "controlplane.registry",
     "controlplane.dashboard",
     "controlplane.demo",
 ]
