@@ -78,7 +78,9 @@ class EvalConfig:
     per_class: int = setting(
         100, minimum=2, maximum=1000, help="image models: samples generated per digit"
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = setting(
+        "auto", help="where the model runs (auto: a GPU when there is one)"
+    )
 
 
 def eval_config(raw: dict[str, Any] | None = None) -> EvalConfig:

@@ -35,6 +35,7 @@ PLATFORM_FIELDS: dict[str, tuple[str, ...]] = {
         for kind in ("sft", "lora", "qlora", "reward", "dpo")
     },
     "ppo": ("base_job_id", "reward_job_id", "dataset_version_id"),
+    "evaluate": ("model_version_id", "dataset_version_id"),
 }
 
 # The inspect job is the platform's own (no engine config behind it): its schema lives here.
