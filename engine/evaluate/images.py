@@ -21,9 +21,12 @@ def evaluate_images(
     config: EvalConfig,
     *,
     classifier_cache: str | Path | None = None,
+    evaluator=None,
     on_phase: PhaseHook | None = None,
 ) -> EvalResult:
-    """``classifier_cache``: where the digit classifier is kept between evaluations."""
+    """``classifier_cache``: where the digit classifier is kept between evaluations;
+    ``evaluator``: an engine.vision.evaluate.Evaluator to score with instead (its split
+    must be the model's)."""
     from engine.vision.checkpoint import CheckpointError
     from engine.vision.data import NUM_CLASSES, VisionInputError
     from engine.vision.evaluate import Evaluator, balanced_labels, sample_in_batches
@@ -37,9 +40,10 @@ def evaluate_images(
             raise EvalError(f"the image model does not load: {error}") from None
         data = recipe.config.data
     with phases.phase("the digit classifier", 0.15):
-        evaluator = Evaluator.load_or_train(
-            classifier_cache, data.heldout_fraction, data.split_seed
-        )
+        if evaluator is None:
+            evaluator = Evaluator.load_or_train(
+                classifier_cache, data.heldout_fraction, data.split_seed
+            )
     labels = balanced_labels(config.per_class)
     with phases.phase("generating samples", 0.3):
         images = sample_in_batches(recipe, labels, seed=config.seed)
