@@ -25,6 +25,7 @@ SCHEMA_FILE = Path(__file__).with_name("param_schemas.json")
 # and posttrain.py, never by the engine. Declared here, once.
 PLATFORM_FIELDS: dict[str, tuple[str, ...]] = {
     "inspect": ("upload_id",),
+    "evaluate": ("model_version_id", "dataset_version_id"),
     "data_pipeline": ("dataset_version_id",),
     "pretrain": ("dataset_version_id",),
     "diffusion": (),
@@ -35,7 +36,6 @@ PLATFORM_FIELDS: dict[str, tuple[str, ...]] = {
         for kind in ("sft", "lora", "qlora", "reward", "dpo")
     },
     "ppo": ("base_job_id", "reward_job_id", "dataset_version_id"),
-    "evaluate": ("model_version_id", "dataset_version_id"),
 }
 
 # The inspect job is the platform's own (no engine config behind it): its schema lives here.
