@@ -80,8 +80,8 @@ def run_evaluate(ctx: JobContext) -> dict[str, Any]:
         except EvalError as error:
             raise JobFailed(str(error)) from None
         ctx.check_stop()
-    # The figures as the job's metrics too: its page charts them, MLflow records them.
-    ctx.metric(0, **result.metrics)
+    # The figures in the job's MLflow run too (one point each: no charts on the job page).
+    ctx.tracker.log_metrics(0, result.metrics)
     if "samples" in result.details:
         ctx.tracker.log_text(json.dumps(result.details["samples"], indent=1), "samples.json")
     details = {

@@ -128,7 +128,8 @@ def job_detail(request: ProjectRequest, project: Project, job_id: int) -> HttpRe
         "checkpoints": checkpoints_with_losses(job),
         "event_health": job_event_health(job),
         "charts": job_charts(job),
-        "result_hidden": ("records", "samples", "files", "report", "preview"),
+        # (An evaluation's details, samples included, are shown on the model version's page.)
+        "result_hidden": ("records", "samples", "files", "report", "preview", "details"),
     }
     if request.htmx:
         return render(request, "jobs/_job_status.html", context)

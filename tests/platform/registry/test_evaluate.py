@@ -141,7 +141,7 @@ def test_an_evaluation_is_recorded_with_its_job_and_filled_when_it_succeeds(
     team, api, text_version, run_on_worker
 ):
     from controlplane.audit.models import AuditEvent
-    from controlplane.jobs.models import Job, JobMetric
+    from controlplane.jobs.models import Job
     from controlplane.registry.models import ModelEvaluation
 
     response = _post(
@@ -176,7 +176,6 @@ def test_an_evaluation_is_recorded_with_its_job_and_filled_when_it_succeeds(
     event = AuditEvent.objects.get(action="model_version.evaluated")
     assert (event.artifact_type, event.artifact_id) == ("modelversion", str(text_version.pk))
     assert event.payload["metrics"] == evaluation.metrics
-    assert JobMetric.objects.get(job=job, key="val_loss").value == evaluation.metrics["val_loss"]
 
 
 def test_a_failed_evaluation_stays_unfinished_and_says_why(team, api, tmp_path, run_on_worker):
