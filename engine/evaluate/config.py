@@ -47,7 +47,7 @@ class EvalConfig:
         help="prompts the samples continue, in turn",
     )
     sample_tokens: int = setting(
-        128, minimum=1, maximum=4000, help="tokens generated per sample at most"
+        100, minimum=1, maximum=4000, help="tokens generated per sample at most"
     )
     temperature: float = setting(
         0.8, minimum=0.0, maximum=2.0, help="sampling temperature (0: greedy)"

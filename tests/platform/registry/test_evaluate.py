@@ -247,9 +247,10 @@ def test_bad_requests_name_the_field_and_other_projects_versions_are_not_found(
     assert fields({"model_version_id": theirs.pk})["params.model_version_id"] == [
         f"no model version {theirs.pk} in this project"
     ]
-    assert fields({"model_version_id": 999999})["params.model_version_id"] == [
-        "no model version 999999 in this project"
-    ]
+    for missing in (999999, 2**70):
+        assert fields({"model_version_id": missing})["params.model_version_id"] == [
+            f"no model version {missing} in this project"
+        ]
     registering = _version(team, text_version.source_job, {}, state="registering")
     assert (
         "wait for its registration"
