@@ -16,6 +16,8 @@ app = Celery("controlplane")
 app.autodiscover_tasks(
     ["controlplane.jobs", "controlplane.datasets", "controlplane.audit", "controlplane.api"]
 )
+# The MLflow registry mirror's task lives with its reconciliation (registry/mlflow_sync.py).
+app.autodiscover_tasks(["controlplane.registry"], related_name="mlflow_sync")
 
 
 def _configure() -> None:
