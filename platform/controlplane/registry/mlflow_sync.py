@@ -406,15 +406,17 @@ class Mirror:
         """(run id, artifact URI of the pyfunc model): a finished run an earlier attempt
         logged for this version, else a new one."""
         experiment_id = self.experiment_id(f"{self.model.project.slug}/registry")
+        run_name = f"{self.name}-v{version.number}"
         earlier = self.client.search_runs(
             [experiment_id],
-            f"tags.`{VERSION_ID_TAG}` = '{version.pk}' and attributes.status = 'FINISHED'",
+            f"tags.`{VERSION_ID_TAG}` = '{version.pk}' and tags.`mlflow.runName` = '{run_name}' "
+            "and attributes.status = 'FINISHED'",
             max_results=1,
         )
         if earlier and self.client.list_artifacts(earlier[0].info.run_id, ARTIFACT_PATH):
             run = earlier[0]
             return run.info.run_id, f"{run.info.artifact_uri}/{ARTIFACT_PATH}"
-        run_tags = {**tags, "mlflow.runName": f"{self.name}-v{version.number}"}
+        run_tags = {**tags, "mlflow.runName": run_name}
         run = self.client.create_run(experiment_id, tags=run_tags)
         run_id = run.info.run_id
         try:
