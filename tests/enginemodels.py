@@ -32,9 +32,7 @@ def text_export(folder: Path, *, llama: bool = False, seed: int = 0) -> Path:
     shape = dict(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)
     config = GPTConfig.llama_style(**shape) if llama else GPTConfig(**shape)
     torch.manual_seed(seed)
-    return export_model(
-        GPT(config), folder, tokenizer_file=tokenizer_file, eot_id=tokenizer.eot_id
-    )
+    return export_model(GPT(config), folder, tokenizer_file=tokenizer_file, eot_id=tokenizer.eot_id)
 
 
 def vision_checkpoint(folder: Path, kind: str = "gan") -> Path:
