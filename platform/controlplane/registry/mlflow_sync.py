@@ -174,7 +174,9 @@ def _fingerprint(model: RegisteredModel) -> tuple:
     """What MLflow must mirror; a change of it during a pass means one more pass."""
     fresh = RegisteredModel.objects.get(pk=model.pk)
     versions = tuple(
-        ModelVersion.objects.filter(model_id=model.pk).order_by("pk").values_list("pk", "state")
+        ModelVersion.objects.filter(model_id=model.pk)
+        .order_by("pk")
+        .values_list("pk", "state", "description")
     )
     aliases = tuple(
         ModelAlias.objects.filter(model_id=model.pk)
@@ -346,7 +348,8 @@ class Mirror:
 
     # -- versions ------------------------------------------------------------------------------
     def tagged_versions(self) -> dict[str, object]:
-        """MLflow's versions of this model that carry our version id tag, by that id."""
+        """MLflow's versions of this model that carry our version id tag, by that id (of
+        two with the same id, the older is kept and the other deleted)."""
         found: dict[str, object] = {}
         token = None
         while True:
@@ -355,8 +358,13 @@ class Mirror:
             )
             for mlflow_version in page:
                 version_id = (mlflow_version.tags or {}).get(VERSION_ID_TAG)
-                if version_id and version_id.isdigit():
-                    found.setdefault(version_id, mlflow_version)
+                if not (version_id and version_id.isdigit()):
+                    continue
+                kept = found.setdefault(version_id, mlflow_version)
+                if kept is not mlflow_version:  # two with one id (made outside this lock)
+                    first, extra = sorted((kept, mlflow_version), key=lambda v: int(v.version))
+                    found[version_id] = first
+                    self.client.delete_model_version(self.name, str(extra.version))
             token = getattr(page, "token", None)
             if not token:
                 return found

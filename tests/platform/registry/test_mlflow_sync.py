@@ -311,6 +311,27 @@ def test_a_name_mlflow_already_gives_another_model_is_an_error_not_a_merge(clien
     assert client.get_registered_model(model.name).tags["controlplane.model_id"] == "999999"
 
 
+@SLOW
+def test_without_a_tracking_uri_the_embedded_sqlite_store_gets_the_mirror(
+    registry, text_files, tmp_path, monkeypatch
+):
+    """The embedded default (MLFLOW_TRACKING_URI unset): SQLite and artifacts under the data dir."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("CONTROLPLANE_DATA_DIR", str(tmp_path / "data"))
+    model = registry.model()
+    registry.alias(model, "production", registry.version(model, text_files))
+    assert _sync(model) == "synced", model.mlflow_error
+    uri = f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
+    version = MlflowClient(tracking_uri=uri).get_model_version_by_alias(model.name, "production")
+    assert version.source.startswith((tmp_path / "data" / "mlflow-artifacts").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # a user's client on the same machine
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{model.name}@production")
+    assert len(pyfunc.predict(["To be"], params={"max_tokens": 4})[0]) > 0
+
+
 def test_a_change_marks_the_model_pending_and_nudges_the_control_worker_on_commit(
     registry, sent_jobs, django_capture_on_commit_callbacks
 ):
