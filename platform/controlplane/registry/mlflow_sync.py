@@ -48,7 +48,7 @@ from pathlib import Path
 from celery import shared_task
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from controlplane.registry.models import (
@@ -125,7 +125,9 @@ def due_models(now=None, limit: int = 100):
     due = Q(mlflow_state=SyncState.PENDING) | Q(
         mlflow_state=SyncState.FAILED, mlflow_next_attempt_at__lte=now
     )
-    return RegisteredModel.objects.filter(due).order_by("mlflow_next_attempt_at", "pk")[:limit]
+    # PENDING (no next attempt) first: a change waits for no retry of another model.
+    order = F("mlflow_next_attempt_at").asc(nulls_first=True)
+    return RegisteredModel.objects.filter(due).order_by(order, "pk")[:limit]
 
 
 # -- the control worker: the task and the reconciliation --------------------------------------
@@ -166,7 +168,10 @@ def sync_model(model_id: int) -> str:
             if _record_success_if_unchanged(model, wanted):
                 return SyncState.SYNCED.value
             model.refresh_from_db()
-        # Changed under every pass: leave it PENDING, the beat picks it up again.
+        # Changed under every pass: PENDING, so the next beat picks it up again.
+        RegisteredModel.objects.filter(pk=model_id).update(
+            mlflow_state=SyncState.PENDING, mlflow_next_attempt_at=None
+        )
         return SyncState.PENDING.value
 
 

@@ -195,6 +195,12 @@ def test_a_synced_model_is_in_mlflow_and_production_generates_with_the_engine(
     v1.refresh_from_db()
     assert v1.mlflow_version == "1"
     assert [v.version for v in _mlflow_versions(client, model.name)] == ["1"]
+    # Two MLflow versions with one id (say, made by hand): the older one stays.
+    client.create_model_version(
+        model.name, production.source, run_id=production.run_id, tags=production.tags
+    )
+    assert _sync(model) == "synced"
+    assert [v.version for v in _mlflow_versions(client, model.name)] == ["1"]
 
 
 @SLOW
@@ -300,6 +306,21 @@ def test_aliases_and_deletions_follow_ours(client, registry, tmp_path):
         client.get_model_version(model.name, "1")
     assert [v.version for v in _mlflow_versions(client, model.name)] == ["2"]
     assert client.get_registered_model(model.name).description == "Shakespeare, retrained"
+
+
+@SLOW
+def test_a_weights_object_that_rotted_is_not_mirrored(client, registry, text_files):
+    from controlplane.storage import object_store
+
+    model = registry.model()
+    version = registry.version(model, text_files)
+    weights = version.files.get(name="model.safetensors")
+    object_store().delete(weights.object_key)  # replaced behind the registry's back
+    object_store().put_bytes(weights.object_key, b"not the weights")
+    assert _sync(model) == "failed"
+    assert "no longer matches its record" in model.mlflow_error
+    assert weights.object_key in model.mlflow_error
+    assert _mlflow_versions(client, model.name) == []
 
 
 @SLOW
