@@ -77,6 +77,8 @@ class MlflowServer:
             return self
         # The server's own settings only: a client's tracking URI in the test's env is not its.
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # No background job runner (a pool of huey consumers the registry never uses).
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         self.process = subprocess.Popen(
             self.command(),
             cwd=self.folder,
@@ -108,6 +110,10 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
+        try:  # children that outlived the server's own exit (uvicorn's worker)
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         deadline = time.monotonic() + 10  # until the port is free for a restart
         while time.monotonic() < deadline and self.healthy():
             time.sleep(0.2)

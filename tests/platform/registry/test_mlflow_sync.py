@@ -407,3 +407,26 @@ def test_the_beat_runs_the_sync_task_on_the_control_queue(settings):
     assert entry["task"] == SYNC_TASK and entry["options"]["queue"] == "control"
     app.loader.import_default_modules()
     assert SYNC_TASK in app.tasks
+
+
+def test_the_command_syncs_now_and_says_what_failed(registry, monkeypatch):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    from tests.mlflowserver import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nobody
+    model = registry.model()
+    out = StringIO()
+    with pytest.raises(CommandError, match="1 model\\(s\\) failed"):
+        call_command(
+            "registry_sync_mlflow", "--project", "alpha", "--model", model.name, stdout=out
+        )
+    assert f"alpha/{model.name}: failed" in out.getvalue() and "unreachable" in out.getvalue()
+    model.refresh_from_db()
+    assert model.mlflow_state == "failed" and model.mlflow_attempts == 1
+    with pytest.raises(CommandError, match="--model needs --project"):
+        call_command("registry_sync_mlflow", "--model", model.name)
+    with pytest.raises(CommandError, match="no model 'nope'"):
+        call_command("registry_sync_mlflow", "--project", "alpha", "--model", "nope")
