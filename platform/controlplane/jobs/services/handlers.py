@@ -279,9 +279,9 @@ def _on_finished(writes: EventWrites, event: JobEvent) -> None:
         # chain last (the batch's audit events are appended after every handler ran).
         if job.kind in _ON_SUCCESS:
             _ON_SUCCESS[job.kind](job, result)
-        if isinstance(job.params, dict) and job.params.get("register_as"):
-            _register_model(writes, job)
         _audit_finish(writes, event, "job.succeeded", progress=1.0, progress_message="done")
+        if isinstance(job.params, dict) and job.params.get("register_as"):
+            _register_model(writes, job)  # audited after the job's success
 
 
 def _on_failed(writes: EventWrites, event: JobEvent) -> None:
