@@ -784,7 +784,10 @@ def version_delete(*, version, actor) -> ModelVersion:
             version=version, state=PromotionState.PENDING
         ):
             _withdraw(request, actor, f"{label} was deleted")
-        _store().delete_prefix(version.object_prefix)
+        # The plain store: a request must not wait out a long outage (the 503 says retry).
+        from controlplane.storage import object_store
+
+        object_store().delete_prefix(version.object_prefix)
         version.state = VersionState.DELETED
         version.deleted_at = timezone.now()
         version.save(update_fields=["state", "deleted_at"])
