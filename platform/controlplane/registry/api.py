@@ -24,7 +24,7 @@ from controlplane.api.access import StrictSerializer, project_or_404
 from controlplane.api.errors import Conflict as ApiConflict
 from controlplane.api.idempotency import idempotent
 from controlplane.api.params import choice_param
-from controlplane.jobs.models import Job
+from controlplane.jobs.selectors import job_in
 from controlplane.projects.permissions import Action
 from controlplane.registry import services
 from controlplane.registry.errors import RegistryError
@@ -40,7 +40,7 @@ from controlplane.registry.models import (
     VersionState,
 )
 from controlplane.registry.selectors import (
-    aliases_of,
+    alias_in,
     latest_evaluation,
     model_in,
     models_of,
@@ -48,7 +48,7 @@ from controlplane.registry.selectors import (
     promotions_of,
     protected_aliases,
     version_in,
-    versions_of,
+    versions_detailed,
 )
 
 MAX_BIGINT = 2**63 - 1
@@ -293,9 +293,7 @@ def model_or_404(request, project_id: int, name: str, action: Action = Action.VI
 
 
 def _model_out(model: RegisteredModel) -> dict:
-    return RegisteredModelOut(
-        models_of(model.project).prefetch_related("aliases__version").get(pk=model.pk)
-    ).data
+    return RegisteredModelOut(models_of(model.project).get(pk=model.pk)).data
 
 
 def version_or_404(request, project_id, name, number, action: Action = Action.VIEW):
@@ -307,11 +305,7 @@ def version_or_404(request, project_id, name, number, action: Action = Action.VI
 
 
 def _version_out(version: ModelVersion) -> dict:
-    fresh = (
-        versions_of(version.model)
-        .prefetch_related("aliases", "dataset_versions", "lineage_jobs")
-        .get(pk=version.pk)
-    )
+    fresh = versions_detailed(version.model).get(pk=version.pk)
     return ModelVersionOut(fresh).data
 
 
@@ -330,7 +324,7 @@ class ModelListCreate(generics.GenericAPIView):
     @extend_schema(responses=RegisteredModelOut(many=True))
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
-        page = self.paginate_queryset(models_of(project).prefetch_related("aliases__version"))
+        page = self.paginate_queryset(models_of(project))
         return self.get_paginated_response(RegisteredModelOut(page, many=True).data)
 
     @extend_schema(request=RegisteredModelIn, responses={201: RegisteredModelOut})
@@ -382,11 +376,7 @@ class VersionListRegister(generics.GenericAPIView):
     def get(self, request, project_id: int, name: str):
         model = model_or_404(request, project_id, name)
         state = choice_param(request, "state", VersionState.values)
-        versions = versions_of(model).prefetch_related(
-            "aliases", "dataset_versions", "lineage_jobs"
-        )
-        if state:
-            versions = versions.filter(state=state)
+        versions = versions_detailed(model, state=state)
         page = self.paginate_queryset(versions)
         return self.get_paginated_response(ModelVersionOut(page, many=True).data)
 
@@ -402,7 +392,7 @@ class VersionListRegister(generics.GenericAPIView):
         body = ModelVersionRegisterIn(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        job = Job.objects.filter(project=project, pk=data["job_id"]).first()
+        job = job_in(project, data["job_id"])
         if job is None:
             raise exceptions.NotFound(f"job {data['job_id']} not found in this project")
         try:
@@ -452,7 +442,7 @@ class VersionDetail(APIView):
 
 
 def _alias_of(model, alias: str) -> ModelAlias:
-    found = aliases_of(model).filter(name=alias).first() if _alias_like(alias) else None
+    found = alias_in(model, alias) if _alias_like(alias) else None
     if found is None:
         raise exceptions.NotFound(f"{model.name} has no alias @{alias}")
     return found

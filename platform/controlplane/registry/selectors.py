@@ -22,6 +22,7 @@ def models_of(project) -> QuerySet[RegisteredModel]:
     return (
         RegisteredModel.objects.filter(project=project)
         .select_related("created_by")
+        .prefetch_related("aliases__version")
         .annotate(
             version_count=Count("versions", filter=~Q(versions__state=VersionState.DELETED)),
             latest_number=Max("versions__number", filter=Q(versions__state=VersionState.READY)),
@@ -52,6 +53,16 @@ def versions_of(model: RegisteredModel) -> QuerySet[ModelVersion]:
 
 def version_in(model: RegisteredModel, number: int) -> ModelVersion | None:
     return versions_of(model).filter(number=number).first()
+
+
+def versions_detailed(model: RegisteredModel, *, state: str | None = None):
+    """Versions with their aliases and lineage ids (the API's full representation)."""
+    versions = versions_of(model).prefetch_related("aliases", "dataset_versions", "lineage_jobs")
+    return versions.filter(state=state) if state else versions
+
+
+def alias_in(model: RegisteredModel, name: str) -> ModelAlias | None:
+    return aliases_of(model).filter(name=name).first()
 
 
 def aliases_of(model: RegisteredModel) -> QuerySet[ModelAlias]:
