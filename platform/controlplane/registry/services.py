@@ -13,7 +13,8 @@ outage only delays that: `registry_sweep` (beat) finishes versions left register
 
 Locks, in this order: the job row (the success hook runs under it), the model row
 (version numbers, alias moves and promotion decisions of one model are serialised on
-it), then the audit chain, last.
+it), a version row, then the audit chain, last. `finish_registration` holds only its
+version row (SKIP LOCKED) and the chain; it marks the model for MLflow after commit.
 """
 
 from __future__ import annotations
@@ -704,7 +705,9 @@ def finish_registration(version_id: int) -> ModelVersion:
                     "files": {f.name: {"sha256": f.sha256, "size": f.size} for f in files},
                 },
             )
-        _mlflow_pending(version.model)
+    # After the version's lock is released: locking the model row while holding the
+    # version's would invert the order version_delete takes them in (model, then version).
+    _mlflow_pending(version.model)
     return version
 
 
@@ -765,6 +768,12 @@ def version_update(*, version, actor, intended_use=None, limitations=None, descr
 def version_delete(*, version, actor) -> ModelVersion:
     """A tombstone: the row stays (lineage, audit, numbers), its objects go. 409 while an
     alias points at it or it is still registering."""
+    if ModelVersion.objects.filter(pk=version.pk, state=VersionState.REGISTERING).exists():
+        # Checked before locking: its files may be being copied under the version's lock.
+        raise Conflict(
+            f"{version.model.name} v{version.number} is still registering; delete it once "
+            "it is ready or refused"
+        )
     with transaction.atomic():
         model = _locked_model(version.model)
         version = ModelVersion.objects.select_for_update().get(pk=version.pk)
