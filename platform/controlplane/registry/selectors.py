@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Max, Prefetch, Q, QuerySet
 
 from controlplane.registry.models import (
     DEFAULT_PROTECTED_ALIASES,
@@ -45,7 +45,7 @@ def versions_of(model: RegisteredModel) -> QuerySet[ModelVersion]:
     """Every version, newest first (deleted ones stay as tombstones)."""
     return (
         ModelVersion.objects.filter(model=model)
-        .select_related("model", "source_job", "created_by", "base_version")
+        .select_related("model", "source_job", "created_by", "base_version__model")
         .prefetch_related("files")
         .order_by("-number")
     )
@@ -57,7 +57,18 @@ def version_in(model: RegisteredModel, number: int) -> ModelVersion | None:
 
 def versions_detailed(model: RegisteredModel, *, state: str | None = None):
     """Versions with their aliases and lineage ids (the API's full representation)."""
-    versions = versions_of(model).prefetch_related("aliases", "dataset_versions", "lineage_jobs")
+    versions = versions_of(model).prefetch_related(
+        "aliases",
+        "dataset_versions",
+        "lineage_jobs",
+        Prefetch(
+            "evaluations",
+            queryset=ModelEvaluation.objects.filter(finished_at__isnull=False).order_by(
+                "-finished_at", "-id"
+            ),
+            to_attr="finished_evaluations",
+        ),
+    )
     return versions.filter(state=state) if state else versions
 
 
@@ -92,6 +103,9 @@ def pending_promotions(project) -> QuerySet[PromotionRequest]:
 
 def latest_evaluation(version: ModelVersion) -> ModelEvaluation | None:
     """The version's most recent finished evaluation (the one the gate checks), or None."""
+    prefetched = getattr(version, "finished_evaluations", None)  # versions_detailed
+    if prefetched is not None:
+        return prefetched[0] if prefetched else None
     return (
         ModelEvaluation.objects.filter(version=version, finished_at__isnull=False)
         .select_related("job")
