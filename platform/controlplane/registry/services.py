@@ -720,11 +720,18 @@ def registry_sweep(*, older_than: timedelta = REGISTRATION_GRACE, limit: int = 5
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]
     )
+    from workers.storage.retrying import StorageUnavailableError
+
     finished = []
     for version_id in due:
         try:
             version = finish_registration(version_id)
-        except Exception:  # noqa: BLE001 - one version's outage must not stop the others
+        except StorageUnavailableError as error:
+            # The store stayed down for the whole patience: the next sweep tries again,
+            # instead of this one waiting that long for every version.
+            logger.warning("registry sweep stopped: %s", error)
+            break
+        except Exception:  # noqa: BLE001 - one version's failure must not stop the others
             logger.exception("finishing the registration of version %s failed", version_id)
             continue
         if version.state != VersionState.REGISTERING:
