@@ -350,3 +350,29 @@ def test_the_control_tasks_run_and_the_sweep_is_on_the_beat(team, make_model_job
 
     assert tasks.registry_finish_registration.apply(args=[version.pk]).get() == "ready"
     assert tasks.registry_sweep_task.apply().get() == []
+
+
+def test_a_store_outage_leaves_the_version_registering_for_the_sweep(
+    team, make_model_job, monkeypatch, audit_actions
+):
+    from controlplane.registry import services
+    from tests.workers.storage.test_retrying import _refused
+    from workers.storage.retrying import StorageUnavailableError
+
+    version = register(team, make_model_job())
+    store = object_store()
+    monkeypatch.setattr(services, "STORE_PATIENCE_SECONDS", 0.2)
+
+    def down(*args, **kwargs):
+        raise _refused()
+
+    working = type(store).copy
+    monkeypatch.setattr(type(store), "copy", down)
+    with pytest.raises(StorageUnavailableError):
+        finish_registration(version.pk)
+    version.refresh_from_db()
+    assert version.state == VersionState.REGISTERING
+    assert audit_actions(team.project, "model_version.") == ["model_version.registering"]
+
+    monkeypatch.setattr(type(store), "copy", working)  # the store is back
+    assert finish_registration(version.pk).state == VersionState.READY
