@@ -869,6 +869,7 @@ def _move(model, alias_name, version, actor, *, reason, rollback, request=None) 
             "alias": alias_name,
             "previous_version": previous.number if previous is not None else None,
             "version": version.number,
+            "version_id": version.pk,
             "reason": reason,
             "rollback": rollback,
             "promotion_request": request.pk if request is not None else None,
@@ -893,6 +894,7 @@ def _withdraw(request: PromotionRequest, actor, reason: str) -> None:
             "model": request.model.name,
             "alias": request.alias,
             "version": request.version.number,
+            "version_id": request.version_id,
             "reason": reason,
         },
     )
@@ -954,6 +956,7 @@ def alias_set(*, model, actor, alias, version, reason="", is_rollback=False):
                 "model": locked.name,
                 "alias": alias,
                 "version": version.number,
+                "version_id": version.pk,
                 "from_version": current.version.number if current is not None else None,
                 "rollback": is_rollback,
                 "reason": reason,
@@ -993,15 +996,20 @@ def alias_delete(*, model, actor, alias) -> None:
         current = current.first()
         if current is None:
             raise NotFound(f"{model.name} has no alias @{alias}")
-        number = current.version.number
+        number, version_id, alias_id = current.version.number, current.version_id, current.pk
         current.delete()
         _mlflow_pending(locked)
         audit_append(
             project=locked.project,
             actor=actor,
             action="model_alias.deleted",
-            artifact=("modelalias", f"{locked.pk}:{alias}"),
-            payload={"model": locked.name, "alias": alias, "version": number},
+            artifact=("modelalias", alias_id),
+            payload={
+                "model": locked.name,
+                "alias": alias,
+                "version": number,
+                "version_id": version_id,
+            },
         )
 
 
@@ -1052,6 +1060,7 @@ def _decide(request, actor, reason, *, approve: bool) -> PromotionRequest:
                 "model": model.name,
                 "alias": request.alias,
                 "version": version.number,
+                "version_id": version.pk,
                 "requested_by": request.requested_by_id,
                 "reason": request.decision_reason,
             },
