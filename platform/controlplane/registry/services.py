@@ -57,7 +57,9 @@ from controlplane.registry.selectors import latest_evaluation, protected_aliases
 logger = logging.getLogger(__name__)
 
 # Job kinds that make a model, and the task of the model they make.
-TEXT_KINDS = ("pretrain", "sft", "lora", "qlora", "reward", "dpo", "ppo")
+# A reward job is not one: it publishes reward/* (a model that scores text, not one that
+# generates it); the ppo policy trained against it is.
+TEXT_KINDS = ("pretrain", "sft", "lora", "qlora", "dpo", "ppo")
 VISION_KINDS = ("diffusion", "gan", "vae")
 KIND_TASK = {
     **{kind: ModelTask.TEXT_GENERATION for kind in TEXT_KINDS},
@@ -417,6 +419,11 @@ def version_register(
 def _register(*, project, actor, job, model_name, create_model, description, audit):
     if job is None or job.project_id != project.pk:
         raise NotFound(f"job {getattr(job, 'pk', '?')} not found in this project")
+    if job.kind == "reward":
+        raise InvalidRequest(
+            f"job {job.pk} is a reward job: its reward model scores text and generates "
+            "none; register the ppo (or dpo, sft) policy trained with it"
+        )
     if job.kind not in KIND_TASK:
         raise InvalidRequest(
             f"job {job.pk} is a {job.kind} job, which makes no model; register a "

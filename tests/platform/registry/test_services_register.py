@@ -131,6 +131,8 @@ def test_a_kind_that_makes_no_model_is_refused(team, make_model_job):
 
     with pytest.raises(InvalidRequest, match="data_pipeline job, which makes no model"):
         register(team, job)
+    with pytest.raises(InvalidRequest, match="reward job: its reward model scores text"):
+        register(team, make_model_job("reward", files=False))
 
 
 def test_a_vision_job_registers_its_latest_checkpoint(team, make_model_job, finish_sent):
