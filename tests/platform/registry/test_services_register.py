@@ -357,13 +357,13 @@ def test_the_control_tasks_run_and_the_sweep_is_on_the_beat(team, make_model_job
 def test_a_store_outage_leaves_the_version_registering_for_the_sweep(
     team, make_model_job, monkeypatch, audit_actions
 ):
-    from controlplane.registry import services
+    from controlplane.registry import registration
     from tests.workers.storage.test_retrying import _refused
     from workers.storage.retrying import StorageUnavailableError
 
     version = register(team, make_model_job())
     store = object_store()
-    monkeypatch.setattr(services, "STORE_PATIENCE_SECONDS", 0.2)
+    monkeypatch.setattr(registration, "STORE_PATIENCE_SECONDS", 0.2)
 
     def down(*args, **kwargs):
         raise _refused()
