@@ -8,8 +8,6 @@ project's models are 404, like the project itself.
 
 from __future__ import annotations
 
-import re
-
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -28,8 +26,6 @@ from controlplane.projects.permissions import Action
 from controlplane.registry import services
 from controlplane.registry.errors import RegistryError
 from controlplane.registry.models import (
-    ALIAS_PATTERN,
-    MODEL_NAME_PATTERN,
     ModelAlias,
     ModelVersion,
     PromotionRequest,
@@ -83,8 +79,7 @@ def raise_registry_error(error: RegistryError):
 
 def model_or_404(request, project_id: int, name: str, action: Action = Action.VIEW):
     project = project_or_404(request, project_id, action)
-    # A name no model can have (a NUL, a slash...) never reaches the database.
-    model = model_in(project, name) if re.fullmatch(MODEL_NAME_PATTERN, name) else None
+    model = model_in(project, name)  # None too for a name no model can have
     if model is None:
         raise exceptions.NotFound(f"no model named '{name}' in this project")
     return model
@@ -240,14 +235,10 @@ class VersionDetail(APIView):
 
 
 def _alias_of(model, alias: str) -> ModelAlias:
-    found = alias_in(model, alias) if _alias_like(alias) else None
+    found = alias_in(model, alias)
     if found is None:
         raise exceptions.NotFound(f"{model.name} has no alias @{alias}")
     return found
-
-
-def _alias_like(alias: str) -> bool:
-    return re.fullmatch(ALIAS_PATTERN, alias) is not None
 
 
 class AliasDetail(APIView):

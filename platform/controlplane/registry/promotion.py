@@ -128,7 +128,9 @@ def _ready_version_of(model, version) -> ModelVersion:
     return version
 
 
-def alias_set(*, model, actor, alias, version, reason="", is_rollback=False):
+def alias_set(
+    *, model, actor, alias, version, reason="", is_rollback=False
+) -> ModelAlias | PromotionRequest:
     """Move an unprotected alias now (-> ModelAlias); for a protected one, check the
     evaluation gate and open a promotion request (-> PromotionRequest)."""
     alias = check_alias_name(alias)
@@ -183,7 +185,7 @@ def alias_set(*, model, actor, alias, version, reason="", is_rollback=False):
     return request
 
 
-def alias_rollback(*, model, actor, alias, reason=""):
+def alias_rollback(*, model, actor, alias, reason="") -> ModelAlias | PromotionRequest:
     """Point the alias back at the version it pointed at before (same rules as a move)."""
     known_alias_name(model, alias)
     current = ModelAlias.objects.filter(model=model, name=alias).select_related("previous_version")

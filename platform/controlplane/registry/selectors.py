@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from django.db.models import Count, Max, Prefetch, Q, QuerySet
 
 from controlplane.registry.models import (
+    ALIAS_PATTERN,
     DEFAULT_PROTECTED_ALIASES,
+    MODEL_NAME_PATTERN,
     ModelAlias,
     ModelEvaluation,
     ModelVersion,
@@ -32,7 +36,8 @@ def models_of(project) -> QuerySet[RegisteredModel]:
 
 
 def model_in(project, name: str) -> RegisteredModel | None:
-    if not isinstance(name, str):
+    # A name no model can have (a NUL, a slash...) never reaches the database.
+    if not isinstance(name, str) or not re.fullmatch(MODEL_NAME_PATTERN, name):
         return None
     return (
         RegisteredModel.objects.filter(project=project, name=name)
@@ -73,6 +78,8 @@ def versions_detailed(model: RegisteredModel, *, state: str | None = None):
 
 
 def alias_in(model: RegisteredModel, name: str) -> ModelAlias | None:
+    if not isinstance(name, str) or not re.fullmatch(ALIAS_PATTERN, name):
+        return None
     return aliases_of(model).filter(name=name).first()
 
 

@@ -126,7 +126,9 @@ def model_update(*, model, actor, description=None, promotion_thresholds=None) -
     return locked
 
 
-def version_update(*, version, actor, intended_use=None, limitations=None, description=None):
+def version_update(
+    *, version, actor, intended_use=None, limitations=None, description=None
+) -> ModelVersion:
     changes = {
         name: value
         for name, value in (
