@@ -15,7 +15,8 @@ Every parameter carries ``x-engine``: the config key it sets (``train.max_iters`
 Extensions the platform reads: ``x-adapters`` (post-training kinds: "always", "optional",
 "never"), ``x-default-with-adapters`` (a learning rate's default when the job trains LoRA
 adapters), ``x-optional`` (a section left out unless given), ``x-choices-help``.
-Platform-only parameters (dataset_version_id, base_job_id, reward_job_id, upload_id) are
+Platform-only parameters (dataset_version_id, base_job_id, reward_job_id, upload_id,
+model_version_id) are
 not here: the platform declares them (controlplane/jobs/params.py).
 """
 
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 from engine.configfile import BOUNDS
 from engine.data.config import InputConfig, TokenizeConfig
+from engine.evaluate.config import EvalConfig
 from engine.finetune import config as finetune
 from engine.finetune.lora import LoRAConfig
 from engine.finetune.ppo import PPOConfig
@@ -39,7 +41,7 @@ from engine.vision import config as vision
 
 POSTTRAIN_KINDS = finetune.KINDS
 IMAGE_KINDS = vision.KINDS
-KINDS = ("pretrain", *IMAGE_KINDS, *POSTTRAIN_KINDS, "data_pipeline")
+KINDS = ("pretrain", *IMAGE_KINDS, *POSTTRAIN_KINDS, "data_pipeline", "evaluate")
 _RULES = (*BOUNDS, "minItems", "maxItems", "minLength", "maxLength")
 
 
@@ -256,12 +258,19 @@ def data_pipeline_schema() -> dict[str, Any]:
     )
 
 
+def evaluate_schema() -> dict[str, Any]:
+    """Every EvalConfig field is a parameter of the same name (engine/evaluate/config.py)."""
+    names = [spec.name for spec in dataclasses.fields(EvalConfig)]
+    return _kind_schema("evaluate", {name: leaf(EvalConfig, name, name) for name in names})
+
+
 def job_schemas() -> dict[str, dict[str, Any]]:
     """Every kind's params schema, keyed by kind (the platform's param_schemas.json)."""
     schemas = {"pretrain": pretrain_schema()}
     schemas.update({kind: image_schema(kind) for kind in IMAGE_KINDS})
     schemas.update({kind: posttrain_schema(kind) for kind in POSTTRAIN_KINDS})
     schemas["data_pipeline"] = data_pipeline_schema()
+    schemas["evaluate"] = evaluate_schema()
     return schemas
 
 

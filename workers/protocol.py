@@ -46,6 +46,8 @@ class JobKind(enum.StrEnum):
     REWARD = "reward"
     DPO = "dpo"
     PPO = "ppo"
+    # A registered model version's figures (engine.evaluate): loss, samples, memorisation.
+    EVALUATE = "evaluate"
 
 
 class Queue(enum.StrEnum):

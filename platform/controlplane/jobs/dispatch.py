@@ -95,7 +95,7 @@ def tracking_block(job: Job) -> dict:
         "controlplane.project": project.slug,
         "controlplane.created_by": job.created_by_id,
     }
-    for key in ("dataset_version_id", "base_job_id", "reward_job_id"):
+    for key in ("dataset_version_id", "base_job_id", "reward_job_id", "model_version_id"):
         if job.params.get(key) is not None:
             tags[f"controlplane.{key}"] = job.params[key]
     return {

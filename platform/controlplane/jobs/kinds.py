@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from controlplane.jobs.dispatch import training_queue
+from controlplane.jobs.evaluate import validate_evaluate
 from controlplane.jobs.params import check_params
 from controlplane.jobs.posttrain import validate_posttrain
 from controlplane.jobs.requests import JobRequest, JobRequestError, ready_version
@@ -142,6 +143,10 @@ def _validate_posttrain(project: Project, params: dict[str, Any], *, kind: JobKi
     return validate_posttrain(project, kind, params)
 
 
+def _validate_evaluate(project: Project, params: dict[str, Any]) -> JobRequest:
+    return validate_evaluate(project, params)
+
+
 _VALIDATORS = {
     **{
         kind: partial(_validate_image_training, kind=kind)
@@ -161,6 +166,7 @@ _VALIDATORS = {
             JobKind.PPO,
         )
     },
+    JobKind.EVALUATE: _validate_evaluate,
 }
 
 

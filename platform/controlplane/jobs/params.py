@@ -27,6 +27,7 @@ SCHEMA_FILE = Path(__file__).with_name("param_schemas.json")
 # registered under when it succeeds (controlplane/registry).
 PLATFORM_FIELDS: dict[str, tuple[str, ...]] = {
     "inspect": ("upload_id",),
+    "evaluate": ("model_version_id", "dataset_version_id"),
     "data_pipeline": ("dataset_version_id",),
     "pretrain": ("dataset_version_id", "register_as"),
     "diffusion": ("register_as",),

@@ -11,9 +11,12 @@ from controlplane.registry.rules import VISION_KINDS, finite_number
 # What a text model's job publishes under model/, and the role of each file.
 TEXT_MODEL_FILES = {
     "model.safetensors": FileRole.WEIGHTS,
+    # A model the GPT-2 layout cannot express (Llama-style) is exported under this name.
+    "engine_model.safetensors": FileRole.WEIGHTS,
     "config.json": FileRole.CONFIG,
     "tokenizer.json": FileRole.TOKENIZER,
 }
+WEIGHTS_NAMES = tuple(n for n, role in TEXT_MODEL_FILES.items() if role == FileRole.WEIGHTS)
 CHECKPOINT_NAME = "checkpoint.pt"  # a vision version's one file
 
 
@@ -71,7 +74,11 @@ def model_files_of(job) -> list[tuple[str, str, Any]]:
             )
         return [(CHECKPOINT_NAME, FileRole.CHECKPOINT, checkpoint)]
     published = _published(job, "model/")
-    missing = [name for name in TEXT_MODEL_FILES if f"model/{name}" not in published]
+    missing = [
+        name for name in ("config.json", "tokenizer.json") if f"model/{name}" not in published
+    ]
+    if not any(f"model/{name}" in published for name in WEIGHTS_NAMES):
+        missing.insert(0, " or ".join(WEIGHTS_NAMES))
     if missing:
         raise InvalidRequest(
             f"job {job.pk} ({job.kind}) published no model "

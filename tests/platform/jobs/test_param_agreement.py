@@ -19,10 +19,11 @@ import pytest
 
 from engine import jobparams
 from engine.data import config as data_config
+from engine.evaluate import config as eval_config
 from engine.finetune import config as finetune_config
 from engine.train import config as train_config
 from engine.vision import config as vision_config
-from workers.jobs import data_pipeline, finetune, images, pretrain
+from workers.jobs import data_pipeline, evaluate, finetune, images, pretrain
 from workers.runtime import JobFailed
 
 # What the worker sets itself, not job settings: where files go, the single-process
@@ -37,6 +38,7 @@ WORKER_CHOICES = {
     },
     "image": {"run_dir"},
     "posttrain": {"run_dir", "base.path", "base.reward_model", "train.lr", "ppo.seed"},
+    "evaluate": set(),
 }
 
 
@@ -55,7 +57,12 @@ PLATFORM_VALUES = {
     "data_pipeline": {"dataset_version_id": 1},
     **{kind: {"base_job_id": 1} for kind in jobparams.POSTTRAIN_KINDS},
     "ppo": {"base_job_id": 1, "reward_job_id": 2},
+    "evaluate": {"model_version_id": 1},
 }
+# An image model's version: evaluated on the built-in digits, no dataset version to find.
+_MODEL_VERSION = SimpleNamespace(
+    pk=1, number=1, model=SimpleNamespace(name="digits", task="image-generation")
+)
 
 
 @pytest.fixture
@@ -65,6 +72,8 @@ def platform_lookups(monkeypatch, settings):
     monkeypatch.setattr("controlplane.jobs.kinds._ready_text_version", lambda *a: _VERSION)
     monkeypatch.setattr("controlplane.jobs.posttrain._base_model", lambda *a: [])
     monkeypatch.setattr("controlplane.jobs.posttrain._reward_model", lambda *a: [])
+    monkeypatch.setattr("controlplane.jobs.evaluate.ready_model_version", lambda *a: _MODEL_VERSION)
+    monkeypatch.setattr("controlplane.jobs.evaluate._model_files", lambda *a: [])
 
 
 def stored_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +108,8 @@ def worker_config(kind: str, params: dict[str, Any], tmp_path: Path):
         return train_config.config_from_dict(raw)
     if kind in jobparams.IMAGE_KINDS:
         return vision_config.config_from_dict(kind, images.run_config(kind, params, tmp_path))
+    if kind == "evaluate":
+        return evaluate.eval_settings(params)
     return finetune_config.config_from_dict(kind, finetune.run_config(kind, params, tmp_path))
 
 
@@ -109,6 +120,8 @@ def engine_default(kind: str, **raw: Any):
     if kind in jobparams.IMAGE_KINDS:
         preset = vision_config.preset_raw(kind, vision_config.DEFAULT_PRESET)
         return vision_config.config_from_dict(kind, preset)
+    if kind == "evaluate":
+        return eval_config.EvalConfig()
     base = {"path": "base", "reward_model": "reward" if kind == "ppo" else ""}
     return finetune_config.config_from_dict(kind, {"base": base, **raw})
 
@@ -144,6 +157,8 @@ def test_the_checked_in_schema_defaults_are_the_engine_dataclass_defaults(kind):
             engine = flat(data_config.TokenizeConfig())[engine_key.removeprefix("tokenize.")]
         elif engine_key == "inputs[].text_field":
             engine = data_config.InputConfig(path="x").text_field
+        elif kind == "evaluate":
+            engine = flat(eval_config.EvalConfig())[engine_key]
         elif kind == "pretrain":
             engine = flat(train_config.RunConfig())[engine_key]
         elif kind in jobparams.IMAGE_KINDS:
@@ -161,8 +176,8 @@ def test_a_job_with_no_settings_trains_with_the_engine_defaults(kind, platform_l
     built = worker_config(kind, params, tmp_path)
     default = engine_default(kind)
     group = (
-        "pretrain"
-        if kind == "pretrain"
+        kind
+        if kind in ("pretrain", "evaluate")
         else "image"
         if kind in jobparams.IMAGE_KINDS
         else "posttrain"

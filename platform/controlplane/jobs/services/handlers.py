@@ -256,8 +256,15 @@ def _create_derived_version(job: Job, result: dict) -> None:
     dataset_version_from_job(job=job, result=result)
 
 
-# What a successful job of a kind leaves behind besides its result, in the same transaction.
-_ON_SUCCESS = {"data_pipeline": _create_derived_version}
+def _record_evaluation(job: Job, result: dict) -> list[dict[str, Any]]:
+    from controlplane.registry.evaluations import evaluation_record
+
+    return evaluation_record(job, result)
+
+
+# What a successful job of a kind leaves behind besides its result, in the same transaction;
+# a hook may return audit events (action, artifact, payload), appended with the batch's.
+_ON_SUCCESS = {"data_pipeline": _create_derived_version, "evaluate": _record_evaluation}
 
 
 def _register_model(writes: EventWrites, job: Job) -> None:
@@ -278,7 +285,8 @@ def _on_finished(writes: EventWrites, event: JobEvent) -> None:
         # Lock order: job row, then what the kind derives (its dataset row), then the audit
         # chain last (the batch's audit events are appended after every handler ran).
         if job.kind in _ON_SUCCESS:
-            _ON_SUCCESS[job.kind](job, result)
+            for audit in _ON_SUCCESS[job.kind](job, result) or ():
+                writes.audit(**audit)
         _audit_finish(writes, event, "job.succeeded", progress=1.0, progress_message="done")
         if isinstance(job.params, dict) and job.params.get("register_as"):
             _register_model(writes, job)  # audited after the job's success

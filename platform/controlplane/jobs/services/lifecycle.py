@@ -53,6 +53,16 @@ def job_create(
         return _job_insert(project, kind, request, actor, experiment)
 
 
+def _start_evaluation(job: Job) -> None:
+    from controlplane.registry.evaluations import evaluation_start
+
+    evaluation_start(job)
+
+
+# What creating a job of a kind also creates, in the job's transaction.
+_ON_CREATE = {"evaluate": _start_evaluation}
+
+
 def _job_insert(
     project: Project, kind: str, request: JobRequest, actor: User, experiment: str
 ) -> Job:
@@ -67,6 +77,8 @@ def _job_insert(
         created_by=actor,
         dispatched_at=now,
     )
+    if kind in _ON_CREATE:
+        _ON_CREATE[kind](job)
     audit_append(
         project=project,
         actor=actor,
