@@ -2,7 +2,7 @@
 
 model, tokenizer = load_for_generation("var/runs/shakespeare-char")   # best, else latest
 model, tokenizer = load_for_generation(".../checkpoints/step_002000")  # one checkpoint
-model, tokenizer = load_for_generation("var/export/shakespeare")       # HF GPT-2 export
+model, tokenizer = load_for_generation("var/export/shakespeare")       # an export folder
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from engine.data.tokenizers import load_tokenizer
 from engine.models.gpt import GPTConfig
 from engine.train.checkpoint import Checkpointer, CheckpointError, load_checkpoint_model
-from engine.train.export import ExportError, import_gpt2
+from engine.train.export import ExportError, import_model
 
 
 class LoadError(ValueError):
@@ -46,7 +46,7 @@ def load_for_generation(path: str | Path, tokenizer_path: str | Path | None = No
         if (folder / "meta.json").is_file():
             model, tokenizer_file = load_checkpoint_model(folder)
         else:
-            model = import_gpt2(folder)
+            model = import_model(folder)
             tokenizer_file = folder / "tokenizer.json"
     except (CheckpointError, ExportError, json.JSONDecodeError) as error:
         raise LoadError(str(error)) from None

@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     pretrain.set_defaults(func=cmd_pretrain)
 
     export = commands.add_parser(
-        "export", help="write a checkpoint as safetensors + HF GPT-2 config.json"
+        "export",
+        help="write a checkpoint as safetensors + config.json (HF GPT-2, or the engine's own layout)",
     )
     export.add_argument("checkpoint", help="checkpoint folder (…/checkpoints/step_NNNNNN)")
     export.add_argument("out_dir")

@@ -1,7 +1,7 @@
 """Export to (and import from) the Hugging Face GPT-2 layout: model.safetensors + config.json.
 
     python -m engine train export var/runs/shakespeare-char/checkpoints/step_002000 var/export/shakespeare
-    model = import_gpt2("var/export/shakespeare")          # back into engine.models.gpt.GPT
+    model = import_model("var/export/shakespeare")         # back into engine.models.gpt.GPT
 
     # elsewhere:  transformers.GPT2LMHeadModel.from_pretrained("var/export/shakespeare")
 
@@ -10,7 +10,15 @@ the differences are that HF's ``Conv1D`` stores weights as (in, out), the transp
 ``nn.Linear``, and that the tied ``lm_head.weight`` is not stored. A model trained without
 biases is written with zero biases (GPT-2 has them; zeros change nothing), and our own
 config rides along in config.json under ``engine_config`` so an import is exact.
-Only the GPT-2 variant exports: the Llama-style switches have no GPT-2 equivalent.
+
+Only the GPT-2 variant fits that layout: the Llama-style switches (RMSNorm, rotary
+positions, SwiGLU, an untied head) have no GPT-2 equivalent. Such a model is exported in
+the engine's own layout instead: ``engine_model.safetensors`` with the engine's weight
+names, and a config.json with ``engine_config``, no ``architectures`` and an
+``export_note`` saying why transformers cannot load it. The weights file has its own name
+on purpose: ``GPT2LMHeadModel.from_pretrained`` then refuses the folder ("no file named
+model.safetensors") instead of silently building a randomly initialised GPT-2 from it.
+``import_model`` (and engine.infer.loading) read both layouts.
 """
 
 from __future__ import annotations
@@ -27,7 +35,10 @@ from engine.models.gpt import GPT, GPTConfig
 from engine.train.checkpoint import load_checkpoint_model
 
 WEIGHTS_NAME = "model.safetensors"
+NATIVE_WEIGHTS_NAME = "engine_model.safetensors"  # the engine's own layout (not GPT-2)
 CONFIG_NAME = "config.json"
+NATIVE_MODEL_TYPE = "engine-gpt"
+NATIVE_FORMAT = "engine.export/1"
 # Linear layers that HF GPT-2 stores as Conv1D, i.e. transposed.
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -59,6 +70,42 @@ def hf_config(config: GPTConfig, eot_id: int | None = None) -> dict:
         "torch_dtype": "float32",
         "engine_config": config.to_dict(),
     }
+
+
+def native_config(config: GPTConfig, eot_id: int | None = None) -> dict:
+    """config.json of an engine-layout export: no transformers architecture claims it."""
+    switches = ", ".join(
+        f"{name}={getattr(config, name)}"
+        for name in ("norm", "position", "mlp", "tie_embeddings")
+        if getattr(config, name) != getattr(GPTConfig, name)
+    )
+    return {
+        "model_type": NATIVE_MODEL_TYPE,
+        "format": NATIVE_FORMAT,
+        "architectures": [],
+        "export_note": (
+            f"not loadable by Hugging Face transformers: this model uses {switches}, which "
+            "GPT-2's layout cannot express, so it is exported in the engine's own layout "
+            f"({NATIVE_WEIGHTS_NAME}: the engine's weight names; engine_config: its "
+            "architecture). Load it with engine.infer.loading.load_for_generation(folder) "
+            "or the registry's MLflow pyfunc model."
+        ),
+        "vocab_size": config.vocab_size,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": "float32",
+        "engine_config": config.to_dict(),
+    }
+
+
+def native_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our state dict as it is (float32, CPU); a tied head is stored once, as the embedding."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_embeddings:
+            continue  # the same tensor as transformer.wte.weight (safetensors stores it once)
+        out[name] = tensor.detach().to("cpu", torch.float32).contiguous()
+    return out
 
 
 def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -93,23 +140,33 @@ def export_model(
     tokenizer_file: Path | None = None,
     eot_id: int | None = None,
 ) -> Path:
+    """The HF GPT-2 layout when the model is GPT-2, else the engine's own (see above)."""
     out_dir = Path(out_dir)
-    state = to_hf_state_dict(model)
+    if model.config.is_gpt2:
+        state, weights_name = to_hf_state_dict(model), WEIGHTS_NAME
+        config = hf_config(model.config, eot_id)
+    else:
+        state, weights_name = native_state_dict(model), NATIVE_WEIGHTS_NAME
+        config = native_config(model.config, eot_id)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A re-export over another layout's folder must not leave the other weights behind.
+    for stale in {WEIGHTS_NAME, NATIVE_WEIGHTS_NAME} - {weights_name}:
+        (out_dir / stale).unlink(missing_ok=True)
     # Weights first, config.json last: a folder with config.json is complete.
-    tmp = out_dir / f".{WEIGHTS_NAME}.tmp"
+    tmp = out_dir / f".{weights_name}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out_dir / WEIGHTS_NAME)
+    tmp.replace(out_dir / weights_name)
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
     tmp = out_dir / f".{CONFIG_NAME}.tmp"
-    tmp.write_text(json.dumps(hf_config(model.config, eot_id), indent=1), encoding="utf-8")
+    tmp.write_text(json.dumps(config, indent=1), encoding="utf-8")
     tmp.replace(out_dir / CONFIG_NAME)
     return out_dir
 
 
 def export_checkpoint(checkpoint: Path, out_dir: Path) -> Path:
-    """A training checkpoint folder -> an HF GPT-2 folder (weights, config, tokenizer)."""
+    """A training checkpoint folder -> an export folder (weights, config, tokenizer): the HF
+    GPT-2 layout for a GPT-2 model, the engine's own layout for any other variant."""
     model, tokenizer_file = load_checkpoint_model(checkpoint)
     eot_id = None
     if tokenizer_file is not None:
@@ -138,6 +195,46 @@ def config_from_hf(payload: dict) -> GPTConfig:
         bias=True,
         norm_eps=payload.get("layer_norm_epsilon", 1e-5),
     )
+
+
+def import_model(folder: str | Path) -> GPT:
+    """A GPT from an export folder of either layout (HF GPT-2, or the engine's own)."""
+    folder = Path(folder)
+    if (folder / NATIVE_WEIGHTS_NAME).is_file():
+        return import_native(folder)
+    return import_gpt2(folder)
+
+
+def import_native(folder: str | Path) -> GPT:
+    """A GPT from an engine-layout export (``native_config`` + ``native_state_dict``)."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_NAME, folder / NATIVE_WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ExportError(f"{folder} is not an engine export: {path.name} is missing")
+    try:
+        payload = json.loads(config_path.read_text(encoding="utf-8"))
+        config = GPTConfig(**payload["engine_config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ExportError(f"{config_path} has no usable engine_config: {error}") from None
+    model = GPT(config)
+    state = load_file(str(weights_path))
+    if config.tie_embeddings and "transformer.wte.weight" in state:
+        state.setdefault("lm_head.weight", state["transformer.wte.weight"])
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ExportError(f"{weights_path} lacks {len(missing)} weights, e.g. {missing[0]}")
+    for name, tensor in state.items():
+        if name not in expected:
+            raise ExportError(f"{weights_path} has an unexpected weight {name}")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ExportError(
+                f"{name} has shape {tuple(tensor.shape)} in {weights_path}, the config implies "
+                f"{tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state)
+    return model
 
 
 def import_gpt2(folder: str | Path) -> GPT:

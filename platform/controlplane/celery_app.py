@@ -14,8 +14,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 app = Celery("controlplane")
 app.autodiscover_tasks(
-    ["controlplane.jobs", "controlplane.datasets", "controlplane.audit", "controlplane.api"]
+    [
+        "controlplane.jobs",
+        "controlplane.datasets",
+        "controlplane.audit",
+        "controlplane.api",
+        "controlplane.registry",
+    ]
 )
+# The MLflow registry mirror's task lives with its reconciliation (registry/mlflow_sync.py).
+app.autodiscover_tasks(["controlplane.registry"], related_name="mlflow_sync")
 
 
 def _configure() -> None:

@@ -356,6 +356,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 300.0,
         "options": {"queue": "control"},
     },
+    # Registrations whose control task was lost (broker outage) or failed (store outage).
+    "registry-sweep": {
+        "task": "control.registry_sweep",
+        "schedule": 30.0,
+        "options": {"queue": "control", "expires": 300},
+    },
 }
 
 # Audit anchors (controlplane/audit/anchors.py): signed chain heads in the object store.
@@ -372,4 +378,24 @@ CELERY_BEAT_SCHEDULE["anchor-audit-chains"] = {
     "task": "control.audit_anchor_chains",
     "schedule": float(AUDIT_ANCHOR_INTERVAL_SECONDS),
     "options": {"queue": "control"},
+}
+
+# MLflow registry mirror (controlplane/registry/mlflow_sync.py): the beat syncs PENDING
+# models and retries FAILED ones, waiting 10 s, 20 s, 40 s ... up to the cap between tries.
+try:
+    MLFLOW_SYNC_INTERVAL_SECONDS = env.env_int("MLFLOW_SYNC_INTERVAL_SECONDS", 30, minimum=5)
+    MLFLOW_SYNC_MAX_BACKOFF_SECONDS = env.env_int(
+        "MLFLOW_SYNC_MAX_BACKOFF_SECONDS", 600, minimum=10
+    )
+    # One beat pass stops starting syncs after this long; the next pass goes on.
+    MLFLOW_SYNC_BEAT_BUDGET_SECONDS = env.env_int(
+        "MLFLOW_SYNC_BEAT_BUDGET_SECONDS", 300, minimum=10
+    )
+except env.ConfigError as error:
+    raise ImproperlyConfigured(str(error)) from None
+CELERY_BEAT_SCHEDULE["sync-mlflow-registry"] = {
+    "task": "control.registry_sync_mlflow",
+    "schedule": float(MLFLOW_SYNC_INTERVAL_SECONDS),
+    # A pass that waited longer than a few intervals is stale: a later one covers it.
+    "options": {"queue": "control", "expires": 5 * MLFLOW_SYNC_INTERVAL_SECONDS},
 }

@@ -4,8 +4,10 @@ The worker downloads the version's token shards, builds the engine's run config 
 job's parameters, and trains with engine.train, followed by the job's training callbacks
 (workers/training.py): metrics to the platform (and MLflow) as they are logged, every
 checkpoint packed into one tar object in the store and reported, so a re-dispatched
-attempt (its worker died) downloads the last one and goes on from the same step. At the end the model is exported (safetensors, Hugging Face GPT-2
-layout) and a few samples are generated for the run page.
+attempt (its worker died) downloads the last one and goes on from the same step. At the end
+the model is exported (safetensors + config.json: the Hugging Face GPT-2 layout, or the
+engine's own for a variant GPT-2 cannot express; engine/train/export.py) and a few samples
+are generated for the run page.
 
 Params (validated and filled in by the platform with the engine's schema,
 engine/jobparams.py): dataset_version_id, input_names (the local name of each input, in
