@@ -1,6 +1,6 @@
 """The whole chain on the worker, in this process: the data pipeline tokenizes two plays,
-a tiny pre-training job trains on them, its model becomes a registry version (built with
-the ORM from the job's outputs), and an `evaluate` job scores that version."""
+a tiny pre-training job trains on them, its model is registered (the registry's own
+services: copy and verify), and an `evaluate` job scores that version."""
 
 from __future__ import annotations
 
@@ -19,30 +19,15 @@ PRETRAIN = {
 
 
 def _version_of(job):
-    """A ready version holding the job's published model files (what registration makes)."""
-    from controlplane.jobs.posttrain import published
-    from controlplane.registry.models import ModelFile, ModelVersion, RegisteredModel
+    """The job's model registered as the registry does it: rows, then the control task's
+    copy and sha256 check (run here directly: the test's transaction never commits)."""
+    from controlplane.registry.services import finish_registration, version_register
 
-    model = RegisteredModel.objects.create(
-        project=job.project, name="plays", task="text-generation", created_by=job.created_by
+    version = version_register(
+        project=job.project, actor=job.created_by, job=job, model_name="plays"
     )
-    version = ModelVersion.objects.create(
-        model=model,
-        number=1,
-        state="ready",
-        source_job=job,
-        source_attempt=job.attempt,
-        created_by=job.created_by,
-    )
-    for artifact in published(job, "model/"):
-        ModelFile.objects.create(
-            version=version,
-            name=artifact.name.removeprefix("model/"),
-            source_key=artifact.object_key,
-            object_key=artifact.object_key,
-            sha256=artifact.sha256,
-            size=artifact.size,
-        )
+    version = finish_registration(version.pk)
+    assert version.state == "ready", version.refused_reason
     return version
 
 
