@@ -83,6 +83,17 @@ class EvalConfig:
     )
 
 
+def eval_device(name: str):
+    """The torch device of ``device`` ("auto": CUDA when there is one)."""
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EvalError("device is 'cuda' but there is no CUDA device here; use auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
 def eval_config(raw: dict[str, Any] | None = None) -> EvalConfig:
     """An EvalConfig from a mapping, every key and range checked (EvalError names the key)."""
     return build(EvalConfig, raw or {}, EvalError)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from engine.evaluate.config import EvalConfig, EvalError
+from engine.evaluate.config import EvalConfig, EvalError, eval_device
 from engine.evaluate.result import EvalResult, PhaseHook, Phases
 
 
@@ -33,6 +33,7 @@ def evaluate_images(
     from engine.vision.train import TrainingError, load_recipe
 
     phases = Phases(on_phase)
+    eval_device(config.device)  # a clear message when the device is not there
     with phases.phase("loading the model", 0.05):
         try:
             recipe, payload = load_recipe(checkpoint, device=config.device)

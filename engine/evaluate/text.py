@@ -30,10 +30,9 @@ from engine.data.quality import RepetitionConfig, RepetitionFilter
 from engine.data.shards import ShardError, TokenLoader
 from engine.data.tokenizers import load_tokenizer
 from engine.data.toxicity import DEFAULT_LEXICON, LexiconScorer, load_lexicon
-from engine.evaluate.config import EvalConfig, EvalError
+from engine.evaluate.config import EvalConfig, EvalError, eval_device
 from engine.evaluate.memorisation import SpanIndex, load_split, training_text
 from engine.evaluate.result import EvalResult, PhaseHook, Phases
-from engine.loop.device import pick_device
 
 SAMPLE_BATCH = 64  # completions generated together at most (bounded memory)
 
@@ -211,7 +210,7 @@ def evaluate_text(
 ) -> EvalResult:
     """Every text figure; ``train_shards`` None: no memorisation check (said in details)."""
     phases = Phases(on_phase)
-    device = pick_device(config.device, EvalError)
+    device = eval_device(config.device)
     with phases.phase("loading the model", 0.05):
         model, tokenizer = load_model(model_dir, device)
     with phases.phase("held-out loss", 0.1):

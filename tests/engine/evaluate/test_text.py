@@ -120,6 +120,12 @@ def test_a_prompt_the_tokenizer_cannot_encode_is_named(tiny_text):
         evaluate_text(tiny_text.model_dir, tiny_text.shards, None, _config(prompts=["Grüß"]))
 
 
+def test_a_missing_gpu_is_named(tiny_text, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EvalError, match="device is 'cuda' but there is no CUDA device"):
+        evaluate_text(tiny_text.model_dir, tiny_text.shards, None, _config(device="cuda"))
+
+
 def test_settings_out_of_range_are_refused_naming_the_key():
     with pytest.raises(EvalError, match="samples must be at most 1024"):
         eval_config({"samples": 1025})
