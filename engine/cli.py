@@ -2,7 +2,8 @@
 
 Each group lives next to the code it drives and registers its own sub-commands:
 ``engine.data.cli`` (data pipeline, tokenizers), ``engine.train.cli`` (training),
-``engine.infer.cli`` (text generation) and ``engine.vision.cli`` (image sampling). Groups are imported lazily so that ``--help`` on one
+``engine.infer.cli`` (text generation), ``engine.vision.cli`` (image sampling) and
+``engine.evaluate.cli`` (a model's evaluation). Groups are imported lazily so that ``--help`` on one
 does not pay for importing torch in another.
 """
 
@@ -18,6 +19,7 @@ GROUPS = {
     "train": "engine.train.cli",
     "generate": "engine.infer.cli",
     "sample": "engine.vision.cli",
+    "evaluate": "engine.evaluate.cli",
 }
 
 
