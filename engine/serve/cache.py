@@ -56,6 +56,7 @@ class SlotCache:
         self.lengths: list[int] = []  # real tokens of each active row
         self.end = self.block_size  # the timeline's next column
         self.length = 0  # view width; the model adds T after each forward
+        self.compactions = 0
 
     # -- what the model calls -----------------------------------------------------------
     def update(
@@ -149,4 +150,11 @@ class SlotCache:
         mask = self.mask[:rows, old].clone()
         self.mask[:rows] = False
         self.mask[:rows, new] = mask
+        self.end = self.block_size
+        self.compactions += 1
+
+    def clear(self) -> None:
+        """Drop every row."""
+        self.lengths = []
+        self.length = 0
         self.end = self.block_size

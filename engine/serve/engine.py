@@ -128,6 +128,7 @@ class Request:
         while True:
             event = self._events.get()
             if event is _DONE:
+                self._events.put(_DONE)  # a second iteration ends at once too
                 if self._error is not None:
                     raise self._error
                 return
@@ -230,6 +231,7 @@ class TextEngine:
         self._cache: SlotCache | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._draining = threading.Event()
         self._failure: BaseException | None = None
         self._wakeup = threading.Event()
         self._recent: deque[float] = deque(maxlen=32)  # durations of finished requests
@@ -250,12 +252,26 @@ class TextEngine:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop admitting; requests still queued or running are failed with EngineStopped."""
-        self._stopping.set()
+    def stop(self, timeout: float | None = 30.0, drain: bool = False) -> None:
+        """Stop the engine. ``drain=False``: requests still queued or running fail with
+        EngineStopped. ``drain=True``: refuse new requests but finish the queued and running
+        ones first (a model switch that drops nothing in flight), waiting up to ``timeout``."""
+        self._draining.set()
+        if not drain:
+            self._stopping.set()
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():  # the drain outlived the timeout: stop hard
+                self._stopping.set()
+                self._wakeup.set()
+                self._thread.join(timeout)
+        elif drain:  # no loop thread: the caller's thread drains
+            while not self._stopping.is_set() and self._iteration():
+                pass
+        self._stopping.set()
+        if self._thread is None:
+            self._fail_all(EngineStopped("the engine stopped"))
 
     def __enter__(self) -> TextEngine:
         return self.start()
@@ -265,7 +281,7 @@ class TextEngine:
 
     @property
     def running(self) -> bool:
-        if self._stopping.is_set() or self._cache is None:
+        if self._draining.is_set() or self._cache is None:
             return False
         return self._thread is None or self._thread.is_alive()
 
@@ -366,20 +382,23 @@ class TextEngine:
         try:
             while not self._stopping.is_set():
                 if not self._iteration():
+                    if self._draining.is_set() and self._queue.empty():
+                        break  # drained
                     self._wakeup.wait(0.05)
                     self._wakeup.clear()
         except BaseException as error:  # noqa: BLE001 - every request must hear of it
             self._failure = error
-            failure = EngineStopped(f"the decode loop failed: {error!r}")
-            for slot in self._slots:
-                slot.request._finish(failure)
-            self._slots.clear()
-            self._drain(failure)
+            self._fail_all(EngineStopped(f"the decode loop failed: {error!r}"))
             raise
-        self._drain(EngineStopped("the engine stopped"))
+        self._fail_all(EngineStopped("the engine stopped"))
+
+    def _fail_all(self, error: BaseException) -> None:
         for slot in self._slots:
-            slot.request._finish(EngineStopped("the engine stopped"))
+            slot.request._finish(error)
         self._slots.clear()
+        if self._cache is not None:
+            self._cache.clear()
+        self._drain(error)
 
     def _drain(self, error: BaseException) -> None:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 
 import pytest
 import torch
@@ -55,6 +56,7 @@ def test_staggered_greedy_requests_equal_each_request_alone(tokenizer, variant):
         step += 1
     assert max(batch_sizes) == 3 and min(batch_sizes[:20]) < 3  # rows joined and left
     assert engine.stats["prefills"] >= 4  # joins happened at several steps
+    assert engine._cache.compactions >= 2  # the timeline was moved back under running rows
     for i, request in enumerate(requests):
         result = request.result(timeout=0)
         assert result.choices[0].token_ids == alone(model, tokenizer, PROMPTS[i], MAX_TOKENS[i])
@@ -252,10 +254,33 @@ def test_unknown_characters_and_token_ids_are_refused(tokenizer, model):
 
 
 def test_a_stopped_engine_refuses_and_fails_what_it_held(tokenizer, model):
-    engine = TextEngine(model, tokenizer, max_batch=1).start()
+    engine = TextEngine(model, tokenizer, max_batch=1).start(thread=False)
+    running = engine.submit("To be", greedy(10))
+    queued = engine.submit("or not", greedy(10))
+    engine.step()
     engine.stop()
+    for request in (running, queued):
+        with pytest.raises(EngineStopped, match="the engine stopped"):
+            request.result(timeout=5)
     with pytest.raises(EngineStopped):
         engine.submit("To be")
     idle = TextEngine(model, tokenizer)
     with pytest.raises(EngineStopped, match="not running"):
         idle.submit("To be")
+
+
+def test_a_draining_stop_finishes_what_is_in_flight_and_refuses_new_requests(tokenizer, model):
+    engine = TextEngine(model, tokenizer, max_batch=1, max_queue=4).start()
+    first = engine.submit("To be", greedy(30))
+    second = engine.submit("or not", greedy(30))  # waits for the one slot
+    stopper = threading.Thread(target=engine.stop, kwargs={"drain": True})
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while engine.running and time.monotonic() < deadline:  # stop() has begun draining
+        time.sleep(0.001)
+    with pytest.raises(EngineStopped):
+        engine.submit("q")
+    stopper.join(30)
+    assert first.result(timeout=0).completion_tokens == 30
+    assert second.result(timeout=0).choices[0].token_ids == alone(model, tokenizer, "or not", 30)
+    assert not engine.running
