@@ -18,6 +18,7 @@ max_tokens) or whose request was cancelled. See docs/engine-serving.md.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -88,6 +89,7 @@ class CompletionResult:
 
 
 _DONE = object()
+log = logging.getLogger(__name__)
 
 
 class Request:
@@ -228,10 +230,14 @@ class TextEngine:
         self._cache_headroom = cache_headroom
         self._queue: queue.Queue[Request] = queue.Queue(maxsize=max_queue)
         self._slots: list[_Slot] = []
+        self._admitting: list[Request] = []
         self._cache: SlotCache | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._draining = threading.Event()
+        # Held while a request goes onto the queue and while the engine starts draining or
+        # empties the queue for good: no request can slip in after the last drain.
+        self._gate = threading.Lock()
         self._failure: BaseException | None = None
         self._wakeup = threading.Event()
         self._recent: deque[float] = deque(maxlen=32)  # durations of finished requests
@@ -256,7 +262,8 @@ class TextEngine:
         """Stop the engine. ``drain=False``: requests still queued or running fail with
         EngineStopped. ``drain=True``: refuse new requests but finish the queued and running
         ones first (a model switch that drops nothing in flight), waiting up to ``timeout``."""
-        self._draining.set()
+        with self._gate:
+            self._draining.set()
         if not drain:
             self._stopping.set()
         self._wakeup.set()
@@ -350,16 +357,17 @@ class TextEngine:
         params = params or CompletionParams()
         if params.n > self.max_batch:
             raise ServeError(f"n ({params.n}) is more than this engine's batch of {self.max_batch}")
-        if self._failure is not None:
-            raise EngineStopped(f"the decode loop failed: {self._failure}")
-        if not self.running:
-            raise EngineStopped("the engine is not running")
         ids, truncated = self.prepare(prompt, params)
         request = Request(ids, params, truncated)
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            raise QueueFull(self.max_queue, self.retry_after()) from None
+        with self._gate:
+            if self._failure is not None:
+                raise EngineStopped(f"the decode loop failed: {self._failure}")
+            if not self.running:
+                raise EngineStopped("the engine is not running")
+            try:
+                self._queue.put_nowait(request)
+            except queue.Full:
+                raise QueueFull(self.max_queue, self.retry_after()) from None
         self._wakeup.set()
         return request
 
@@ -387,12 +395,20 @@ class TextEngine:
                     self._wakeup.wait(0.05)
                     self._wakeup.clear()
         except BaseException as error:  # noqa: BLE001 - every request must hear of it
-            self._failure = error
+            with self._gate:
+                self._failure = error
+                self._draining.set()
             self._fail_all(EngineStopped(f"the decode loop failed: {error!r}"))
-            raise
+            log.exception("serving engine %s: the decode loop failed", self.name)
+            return
+        with self._gate:
+            self._draining.set()
         self._fail_all(EngineStopped("the engine stopped"))
 
     def _fail_all(self, error: BaseException) -> None:
+        for request in self._admitting:
+            request._finish(error)
+        self._admitting = []
         for slot in self._slots:
             slot.request._finish(error)
         self._slots.clear()
@@ -455,7 +471,9 @@ class TextEngine:
             free -= request.params.n
             tokens += len(request.prompt_ids)
         if joining:
+            self._admitting = joining  # off the queue, not yet in a slot
             self._prefill(joining)
+            self._admitting = []
 
     def _prefill(self, requests: list[Request]) -> None:
         started = time.perf_counter()

@@ -284,3 +284,19 @@ def test_a_draining_stop_finishes_what_is_in_flight_and_refuses_new_requests(tok
     assert first.result(timeout=0).completion_tokens == 30
     assert second.result(timeout=0).choices[0].token_ids == alone(model, tokenizer, "or not", 30)
     assert not engine.running
+
+
+def test_a_failing_forward_fails_its_requests_and_takes_the_engine_down(tokenizer, model):
+    engine = TextEngine(model, tokenizer).start()
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    engine.model = out_of_memory
+    request = engine.submit("To be", greedy(5))
+    with pytest.raises(EngineStopped, match="out of memory"):
+        request.result(timeout=10)
+    assert not engine.running
+    with pytest.raises(EngineStopped):
+        engine.submit("To be")
+    engine.stop()
