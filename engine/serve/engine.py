@@ -313,6 +313,18 @@ class TextEngine:
     def load(self) -> dict[str, int]:
         return {"running": len(self._slots), "waiting": self._queue.qsize()}
 
+    def health(self) -> dict:
+        """What a replica's health check reports: up or not (and why), load, counters."""
+        failure = self._failure
+        return {
+            "running": self.running,
+            "error": None if failure is None else repr(failure),
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+            **self.load,
+            **self.stats,
+        }
+
     # -- requests -----------------------------------------------------------------------
     def prepare(
         self, prompt: str | Sequence[int], params: CompletionParams

@@ -9,19 +9,29 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vision"))
+import torch  # noqa: E402
 from vision_helpers import tiny_config  # noqa: E402
 
 from engine.serve import ServeError  # noqa: E402
 from engine.serve.images import DigitImageModel, generate_digits  # noqa: E402
-from engine.vision.train import train  # noqa: E402
+from engine.vision.checkpoint import VisionCheckpoints  # noqa: E402
+from engine.vision.config import config_to_dict  # noqa: E402
+from engine.vision.recipes import make_recipe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Checkpoints of freshly initialised tiny generators, in the training loop's format:
+    what is served from them is the plumbing (sampling, PNGs, seeds), not image quality,
+    and training would load the digits data (and scikit-learn) for nothing."""
     root = tmp_path_factory.mktemp("vision")
     runs = {}
     for kind in ("gan", "diffusion"):
-        train(tiny_config(kind, root / kind))
+        torch.manual_seed(0)
+        config = tiny_config(kind, root / kind)
+        recipe = make_recipe(config, torch.device("cpu"))
+        payload = {"kind": kind, "config": config_to_dict(config), "state": recipe.state_dict()}
+        VisionCheckpoints(root / kind).save(1, payload)
         runs[kind] = root / kind
     return runs
 
