@@ -317,7 +317,7 @@ class TextEngine:
         """What a replica's health check reports: up or not (and why), load, counters."""
         failure = self._failure
         return {
-            "running": self.running,
+            "up": self.running,
             "error": None if failure is None else repr(failure),
             "max_batch": self.max_batch,
             "max_queue": self.max_queue,

@@ -209,7 +209,7 @@ def test_cancelling_frees_the_row_at_the_next_step(tokenizer, model):
     assert staying.result().choices[0].token_ids == alone(model, tokenizer, "Whether", 20)
     assert queued.result().choices[0].token_ids == alone(model, tokenizer, "q", 10)
     assert engine.load == {"running": 0, "waiting": 0}
-    assert engine.health()["running"] and engine.health()["error"] is None
+    assert engine.health()["up"] and engine.health()["error"] is None
 
 
 def test_a_prompt_too_long_for_the_context_names_the_limit(tokenizer, model):
@@ -299,7 +299,7 @@ def test_a_failing_forward_fails_its_requests_and_takes_the_engine_down(tokenize
         request.result(timeout=10)
     assert not engine.running
     health = engine.health()
-    assert health["running"] is False and "out of memory" in health["error"]
+    assert health["up"] is False and "out of memory" in health["error"]
     with pytest.raises(EngineStopped):
         engine.submit("To be")
     engine.stop()
