@@ -301,6 +301,7 @@ class TextEngine:
             raise EngineStopped("the engine is not started")
         return self._iteration()
 
+    @torch.inference_mode()
     def _iteration(self) -> bool:
         self._drop_cancelled()
         self._admit()
@@ -398,7 +399,6 @@ class TextEngine:
 
     # -- the decode loop ----------------------------------------------------------------
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
         try:
             while not self._stopping.is_set():
                 if not self._iteration():
@@ -503,10 +503,9 @@ class TextEngine:
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         padded = not bool(mask.all())
         prefill = KVCache(self.config, batch, longest, self.device, self.generator.dtype)
-        with torch.inference_mode():
-            logits, _ = self.model(
-                tokens, cache=prefill, attention_mask=mask if padded else None, last_only=True
-            )
+        logits, _ = self.model(
+            tokens, cache=prefill, attention_mask=mask if padded else None, last_only=True
+        )
         logits = logits[:, -1, :].float()
         self.stats["prefills"] += 1
         assert self._cache is not None
@@ -550,10 +549,9 @@ class TextEngine:
         ids = torch.tensor([[s.pending] for s in self._slots], device=self.device)
         uniform = cache.uniform()
         mask = cache.step_mask()
-        with torch.inference_mode():
-            logits, _ = self.model(
-                ids, cache=cache, attention_mask=None if uniform else mask, last_only=True
-            )
+        logits, _ = self.model(
+            ids, cache=cache, attention_mask=None if uniform else mask, last_only=True
+        )
         cache.advance()
         self.stats["steps"] += 1
         self._sample_and_advance(logits[:, -1, :].float(), 0)
