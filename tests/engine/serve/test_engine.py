@@ -303,3 +303,17 @@ def test_a_failing_forward_fails_its_requests_and_takes_the_engine_down(tokenize
     with pytest.raises(EngineStopped):
         engine.submit("To be")
     engine.stop()
+
+
+def test_prefill_tokens_per_step_are_capped_so_running_rows_keep_moving(tokenizer, model):
+    engine = TextEngine(model, tokenizer, max_prefill_tokens=8).start(thread=False)
+    first = engine.submit("To be", greedy(6))  # 5 tokens
+    second = engine.submit("or not", greedy(6))  # 6 more would pass the cap of 8
+    engine.step()
+    assert engine.load == {"running": 1, "waiting": 1}
+    engine.step()
+    assert engine.load == {"running": 2, "waiting": 0}
+    while engine.step():
+        pass
+    assert first.result().choices[0].token_ids == alone(model, tokenizer, "To be", 6)
+    assert second.result().choices[0].token_ids == alone(model, tokenizer, "or not", 6)
