@@ -317,3 +317,20 @@ def test_prefill_tokens_per_step_are_capped_so_running_rows_keep_moving(tokenize
         pass
     assert first.result().choices[0].token_ids == alone(model, tokenizer, "To be", 6)
     assert second.result().choices[0].token_ids == alone(model, tokenizer, "or not", 6)
+
+
+@pytest.mark.parametrize("interval, handed_over", [(0.0, 4), (60.0, 1)])
+def test_deltas_reach_the_client_at_most_every_stream_interval(
+    tokenizer, model, interval, handed_over
+):
+    """The first token goes out at once; later ones wait for the interval or the end."""
+    engine = TextEngine(model, tokenizer, stream_interval=interval).start(thread=False)
+    request = engine.submit("To be", greedy(12))
+    for _ in range(3):  # the prefill's token and one decode step, then two more steps
+        engine.step()
+    assert request._events.qsize() == handed_over
+    while engine.step():
+        pass
+    deltas = list(request)
+    assert len(deltas) == 12 and deltas[-1].finish_reason == "length"
+    assert "".join(d.text for d in deltas) == request.result().text
