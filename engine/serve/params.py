@@ -76,12 +76,18 @@ class CompletionParams:
             raise ServeError(f"stop: at most {MAX_STOP_SEQUENCES} sequences, got {len(self.stop)}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= MAX_N:
             raise ServeError(f"n must be an integer in [1, {MAX_N}], got {self.n!r}")
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int):
-            raise ServeError(f"max_tokens must be an integer, got {self.max_tokens!r}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
-        ):
-            raise ServeError(f"seed must be an integer, got {self.seed!r}")
+        integers = ("max_tokens", "top_k", "seed")
+        optional = ("top_k", "seed", "top_p")
+        for name in integers + ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            kinds = int if name in integers else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                kind = "an integer" if name in integers else "a number"
+                raise ServeError(f"{name} must be {kind}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ServeError(f"{name} must be a finite number, got {value!r}")
         try:
             self.sampling()  # the engine's own checks, with their messages
         except ValueError as error:

@@ -239,6 +239,10 @@ def test_a_prompt_too_long_for_the_context_names_the_limit(tokenizer, model):
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop: at most 4"),
         ({"stop": [""]}, "stop sequences must be non-empty"),
         ({"seed": "x"}, "seed must be an integer"),
+        ({"temperature": "hot"}, "temperature must be a number"),
+        ({"top_p": float("nan")}, "top_p must be a finite number"),
+        ({"max_tokens": 1.5}, "max_tokens must be an integer"),
+        ({"top_k": True}, "top_k must be an integer"),
     ],
 )
 def test_out_of_range_parameters_are_named(changes, message):
