@@ -262,6 +262,19 @@ class TextEngine:
         self._recent: deque[float] = deque(maxlen=32)  # durations of finished requests
         self.stats = {"steps": 0, "tokens": 0, "requests": 0, "prefills": 0}
 
+    @classmethod
+    def from_checkpoint(
+        cls, path, device: str | None = None, tokenizer_path=None, **options
+    ) -> TextEngine:
+        """An engine (not started) for a run folder, a checkpoint or an export folder, as
+        ``python -m engine generate`` loads them (engine.infer.loading)."""
+        from engine.infer.loading import load_for_generation
+
+        model, tokenizer = load_for_generation(path, tokenizer_path)
+        if device is not None:
+            model = model.to(device)
+        return cls(model, tokenizer, device=device, **options)
+
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, thread: bool = True) -> TextEngine:
         """Start the decode loop thread; ``thread=False`` instead leaves the loop to the

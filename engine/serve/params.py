@@ -69,8 +69,12 @@ class CompletionParams:
         self.validate()
 
     def validate(self) -> None:
+        if self.stop is None:
+            self.stop = []
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        if not isinstance(self.stop, list | tuple):
+            raise ServeError(f"stop must be a string or a list of strings, got {self.stop!r}")
         self.stop = list(self.stop)
         if len(self.stop) > MAX_STOP_SEQUENCES:
             raise ServeError(f"stop: at most {MAX_STOP_SEQUENCES} sequences, got {len(self.stop)}")

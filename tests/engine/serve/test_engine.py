@@ -240,6 +240,7 @@ def test_a_prompt_too_long_for_the_context_names_the_limit(tokenizer, model):
         ({"stop": [""]}, "stop sequences must be non-empty"),
         ({"seed": "x"}, "seed must be an integer"),
         ({"temperature": "hot"}, "temperature must be a number"),
+        ({"stop": 5}, "stop must be a string or a list"),
         ({"top_p": float("nan")}, "top_p must be a finite number"),
         ({"max_tokens": 1.5}, "max_tokens must be an integer"),
         ({"top_k": True}, "top_k must be an integer"),
@@ -338,3 +339,19 @@ def test_deltas_reach_the_client_at_most_every_stream_interval(
     deltas = list(request)
     assert len(deltas) == 12 and deltas[-1].finish_reason == "length"
     assert "".join(d.text for d in deltas) == request.result().text
+
+
+def test_an_engine_from_an_exported_model_serves_what_the_generator_gives(
+    tmp_path, tokenizer, model
+):
+    from engine.train.export import export_model
+
+    tokenizer.save(tmp_path / "tok.json")
+    export_model(
+        model, tmp_path / "model", tokenizer_file=tmp_path / "tok.json", eot_id=tokenizer.eot_id
+    )
+    engine = TextEngine.from_checkpoint(tmp_path / "model", max_batch=2).start(thread=False)
+    request = engine.submit("To be", greedy(10))
+    while engine.step():
+        pass
+    assert request.result().choices[0].token_ids == alone(model, tokenizer, "To be", 10)
