@@ -495,7 +495,7 @@ class TextEngine:
         assert self._cache is not None
         joining: list[Request] = []
         free = self._cache.free
-        tokens = 0
+        longest = 0
         while True:
             try:
                 request = self._queue.queue[0] if self._queue.qsize() else None
@@ -508,12 +508,14 @@ class TextEngine:
                 continue
             if request.params.n > free:
                 break
-            if joining and tokens + len(request.prompt_ids) > self.max_prefill_tokens:
+            # The prefill runs a left-padded batch: it costs rows x the longest prompt.
+            wider = max(longest, len(request.prompt_ids))
+            if joining and (len(joining) + 1) * wider > self.max_prefill_tokens:
                 break
             self._queue.get_nowait()
             joining.append(request)
             free -= request.params.n
-            tokens += len(request.prompt_ids)
+            longest = wider
         if joining:
             self._admitting = joining  # off the queue, not yet in a slot
             self._prefill(joining)
