@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import trained_model
+from serve_helpers import trained_model
 
 from engine.infer.generate import Generator, SamplingParams
 from engine.serve import (
