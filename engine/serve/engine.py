@@ -571,10 +571,6 @@ class TextEngine:
         )
         first = len(self._slots) - len(new_slots)
         self._sample_and_advance(rows_logits, first)
-        now = time.perf_counter()
-        for request in requests:
-            request.prefill_seconds = now - started
-            request.first_token = now
 
     def _step(self) -> None:
         """One token for every running row."""
@@ -617,6 +613,9 @@ class TextEngine:
         now = time.perf_counter()
         for i, (slot, token) in enumerate(zip(slots, tokens, strict=True)):
             request = slot.request
+            if request.first_token is None:  # the prefill's sample: its first token
+                request.first_token = now
+                request.prefill_seconds = now - (request.admitted or now)
             if request.cancelled:
                 finished.append(first + i)
                 continue

@@ -225,6 +225,10 @@ def test_a_prompt_too_long_for_the_context_names_the_limit(tokenizer, model):
         pass
     result = request.result()
     assert result.prompt_tokens == 54 and result.truncated_tokens == 6
+    one = engine.submit("To be", greedy(1))  # done at the prefill's sample: timed all the same
+    engine.step()
+    timings = one.result(timeout=0).timings
+    assert timings.prefill_seconds > 0 and timings.first_token_seconds >= timings.prefill_seconds
     assert result.choices[0].token_ids == alone(model, tokenizer, prompt[6:], 10)
 
 
