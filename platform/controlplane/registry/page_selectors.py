@@ -1,0 +1,337 @@
+"""Reads for the registry's pages: the rows and figures a page shows, in few queries.
+
+The models page is one query for the models (latest version number, version count and
+the last finished evaluation as correlated subqueries, so 100 models cost what 1 does)
+plus one for their aliases; a version page reads its version, files, evaluations and
+audit events, each once. The model page's lineage graph is built from the versions'
+recorded lineage (dataset versions, jobs) with one query per kind of node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.urls import reverse
+
+from controlplane.audit.models import AuditEvent
+from controlplane.audit.selectors import actor_names
+from controlplane.datasets.lineage import Lineage, Node, layout_lineage
+from controlplane.datasets.models import DatasetVersion
+from controlplane.jobs.models import Job, JobState
+from controlplane.projects.models import Project
+from controlplane.registry.card import version_audit_events
+from controlplane.registry.models import (
+    ModelAlias,
+    ModelEvaluation,
+    ModelVersion,
+    PromotionRequest,
+    PromotionState,
+    RegisteredModel,
+    VersionState,
+)
+from workers.protocol import JobKind
+
+# Kinds whose succeeded jobs publish a model the registry can take (GPT files or a vision
+# checkpoint); the registration service has the last word on what a job really holds.
+MODEL_KINDS = frozenset(
+    {
+        JobKind.PRETRAIN,
+        JobKind.SFT,
+        JobKind.LORA,
+        JobKind.QLORA,
+        JobKind.REWARD,
+        JobKind.DPO,
+        JobKind.PPO,
+        JobKind.DIFFUSION,
+        JobKind.GAN,
+        JobKind.VAE,
+    }
+)
+MAX_GRAPH_VERSIONS = 30  # the newest versions drawn in a model's lineage graph
+MAX_TABLE_VERSIONS = 200
+
+
+def _finished_evaluations() -> QuerySet[ModelEvaluation]:
+    return ModelEvaluation.objects.filter(finished_at__isnull=False).order_by("-finished_at", "-id")
+
+
+def models_page(project: Project) -> list[RegisteredModel]:
+    """The project's models, each with `latest_number`, `version_count`, `aliases_shown`
+    and the last finished evaluation (`last_eval_metrics`, `last_eval_number`)."""
+    live = ~Q(versions__state=VersionState.DELETED)
+    last_eval = _finished_evaluations().filter(version__model=OuterRef("pk"))
+    latest_ready = (
+        ModelVersion.objects.filter(model=OuterRef("pk"), state=VersionState.READY)
+        .order_by("-number")
+        .values("number")[:1]
+    )
+    models = (
+        RegisteredModel.objects.filter(project=project)
+        .annotate(
+            version_count=Count("versions", filter=live),
+            latest_number=Subquery(latest_ready),
+            last_eval_metrics=Subquery(last_eval.values("metrics")[:1]),
+            last_eval_number=Subquery(last_eval.values("version__number")[:1]),
+        )
+        .prefetch_related(
+            Prefetch(
+                "aliases",
+                queryset=ModelAlias.objects.select_related("version").order_by("name"),
+                to_attr="aliases_shown",
+            )
+        )
+        .order_by("name")
+    )
+    return list(models)
+
+
+def model_named(project: Project, name: str) -> RegisteredModel | None:
+    return RegisteredModel.objects.filter(project=project, name=name).first()
+
+
+def version_numbered(model: RegisteredModel, number: int) -> ModelVersion | None:
+    """Any version of the model, deleted ones too (their page is a tombstone)."""
+    return (
+        ModelVersion.objects.filter(model=model, number=number)
+        .select_related("model", "model__project", "created_by", "source_job", "base_version")
+        .first()
+    )
+
+
+def versions_table(model: RegisteredModel) -> list[ModelVersion]:
+    """The model's versions, newest first, with their aliases and last evaluation."""
+    last_eval = _finished_evaluations().filter(version=OuterRef("pk"))
+    return list(
+        ModelVersion.objects.filter(model=model)
+        .select_related("created_by", "source_job")
+        .prefetch_related("aliases")
+        .annotate(last_eval_metrics=Subquery(last_eval.values("metrics")[:1]))
+        .order_by("-number")[:MAX_TABLE_VERSIONS]
+    )
+
+
+def aliases_of_model(model: RegisteredModel) -> list[ModelAlias]:
+    return list(
+        ModelAlias.objects.filter(model=model)
+        .select_related("version", "previous_version", "moved_by")
+        .order_by("name")
+    )
+
+
+def ready_versions(model: RegisteredModel) -> list[ModelVersion]:
+    return list(
+        ModelVersion.objects.filter(model=model, state=VersionState.READY).order_by("-number")
+    )
+
+
+def evaluations_of(version: ModelVersion) -> list[ModelEvaluation]:
+    """Every evaluation of the version, newest first, with its job's state."""
+    return list(
+        ModelEvaluation.objects.filter(version=version)
+        .select_related("job")
+        .order_by("-created_at", "-id")
+    )
+
+
+def evaluation_charts(evaluations: list[ModelEvaluation]) -> list[tuple[str, dict]]:
+    """[(metric, {"evaluations": [(i, value), ...]})] over the finished evaluations, oldest
+    first; only drawn when there are several."""
+    finished = sorted(
+        (e for e in evaluations if e.finished_at is not None), key=lambda e: (e.finished_at, e.pk)
+    )
+    if len(finished) < 2:
+        return []
+    keys = sorted({k for e in finished for k, v in e.metrics.items() if _is_number(v)})
+    return [
+        (
+            key,
+            {
+                key: [
+                    (index, e.metrics[key])
+                    for index, e in enumerate(finished, 1)
+                    if _is_number(e.metrics.get(key))
+                ]
+            },
+        )
+        for key in keys
+    ]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class ComparedMetric:
+    name: str
+    a: float | None
+    b: float | None
+
+    @property
+    def delta(self) -> float | None:
+        if _is_number(self.a) and _is_number(self.b):
+            return self.b - self.a
+        return None
+
+
+def evaluation_comparison(a: ModelVersion, b: ModelVersion) -> dict:
+    """The latest finished evaluation of two versions side by side, with b - a per metric."""
+    evaluations = {}
+    for version in (a, b):
+        evaluations[version.pk] = (
+            _finished_evaluations().filter(version=version).select_related("job").first()
+        )
+    ea, eb = evaluations[a.pk], evaluations[b.pk]
+    metrics_a, metrics_b = (ea.metrics if ea else {}), (eb.metrics if eb else {})
+    names = sorted(set(metrics_a) | set(metrics_b))
+    rows = [
+        ComparedMetric(n, metrics_a.get(n), metrics_b.get(n))
+        for n in names
+        if _is_number(metrics_a.get(n)) or _is_number(metrics_b.get(n))
+    ]
+    return {"a": a, "b": b, "eval_a": ea, "eval_b": eb, "rows": rows}
+
+
+def version_history(version: ModelVersion) -> tuple[list[AuditEvent], dict[int, str]]:
+    """The version's audit timeline, newest first, and the names of its actors."""
+    events = version_audit_events(version)[::-1]
+    return events, actor_names(events)
+
+
+def pending_promotions_of(project: Project) -> list[PromotionRequest]:
+    return list(
+        PromotionRequest.objects.filter(model__project=project, state=PromotionState.PENDING)
+        .select_related("model", "version", "from_version", "requested_by", "evaluation")
+        .order_by("requested_at", "id")
+    )
+
+
+def decided_promotions_of(project: Project, limit: int = 20) -> list[PromotionRequest]:
+    return list(
+        PromotionRequest.objects.filter(model__project=project)
+        .exclude(state=PromotionState.PENDING)
+        .select_related("model", "version", "from_version", "requested_by", "decided_by")
+        .order_by("-decided_at", "-id")[:limit]
+    )
+
+
+def pending_of_model(model: RegisteredModel) -> list[PromotionRequest]:
+    return list(
+        PromotionRequest.objects.filter(model=model, state=PromotionState.PENDING)
+        .select_related("version", "requested_by")
+        .order_by("alias")
+    )
+
+
+def promotion_in(project: Project, request_id: int) -> PromotionRequest | None:
+    return (
+        PromotionRequest.objects.filter(model__project=project, pk=request_id)
+        .select_related("model", "version", "requested_by")
+        .first()
+    )
+
+
+def model_names_of(project: Project) -> list[str]:
+    return list(
+        RegisteredModel.objects.filter(project=project)
+        .order_by("name")
+        .values_list("name", flat=True)
+    )
+
+
+def registrable(job: Job) -> bool:
+    """Whether the job's page offers "Register this model"."""
+    return job.state == JobState.SUCCEEDED and job.kind in MODEL_KINDS
+
+
+def versions_from_job(job: Job) -> list[ModelVersion]:
+    """The registry versions made from this job (shown on its page)."""
+    return list(
+        ModelVersion.objects.filter(source_job=job)
+        .exclude(state=VersionState.DELETED)
+        .select_related("model")
+        .order_by("model__name", "number")
+    )
+
+
+def model_lineage(model: RegisteredModel) -> Lineage:
+    """Dataset versions -> the jobs that read them -> the jobs built on those -> versions.
+
+    Every node links to its page (`Node.url`); columns follow the edges' depth.
+    """
+    project_id = model.project_id
+    versions = list(
+        ModelVersion.objects.filter(model=model)
+        .exclude(state=VersionState.DELETED)
+        .order_by("-number")[:MAX_GRAPH_VERSIONS]
+    )
+    through = ModelVersion.lineage_jobs.through
+    job_ids = set(
+        through.objects.filter(modelversion_id__in=[v.pk for v in versions]).values_list(
+            "job_id", flat=True
+        )
+    ) | {v.source_job_id for v in versions}
+    jobs = {j.pk: j for j in Job.objects.filter(pk__in=job_ids, project_id=project_id)}
+    dv_through = ModelVersion.dataset_versions.through
+    dataset_version_ids = set(
+        dv_through.objects.filter(modelversion_id__in=[v.pk for v in versions]).values_list(
+            "datasetversion_id", flat=True
+        )
+    )
+    dataset_versions = {
+        dv.pk: dv
+        for dv in DatasetVersion.objects.filter(pk__in=dataset_version_ids).select_related(
+            "dataset"
+        )
+    }
+    lineage = Lineage()
+    for dv in dataset_versions.values():
+        key = f"d{dv.pk}"
+        node = Node(
+            key, f"{dv.dataset.slug} v{dv.number}", dv.dataset.kind, "dataset", dv.pk, dv.state
+        )
+        node.url = reverse("dataset-version", args=[project_id, dv.dataset_id, dv.number])
+        lineage.nodes[key] = node
+        if dv.produced_by_id in jobs:
+            lineage.edges.append((f"j{dv.produced_by_id}", key))
+    for job in jobs.values():
+        key = f"j{job.pk}"
+        node = Node(key, f"job {job.pk}", job.kind, "job", job.pk, job.state)
+        node.url = reverse("job-detail", args=[project_id, job.pk])
+        lineage.nodes[key] = node
+        source = job.params.get("dataset_version_id")
+        if isinstance(source, int) and source in dataset_versions:
+            lineage.edges.append((f"d{source}", key))
+        for param in ("base_job_id", "reward_job_id"):
+            source = job.params.get(param)
+            if isinstance(source, int) and source in jobs:
+                lineage.edges.append((f"j{source}", key))
+    for version in versions:
+        key = f"m{version.pk}"
+        node = Node(
+            key,
+            f"{model.name} v{version.number}"[:24],
+            "model version",
+            "model",
+            version.number,
+            version.state,
+        )
+        node.url = reverse("registry-version", args=[project_id, model.name, version.number])
+        lineage.nodes[key] = node
+        lineage.edges.append((f"j{version.source_job_id}", key))
+    lineage.edges = sorted(set(lineage.edges))
+    layout_lineage(lineage)
+    return lineage
+
+
+def protected_alias_names(project: Project) -> list[str]:
+    """The aliases that need a promotion request in this project (the default until the
+    project saved its own)."""
+    from controlplane.registry.models import DEFAULT_PROTECTED_ALIASES, RegistrySettings
+
+    stored = RegistrySettings.objects.filter(project=project).values_list(
+        "protected_aliases", flat=True
+    )
+    return list(stored[0]) if stored else list(DEFAULT_PROTECTED_ALIASES)
