@@ -128,10 +128,10 @@ def _comparison(request: ProjectRequest, model: RegisteredModel, versions: list)
 def model_edit(request: ProjectRequest, project: Project, name: str) -> HttpResponse:
     """The model's description (engineers, owners) or its promotion thresholds (REVIEW)."""
     model = _model(project, name)
+    if "thresholds" in request.POST and not request.can["review"]:
+        raise PermissionDenied("only owners and compliance officers set promotion thresholds")
     services, RegistryError = _services()
     if "thresholds" in request.POST:
-        if not request.can["review"]:
-            raise PermissionDenied("only owners and compliance officers set promotion thresholds")
         form = ThresholdsForm(request.POST)
         changes = (
             {"promotion_thresholds": form.cleaned_data["thresholds"]} if form.is_valid() else None
@@ -333,40 +333,44 @@ def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
 @project_page()
 @require_POST
 def promotion_decide(request: ProjectRequest, project: Project, request_id: int) -> HttpResponse:
-    """Approve or reject (owners, compliance; never the requester), or withdraw (the
-    requester)."""
+    """Approve or reject (owners, compliance; the service refuses the requester), or
+    withdraw (the requester only)."""
     promotion = found_or_404(
         pages.promotion_in(project, request_id), f"promotion request {request_id} not found"
     )
+    to_queue = redirect("registry-reviews", project_id=project.pk)
+    decision = request.POST.get("decision")
+    if decision == "withdraw":
+        if promotion.requested_by_id != request.user.pk:
+            raise PermissionDenied("only the requester withdraws a promotion request")
+    elif not request.can["review"]:
+        raise PermissionDenied("only owners and compliance officers decide promotions")
     services, RegistryError = _services()
+    form = DecisionForm(request.POST)
+    if decision != "withdraw" and not form.is_valid():
+        messages.error(request, "Say approve or reject, and why.")
+        return to_queue
     try:
-        if request.POST.get("decision") == "withdraw":
-            if promotion.requested_by_id != request.user.pk:
-                raise PermissionDenied("only the requester withdraws a promotion request")
+        if decision == "withdraw":
             services.promotion_withdraw(request=promotion, actor=request.user)
-            messages.info(request, f"Promotion request {promotion.pk} withdrawn.")
-            return redirect("registry-reviews", project_id=project.pk)
-        if not request.can["review"]:
-            raise PermissionDenied("only owners and compliance officers decide promotions")
-        form = DecisionForm(request.POST)
-        if not form.is_valid():
-            messages.error(request, "Say approve or reject, and why.")
-            return redirect("registry-reviews", project_id=project.pk)
-        decide = (
-            services.promotion_approve
-            if form.cleaned_data["decision"] == "approve"
-            else services.promotion_reject
-        )
-        decide(request=promotion, actor=request.user, reason=form.cleaned_data["reason"])
+        elif decision == "approve":
+            services.promotion_approve(
+                request=promotion, actor=request.user, reason=form.cleaned_data["reason"]
+            )
+        else:
+            services.promotion_reject(
+                request=promotion, actor=request.user, reason=form.cleaned_data["reason"]
+            )
     except RegistryError as error:
         messages.error(request, str(error))
     else:
+        outcome = {"withdraw": "withdrawn", "approve": "approved"}.get(decision, "rejected")
         messages.success(
             request,
             f"Promotion of {promotion.model.name} v{promotion.version.number} to "
-            f"@{promotion.alias} {form.cleaned_data['decision']}d.",
+            f"@{promotion.alias} {outcome}.",
         )
-    return redirect("registry-reviews", project_id=project.pk)
+    return to_queue
 
 
 @project_page(Action.RUN)
