@@ -14,7 +14,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 app = Celery("controlplane")
 app.autodiscover_tasks(
-    ["controlplane.jobs", "controlplane.datasets", "controlplane.audit", "controlplane.api"]
+    [
+        "controlplane.jobs",
+        "controlplane.datasets",
+        "controlplane.audit",
+        "controlplane.api",
+        "controlplane.registry",
+    ]
 )
 
 

@@ -356,6 +356,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 300.0,
         "options": {"queue": "control"},
     },
+    # Registrations whose control task was lost (broker outage) or failed (store outage).
+    "registry-sweep": {
+        "task": "control.registry_sweep",
+        "schedule": 30.0,
+        "options": {"queue": "control", "expires": 300},
+    },
 }
 
 # Audit anchors (controlplane/audit/anchors.py): signed chain heads in the object store.

@@ -145,6 +145,19 @@ class ObjectStore(ABC):
             key, io.BytesIO(data), length=len(data), content_type=content_type, metadata=metadata
         )
 
+    def copy(self, src_key: str, dst_key: str) -> StoredObject:
+        """Copy an object to a new key inside the store, never through the caller.
+
+        The copy keeps the source's content type and metadata. Its sha256 is hashed from
+        the bytes copied (local) or carried over from the source's record (S3: the bytes
+        never leave the server); a reader that must be sure reads the copy back
+        (controlplane/registry/integrity.py).
+        Raises ObjectExistsError if `dst_key` holds an object and ObjectNotFoundError if
+        `src_key` holds none. Not abstract so that stores written before it still build;
+        both backends implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot copy objects")
+
     @abstractmethod
     def open_stream(self, key: str, *, version_id: str | None = None) -> BinaryIO:
         """A readable, closeable file object; use it in a `with` block."""

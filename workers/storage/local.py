@@ -151,6 +151,27 @@ class LocalObjectStore(ObjectStore):
                 self._prune_empty_parents(path)
         return StoredObject(key=key, size=reader.size, sha256=reader.hexdigest(), version_id=None)
 
+    def copy(self, src_key: str, dst_key: str) -> StoredObject:
+        """A real copy (not a hard link: deleting or erasing one must not touch the other),
+        written like any put: a temp file, then linked into place; the sidecar's content
+        type and metadata go with it, the sha256 is hashed from the bytes copied."""
+        source = self._existing(src_key, None)
+        self._path(dst_key)
+        if self.exists(dst_key):
+            raise ObjectExistsError(
+                f"{dst_key} already exists in {self.bucket}; write changes under a new key"
+            )
+        info = self._info(src_key, source)
+        metadata = {k: v for k, v in info.metadata.items() if k != SHA256_METADATA_KEY}
+        with self.open_stream(src_key) as stream:
+            return self.put_stream(
+                dst_key,
+                stream,
+                length=info.size,
+                content_type=info.content_type or DEFAULT_CONTENT_TYPE,
+                metadata=metadata,
+            )
+
     def _make_parent(self, key: str, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

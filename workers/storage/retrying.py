@@ -204,6 +204,30 @@ class RetryingObjectStore(ObjectStore):
             )
         return StoredObject(key=key, size=size, sha256=info.sha256, version_id=info.version_id)
 
+    def copy(self, src_key: str, dst_key: str) -> StoredObject:
+        tries = 0
+
+        def copy_again() -> StoredObject:
+            nonlocal tries
+            tries += 1
+            try:
+                return self.inner.copy(src_key, dst_key)
+            except ObjectExistsError:
+                if tries == 1:
+                    raise
+                # An earlier try copied it but its answer was lost on the way back.
+                source, copied = self.inner.stat(src_key), self.inner.stat(dst_key)
+                if (copied.size, copied.sha256) != (source.size, source.sha256):
+                    raise
+                return StoredObject(
+                    key=dst_key,
+                    size=copied.size,
+                    sha256=copied.sha256 or "",
+                    version_id=copied.version_id,
+                )
+
+        return self._retrying(f"copy {src_key} to {dst_key}", copy_again)
+
     def delete(self, key: str) -> int:
         return self._retrying(f"delete {key}", lambda: self.inner.delete(key))
 

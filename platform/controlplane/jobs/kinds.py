@@ -8,6 +8,7 @@ platform can check (dataset versions, uploads, the pipeline config through the e
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -163,6 +164,22 @@ _VALIDATORS = {
 }
 
 
+def _register_as(kind: str, params: dict[str, Any], errors: dict) -> str | None:
+    """The model name a succeeded job is registered under (the registry's name rule)."""
+    import re
+
+    from controlplane.jobs.params import PLATFORM_FIELDS
+    from controlplane.registry.models import MODEL_NAME_PATTERN, model_name_validator
+
+    name = params.get("register_as")
+    if name is None or "register_as" not in PLATFORM_FIELDS.get(kind, ()):
+        return None  # left out, or an unknown parameter of this kind (check_params says so)
+    if not isinstance(name, str) or not re.fullmatch(MODEL_NAME_PATTERN, name):
+        errors["register_as"] = [model_name_validator.message]
+        return None
+    return name
+
+
 def validate_job_request(*, project: Project, kind: str, params: Any) -> JobRequest:
     if kind not in _VALIDATORS:
         raise JobRequestError(
@@ -170,4 +187,14 @@ def validate_job_request(*, project: Project, kind: str, params: Any) -> JobRequ
         )
     if not isinstance(params, dict):
         raise JobRequestError({"params": ["must be an object"]})
-    return _VALIDATORS[JobKind(kind)](project, params)
+    errors: dict[str, list[str]] = {}
+    register_as = _register_as(kind, params, errors)
+    try:
+        request = _VALIDATORS[JobKind(kind)](project, params)
+    except JobRequestError as error:
+        raise JobRequestError({**error.errors, **errors}) from None
+    if errors:
+        raise JobRequestError(errors)
+    if register_as is not None:
+        request = replace(request, params={**request.params, "register_as": register_as})
+    return request

@@ -23,18 +23,20 @@ SCHEMA_FILE = Path(__file__).with_name("param_schemas.json")
 
 # What the platform itself resolves (database rows, files), per kind: checked by kinds.py
 # and posttrain.py, never by the engine. Declared here, once.
+# `register_as` (every kind that makes a model): the model name the job's result is
+# registered under when it succeeds (controlplane/registry).
 PLATFORM_FIELDS: dict[str, tuple[str, ...]] = {
     "inspect": ("upload_id",),
     "data_pipeline": ("dataset_version_id",),
-    "pretrain": ("dataset_version_id",),
-    "diffusion": (),
-    "gan": (),
-    "vae": (),
+    "pretrain": ("dataset_version_id", "register_as"),
+    "diffusion": ("register_as",),
+    "gan": ("register_as",),
+    "vae": ("register_as",),
     **{
-        kind: ("base_job_id", "dataset_version_id")
+        kind: ("base_job_id", "dataset_version_id", "register_as")
         for kind in ("sft", "lora", "qlora", "reward", "dpo")
     },
-    "ppo": ("base_job_id", "reward_job_id", "dataset_version_id"),
+    "ppo": ("base_job_id", "reward_job_id", "dataset_version_id", "register_as"),
 }
 
 # The inspect job is the platform's own (no engine config behind it): its schema lives here.

@@ -27,16 +27,16 @@ from controlplane.registry.archive import (
 )
 from controlplane.registry.card import model_card_markdown
 from controlplane.registry.models import ModelVersion
-from controlplane.registry.page_selectors import model_named, version_numbered
+from controlplane.registry.selectors import model_in, version_in
 from controlplane.storage import object_store
 
 
 def _version(request, project_id: int, name: str, number: int) -> ModelVersion:
     project = project_or_404(request, project_id)
-    model = model_named(project, name)
+    model = model_in(project, name)
     if model is None:
         raise NotFound(f"model {name!r} not found in this project")
-    version = version_numbered(model, number)
+    version = version_in(model, number)
     if version is None:
         raise NotFound(f"version {number} of {model.name} not found")
     return version

@@ -26,6 +26,7 @@ from controlplane.audit.models import AuditEvent
 from controlplane.audit.selectors import actor_names
 from controlplane.datasets.models import DatasetVersion
 from controlplane.registry.models import ModelEvaluation, ModelVersion
+from controlplane.registry.selectors import latest_evaluation
 
 # Stages of the data pipeline, grouped the way the card reports them.
 DUPLICATE_STAGES = ("exact_dedup", "near_dedup")
@@ -88,27 +89,21 @@ def flat_settings(params: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-def latest_finished_evaluation(version: ModelVersion) -> ModelEvaluation | None:
-    return (
-        ModelEvaluation.objects.filter(version=version, finished_at__isnull=False)
-        .select_related("job")
-        .order_by("-finished_at", "-id")
-        .first()
-    )
-
-
 def version_audit_events(version: ModelVersion, limit: int = MAX_AUDIT_EVENTS) -> list[AuditEvent]:
-    """The version's own events, and the events of its model that name it (an alias moved
-    to or from it, a promotion request for it), oldest first."""
+    """The version's own events (registering, registered, updated, integrity...), and the
+    events of its model's aliases and promotion requests that name it, oldest first."""
     model = version.model
-    about_this_version = Q()
-    for key in ("version", "to_version", "from_version", "previous_version", "number"):
-        about_this_version |= Q(**{f"payload__{key}": version.number})
-    about_this_version |= Q(payload__version_id=version.pk)
+    names_it = (
+        Q(payload__version=version.number)
+        | Q(payload__previous_version=version.number)
+        | Q(payload__from_version=version.number)
+    )
     events = AuditEvent.objects.filter(project_id=model.project_id).filter(
         Q(artifact_type="modelversion", artifact_id=str(version.pk))
-        | (Q(artifact_type="registeredmodel", artifact_id=str(model.pk)) & about_this_version)
-        | (Q(artifact_type="promotionrequest") & Q(payload__version_id=version.pk))
+        | (
+            Q(artifact_type__in=("modelalias", "promotionrequest"), payload__model=model.name)
+            & names_it
+        )
     )
     return list(events.order_by("-seq")[:limit])[::-1]
 
@@ -297,7 +292,7 @@ def model_card_markdown(version: ModelVersion) -> str:
         .order_by("dataset__name", "number")
     )
     jobs = list(version.lineage_jobs.order_by("id")) or [version.source_job]
-    evaluation = latest_finished_evaluation(version)
+    evaluation = latest_evaluation(version)
     aliases = ", ".join(f"@{a.name}" for a in version.aliases.all()) or "none"
     lines = [
         f"# Model card: {inline(model.name)} v{version.number}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 from django.urls import reverse
 
 from controlplane.audit.models import AuditEvent
@@ -31,24 +31,9 @@ from controlplane.registry.models import (
     RegisteredModel,
     VersionState,
 )
-from workers.protocol import JobKind
+from controlplane.registry.selectors import latest_evaluation, models_of, promotions_of
+from controlplane.registry.services import KIND_TASK
 
-# Kinds whose succeeded jobs publish a model the registry can take (GPT files or a vision
-# checkpoint); the registration service has the last word on what a job really holds.
-MODEL_KINDS = frozenset(
-    {
-        JobKind.PRETRAIN,
-        JobKind.SFT,
-        JobKind.LORA,
-        JobKind.QLORA,
-        JobKind.REWARD,
-        JobKind.DPO,
-        JobKind.PPO,
-        JobKind.DIFFUSION,
-        JobKind.GAN,
-        JobKind.VAE,
-    }
-)
 MAX_GRAPH_VERSIONS = 30  # the newest versions drawn in a model's lineage graph
 MAX_TABLE_VERSIONS = 200
 
@@ -58,20 +43,13 @@ def _finished_evaluations() -> QuerySet[ModelEvaluation]:
 
 
 def models_page(project: Project) -> list[RegisteredModel]:
-    """The project's models, each with `latest_number`, `version_count`, `aliases_shown`
-    and the last finished evaluation (`last_eval_metrics`, `last_eval_number`)."""
-    live = ~Q(versions__state=VersionState.DELETED)
+    """The project's models (selectors.models_of: `latest_number`, `version_count`), each
+    with `aliases_shown` and its last finished evaluation (`last_eval_metrics`,
+    `last_eval_number`)."""
     last_eval = _finished_evaluations().filter(version__model=OuterRef("pk"))
-    latest_ready = (
-        ModelVersion.objects.filter(model=OuterRef("pk"), state=VersionState.READY)
-        .order_by("-number")
-        .values("number")[:1]
-    )
     models = (
-        RegisteredModel.objects.filter(project=project)
+        models_of(project)
         .annotate(
-            version_count=Count("versions", filter=live),
-            latest_number=Subquery(latest_ready),
             last_eval_metrics=Subquery(last_eval.values("metrics")[:1]),
             last_eval_number=Subquery(last_eval.values("version__number")[:1]),
         )
@@ -82,22 +60,8 @@ def models_page(project: Project) -> list[RegisteredModel]:
                 to_attr="aliases_shown",
             )
         )
-        .order_by("name")
     )
     return list(models)
-
-
-def model_named(project: Project, name: str) -> RegisteredModel | None:
-    return RegisteredModel.objects.filter(project=project, name=name).first()
-
-
-def version_numbered(model: RegisteredModel, number: int) -> ModelVersion | None:
-    """Any version of the model, deleted ones too (their page is a tombstone)."""
-    return (
-        ModelVersion.objects.filter(model=model, number=number)
-        .select_related("model", "model__project", "created_by", "source_job", "base_version")
-        .first()
-    )
 
 
 def versions_table(model: RegisteredModel) -> list[ModelVersion]:
@@ -109,14 +73,6 @@ def versions_table(model: RegisteredModel) -> list[ModelVersion]:
         .prefetch_related("aliases")
         .annotate(last_eval_metrics=Subquery(last_eval.values("metrics")[:1]))
         .order_by("-number")[:MAX_TABLE_VERSIONS]
-    )
-
-
-def aliases_of_model(model: RegisteredModel) -> list[ModelAlias]:
-    return list(
-        ModelAlias.objects.filter(model=model)
-        .select_related("version", "previous_version", "moved_by")
-        .order_by("name")
     )
 
 
@@ -178,12 +134,7 @@ class ComparedMetric:
 
 def evaluation_comparison(a: ModelVersion, b: ModelVersion) -> dict:
     """The latest finished evaluation of two versions side by side, with b - a per metric."""
-    evaluations = {}
-    for version in (a, b):
-        evaluations[version.pk] = (
-            _finished_evaluations().filter(version=version).select_related("job").first()
-        )
-    ea, eb = evaluations[a.pk], evaluations[b.pk]
+    ea, eb = latest_evaluation(a), latest_evaluation(b)
     metrics_a, metrics_b = (ea.metrics if ea else {}), (eb.metrics if eb else {})
     names = sorted(set(metrics_a) | set(metrics_b))
     rows = [
@@ -200,19 +151,10 @@ def version_history(version: ModelVersion) -> tuple[list[AuditEvent], dict[int, 
     return events, actor_names(events)
 
 
-def pending_promotions_of(project: Project) -> list[PromotionRequest]:
-    return list(
-        PromotionRequest.objects.filter(model__project=project, state=PromotionState.PENDING)
-        .select_related("model", "version", "from_version", "requested_by", "evaluation")
-        .order_by("requested_at", "id")
-    )
-
-
 def decided_promotions_of(project: Project, limit: int = 20) -> list[PromotionRequest]:
     return list(
-        PromotionRequest.objects.filter(model__project=project)
+        promotions_of(project)
         .exclude(state=PromotionState.PENDING)
-        .select_related("model", "version", "from_version", "requested_by", "decided_by")
         .order_by("-decided_at", "-id")[:limit]
     )
 
@@ -222,14 +164,6 @@ def pending_of_model(model: RegisteredModel) -> list[PromotionRequest]:
         PromotionRequest.objects.filter(model=model, state=PromotionState.PENDING)
         .select_related("version", "requested_by")
         .order_by("alias")
-    )
-
-
-def promotion_in(project: Project, request_id: int) -> PromotionRequest | None:
-    return (
-        PromotionRequest.objects.filter(model__project=project, pk=request_id)
-        .select_related("model", "version", "requested_by")
-        .first()
     )
 
 
@@ -243,7 +177,7 @@ def model_names_of(project: Project) -> list[str]:
 
 def registrable(job: Job) -> bool:
     """Whether the job's page offers "Register this model"."""
-    return job.state == JobState.SUCCEEDED and job.kind in MODEL_KINDS
+    return job.state == JobState.SUCCEEDED and job.kind in KIND_TASK
 
 
 def versions_from_job(job: Job) -> list[ModelVersion]:
@@ -324,14 +258,3 @@ def model_lineage(model: RegisteredModel) -> Lineage:
     lineage.edges = sorted(set(lineage.edges))
     layout_lineage(lineage)
     return lineage
-
-
-def protected_alias_names(project: Project) -> list[str]:
-    """The aliases that need a promotion request in this project (the default until the
-    project saved its own)."""
-    from controlplane.registry.models import DEFAULT_PROTECTED_ALIASES, RegistrySettings
-
-    stored = RegistrySettings.objects.filter(project=project).values_list(
-        "protected_aliases", flat=True
-    )
-    return list(stored[0]) if stored else list(DEFAULT_PROTECTED_ALIASES)

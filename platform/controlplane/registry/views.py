@@ -21,6 +21,7 @@ from controlplane.jobs.views import job_started
 from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action
 from controlplane.registry import page_selectors as pages
+from controlplane.registry import services
 from controlplane.registry.archive import (
     ArchiveRefused,
     archive_folder,
@@ -28,6 +29,7 @@ from controlplane.registry.archive import (
     tar_response,
 )
 from controlplane.registry.card import model_card_markdown, render_markdown
+from controlplane.registry.errors import RegistryError
 from controlplane.registry.forms import (
     AliasForm,
     DecisionForm,
@@ -42,27 +44,24 @@ from controlplane.registry.models import (
     RegisteredModel,
     VersionState,
 )
+from controlplane.registry.selectors import (
+    aliases_of,
+    model_in,
+    pending_promotions,
+    promotion_in,
+    protected_aliases,
+    version_in,
+)
 from controlplane.storage import object_store
 
 
-def _services():
-    # The registry's services (reg-core); imported here so the pages load without them.
-    from controlplane.registry import errors, services
-
-    return services, errors.RegistryError
-
-
 def _model(project: Project, name: str) -> RegisteredModel:
-    return found_or_404(
-        pages.model_named(project, name), f"model {name!r} not found in this project"
-    )
+    return found_or_404(model_in(project, name), f"model {name!r} not found in this project")
 
 
 def _version(project: Project, name: str, number: int) -> ModelVersion:
     model = _model(project, name)
-    return found_or_404(
-        pages.version_numbered(model, number), f"version {number} of {model.name} not found"
-    )
+    return found_or_404(version_in(model, number), f"version {number} of {model.name} not found")
 
 
 def _to_model(project: Project, model: RegisteredModel) -> HttpResponse:
@@ -93,9 +92,9 @@ def model_detail(request: ProjectRequest, project: Project, name: str) -> HttpRe
         "project": project,
         "model": model,
         "versions": versions,
-        "aliases": pages.aliases_of_model(model),
+        "aliases": list(aliases_of(model)),
         "pending": pages.pending_of_model(model),
-        "protected": pages.protected_alias_names(project),
+        "protected": protected_aliases(project),
         "lineage": pages.model_lineage(model),
         "alias_form": AliasForm(numbers=ready, initial={"version": ready[0] if ready else None}),
         "thresholds_form": ThresholdsForm(
@@ -130,7 +129,6 @@ def model_edit(request: ProjectRequest, project: Project, name: str) -> HttpResp
     model = _model(project, name)
     if "thresholds" in request.POST and not request.can["review"]:
         raise PermissionDenied("only owners and compliance officers set promotion thresholds")
-    services, RegistryError = _services()
     if "thresholds" in request.POST:
         form = ThresholdsForm(request.POST)
         changes = (
@@ -157,7 +155,6 @@ def alias_move(request: ProjectRequest, project: Project, name: str) -> HttpResp
     """Move an alias to a version, roll it back one step, or remove it. A protected alias
     opens a promotion request instead (the service decides)."""
     model = _model(project, name)
-    services, RegistryError = _services()
     action = request.POST.get("action", "move")
     alias = request.POST.get("alias", "")
     reason = request.POST.get("reason", "")[:2000]
@@ -178,7 +175,7 @@ def alias_move(request: ProjectRequest, project: Project, name: str) -> HttpResp
                     request, " ".join(f"{f}: {' '.join(e)}" for f, e in form.errors.items())
                 )
                 return _to_model(project, model)
-            version = pages.version_numbered(model, form.cleaned_data["version"])
+            version = version_in(model, form.cleaned_data["version"])
             outcome = services.alias_set(
                 model=model,
                 actor=request.user,
@@ -256,7 +253,6 @@ def version_evaluate(
 @require_POST
 def version_edit(request: ProjectRequest, project: Project, name: str, number: int) -> HttpResponse:
     version = _version(project, name, number)
-    services, RegistryError = _services()
     form = VersionEditForm(request.POST)
     if not form.is_valid():
         messages.error(request, " ".join(f"{f}: {' '.join(e)}" for f, e in form.errors.items()))
@@ -276,7 +272,6 @@ def version_delete(
     request: ProjectRequest, project: Project, name: str, number: int
 ) -> HttpResponse:
     version = _version(project, name, number)
-    services, RegistryError = _services()
     try:
         services.version_delete(version=version, actor=request.user)
     except RegistryError as error:
@@ -323,7 +318,7 @@ def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
         "registry/reviews.html",
         {
             "project": project,
-            "pending": pages.pending_promotions_of(project),
+            "pending": list(pending_promotions(project)),
             "decided": pages.decided_promotions_of(project),
             "decision_form": DecisionForm(),
         },
@@ -336,7 +331,7 @@ def promotion_decide(request: ProjectRequest, project: Project, request_id: int)
     """Approve or reject (owners, compliance; the service refuses the requester), or
     withdraw (the requester only)."""
     promotion = found_or_404(
-        pages.promotion_in(project, request_id), f"promotion request {request_id} not found"
+        promotion_in(project, request_id), f"promotion request {request_id} not found"
     )
     to_queue = redirect("registry-reviews", project_id=project.pk)
     decision = request.POST.get("decision")
@@ -345,7 +340,6 @@ def promotion_decide(request: ProjectRequest, project: Project, request_id: int)
             raise PermissionDenied("only the requester withdraws a promotion request")
     elif not request.can["review"]:
         raise PermissionDenied("only owners and compliance officers decide promotions")
-    services, RegistryError = _services()
     form = DecisionForm(request.POST)
     if decision != "withdraw" and not form.is_valid():
         messages.error(request, "Say approve or reject, and why.")
@@ -378,7 +372,6 @@ def promotion_decide(request: ProjectRequest, project: Project, request_id: int)
 def register(request: ProjectRequest, project: Project, job_id: int) -> HttpResponse:
     """ "Register this model" on a succeeded job's page: a new model or a new version."""
     job = found_or_404(job_in(project, job_id), f"job {job_id} not found in this project")
-    services, RegistryError = _services()
     form = RegisterForm(request.POST, model_names=pages.model_names_of(project))
     if not form.is_valid():
         messages.error(request, " ".join(f"{f}: {' '.join(e)}" for f, e in form.errors.items()))

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from tests.platform.registry.conftest import CONFIG, TOKENIZER, WEIGHTS
+from tests.platform.registry.conftest import CONFIG_BYTES, TOKENIZER_BYTES, WEIGHTS_BYTES
 
 pytestmark = pytest.mark.django_db
 
@@ -38,9 +38,9 @@ def test_archive_holds_the_files_card_and_sums_that_verify(team, api, make_versi
             "gpt-v1/MODEL_CARD.md",
             "gpt-v1/SHA256SUMS",
         ]
-        assert tar.extractfile("gpt-v1/model.safetensors").read() == WEIGHTS
-        assert tar.extractfile("gpt-v1/config.json").read() == CONFIG
-        assert tar.extractfile("gpt-v1/tokenizer.json").read() == TOKENIZER
+        assert tar.extractfile("gpt-v1/model.safetensors").read() == WEIGHTS_BYTES
+        assert tar.extractfile("gpt-v1/config.json").read() == CONFIG_BYTES
+        assert tar.extractfile("gpt-v1/tokenizer.json").read() == TOKENIZER_BYTES
         card = tar.extractfile("gpt-v1/MODEL_CARD.md").read().decode()
         assert card.startswith("# Model card: gpt v1")
         tar.extractall(tmp_path, filter="data")
@@ -69,7 +69,7 @@ def test_a_tampered_object_refuses_the_download_and_is_audited(team, api, client
     weights = version.files.get(name="model.safetensors")
     # Rot or tampering: same size, one byte off (the store is write-once: replace it).
     object_store().delete(weights.object_key)
-    object_store().put_bytes(weights.object_key, WEIGHTS[:-1] + b"!")
+    object_store().put_bytes(weights.object_key, WEIGHTS_BYTES[:-1] + b"!")
     response = api(team.viewer).get(
         f"/api/v1/projects/{team.project.pk}/models/gpt/versions/1/archive/"
     )

@@ -30,14 +30,12 @@ def test_card_holds_the_training_data_its_license_and_the_pipeline_figures(
     assert "Not evaluated yet" in card
 
 
-def test_card_holds_settings_evaluation_lineage_and_audit_events(
-    team, make_version, make_evaluation
-):
+def test_card_holds_settings_evaluation_lineage_and_audit_events(team, make_version, evaluate):
     from controlplane.audit.services import audit_append
     from controlplane.registry.card import INTENDED_USE_PROMPT, model_card_markdown
 
     version = make_version()
-    make_evaluation(version, {"val_loss": 1.8731, "perplexity": 6.51, "toxicity_share": 0.03125})
+    evaluate(version, {"val_loss": 1.8731, "perplexity": 6.51, "toxicity_share": 0.03125})
     audit_append(
         project=team.project,
         actor=team.engineer,

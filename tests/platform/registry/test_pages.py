@@ -11,7 +11,7 @@ MEMBERS = ("owner", "engineer", "viewer", "compliance")
 
 
 @pytest.fixture
-def registry(team, make_version, make_evaluation, plays_version):
+def registry(team, make_version, evaluate, plays_version):
     """gpt v1 and v2 (v2 @candidate, v1 @production), both evaluated, trained on plays."""
     from django.utils import timezone
 
@@ -19,8 +19,8 @@ def registry(team, make_version, make_evaluation, plays_version):
 
     v1 = make_version(datasets=[plays_version])
     v2 = make_version(datasets=[plays_version])
-    make_evaluation(v1, {"val_loss": 2.25, "toxicity_share": 0.0})
-    make_evaluation(v2, {"val_loss": 1.5, "toxicity_share": 0.0625})
+    evaluate(v1, {"val_loss": 2.25, "toxicity_share": 0.0})
+    evaluate(v2, {"val_loss": 1.5, "toxicity_share": 0.0625})
     now = timezone.now()
     ModelAlias.objects.create(
         model=v1.model, name="production", version=v1, moved_by=team.owner, moved_at=now
@@ -151,13 +151,13 @@ def test_version_page_shows_files_evaluations_and_buttons_by_role(team, client, 
     assert "archive.tar" in html and "card.md" in html
 
 
-def test_version_page_charts_several_evaluations(team, client, registry, make_evaluation):
+def test_version_page_charts_several_evaluations(team, client, registry, evaluate):
     v1, _ = registry
     html = _page(
         client, team.viewer, f"/projects/{team.project.pk}/models/gpt/v1/"
     ).content.decode()
     assert '<svg class="chart"' not in html  # one evaluation: a table, no chart
-    make_evaluation(v1, {"val_loss": 2.0, "toxicity_share": 0.0})
+    evaluate(v1, {"val_loss": 2.0, "toxicity_share": 0.0})
     html = _page(
         client, team.viewer, f"/projects/{team.project.pk}/models/gpt/v1/"
     ).content.decode()

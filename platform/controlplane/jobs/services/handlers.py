@@ -79,8 +79,12 @@ class EventWrites:
         self._lease_due = True
         self._lease_changes.update(changes)
 
-    def audit(self, *, action: str, artifact: Any, payload: dict[str, Any]) -> None:
-        self._audits.append({"action": action, "artifact": artifact, "payload": payload})
+    def audit(
+        self, *, action: str, artifact: Any, payload: dict[str, Any], actor: Any = None
+    ) -> None:
+        self._audits.append(
+            {"action": action, "artifact": artifact, "payload": payload, "actor": actor}
+        )
 
     def pending_audits(self) -> int:
         return len(self._audits)
@@ -121,7 +125,7 @@ class EventWrites:
     def flush_audits(self) -> None:
         """Append the batch's audit events, in event order: the chain row is locked last."""
         for audit in self._audits:
-            audit_append(project=self.job.project, actor=None, **audit)
+            audit_append(project=self.job.project, **audit)
         self._audits = []
 
 
@@ -256,6 +260,15 @@ def _create_derived_version(job: Job, result: dict) -> None:
 _ON_SUCCESS = {"data_pipeline": _create_derived_version}
 
 
+def _register_model(writes: EventWrites, job: Job) -> None:
+    """`register_as`: a new version of that model (rows only; the control task copies
+    after commit). A registration that cannot be made leaves the job succeeded and says
+    why in the audit trail."""
+    from controlplane.registry.services import register_from_job
+
+    register_from_job(job=job, audit=writes.audit)
+
+
 def _on_finished(writes: EventWrites, event: JobEvent) -> None:
     job = writes.job
     result = event.payload.get("result", {})
@@ -267,6 +280,8 @@ def _on_finished(writes: EventWrites, event: JobEvent) -> None:
         if job.kind in _ON_SUCCESS:
             _ON_SUCCESS[job.kind](job, result)
         _audit_finish(writes, event, "job.succeeded", progress=1.0, progress_message="done")
+        if isinstance(job.params, dict) and job.params.get("register_as"):
+            _register_model(writes, job)  # audited after the job's success
 
 
 def _on_failed(writes: EventWrites, event: JobEvent) -> None:

@@ -1,0 +1,97 @@
+"""Read queries of the registry, shared by the API, the pages and the services."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Max, Q, QuerySet
+
+from controlplane.registry.models import (
+    DEFAULT_PROTECTED_ALIASES,
+    ModelAlias,
+    ModelEvaluation,
+    ModelVersion,
+    PromotionRequest,
+    PromotionState,
+    RegisteredModel,
+    RegistrySettings,
+    VersionState,
+)
+
+
+def models_of(project) -> QuerySet[RegisteredModel]:
+    """The project's models with `version_count` (not deleted) and `latest_number` (ready)."""
+    return (
+        RegisteredModel.objects.filter(project=project)
+        .select_related("created_by")
+        .annotate(
+            version_count=Count("versions", filter=~Q(versions__state=VersionState.DELETED)),
+            latest_number=Max("versions__number", filter=Q(versions__state=VersionState.READY)),
+        )
+        .order_by("name", "id")
+    )
+
+
+def model_in(project, name: str) -> RegisteredModel | None:
+    if not isinstance(name, str):
+        return None
+    return (
+        RegisteredModel.objects.filter(project=project, name=name)
+        .select_related("project", "created_by")
+        .first()
+    )
+
+
+def versions_of(model: RegisteredModel) -> QuerySet[ModelVersion]:
+    """Every version, newest first (deleted ones stay as tombstones)."""
+    return (
+        ModelVersion.objects.filter(model=model)
+        .select_related("model", "source_job", "created_by", "base_version")
+        .prefetch_related("files")
+        .order_by("-number")
+    )
+
+
+def version_in(model: RegisteredModel, number: int) -> ModelVersion | None:
+    return versions_of(model).filter(number=number).first()
+
+
+def aliases_of(model: RegisteredModel) -> QuerySet[ModelAlias]:
+    return (
+        ModelAlias.objects.filter(model=model)
+        .select_related("version", "previous_version", "moved_by")
+        .order_by("name")
+    )
+
+
+def promotions_of(project, *, state: str | None = None) -> QuerySet[PromotionRequest]:
+    requests = PromotionRequest.objects.filter(model__project=project).select_related(
+        "model", "version", "from_version", "requested_by", "decided_by", "evaluation"
+    )
+    if state:
+        requests = requests.filter(state=state)
+    return requests.order_by("-requested_at", "-id")
+
+
+def promotion_in(project, request_id: int) -> PromotionRequest | None:
+    return promotions_of(project).filter(pk=request_id).first()
+
+
+def pending_promotions(project) -> QuerySet[PromotionRequest]:
+    return promotions_of(project, state=PromotionState.PENDING)
+
+
+def latest_evaluation(version: ModelVersion) -> ModelEvaluation | None:
+    """The version's most recent finished evaluation (the one the gate checks), or None."""
+    return (
+        ModelEvaluation.objects.filter(version=version, finished_at__isnull=False)
+        .select_related("job")
+        .order_by("-finished_at", "-id")
+        .first()
+    )
+
+
+def protected_aliases(project) -> list[str]:
+    """The aliases that need a promotion request: the project's setting, or the default."""
+    settings_row = RegistrySettings.objects.filter(project=project).first()
+    if settings_row is None:
+        return list(DEFAULT_PROTECTED_ALIASES)
+    return list(settings_row.protected_aliases)
