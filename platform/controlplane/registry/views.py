@@ -122,13 +122,15 @@ def _comparison(request: ProjectRequest, model: RegisteredModel, versions: list)
     return pages.evaluation_comparison(chosen[0], chosen[1])
 
 
-@project_page(Action.RUN)
+@project_page()
 @require_POST
 def model_edit(request: ProjectRequest, project: Project, name: str) -> HttpResponse:
     """The model's description (engineers, owners) or its promotion thresholds (REVIEW)."""
     model = _model(project, name)
     if "thresholds" in request.POST and not request.can["review"]:
         raise PermissionDenied("only owners and compliance officers set promotion thresholds")
+    if "thresholds" not in request.POST and not request.can["run"]:
+        raise PermissionDenied("only engineers and owners edit a model's description")
     if "thresholds" in request.POST:
         form = ThresholdsForm(request.POST)
         changes = (
