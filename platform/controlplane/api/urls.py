@@ -6,6 +6,7 @@ from controlplane.audit import api as audit
 from controlplane.datasets import api as datasets
 from controlplane.jobs import api as jobs
 from controlplane.projects import api as projects
+from controlplane.registry import api as registry
 from controlplane.registry import api_export as registry_export
 from controlplane.uploads import api as uploads
 
@@ -80,6 +81,61 @@ urlpatterns = [
         "projects/<int:project_id>/datasets/<int:dataset_id>/versions/<int:number>/complete/",
         datasets.VersionComplete.as_view(),
         name="api-dataset-version-complete",
+    ),
+    path(
+        "projects/<int:project_id>/models/",
+        registry.ModelListCreate.as_view(),
+        name="api-models",
+    ),
+    path(
+        "projects/<int:project_id>/models/<str:name>/",
+        registry.ModelDetail.as_view(),
+        name="api-model",
+    ),
+    path(
+        "projects/<int:project_id>/models/<str:name>/versions/",
+        registry.VersionListRegister.as_view(),
+        name="api-model-versions",
+    ),
+    path(
+        "projects/<int:project_id>/models/<str:name>/versions/<int:number>/",
+        registry.VersionDetail.as_view(),
+        name="api-model-version",
+    ),
+    path(
+        "projects/<int:project_id>/models/<str:name>/aliases/<str:alias>/",
+        registry.AliasDetail.as_view(),
+        name="api-model-alias",
+    ),
+    path(
+        "projects/<int:project_id>/models/<str:name>/aliases/<str:alias>/rollback/",
+        registry.AliasRollback.as_view(),
+        name="api-model-alias-rollback",
+    ),
+    path(
+        "projects/<int:project_id>/promotion-requests/",
+        registry.PromotionList.as_view(),
+        name="api-promotion-requests",
+    ),
+    path(
+        "projects/<int:project_id>/promotion-requests/<int:request_id>/approve/",
+        registry.PromotionApprove.as_view(),
+        name="api-promotion-approve",
+    ),
+    path(
+        "projects/<int:project_id>/promotion-requests/<int:request_id>/reject/",
+        registry.PromotionReject.as_view(),
+        name="api-promotion-reject",
+    ),
+    path(
+        "projects/<int:project_id>/promotion-requests/<int:request_id>/withdraw/",
+        registry.PromotionWithdraw.as_view(),
+        name="api-promotion-withdraw",
+    ),
+    path(
+        "projects/<int:project_id>/registry-settings/",
+        registry.RegistrySettingsView.as_view(),
+        name="api-registry-settings",
     ),
     path("projects/<int:project_id>/audit/", audit.AuditEventList.as_view(), name="api-audit"),
     path(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -34,6 +35,7 @@ from controlplane.projects.selectors import role_of
 from controlplane.registry.errors import Conflict, InvalidRequest, NotAllowed, NotFound
 from controlplane.registry.integrity import object_problem
 from controlplane.registry.models import (
+    ALIAS_PATTERN,
     DEFAULT_PROTECTED_ALIASES,
     FileRole,
     ModelAlias,
@@ -114,6 +116,12 @@ def _require_review(project, actor, doing: str) -> None:
             f"{doing} needs the owner or compliance role in this project "
             "(a membership role: being a platform admin is not enough)"
         )
+
+
+def _known_alias_name(model, alias: Any) -> None:
+    """NotFound for a name no alias can have (before it reaches a query: a NUL would 500)."""
+    if not isinstance(alias, str) or not re.fullmatch(ALIAS_PATTERN, alias):
+        raise NotFound(f"{model.name} has no alias @{alias}")
 
 
 def _locked_model(model: RegisteredModel) -> RegisteredModel:
@@ -938,6 +946,7 @@ def alias_set(*, model, actor, alias, version, reason="", is_rollback=False):
 
 def alias_rollback(*, model, actor, alias, reason=""):
     """Point the alias back at the version it pointed at before (same rules as a move)."""
+    _known_alias_name(model, alias)
     current = ModelAlias.objects.filter(model=model, name=alias).select_related("previous_version")
     current = current.first()
     if current is None:
@@ -956,6 +965,7 @@ def alias_rollback(*, model, actor, alias, reason=""):
 
 def alias_delete(*, model, actor, alias) -> None:
     """Remove an alias. A protected one only by an owner or compliance officer."""
+    _known_alias_name(model, alias)
     if alias in protected_aliases(model.project):
         _require_review(model.project, actor, f"removing the protected alias @{alias}")
     with transaction.atomic():
