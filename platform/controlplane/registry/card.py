@@ -278,8 +278,17 @@ def _audit_lines(events: list[AuditEvent]) -> list[str]:
     return _table(("Seq", "When", "Who", "Action", "Details"), rows)
 
 
-def model_card_markdown(version: ModelVersion) -> str:
-    """The card of `version` as Markdown (see the module's docstring for what it holds)."""
+def model_card_markdown(
+    version: ModelVersion,
+    *,
+    events: list[AuditEvent] | None = None,
+    evaluation: ModelEvaluation | None = None,
+) -> str:
+    """The card of `version` as Markdown (see the module's docstring for what it holds).
+
+    A page that has read the version's audit events or latest evaluation already passes
+    them in, so they are not read twice.
+    """
     version = (
         ModelVersion.objects.select_related("model", "created_by", "source_job", "base_version")
         .prefetch_related("files", "aliases")
@@ -292,7 +301,7 @@ def model_card_markdown(version: ModelVersion) -> str:
         .order_by("dataset__name", "number")
     )
     jobs = list(version.lineage_jobs.order_by("id")) or [version.source_job]
-    evaluation = latest_evaluation(version)
+    evaluation = evaluation or latest_evaluation(version)
     aliases = ", ".join(f"@{a.name}" for a in version.aliases.all()) or "none"
     lines = [
         f"# Model card: {inline(model.name)} v{version.number}",
@@ -363,6 +372,11 @@ def model_card_markdown(version: ModelVersion) -> str:
         lines += [version.limitations.strip(), ""]
     lines += [f"- {limit}" for limit in automatic_limits(version, datasets, evaluation)]
     lines += ["", "## Lineage", "", *_lineage_lines(version, jobs, datasets), ""]
-    lines += ["## Audit events", "", *_audit_lines(version_audit_events(version)), ""]
+    lines += [
+        "## Audit events",
+        "",
+        *_audit_lines(version_audit_events(version) if events is None else events),
+        "",
+    ]
     lines += [f"_Card generated {timezone.now():%Y-%m-%d %H:%M UTC} from the model registry._", ""]
     return "\n".join(lines)

@@ -10,9 +10,9 @@ recorded lineage (dataset versions, jobs) with one query per kind of node.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.urls import reverse
 
 from controlplane.audit.models import AuditEvent
@@ -25,10 +25,12 @@ from controlplane.registry.card import version_audit_events
 from controlplane.registry.models import (
     ModelAlias,
     ModelEvaluation,
+    ModelTask,
     ModelVersion,
     PromotionRequest,
     PromotionState,
     RegisteredModel,
+    SyncState,
     VersionState,
 )
 from controlplane.registry.selectors import latest_evaluation, models_of, promotions_of
@@ -42,26 +44,81 @@ def _finished_evaluations() -> QuerySet[ModelEvaluation]:
     return ModelEvaluation.objects.filter(finished_at__isnull=False).order_by("-finished_at", "-id")
 
 
-def models_page(project: Project) -> list[RegisteredModel]:
-    """The project's models (selectors.models_of: `latest_number`, `version_count`), each
-    with `aliases_shown` and its last finished evaluation (`last_eval_metrics`,
-    `last_eval_number`)."""
-    last_eval = _finished_evaluations().filter(version__model=OuterRef("pk"))
-    models = (
-        models_of(project)
-        .annotate(
-            last_eval_metrics=Subquery(last_eval.values("metrics")[:1]),
-            last_eval_number=Subquery(last_eval.values("version__number")[:1]),
-        )
-        .prefetch_related(
-            Prefetch(
-                "aliases",
-                queryset=ModelAlias.objects.select_related("version").order_by("name"),
-                to_attr="aliases_shown",
-            )
-        )
+@dataclass
+class ModelRow:
+    """One line of the models page, made of plain values (no model instances to build)."""
+
+    name: str
+    task: str
+    description: str
+    latest_number: int | None
+    version_count: int
+    mlflow_state: str
+    last_eval_number: int | None
+    last_eval: str  # "val_loss 1.5, perplexity 4.8"
+    aliases: list[tuple[str, int]] = field(default_factory=list)  # (alias, version number)
+
+    @property
+    def mlflow_label(self) -> str:
+        return SyncState(self.mlflow_state).label
+
+    @property
+    def task_label(self) -> str:
+        return ModelTask(self.task).label
+
+
+def figures_text(metrics: dict | None) -> str:
+    if not metrics:
+        return ""
+    return ", ".join(
+        f"{k} {v:.4g}" if _is_number(v) and isinstance(v, float) else f"{k} {v}"
+        for k, v in metrics.items()
     )
-    return list(models)
+
+
+def models_page(project: Project) -> list[ModelRow]:
+    """The project's models (selectors.models_of: `latest_number`, `version_count`) with
+    their aliases and last finished evaluation: three queries of plain values, so a page
+    of 100 models costs little more than one of 10."""
+    rows = {
+        values["pk"]: ModelRow(
+            name=values["name"],
+            task=values["task"],
+            description=values["description"],
+            latest_number=values["latest_number"],
+            version_count=values["version_count"],
+            mlflow_state=values["mlflow_state"],
+            last_eval_number=None,
+            last_eval="",
+        )
+        for values in models_of(project)
+        .select_related(None)
+        .values(
+            "pk",
+            "name",
+            "task",
+            "description",
+            "latest_number",
+            "version_count",
+            "mlflow_state",
+        )
+    }
+    for model_id, alias, number in (
+        ModelAlias.objects.filter(model_id__in=list(rows))
+        .order_by("name")
+        .values_list("model_id", "name", "version__number")
+    ):
+        rows[model_id].aliases.append((alias, number))
+    # The newest finished evaluation per model, in one pass (PostgreSQL's DISTINCT ON).
+    for model_id, number, metrics in (
+        ModelEvaluation.objects.filter(version__model_id__in=list(rows), finished_at__isnull=False)
+        .order_by("version__model_id", "-finished_at", "-id")
+        .distinct("version__model_id")
+        .values_list("version__model_id", "version__number", "metrics")
+    ):
+        rows[model_id].last_eval_number = number
+        rows[model_id].last_eval = figures_text(metrics)
+    return list(rows.values())
 
 
 def versions_table(model: RegisteredModel) -> list[ModelVersion]:

@@ -13,6 +13,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
@@ -79,7 +80,12 @@ def model_list(request: ProjectRequest, project: Project) -> HttpResponse:
     return render(
         request,
         "registry/model_list.html",
-        {"project": project, "models": pages.models_page(project)},
+        {
+            "project": project,
+            "models": pages.models_page(project),
+            # Model names are URL-safe (MODEL_NAME_PATTERN): one reverse for the page.
+            "base": reverse("registry-models", args=[project.pk]),
+        },
     )
 
 
@@ -206,11 +212,17 @@ def version_detail(
     version = _version(project, name, number)
     evaluations = pages.evaluations_of(version)
     history, actors = pages.version_history(version)
+    finished = [e for e in evaluations if e.finished_at is not None]
+    card = model_card_markdown(
+        version,
+        events=history[::-1],
+        evaluation=max(finished, key=lambda e: (e.finished_at, e.pk), default=None),
+    )
     context = {
         "project": project,
         "model": version.model,
         "version": version,
-        "card_html": render_markdown(model_card_markdown(version)),
+        "card_html": render_markdown(card),
         "files": list(version.files.all()),
         "evaluations": evaluations,
         "evaluation_charts": pages.evaluation_charts(evaluations),
