@@ -298,3 +298,27 @@ def test_evaluate_button_starts_an_evaluate_job(team, client, registry):
     assert response.status_code == 302
     assert response["Location"] == f"/projects/{team.project.pk}/jobs/{job.pk}/"
     assert job.created_by == team.engineer
+
+
+def test_models_and_version_pages_cost_the_same_queries_for_more_models(
+    team, client, make_version, evaluate
+):
+    """The bench's 100 models must cost what 2 do: no query per row."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries(url: str) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url).status_code == 200
+        return len(captured)
+
+    client.force_login(team.viewer)
+    for name in ("a", "b"):
+        evaluate(make_version(name), {"val_loss": 1.0})
+    models_url = f"/projects/{team.project.pk}/models/"
+    version_url = f"/projects/{team.project.pk}/models/a/v1/"
+    few = queries(models_url), queries(version_url)
+    for name in ("c", "d", "e", "f"):
+        evaluate(make_version(name), {"val_loss": 1.0})
+        evaluate(make_version("a"), {"val_loss": 1.0})
+    assert (queries(models_url), queries(version_url)) == few
