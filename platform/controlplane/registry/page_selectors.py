@@ -36,6 +36,17 @@ from controlplane.registry.models import (
 from controlplane.registry.selectors import latest_evaluation, models_of, promotions_of
 from controlplane.registry.services import KIND_TASK
 
+# The figures a list or a chart shows first (an evaluation has many: pii_<type>,
+# recognition_<digit>...; the version page's table shows them all).
+HEADLINE_METRICS = (
+    "val_loss",
+    "perplexity",
+    "toxicity_share",
+    "memorisation_share",
+    "recognition",
+    "frechet",
+)
+MAX_SHOWN_METRICS = 4
 MAX_GRAPH_VERSIONS = 30  # the newest versions drawn in a model's lineage graph
 MAX_TABLE_VERSIONS = 200
 
@@ -67,12 +78,20 @@ class ModelRow:
         return ModelTask(self.task).label
 
 
+def headline_keys(keys) -> list[str]:
+    """The headline figures among `keys`, or the first few by name when there are none."""
+    keys = list(keys)
+    chosen = [k for k in HEADLINE_METRICS if k in keys]
+    return (chosen or sorted(keys))[:MAX_SHOWN_METRICS]
+
+
 def figures_text(metrics: dict | None) -> str:
+    """ "val_loss 1.5, perplexity 4.48": an evaluation's headline figures on one line."""
     if not metrics:
         return ""
     return ", ".join(
-        f"{k} {v:.4g}" if _is_number(v) and isinstance(v, float) else f"{k} {v}"
-        for k, v in metrics.items()
+        f"{k} {metrics[k]:.4g}" if _is_number(metrics[k]) else f"{k} {metrics[k]}"
+        for k in headline_keys(metrics)
     )
 
 
@@ -156,7 +175,7 @@ def evaluation_charts(evaluations: list[ModelEvaluation]) -> list[tuple[str, dic
     )
     if len(finished) < 2:
         return []
-    keys = sorted({k for e in finished for k, v in e.metrics.items() if _is_number(v)})
+    keys = headline_keys({k for e in finished for k, v in e.metrics.items() if _is_number(v)})
     return [
         (
             key,

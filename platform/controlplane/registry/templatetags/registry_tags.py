@@ -26,6 +26,12 @@ def figure(value) -> str:
 
 
 @register.filter
+def headline(metrics) -> str:
+    """An evaluation's headline figures on one line ("val_loss 1.5, perplexity 4.48")."""
+    return pages.figures_text(metrics) or "—"
+
+
+@register.filter
 def signed(value) -> str:
     """A delta with its sign (+0.031, -1.2), or an em dash when there is none."""
     if value is None:
