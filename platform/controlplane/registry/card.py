@@ -14,6 +14,7 @@ Markdown; rendering never lets HTML through (markdown-it with `html` off), so a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -34,6 +35,7 @@ FILTER_STAGES = ("quality", "repetition", "pipeline")
 # Params that are bookkeeping for the worker, not settings a reader compares.
 HIDDEN_PARAMS = {"input_names"}
 MAX_AUDIT_EVENTS = 200
+CARD_CACHE_SECONDS = 600
 INTENDED_USE_PROMPT = (
     "_Not stated yet. Someone who can run jobs in this project should say what this model "
     "is for and what it must not be used for (edit it on the version's page)._"
@@ -44,6 +46,26 @@ _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("
 def render_markdown(text: str) -> str:
     """HTML for a card or a user's text: raw HTML in it is escaped, never passed through."""
     return _markdown.render(text)
+
+
+def render_card(text: str) -> str:
+    """`render_markdown` of a card, shared through the cache by the card's digest: a card
+    changes when its version, evaluations or events do, and viewers of an unchanged card
+    need not parse it again. A cache that is down costs the render, never the page."""
+    from django.core.cache import cache
+
+    key = "model-card-html:" + hashlib.sha256(text.encode()).hexdigest()
+    try:
+        html = cache.get(key)
+    except Exception:  # noqa: BLE001 - fail open: render it
+        html = None
+    if html is None:
+        html = render_markdown(text)
+        try:
+            cache.set(key, html, CARD_CACHE_SECONDS)
+        except Exception:  # noqa: BLE001
+            pass
+    return html
 
 
 def cell(value: Any) -> str:
@@ -289,11 +311,13 @@ def model_card_markdown(
     A page that has read the version's audit events or latest evaluation already passes
     them in, so they are not read twice.
     """
-    version = (
-        ModelVersion.objects.select_related("model", "created_by", "source_job", "base_version")
-        .prefetch_related("files", "aliases")
-        .get(pk=version.pk)
-    )
+    if "files" not in getattr(version, "_prefetched_objects_cache", {}):
+        # Not read by selectors.version_in (which the pages and API use): read it so.
+        version = (
+            ModelVersion.objects.select_related("model", "created_by", "source_job", "base_version")
+            .prefetch_related("files")
+            .get(pk=version.pk)
+        )
     model = version.model
     datasets = list(
         version.dataset_versions.select_related("dataset")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.urls import reverse
 
 from controlplane.audit.models import AuditEvent
@@ -147,7 +147,10 @@ def versions_table(model: RegisteredModel) -> list[ModelVersion]:
         ModelVersion.objects.filter(model=model)
         .select_related("created_by", "source_job")
         .prefetch_related("aliases")
-        .annotate(last_eval_metrics=Subquery(last_eval.values("metrics")[:1]))
+        .annotate(
+            last_eval_metrics=Subquery(last_eval.values("metrics")[:1]),
+            last_eval_job_id=Subquery(last_eval.values("job_id")[:1]),
+        )
         .order_by("-number")[:MAX_TABLE_VERSIONS]
     )
 
@@ -209,16 +212,26 @@ class ComparedMetric:
 
 
 def evaluation_comparison(a: ModelVersion, b: ModelVersion) -> dict:
-    """The latest finished evaluation of two versions side by side, with b - a per metric."""
-    ea, eb = latest_evaluation(a), latest_evaluation(b)
-    metrics_a, metrics_b = (ea.metrics if ea else {}), (eb.metrics if eb else {})
+    """The latest finished evaluation of two versions side by side, with b - a per metric.
+
+    Versions from `versions_table` carry their latest evaluation already
+    (`last_eval_metrics`, `last_eval_job_id`); others are looked up.
+    """
+
+    def latest(version: ModelVersion) -> tuple[dict, int | None]:
+        if hasattr(version, "last_eval_metrics"):
+            return version.last_eval_metrics or {}, version.last_eval_job_id
+        evaluation = latest_evaluation(version)
+        return (evaluation.metrics, evaluation.job_id) if evaluation else ({}, None)
+
+    (metrics_a, job_a), (metrics_b, job_b) = latest(a), latest(b)
     names = sorted(set(metrics_a) | set(metrics_b))
     rows = [
         ComparedMetric(n, metrics_a.get(n), metrics_b.get(n))
         for n in names
         if _is_number(metrics_a.get(n)) or _is_number(metrics_b.get(n))
     ]
-    return {"a": a, "b": b, "eval_a": ea, "eval_b": eb, "rows": rows}
+    return {"a": a, "b": b, "job_a": job_a, "job_b": job_b, "rows": rows}
 
 
 def version_history(version: ModelVersion) -> tuple[list[AuditEvent], dict[int, str]]:
@@ -266,30 +279,28 @@ def versions_from_job(job: Job) -> list[ModelVersion]:
     )
 
 
-def model_lineage(model: RegisteredModel) -> Lineage:
+def model_lineage(model: RegisteredModel, versions: list[ModelVersion]) -> Lineage:
     """Dataset versions -> the jobs that read them -> the jobs built on those -> versions.
 
-    Every node links to its page (`Node.url`); columns follow the edges' depth.
+    `versions`: the model's versions as the page read them (newest first); the newest
+    MAX_GRAPH_VERSIONS that are not deleted are drawn. Every node links to its page
+    (`Node.url`); columns follow the edges' depth.
     """
     project_id = model.project_id
-    versions = list(
-        ModelVersion.objects.filter(model=model)
-        .exclude(state=VersionState.DELETED)
-        .order_by("-number")[:MAX_GRAPH_VERSIONS]
-    )
-    through = ModelVersion.lineage_jobs.through
-    job_ids = set(
-        through.objects.filter(modelversion_id__in=[v.pk for v in versions]).values_list(
-            "job_id", flat=True
+    versions = [v for v in versions if v.state != VersionState.DELETED][:MAX_GRAPH_VERSIONS]
+    version_ids = [v.pk for v in versions]
+    lineage_job_ids = ModelVersion.lineage_jobs.through.objects.filter(
+        modelversion_id__in=version_ids
+    ).values("job_id")
+    jobs = {
+        j.pk: j
+        for j in Job.objects.filter(project_id=project_id).filter(
+            Q(pk__in=lineage_job_ids) | Q(pk__in=[v.source_job_id for v in versions])
         )
-    ) | {v.source_job_id for v in versions}
-    jobs = {j.pk: j for j in Job.objects.filter(pk__in=job_ids, project_id=project_id)}
-    dv_through = ModelVersion.dataset_versions.through
-    dataset_version_ids = set(
-        dv_through.objects.filter(modelversion_id__in=[v.pk for v in versions]).values_list(
-            "datasetversion_id", flat=True
-        )
-    )
+    }
+    dataset_version_ids = ModelVersion.dataset_versions.through.objects.filter(
+        modelversion_id__in=version_ids
+    ).values("datasetversion_id")
     dataset_versions = {
         dv.pk: dv
         for dv in DatasetVersion.objects.filter(pk__in=dataset_version_ids).select_related(

@@ -29,7 +29,7 @@ from controlplane.registry.archive import (
     prepare_archive,
     tar_response,
 )
-from controlplane.registry.card import model_card_markdown, render_markdown
+from controlplane.registry.card import model_card_markdown, render_card
 from controlplane.registry.errors import RegistryError
 from controlplane.registry.forms import (
     AliasForm,
@@ -101,7 +101,7 @@ def model_detail(request: ProjectRequest, project: Project, name: str) -> HttpRe
         "aliases": list(aliases_of(model)),
         "pending": pages.pending_of_model(model),
         "protected": protected_aliases(project),
-        "lineage": pages.model_lineage(model),
+        "lineage": pages.model_lineage(model, versions),
         "alias_form": AliasForm(numbers=ready, initial={"version": ready[0] if ready else None}),
         "thresholds_form": ThresholdsForm(
             initial={"thresholds": ThresholdsForm.as_text(model.promotion_thresholds)}
@@ -222,7 +222,7 @@ def version_detail(
         "project": project,
         "model": version.model,
         "version": version,
-        "card_html": render_markdown(card),
+        "card_html": render_card(card),
         "files": list(version.files.all()),
         "evaluations": evaluations,
         "evaluation_charts": pages.evaluation_charts(evaluations),
