@@ -34,8 +34,10 @@ PLATFORM_FIELDS: dict[str, tuple[str, ...]] = {
     "vae": ("register_as",),
     **{
         kind: ("base_job_id", "dataset_version_id", "register_as")
-        for kind in ("sft", "lora", "qlora", "reward", "dpo")
+        for kind in ("sft", "lora", "qlora", "dpo")
     },
+    # A reward model scores text and generates none: nothing to register.
+    "reward": ("base_job_id", "dataset_version_id"),
     "ppo": ("base_job_id", "reward_job_id", "dataset_version_id", "register_as"),
 }
 

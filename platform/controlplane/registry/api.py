@@ -8,31 +8,25 @@ project's models are 404, like the project itself.
 
 from __future__ import annotations
 
-import re
-
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
-    extend_schema_field,
 )
 from rest_framework import exceptions, generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.api.access import StrictSerializer, project_or_404
+from controlplane.api.access import project_or_404
 from controlplane.api.errors import Conflict as ApiConflict
 from controlplane.api.idempotency import idempotent
 from controlplane.api.params import choice_param
-from controlplane.jobs.models import Job
+from controlplane.jobs.selectors import job_in
 from controlplane.projects.permissions import Action
 from controlplane.registry import services
 from controlplane.registry.errors import RegistryError
 from controlplane.registry.models import (
-    ALIAS_PATTERN,
-    MODEL_NAME_PATTERN,
     ModelAlias,
-    ModelTask,
     ModelVersion,
     PromotionRequest,
     PromotionState,
@@ -40,19 +34,29 @@ from controlplane.registry.models import (
     VersionState,
 )
 from controlplane.registry.selectors import (
-    aliases_of,
-    latest_evaluation,
+    alias_in,
     model_in,
     models_of,
     promotion_in,
     promotions_of,
     protected_aliases,
     version_in,
-    versions_of,
+    versions_detailed,
 )
-
-MAX_BIGINT = 2**63 - 1
-MAX_TEXT = 20_000
+from controlplane.registry.serializers import (
+    ModelAliasIn,
+    ModelAliasOut,
+    ModelVersionOut,
+    ModelVersionPatch,
+    ModelVersionRegisterIn,
+    PromotionReasonIn,
+    PromotionRequestOut,
+    RegisteredModelIn,
+    RegisteredModelOut,
+    RegisteredModelPatch,
+    RegistrySettingsIn,
+    RegistrySettingsOut,
+)
 
 
 def raise_registry_error(error: RegistryError):
@@ -70,232 +74,19 @@ def raise_registry_error(error: RegistryError):
     raise exc from None
 
 
-class JSONIntegerField(serializers.IntegerField):
-    """A JSON integer and nothing else: no "12" strings, 12.0 floats or true."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-# -- output ----------------------------------------------------------------------------
-
-
-class RegisteredModelOut(serializers.ModelSerializer):
-    created_by = serializers.CharField(source="created_by.username")
-    version_count = serializers.IntegerField(read_only=True)  # annotated by models_of
-    latest_version = serializers.IntegerField(source="latest_number", allow_null=True)
-    aliases = serializers.SerializerMethodField()
-
-    class Meta:
-        model = RegisteredModel
-        fields = [
-            "id",
-            "project_id",
-            "name",
-            "task",
-            "description",
-            "promotion_thresholds",
-            "last_version_number",
-            "version_count",
-            "latest_version",
-            "aliases",
-            "created_by",
-            "created_at",
-            "updated_at",
-            "mlflow_state",
-            "mlflow_error",
-            "mlflow_synced_at",
-        ]
-
-    def get_aliases(self, model) -> dict[str, int]:
-        return {alias.name: alias.version.number for alias in model.aliases.all()}
-
-
-class ModelFileOut(serializers.Serializer):
-    name = serializers.CharField()
-    role = serializers.CharField()
-    object_key = serializers.CharField()
-    sha256 = serializers.CharField()
-    size = serializers.IntegerField()
-    verified_at = serializers.DateTimeField(allow_null=True)
-
-
-class ModelEvaluationOut(serializers.Serializer):
-    id = serializers.IntegerField()
-    job_id = serializers.IntegerField()
-    metrics = serializers.JSONField()
-    finished_at = serializers.DateTimeField(allow_null=True)
-
-
-class ModelVersionOut(serializers.ModelSerializer):
-    model = serializers.CharField(source="model.name")
-    created_by = serializers.CharField(source="created_by.username")
-    source_job_id = serializers.IntegerField()
-    base_version = serializers.SerializerMethodField()
-    files = ModelFileOut(many=True, read_only=True)
-    aliases = serializers.SerializerMethodField()
-    dataset_versions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
-    lineage_jobs = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
-    latest_evaluation = serializers.SerializerMethodField()
-
-    class Meta:
-        model = ModelVersion
-        fields = [
-            "id",
-            "model",
-            "number",
-            "state",
-            "source_job_id",
-            "source_attempt",
-            "base_version",
-            "metrics",
-            "params",
-            "architecture",
-            "parameter_count",
-            "description",
-            "intended_use",
-            "limitations",
-            "files",
-            "aliases",
-            "dataset_versions",
-            "lineage_jobs",
-            "lineage",
-            "latest_evaluation",
-            "created_by",
-            "created_at",
-            "ready_at",
-            "refused_reason",
-            "deleted_at",
-            "mlflow_version",
-        ]
-
-    def get_base_version(self, version) -> dict | None:
-        base = version.base_version
-        if base is None:
-            return None
-        return {"id": base.pk, "model": base.model.name, "number": base.number}
-
-    def get_aliases(self, version) -> list[str]:
-        return sorted(alias.name for alias in version.aliases.all())
-
-    @extend_schema_field(ModelEvaluationOut(allow_null=True))
-    def get_latest_evaluation(self, version) -> dict | None:
-        evaluation = latest_evaluation(version)
-        return ModelEvaluationOut(evaluation).data if evaluation is not None else None
-
-
-class ModelAliasOut(serializers.ModelSerializer):
-    model = serializers.CharField(source="model.name")
-    version = serializers.IntegerField(source="version.number")
-    previous_version = serializers.IntegerField(
-        source="previous_version.number", allow_null=True, default=None
-    )
-    moved_by = serializers.CharField(source="moved_by.username")
-
-    class Meta:
-        model = ModelAlias
-        fields = ["model", "name", "version", "previous_version", "moved_by", "moved_at"]
-
-
-class PromotionRequestOut(serializers.ModelSerializer):
-    model = serializers.CharField(source="model.name")
-    version = serializers.IntegerField(source="version.number")
-    from_version = serializers.IntegerField(
-        source="from_version.number", allow_null=True, default=None
-    )
-    requested_by = serializers.CharField(source="requested_by.username")
-    decided_by = serializers.CharField(source="decided_by.username", allow_null=True, default=None)
-    evaluation_id = serializers.IntegerField(allow_null=True)
-
-    class Meta:
-        model = PromotionRequest
-        fields = [
-            "id",
-            "model",
-            "alias",
-            "version",
-            "from_version",
-            "is_rollback",
-            "reason",
-            "evaluation_id",
-            "state",
-            "requested_by",
-            "requested_at",
-            "decided_by",
-            "decided_at",
-            "decision_reason",
-        ]
-
-
-class RegistrySettingsOut(serializers.Serializer):
-    protected_aliases = serializers.ListField(child=serializers.CharField())
-
-
-# -- input -----------------------------------------------------------------------------
-
-
-class RegisteredModelIn(StrictSerializer):
-    name = serializers.CharField(max_length=100)
-    task = serializers.ChoiceField(choices=ModelTask.values)
-    description = serializers.CharField(
-        required=False, allow_blank=True, default="", max_length=MAX_TEXT
-    )
-
-
-class RegisteredModelPatch(StrictSerializer):
-    description = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TEXT)
-    promotion_thresholds = serializers.JSONField(
-        required=False, help_text='[{"metric": "val_loss", "op": "<=", "value": 2.0}, ...]'
-    )
-
-
-class ModelVersionRegisterIn(StrictSerializer):
-    job_id = JSONIntegerField(min_value=1, max_value=MAX_BIGINT)
-    description = serializers.CharField(
-        required=False, allow_blank=True, default="", max_length=MAX_TEXT
-    )
-    create_model = serializers.BooleanField(
-        required=False, default=False, help_text="create the model when it does not exist"
-    )
-
-
-class ModelVersionPatch(StrictSerializer):
-    intended_use = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TEXT)
-    limitations = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TEXT)
-    description = serializers.CharField(required=False, allow_blank=True, max_length=MAX_TEXT)
-
-
-class ModelAliasIn(StrictSerializer):
-    version = JSONIntegerField(min_value=1, max_value=MAX_BIGINT)
-    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
-
-
-class PromotionReasonIn(StrictSerializer):
-    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
-
-
-class RegistrySettingsIn(StrictSerializer):
-    protected_aliases = serializers.ListField(child=serializers.CharField(max_length=64))
-
-
 # -- lookups ---------------------------------------------------------------------------
 
 
 def model_or_404(request, project_id: int, name: str, action: Action = Action.VIEW):
     project = project_or_404(request, project_id, action)
-    # A name no model can have (a NUL, a slash...) never reaches the database.
-    model = model_in(project, name) if re.fullmatch(MODEL_NAME_PATTERN, name) else None
+    model = model_in(project, name)  # None too for a name no model can have
     if model is None:
         raise exceptions.NotFound(f"no model named '{name}' in this project")
     return model
 
 
 def _model_out(model: RegisteredModel) -> dict:
-    return RegisteredModelOut(
-        models_of(model.project).prefetch_related("aliases__version").get(pk=model.pk)
-    ).data
+    return RegisteredModelOut(models_of(model.project).get(pk=model.pk)).data
 
 
 def version_or_404(request, project_id, name, number, action: Action = Action.VIEW):
@@ -307,11 +98,7 @@ def version_or_404(request, project_id, name, number, action: Action = Action.VI
 
 
 def _version_out(version: ModelVersion) -> dict:
-    fresh = (
-        versions_of(version.model)
-        .prefetch_related("aliases", "dataset_versions", "lineage_jobs")
-        .get(pk=version.pk)
-    )
+    fresh = versions_detailed(version.model).get(pk=version.pk)
     return ModelVersionOut(fresh).data
 
 
@@ -330,7 +117,7 @@ class ModelListCreate(generics.GenericAPIView):
     @extend_schema(responses=RegisteredModelOut(many=True))
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
-        page = self.paginate_queryset(models_of(project).prefetch_related("aliases__version"))
+        page = self.paginate_queryset(models_of(project))
         return self.get_paginated_response(RegisteredModelOut(page, many=True).data)
 
     @extend_schema(request=RegisteredModelIn, responses={201: RegisteredModelOut})
@@ -382,11 +169,7 @@ class VersionListRegister(generics.GenericAPIView):
     def get(self, request, project_id: int, name: str):
         model = model_or_404(request, project_id, name)
         state = choice_param(request, "state", VersionState.values)
-        versions = versions_of(model).prefetch_related(
-            "aliases", "dataset_versions", "lineage_jobs"
-        )
-        if state:
-            versions = versions.filter(state=state)
+        versions = versions_detailed(model, state=state)
         page = self.paginate_queryset(versions)
         return self.get_paginated_response(ModelVersionOut(page, many=True).data)
 
@@ -402,7 +185,7 @@ class VersionListRegister(generics.GenericAPIView):
         body = ModelVersionRegisterIn(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        job = Job.objects.filter(project=project, pk=data["job_id"]).first()
+        job = job_in(project, data["job_id"])
         if job is None:
             raise exceptions.NotFound(f"job {data['job_id']} not found in this project")
         try:
@@ -452,14 +235,10 @@ class VersionDetail(APIView):
 
 
 def _alias_of(model, alias: str) -> ModelAlias:
-    found = aliases_of(model).filter(name=alias).first() if _alias_like(alias) else None
+    found = alias_in(model, alias)
     if found is None:
         raise exceptions.NotFound(f"{model.name} has no alias @{alias}")
     return found
-
-
-def _alias_like(alias: str) -> bool:
-    return re.fullmatch(ALIAS_PATTERN, alias) is not None
 
 
 class AliasDetail(APIView):

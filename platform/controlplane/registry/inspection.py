@@ -175,6 +175,8 @@ def checkpoint_summary(store: ObjectStore, key: str, name: str) -> dict[str, Any
         for part, value in payload["state"].items()
         if isinstance(value, dict) and not str(part).startswith(_NOT_NETWORKS)
     )
+    if count == 0:
+        raise ModelFileError(f"{name} holds no network weights")
     return {
         "parameter_count": count,
         "kind": str(payload.get("kind", "")),

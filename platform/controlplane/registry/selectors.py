@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Max, Q, QuerySet
+import re
+
+from django.db.models import Count, Max, Prefetch, Q, QuerySet
 
 from controlplane.registry.models import (
+    ALIAS_PATTERN,
     DEFAULT_PROTECTED_ALIASES,
+    MODEL_NAME_PATTERN,
     ModelAlias,
     ModelEvaluation,
     ModelVersion,
@@ -22,6 +26,7 @@ def models_of(project) -> QuerySet[RegisteredModel]:
     return (
         RegisteredModel.objects.filter(project=project)
         .select_related("created_by")
+        .prefetch_related("aliases__version")
         .annotate(
             version_count=Count("versions", filter=~Q(versions__state=VersionState.DELETED)),
             latest_number=Max("versions__number", filter=Q(versions__state=VersionState.READY)),
@@ -31,7 +36,8 @@ def models_of(project) -> QuerySet[RegisteredModel]:
 
 
 def model_in(project, name: str) -> RegisteredModel | None:
-    if not isinstance(name, str):
+    # A name no model can have (a NUL, a slash...) never reaches the database.
+    if not isinstance(name, str) or not re.fullmatch(MODEL_NAME_PATTERN, name):
         return None
     return (
         RegisteredModel.objects.filter(project=project, name=name)
@@ -44,7 +50,7 @@ def versions_of(model: RegisteredModel) -> QuerySet[ModelVersion]:
     """Every version, newest first (deleted ones stay as tombstones)."""
     return (
         ModelVersion.objects.filter(model=model)
-        .select_related("model", "source_job", "created_by", "base_version")
+        .select_related("model", "source_job", "created_by", "base_version__model")
         .prefetch_related("files")
         .order_by("-number")
     )
@@ -52,6 +58,29 @@ def versions_of(model: RegisteredModel) -> QuerySet[ModelVersion]:
 
 def version_in(model: RegisteredModel, number: int) -> ModelVersion | None:
     return versions_of(model).filter(number=number).first()
+
+
+def versions_detailed(model: RegisteredModel, *, state: str | None = None):
+    """Versions with their aliases and lineage ids (the API's full representation)."""
+    versions = versions_of(model).prefetch_related(
+        "aliases",
+        "dataset_versions",
+        "lineage_jobs",
+        Prefetch(
+            "evaluations",
+            queryset=ModelEvaluation.objects.filter(finished_at__isnull=False).order_by(
+                "-finished_at", "-id"
+            ),
+            to_attr="finished_evaluations",
+        ),
+    )
+    return versions.filter(state=state) if state else versions
+
+
+def alias_in(model: RegisteredModel, name: str) -> ModelAlias | None:
+    if not isinstance(name, str) or not re.fullmatch(ALIAS_PATTERN, name):
+        return None
+    return aliases_of(model).filter(name=name).first()
 
 
 def aliases_of(model: RegisteredModel) -> QuerySet[ModelAlias]:
@@ -81,6 +110,9 @@ def pending_promotions(project) -> QuerySet[PromotionRequest]:
 
 def latest_evaluation(version: ModelVersion) -> ModelEvaluation | None:
     """The version's most recent finished evaluation (the one the gate checks), or None."""
+    prefetched = getattr(version, "finished_evaluations", None)  # versions_detailed
+    if prefetched is not None:
+        return prefetched[0] if prefetched else None
     return (
         ModelEvaluation.objects.filter(version=version, finished_at__isnull=False)
         .select_related("job")

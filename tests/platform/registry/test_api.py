@@ -348,3 +348,29 @@ def test_names_no_model_can_have_are_404_not_500(team, api):
     client = api(team.viewer)
     assert client.get(f"{base(team)}/models/a%00b/").status_code == 404
     assert client.get(f"{base(team)}/models/gpt/aliases/a%00b/").status_code == 404
+
+
+def test_list_endpoints_do_not_grow_with_page_size(team, api, gpt, ready_version, evaluate):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from controlplane.registry.services import alias_set
+
+    v1, v2 = gpt
+    evaluate(v1, {"val_loss": 1.0})
+    evaluate(v2, {"val_loss": 1.0})
+    for name in ("a", "b", "c"):
+        version = ready_version(name)
+        alias_set(model=version.model, actor=team.engineer, alias="candidate", version=version)
+        evaluate(version, {"val_loss": 1.0})
+        alias_set(model=version.model, actor=team.engineer, alias="production", version=version)
+    client = api(team.owner)
+    client.get(f"{base(team)}/models/")  # the token's first use records last_used_at once
+
+    def queries(url, page_size):
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url, {"page_size": page_size}).status_code == 200
+        return len(captured)
+
+    for url in ("/models/", "/models/gpt/versions/", "/promotion-requests/"):
+        assert queries(base(team) + url, 1) == queries(base(team) + url, 10), url

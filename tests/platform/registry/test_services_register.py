@@ -131,6 +131,8 @@ def test_a_kind_that_makes_no_model_is_refused(team, make_model_job):
 
     with pytest.raises(InvalidRequest, match="data_pipeline job, which makes no model"):
         register(team, job)
+    with pytest.raises(InvalidRequest, match="reward job: its reward model scores text"):
+        register(team, make_model_job("reward", files=False))
 
 
 def test_a_vision_job_registers_its_latest_checkpoint(team, make_model_job, finish_sent):
@@ -302,3 +304,77 @@ def test_lineage_goes_through_base_jobs_and_dataset_versions(team, make_model_jo
         (f"job:{dpo.pk}", f"mv:{version.pk}"),
         (f"job:{sft.pk}", f"mv:{sft_version.pk}"),
     } <= edges
+
+
+def test_a_checkpoint_pickle_never_runs_code(team, make_model_job, put_artifact, tmp_path):
+    """The checkpoint reader builds placeholders only: a pickle that would run a command
+    when loaded by torch.load(weights_only=False) runs nothing here."""
+    import io
+    import os
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "ran"
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("archive/data.pkl", pickle.dumps({"state": {"generator": Hostile()}}))
+    job = make_model_job("diffusion", files=False)
+    put_artifact(job, "checkpoints/step_000001.pt", archive.getvalue(), kind="checkpoint", step=1)
+    version = register(team, job, name="digits")
+
+    finished = finish_registration(version.pk)
+
+    assert not marker.exists()
+    assert finished.state == VersionState.REFUSED
+    assert "holds no network weights" in finished.refused_reason
+
+
+def test_a_registering_version_cannot_be_deleted(team, make_model_job):
+    from controlplane.registry.services import version_delete
+
+    version = register(team, make_model_job())
+    with pytest.raises(Conflict, match="still registering"):
+        version_delete(version=version, actor=team.engineer)
+
+
+def test_the_control_tasks_run_and_the_sweep_is_on_the_beat(team, make_model_job, settings):
+    from controlplane.celery_app import app
+    from controlplane.registry import tasks
+
+    assert settings.CELERY_BEAT_SCHEDULE["registry-sweep"]["task"] == "control.registry_sweep"
+    assert {FINISH_TASK, "control.registry_sweep"} <= set(app.tasks)
+    version = register(team, make_model_job())
+
+    assert tasks.registry_finish_registration.apply(args=[version.pk]).get() == "ready"
+    assert tasks.registry_sweep_task.apply().get() == []
+
+
+def test_a_store_outage_leaves_the_version_registering_for_the_sweep(
+    team, make_model_job, monkeypatch, audit_actions
+):
+    from controlplane.registry import registration
+    from tests.workers.storage.test_retrying import _refused
+    from workers.storage.retrying import StorageUnavailableError
+
+    version = register(team, make_model_job())
+    store = object_store()
+    monkeypatch.setattr(registration, "STORE_PATIENCE_SECONDS", 0.2)
+
+    def down(*args, **kwargs):
+        raise _refused()
+
+    working = type(store).copy
+    monkeypatch.setattr(type(store), "copy", down)
+    with pytest.raises(StorageUnavailableError):
+        finish_registration(version.pk)
+    version.refresh_from_db()
+    assert version.state == VersionState.REGISTERING
+    assert audit_actions(team.project, "model_version.") == ["model_version.registering"]
+
+    monkeypatch.setattr(type(store), "copy", working)  # the store is back
+    assert finish_registration(version.pk).state == VersionState.READY

@@ -79,3 +79,20 @@ def test_a_registration_that_cannot_be_made_leaves_the_job_succeeded(team, make_
     assert not ModelVersion.objects.exists()
     failed = AuditEvent.objects.get(action="model_version.register_failed")
     assert "text-generation model" in failed.payload["error"]
+
+
+def test_the_jobs_api_takes_register_as_and_refuses_a_bad_name(team, api):
+    url = f"/api/v1/projects/{team.project.pk}/jobs/"
+    client = api(team.engineer)
+
+    bad = client.post(
+        url, {"kind": "vae", "params": {"preset": "tiny", "register_as": "no/slash"}}, format="json"
+    )
+    assert bad.status_code == 400
+    assert "params.register_as" in bad.json()["error"]["fields"]
+
+    good = client.post(
+        url, {"kind": "vae", "params": {"preset": "tiny", "register_as": "digits"}}, format="json"
+    )
+    assert good.status_code == 201, good.content
+    assert good.json()["params"]["register_as"] == "digits"
