@@ -8,7 +8,7 @@ import math
 from django import forms
 
 from controlplane.registry.models import MODEL_NAME_PATTERN, alias_validator, model_name_validator
-from controlplane.registry.services import THRESHOLD_OPS
+from controlplane.registry.rules import THRESHOLD_OPS
 
 MAX_TEXT = 20_000
 

@@ -33,8 +33,8 @@ from controlplane.registry.models import (
     SyncState,
     VersionState,
 )
+from controlplane.registry.rules import KIND_TASK
 from controlplane.registry.selectors import latest_evaluation, models_of, promotions_of
-from controlplane.registry.services import KIND_TASK
 
 # The figures a list or a chart shows first (an evaluation has many: pii_<type>,
 # recognition_<digit>...; the version page's table shows them all).

@@ -26,10 +26,11 @@ def test_register_a_new_model_from_the_job_page(team, client, make_model_job, fi
     version = ModelVersion.objects.get(model__name="shakespeare-gpt")
     assert version.state == "registering" and version.created_by == team.engineer
     page = client.get(response["Location"]).content.decode()
-    assert "registering" in page
+    assert "registering" in page and 'hx-trigger="every 2s"' in page  # refreshes itself
     finish_sent()
     page = client.get(response["Location"]).content.decode()
     assert "state-ready" in page and "model.safetensors" in page
+    assert 'hx-trigger="every 2s"' not in page
 
 
 def test_register_a_new_version_of_an_existing_model(
