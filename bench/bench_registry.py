@@ -304,7 +304,42 @@ def bench_register(
         f"  a bare store copy of the same object: {float(bare_s):.2f} s; "
         f"the rest of finish_registration is the read-back hash"
     )
-    return rss < 200 and state == "ready"
+    archive_rss = bench_archive(port, master, project, token)
+    return rss < 200 and state == "ready" and archive_rss < 200
+
+
+def bench_archive(port: int, master: psutil.Process, project: str, token: str) -> float:
+    """Download the version's export archive; the web worker's peak RSS meanwhile."""
+    peak, sampling = [worker_rss_mb(master)], True
+
+    def sample() -> None:
+        while sampling:
+            peak.append(worker_rss_mb(master))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    started = time.perf_counter()
+    connection.request(
+        "GET",
+        f"/api/v1/projects/{project}/models/big/versions/1/archive/",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    response = connection.getresponse()
+    first_byte = time.perf_counter() - started
+    received = 0
+    while chunk := response.read(1 << 20):
+        received += len(chunk)
+    seconds = time.perf_counter() - started
+    sampling = False
+    sampler.join()
+    print(
+        f"export archive of it: HTTP {response.status}, {received / 1e6:.0f} MB in {seconds:.2f} s "
+        f"(first byte after {first_byte:.2f} s: the read-back sha256 check); "
+        f"web worker RSS peak {max(peak):.0f} MB (goal < 200 MB)"
+    )
+    return max(peak) if response.status == 200 else float("inf")
 
 
 def main() -> int:

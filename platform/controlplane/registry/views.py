@@ -107,12 +107,12 @@ def model_detail(request: ProjectRequest, project: Project, name: str) -> HttpRe
             initial={"thresholds": ThresholdsForm.as_text(model.promotion_thresholds)}
         ),
         "description_form": ModelDescriptionForm(initial={"description": model.description}),
-        "compare": _comparison(request, model, versions),
+        "compare": _comparison(request, versions),
     }
     return render(request, "registry/model_detail.html", context)
 
 
-def _comparison(request: ProjectRequest, model: RegisteredModel, versions: list) -> dict | None:
+def _comparison(request: ProjectRequest, versions: list[ModelVersion]) -> dict | None:
     """Two versions chosen with ?a=&b= (default: the two newest ready ones) side by side."""
     by_number = {v.number: v for v in versions if v.state != VersionState.DELETED}
     chosen = []
