@@ -26,10 +26,21 @@ from markdown_it import MarkdownIt
 from controlplane.audit.models import AuditEvent
 from controlplane.audit.selectors import actor_names
 from controlplane.datasets.models import DatasetVersion
-from controlplane.registry.models import ModelEvaluation, ModelVersion
+from controlplane.registry.models import ModelEvaluation, ModelTask, ModelVersion
 from controlplane.registry.selectors import latest_evaluation
 
-# Stages of the data pipeline, grouped the way the card reports them.
+# Stages of the data pipeline in the order they run (the stored report is JSONB, whose
+# keys come back sorted), and grouped the way the card sums them up.
+STAGE_ORDER = (
+    "normalize",
+    "quality",
+    "repetition",
+    "pii",
+    "toxicity",
+    "exact_dedup",
+    "near_dedup",
+    "pipeline",
+)
 DUPLICATE_STAGES = ("exact_dedup", "near_dedup")
 FILTER_STAGES = ("quality", "repetition", "pipeline")
 # Params that are bookkeeping for the worker, not settings a reader compares.
@@ -130,11 +141,16 @@ def version_audit_events(version: ModelVersion, limit: int = MAX_AUDIT_EVENTS) -
     return list(events.order_by("-seq")[:limit])[::-1]
 
 
-def _training_data(versions: list[DatasetVersion]) -> list[str]:
+def _training_data(versions: list[DatasetVersion], task: str) -> list[str]:
     if not versions:
+        built_in = (
+            "scikit-learn's 8x8 digits"
+            if task == ModelTask.IMAGE_GENERATION
+            else "the bundled Shakespeare pairs"
+        )
         return [
-            "No dataset version is recorded for this model: it was trained on data built into "
-            "the engine (such as the bundled Shakespeare pairs) or on none."
+            "No dataset version is recorded for this model: it was trained on data built "
+            f"into the engine ({built_in})."
         ]
     lines: list[str] = []
     for dv in versions:
@@ -155,6 +171,10 @@ def _training_data(versions: list[DatasetVersion]) -> list[str]:
     return lines
 
 
+def records(count: int) -> str:
+    return f"{count:,} record" + ("" if count == 1 else "s")
+
+
 def pipeline_report_lines(report: dict) -> list[str]:
     """The data pipeline report's figures: what each filter dropped, PII, toxicity, dups."""
     stages = report.get("stages", {})
@@ -170,7 +190,9 @@ def pipeline_report_lines(report: dict) -> list[str]:
         "",
     ]
     rows = []
-    for name, stats in stages.items():
+    ordered = sorted(stages, key=lambda n: (STAGE_ORDER.index(n) if n in STAGE_ORDER else 99, n))
+    for name in ordered:
+        stats = stages[name]
         reasons = ", ".join(f"{r} {n:,}" for r, n in stats.get("removed", {}).items())
         counts = ", ".join(f"{k} {n:,}" for k, n in stats.get("counts", {}).items())
         rows.append(
@@ -183,18 +205,18 @@ def pipeline_report_lines(report: dict) -> list[str]:
     pii = stages.get("pii", {})
     toxicity = stages.get("toxicity", {})
     duplicates = sum(stages.get(s, {}).get("removed_total", 0) for s in DUPLICATE_STAGES)
-    summary = [f"- Quality filters dropped {filtered:,} records."]
+    summary = [f"- Quality filters dropped {records(filtered)}."]
     if "pii" in stages:
         found = ", ".join(f"{k} {n:,}" for k, n in pii.get("counts", {}).items()) or "none found"
         summary.append(
             f"- PII redactions: {sum(pii.get('counts', {}).values()):,} spans replaced in "
-            f"{pii.get('changed', 0):,} records ({found})."
+            f"{records(pii.get('changed', 0))} ({found})."
         )
     else:
         summary.append("- PII: the pipeline ran no PII redaction stage.")
     if "toxicity" in stages:
         summary.append(
-            f"- Toxicity: {toxicity.get('removed_total', 0):,} records above the threshold removed."
+            f"- Toxicity: {records(toxicity.get('removed_total', 0))} above the threshold removed."
         )
     else:
         summary.append("- Toxicity: the pipeline ran no toxicity filter.")
@@ -204,7 +226,7 @@ def pipeline_report_lines(report: dict) -> list[str]:
             for s in DUPLICATE_STAGES
             if s in stages
         )
-        summary.append(f"- Duplicates: {duplicates:,} records removed ({parts}).")
+        summary.append(f"- Duplicates: {records(duplicates)} removed ({parts}).")
     else:
         summary.append("- Duplicates: the pipeline ran no deduplication.")
     return lines + summary
@@ -370,7 +392,7 @@ def model_card_markdown(
             ("File", "Role", "Bytes", "sha256"),
             [(f.name, f.role, f"{f.size:,}", f.sha256) for f in files],
         ) + [""]
-    lines += ["## Training data", "", *_training_data(datasets), ""]
+    lines += ["## Training data", "", *_training_data(datasets, model.task), ""]
     lines += ["## Training settings", ""]
     settings_rows = flat_settings(version.params)
     lines += _table(("Setting", "Value"), settings_rows) if settings_rows else ["None recorded."]

@@ -103,3 +103,52 @@ def test_card_api_answers_markdown_to_members_and_404_to_others(team, api, make_
     assert api(team.outsider).get(url).status_code == 404
     missing = api(team.viewer).get(url.replace("/1/", "/9/"))
     assert missing.status_code == 404 and "version 9" in missing.json()["error"]["message"]
+
+
+def test_card_reads_a_real_data_pipeline_report(
+    team, make_upload, make_ready_version, run_on_worker, make_version
+):
+    """The report as the engine writes it (not a hand-made dict): the card finds its
+    figures, PII redactions and duplicates included."""
+    from controlplane.datasets.services import dataset_create
+    from controlplane.jobs.services import job_create
+    from controlplane.registry.card import model_card_markdown
+    from engine.data.corpora import shakespeare_files
+
+    # One play (a record), with an e-mail address in it, twice under two names: the
+    # second copy is an exact duplicate.
+    play = shakespeare_files("modern")[0].read_bytes() + b"\n\nWrite to portia@belmont.example.\n"
+    dataset = dataset_create(
+        project=team.project,
+        actor=team.engineer,
+        name="Speeches",
+        slug="speeches",
+        kind="text",
+        license="CC0",
+        source="hand-typed",
+    )
+    raw = make_ready_version(dataset, team.engineer, {"a.txt": play, "b.txt": play})
+    pipeline = run_on_worker(
+        job_create(
+            project=team.project,
+            kind="data_pipeline",
+            actor=team.engineer,
+            params={"dataset_version_id": raw.pk, "val_fraction": 0.5},
+        )
+    )
+    assert pipeline.state == "succeeded", pipeline.error
+    derived = pipeline.produced_versions.get()
+    card = model_card_markdown(make_version(datasets=[derived]))
+    report = derived.report
+    assert f"{report['records_read']:,} records read" in card
+    pii = report["stages"]["pii"]
+    assert f"PII redactions: {sum(pii['counts'].values()):,} spans replaced" in card
+    assert "EMAIL" in card and "CC0" in card
+    duplicates = sum(
+        report["stages"][s]["removed_total"]
+        for s in ("exact_dedup", "near_dedup")
+        if s in report["stages"]
+    )
+    assert f"Duplicates: {duplicates:,} record" in card
+    # Stages in the order they ran, whatever order the JSONB column returns them in.
+    assert card.index("| normalize |") < card.index("| pii |") < card.index("| exact_dedup |")
