@@ -187,3 +187,34 @@ def test_edit_the_card_then_delete_a_version(team, client, ready_version):
     assert response["Location"] == f"/projects/{team.project.pk}/models/gpt/"
     assert ModelVersion.objects.get(number=1).state == "deleted"
     assert "state-deleted" in client.get(base).content.decode()
+
+
+def test_hostile_input_on_the_registry_pages_is_a_message_or_404_never_500(
+    team, client, ready_version, make_model_job
+):
+    ready_version("gpt")
+    job = make_model_job()
+    client.force_login(team.owner)
+    project = team.project.pk
+    posts = [
+        (f"/projects/{project}/models/gpt/aliases/", {"alias": "production", "version": "²"}),
+        (f"/projects/{project}/models/gpt/aliases/", {"alias": "Bad Alias!", "version": "1"}),
+        (f"/projects/{project}/models/gpt/aliases/", {"alias": "latest", "version": "1"}),
+        (f"/projects/{project}/models/gpt/aliases/", {"action": "rollback", "alias": "nope"}),
+        (f"/projects/{project}/models/gpt/aliases/", {"action": "delete", "alias": "\x00"}),
+        (f"/projects/{project}/models/gpt/edit/", {"thresholds": "val_loss <= nan"}),
+        (f"/projects/{project}/models/gpt/edit/", {"thresholds": "val_loss ~ 1"}),
+        (f"/projects/{project}/models/gpt/v1/edit/", {"intended_use": "x" * 30_000}),
+        (f"/projects/{project}/reviews/999/decide/", {"decision": "approve", "reason": "x"}),
+        (f"/projects/{project}/jobs/{job.pk}/register/", {"target": "sideways"}),
+        (f"/projects/{project}/jobs/{job.pk}/register/", {"target": "existing", "existing": "x"}),
+    ]
+    for url, data in posts:
+        response = client.post(url, data)
+        assert response.status_code in (302, 404), (url, data, response.status_code)
+    for url in [
+        f"/projects/{project}/models/gpt/?a=²&b=-1",
+        f"/projects/{project}/models/%E2%80%AEgpt/",
+        f"/projects/{project}/models/gpt/v99999999999999999999/",
+    ]:
+        assert client.get(url).status_code in (200, 404), url
