@@ -238,10 +238,14 @@ def automatic_limits(
     """Limits the registry can state from what it knows, whatever people wrote."""
     limits = []
     if datasets:
+        # The lineage holds a derived version and the version it was made from: count
+        # the text a model saw once, at the last version of each chain (a pipeline's
+        # report says how much text went in; an uploaded version is its own size).
+        parents = {p.pk for dv in datasets for p in dv.parents.all()}
         read_bytes = sum(
             (dv.report or {}).get("input", {}).get("bytes") or dv.byte_count
             for dv in datasets
-            if not dv.produced_by_id or dv.report
+            if dv.pk not in parents
         )
         names = ", ".join(sorted({dv.dataset.name for dv in datasets}))
         limits.append(

@@ -138,8 +138,11 @@ def test_card_reads_a_real_data_pipeline_report(
     )
     assert pipeline.state == "succeeded", pipeline.error
     derived = pipeline.produced_versions.get()
-    card = model_card_markdown(make_version(datasets=[derived]))
+    # The lineage holds the uploaded version and the one derived from it, as registered.
+    card = model_card_markdown(make_version(datasets=[raw, derived]))
     report = derived.report
+    # The text counted once: what went into the pipeline, not that plus the upload.
+    assert f"Trained on about {report['input']['bytes']:,} characters" in card
     assert f"{report['records_read']:,} records read" in card
     pii = report["stages"]["pii"]
     assert f"PII redactions: {sum(pii['counts'].values()):,} spans replaced" in card
