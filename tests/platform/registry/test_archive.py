@@ -133,3 +133,27 @@ def test_streaming_memory_does_not_grow_with_the_weights(team, make_version):
     sizes = [len(c) for c in archive_stream("gpt-v1", members, object_store(), 0)]
     assert max(sizes) <= CHUNK_BYTES
     assert sum(sizes) > len(big)
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "gan"])
+def test_a_version_registered_by_the_services_exports_and_verifies(
+    team, api, ready_version, tmp_path, kind
+):
+    """The real registration path (copy, read-back, inspection), then the export: the
+    text model's three files or the vision checkpoint, each checked by sha256sum."""
+    version = ready_version("gpt", kind=kind)
+    response = api(team.viewer).get(
+        f"/api/v1/projects/{team.project.pk}/models/gpt/versions/{version.number}/archive/"
+    )
+    assert response.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(_streamed(response))) as tar:
+        names = sorted(n.split("/", 1)[1] for n in tar.getnames())
+        tar.extractall(tmp_path, filter="data")
+    stored = sorted(f.name for f in version.files.all())
+    assert names == sorted([*stored, "MODEL_CARD.md", "SHA256SUMS"])
+    check = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path / "gpt-v1", capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    card = (tmp_path / "gpt-v1" / "MODEL_CARD.md").read_text()
+    assert f"{version.parameter_count:,} parameters" in card
