@@ -146,6 +146,15 @@ def versions_table(model: RegisteredModel) -> list[ModelVersion]:
     return list(
         ModelVersion.objects.filter(model=model)
         .select_related("created_by", "source_job")
+        # The table shows none of the large JSON columns; a job's result can be big.
+        .defer(
+            "lineage",
+            "params",
+            "architecture",
+            "source_job__params",
+            "source_job__result",
+            "source_job__inputs",
+        )
         .prefetch_related("aliases")
         .annotate(
             last_eval_metrics=Subquery(last_eval.values("metrics")[:1]),
@@ -294,18 +303,18 @@ def model_lineage(model: RegisteredModel, versions: list[ModelVersion]) -> Linea
     ).values("job_id")
     jobs = {
         j.pk: j
-        for j in Job.objects.filter(project_id=project_id).filter(
-            Q(pk__in=lineage_job_ids) | Q(pk__in=[v.source_job_id for v in versions])
-        )
+        for j in Job.objects.filter(project_id=project_id)
+        .filter(Q(pk__in=lineage_job_ids) | Q(pk__in=[v.source_job_id for v in versions]))
+        .only("id", "kind", "state", "params")
     }
     dataset_version_ids = ModelVersion.dataset_versions.through.objects.filter(
         modelversion_id__in=version_ids
     ).values("datasetversion_id")
     dataset_versions = {
         dv.pk: dv
-        for dv in DatasetVersion.objects.filter(pk__in=dataset_version_ids).select_related(
-            "dataset"
-        )
+        for dv in DatasetVersion.objects.filter(pk__in=dataset_version_ids)
+        .select_related("dataset")
+        .only("id", "number", "state", "produced_by_id", "dataset__slug", "dataset__kind")
     }
     lineage = Lineage()
     for dv in dataset_versions.values():
