@@ -26,6 +26,7 @@ from controlplane.registry.forms import (
     AliasForm,
     DecisionForm,
     ModelDescriptionForm,
+    ProtectedAliasesForm,
     RegisterForm,
     ThresholdsForm,
     VersionEditForm,
@@ -233,3 +234,24 @@ def register(request: ProjectRequest, project: Project, job_id: int) -> HttpResp
         return redirect("job-detail", project_id=project.pk, job_id=job.pk)
     messages.success(request, f"Registered as {version}: its files are being copied and verified.")
     return to_version_page(project, version)
+
+
+@project_page(Action.REVIEW)
+@require_POST
+def registry_settings_edit(request: ProjectRequest, project: Project) -> HttpResponse:
+    """Which aliases of the project's models need a promotion request (owners, compliance)."""
+    form = ProtectedAliasesForm(request.POST)
+    if form.is_valid():
+        try:
+            services.registry_settings_update(
+                project=project, actor=request.user, protected_aliases=form.cleaned_data["aliases"]
+            )
+        except RegistryError as error:
+            problems = [" ".join(p) for p in error.fields.values()] or [str(error)]
+            messages.error(request, "; ".join(problems))
+        else:
+            names = ", ".join(f"@{n}" for n in form.cleaned_data["aliases"]) or "none"
+            messages.success(request, f"Protected aliases: {names}.")
+    else:
+        messages.error(request, " ".join(e for errs in form.errors.values() for e in errs))
+    return redirect("registry-reviews", project_id=project.pk)

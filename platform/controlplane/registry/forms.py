@@ -129,3 +129,18 @@ class DecisionForm(forms.Form):
     reason = forms.CharField(
         max_length=2000, widget=forms.TextInput(attrs={"placeholder": "why (required)"})
     )
+
+
+class ProtectedAliasesForm(forms.Form):
+    """The project's protected aliases, separated by commas or spaces."""
+
+    aliases = forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Protected aliases",
+        help_text="Moving one of these needs a passing evaluation and a second person's "
+        "approval. Empty: no alias is protected.",
+    )
+
+    def clean_aliases(self) -> list[str]:
+        return self.cleaned_data["aliases"].replace(",", " ").split()

@@ -18,6 +18,11 @@ urlpatterns = [
     path(VERSION + "evaluate/", actions.version_evaluate, name="registry-version-evaluate"),
     path("projects/<int:project_id>/reviews/", views.review_queue, name="registry-reviews"),
     path(
+        "projects/<int:project_id>/reviews/settings/",
+        actions.registry_settings_edit,
+        name="registry-settings",
+    ),
+    path(
         "projects/<int:project_id>/reviews/<int:request_id>/decide/",
         actions.promotion_decide,
         name="registry-promotion-decide",

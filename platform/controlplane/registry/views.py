@@ -26,6 +26,7 @@ from controlplane.registry.forms import (
     AliasForm,
     DecisionForm,
     ModelDescriptionForm,
+    ProtectedAliasesForm,
     ThresholdsForm,
     VersionEditForm,
 )
@@ -182,6 +183,7 @@ def version_archive(
 
 @project_page()
 def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
+    protected = protected_aliases(project)
     return render(
         request,
         "registry/reviews.html",
@@ -190,5 +192,7 @@ def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
             "pending": list(pending_promotions(project)),
             "decided": pages.decided_promotions_of(project),
             "decision_form": DecisionForm(),
+            "protected": protected,
+            "settings_form": ProtectedAliasesForm(initial={"aliases": ", ".join(protected)}),
         },
     )

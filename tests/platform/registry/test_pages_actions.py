@@ -218,3 +218,31 @@ def test_hostile_input_on_the_registry_pages_is_a_message_or_404_never_500(
         f"/projects/{project}/models/gpt/v99999999999999999999/",
     ]:
         assert client.get(url).status_code in (200, 404), url
+
+
+def test_reviewers_choose_the_protected_aliases_on_the_review_page(team, client, ready_version):
+    from controlplane.audit.models import AuditEvent
+    from controlplane.registry.selectors import protected_aliases
+
+    ready_version("gpt")
+    url = f"/projects/{team.project.pk}/reviews/settings/"
+    client.force_login(team.engineer)
+    page = client.get(f"/projects/{team.project.pk}/reviews/").content.decode()
+    assert "@production" in page and "Save protected aliases" not in page
+    assert client.post(url, {"aliases": "staging"}).status_code == 403
+    client.force_login(team.compliance)
+    response = client.post(url, {"aliases": "production, staging"}, follow=True)
+    assert "Protected aliases: @production, @staging." in _messages(response)
+    assert protected_aliases(team.project) == ["production", "staging"]
+    assert AuditEvent.objects.filter(action="registry_settings.updated").exists()
+    response = client.post(url, {"aliases": "Not An Alias"}, follow=True)
+    assert "alias" in _messages(response).lower()
+    assert protected_aliases(team.project) == ["production", "staging"]
+    # Now moving @staging opens a promotion request instead of moving it.
+    client.force_login(team.engineer)
+    response = client.post(
+        f"/projects/{team.project.pk}/models/gpt/aliases/",
+        {"alias": "staging", "version": "1"},
+        follow=True,
+    )
+    assert "cannot promote gpt v1 to @staging" in _messages(response)  # no evaluation yet
