@@ -308,12 +308,21 @@ def make_version(team):
     from controlplane.registry.models import ModelFile, ModelVersion, RegisteredModel
     from controlplane.storage import object_store
 
-    def make(model_name="gpt", *, project=None, datasets=(), state="ready", files=None, **fields):
+    def make(
+        model_name="gpt",
+        *,
+        project=None,
+        datasets=(),
+        state="ready",
+        files=None,
+        task="text-generation",
+        **fields,
+    ):
         project = project or team.project
         model, _ = RegisteredModel.objects.get_or_create(
             project=project,
             name=model_name,
-            defaults={"task": "text-generation", "created_by": team.engineer},
+            defaults={"task": task, "created_by": team.engineer},
         )
         job = Job.objects.create(
             project=project,

@@ -288,16 +288,31 @@ def _evaluate_kind_exists() -> bool:
     not _evaluate_kind_exists(),
     reason="WAITS FOR MERGE: the `evaluate` job kind is built on branch reg-eval",
 )
-def test_evaluate_button_starts_an_evaluate_job(team, client, registry):
+def test_evaluate_button_starts_an_evaluate_job(team, client, make_version):
+    """An image model (evaluated on the built-in digits: no dataset to name)."""
     from controlplane.jobs.models import Job
 
-    v1, _ = registry
+    version = make_version(
+        "digits", task="image-generation", files={"checkpoint.pt": ("checkpoint", b"ckpt")}
+    )
     client.force_login(team.engineer)
-    response = client.post(f"/projects/{team.project.pk}/models/gpt/v1/evaluate/")
-    job = Job.objects.filter(kind="evaluate", params__model_version_id=v1.pk).latest("id")
+    response = client.post(f"/projects/{team.project.pk}/models/digits/v1/evaluate/")
+    job = Job.objects.filter(kind="evaluate", params__model_version_id=version.pk).latest("id")
     assert response.status_code == 302
     assert response["Location"] == f"/projects/{team.project.pk}/jobs/{job.pk}/"
     assert job.created_by == team.engineer
+
+
+def test_an_evaluation_that_cannot_start_says_why_on_the_version_page(team, client, registry):
+    """A text model whose training data is not known (before reg-eval's merge: the kind
+    itself is unknown); either way the page says so and no job is made."""
+    from controlplane.jobs.models import Job
+
+    client.force_login(team.engineer)
+    response = client.post(f"/projects/{team.project.pk}/models/gpt/v1/evaluate/", follow=True)
+    assert response.redirect_chain[-1][0] == f"/projects/{team.project.pk}/models/gpt/v1/"
+    assert "The evaluation was not started" in response.content.decode()
+    assert not Job.objects.filter(kind="evaluate", state="queued").exists()
 
 
 def test_models_and_version_pages_cost_the_same_queries_for_more_models(
