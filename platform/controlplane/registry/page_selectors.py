@@ -70,6 +70,10 @@ class ModelRow:
     aliases: list[tuple[str, int]] = field(default_factory=list)  # (alias, version number)
 
     @property
+    def alias_labels(self) -> list[str]:
+        return [f"@{alias} → v{number}" for alias, number in self.aliases]
+
+    @property
     def mlflow_label(self) -> str:
         return SyncState(self.mlflow_state).label
 
