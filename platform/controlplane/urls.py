@@ -14,6 +14,7 @@ urlpatterns = [
     path("", include("controlplane.datasets.urls")),
     path("", include("controlplane.jobs.urls")),
     path("", include("controlplane.audit.urls")),
+    path("", include("controlplane.registry.urls")),
 ]
 
 # Under /api/ these answer in the API's JSON error shape; pages keep Django's HTML pages.

@@ -90,6 +90,7 @@ def site(team, make_upload, make_ready_version):
     )
     make_ready_version(dataset, team.owner, {"plays.txt": b"to be\n"})
     token, _ = api_token_create(user=team.owner, name="t")
+    _registered_model(team, job)
     return {
         "project_id": team.project.pk,
         "job_id": job.pk,
@@ -100,7 +101,26 @@ def site(team, make_upload, make_ready_version):
         "user_id": team.viewer.pk,
         "token_id": token.pk,
         "token": "not-a-token",
+        "name": "gpt",
+        "request_id": 1,
     }
+
+
+def _registered_model(team, job) -> None:
+    """A model "gpt" with a ready v1, for the registry's pages."""
+    from controlplane.registry.models import ModelVersion, RegisteredModel
+
+    model = RegisteredModel.objects.create(
+        project=team.project, name="gpt", task="text-generation", created_by=team.owner
+    )
+    ModelVersion.objects.create(
+        model=model,
+        number=1,
+        state="ready",
+        source_job=job,
+        source_attempt=1,
+        created_by=team.owner,
+    )
 
 
 def _dashboard_urls(kwargs: dict) -> list[str]:

@@ -7,6 +7,7 @@ from controlplane.datasets import api as datasets
 from controlplane.jobs import api as jobs
 from controlplane.projects import api as projects
 from controlplane.registry import api as registry
+from controlplane.registry import api_export as registry_export
 from controlplane.uploads import api as uploads
 
 urlpatterns = [
@@ -141,5 +142,15 @@ urlpatterns = [
         "projects/<int:project_id>/audit/verify/",
         audit.AuditVerify.as_view(),
         name="api-audit-verify",
+    ),
+    path(
+        "projects/<int:project_id>/models/<str:name>/versions/<int:number>/card/",
+        registry_export.VersionCard.as_view(),
+        name="api-model-version-card",
+    ),
+    path(
+        "projects/<int:project_id>/models/<str:name>/versions/<int:number>/archive/",
+        registry_export.VersionArchive.as_view(),
+        name="api-model-version-archive",
     ),
 ]

@@ -19,9 +19,10 @@ class Node:
     key: str  # "v12" or "j7"
     label: str
     detail: str
-    url_kind: str  # "version" or "job"
+    url_kind: str  # "version" or "job" (or another app's kind, with `url` set)
     ident: int
     state: str
+    url: str = ""  # where the box links when not a dataset version or job of the dataset
     column: int = 0
     row: int = 0
 
@@ -71,7 +72,7 @@ def dataset_lineage(dataset: Dataset) -> Lineage:
             lineage.nodes[source] = Node(
                 source, f"job {job.pk}", job.kind, "job", job.pk, job.state
             )
-    _layout(lineage)
+    layout_lineage(lineage)
     return lineage
 
 
@@ -80,7 +81,8 @@ def _job_node(job: Job) -> Node:
     return Node(f"j{job.pk}", f"job {job.pk}", detail, "job", job.pk, job.state)
 
 
-def _layout(lineage: Lineage) -> None:
+def layout_lineage(lineage: Lineage) -> None:
+    """Columns by depth along the edges, rows in order of appearance within a column."""
     incoming: dict[str, list[str]] = {}
     for source, target in lineage.edges:
         incoming.setdefault(target, []).append(source)

@@ -20,11 +20,16 @@ STATE_FILL = {
     "uploading": "#fff9db",
     "cancelled": "#f1f3f5",
     "erased": "#f1f3f5",
+    "registering": "#fff9db",
+    "refused": "#fff5f5",
+    "deleted": "#f1f3f5",
 }
 
 
 @register.simple_tag
-def lineage_svg(lineage, project, dataset) -> str:
+def lineage_svg(lineage, project, dataset=None) -> str:
+    """`dataset`: whose versions the "version" nodes are; nodes that carry a `url` (the
+    registry's graph) link there instead."""
     if not lineage.nodes:
         return mark_safe('<p class="muted">No versions yet.</p>')
 
@@ -50,7 +55,9 @@ def lineage_svg(lineage, project, dataset) -> str:
         )
     for node in lineage.nodes.values():
         x, y = box(node)
-        if node.url_kind == "version":
+        if node.url:
+            url = node.url
+        elif node.url_kind == "version":
             url = reverse("dataset-version", args=[project.pk, dataset.pk, node.ident])
         else:
             url = reverse("job-detail", args=[project.pk, node.ident])
