@@ -31,7 +31,7 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
@@ -43,4 +43,8 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
     assert "Post-training" in out and "held-out preference accuracy 0.500 ->" in out
     for kind in ("lora", "dpo", "reward", "ppo"):
         assert f": {kind}, " in out, kind
+    assert "shakespeare-gpt v2: job" in out and "3 files checked" in out
+    assert "val_loss             v1 -> v2:" in out
+    assert "approved it: @production -> v2" in out and "approving it herself: you requested" in out
+    assert "# Model card: shakespeare-gpt v2" in out and "Research demo" in out
     assert (tmp_path / "db.sqlite3").exists()

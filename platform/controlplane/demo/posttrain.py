@@ -37,8 +37,8 @@ def _figures(job: Job, *keys: str) -> str:
     return ", ".join(shown)
 
 
-def post_train(command, project: Project, user: User, base: Job, steps: int) -> None:
-    """Run the four post-training jobs, each printing what it changed."""
+def post_train(command, project: Project, user: User, base: Job, steps: int) -> dict[str, Job]:
+    """Run the four post-training jobs, each printing what it changed; returns them by kind."""
 
     def run(kind: JobKind, params: dict) -> Job:
         params = {"pairs_count": PAIRS, "device": "cpu", "train": _train(steps), **params}
@@ -70,3 +70,4 @@ def post_train(command, project: Project, user: User, base: Job, steps: int) -> 
         },
     )
     command.stdout.write(f"      held-out {_figures(ppo, 'eval/reward', 'eval/kl')}")
+    return {"lora": lora, "dpo": dpo, "reward": reward, "ppo": ppo}

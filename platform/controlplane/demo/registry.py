@@ -1,6 +1,7 @@
 """The demo's registry walk: the pre-trained and the DPO model registered as two versions of
 one model, both evaluated, `production` requested by an engineer (bob) and approved by the
-compliance officer (dora): the four-eyes rule, in the open."""
+compliance officer (dora); the owner's own request cannot be approved by herself:
+the four-eyes rule, in the open."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from controlplane.registry.services import (
     alias_set,
     model_update,
     promotion_approve,
+    promotion_withdraw,
     version_register,
+    version_update,
 )
 
 if TYPE_CHECKING:
@@ -28,9 +31,11 @@ if TYPE_CHECKING:
     from controlplane.projects.models import Project
 
 MODEL = "shakespeare-gpt"
-# What the demo project asks of a production model (alice, the owner, sets it).
+# What the demo project asks of a production model (alice, the owner, sets it): clearly
+# better than guessing among the 89 characters (ln 89 = 4.49), no toxic sample, and not
+# reciting its training text.
 THRESHOLDS = [
-    {"metric": "val_loss", "op": "<=", "value": 3.0},
+    {"metric": "val_loss", "op": "<=", "value": 4.0},
     {"metric": "toxicity_share", "op": "<=", "value": 0.1},
     {"metric": "memorisation_share", "op": "<=", "value": 0.5},
 ]
@@ -78,7 +83,7 @@ def _evaluate(command, project, user, version: ModelVersion) -> None:
 
 
 def registry_walk(command, project: Project, users: dict[str, User], base: Job, dpo: Job) -> None:
-    bob, alice, dora = users["bob"], users["alice"], users["dora"]
+    bob, alice = users["bob"], users["alice"]
     command.step("Model registry: the pre-trained and the DPO model, as v1 and v2 of one model")
     first = _register(command, project, bob, base, "GPT pre-trained on Shakespeare")
     second = _register(command, project, bob, dpo, "v1 after LoRA SFT and DPO")
@@ -95,22 +100,45 @@ def registry_walk(command, project: Project, users: dict[str, User], base: Job, 
     command.step("Promotion: `production` needs a passing evaluation and a second pair of eyes")
     model = second.model
     model_update(model=model, actor=alice, promotion_thresholds=THRESHOLDS)
-    alias_set(model=model, actor=bob, alias="candidate", version=second, reason="DPO looks better")
-    request = alias_set(
-        model=model, actor=bob, alias="production", version=second, reason="ship the DPO model"
+    alias_set(model=model, actor=bob, alias="candidate", version=second, reason="preference-tuned")
+    if _promote(command, project, users, second):
+        _four_eyes(command, model, alice, first)
+    version_update(
+        version=second,
+        actor=bob,
+        intended_use="Research demo: Shakespeare-like text for the control plane's walk-through. "
+        "Not for any decision about people, nor for text presented as Shakespeare's.",
     )
-    command.stdout.write(f"    bob moved @candidate to v2 and asked for @production (request {request.pk})")
-    try:
-        promotion_approve(request=request, actor=bob, reason="looks fine to me")
-    except RegistryError as refused:
-        command.stdout.write(f"    bob approving his own request: {refused.message}")
-    promotion_approve(request=request, actor=dora, reason="evaluation passes; model card reviewed")
-    command.stdout.write("    dora (compliance) approved: @production -> v2")
 
     command.step("The model card of v2 (the page renders it; card.md and the archive hold it)")
-    for line in model_card_markdown(second).splitlines()[:14]:
+    for line in model_card_markdown(second).splitlines()[:16]:
         command.stdout.write(f"      | {line}")
     _mlflow_state(command, model)
+
+
+def _promote(command, project, users, version: ModelVersion) -> bool:
+    """bob asks for @production, dora (compliance) approves; False when the gate refuses."""
+    model = version.model
+    try:
+        request = alias_set(
+            model=model, actor=users["bob"], alias="production", version=version, reason="ship it"
+        )
+    except RegistryError as refused:  # the evaluation does not pass the thresholds
+        command.stdout.write(f"    @production for v{version.number} refused: {refused.message}")
+        return False
+    command.stdout.write(
+        f"    bob moved @candidate to v{version.number} and asked for @production "
+        f"(request {request.pk})"
+    )
+    promotion_approve(
+        request=request, actor=users["dora"], reason="evaluation passes; model card reviewed"
+    )
+    command.stdout.write(
+        f"    dora (compliance) approved it: @production -> v{version.number}\n"
+        f"    pages: /projects/{project.pk}/models/{model.name}/ and the review queue "
+        f"/projects/{project.pk}/reviews/"
+    )
+    return True
 
 
 def _mlflow_state(command, model) -> None:
@@ -128,3 +156,28 @@ def _mlflow_state(command, model) -> None:
     command.stdout.write(
         f"    MLflow registry: {model.mlflow_state} ({model.mlflow_error or 'in progress'})"
     )
+
+
+def _four_eyes(command, model, owner, earlier: ModelVersion) -> None:
+    """The owner asks to put the earlier version back and cannot approve her own request."""
+    try:
+        request = alias_set(
+            model=model,
+            actor=owner,
+            alias="production",
+            version=earlier,
+            reason="compare v1 in production",
+        )
+    except RegistryError as refused:  # v1 does not pass the thresholds: nothing to approve
+        command.stdout.write(f"    @production back to v1 refused: {refused.message}")
+        return
+    try:
+        promotion_approve(request=request, actor=owner, reason="my own call")
+    except RegistryError as refused:
+        command.stdout.write(
+            f"    alice asked for @production -> v1; approving it herself: {refused.message}"
+        )
+    else:
+        raise CommandError("the owner approved her own promotion request")
+    promotion_withdraw(request=request, actor=owner)
+    command.stdout.write("    alice withdrew her request: @production stays on v2")

@@ -157,3 +157,38 @@ def test_a_version_registered_by_the_services_exports_and_verifies(
     assert check.returncode == 0, check.stdout + check.stderr
     card = (tmp_path / "gpt-v1" / "MODEL_CARD.md").read_text()
     assert f"{version.parameter_count:,} parameters" in card
+
+
+def test_an_exported_gpt_version_loads_in_transformers_with_the_engines_logits(
+    team, api, make_model_job, put_artifact, finish_sent, tmp_path
+):
+    """The whole path a user takes: a job's GPT export registered, downloaded as the
+    archive, unpacked, loaded by Hugging Face: the engine's logits to 1e-4."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")  # a dev dependency (pyproject)
+    from controlplane.registry.services import version_register
+    from engine.models.gpt import GPT, GPTConfig
+    from engine.train.export import export_model
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    exported = export_model(model, tmp_path / "export")
+    (exported / "tokenizer.json").write_text('{"kind": "char"}')
+    job = make_model_job("pretrain", files=False)
+    for path in sorted(exported.iterdir()):
+        put_artifact(job, f"model/{path.name}", path.read_bytes())
+    version = version_register(project=team.project, actor=team.engineer, job=job, model_name="gpt")
+    finish_sent()
+    version.refresh_from_db()
+    assert version.state == "ready", version.refused_reason
+
+    response = api(team.viewer).get(
+        f"/api/v1/projects/{team.project.pk}/models/gpt/versions/1/archive/"
+    )
+    assert response.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(_streamed(response))) as tar:
+        tar.extractall(tmp_path / "download", filter="data")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "download" / "gpt-v1").eval()
+    idx = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=idx).logits, model(idx)[0], rtol=0, atol=1e-4)

