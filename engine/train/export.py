@@ -221,20 +221,7 @@ def import_native(folder: str | Path) -> GPT:
     state = load_file(str(weights_path))
     if config.tie_embeddings and "transformer.wte.weight" in state:
         state.setdefault("lm_head.weight", state["transformer.wte.weight"])
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ExportError(f"{weights_path} lacks {len(missing)} weights, e.g. {missing[0]}")
-    for name, tensor in state.items():
-        if name not in expected:
-            raise ExportError(f"{weights_path} has an unexpected weight {name}")
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ExportError(
-                f"{name} has shape {tuple(tensor.shape)} in {weights_path}, the config implies "
-                f"{tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(state)
-    return model
+    return _load_checked(model, state, weights_path)
 
 
 def import_gpt2(folder: str | Path) -> GPT:
@@ -266,6 +253,12 @@ def import_gpt2(folder: str | Path) -> GPT:
             tensor = tensor.t()
         state[name] = tensor
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    return _load_checked(model, state, weights_path)
+
+
+def _load_checked(model: GPT, state: dict, weights_path: Path) -> GPT:
+    """Load ``state`` into ``model`` after checking names and shapes match exactly."""
+    expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:
         raise ExportError(f"{weights_path} lacks {len(missing)} weights, e.g. {missing[0]}")
