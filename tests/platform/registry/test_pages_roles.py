@@ -243,6 +243,9 @@ def test_review_queue_shows_approve_only_to_reviewers_who_did_not_ask(team, clie
     for role in (*MEMBERS,):
         html = _page(client, getattr(team, role), url).content.decode()
         assert "@production" in html and "better val_loss" in html, role
+        # One "Protected aliases" section, and a plain-text title.
+        assert html.count('id="protected"') == 1, role
+        assert f"<title>Reviews · {team.project.name} · Control plane</title>" in html, role
         seen[role] = (">Approve</button>" in html, ">Withdraw</button>" in html)
     assert seen == {
         "owner": (True, False),
