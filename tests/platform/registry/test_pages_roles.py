@@ -115,6 +115,8 @@ def test_model_page_compares_two_versions_with_deltas(team, client, registry):
     # evaluations.compare's verdict per metric: lower val_loss is better, so v2 is marked.
     val_loss_row = html[html.index("<td>val_loss</td>") :].split("</tr>")[0]
     assert '<td class="num">-0.75</td><td><span class="badge ok">v2</span></td>' in val_loss_row
+    toxicity_row = html[html.index("<td>toxicity_share</td>") :].split("</tr>")[0]
+    assert '<td class="num">+0.0625</td><td><span class="badge bad">v1</span></td>' in toxicity_row
 
 
 def test_model_page_draws_lineage_from_dataset_through_jobs_to_versions(team, client, registry):
