@@ -167,6 +167,14 @@ def vacuum_analyze(db_name: str) -> None:
     subprocess.run(["psql", f"{PG}/{db_name}", "-q", "-c", "VACUUM ANALYZE"], check=True)
 
 
+def seed_database(env: dict[str, str], db_name: str, code: str) -> tuple[list[str], float]:
+    """Run a seed script, then VACUUM ANALYZE: the words it printed, and the seconds taken."""
+    started = time.perf_counter()
+    out = run_python(env, code)
+    vacuum_analyze(db_name)
+    return out, time.perf_counter() - started
+
+
 def run_python(env: dict[str, str], code: str, *args: str) -> list[str]:
     """Run `code` in a fresh interpreter under `env`; the words it printed."""
     return subprocess.run(
@@ -274,16 +282,14 @@ def main() -> int:
     proc = None
     try:
         prepare_database(env, DB_NAME)
-        seeded = time.perf_counter()
         seed = SEED.format(
             n_projects=N_PROJECTS, n_jobs=N_JOBS, busy_jobs=BUSY_JOBS, steps=METRIC_STEPS
         )
-        out = run_python(env, seed)
+        out, seconds = seed_database(env, DB_NAME, seed)
         busy_project, run_id, pretrain_id, session_key, token = out[-5:]
-        vacuum_analyze(DB_NAME)
         print(
             f"seeded {N_PROJECTS} projects, {N_JOBS} jobs, {20 * METRIC_STEPS:,} metric points "
-            f"in {time.perf_counter() - seeded:.1f}s"
+            f"in {seconds:.1f}s"
         )
 
         port = free_port()

@@ -43,8 +43,8 @@ from bench_api import (  # noqa: E402
     prepare_database,
     psql,
     run_python,
+    seed_database,
     start_gunicorn,
-    vacuum_analyze,
 )
 
 DB_NAME = "cp_bench_registry"
@@ -329,14 +329,12 @@ def main() -> int:
     proc = None
     try:
         prepare_database(env, DB_NAME)
-        seeded = time.perf_counter()
         seed = SEED.format(n_models=N_MODELS, per_model=VERSIONS_PER_MODEL, n_jobs=N_JOBS)
-        out = run_python(env, seed)
+        out, seconds = seed_database(env, DB_NAME, seed)
         project, model, number, session_key, token = out[-5:]
-        vacuum_analyze(DB_NAME)
         print(
             f"seeded {N_MODELS} models, {N_MODELS * VERSIONS_PER_MODEL:,} versions, "
-            f"{N_JOBS:,} jobs in {time.perf_counter() - seeded:.1f}s"
+            f"{N_JOBS:,} jobs in {seconds:.1f}s"
         )
         port = free_port()
         proc, _ = start_gunicorn(env, port, workers=2)
