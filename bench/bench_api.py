@@ -28,8 +28,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,19 @@ PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 DB_NAME = "controlplane_bench"
 N_PROJECTS, N_JOBS, BUSY_JOBS = 1000, 10_000, 5000
 
-SEED = """
+# The end of a seed script: the bench `user`'s API token (`raw`) and a logged-in `session`.
+LOGIN = """
+_, raw = api_token_create(user=user, name="bench")
+from django.contrib.sessions.backends.db import SessionStore
+session = SessionStore()
+session["_auth_user_id"] = str(user.pk)
+session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+session["_auth_user_hash"] = user.get_session_auth_hash()
+session.create()
+"""
+
+SEED = (
+    """
 import django
 django.setup()
 from django.contrib.auth.models import User
@@ -95,15 +109,11 @@ JobArtifact.objects.bulk_create(
 JobEventRecord.objects.bulk_create(
     JobEventRecord(job=pretrain, attempt=1, seq=i, type="metric" if i % 2 else "progress",
                    payload={{"step": i * 5}}, emitted_at=now) for i in range(1000))
-_, raw = api_token_create(user=user, name="bench")
-from django.contrib.sessions.backends.db import SessionStore
-session = SessionStore()
-session["_auth_user_id"] = str(user.pk)
-session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-session["_auth_user_hash"] = user.get_session_auth_hash()
-session.create()
-print(projects[0].pk, run.pk, pretrain.pk, session.session_key, raw)
 """
+    + LOGIN
+    + """print(projects[0].pk, run.pk, pretrain.pk, session.session_key, raw)
+"""
+)
 METRIC_STEPS = 50_000
 
 WRK_SCRIPT = """
@@ -141,6 +151,62 @@ def make_env(data_dir: Path, db_name: str = DB_NAME, **extra: str) -> dict[str, 
         **extra,
     )
     return env
+
+
+def prepare_database(env: dict[str, str], db_name: str) -> None:
+    """A fresh scratch database `db_name` (the one `env` names), migrated, and the static
+    files collected, as a deploy does."""
+    psql(f"DROP DATABASE IF EXISTS {db_name}")
+    psql(f"CREATE DATABASE {db_name}")
+    for command in (["migrate", "-v0"], ["collectstatic", "--noinput", "-v0"]):
+        subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True)
+
+
+def vacuum_analyze(db_name: str) -> None:
+    """Fresh planner statistics after seeding, as a long-lived database has."""
+    subprocess.run(["psql", f"{PG}/{db_name}", "-q", "-c", "VACUUM ANALYZE"], check=True)
+
+
+def seed_database(env: dict[str, str], db_name: str, code: str) -> tuple[list[str], float]:
+    """Run a seed script, then VACUUM ANALYZE: the words it printed, and the seconds taken."""
+    started = time.perf_counter()
+    out = run_python(env, code)
+    vacuum_analyze(db_name)
+    return out, time.perf_counter() - started
+
+
+def run_python(env: dict[str, str], code: str, *args: str) -> list[str]:
+    """Run `code` in a fresh interpreter under `env`; the words it printed."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+
+
+class PeakSampler(threading.Thread):
+    """The peak of `read()` (e.g. a process's RSS), sampled every `interval` seconds from
+    construction until `stop()`, which returns it."""
+
+    def __init__(self, read: Callable[[], float], interval: float):
+        super().__init__(daemon=True)
+        self.read, self.interval = read, interval
+        self.first = self.peak = read()
+        self._done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, self.read())
+            time.sleep(self.interval)
+
+    def stop(self) -> float:
+        self._done.set()
+        self.join()
+        return self.peak
 
 
 def start_gunicorn(
@@ -213,37 +279,17 @@ def main() -> int:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-api-"))
     env = make_env(data_dir)
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
-    psql(f"CREATE DATABASE {DB_NAME}")
     proc = None
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
-        )
-        subprocess.run(
-            [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-        )
-        seeded = time.perf_counter()
+        prepare_database(env, DB_NAME)
         seed = SEED.format(
             n_projects=N_PROJECTS, n_jobs=N_JOBS, busy_jobs=BUSY_JOBS, steps=METRIC_STEPS
         )
-        out = subprocess.run(
-            [sys.executable, "-c", seed],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
+        out, seconds = seed_database(env, DB_NAME, seed)
         busy_project, run_id, pretrain_id, session_key, token = out[-5:]
-        psql_db = f"{PG}/{DB_NAME}"
-        subprocess.run(["psql", psql_db, "-q", "-c", "VACUUM ANALYZE"], check=True)
         print(
             f"seeded {N_PROJECTS} projects, {N_JOBS} jobs, {20 * METRIC_STEPS:,} metric points "
-            f"in {time.perf_counter() - seeded:.1f}s"
+            f"in {seconds:.1f}s"
         )
 
         port = free_port()

@@ -26,7 +26,6 @@ import http.client
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,12 +35,23 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_api import PG, ROOT, free_port, make_env, psql, start_gunicorn  # noqa: E402
+from bench_api import (  # noqa: E402
+    LOGIN,
+    PeakSampler,
+    free_port,
+    make_env,
+    prepare_database,
+    psql,
+    run_python,
+    seed_database,
+    start_gunicorn,
+)
 
 DB_NAME = "cp_bench_registry"
 N_MODELS, VERSIONS_PER_MODEL, N_JOBS = 100, 10, 10_000
 
-SEED = """
+SEED = (
+    """
 import django
 django.setup()
 from django.contrib.auth.models import User
@@ -130,15 +140,11 @@ for k in range(30):  # an audit history for the measured version
                  payload={{"number": shown.number, "after": {{"intended_use": f"edit {{k}}"}}}})
 with connection.cursor() as cursor:
     cursor.execute("UPDATE jobs_job SET created_at = now() - id * interval '1 minute'")
-_, raw = api_token_create(user=user, name="bench")
-from django.contrib.sessions.backends.db import SessionStore
-session = SessionStore()
-session["_auth_user_id"] = str(user.pk)
-session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-session["_auth_user_hash"] = user.get_session_auth_hash()
-session.create()
-print(project.pk, shown.model.name, shown.number, session.session_key, raw)
 """
+    + LOGIN
+    + """print(project.pk, shown.model.name, shown.number, session.session_key, raw)
+"""
+)
 
 # A succeeded pre-training job whose model/ holds a real safetensors file of `size` bytes,
 # written into the local store by this (non-web) process.
@@ -247,25 +253,10 @@ def bench_register(
 ) -> bool:
     big = scratch / "model.safetensors"
     safetensors_file(big, size)
-    job_id = subprocess.run(
-        [sys.executable, "-c", BIG_JOB.format(), str(big), str(size)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()[-1]
+    job_id = run_python(env, BIG_JOB.format(), str(big), str(size))[-1]
     big.unlink()
-    before = worker_rss_mb(master)
-    peak, sampling = [before], True
-
-    def sample() -> None:
-        while sampling:
-            peak.append(worker_rss_mb(master))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    sampler = PeakSampler(lambda: worker_rss_mb(master), 0.01)
+    before = sampler.first
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     started = time.perf_counter()
     connection.request(
@@ -277,20 +268,11 @@ def bench_register(
     response = connection.getresponse()
     body = response.read()
     request_s = time.perf_counter() - started
-    sampling = False
-    sampler.join()
+    rss = sampler.stop()
     if response.status != 201:
         print(f"register: HTTP {response.status} {body[:300]!r}")
         return False
-    state, bare_s, finish_s, finish_rss = subprocess.run(
-        [sys.executable, "-c", FINISH.format()],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()[-4:]
-    rss = max(peak)
+    state, bare_s, finish_s, finish_rss = run_python(env, FINISH.format())[-4:]
     print(f"register a {size / 1e6:.0f} MB model (the API request, web worker):")
     print(
         f"  request {request_s * 1000:.0f} ms; web worker RSS {before:.0f} MB before, "
@@ -310,15 +292,7 @@ def bench_register(
 
 def bench_archive(port: int, master: psutil.Process, project: str, token: str) -> float:
     """Download the version's export archive; the web worker's peak RSS meanwhile."""
-    peak, sampling = [worker_rss_mb(master)], True
-
-    def sample() -> None:
-        while sampling:
-            peak.append(worker_rss_mb(master))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    sampler = PeakSampler(lambda: worker_rss_mb(master), 0.01)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     started = time.perf_counter()
     connection.request(
@@ -332,14 +306,13 @@ def bench_archive(port: int, master: psutil.Process, project: str, token: str) -
     while chunk := response.read(1 << 20):
         received += len(chunk)
     seconds = time.perf_counter() - started
-    sampling = False
-    sampler.join()
+    peak = sampler.stop()
     print(
         f"export archive of it: HTTP {response.status}, {received / 1e6:.0f} MB in {seconds:.2f} s "
         f"(first byte after {first_byte:.2f} s: the read-back sha256 check); "
-        f"web worker RSS peak {max(peak):.0f} MB (goal < 200 MB)"
+        f"web worker RSS peak {peak:.0f} MB (goal < 200 MB)"
     )
-    return max(peak) if response.status == 200 else float("inf")
+    return peak if response.status == 200 else float("inf")
 
 
 def main() -> int:
@@ -353,34 +326,15 @@ def main() -> int:
 
     data_dir = Path(tempfile.mkdtemp(prefix="bench-registry-"))
     env = make_env(data_dir, DB_NAME)
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
-    psql(f"CREATE DATABASE {DB_NAME}")
     proc = None
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
-        )
-        subprocess.run(
-            [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-        )
-        seeded = time.perf_counter()
+        prepare_database(env, DB_NAME)
         seed = SEED.format(n_models=N_MODELS, per_model=VERSIONS_PER_MODEL, n_jobs=N_JOBS)
-        out = subprocess.run(
-            [sys.executable, "-c", seed],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
+        out, seconds = seed_database(env, DB_NAME, seed)
         project, model, number, session_key, token = out[-5:]
-        subprocess.run(["psql", f"{PG}/{DB_NAME}", "-q", "-c", "VACUUM ANALYZE"], check=True)
         print(
             f"seeded {N_MODELS} models, {N_MODELS * VERSIONS_PER_MODEL:,} versions, "
-            f"{N_JOBS:,} jobs in {time.perf_counter() - seeded:.1f}s"
+            f"{N_JOBS:,} jobs in {seconds:.1f}s"
         )
         port = free_port()
         proc, _ = start_gunicorn(env, port, workers=2)

@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -34,7 +33,15 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "platform"), str(ROOT), str(ROOT / "bench")]
 
-from bench_api import free_port, make_env, psql, start_gunicorn  # noqa: E402
+from bench_api import (  # noqa: E402
+    PeakSampler,
+    free_port,
+    make_env,
+    prepare_database,
+    psql,
+    run_python,
+    start_gunicorn,
+)
 
 DB_NAME = "controlplane_bench_upload"
 PART = 64 * 1024 * 1024
@@ -69,21 +76,15 @@ def make_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-class RssSampler(threading.Thread):
-    """Peak RSS of the gunicorn master and its workers, sampled every 50 ms."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.root, self.peak, self.running = psutil.Process(pid), 0, True
-
-    def run(self) -> None:
-        while self.running:
-            for proc in [self.root, *self.root.children(recursive=True)]:
-                try:
-                    self.peak = max(self.peak, proc.memory_info().rss)
-                except psutil.NoSuchProcess:
-                    pass
-            time.sleep(0.05)
+def tree_rss(root: psutil.Process) -> int:
+    """The largest RSS among the gunicorn master and its workers."""
+    peak = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+    return peak
 
 
 def api_upload(base: str, token: str, project: int, path: Path, sha256: str) -> tuple[float, float]:
@@ -160,11 +161,8 @@ def main() -> int:
         OBJECT_STORE_ACCESS_KEY="bench-access",
         OBJECT_STORE_SECRET_KEY="bench-secret",
     )
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME}")
-    psql(f"CREATE DATABASE {DB_NAME}")
     try:
-        for command in (["migrate", "-v0"], ["collectstatic", "--noinput", "-v0"]):
-            subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True)
+        prepare_database(env, DB_NAME)
         seed = (
             "import django; django.setup()\n"
             "from django.contrib.auth.models import User\n"
@@ -174,20 +172,12 @@ def main() -> int:
             "p = project_create(name='Bench', slug='bench', actor=u)\n"
             "print(p.pk, api_token_create(user=u, name='bench')[1])\n"
         )
-        project, token = subprocess.run(
-            [sys.executable, "-c", seed],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()[-2:]
+        project, token = run_python(env, seed)[-2:]
         port = free_port()
         web, _ = start_gunicorn(env, port)
         path = work / "big.bin"
         sha256 = make_file(path, size)
-        idle = psutil.Process(web.pid)
-        idle_rss = max(p.memory_info().rss for p in [idle, *idle.children(recursive=True)])
+        idle_rss = tree_rss(psutil.Process(web.pid))
 
         from minio import Minio
         from minio.commonconfig import ENABLED
@@ -199,8 +189,8 @@ def main() -> int:
         # Alternate the two, ROUNDS times each, and keep each one's best: the S3 server's
         # speed drifts by a third between runs on this machine.
         references, runs = [], []
-        sampler = RssSampler(web.pid)
-        sampler.start()
+        web_process = psutil.Process(web.pid)
+        sampler = PeakSampler(lambda: tree_rss(web_process), 0.05)
         for round_ in range(ROUNDS):
             started = time.perf_counter()
             client.fput_object(BUCKET, f"reference/big-{round_}.bin", str(path), part_size=PART)
@@ -208,8 +198,7 @@ def main() -> int:
             started = time.perf_counter()
             phases = api_upload(f"http://127.0.0.1:{port}", token, int(project), path, sha256)
             runs.append((time.perf_counter() - started, *phases))
-        sampler.running = False
-        sampler.join()
+        peak_rss = sampler.stop()
         reference = min(references)
         ours, sending, completing = min(runs)
 
@@ -224,7 +213,7 @@ def main() -> int:
         )
         print(f"  parts {sending:.1f}s, complete (assemble, read back, sha256) {completing:.1f}s")
         print(
-            f"web processes peak RSS {sampler.peak / 2**20:.0f} MiB (idle {idle_rss / 2**20:.0f} MiB; "
+            f"web processes peak RSS {peak_rss / 2**20:.0f} MiB (idle {idle_rss / 2**20:.0f} MiB; "
             f"goal < 200 MiB)"
         )
         return 0

@@ -3,6 +3,7 @@
 folder = text_export(tmp_path / "gpt")                 # config.json, model.safetensors, tokenizer.json
 folder = text_export(tmp_path / "llama", llama=True)   # the engine's own layout
 checkpoint = vision_checkpoint(tmp_path / "gan")       # one .pt file of a 2-step GAN run
+model = trained_gpt(tokenizer)                         # a tiny GPT trained on SPEECH (cached)
 """
 
 from __future__ import annotations
@@ -43,3 +44,34 @@ def vision_checkpoint(folder: Path, kind: str = "gan") -> Path:
     config = tiny_config(kind, Path(folder) / "run", train={"steps": 2, "checkpoint_interval": 2})
     summary = train(config)
     return Path(summary.checkpoint)
+
+
+SPEECH = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+_TRAINED: dict[tuple, object] = {}
+
+
+def trained_gpt(tokenizer, variant: str = "gpt2", block_size: int = 64):
+    """A tiny GPT (GPT-2, or "llama" style) trained on SPEECH for 60 steps, once per
+    tokenizer, variant and size: its greedy continuations are real text with clear margins
+    between the top choices, and depend on attention over the whole prompt."""
+    import torch
+
+    from engine.models.gpt import GPT, GPTConfig
+
+    key = (variant, block_size, tokenizer.vocab_size, tuple(tokenizer.encode(SPEECH)))
+    if key not in _TRAINED:
+        torch.manual_seed(3)
+        sizes = dict(
+            vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32
+        )
+        config = GPTConfig(**sizes) if variant == "gpt2" else GPTConfig.llama_style(**sizes)
+        model = GPT(config)
+        ids = torch.tensor([tokenizer.encode(SPEECH * 2)])[:, : block_size + 1]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(60):
+            _, loss = model(ids[:, :-1], ids[:, 1:])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _TRAINED[key] = model.eval()
+    return _TRAINED[key]

@@ -207,11 +207,7 @@ def import_model(folder: str | Path) -> GPT:
 
 def import_native(folder: str | Path) -> GPT:
     """A GPT from an engine-layout export (``native_config`` + ``native_state_dict``)."""
-    folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_NAME, folder / NATIVE_WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise ExportError(f"{folder} is not an engine export: {path.name} is missing")
+    config_path, weights_path = _export_files(folder, NATIVE_WEIGHTS_NAME, "an engine export")
     try:
         payload = json.loads(config_path.read_text(encoding="utf-8"))
         config = GPTConfig(**payload["engine_config"])
@@ -221,29 +217,12 @@ def import_native(folder: str | Path) -> GPT:
     state = load_file(str(weights_path))
     if config.tie_embeddings and "transformer.wte.weight" in state:
         state.setdefault("lm_head.weight", state["transformer.wte.weight"])
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ExportError(f"{weights_path} lacks {len(missing)} weights, e.g. {missing[0]}")
-    for name, tensor in state.items():
-        if name not in expected:
-            raise ExportError(f"{weights_path} has an unexpected weight {name}")
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ExportError(
-                f"{name} has shape {tuple(tensor.shape)} in {weights_path}, the config implies "
-                f"{tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(state)
-    return model
+    return _load_checked(model, state, weights_path)
 
 
 def import_gpt2(folder: str | Path) -> GPT:
     """Build a GPT from an HF GPT-2 folder (ours, or ``save_pretrained`` of GPT2LMHeadModel)."""
-    folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise ExportError(f"{folder} is not an exported GPT-2 folder: {path.name} is missing")
+    config_path, weights_path = _export_files(folder, WEIGHTS_NAME, "an exported GPT-2 folder")
     try:
         payload = json.loads(config_path.read_text(encoding="utf-8"))
         config = config_from_hf(payload)
@@ -266,6 +245,22 @@ def import_gpt2(folder: str | Path) -> GPT:
             tensor = tensor.t()
         state[name] = tensor
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    return _load_checked(model, state, weights_path)
+
+
+def _export_files(folder: str | Path, weights_name: str, what: str) -> tuple[Path, Path]:
+    """The config and weights paths of an export folder, both checked to exist."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_NAME, folder / weights_name
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ExportError(f"{folder} is not {what}: {path.name} is missing")
+    return config_path, weights_path
+
+
+def _load_checked(model: GPT, state: dict, weights_path: Path) -> GPT:
+    """Load ``state`` into ``model`` after checking names and shapes match exactly."""
+    expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:
         raise ExportError(f"{weights_path} lacks {len(missing)} weights, e.g. {missing[0]}")

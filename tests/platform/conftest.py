@@ -63,6 +63,36 @@ def _object_store_per_test(tmp_path, monkeypatch):
     object_store.cache_clear()
 
 
+@pytest.fixture(scope="module")
+def s3_server():
+    """A moto S3 server (real HTTP on loopback, tests/s3server.py), one per test module."""
+    from tests.s3server import start_s3_server
+
+    endpoint, stop = start_s3_server()
+    yield endpoint
+    stop()
+
+
+@pytest.fixture
+def s3_platform_store(s3_server, monkeypatch):
+    """The platform's object store on the moto S3 server.
+
+    moto keeps one state per process, so each test gets its own bucket.
+    """
+    import uuid
+
+    from controlplane.storage import object_store
+    from tests.s3server import ACCESS_KEY, SECRET_KEY
+
+    monkeypatch.setenv("OBJECT_STORE_ENDPOINT", s3_server)
+    monkeypatch.setenv("OBJECT_STORE_ACCESS_KEY", ACCESS_KEY)
+    monkeypatch.setenv("OBJECT_STORE_SECRET_KEY", SECRET_KEY)
+    monkeypatch.setenv("OBJECT_STORE_BUCKET", f"platform-{uuid.uuid4().hex[:12]}")
+    object_store.cache_clear()
+    yield object_store()
+    object_store.cache_clear()
+
+
 @pytest.fixture
 def run_on_worker(db):
     """Run a job's handler for real, in this process, and apply its events to the platform

@@ -1,18 +1,9 @@
+"""The audit log in the admin: append-only (the database refuses changes), so only read."""
+
 from django.contrib import admin
 
+from controlplane.admin_readonly import ReadOnlyAdmin
 from controlplane.audit.models import AuditAnchor, AuditChain, AuditEvent
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    # The log is append-only (the database refuses changes); the admin only reads it.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AuditEvent)

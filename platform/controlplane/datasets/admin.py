@@ -4,22 +4,12 @@ their rows; an admin form that edits `number` or `state`, or deletes a row, woul
 
 from django.contrib import admin
 
+from controlplane.admin_readonly import ReadOnlyAdmin, ReadOnlyInline
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion
 
 
-class ViewOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(Dataset)
-class DatasetAdmin(ViewOnlyAdmin):
+class DatasetAdmin(ReadOnlyAdmin):
     list_display = [
         "name",
         "slug",
@@ -34,19 +24,14 @@ class DatasetAdmin(ViewOnlyAdmin):
     search_fields = ["name", "slug", "source", "license"]
 
 
-class DatasetFileInline(admin.TabularInline):
+class DatasetFileInline(ReadOnlyInline):
     model = DatasetFile
-    extra = 0
     fields = ["name", "role", "object_key", "size", "sha256", "record_count"]
     readonly_fields = fields
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(DatasetVersion)
-class DatasetVersionAdmin(ViewOnlyAdmin):
+class DatasetVersionAdmin(ReadOnlyAdmin):
     list_display = [
         "dataset",
         "number",

@@ -36,6 +36,11 @@ from controlplane.registry.selectors import promotion_in, version_in
 from controlplane.registry.views import model_or_404, to_model_page, to_version_page, version_or_404
 
 
+def errors_text(errors, sep: str = " ") -> str:
+    """ "field: problem problem" per field, joined by `sep`: form errors as one message."""
+    return sep.join(f"{field}: {' '.join(problems)}" for field, problems in errors.items())
+
+
 @project_page()
 @require_POST
 def model_edit(request: ProjectRequest, project: Project, name: str) -> HttpResponse:
@@ -87,9 +92,7 @@ def alias_move(request: ProjectRequest, project: Project, name: str) -> HttpResp
             numbers = [v.number for v in pages.ready_versions(model)]
             form = AliasForm(request.POST, numbers=numbers)
             if not form.is_valid():
-                messages.error(
-                    request, " ".join(f"{f}: {' '.join(e)}" for f, e in form.errors.items())
-                )
+                messages.error(request, errors_text(form.errors))
                 return to_model_page(project, model)
             version = version_in(model, form.cleaned_data["version"])
             outcome = services.alias_set(
@@ -126,9 +129,7 @@ def version_evaluate(
         project,
         kind="evaluate",
         params={"model_version_id": version.pk},
-        show_errors=lambda errors: refused.extend(
-            f"{field}: {' '.join(problems)}" for field, problems in errors.items()
-        ),
+        show_errors=lambda errors: refused.append(errors_text(errors, "; ")),
         note=f" to evaluate {version}",
     )
     if started:
@@ -143,7 +144,7 @@ def version_edit(request: ProjectRequest, project: Project, name: str, number: i
     version = version_or_404(project, name, number)
     form = VersionEditForm(request.POST)
     if not form.is_valid():
-        messages.error(request, " ".join(f"{f}: {' '.join(e)}" for f, e in form.errors.items()))
+        messages.error(request, errors_text(form.errors))
         return to_version_page(project, version)
     try:
         services.version_update(version=version, actor=request.user, **form.cleaned_data)
@@ -218,7 +219,7 @@ def register(request: ProjectRequest, project: Project, job_id: int) -> HttpResp
     job = found_or_404(job_in(project, job_id), f"job {job_id} not found in this project")
     form = RegisterForm(request.POST, model_names=pages.model_names_of(project))
     if not form.is_valid():
-        messages.error(request, " ".join(f"{f}: {' '.join(e)}" for f, e in form.errors.items()))
+        messages.error(request, errors_text(form.errors))
         return redirect("job-detail", project_id=project.pk, job_id=job.pk)
     try:
         version = services.version_register(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 
+from controlplane.admin_readonly import ReadOnlyAdmin, ReadOnlyInline
 from controlplane.registry.errors import RegistryError
 from controlplane.registry.models import (
     ModelAlias,
@@ -25,17 +26,6 @@ from controlplane.registry.models import (
 )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(RegisteredModel)
 class RegisteredModelAdmin(ReadOnlyAdmin):
     list_display = ["name", "project", "task", "last_version_number", "mlflow_state", "created_at"]
@@ -43,18 +33,10 @@ class RegisteredModelAdmin(ReadOnlyAdmin):
     search_fields = ["name", "description"]
 
 
-class ModelFileInline(admin.TabularInline):
+class ModelFileInline(ReadOnlyInline):
     model = ModelFile
-    extra = 0
-    can_delete = False
     fields = ["name", "role", "object_key", "source_key", "sha256", "size", "verified_at"]
     readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(ModelVersion)

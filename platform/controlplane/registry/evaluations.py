@@ -108,21 +108,29 @@ def evaluation_record(job, result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def compare(evaluations: Sequence[ModelEvaluation]) -> list[dict[str, Any]]:
     """Rows of a side-by-side table of the evaluations' figures (usually two versions'):
+    `compare_metrics` of their metrics."""
+    return compare_metrics([evaluation.metrics for evaluation in evaluations])
+
+
+def compare_metrics(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of a side-by-side table of several evaluations' metrics (usually two):
 
         [{"metric": "val_loss", "values": [1.71, 1.64], "delta": -0.07,
           "direction": "lower", "better": True}, ...]
 
-    ``values`` in the order given (None where an evaluation lacks the figure); ``delta``
-    is the last minus the first (None unless both have it); ``better``: whether the last
-    improves on the first (None when equal, or the metric has no direction).
+    ``values`` in the order given (None where an evaluation lacks the figure, or it is not
+    a finite number); ``delta`` is the last minus the first (None unless both have it);
+    ``better``: whether the last improves on the first (None when equal, or the metric
+    has no direction). The headline figures come first, then the rest by name.
     """
+    flat = [_flat_metrics(m) for m in metrics]
     keys: set[str] = set()
-    for evaluation in evaluations:
-        keys.update(evaluation.metrics)
+    for figures in flat:
+        keys.update(figures)
     ordered = [k for k in HEADLINE if k in keys] + sorted(keys - set(HEADLINE))
     rows = []
     for key in ordered:
-        values = [evaluation.metrics.get(key) for evaluation in evaluations]
+        values = [figures.get(key) for figures in flat]
         first, last = (values[0], values[-1]) if values else (None, None)
         delta = last - first if first is not None and last is not None else None
         direction = metric_direction(key)

@@ -22,6 +22,7 @@ from controlplane.datasets.models import DatasetVersion
 from controlplane.jobs.models import Job, JobState
 from controlplane.projects.models import Project
 from controlplane.registry.card import version_audit_events
+from controlplane.registry.evaluations import HEADLINE, compare_metrics
 from controlplane.registry.models import (
     ModelAlias,
     ModelEvaluation,
@@ -36,16 +37,8 @@ from controlplane.registry.models import (
 from controlplane.registry.rules import KIND_TASK
 from controlplane.registry.selectors import latest_evaluation, models_of, promotions_of
 
-# The figures a list or a chart shows first (an evaluation has many: pii_<type>,
-# recognition_<digit>...; the version page's table shows them all).
-HEADLINE_METRICS = (
-    "val_loss",
-    "perplexity",
-    "toxicity_share",
-    "memorisation_share",
-    "recognition",
-    "frechet",
-)
+# A list or a chart shows the first few of evaluations.HEADLINE (an evaluation has many:
+# pii_<type>, recognition_<digit>...; the version page's table shows them all).
 MAX_SHOWN_METRICS = 4
 MAX_GRAPH_VERSIONS = 30  # the newest versions drawn in a model's lineage graph
 MAX_TABLE_VERSIONS = 200
@@ -85,7 +78,7 @@ class ModelRow:
 def headline_keys(keys) -> list[str]:
     """The headline figures among `keys`, or the first few by name when there are none."""
     keys = list(keys)
-    chosen = [k for k in HEADLINE_METRICS if k in keys]
+    chosen = [k for k in HEADLINE if k in keys]
     return (chosen or sorted(keys))[:MAX_SHOWN_METRICS]
 
 
@@ -211,21 +204,9 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@dataclass
-class ComparedMetric:
-    name: str
-    a: float | None
-    b: float | None
-
-    @property
-    def delta(self) -> float | None:
-        if _is_number(self.a) and _is_number(self.b):
-            return self.b - self.a
-        return None
-
-
 def evaluation_comparison(a: ModelVersion, b: ModelVersion) -> dict:
-    """The latest finished evaluation of two versions side by side, with b - a per metric.
+    """The latest finished evaluation of two versions side by side: `compare_metrics` rows
+    (b - a per metric, and whether b is better).
 
     Versions from `versions_table` carry their latest evaluation already
     (`last_eval_metrics`, `last_eval_job_id`); others are looked up.
@@ -238,12 +219,7 @@ def evaluation_comparison(a: ModelVersion, b: ModelVersion) -> dict:
         return (evaluation.metrics, evaluation.job_id) if evaluation else ({}, None)
 
     (metrics_a, job_a), (metrics_b, job_b) = latest(a), latest(b)
-    names = sorted(set(metrics_a) | set(metrics_b))
-    rows = [
-        ComparedMetric(n, metrics_a.get(n), metrics_b.get(n))
-        for n in names
-        if _is_number(metrics_a.get(n)) or _is_number(metrics_b.get(n))
-    ]
+    rows = compare_metrics([metrics_a, metrics_b])
     return {"a": a, "b": b, "job_a": job_a, "job_b": job_b, "rows": rows}
 
 

@@ -36,6 +36,7 @@ from controlplane.registry.rules import (
     check_model_name,
     locked_model,
     mark_mlflow_pending,
+    new_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,17 +91,7 @@ def _register(*, project, actor, job, model_name, create_model, description, aud
             if not create_model:
                 raise NotFound(f"no model named '{name}' in this project")
             try:
-                with transaction.atomic():
-                    model = RegisteredModel.objects.create(
-                        project=project, name=name, task=task, created_by=actor
-                    )
-                    audit(
-                        project=project,
-                        actor=actor,
-                        action="registered_model.created",
-                        artifact=model,
-                        payload={"name": name, "task": task},
-                    )
+                new_model(project=project, actor=actor, name=name, task=task, audit=audit)
             except IntegrityError:
                 pass  # created at the same moment by another registration: use it
             model = locked_model(RegisteredModel.objects.get(project=project, name=name))

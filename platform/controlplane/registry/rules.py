@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
 from controlplane.projects.permissions import Action, role_allows
 from controlplane.projects.selectors import role_of
@@ -79,6 +80,28 @@ def known_alias_name(model, alias: Any) -> None:
 
 def locked_model(model: RegisteredModel) -> RegisteredModel:
     return RegisteredModel.objects.select_for_update().select_related("project").get(pk=model.pk)
+
+
+def new_model(
+    *, project, actor, name: str, task: str, description: str = "", audit=None
+) -> RegisteredModel:
+    """A new model row and its ``registered_model.created`` event, in one savepoint, so
+    a caller can catch the IntegrityError of a name taken at the same moment. ``audit``
+    is the append to use (the registration hook passes its deferred queue)."""
+    from controlplane.audit.services import audit_append
+
+    with transaction.atomic():
+        model = RegisteredModel.objects.create(
+            project=project, name=name, task=task, description=description, created_by=actor
+        )
+        (audit or audit_append)(
+            project=project,
+            actor=actor,
+            action="registered_model.created",
+            artifact=model,
+            payload={"name": name, "task": task},
+        )
+    return model
 
 
 def mark_mlflow_pending(model: RegisteredModel) -> None:

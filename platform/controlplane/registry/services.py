@@ -66,6 +66,7 @@ from controlplane.registry.rules import (  # noqa: F401 - the registry's service
     check_thresholds,
     locked_model,
     mark_mlflow_pending,
+    new_model,
 )
 
 
@@ -79,24 +80,11 @@ def model_create(*, project, actor, name, task, description="") -> RegisteredMod
     if RegisteredModel.objects.filter(project=project, name=name).exists():
         raise Conflict(f"a model named '{name}' already exists in this project")
     try:
-        with transaction.atomic():
-            model = RegisteredModel.objects.create(
-                project=project,
-                name=name,
-                task=task,
-                description=description or "",
-                created_by=actor,
-            )
-            audit_append(
-                project=project,
-                actor=actor,
-                action="registered_model.created",
-                artifact=model,
-                payload={"name": name, "task": task},
-            )
+        return new_model(
+            project=project, actor=actor, name=name, task=task, description=description or ""
+        )
     except IntegrityError:
         raise Conflict(f"a model named '{name}' already exists in this project") from None
-    return model
 
 
 def model_update(*, model, actor, description=None, promotion_thresholds=None) -> RegisteredModel:

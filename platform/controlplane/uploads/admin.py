@@ -1,11 +1,11 @@
 from django.contrib import admin
 
-from controlplane.datasets.admin import ViewOnlyAdmin
+from controlplane.admin_readonly import ReadOnlyAdmin
 from controlplane.uploads.models import Upload
 
 
 @admin.register(Upload)
-class UploadAdmin(ViewOnlyAdmin):
+class UploadAdmin(ReadOnlyAdmin):
     """Read-only: deleting a row here would orphan its object, unaudited."""
 
     list_display = ["filename", "project", "size", "sha256", "uploaded_by", "created_at"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from engine.data.tokenizers import CharTokenizer
 from engine.infer.generate import Generator, SamplingError, SamplingParams
-from engine.models.gpt import GPT, GPTConfig
+from engine.models.gpt import GPT
+from tests.enginemodels import SPEECH, trained_gpt
 
-TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+TEXT = SPEECH
 
 
 @pytest.fixture(scope="module")
@@ -17,26 +17,9 @@ def tokenizer() -> CharTokenizer:
     return CharTokenizer.train(TEXT)
 
 
-_TRAINED: dict[str, GPT] = {}
-
-
 def _model(tokenizer, variant: str = "gpt2") -> GPT:
-    """A tiny model trained for a moment on TEXT: its greedy continuations are real text, with
-    clear margins between the top choices, and depend on attention over the whole prompt."""
-    if variant not in _TRAINED:
-        torch.manual_seed(3)
-        sizes = dict(vocab_size=tokenizer.vocab_size, block_size=96, n_layer=2, n_head=2, n_embd=32)
-        config = GPTConfig(**sizes) if variant == "gpt2" else GPTConfig.llama_style(**sizes)
-        model = GPT(config)
-        ids = torch.tensor([tokenizer.encode(TEXT * 2)])[:, :97]
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        for _ in range(60):
-            _, loss = model(ids[:, :-1], ids[:, 1:])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        _TRAINED[variant] = model.eval()
-    return _TRAINED[variant]
+    """Trained for a moment on TEXT (block size 96): see `tests.enginemodels.trained_gpt`."""
+    return trained_gpt(tokenizer, variant, block_size=96)
 
 
 PROMPTS = ["To be", "Whether 'tis nobler in", "q"]

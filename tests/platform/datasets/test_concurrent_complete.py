@@ -11,8 +11,9 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
+
+from tests.threads import in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,28 +74,6 @@ def upload(team):
     return upload
 
 
-def _in_threads(*calls):
-    """Run the calls at the same moment, each in its own thread (own DB connection)."""
-    start = threading.Barrier(len(calls))
-    results: list = [None] * len(calls)
-
-    def run(index, call):
-        try:
-            start.wait()
-            results[index] = call()
-        except BaseException as error:  # noqa: BLE001 - reported to the test
-            results[index] = error
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
-
-
 def _removals(version_id):
     from controlplane.audit.models import AuditEvent
 
@@ -112,7 +91,7 @@ def test_two_simultaneous_completes_never_remove_the_acknowledged_version(
     from controlplane.storage import object_store
 
     clients = [api(team.engineer), api(team.engineer)]
-    first, second = _in_threads(
+    first, second = in_threads(
         *(lambda c=c: c.post(upload.url + "complete/", upload.body, format="json") for c in clients)
     )
     statuses = sorted([first.status_code, second.status_code])
@@ -148,7 +127,7 @@ def test_the_reaper_cannot_take_a_version_being_completed(team, api, upload, slo
         return dataset_uploads_reap()
 
     # ...while a `complete` (sent just in time) is assembling it.
-    completed, reaped = _in_threads(
+    completed, reaped = in_threads(
         lambda: client.post(upload.url + "complete/", upload.body, format="json"),
         reap_once_assembling,
     )
@@ -186,7 +165,7 @@ def test_complete_racing_the_reaper_leaves_one_consistent_outcome(team, api, upl
         upload_expires_at=timezone.now() - timedelta(seconds=1)
     )
     client = api(team.engineer)
-    completed, reaped = _in_threads(
+    completed, reaped = in_threads(
         lambda: client.post(upload.url + "complete/", upload.body, format="json"),
         dataset_uploads_reap,
     )

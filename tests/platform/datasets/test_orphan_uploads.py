@@ -58,35 +58,6 @@ def test_old_orphans_are_aborted_and_audited(team, dataset, settings):
     assert list(store.multipart_list()) == []
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    from tests.s3server import start_s3_server
-
-    endpoint, stop = start_s3_server()
-    yield endpoint
-    stop()
-
-
-@pytest.fixture
-def s3_platform_store(s3_server, monkeypatch):
-    """The platform's object store on a moto S3 server (real HTTP on loopback).
-
-    moto keeps one state per process, so each test gets its own bucket.
-    """
-    import uuid
-
-    from controlplane.storage import object_store
-    from tests.s3server import ACCESS_KEY, SECRET_KEY
-
-    monkeypatch.setenv("OBJECT_STORE_ENDPOINT", s3_server)
-    monkeypatch.setenv("OBJECT_STORE_ACCESS_KEY", ACCESS_KEY)
-    monkeypatch.setenv("OBJECT_STORE_SECRET_KEY", SECRET_KEY)
-    monkeypatch.setenv("OBJECT_STORE_BUCKET", f"orphans-{uuid.uuid4().hex[:12]}")
-    object_store.cache_clear()
-    yield object_store()
-    object_store.cache_clear()
-
-
 def test_s3_orphans_are_aborted_and_owned_uploads_kept(team, dataset, s3_platform_store):
     from controlplane.datasets.services import DeclaredFile, dataset_uploads_reap
     from controlplane.datasets.services import dataset_version_start as start

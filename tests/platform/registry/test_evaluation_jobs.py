@@ -11,9 +11,15 @@ import hashlib
 
 import pytest
 
+from tests.engine.evaluate.eval_helpers import (
+    TEXT_FIGURES,
+    ascii_tokenizer,
+    tiny_export,
+    write_shards,
+)
+
 pytestmark = pytest.mark.django_db
 
-ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n"
 TRAIN = ["Now is the winter of our discontent made glorious summer by this sun of York. " * 4]
 VAL = ["Friends, Romans, countrymen, lend me your ears; I come to bury Caesar. " * 3]
 QUICK = {"samples": 3, "sample_tokens": 40, "eval_batches": 2, "batch_size": 2, "device": "cpu"}
@@ -22,12 +28,6 @@ QUICK = {"samples": 3, "sample_tokens": 40, "eval_batches": 2, "batch_size": 2, 
 @pytest.fixture(autouse=True)
 def _cpu_queue(settings):
     settings.TRAINING_QUEUE = "cpu"
-
-
-def _tokenizer():
-    from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer
-
-    return CharTokenizer.train(ALPHABET, special_tokens=DEFAULT_SPECIAL_TOKENS)
 
 
 def _put(key: str, data: bytes) -> dict:
@@ -43,20 +43,10 @@ def _token_version(team, tmp_path, slug: str, val=VAL, project=None):
 
     from controlplane.datasets.models import DatasetFile, DatasetVersion
     from controlplane.datasets.services import dataset_create
-    from engine.data.shards import ShardWriter
 
     project = project or team.project
     owner = team.engineer if project == team.project else team.outsider
-    tokenizer = _tokenizer()
-    folder = tmp_path / slug
-    with ShardWriter(
-        folder, vocab_size=tokenizer.vocab_size, eot_id=0, tokenizer_file="tokenizer.json"
-    ) as writer:
-        tokenizer.save(folder / "tokenizer.json")
-        for doc in TRAIN:
-            writer.add(tokenizer.encode(doc), split="train")
-        for doc in val:
-            writer.add(tokenizer.encode(doc), split="val")
+    folder = write_shards(tmp_path / slug, ascii_tokenizer(), TRAIN, val)
     dataset = dataset_create(project=project, actor=owner, name=slug, slug=slug, kind="text")
     version = DatasetVersion.objects.create(
         dataset=dataset, number=1, state="ready", created_by=owner, ready_at=timezone.now()
@@ -81,20 +71,9 @@ def _job(team, kind: str = "pretrain", project=None, **params):
 
 
 def _model_files(tmp_path) -> dict[str, tuple[str, bytes]]:
-    import torch
-
-    from engine.models.gpt import GPT, GPTConfig
-    from engine.train.export import export_model
-
-    tokenizer = _tokenizer()
+    tokenizer = ascii_tokenizer()
     tokenizer.save(tmp_path / "tokenizer.json")
-    torch.manual_seed(0)
-    config = GPTConfig(
-        vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16
-    )
-    folder = export_model(
-        GPT(config), tmp_path / "export", tokenizer_file=tmp_path / "tokenizer.json", eot_id=0
-    )
+    folder = tiny_export(tmp_path / "export", tokenizer, tmp_path / "tokenizer.json")
     roles = {"model.safetensors": "weights", "config.json": "config", "tokenizer.json": "tokenizer"}
     return {p.name: (roles[p.name], p.read_bytes()) for p in folder.iterdir()}
 
@@ -162,14 +141,7 @@ def test_an_evaluation_is_recorded_with_its_job_and_filled_when_it_succeeds(
     assert job.state == "succeeded", job.error
     evaluation.refresh_from_db()
     assert evaluation.finished_at is not None
-    for key in (
-        "val_loss",
-        "perplexity",
-        "toxicity_share",
-        "pii_share",
-        "repetition",
-        "memorisation_share",
-    ):
+    for key in TEXT_FIGURES:
         assert isinstance(evaluation.metrics[key], float), key
     assert len(evaluation.details["samples"]) == 3
     assert evaluation.details["training_dataset_version_id"] == job.params["dataset_version_id"]

@@ -40,10 +40,9 @@ def client(mlflow_server, monkeypatch):  # noqa: F811 - the fixture imported abo
 
 
 @pytest.fixture
-def registry(team, make_ready_version, tmp_path):
+def registry(team, make_ready_version, make_model_job, tmp_path):
     """Builders of registry rows, with the version's files in the local object store."""
     from controlplane.datasets.services import dataset_create
-    from controlplane.jobs.models import Job
     from controlplane.registry.models import ModelAlias, ModelFile, ModelVersion, RegisteredModel
     from controlplane.storage import object_store
 
@@ -70,13 +69,7 @@ def registry(team, make_ready_version, tmp_path):
 
         @staticmethod
         def version(model, folder: Path, state: str = "ready"):
-            job = Job.objects.create(
-                project=team.project,
-                kind="pretrain",
-                state="succeeded",
-                params={},
-                created_by=team.engineer,
-            )
+            job = make_model_job("pretrain", files=False, result={})
             number = model.last_version_number + 1
             RegisteredModel.objects.filter(pk=model.pk).update(last_version_number=number)
             model.last_version_number = number

@@ -112,6 +112,11 @@ def test_model_page_compares_two_versions_with_deltas(team, client, registry):
     assert '<td>val_loss</td><td class="num">2.25</td><td class="num">1.5</td>' in html
     assert '<td class="num">-0.75</td>' in html
     assert '<td class="num">+0.0625</td>' in html
+    # evaluations.compare's verdict per metric: lower val_loss is better, so v2 is marked.
+    val_loss_row = html[html.index("<td>val_loss</td>") :].split("</tr>")[0]
+    assert '<td class="num">-0.75</td><td><span class="badge ok">v2</span></td>' in val_loss_row
+    toxicity_row = html[html.index("<td>toxicity_share</td>") :].split("</tr>")[0]
+    assert '<td class="num">+0.0625</td><td><span class="badge bad">v1</span></td>' in toxicity_row
 
 
 def test_model_page_draws_lineage_from_dataset_through_jobs_to_versions(team, client, registry):
@@ -240,6 +245,9 @@ def test_review_queue_shows_approve_only_to_reviewers_who_did_not_ask(team, clie
     for role in (*MEMBERS,):
         html = _page(client, getattr(team, role), url).content.decode()
         assert "@production" in html and "better val_loss" in html, role
+        # One "Protected aliases" section, and a plain-text title.
+        assert html.count('id="protected"') == 1, role
+        assert f"<title>Reviews · {team.project.name} · Control plane</title>" in html, role
         seen[role] = (">Approve</button>" in html, ">Withdraw</button>" in html)
     assert seen == {
         "owner": (True, False),

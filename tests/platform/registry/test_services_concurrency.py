@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.db import connection
+
+from tests.threads import in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _in_threads(*calls):
-    """Run the calls at the same moment, each in its own thread (own DB connection)."""
-    start = threading.Barrier(len(calls))
-    results: list = [None] * len(calls)
-
-    def run(index, call):
-        try:
-            start.wait()
-            results[index] = call()
-        except BaseException as error:  # noqa: BLE001 - reported to the test
-            results[index] = error
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
 
 
 def test_two_registrations_at_once_get_distinct_numbers(team, make_model_job):
@@ -38,7 +15,7 @@ def test_two_registrations_at_once_get_distinct_numbers(team, make_model_job):
 
     jobs = [make_model_job(), make_model_job(), make_model_job()]
 
-    results = _in_threads(
+    results = in_threads(
         *(
             lambda job=job: version_register(
                 project=team.project, actor=team.engineer, job=job, model_name="gpt"
@@ -65,7 +42,7 @@ def test_two_approvals_of_one_request_one_wins(team, ready_version, evaluate):
         model=version.model, actor=team.engineer, alias="production", version=version
     )
 
-    results = _in_threads(
+    results = in_threads(
         lambda: promotion_approve(request=request, actor=team.owner, reason="ok"),
         lambda: promotion_approve(request=request, actor=team.compliance, reason="fine"),
     )

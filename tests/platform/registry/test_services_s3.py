@@ -3,37 +3,12 @@ read-back still catches an object changed after the job reported it."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from controlplane.registry.models import VersionState
 from controlplane.registry.services import version_register
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    from tests.s3server import start_s3_server
-
-    endpoint, stop = start_s3_server()
-    yield endpoint
-    stop()
-
-
-@pytest.fixture
-def s3_platform_store(s3_server, monkeypatch):
-    from controlplane.storage import object_store
-    from tests.s3server import ACCESS_KEY, SECRET_KEY
-
-    monkeypatch.setenv("OBJECT_STORE_ENDPOINT", s3_server)
-    monkeypatch.setenv("OBJECT_STORE_ACCESS_KEY", ACCESS_KEY)
-    monkeypatch.setenv("OBJECT_STORE_SECRET_KEY", SECRET_KEY)
-    monkeypatch.setenv("OBJECT_STORE_BUCKET", f"registry-{uuid.uuid4().hex[:12]}")
-    object_store.cache_clear()
-    yield object_store()
-    object_store.cache_clear()
 
 
 def test_registration_copies_server_side_and_verifies(

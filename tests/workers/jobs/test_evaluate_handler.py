@@ -9,6 +9,12 @@ from pathlib import Path
 import torch
 
 from engine.evaluate import EvalConfig
+from tests.engine.evaluate.eval_helpers import (
+    TEXT_FIGURES,
+    ascii_tokenizer,
+    tiny_export,
+    write_shards,
+)
 from workers.events import ListSink
 from workers.jobs import HANDLERS
 from workers.protocol import ArtifactRef, EventType, JobKind, JobSpec, cancel_marker_key
@@ -29,29 +35,9 @@ SETTINGS = {"samples": 3, "sample_tokens": 40, "eval_batches": 2, "batch_size": 
 
 def _text_files(folder: Path, val: list[str] = VAL) -> dict[str, Path]:
     """A tiny exported GPT and the token shards of its data, by local input name."""
-    from engine.data.shards import ShardWriter
-    from engine.data.tokenizers import DEFAULT_SPECIAL_TOKENS, CharTokenizer
-    from engine.models.gpt import GPT, GPTConfig
-    from engine.train.export import export_model
-
-    alphabet = "".join(chr(c) for c in range(32, 127)) + "\n"
-    tokenizer = CharTokenizer.train(alphabet, special_tokens=DEFAULT_SPECIAL_TOKENS)
-    shards = folder / "tokens"
-    with ShardWriter(
-        shards, vocab_size=tokenizer.vocab_size, eot_id=0, tokenizer_file="tokenizer.json"
-    ) as writer:
-        tokenizer.save(shards / "tokenizer.json")
-        for doc in TRAIN:
-            writer.add(tokenizer.encode(doc), split="train")
-        for doc in val:
-            writer.add(tokenizer.encode(doc), split="val")
-    torch.manual_seed(0)
-    config = GPTConfig(
-        vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16
-    )
-    model = export_model(
-        GPT(config), folder / "model", tokenizer_file=shards / "tokenizer.json", eot_id=0
-    )
+    tokenizer = ascii_tokenizer()
+    shards = write_shards(folder / "tokens", tokenizer, TRAIN, val)
+    model = tiny_export(folder / "model", tokenizer, shards / "tokenizer.json")
     files = {f"model/{p.name}": p for p in sorted(model.iterdir())}
     for path in sorted(shards.iterdir()):
         if path.name.startswith(("val_", "manifest", "tokenizer")):
@@ -99,15 +85,8 @@ def test_a_text_model_gets_its_figures_in_the_result(local_store, tmp_path):
     assert outcome == EventType.FINISHED, events[-1].payload
     result = events[-1].payload["result"]
     metrics = result["metrics"]
-    for key in (
-        "val_loss",
-        "perplexity",
-        "toxicity_share",
-        "pii_share",
-        "repetition",
-        "memorisation_share",
-    ):
-        assert isinstance(metrics[key], float)
+    for key in TEXT_FIGURES:
+        assert isinstance(metrics[key], float), key
     assert metrics["samples"] == 3.0
     assert len(result["details"]["samples"]) == 3
     assert result["details"]["model_version_id"] == 5
