@@ -41,9 +41,9 @@ HEADLINE = (
     "val_loss",
     "perplexity",
     "toxicity_share",
+    "memorisation_share",
     "pii_share",
     "repetition",
-    "memorisation_share",
     "recognition",
     "frechet",
 )
