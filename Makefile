@@ -29,7 +29,8 @@ test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The edit loop: everything but the tests marked slow (real worker processes, torchrun,
-# the demo, fault injection). Under 3 minutes on 2 cores.
+# the demo, fault injection). About 5 minutes on a 2-core machine (the budget is 3: running
+# it on both cores with pytest-xdist is the next step, see docs/architecture.md "Tests").
 test-fast: $(STAMP)
 	rm -rf var/test && mkdir -p var/test
 	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
