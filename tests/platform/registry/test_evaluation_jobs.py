@@ -358,3 +358,37 @@ def test_only_finite_numbers_reach_the_metrics(team, tmp_path, text_version):
     assert evaluation.metrics == {"val_loss": 1.5}
     assert audits[0]["action"] == "model_version.evaluated"
     assert audits[0]["artifact"] == text_version
+
+
+EVALUATE_RESULT = {
+    "metrics": {"val_loss": 2.5, "perplexity": 12.18, "toxicity_share": 0.0, "samples": 2},
+    "details": {
+        "samples": [{"prompt": "ROMEO:", "text": " and so", "toxicity": 0.0, "pii": {}}],
+        "seconds": {"loss": 1.2, "samples": 3.4},
+    },
+}
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "succeeded", "failed", "cancelled"])
+def test_an_evaluate_jobs_page_renders_in_every_state_for_every_role(team, client, state):
+    from django.urls import reverse
+
+    from controlplane.jobs.models import Job
+
+    job = Job.objects.create(
+        project=team.project,
+        kind="evaluate",
+        state=state,
+        params={"model_version_id": 1, "samples": 2},
+        created_by=team.engineer,
+        result=EVALUATE_RESULT if state == "succeeded" else None,
+        error="the eval split is shorter than one window" if state == "failed" else "",
+    )
+    url = reverse("job-detail", args=[team.project.pk, job.pk])
+    for user in (team.owner, team.engineer, team.viewer, team.compliance):
+        client.force_login(user)
+        response = client.get(url)
+        assert response.status_code == 200, (user.username, state)
+        assert b"evaluate" in response.content
+    client.force_login(team.outsider)
+    assert client.get(url).status_code == 404
