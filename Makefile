@@ -29,11 +29,11 @@ test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The edit loop: everything but the tests marked slow (real worker processes, torchrun,
-# the demo, fault injection). About 5 minutes on a 2-core machine (the budget is 3: running
-# it on both cores with pytest-xdist is the next step, see docs/architecture.md "Tests").
+# the demo, fault injection), on both cores (pytest-xdist; each worker its own test
+# database, data directory and Redis database: tests/xdist_worker_env.py).
 test-fast: $(STAMP)
 	rm -rf var/test && mkdir -p var/test
-	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -p tests.xdist_worker_env -n 2 -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
