@@ -107,6 +107,7 @@ INSTALLED_APPS = [
     "controlplane.jobs",
     "controlplane.datasets",
     "controlplane.registry",
+    "controlplane.serving",
     "controlplane.dashboard",
     "controlplane.demo",
 ]
