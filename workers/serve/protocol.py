@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import hmac
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -296,6 +298,17 @@ class ArchiveIndex:
         data = dict(data)
         data["records"] = [_from_dict(IndexEntry, r) for r in data.get("records", [])]
         return _from_dict(cls, data)
+
+
+def subject_hash(key_hex: str, subject: str) -> str:
+    """The keyed hash of a data subject's identifier, as indexes and audit events hold it.
+
+    HMAC-SHA256 with the project's key (`ReplicaSpec.subject_key`; the platform derives it
+    from a secret kept out of the database), over the identifier stripped and case-folded,
+    so "Ann@Example.com " and "ann@example.com" are one subject.
+    """
+    normalised = subject.strip().casefold().encode()
+    return hmac.new(bytes.fromhex(key_hex), normalised, hashlib.sha256).hexdigest()
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
