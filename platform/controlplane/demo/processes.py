@@ -121,3 +121,51 @@ def mlflow_ui_start(stdout) -> subprocess.Popen | None:
     settings.MLFLOW_UI_URL = f"http://127.0.0.1:{MLFLOW_UI_PORT}"
     stdout.write(f"    MLflow UI on {settings.MLFLOW_UI_URL}/ (run pages link to it)")
     return process
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_logged(name: str, command: list[str], stdout) -> subprocess.Popen:
+    log_path = logs_dir() / f"{name}.log"
+    log = log_path.open("ab")  # lives as long as the process
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=child_env(), stdout=log, stderr=log, start_new_session=True
+    )
+    stdout.write(f"    {name} pid {process.pid}, log {log_path}")
+    return process
+
+
+def web_start(port: int, stdout) -> subprocess.Popen:
+    """The platform's web process (gunicorn), for the serve node to report to."""
+    command = [
+        *(sys.executable, "-m", "gunicorn", "-c", "python:controlplane.gunicorn_conf"),
+        *("--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"),
+        *("--access-logfile", "", "controlplane.wsgi"),
+    ]
+    return _start_logged("serve-web", command, stdout)
+
+
+def serve_node_start(platform_url: str, port: int, stdout) -> subprocess.Popen:
+    """A serve node (`python -m workers.serve`) on loopback, holding up to two replicas."""
+    command = [
+        *(sys.executable, "-m", "workers.serve", "--platform-url", platform_url),
+        *("--listen", f"127.0.0.1:{port}", "--public-url", f"http://127.0.0.1:{port}"),
+        *("--name", "demo-node", "--device", "cpu", "--capacity", "2"),
+    ]
+    return _start_logged("serve-node", command, stdout)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the process's session (a node drains its replicas), SIGKILL after `timeout`."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
