@@ -144,7 +144,7 @@ def web_start(port: int, stdout) -> subprocess.Popen:
     command = [
         *(sys.executable, "-m", "gunicorn", "-c", "python:controlplane.gunicorn_conf"),
         *("--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"),
-        *("--access-logfile", "", "controlplane.wsgi"),
+        "controlplane.wsgi",
     ]
     return _start_logged("serve-web", command, stdout)
 

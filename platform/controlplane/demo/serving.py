@@ -67,9 +67,19 @@ def serving_walk(command, project: Project, users: dict[str, User], model_name: 
     web = web_start(web_port, command.stdout)
     node = None
     try:
-        _wait(command, "the web process answering", lambda: _up(f"http://127.0.0.1:{web_port}/healthz"), 60)
+        _wait(
+            command,
+            "the web process answering",
+            lambda: _up(f"http://127.0.0.1:{web_port}/healthz"),
+            60,
+        )
         node = serve_node_start(f"http://127.0.0.1:{web_port}", node_port, command.stdout)
-        _wait(command, "the serve node answering", lambda: _up(f"http://127.0.0.1:{node_port}/healthz"), 60)
+        _wait(
+            command,
+            "the serve node answering",
+            lambda: _up(f"http://127.0.0.1:{node_port}/healthz"),
+            60,
+        )
         _serve(command, project, users, model_name, node_port, OpenAI)
     finally:
         if node is not None:
@@ -99,7 +109,9 @@ def _serve(command, project, users, model_name, node_port, client_class) -> None
     base_url = f"http://127.0.0.1:{node_port}" + BASE_PATH.format(
         project=project.slug, deployment=DEPLOYMENT
     )
-    command.stdout.write(f"    base URL {base_url} (an `inference` token: it can call deployments only)")
+    command.stdout.write(
+        f"    base URL {base_url} (an `inference` token: it can call deployments only)"
+    )
     client = client_class(base_url=base_url, api_key=secret, max_retries=0)
 
     completion = client.completions.create(
@@ -133,9 +145,11 @@ def _serve(command, project, users, model_name, node_port, client_class) -> None
     _wait(
         command,
         "the replica drained",
-        lambda: not deployment.replica_set.exclude(
-            state__in=[ReplicaState.STOPPED, ReplicaState.FAILED, ReplicaState.LOST]
-        ).exists(),
+        lambda: (
+            not deployment.replica_set.exclude(
+                state__in=[ReplicaState.STOPPED, ReplicaState.FAILED, ReplicaState.LOST]
+            ).exists()
+        ),
     )
     command.stdout.write("    stopped: its replica drained and exited; requests now answer 503")
 
