@@ -175,7 +175,11 @@ def _apply_statuses(node: ServeNode, reported: dict, now, restarted: bool) -> No
     for replica in rows:
         status = reported.get(replica.pk)
         if status is None:
-            if replica.state != ReplicaState.DRAINING and replica.last_report is not None:
+            if replica.state == ReplicaState.DRAINING:
+                # Done draining: its slot is free for this sync's placements.
+                replica.state, replica.ended_at = ReplicaState.STOPPED, now
+                replica.save(update_fields=["state", "ended_at"])
+            elif replica.last_report is not None:
                 replica.state = ReplicaState.LOST
                 replica.ended_at = now
                 replica.error = (
@@ -184,7 +188,7 @@ def _apply_statuses(node: ServeNode, reported: dict, now, restarted: bool) -> No
                     else f"node {node.name} no longer reports it"
                 )
                 replica.save(update_fields=["state", "ended_at", "error"])
-            continue  # draining ones: _stop_drained; never reported: not started yet
+            continue  # never reported: the node has not started it yet
         replica.pid = status.pid
         replica.restarts = status.restarts
         replica.error = status.error[:MAX_ERROR_CHARS]
