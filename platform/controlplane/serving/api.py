@@ -129,7 +129,7 @@ class DeploymentOut(serializers.ModelSerializer):
 class DeploymentIn(StrictSerializer):
     name = serializers.CharField(max_length=63)
     model = serializers.CharField(max_length=100)
-    version = JSONIntegerField(required=False, min_value=1)
+    version = JSONIntegerField(required=False, min_value=1, max_value=2**31 - 1)
     alias = serializers.CharField(required=False, max_length=65)
     replicas = JSONIntegerField(required=False, default=1, min_value=1, max_value=16)
     device = serializers.ChoiceField(choices=Device.values, required=False, default=Device.CPU)

@@ -1,7 +1,8 @@
 """Fixtures and a fake serve node for the deployment, scheduler and internal-endpoint tests.
 
-Imported by those test files (`from tests.platform.serving.deployment_fixtures import *`)
-rather than kept in a conftest.py, which other serving test files do not need.
+Imported by those test files (`from ...deployment_fixtures import deploy_fixture`: each
+fixture's function is named `<fixture>_fixture`, so the import does not shadow the
+test's argument) rather than kept in a conftest.py, which other serving tests do not need.
 
 `served_version(model_name="gpt", task=..., datasets=(), jobs=())`: a ready ModelVersion
 built in the ORM, with ModelFile rows (the scheduler only names the files).
@@ -23,8 +24,8 @@ from workers.serve.protocol import NodeReport, ReplicaStatus, SyncAnswer
 _numbers = itertools.count(1)
 
 
-@pytest.fixture
-def served_version(team):
+@pytest.fixture(name="served_version")
+def served_version_fixture(team):
     from django.utils import timezone
 
     from controlplane.jobs.models import Job
@@ -84,8 +85,8 @@ def served_version(team):
     return make
 
 
-@pytest.fixture
-def pipeline_dataset(team):
+@pytest.fixture(name="pipeline_dataset")
+def pipeline_dataset_fixture(team):
     """`pipeline_dataset(params)` -> a dataset version produced by a data_pipeline job."""
     from controlplane.datasets.models import DatasetVersion
     from controlplane.datasets.services import dataset_create
@@ -114,8 +115,8 @@ def pipeline_dataset(team):
     return make
 
 
-@pytest.fixture
-def deploy(team, served_version):
+@pytest.fixture(name="deploy")
+def deploy_fixture(team, served_version):
     """`deploy(name="chat", version=None, **settings)`: a running deployment (of a new
     ready version of `gpt` unless one is given)."""
     from controlplane.serving.services import deployment_create
@@ -137,8 +138,8 @@ def deploy(team, served_version):
     return make
 
 
-@pytest.fixture
-def audit_actions():
+@pytest.fixture(name="audit_actions")
+def audit_actions_fixture():
     """`audit_actions(project, prefix)` -> the project's audit actions, oldest first."""
     from controlplane.audit.models import AuditEvent
 

@@ -11,11 +11,11 @@ from django.utils import timezone
 from controlplane.serving.models import Deployment, ServeNode
 from tests.platform.serving.deployment_fixtures import (  # noqa: F401 - fixtures
     FakeNode,
-    audit_actions,
-    deploy,
-    pipeline_dataset,
+    audit_actions_fixture,
+    deploy_fixture,
+    pipeline_dataset_fixture,
     replicas_of,
-    served_version,
+    served_version_fixture,
 )
 from tests.threads import in_threads
 
@@ -225,9 +225,7 @@ def test_a_silent_node_loses_its_replicas_and_they_are_placed_elsewhere(deploy):
     first.ready()
     first.sync()
     second = FakeNode("second", capacity=2)
-    ServeNode.objects.filter(name="first").update(
-        last_seen=timezone.now() - timedelta(seconds=11)
-    )
+    ServeNode.objects.filter(name="first").update(last_seen=timezone.now() - timedelta(seconds=11))
 
     answer = second.sync()
 
