@@ -110,7 +110,9 @@ def check_report(report: NodeReport) -> None:
         if status.state not in states:
             errors[f"{where}.state"] = [f"one of {', '.join(sorted(states))}"]
         if status.pid is not None and (
-            isinstance(status.pid, bool) or not isinstance(status.pid, int)
+            isinstance(status.pid, bool)
+            or not isinstance(status.pid, int)
+            or not 0 <= status.pid < 2**31
         ):
             errors[f"{where}.pid"] = ["a process id or null"]
         if isinstance(status.restarts, bool) or not isinstance(status.restarts, int):
@@ -393,7 +395,6 @@ def _answer(node: ServeNode, nodes: list[ServeNode], now) -> SyncAnswer:
     live = list(
         Replica.objects.filter(state__in=LIVE_STATES)
         .select_related("version")
-        .prefetch_related("version__files")
         .order_by("created_at", "pk")
     )
     by_deployment: dict[int, list[Replica]] = defaultdict(list)
@@ -425,9 +426,13 @@ def _answer(node: ServeNode, nodes: list[ServeNode], now) -> SyncAnswer:
     by_id = {d.pk: d for d in deployments}
     subject_keys: dict[int, str] = {}
     specs = []
-    for replica in live:
-        if replica.node_id != node.pk:
-            continue
+    mine = (
+        Replica.objects.filter(node=node, state__in=LIVE_STATES)
+        .select_related("version")
+        .prefetch_related("version__files")
+        .order_by("created_at", "pk")
+    )
+    for replica in mine:
         deployment = by_id[replica.deployment_id]
         project = deployment.project
         if project.pk not in subject_keys:

@@ -320,6 +320,22 @@ def test_a_cuda_deployment_waits_for_a_cuda_node(deploy):
     assert [spec.device for spec in answer.replicas] == ["cuda"]
 
 
+def test_a_guardrail_change_reaches_the_replica_specs(team, deploy):
+    from controlplane.serving.services import deployment_update
+
+    deployment = deploy()
+    node = FakeNode("n1")
+    node.sync()
+
+    deployment_update(deployment=deployment, actor=team.engineer, guardrails={"pii": "refuse"})
+    (spec,) = node.sync().replicas
+
+    assert (spec.guardrails.pii, spec.guardrails.source) == (
+        "refuse",
+        "custom (defaults from platform)",
+    )
+
+
 def test_the_answer_lists_recently_revoked_tokens(team):
     from controlplane.accounts.services import api_token_create, api_token_revoke
 

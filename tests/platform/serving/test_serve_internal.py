@@ -69,6 +69,7 @@ def test_only_post_is_allowed():
         ({**REPORT, "node": "two words"}, "node"),
         ({**REPORT, "replicas": [{"replica_id": "a", "state": "dancing"}]}, "replicas.0.state"),
         ({**REPORT, "replicas": ["a"]}, "replicas"),
+        ({**REPORT, "replicas": [{"replica_id": "a", "state": "ready", "pid": 2**40}]}, "pid"),
         ({**REPORT, "node": "n\u0000"}, "malformed"),
     ],
 )
