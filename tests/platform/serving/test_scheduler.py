@@ -359,3 +359,28 @@ def test_two_nodes_syncing_at_once_place_exactly_the_replicas_wanted(deploy):
 
     assert not [r for r in results if isinstance(r, BaseException)], results
     assert len(replicas_of(deployment, "pending", "starting")) == 5
+
+
+def test_a_steady_sync_costs_a_fixed_number_of_queries_plus_one_write_a_replica(
+    deploy, served_version
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    node = FakeNode("n1", capacity=16)
+
+    def steady_cost():
+        node.sync()
+        node.ready()
+        node.sync()
+        with CaptureQueriesContext(connection) as queries:
+            node.sync()
+        return len(queries), len(node.running)
+
+    deploy("one", version=served_version())
+    few, replicas_few = steady_cost()
+    for index in range(6):
+        deploy(f"more-{index}", version=served_version(f"model-{index}"))
+    many, replicas_many = steady_cost()
+
+    assert many - few == replicas_many - replicas_few  # only the per-replica row writes grow
