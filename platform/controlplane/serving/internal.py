@@ -35,8 +35,8 @@ from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action, role_allows
 from controlplane.projects.selectors import role_of
 from controlplane.serving.errors import ServingError
-from controlplane.serving.models import Deployment
 from controlplane.serving.scheduler import node_sync
+from controlplane.serving.selectors import deployment_by_key, token_by_hash
 from workers.serve.protocol import (
     AuthorizeAnswer,
     AuthorizeRequest,
@@ -132,7 +132,7 @@ def _refused(status: int, code: str, message: str) -> AuthorizeAnswer:
 
 def authorize_token(request: AuthorizeRequest) -> AuthorizeAnswer:
     """May the token whose sha256 is `request.token_sha256` call `request.deployment`?"""
-    token = ApiToken.objects.select_related("user").filter(token_hash=request.token_sha256).first()
+    token = token_by_hash(request.token_sha256)
     now = timezone.now()
     if token is None:
         return _refused(401, "invalid_token", "invalid token")
@@ -146,13 +146,8 @@ def authorize_token(request: AuthorizeRequest) -> AuthorizeAnswer:
         return _refused(
             403, "insufficient_scope", "this token lacks the inference scope deployments need"
         )
-    slug, _, name = request.deployment.partition("/")
     not_found = _refused(404, "deployment_not_found", f"no deployment {request.deployment!r}")
-    deployment = (
-        Deployment.objects.select_related("project").filter(project__slug=slug, name=name).first()
-        if slug and name and len(request.deployment) <= 200
-        else None
-    )
+    deployment = deployment_by_key(request.deployment)
     if deployment is None:
         return not_found
     project: Project = deployment.project

@@ -58,6 +58,23 @@ def deployment_in(project, name: str) -> Deployment | None:
     return deployments_of(project).filter(name=name).first()
 
 
+def deployment_by_key(key: str) -> Deployment | None:
+    """The deployment a node names "<project slug>/<deployment name>" (protocol.deployment_key)."""
+    slug, _, name = key.partition("/")
+    if not slug or len(key) > 200 or not re.fullmatch(DEPLOYMENT_NAME_PATTERN, name):
+        return None
+    return (
+        Deployment.objects.select_related("project").filter(project__slug=slug, name=name).first()
+    )
+
+
+def token_by_hash(token_sha256: str):
+    """The API token whose sha256 a node sends (the raw token never leaves the node)."""
+    from controlplane.accounts.models import ApiToken
+
+    return ApiToken.objects.select_related("user").filter(token_hash=token_sha256).first()
+
+
 def replicas_shown(deployment: Deployment) -> list[Replica]:
     """The live replicas and the most recent ended ones (prefetched by deployments_of)."""
     replicas = list(deployment.replica_set.all())
