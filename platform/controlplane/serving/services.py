@@ -323,7 +323,11 @@ def on_alias_moved(alias: ModelAlias) -> None:
     the new version (the scheduler then switches its replicas over). Runs after the
     move's commit, in its own transaction: inside it, it would take deployment rows
     after the audit chain, against the lock order of every other writer."""
-    transaction.on_commit(lambda: follow_alias(model_id=alias.model_id, alias=alias.name))
+    # robust: a failure here must not turn the committed move into an error; the scheduler
+    # retargets the followers at the next sync anyway.
+    transaction.on_commit(
+        lambda: follow_alias(model_id=alias.model_id, alias=alias.name), robust=True
+    )
 
 
 def follow_alias(*, model_id: int, alias: str) -> list[Deployment]:
