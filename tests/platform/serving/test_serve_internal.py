@@ -176,6 +176,13 @@ def test_another_project_s_user_cannot_tell_the_deployment_exists(team, deploy, 
     assert (missing.status, missing.code) == (404, "deployment_not_found")
 
 
+def test_a_platform_admin_may_call_like_everywhere_else(team, deploy, token_of):
+    # Staff may do everything in every project (projects.selectors.project_for).
+    deploy()
+    _token, digest = token_of(team.admin)
+    assert authorize(digest).allowed
+
+
 @pytest.mark.parametrize("role", ["viewer", "compliance"])
 def test_members_who_only_read_may_not_call(team, deploy, token_of, role):
     deploy()
