@@ -13,6 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from workers import config as env
+from workers.serve.secret import serve_node_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = env.data_dir()
@@ -83,6 +84,10 @@ try:
     # a client pick its own address and escape the per-address lockout.
     TRUSTED_PROXY_COUNT = env.env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
     _object_store = env.object_store_config()
+    # What serve nodes and the platform authenticate each other with (/internal/serve/
+    # calls, the playground's calls to a node): the environment's SERVE_NODE_SECRET, or one
+    # made once in <DATA_DIR>/serve-node-secret that nodes on this machine read too.
+    SERVE_NODE_SECRET = serve_node_secret(DATA_DIR)
 except env.ConfigError as error:
     raise ImproperlyConfigured(str(error)) from None
 

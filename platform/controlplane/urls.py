@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("controlplane.jobs.urls")),
     path("", include("controlplane.audit.urls")),
     path("", include("controlplane.registry.urls")),
+    path("internal/serve/", include("controlplane.serving.internal_urls")),
 ]
 
 # Under /api/ these answer in the API's JSON error shape; pages keep Django's HTML pages.

@@ -24,6 +24,8 @@ class Scope(models.TextChoices):
     API_WRITE = "api:write", "write: create, change and delete through the API"
     # Separate from api:write so that a leaked everyday token cannot mint more tokens.
     TOKENS_WRITE = "tokens:write", "manage tokens: create tokens and revoke the ones it minted"
+    # Given to programs that call a model: a leaked one cannot read or change anything.
+    INFERENCE = "inference", "inference: call the project's deployments (nothing else)"
 
 
 # What a token gets when no scopes are asked for, and what tokens made before scopes

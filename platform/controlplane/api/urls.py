@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from controlplane.accounts import api as accounts
 from controlplane.api.docs import ApiDocsView, ApiSchemaView
@@ -153,4 +153,5 @@ urlpatterns = [
         registry_export.VersionArchive.as_view(),
         name="api-model-version-archive",
     ),
+    path("", include("controlplane.serving.api_urls")),
 ]

@@ -12,6 +12,7 @@ class Action(enum.StrEnum):
     RUN = "run"  # upload data, start and cancel jobs
     MANAGE = "manage"  # edit the project, add/remove members, change roles
     REVIEW = "review"  # compliance review (erasure requests, policies)
+    INFER = "infer"  # call the project's deployments (a token with the inference scope)
 
 
 ALLOWED: dict[Action, frozenset[str]] = {
@@ -19,6 +20,7 @@ ALLOWED: dict[Action, frozenset[str]] = {
     Action.RUN: frozenset({Role.OWNER, Role.ENGINEER}),
     Action.MANAGE: frozenset({Role.OWNER}),
     Action.REVIEW: frozenset({Role.OWNER, Role.COMPLIANCE}),
+    Action.INFER: frozenset({Role.OWNER, Role.ENGINEER}),
 }
 
 

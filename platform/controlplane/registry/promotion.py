@@ -36,6 +36,7 @@ from controlplane.registry.rules import (
     require_review,
 )
 from controlplane.registry.selectors import latest_evaluation, protected_aliases
+from controlplane.serving.services import on_alias_moved
 
 
 def evaluation_gate(*, version) -> list[str]:
@@ -92,6 +93,7 @@ def _move(model, alias_name, version, actor, *, reason, rollback, request=None) 
             "promotion_request": request.pk if request is not None else None,
         },
     )
+    on_alias_moved(alias)  # deployments following the alias switch to the new version
     return alias
 
 

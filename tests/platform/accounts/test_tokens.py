@@ -109,7 +109,7 @@ def test_unknown_scope_is_a_400_naming_the_field(make_user, client):
     )
     assert response.status_code == 400
     assert response.json()["error"]["fields"]["scopes"] == [
-        "unknown scope 'admin'; choose from api:read, api:write, tokens:write"
+        "unknown scope 'admin'; choose from api:read, api:write, tokens:write, inference"
     ]
 
 
