@@ -8,6 +8,7 @@ from controlplane.jobs import api as jobs
 from controlplane.projects import api as projects
 from controlplane.registry import api as registry
 from controlplane.registry import api_export as registry_export
+from controlplane.serving import api_archive as serving_archive
 from controlplane.uploads import api as uploads
 
 urlpatterns = [
@@ -153,4 +154,5 @@ urlpatterns = [
         registry_export.VersionArchive.as_view(),
         name="api-model-version-archive",
     ),
+    *serving_archive.urlpatterns,
 ]
