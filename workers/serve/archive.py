@@ -420,8 +420,8 @@ class Archiver:
                 self._drop(dropped, "buffer_full")
         if dropped:
             log.warning(
-                "archive: store unavailable and buffer full; dropped the %d oldest records "
-                "(%d dropped in all)",
+                "archive: more records waiting than the buffer holds (the store is down or "
+                "slower than the traffic); dropped the %d oldest (%d dropped in all)",
                 dropped,
                 self._stats.dropped,
             )

@@ -485,3 +485,54 @@ def test_sigterm_flushes_the_window_before_the_process_exits(tmp_path):
         path = tmp_path / "objects" / "test" / index.object_key
         with gzip.open(path) as whole:
             assert len(whole.read().splitlines()) == len(index.records)
+
+
+@pytest.mark.slow
+def test_indexes_reach_a_real_broker_through_an_outage(tmp_path, local_store, monkeypatch):
+    import base64
+
+    from celery import Celery
+
+    from tests.redisserver import PrivateRedis
+    from workers.protocol import CONTROL_QUEUE
+
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery prefers the environment
+    server = PrivateRedis(tmp_path / "redis", persistent=True).start()
+    app = Celery("archive-broker-test")
+    app.conf.update(
+        broker_url=server.url,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=1,
+    )
+    archiver = Archiver(
+        local_store,
+        make_spec(),
+        ControlQueueIndexSink(app, retry_seconds=0.05),
+        node="n",
+        window_seconds=0.1,
+        first_retry_seconds=0.05,
+    ).start()
+    try:
+        for n in range(5):
+            archiver.record(make_record(n))
+        wait_for(lambda: archiver.stats()["indexes_sent"] == 1)
+        server.stop()
+        for n in range(5, 10):
+            archiver.record(make_record(n))
+        wait_for(lambda: archiver.stats()["send_failures"] >= 1, timeout=30)
+        assert archiver.stats()["unsent_indexes"] >= 1  # stored, index kept for later
+        server.start()
+        assert archiver.close(timeout=30)
+        messages = []
+        for raw in reversed(server.client().lrange(CONTROL_QUEUE, 0, -1)):
+            envelope = json.loads(raw)
+            assert envelope["headers"]["task"] == ARCHIVE_INDEX_TASK
+            args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+            messages.append(ArchiveIndex.from_dict(args[0]))
+    finally:
+        archiver.close(timeout=1)
+        server.stop()
+
+    assert stored_ids(local_store, messages) == [f"{n:032x}" for n in range(10)]
