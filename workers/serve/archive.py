@@ -31,6 +31,10 @@ Failure behaviour, stated once:
   (at most MAX_UNSENT_INDEXES of them; past that the oldest index is dropped and logged:
   its object is then an orphan, removed by the platform's purge of its day folder).
 - SIGTERM: `close(timeout)` flushes everything still buffered (objects, then indexes).
+  It may be called from a signal handler (the locks are re-entrant).
+
+Give it the plain store, not a RetryingObjectStore: it retries by itself, and a wrapper's
+minute of patience would only hold its thread inside one put.
 - kill -9: what was buffered and not yet stored is lost, i.e. at most the current window
   (plus whatever an outage had kept waiting). Stored objects whose index was not sent yet
   are not lost, only unindexed (the platform's day-folder purge removes them in time).
@@ -198,7 +202,9 @@ class Archiver:
         # Two lives of one replica id (a restart) must never name the same object.
         self._life = uuid.uuid4().hex[:8]
         self._seq = 0
-        self._lock = threading.Lock()
+        # Re-entrant: a SIGTERM handler that calls close() may interrupt record() while
+        # the main thread holds the lock.
+        self._lock = threading.RLock()
         self._raw: collections.deque[dict[str, Any]] = collections.deque()
         self._windows: collections.deque[_Window] = collections.deque()  # encoded, not stored
         self._unsent: collections.deque[ArchiveIndex] = collections.deque()  # stored, not indexed
@@ -208,7 +214,7 @@ class Archiver:
         self._thread: threading.Thread | None = None
         self._retry_at = 0.0  # monotonic time before which no put is tried (backoff)
         self._retry_delay = first_retry_seconds
-        self._flush_lock = threading.Lock()  # one flush at a time (thread, or close())
+        self._flush_lock = threading.RLock()  # one flush at a time (thread, or close())
         self._stats = _Stats()
 
     # -- the request path ----------------------------------------------------------------
@@ -258,7 +264,9 @@ class Archiver:
         # the deadline (or do the whole flush here when never started).
         while True:
             self._retry_at = 0.0
-            self._flush()
+            # A put that hangs in the thread holds the flush lock: wait no longer than asked.
+            if not self._flush(timeout=max(0.0, deadline - time.monotonic())):
+                break
             if self._empty() or time.monotonic() >= deadline:
                 break
             time.sleep(min(self._retry_delay, max(0.0, deadline - time.monotonic())))
@@ -302,14 +310,20 @@ class Archiver:
 
     # -- the flush ---------------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        with self._flush_lock:
+    def _flush(self, timeout: float | None = None) -> bool:
+        """One pass: encode what waits, enforce the caps, store windows (unless backing
+        off), send indexes. False when another flush held the lock past `timeout`."""
+        if not self._flush_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
             self._encode_waiting()
             self._enforce_caps()
-            if time.monotonic() < self._retry_at:
-                return
-            self._store_windows()
-            self._send_indexes()
+            if time.monotonic() >= self._retry_at:
+                self._store_windows()
+            self._send_indexes()  # the broker's health is not the store's
+        finally:
+            self._flush_lock.release()
+        return True
 
     def _encode_waiting(self) -> None:
         with self._lock:

@@ -403,6 +403,42 @@ def test_record_is_cheap_and_never_blocks_on_a_hanging_store(local_store):
     assert archiver.stats()["written"] == 2001
 
 
+def test_close_returns_at_its_timeout_even_when_a_put_hangs(local_store):
+    class Hangs(FlakyStore):
+        def put_bytes(self, key, data, **kwargs):
+            release.wait(10)
+            return self.inner.put_bytes(key, data, **kwargs)
+
+    release = threading.Event()
+    archiver = Archiver(Hangs(local_store), make_spec(), ListIndexSink(), node="n")
+    archiver.start()
+    archiver.record(make_record(1))
+    archiver._wake.set()
+    time.sleep(0.1)  # the thread is now inside the put
+
+    started = time.monotonic()
+    assert archiver.close(timeout=0.5) is False
+    assert time.monotonic() - started < 1.5
+    release.set()
+
+
+def test_indexes_go_out_while_the_store_is_down(local_store):
+    store = FlakyStore(local_store)
+    sink = ListIndexSink()
+    sink.fail = True
+    archiver = Archiver(store, make_spec(), sink, node="n", first_retry_seconds=60)
+    archiver.record(make_record(1))
+    archiver._flush()  # stored; the broker refused its index
+    store.down = True
+    archiver.record(make_record(2))
+    archiver._flush()  # the put fails: backing off for a minute
+    sink.fail = False
+
+    archiver._flush()  # still backing off from the store, yet the index goes out
+
+    assert [i.records[0].id for i in sink.indexes] == [f"{1:032x}"]
+
+
 def test_the_control_queue_sink_retries_a_broker_hiccup():
     class App:
         def __init__(self, failures):
