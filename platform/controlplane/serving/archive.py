@@ -46,7 +46,13 @@ from controlplane.serving.models import (
 from controlplane.serving.subjects import project_subject_key
 from controlplane.storage import object_store
 from workers.serve.protocol import ArchiveIndex, Endpoint, RecordStatus, subject_hash
-from workers.storage import ObjectNotFoundError, ObjectStore, StorageError
+from workers.storage import (
+    InvalidKeyError,
+    ObjectNotFoundError,
+    ObjectStore,
+    StorageError,
+    validate_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,7 @@ def ingest_index(payload: dict) -> ArchiveObject | None:
         )
         return None
     key = index.object_key
-    if not isinstance(key, str) or not key.startswith(archive_prefix(project_id, deployment_id)):
+    if not _key_in_folder(key, archive_prefix(project_id, deployment_id)):
         log.warning("archive index dropped: %r is outside deployment %s's folder", key, deployment)
         return None
     if len(key) > ArchiveObject._meta.get_field("object_key").max_length:
@@ -148,6 +154,15 @@ def ingest_index(payload: dict) -> ArchiveObject | None:
             row.archive_object = archived
         InferenceRecord.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
     return archived
+
+
+def _key_in_folder(key, folder: str) -> bool:
+    """A valid key (no '..' or empty parts: the store would refuse to delete it) in `folder`."""
+    try:
+        validate_key(key)
+    except InvalidKeyError:
+        return False
+    return key.startswith(folder)
 
 
 def _record_row(entry, object_size: int, versions: set[int]) -> InferenceRecord | None:
@@ -403,7 +418,11 @@ def purge_expired(
     project_ids = set(ArchiveObject.objects.values_list("project_id", flat=True).distinct())
     project_ids |= set(Deployment.objects.values_list("project_id", flat=True).distinct())
     for project in Project.objects.filter(pk__in=project_ids).order_by("pk"):
-        counts = _purge_project(project, now, store)
+        try:
+            counts = _purge_project(project, now, store)
+        except StorageError as error:  # the next hourly run goes on from where this stopped
+            log.warning("archive purge of project %s stopped: %s", project.pk, error)
+            continue
         if counts.objects or counts.records or counts.orphans:
             done[project.pk] = counts
     return done

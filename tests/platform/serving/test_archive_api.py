@@ -199,3 +199,12 @@ def test_a_bad_retention_is_a_400(api, team, body):
     response = api(team.owner).patch(url, body, format="json")
 
     assert response.status_code == 400
+
+
+def test_anonymous_gets_401_and_a_token_without_read_scope_403(api, team, records):
+    assert api().get(base(team)).status_code == 401
+
+    write_only = api(team.owner, scopes=["api:write"])
+
+    assert write_only.get(base(team)).status_code == 403
+    assert write_only.get(base(team) + "export").status_code == 403

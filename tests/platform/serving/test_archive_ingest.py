@@ -56,6 +56,7 @@ def test_a_redelivered_index_changes_nothing(deployment):
         "unknown deployment",
         "another project",
         "key outside the folder",
+        "key climbing out of the folder",
         "garbage",
         "bad time",
     ],
@@ -72,6 +73,10 @@ def test_an_index_that_cannot_be_trusted_is_dropped_without_raising(team, deploy
     elif change == "key outside the folder":
         payload["object_key"] = payload["object_key"].replace(
             f"projects/{deployment.project_id}/", f"projects/{team.other_project.pk}/"
+        )
+    elif change == "key climbing out of the folder":
+        payload["object_key"] = payload["object_key"].replace(
+            f"/{deployment.pk}/", f"/{deployment.pk}/../../{team.other_project.pk}/"
         )
     elif change == "garbage":
         payload = {"records": "nope"}

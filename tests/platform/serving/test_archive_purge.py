@@ -176,3 +176,31 @@ def test_the_tasks_are_registered_and_the_purge_is_on_the_beat():
     entry = settings.CELERY_BEAT_SCHEDULE["serving-purge-archive"]
     assert entry["task"] == "control.serve_purge_archive"
     assert entry["schedule"] == 3600.0 and entry["options"]["expires"] <= 3600
+
+
+def test_a_store_outage_stops_one_projects_purge_not_the_others(team, deployment):
+    from controlplane.serving.archive import purge_expired
+    from controlplane.serving.models import InferenceRecord
+    from controlplane.storage import object_store
+    from workers.storage import StorageError
+
+    other = make_deployment(team.other_project, team.outsider, name="chat")
+    archive(deployment, [record(1)])
+    archive(other, [record(2)])
+    store = object_store()
+    real_delete = store.delete
+
+    def delete(key):
+        if key.startswith(f"projects/{team.project.pk}/"):
+            raise StorageError("connection refused (test)")
+        return real_delete(key)
+
+    store.delete = delete
+    try:
+        done = purge_expired(now=at(BASE_TIME + 31 * DAY))
+    finally:
+        del store.delete
+
+    assert list(done) == [team.other_project.pk]
+    assert list(InferenceRecord.objects.values_list("deployment_id", flat=True)) == [deployment.pk]
+    assert purge_events(team.project) == []
