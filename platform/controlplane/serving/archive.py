@@ -98,7 +98,7 @@ def ingest_index(payload: dict) -> ArchiveObject | None:
         window_start = _when(index.window_start)
         window_end = _when(index.window_end)
         size = int(index.size)
-    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as error:
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, OSError) as error:
         log.warning("archive index dropped: malformed payload (%s)", error)
         return None
     deployment = Deployment.objects.filter(pk=deployment_id, project_id=project_id).first()
@@ -196,7 +196,7 @@ def _record_row(entry, object_size: int, versions: set[int]) -> InferenceRecord 
             latency_ms=_finite(entry.latency_ms) or 0.0,
             first_token_ms=_finite(entry.first_token_ms),
         )
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError, OSError):
         return None
 
 

@@ -59,6 +59,7 @@ def test_a_redelivered_index_changes_nothing(deployment):
         "key climbing out of the folder",
         "garbage",
         "bad time",
+        "time out of range",
     ],
 )
 def test_an_index_that_cannot_be_trusted_is_dropped_without_raising(team, deployment, change):
@@ -82,6 +83,8 @@ def test_an_index_that_cannot_be_trusted_is_dropped_without_raising(team, deploy
         payload = {"records": "nope"}
     elif change == "bad time":
         payload["window_start"] = "yesterday"
+    elif change == "time out of range":
+        payload["window_end"] = 1e20
 
     assert ingest_index(payload) is None
 
@@ -96,11 +99,14 @@ def test_malformed_entries_are_dropped_and_the_rest_indexed(deployment):
     payload["records"][0]["status"] = "fabulous"
     payload["records"][1]["length"] = payload["size"] * 2  # past the object's end
     payload["records"][2]["version_id"] = 999_999  # not a version of this model
+    payload["records"].append(dict(payload["records"][3]))  # well-formed, kept
+    payload["records"][3]["time"] = 1e20  # no datetime holds it
+    payload["records"][3]["id"] = "f" * 32
 
     ingest_index(payload)
 
     assert list(InferenceRecord.objects.values_list("request_id", flat=True)) == [
-        payload["records"][3]["id"]
+        payload["records"][4]["id"]
     ]
 
 
