@@ -20,6 +20,7 @@ app.autodiscover_tasks(
         "controlplane.audit",
         "controlplane.api",
         "controlplane.registry",
+        "controlplane.serving",
     ]
 )
 # The MLflow registry mirror's task lives with its reconciliation (registry/mlflow_sync.py).

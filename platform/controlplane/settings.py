@@ -362,6 +362,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 300.0,
         "options": {"queue": "control"},
     },
+    # The inference archive past each project's retention (controlplane/serving/archive.py).
+    "serving-purge-archive": {
+        "task": "control.serve_purge_archive",
+        "schedule": 3600.0,
+        "options": {"queue": "control", "expires": 3000},
+    },
     # Registrations whose control task was lost (broker outage) or failed (store outage).
     "registry-sweep": {
         "task": "control.registry_sweep",

@@ -4,6 +4,8 @@ and the admin. Paths and names are what templates and tests `{% url %}`/`reverse
 from django.contrib import admin
 from django.urls import include, path
 
+from controlplane.serving import views_archive as serving_archive_pages
+
 urlpatterns = [
     path("", include("controlplane.dashboard.urls")),
     path("admin/", admin.site.urls),
@@ -16,6 +18,7 @@ urlpatterns = [
     path("", include("controlplane.audit.urls")),
     path("", include("controlplane.registry.urls")),
     path("internal/serve/", include("controlplane.serving.internal_urls")),
+    path("", include(serving_archive_pages.page_urlpatterns)),
 ]
 
 # Under /api/ these answer in the API's JSON error shape; pages keep Django's HTML pages.

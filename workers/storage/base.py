@@ -110,6 +110,18 @@ def check_expiry(expires: timedelta) -> timedelta:
     return expires
 
 
+def check_range(key: str, offset: int, length: int) -> None:
+    for name, value in (("offset", offset), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise StorageError(f"{name} of a ranged read of {key} must be an integer >= 0")
+    if not 1 <= length <= MAX_GET_BYTES:
+        raise StorageError(f"a ranged read of {key} takes 1 to {MAX_GET_BYTES} bytes, not {length}")
+
+
+def range_error(key: str, offset: int, length: int) -> StorageError:
+    return StorageError(f"{key} has no bytes {offset}..{offset + length - 1}: it is shorter")
+
+
 class ObjectStore(ABC):
     """One bucket of immutable objects. Every method validates the key it is given."""
 
@@ -178,6 +190,29 @@ class ObjectStore(ABC):
             raise StorageError(
                 f"{key} is larger than {max_size} bytes; stream it with iter_chunks()"
             )
+        return data
+
+    def get_range(
+        self, key: str, offset: int, length: int, *, version_id: str | None = None
+    ) -> bytes:
+        """Exactly `length` bytes of the object from byte `offset` (one ranged GET on S3).
+
+        For reading one record out of a bigger object (the inference archive's gzip
+        members). A range that runs past the end of the object is a StorageError, never a
+        short answer: the caller asked for a span it believes exists. This default reads
+        the stream up to the range (correct on any store); both backends override it.
+        """
+        check_range(key, offset, length)
+        with self.open_stream(key, version_id=version_id) as stream:
+            left = offset
+            while left > 0:
+                skipped = stream.read(min(left, 1024 * 1024))
+                if not skipped:
+                    raise range_error(key, offset, length)
+                left -= len(skipped)
+            data = stream.read(length)
+        if len(data) != length:
+            raise range_error(key, offset, length)
         return data
 
     @abstractmethod

@@ -34,6 +34,8 @@ from workers.storage.base import (
     check_content_type,
     check_expiry,
     check_metadata,
+    check_range,
+    range_error,
 )
 from workers.storage.errors import (
     InvalidKeyError,
@@ -217,6 +219,17 @@ class LocalObjectStore(ObjectStore):
             return path.open("rb")
         except FileNotFoundError:
             raise ObjectNotFoundError(f"no object {key} in {self.bucket}") from None
+
+    def get_range(
+        self, key: str, offset: int, length: int, *, version_id: str | None = None
+    ) -> bytes:
+        check_range(key, offset, length)
+        with self.open_stream(key, version_id=version_id) as stream:
+            stream.seek(offset)
+            data = stream.read(length)
+        if len(data) != length:
+            raise range_error(key, offset, length)
+        return data
 
     def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
         path = self._existing(key, version_id)

@@ -266,6 +266,14 @@ class RetryingObjectStore(ObjectStore):
             f"get {key}", lambda: self.inner.get_bytes(key, version_id=version_id, **kwargs)
         )
 
+    def get_range(
+        self, key: str, offset: int, length: int, *, version_id: str | None = None
+    ) -> bytes:
+        return self._retrying(
+            f"get bytes {offset}+{length} of {key}",
+            lambda: self.inner.get_range(key, offset, length, version_id=version_id),
+        )
+
     def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
         return self._retrying(f"stat {key}", lambda: self.inner.stat(key, version_id=version_id))
 

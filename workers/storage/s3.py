@@ -38,6 +38,8 @@ from workers.storage.base import (
     check_content_type,
     check_expiry,
     check_metadata,
+    check_range,
+    range_error,
 )
 from workers.storage.errors import (
     InvalidKeyError,
@@ -333,6 +335,29 @@ class S3ObjectStore(ObjectStore):
             response = self.client.get_object(self.bucket, key, version_id=version_id)
         raw = _ResponseReader(response, f"{key} from S3 endpoint {self.endpoint}")
         return io.BufferedReader(raw, buffer_size=1024 * 1024)  # type: ignore[return-value]
+
+    def get_range(
+        self, key: str, offset: int, length: int, *, version_id: str | None = None
+    ) -> bytes:
+        validate_key(key)
+        check_range(key, offset, length)
+        with self._errors(f"get bytes {offset}+{length} of {key}"):
+            try:
+                response = self.client.get_object(
+                    self.bucket, key, offset=offset, length=length, version_id=version_id
+                )
+            except S3Error as exc:
+                if exc.code == "InvalidRange":  # the range starts past the end
+                    raise range_error(key, offset, length) from None
+                raise
+            try:
+                data = response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        if len(data) != length:  # a range that runs past the end is answered short
+            raise range_error(key, offset, length)
+        return data
 
     def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
         validate_key(key)

@@ -8,6 +8,7 @@ from controlplane.jobs import api as jobs
 from controlplane.projects import api as projects
 from controlplane.registry import api as registry
 from controlplane.registry import api_export as registry_export
+from controlplane.serving import api_archive as serving_archive
 from controlplane.uploads import api as uploads
 
 urlpatterns = [
@@ -154,4 +155,5 @@ urlpatterns = [
         name="api-model-version-archive",
     ),
     path("", include("controlplane.serving.api_urls")),
+    *serving_archive.urlpatterns,
 ]
