@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("controlplane.jobs.urls")),
     path("", include("controlplane.audit.urls")),
     path("", include("controlplane.registry.urls")),
+    path("", include("controlplane.serving.urls")),
 ]
 
 # Under /api/ these answer in the API's JSON error shape; pages keep Django's HTML pages.
