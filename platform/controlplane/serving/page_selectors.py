@@ -279,7 +279,10 @@ class Usage:
         """(title, {label: [(x, y)]}) for the `line_chart` tag."""
 
         def line(values, scale: float = 1.0):
-            return [(m, v / scale if v is not None else None) for m, v in zip(self.minutes, values)]
+            return [
+                (m, v / scale if v is not None else None)
+                for m, v in zip(self.minutes, values, strict=True)
+            ]
 
         return [
             ("requests / s", {"requests/s": line(self.requests, 60)}),
