@@ -85,7 +85,8 @@ def serve_base_url(project: Project, deployment_name: str) -> str:
 
 def _serve_origin() -> str:
     origin = getattr(settings, "SERVE_PUBLIC_URL", "") or _live_node_url() or NODE_PLACEHOLDER
-    return origin.rstrip("/")
+    origin = origin.rstrip("/")
+    return origin if "://" in origin else f"http://{origin}"
 
 
 def _live_node_url() -> str:

@@ -75,7 +75,8 @@ class NodeCall:
     secret: str
 
     def _connection(self) -> tuple[http.client.HTTPConnection, str]:
-        url = urlsplit(self.node_url)
+        # A node may report "host:port" without a scheme: plain HTTP inside the cluster.
+        url = urlsplit(self.node_url if "://" in self.node_url else f"http://{self.node_url}")
         if url.scheme not in ("http", "https") or not url.hostname:
             raise PlaygroundError(
                 502, "node_unreachable", f"the serve node's URL {self.node_url!r} is not http(s)"

@@ -104,15 +104,11 @@ def _deploy(request: ProjectRequest, project: Project, form: DeployForm) -> Depl
             rate_limit_per_minute=data["rate_limit_per_minute"],
         )
     except ServingError as error:
-        fields = getattr(error, "fields", None) or {}
-        shown = False
-        for key, problems in fields.items():
+        form.add_error(None, str(error))
+        for key, problems in (getattr(error, "fields", None) or {}).items():
             key = key.removeprefix("guardrails.")
             if key in form.fields:
                 form.add_error(key, " ".join(map(str, problems)))
-                shown = True
-        if not shown:
-            form.add_error(None, str(error))
         return None
     messages.success(
         request,

@@ -366,3 +366,17 @@ def test_images_come_back_as_png_data(team, client, stub_node, settings):
         "steps": 10,
         "response_format": "b64_json",
     }
+
+
+def test_a_node_reported_without_a_scheme_is_called_over_http(team, client, stub_node, deployment):
+    from controlplane.serving.models import ServeNode
+
+    ServeNode.objects.update(url=stub_node.url.removeprefix("http://"))
+    stub_node.script = [("chunk", _chunk("ok", finish="stop"))]
+    client.force_login(team.engineer)
+    events = _events(
+        client.post(
+            _url(team), {"mode": "completion", "prompt": "x", "max_tokens": 1, "temperature": 1}
+        )
+    )
+    assert [name for name, _ in events] == ["request", "message", "done"]

@@ -344,7 +344,8 @@ def test_a_refused_deploy_shows_why_in_the_form(team, client, served, services):
         },
     )
     assert response.status_code == 400
-    assert "chat" in response.content.decode() and 'class="error"' in response.content.decode()
+    html = response.content.decode()
+    assert "a deployment named &#x27;chat&#x27; already exists" in html
 
 
 def test_engineer_scales_stops_and_starts(team, client, served, services):
