@@ -118,6 +118,7 @@ class ScaleForm(forms.Form):
 
 
 class StopForm(forms.Form):
+    label_suffix = ""
     reason = forms.CharField(
         max_length=MAX_REASON,
         required=False,

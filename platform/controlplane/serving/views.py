@@ -30,6 +30,7 @@ from controlplane.serving.forms import (
     TextPlaygroundForm,
 )
 from controlplane.serving.models import Deployment, DeploymentState
+from workers.serve.protocol import GuardrailConfig
 
 
 def deployment_or_404(project: Project, name: str) -> Deployment:
@@ -63,6 +64,9 @@ def _error_text(error: Exception) -> str:
 @project_page()
 def deployment_list(request: ProjectRequest, project: Project) -> HttpResponse:
     """The project's deployments (htmx polls the rows) and the "Deploy a model" form."""
+    if request.htmx:
+        context = {"project": project, "rows": pages.deployments_page(project)}
+        return render(request, "serving/_deployment_rows.html", context)
     form = DeployForm(request.POST or None, models=pages.deployable_models(project))
     status = 200
     if request.method == "POST":
@@ -73,8 +77,6 @@ def deployment_list(request: ProjectRequest, project: Project) -> HttpResponse:
             return to_deployment_page(project, deployment)
         status = 400
     context = {"project": project, "rows": pages.deployments_page(project), "form": form}
-    if request.htmx:
-        return render(request, "serving/_deployment_rows.html", context)
     return render(request, "serving/deployment_list.html", context, status=status)
 
 
@@ -135,6 +137,7 @@ def deployment_detail(request: ProjectRequest, project: Project, name: str) -> H
     context.update(
         {
             "base_url": pages.serve_base_url(project, deployment.name),
+            "guardrails": GuardrailConfig.from_dict(deployment.guardrails),
             "lineage": pages.version_lineage(deployment.target_version),
             "usage": usage,
             "usage_charts": usage.charts(),

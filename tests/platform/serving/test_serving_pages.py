@@ -158,6 +158,18 @@ def test_a_stopped_deployment_offers_start_not_stop(team, client, served):
     assert "Start old" in html and "Stop old" not in html
 
 
+def test_guardrails_show_the_settings_and_where_they_came_from(team, client, served):
+    chat = served["chat"]
+    chat.guardrails = {"pii": "refuse", "toxicity": "off", "source": "pipeline job 3 of plays v1"}
+    chat.save()
+    html = _get(
+        client, team.viewer, f"/projects/{team.project.pk}/deployments/chat/"
+    ).content.decode()
+    assert "input PII <strong>refuse</strong>, output PII <strong>redact</strong>" in html
+    assert "toxicity <strong>off</strong> <span" in html  # no threshold when off
+    assert "(from pipeline job 3 of plays v1)" in html
+
+
 def test_the_replicas_fragment_shows_health(team, client, served):
     response = _get(
         client,
