@@ -1,4 +1,5 @@
-// A deployment's page: the Copy buttons, and the playground.
+// The serving pages: the Copy buttons (base URLs, the client snippet), and a deployment's
+// playground.
 // Text: POST the form, read the answer as server-sent events with fetch + ReadableStream
 // (EventSource cannot POST), append each chunk's text as it arrives. Images: POST, show
 // the PNGs as data: URLs (the CSP's img-src allows data:). Errors show the JSON error
@@ -6,15 +7,15 @@
 (function () {
   "use strict";
 
-  document.querySelectorAll("button[data-copy]").forEach((button) => {
-    button.addEventListener("click", () => {
-      const source = document.getElementById(button.dataset.copy);
-      if (!source || !navigator.clipboard) return;
-      navigator.clipboard.writeText(source.textContent.trim()).then(() => {
-        const label = button.textContent;
-        button.textContent = "Copied";
-        setTimeout(() => { button.textContent = label; }, 1500);
-      });
+  // Delegated: htmx replaces the deployments list's rows (and their buttons) as it polls.
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest && event.target.closest("button[data-copy]");
+    if (!button) return;
+    const source = document.getElementById(button.dataset.copy);
+    if (!source || !navigator.clipboard) return;
+    navigator.clipboard.writeText(source.textContent.trim()).then(() => {
+      button.textContent = "Copied";
+      setTimeout(() => { button.textContent = "Copy"; }, 1500);
     });
   });
 

@@ -73,7 +73,8 @@ def test_deployments_page_lists_what_each_serves(team, client, served, role):
     assert f'href="/projects/{p}/models/gpt/v2/">v2</a>' in html  # served by a ready replica
     assert f'href="/projects/{p}/models/gpt/v1/">v1</a>' in html  # the draining one
     assert "1 / 2" in html  # ready / desired
-    assert "http://10.0.0.5:8100/p/alpha/chat/v1" in html
+    assert '<code id="base-url-chat">http://10.0.0.5:8100/p/alpha/chat/v1</code>' in html
+    assert 'data-copy="base-url-chat"' in html and "js/playground.js" in html
     assert '<span class="state stopped">stopped</span>' in html
     assert f'href="/projects/{p}/deployments/"' in html  # the project's nav link
     assert ('id="deploy"' in html) == (role in RUNNERS)
