@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +32,14 @@ from django.conf import settings
 
 from workers.serve.protocol import BASE_PATH, CALLER_HEADER, REQUEST_ID_HEADER, Caller, to_dict
 
+# gunicorn kills a sync worker that holds one request longer than its timeout
+# (GUNICORN_TIMEOUT, 120 s by default), so a playground answer ends well before that: a
+# stream stops after MAX_STREAM_SECONDS (worst case plus one READ_TIMEOUT of silence), an
+# image call waits IMAGE_TIMEOUT. Longer work is for the API, from a client.
 CONNECT_TIMEOUT = 5.0
-# Longest silence between two chunks (or before a non-streamed answer, such as images).
-READ_TIMEOUT = 120.0
+READ_TIMEOUT = 30.0  # longest silence between two chunks of a stream
+MAX_STREAM_SECONDS = 80.0
+IMAGE_TIMEOUT = 100.0
 MAX_ERROR_BODY = 64 * 1024
 
 
@@ -88,7 +94,9 @@ class NodeCall:
         )
         return connection, base
 
-    def post(self, endpoint: str, body: dict) -> http.client.HTTPResponse:
+    def post(
+        self, endpoint: str, body: dict, read_timeout: float = READ_TIMEOUT
+    ) -> http.client.HTTPResponse:
         """Send the request; the answer's status and headers are read, its body is not.
         A node's refusal (any status but 200) is raised as that PlaygroundError."""
         connection, base = self._connection()
@@ -102,7 +110,7 @@ class NodeCall:
         try:
             connection.request("POST", base + endpoint, json.dumps(body).encode(), headers)
             if connection.sock is not None:
-                connection.sock.settimeout(READ_TIMEOUT)
+                connection.sock.settimeout(read_timeout)
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as error:
             connection.close()
@@ -143,7 +151,7 @@ def request_id_of(response: http.client.HTTPResponse) -> str:
 
 def call_json(call: NodeCall, endpoint: str, body: dict) -> tuple[dict, str]:
     """A non-streamed call (images): the answer's JSON and its request id."""
-    response = call.post(endpoint, body)
+    response = call.post(endpoint, body, read_timeout=IMAGE_TIMEOUT)
     try:
         answer = json.loads(response.read())
     except (ValueError, OSError, http.client.HTTPException) as error:
@@ -184,8 +192,18 @@ def relay(response: http.client.HTTPResponse) -> Iterator[bytes]:
     if request_id:
         yield event("request", {"request_id": request_id})
     finished = False
+    deadline = time.monotonic() + MAX_STREAM_SECONDS
     try:
         for data in sse_data(response):
+            if time.monotonic() > deadline:
+                yield event(
+                    "error",
+                    _broken(
+                        f"the playground stops an answer after {MAX_STREAM_SECONDS:g} s; "
+                        "ask for fewer tokens, or call the API from a client"
+                    ),
+                )
+                return
             if data == "[DONE]":
                 finished = True
                 break

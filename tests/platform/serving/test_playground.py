@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -30,7 +31,8 @@ SECRET = "node-secret-for-tests"
 class StubNode:
     """What the node received (`calls`) and what it answers (`script`): a list of steps,
     each ("chunk", dict) -> one SSE event, ("raw", str) -> bytes as they are,
-    ("wait", Event) -> hold the stream until the test sets it, ("status", code, body) ->
+    ("wait", Event) -> hold the stream until the test sets it, ("sleep", seconds),
+    ("status", code, body) ->
     a JSON answer instead of a stream."""
 
     def __init__(self):
@@ -68,6 +70,8 @@ class StubNode:
                         self.wfile.write(f"data: {json.dumps(step[1])}\n\n".encode())
                     elif step[0] == "raw":
                         self.wfile.write(step[1].encode())
+                    elif step[0] == "sleep":
+                        time.sleep(step[1])
                     elif step[0] == "wait":
                         stub.waits.append(step[1].wait(10))
                     self.wfile.flush()
@@ -265,6 +269,27 @@ def test_a_stream_that_breaks_off_says_so(team, client, stub_node, deployment):
     )
     name, body = events[-1]
     assert name == "error" and body["error"]["code"] == "stream_broken"
+
+
+def test_a_stream_longer_than_the_playground_allows_is_cut(
+    team, client, stub_node, deployment, monkeypatch
+):
+    from controlplane.serving import playground
+
+    monkeypatch.setattr(playground, "MAX_STREAM_SECONDS", 0.2)
+    stub_node.script = [
+        ("chunk", _chunk("To ")),
+        ("sleep", 0.4),
+        ("chunk", _chunk("be", finish="stop")),
+    ]
+    client.force_login(team.engineer)
+    events = _events(
+        client.post(
+            _url(team), {"mode": "completion", "prompt": "x", "max_tokens": 4, "temperature": 1}
+        )
+    )
+    assert [name for name, _ in events] == ["request", "message", "error"]
+    assert "stops an answer after 0.2 s" in events[-1][1]["error"]["message"]
 
 
 def test_an_invalid_request_is_a_400_naming_the_fields(team, client, stub_node, deployment):
