@@ -155,7 +155,6 @@ class Deployable:
     """A model the deploy form offers, with its ready versions and aliases."""
 
     name: str
-    task: str
     versions: list[int] = field(default_factory=list)  # ready, newest first
     aliases: list[tuple[str, int]] = field(default_factory=list)  # (alias, version number)
 
@@ -163,12 +162,12 @@ class Deployable:
 def deployable_models(project: Project) -> list[Deployable]:
     """Models with at least one ready version, for the deploy form (two queries)."""
     models: dict[int, Deployable] = {}
-    for model_id, name, task, number in (
+    for model_id, name, number in (
         ModelVersion.objects.filter(model__project=project, state=VersionState.READY)
         .order_by("model__name", "-number")
-        .values_list("model_id", "model__name", "model__task", "number")
+        .values_list("model_id", "model__name", "number")
     ):
-        models.setdefault(model_id, Deployable(name, task)).versions.append(number)
+        models.setdefault(model_id, Deployable(name)).versions.append(number)
     for model_id, alias, number in (
         ModelAlias.objects.filter(model_id__in=list(models))
         .order_by("name")
@@ -210,14 +209,10 @@ def version_lineage(version: ModelVersion) -> Lineage:
 
 def served_versions(deployment: Deployment) -> list[ModelVersion]:
     """The versions its ready or draining replicas run (two during an alias switch)."""
-    numbers = (
-        Replica.objects.filter(
-            deployment=deployment, state__in=[ReplicaState.READY, ReplicaState.DRAINING]
-        )
-        .values("version_id")
-        .distinct()
-    )
-    return list(ModelVersion.objects.filter(pk__in=numbers).order_by("-number"))
+    version_ids = Replica.objects.filter(
+        deployment=deployment, state__in=[ReplicaState.READY, ReplicaState.DRAINING]
+    ).values("version_id")
+    return list(ModelVersion.objects.filter(pk__in=version_ids).order_by("-number"))
 
 
 def replicas_of(deployment: Deployment) -> list[Replica]:
