@@ -19,6 +19,7 @@ urlpatterns = [
     path("", include("controlplane.registry.urls")),
     path("internal/serve/", include("controlplane.serving.internal_urls")),
     path("", include(serving_archive_pages.page_urlpatterns)),
+    path("", include("controlplane.serving.urls")),
 ]
 
 # Under /api/ these answer in the API's JSON error shape; pages keep Django's HTML pages.
