@@ -381,7 +381,7 @@ class Supervisor:
                     self._start(replica)
                 elif replica.state == ReplicaState.STARTING and process is not None:
                     if now - replica.started_at > self.config.load_timeout:
-                        replica.load_error = f"did not load within {self.config.load_timeout:.0f} s"
+                        replica.load_error = f"did not load within {self.config.load_timeout:g} s"
                         _signal(process, signal.SIGKILL)
                 elif replica.state == ReplicaState.DRAINING and process is not None:
                     if replica.drain_deadline is not None and now > replica.drain_deadline:

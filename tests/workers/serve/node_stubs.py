@@ -74,6 +74,8 @@ class StubPlatform:
             "revoked_token_ids": [],
             "sync_interval": 0.1,
         }
+        # Per node name; a node not named here gets `answer`.
+        self.node_answers: dict[str, dict[str, Any]] = {}
         self.verdicts: dict[str, dict] = {}
         self.authorize_calls: list[dict] = []
         self.reports: list[dict] = []
@@ -96,7 +98,7 @@ class StubPlatform:
                     return self._json(401, {"error": {"code": "not_authenticated"}})
                 if self.path == "/internal/serve/sync":
                     platform.reports.append(body)
-                    return self._json(200, platform.answer)
+                    return self._json(200, platform.node_answers.get(body["node"], platform.answer))
                 if self.path == "/internal/serve/authorize":
                     platform.authorize_calls.append(body)
                     verdict = platform.verdicts.get(
@@ -122,7 +124,7 @@ class StubPlatform:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def allow(self, raw_token: str, **kwargs) -> None:
         self.verdicts[sha(raw_token)] = allowed(**kwargs)
@@ -168,7 +170,7 @@ class RunningNode:
         self.url = f"http://127.0.0.1:{self.port}"
         self.node.public_url = self.url
         self.node.start()
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self) -> None:
         self.node.stop(drain_timeout=5)

@@ -147,7 +147,7 @@ def on_sigterm(*_):
 
 
 signal.signal(signal.SIGTERM, on_sigterm)
-threading.Thread(target=server.serve_forever, daemon=True).start()
+threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
 print(f"READY {server.server_address[1]}", flush=True)
 drained.wait()
 event("drained")
