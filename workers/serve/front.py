@@ -36,6 +36,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from workers.serve.ratelimit import RateLimiter
 logger = logging.getLogger("workers.serve.front")
 
 MAX_BODY_BYTES = 1 << 20
+DISCARD_LIMIT = 16 << 20
 CONNECT_TIMEOUT = 2.0
 # A long generation (or a long queue) may keep a stream silent for a while.
 UPSTREAM_READ_TIMEOUT = 600.0
@@ -120,31 +122,45 @@ class UpstreamPool:
     """Idle keep-alive connections per (host, port); a thread takes one for one request."""
 
     MAX_IDLE_PER_HOST = 32
+    # Under the fronts' own keep-alive timeout (FrontHandler.timeout), so a pooled
+    # connection to another node is dropped here before that node drops it.
+    MAX_IDLE_SECONDS = 60.0
 
     def __init__(self, read_timeout: float = UPSTREAM_READ_TIMEOUT):
-        self._idle: dict[tuple[str, int], list[_UpstreamConnection]] = {}
+        self._idle: dict[tuple[str, int], list[tuple[_UpstreamConnection, float]]] = {}
         self._lock = threading.Lock()
         self._read_timeout = read_timeout
 
     def get(self, host: str, port: int) -> tuple[_UpstreamConnection, bool]:
+        now = time.monotonic()
+        stale = []
+        found = None
         with self._lock:
-            idle = self._idle.get((host, port))
-            if idle:
-                return idle.pop(), True
+            idle = self._idle.get((host, port), [])
+            while idle:
+                connection, since = idle.pop()
+                if now - since < self.MAX_IDLE_SECONDS:
+                    found = connection
+                    break
+                stale.append(connection)
+        for connection in stale:
+            connection.close()
+        if found is not None:
+            return found, True
         return _UpstreamConnection(host, port, timeout=self._read_timeout), False
 
     def put(self, host: str, port: int, connection: _UpstreamConnection) -> None:
         with self._lock:
             idle = self._idle.setdefault((host, port), [])
             if len(idle) < self.MAX_IDLE_PER_HOST:
-                idle.append(connection)
+                idle.append((connection, time.monotonic()))
                 return
         connection.close()
 
     def close(self) -> None:
         with self._lock:
             for idle in self._idle.values():
-                for connection in idle:
+                for connection, _since in idle:
                     connection.close()
             self._idle.clear()
 
@@ -245,6 +261,7 @@ class FrontHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         self._body_read = False
+        self._responded = False
         self.request_id = uuid.uuid4().hex
         path = urllib.parse.urlsplit(self.path).path
         try:
@@ -271,9 +288,19 @@ class FrontHandler(BaseHTTPRequestHandler):
             self._only(method, "GET" if endpoint == "models" else "POST")
             self._serve(deployment_key(project, deployment), project, endpoint)
         except FrontError as error:
-            self._send_error(error)
+            if self._responded:
+                self.close_connection = True
+            else:
+                self._send_error(error)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception:
+            logger.exception("%s %s failed", method, path)
+            self.close_connection = True
+            if not self._responded:
+                self._send_error(
+                    FrontError(500, "internal_error", "the serve node failed; see its log")
+                )
 
     def _only(self, method: str, allowed: str) -> None:
         if method != allowed:
@@ -420,7 +447,7 @@ class FrontHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 raise FrontError(400, "invalid_header", "Content-Length is not a number") from None
             if length > MAX_BODY_BYTES:
-                self.close_connection = True
+                self._discard(length)
                 raise FrontError(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
             body = self.rfile.read(length) if length > 0 else b""
         try:
@@ -473,24 +500,12 @@ class FrontHandler(BaseHTTPRequestHandler):
         else:
             headers[INTERNAL_SECRET_HEADER] = server.internal_secret
             path = f"/v1/{endpoint}"
-        connection, _reused = server.pool.get(target.host, target.port)
         server.in_flight(target.replica_id, +1)
         try:
-            try:
-                connection.request("POST", path, body=body, headers=headers)
-                _quick_ack(connection)
-                response = connection.getresponse()
-            except TimeoutError:
-                connection.close()
-                raise FrontError(
-                    504, "replica_timeout", f"replica {target.replica_id} did not answer"
-                ) from None
-            except (OSError, http.client.HTTPException) as exc:
-                connection.close()
-                logger.info(
-                    "replica %s: request not started (%s); trying another", target.replica_id, exc
-                )
+            started = self._send_upstream(target, path, body, headers)
+            if started is None:
                 return False
+            connection, response = started
             if response.status == 503 and not _is_event_stream(response):
                 data = self._read_upstream(response, connection, target)
                 if _error_code(data) == "replica_draining":
@@ -509,6 +524,37 @@ class FrontHandler(BaseHTTPRequestHandler):
         finally:
             server.in_flight(target.replica_id, -1)
 
+    def _send_upstream(self, target: Target, path: str, body: bytes, headers: dict[str, str]):
+        """(connection, response), or None when the request did not start there."""
+        while True:
+            connection, reused = self.server.pool.get(target.host, target.port)
+            try:
+                if connection.sock is None:
+                    connection.connect()
+            except OSError as exc:
+                connection.close()
+                logger.info(
+                    "replica %s: cannot connect (%s); trying another", target.replica_id, exc
+                )
+                return None
+            try:
+                connection.request("POST", path, body=body, headers=headers)
+                _quick_ack(connection)
+                return connection, connection.getresponse()
+            except TimeoutError:
+                connection.close()
+                raise FrontError(
+                    504, "replica_timeout", f"replica {target.replica_id} did not answer"
+                ) from None
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                if reused:
+                    continue  # the pooled connection had gone stale: a new one, same replica
+                logger.info(
+                    "replica %s: request not started (%s); trying another", target.replica_id, exc
+                )
+                return None
+
     def _read_upstream(self, response, connection, target: Target) -> bytes:
         try:
             return response.read()
@@ -525,6 +571,7 @@ class FrontHandler(BaseHTTPRequestHandler):
             self.server.pool.put(target.host, target.port, connection)
 
     def _start_response(self, response, *, length: int | None) -> None:
+        self._responded = True
         self.send_response(response.status, response.reason)
         for name, value in response.getheaders():
             if name.lower() not in _DROP_RESPONSE_HEADERS:
@@ -579,6 +626,7 @@ class FrontHandler(BaseHTTPRequestHandler):
     ) -> None:
         self._finish_body()
         data = json.dumps(payload).encode()
+        self._responded = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -600,6 +648,7 @@ class FrontHandler(BaseHTTPRequestHandler):
             )
         self._finish_body()
         data = error_body(error.status, error.code, error.message)
+        self._responded = True
         try:
             self.send_response(error.status)
             self.send_header("Content-Type", "application/json")
@@ -624,10 +673,21 @@ class FrontHandler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if 0 < length <= MAX_BODY_BYTES:
-            self.rfile.read(length)
-        elif length != 0:
+        if length != 0:
+            self._discard(length)
+
+    def _discard(self, length: int) -> None:
+        """Read and drop a body we will not use: the client then reads our answer instead
+        of failing on a write we never read. Past DISCARD_LIMIT, close the connection."""
+        if not 0 < length <= DISCARD_LIMIT:
             self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                self.close_connection = True
+                return
+            length -= len(chunk)
 
 
 def _quick_ack(connection: http.client.HTTPConnection) -> None:

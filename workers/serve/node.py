@@ -155,7 +155,9 @@ class Node:
         try:
             answer = self.platform.authorize(token_sha256, deployment)
         except PlatformUnavailable as exc:
-            logger.warning("authorize: platform unreachable: %s", exc)
+            # The sync loop logs the outage once; this would log it once per request.
+            log = logger.debug if self._platform_down_since is not None else logger.warning
+            log("authorize: platform unreachable: %s", exc)
             return self.auth_cache.get(key, stale_ok=True)
         self.auth_cache.put(key, answer)
         return answer

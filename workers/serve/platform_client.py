@@ -74,18 +74,20 @@ class PlatformClient:
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
-        # Twice: a kept-alive connection the server has closed fails once, harmlessly.
-        for attempt in (1, 2):
+        while True:
             connection = self._connection()
+            reused = connection.sock is not None
             try:
                 connection.request("POST", self._prefix + path, body=body, headers=headers)
                 response = connection.getresponse()
                 data = response.read()
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_connection()
-                if attempt == 2:
-                    raise PlatformUnavailable(f"{self.base_url}{path}: {exc}") from exc
-                continue
+                # A kept-alive connection the server has closed meanwhile fails harmlessly:
+                # once more on a new one. A new one failing means the platform is away.
+                if reused and not isinstance(exc, TimeoutError):
+                    continue
+                raise PlatformUnavailable(f"{self.base_url}{path}: {exc}") from exc
             if response.will_close:
                 self._drop_connection()
             break

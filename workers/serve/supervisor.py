@@ -55,7 +55,8 @@ class SupervisorConfig:
     # How long a draining replica may take to finish what it holds before kill -9.
     drain_timeout: float = 60.0
     health_interval: float = 1.0
-    health_timeout: float = 1.0
+    # Generous: a replica busy decoding still answers, but its threads share the GIL.
+    health_timeout: float = 2.0
     health_failures: int = 3  # in a row: out of rotation and restarted
     backoff_base: float = 1.0  # first restart after this, doubling up to backoff_max
     backoff_max: float = 30.0
@@ -150,6 +151,8 @@ class Supervisor:
                 if replica.terminal:
                     if replica.reported_terminal:
                         del self._replicas[replica_id]
+                        # The spec holds the project's subject key: leave nothing behind.
+                        (self.workdir / f"{replica_id}.json").unlink(missing_ok=True)
                 else:
                     self._drain(replica, "no longer in the sync answer")
 
@@ -209,6 +212,8 @@ class Supervisor:
                     replica.state = ReplicaState.DRAINING
                     _signal(replica.process, signal.SIGTERM)
                     processes.append(replica.process)
+                elif not replica.terminal:
+                    replica.state = ReplicaState.STOPPED  # was waiting for a restart
         deadline = time.monotonic() + timeout
         for process in processes:
             try:
