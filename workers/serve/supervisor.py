@@ -181,7 +181,11 @@ class Supervisor:
             return [
                 (r.replica_id, r.port)
                 for r in self._replicas.values()
-                if r.deployment == deployment and r.state == ReplicaState.READY and r.port
+                if r.deployment == deployment
+                and r.state == ReplicaState.READY
+                and r.port
+                # Draining on its own (someone sent it SIGTERM): it refuses new requests.
+                and not r.health.get("draining")
             ]
 
     def ready_port(self, replica_id: str) -> int | None:
@@ -240,6 +244,7 @@ class Supervisor:
         replica.load_error = ""
         replica.kill_reason = ""
         replica.health_failures = 0
+        replica.health = {}
         replica.started_at = self._clock()
         try:
             process = subprocess.Popen(

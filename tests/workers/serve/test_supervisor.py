@@ -155,3 +155,29 @@ def test_a_replica_marked_draining_stops(platform, node):
     wait_for(lambda: node.state("r1") == "stopped", what="stopped")
     time.sleep(0.3)
     assert node.state("r1") == "stopped"  # still listed: not started again
+
+
+def test_a_replica_draining_on_its_own_sends_its_requests_elsewhere(platform, node):
+    import http.client
+
+    run_replicas(platform, node, ["r1", "r2"])
+    r1 = node.supervisor.replica("r1")
+    # A long request straight to r1 keeps it draining for a while after SIGTERM.
+    direct = http.client.HTTPConnection("127.0.0.1", r1.port, timeout=10)
+    direct.request(
+        "POST",
+        "/v1/completions",
+        body=b'{"sleep": 1.5}',
+        headers={"X-CP-Internal": "internal-node-a"},
+    )
+    time.sleep(0.1)
+    os.kill(r1.process.pid, signal.SIGTERM)
+    time.sleep(0.1)
+    # r1 answers 503 replica_draining: those requests had not started, so r2 serves them.
+    answers = [node.complete() for _ in range(12)]
+    assert [status for status, _, _ in answers] == [200] * 12
+    assert {body["replica_id"] for _, _, body in answers} == {"r2"}
+    assert direct.getresponse().status == 200  # its in-flight request finished
+    # It exited while the platform still wants it: restarted like any crash.
+    wait_for(lambda: node.supervisor.replica("r1").restarts == 1, what="r1 restarted")
+    wait_for(lambda: node.state("r1") == "ready", what="r1 ready again")
