@@ -427,11 +427,12 @@ class Supervisor:
                 "GET", "/health", headers={INTERNAL_SECRET_HEADER: self.internal_secret}
             )
             response = connection.getresponse()
-            body = response.read()
-            if response.status != 200:
-                return None
-            health = json.loads(body)
+            health = json.loads(response.read())
             if not isinstance(health, dict):
+                return None
+            # A replica draining on its own answers 503 {"draining": true}: not a failure
+            # to restart it for; `ready()` keeps traffic away until it exits.
+            if response.status != 200 and health.get("draining") is not True:
                 return None
             health["checked_at"] = time.time()
             return health

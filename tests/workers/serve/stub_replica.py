@@ -72,15 +72,9 @@ class Handler(BaseHTTPRequestHandler):
         if spec["model"] == "sick":
             return self._json(503, {"up": False})
         with lock:
-            return self._json(
-                200,
-                {
-                    "up": True,
-                    "draining": state["draining"],
-                    "running": state["running"],
-                    "waiting": 0,
-                },
-            )
+            health = {"up": True, "draining": state["draining"], "running": state["running"]}
+        # As the real replica: 503 while draining.
+        return self._json(503 if health["draining"] else 200, health)
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
