@@ -269,3 +269,14 @@ def test_front_overhead_is_small(two_replicas):
     timings.sort()
     # Front + stub replica, both on the loopback: the target for the whole path is 15 ms.
     assert timings[len(timings) // 2] < 0.015, timings
+
+
+def test_the_stdlibs_own_errors_come_in_the_error_shape(node):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", node.port)) as raw:
+        raw.sendall(b"GARBAGE\r\n\r\n")
+        answer = raw.recv(65536).decode()
+    # A request line that names no HTTP version gets an HTTP/0.9 answer: the body alone.
+    error = json.loads(answer)["error"]
+    assert error["status"] == 400 and error["type"] == "invalid_request_error"

@@ -181,3 +181,29 @@ def test_a_replica_draining_on_its_own_sends_its_requests_elsewhere(platform, no
     # It exited while the platform still wants it: restarted like any crash.
     wait_for(lambda: node.supervisor.replica("r1").restarts == 1, what="r1 restarted")
     wait_for(lambda: node.state("r1") == "ready", what="r1 ready again")
+
+
+def test_a_replica_still_busy_after_the_drain_timeout_is_killed(platform, tmp_path):
+    from dataclasses import replace
+
+    running = RunningNode(
+        platform, tmp_path, name="node-d", config=replace(FAST, drain_timeout=0.3)
+    )
+    try:
+        run_replicas(platform, running, ["r1"])
+        results = []
+        thread = threading.Thread(
+            target=lambda: results.append(running.complete(body={"sleep": 5})), daemon=True
+        )
+        thread.start()
+        wait_for(lambda: running.supervisor.replica("r1").health.get("running") == 1, what="busy")
+        platform.answer["replicas"] = []
+        platform.answer["routes"] = {}
+        started = time.monotonic()
+        wait_for(lambda: running.state("r1") in ("stopped", None), what="stopped")
+        assert time.monotonic() - started < 3
+        thread.join(5)
+        # Killed before it answered, and no other replica: the client hears no_replica.
+        assert results[0][0] == 503 and results[0][2]["error"]["code"] == "no_replica"
+    finally:
+        running.close()
