@@ -273,3 +273,5 @@ def test_the_serve_node_holds_no_database_credentials_and_shares_the_node_secret
     devices = serve["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert serve["depends_on"]["web"]["condition"] == "service_healthy"
+    # Django must accept the Host the node calls it by.
+    assert "web" in services["web"]["environment"]["ALLOWED_HOSTS"].split(",")

@@ -128,10 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     from workers.serve.front import FrontServer, new_internal_secret
     from workers.serve.node import Node
     from workers.serve.platform_client import PlatformClient
-    from workers.serve.secret import node_secret
+    from workers.serve.secret import serve_node_secret
     from workers.serve.supervisor import Supervisor, SupervisorConfig
 
-    secret = node_secret()
+    try:
+        secret = serve_node_secret()
+    except ConfigError as exc:
+        print(f"python -m workers.serve: error: {exc}", file=sys.stderr)
+        return 2
     internal_secret = new_internal_secret()
     workdir = Path(tempfile.mkdtemp(prefix="cp-serve-"))
     supervisor = Supervisor(

@@ -22,7 +22,7 @@ from workers.serve.node import Node
 from workers.serve.platform_client import PlatformClient
 from workers.serve.supervisor import Supervisor, SupervisorConfig
 
-NODE_SECRET = "test-node-secret"
+NODE_SECRET = "test-node-secret-0123456789-abcdefghij"
 STUB_REPLICA = Path(__file__).with_name("stub_replica.py")
 DEPLOYMENT = "acme/chat"
 
