@@ -388,12 +388,15 @@ class FrontHandler(BaseHTTPRequestHandler):
             tried.add(target.replica_id)
 
     def _internal_hop(self) -> str | None:
-        """The replica id when another node's front sends this request, else None."""
+        """The replica id when another node's front sends this request, else None.
+
+        Without the node secret the X-CP-* headers are a client's: ignored, like all of
+        them (the request is then authenticated as any other)."""
         secret = self.headers.get(INTERNAL_SECRET_HEADER)
         if not secret:
             return None
         if not hmac.compare_digest(secret.encode(), self.server.node.node_secret.encode()):
-            raise FrontError(403, "forbidden", f"bad {INTERNAL_SECRET_HEADER}")
+            return None
         replica_id = self.headers.get(REPLICA_HEADER, "")
         if not replica_id:
             raise FrontError(400, "invalid_header", f"{REPLICA_HEADER} is required")
