@@ -253,15 +253,10 @@ class FrontHandler(ProxyMixin, BaseHTTPRequestHandler):
             reason = f": {info.reason}" if info.reason else ""
             raise FrontError(503, "deployment_stopped", f"deployment {key} is stopped{reason}")
         if endpoint == "models":
-            self._send_json(
-                200,
-                {
-                    "object": "list",
-                    "data": [
-                        {"id": info.model, "object": "model", "created": 0, "owned_by": project}
-                    ],
-                },
-            )
+            # The name the replica gives in its answers' `model` ("<model>:v<version>").
+            served = info.model if info.version is None else f"{info.model}:v{info.version}"
+            listed = {"id": served, "object": "model", "created": 0, "owned_by": project}
+            self._send_json(200, {"object": "list", "data": [listed]})
             return
         body = self._read_json_body()
         caller_json = json.dumps(to_dict(caller))

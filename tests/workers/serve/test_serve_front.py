@@ -161,7 +161,7 @@ def test_the_platform_calls_with_the_node_secret_and_a_caller(two_replicas, plat
 def test_models_lists_the_served_model(two_replicas):
     status, _, body = two_replicas.request("GET", f"/p/{DEPLOYMENT}/v1/models", token="cp_good")
     assert status == 200
-    assert body["object"] == "list" and [m["id"] for m in body["data"]] == ["tiny"]
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == ["tiny:v1"]
 
 
 def test_bad_bodies_are_400_and_413(two_replicas):
