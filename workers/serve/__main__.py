@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import signal
 import socket
@@ -116,6 +117,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.replica_command = shlex.split(args.replica_command)
     else:
         args.replica_command = [sys.executable, "-m", "workers.serve.replica"]
+        if args.device == "cpu":
+            # Replicas share the node's cores: torch's default (all of them) in each
+            # would have them fight over every core.
+            threads = max(1, (os.cpu_count() or 1) // args.capacity)
+            args.replica_command += ["--threads", str(threads)]
     return args
 
 

@@ -44,7 +44,16 @@ def test_options_and_their_defaults():
     assert (args.host, args.port) == ("0.0.0.0", 8100)
     assert args.public_url == "http://box1:8100"
     assert args.device == "cpu" and args.capacity == 2
-    assert args.replica_command == [sys.executable, "-m", "workers.serve.replica"]
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    assert args.replica_command == [
+        sys.executable,
+        "-m",
+        "workers.serve.replica",
+        "--threads",
+        threads,
+    ]
+    cuda = parse_args(["--device", "cuda"])
+    assert cuda.replica_command == [sys.executable, "-m", "workers.serve.replica"]
 
 
 def test_the_environment_fills_in_what_the_command_line_leaves_out(monkeypatch):
