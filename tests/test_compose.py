@@ -31,8 +31,9 @@ SERVICES = {
     "control-worker",
     "cpu-worker",
     "gpu-worker",
+    "serve",
 }
-LONG_RUNNING_WITH_HEALTHCHECK = {"postgres", "redis", "minio", "mlflow", "web"}
+LONG_RUNNING_WITH_HEALTHCHECK = {"postgres", "redis", "minio", "mlflow", "web", "serve"}
 WORKERS = {"cpu-worker", "gpu-worker"}
 
 
@@ -79,6 +80,7 @@ def test_long_running_services_have_health_checks(services):
     assert "mc ready local" in _healthcheck(services["minio"])
     assert "/health'" in _healthcheck(services["mlflow"])
     assert "/healthz" in _healthcheck(services["web"])
+    assert "127.0.0.1:8100/healthz" in _healthcheck(services["serve"])
 
 
 def test_services_wait_for_healthy_or_finished_dependencies(services):
@@ -124,9 +126,11 @@ def test_every_variable_given_to_the_app_is_one_it_reads(services):
         ROOT / "workers" / "config.py",
         ROOT / "platform" / "controlplane" / "settings.py",
         ROOT / "platform" / "controlplane" / "gunicorn_conf.py",
+        ROOT / "workers" / "serve" / "__main__.py",
+        ROOT / "workers" / "serve" / "secret.py",
     ]
     read_by_app = "".join(path.read_text() for path in readers)
-    for name in ("migrate", "web", "control-worker", "cpu-worker", "gpu-worker"):
+    for name in ("migrate", "web", "control-worker", "cpu-worker", "gpu-worker", "serve"):
         for variable in services[name]["environment"]:
             assert f'"{variable}"' in read_by_app, (
                 f"{name} sets {variable}, which nothing reads (a typo?)"
@@ -235,7 +239,7 @@ def test_the_platform_store_user_cannot_delete_audit_anchors(services):
     mounts = [str(volume) for volume in minio_init["volumes"]]
     assert any("compose/minio/controlplane-app-policy.json:/policies" in m for m in mounts)
     app_key = minio_init["environment"]["APP_ACCESS_KEY"]
-    for name in ("web", "control-worker", "cpu-worker", "gpu-worker"):
+    for name in ("web", "control-worker", "cpu-worker", "gpu-worker", "serve"):
         assert services[name]["environment"]["OBJECT_STORE_ACCESS_KEY"] == app_key, name
     assert app_key != minio_init["environment"]["MINIO_ROOT_USER"]
     policy = json.loads((ROOT / "compose" / "minio" / "controlplane-app-policy.json").read_text())
@@ -247,3 +251,27 @@ def test_the_platform_store_user_cannot_delete_audit_anchors(services):
         if any(r.endswith("/system/audit-anchors/*") for r in statement["Resource"])
     }
     assert {"s3:DeleteObject", "s3:DeleteObjectVersion"} <= denied
+
+
+def test_the_serve_node_holds_no_database_credentials_and_shares_the_node_secret(services):
+    serve = services["serve"]
+    assert _command(serve) == "python -m workers.serve"
+    assert _module_exists("workers.serve.__main__")
+    env = serve["environment"]
+    assert "DATABASE_URL" not in env
+    assert not any("postgres" in str(value) for value in env.values())
+    assert "postgres" not in serve.get("depends_on", {})
+    assert env["CELERY_BROKER_URL"].startswith("redis://redis:6379")
+    assert env["OBJECT_STORE_ENDPOINT"] == "minio:9000"
+    assert env["SERVE_PLATFORM_URL"] == "http://web:8000"
+    assert env["SERVE_LISTEN"] == "0.0.0.0:8100"
+    assert env["SERVE_PUBLIC_URL"] == "http://serve:8100"
+    # Nodes and the platform authenticate each other with one shared secret.
+    assert env["SERVE_NODE_SECRET"] == services["web"]["environment"]["SERVE_NODE_SECRET"]
+    assert env["SERVE_NODE_SECRET"]
+    assert [str(port["target"]) for port in serve["ports"]] == ["8100"]
+    devices = serve["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert serve["depends_on"]["web"]["condition"] == "service_healthy"
+    # Django must accept the Host the node calls it by.
+    assert "web" in services["web"]["environment"]["ALLOWED_HOSTS"].split(",")
