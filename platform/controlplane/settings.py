@@ -88,6 +88,9 @@ try:
     # calls, the playground's calls to a node): the environment's SERVE_NODE_SECRET, or one
     # made once in <DATA_DIR>/serve-node-secret that nodes on this machine read too.
     SERVE_NODE_SECRET = serve_node_secret(DATA_DIR)
+    # The key behind every project's data-subject hashes (serving/subjects.py). Keep it out
+    # of the database and its dumps; empty: derived from SECRET_KEY.
+    SERVING_SUBJECT_SECRET = env.env_str("SERVING_SUBJECT_SECRET", "")
 except env.ConfigError as error:
     raise ImproperlyConfigured(str(error)) from None
 
@@ -299,7 +302,7 @@ if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.env_bool("SECURE_SSL_REDIRECT", True)
     # Probes come from inside the cluster over plain HTTP; a redirect is not an answer.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^internal/serve/"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)

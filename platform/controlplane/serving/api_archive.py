@@ -7,7 +7,7 @@ Another project's deployments are 404, like the project itself.
     GET   /api/v1/projects/<id>/deployments/<name>/requests/?since=&until=&token_id=
           &user_id=&subject=&status=&endpoint=            index rows, newest first, paginated
     GET   /api/v1/projects/<id>/deployments/<name>/requests/<request_id>/   the full record
-    GET   /api/v1/projects/<id>/deployments/<name>/requests/export?...      JSONL, streamed
+    GET   /api/v1/projects/<id>/deployments/<name>/requests/export/?...     JSONL, streamed
     GET   /api/v1/projects/<id>/serving-settings/
     PATCH /api/v1/projects/<id>/serving-settings/         {"retention_days": 1..3650}
 """
@@ -236,7 +236,7 @@ DEPLOYMENT = "projects/<int:project_id>/deployments/<str:name>/"
 # route, whose <request_id> would otherwise match "export".
 urlpatterns = [
     path(DEPLOYMENT + "requests/", RequestList.as_view(), name="api-serving-requests"),
-    path(DEPLOYMENT + "requests/export", RequestExport.as_view(), name="api-serving-export"),
+    path(DEPLOYMENT + "requests/export/", RequestExport.as_view(), name="api-serving-export"),
     path(
         DEPLOYMENT + "requests/<str:request_id>/",
         RequestDetail.as_view(),

@@ -38,13 +38,11 @@ holding a project's chain.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -56,6 +54,7 @@ from controlplane.serving.errors import InvalidRequest
 from controlplane.serving.models import Deployment, DeploymentState, Device, Replica, ServeNode
 from controlplane.serving.selectors import LIVE_STATES, SERVING_STATES, live_nodes
 from controlplane.serving.services import audit_switching, retarget_followers
+from controlplane.serving.subjects import project_subject_key
 from workers.serve.protocol import (
     NODE_TIMEOUT,
     DeploymentInfo,
@@ -436,7 +435,7 @@ def _answer(node: ServeNode, nodes: list[ServeNode], now) -> SyncAnswer:
         deployment = by_id[replica.deployment_id]
         project = deployment.project
         if project.pk not in subject_keys:
-            subject_keys[project.pk] = _subject_key(project)
+            subject_keys[project.pk] = project_subject_key(project)
         specs.append(
             ReplicaSpec(
                 replica_id=replica.pk,
@@ -471,15 +470,3 @@ def _answer(node: ServeNode, nodes: list[ServeNode], now) -> SyncAnswer:
         .values_list("pk", flat=True)
     )
     return SyncAnswer(replicas=specs, deployments=infos, routes=routes, revoked_token_ids=revoked)
-
-
-def _subject_key(project) -> str:
-    try:
-        from controlplane.serving.subjects import project_subject_key
-    except ImportError:
-        # Until helper "archive"'s serving/subjects.py is merged: a key derived from the
-        # SECRET_KEY, never stored. Remove this fallback then.
-        return hmac.new(
-            settings.SECRET_KEY.encode(), f"serving-subject-key:{project.pk}".encode(), "sha256"
-        ).hexdigest()
-    return project_subject_key(project)

@@ -95,7 +95,7 @@ def test_a_bad_filter_is_a_400_naming_it(api, team, records, query, field):
 def test_export_streams_full_records_as_jsonl_and_is_audited(api, team, records):
     from controlplane.audit.models import AuditEvent
 
-    response = api(team.compliance).get(base(team) + "export?status=ok")
+    response = api(team.compliance).get(base(team) + "export/?status=ok")
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("application/x-ndjson")
@@ -112,7 +112,7 @@ def test_export_streams_full_records_as_jsonl_and_is_audited(api, team, records)
 def test_an_export_by_subject_audits_the_hash_not_the_identifier(api, team, records):
     from controlplane.audit.models import AuditEvent
 
-    response = api(team.viewer).get(base(team) + "export?subject=ann@example.com")
+    response = api(team.viewer).get(base(team) + "export/?subject=ann@example.com")
 
     assert len(b"".join(response.streaming_content).splitlines()) == 1
     event = AuditEvent.objects.get(action="serving_archive.exported")
@@ -126,7 +126,7 @@ def test_another_projects_user_gets_404_everywhere(api, team, records):
     for url in [
         base(team),
         base(team) + records[0]["id"] + "/",
-        base(team) + "export",
+        base(team) + "export/",
         f"/api/v1/projects/{team.project.pk}/serving-settings/",
     ]:
         assert client.get(url).status_code == 404, url
@@ -207,4 +207,4 @@ def test_anonymous_gets_401_and_a_token_without_read_scope_403(api, team, record
     write_only = api(team.owner, scopes=["api:write"])
 
     assert write_only.get(base(team)).status_code == 403
-    assert write_only.get(base(team) + "export").status_code == 403
+    assert write_only.get(base(team) + "export/").status_code == 403
