@@ -68,6 +68,7 @@ from controlplane.registry.rules import (  # noqa: F401 - the registry's service
     mark_mlflow_pending,
     new_model,
 )
+from controlplane.serving.selectors import deployments_serving
 
 
 def model_create(*, project, actor, name, task, description="") -> RegisteredModel:
@@ -172,6 +173,12 @@ def version_delete(*, version, actor) -> ModelVersion:
             raise Conflict(
                 f"{label} is what {', '.join('@' + a for a in aliases)} points at; "
                 "move or delete the alias first"
+            )
+        serving = deployments_serving(version)
+        if serving:
+            raise Conflict(
+                f"{label} is served by deployment(s) {', '.join(serving)}; stop them or "
+                "deploy another version first"
             )
         for request in PromotionRequest.objects.filter(
             version=version, state=PromotionState.PENDING

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from controlplane.serving.models import (
     DEPLOYMENT_NAME_PATTERN,
     Deployment,
+    DeploymentState,
     Replica,
     ServeNode,
 )
@@ -115,3 +116,13 @@ def base_url(deployment: Deployment, nodes: list[ServeNode] | None = None) -> st
     node = next((n for n in nodes if n.pk in hosting), nodes[0])
     path = BASE_PATH.format(project=deployment.project.slug, deployment=deployment.name)
     return node_base_url(node.url) + path
+
+
+def deployments_serving(version) -> list[str]:
+    """Names of the deployments that serve `version`, are switching to it, or still have
+    a replica of it up (a switch away from it not finished yet)."""
+    wanted = Q(state=DeploymentState.RUNNING) & (
+        Q(pinned_version=version) | Q(target_version=version)
+    )
+    held = Q(replica_set__version=version, replica_set__state__in=LIVE_STATES)
+    return sorted(set(Deployment.objects.filter(wanted | held).values_list("name", flat=True)))

@@ -321,3 +321,22 @@ def test_starting_a_follower_again_serves_where_the_alias_points_now(team, deplo
     deployment = deployment_start(deployment=deployment, actor=team.owner)
 
     assert deployment.target_version == v2
+
+
+def test_a_version_a_deployment_serves_cannot_be_deleted_until_it_is_stopped(team, served_version):
+    from controlplane.registry.errors import Conflict as RegistryConflict
+    from controlplane.registry.services import version_delete
+
+    version = served_version()
+    deployment = deployment_create(
+        project=team.project,
+        actor=team.engineer,
+        name="chat",
+        model=version.model,
+        version=version.number,
+    )
+
+    with pytest.raises(RegistryConflict, match="served by deployment"):
+        version_delete(version=version, actor=team.owner)
+    deployment_stop(deployment=deployment, actor=team.engineer, reason="retiring v1")
+    assert version_delete(version=version, actor=team.owner).state == "deleted"
