@@ -175,8 +175,12 @@ BAD = [
     ({"prompt": [1, 2, 3]}, 400, "unsupported_parameter", "prompt"),
     ({"prompt": ["a", "b"]}, 400, "invalid_value", "prompt"),
     ({"max_tokens": 3}, 400, "missing_required_parameter", "prompt"),
-    ({"prompt": "x", "stream_options": {"include_usage": True}}, 400, "invalid_value",
-     "stream_options"),
+    (
+        {"prompt": "x", "stream_options": {"include_usage": True}},
+        400,
+        "invalid_value",
+        "stream_options",
+    ),
     ({"prompt": "To be " * 12, "max_tokens": 10}, 400, "context_length_exceeded", "prompt"),
 ]
 
