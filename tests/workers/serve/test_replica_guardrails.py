@@ -10,7 +10,7 @@ import pytest
 from replica_helpers import TOKENIZER, ListArchiver, client, make_spec, post, running_replica
 
 from engine.data.pii import PIIConfig, PIIRedactor
-from workers.serve.guardrails import Guardrails, GuardrailRefused, StreamRedactor
+from workers.serve.guardrails import GuardrailRefused, Guardrails, StreamRedactor
 from workers.serve.protocol import GuardrailConfig
 
 EMAIL = "ann.lee@example.com"
