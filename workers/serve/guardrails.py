@@ -30,7 +30,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from engine.data.pii import _WINDOW_MARGIN, PII_TYPES, PIIConfig, PIIRedactor
+from engine.data.pii import PII_TYPES, PIIConfig, PIIRedactor
 from engine.data.toxicity import DEFAULT_LEXICON, LexiconScorer, load_lexicon
 from workers.serve.protocol import GuardrailConfig
 
@@ -155,27 +155,30 @@ class Guardrails:
         return StreamRedactor(self.redactor) if self.redacts_output else None
 
 
-# A cut is never right after a lone two-letter capital word: a UK national insurance number
-# ("AB 12 34 56 C") is the one PII kind whose part before its first space has no digit.
-_NINO_HEAD = re.compile(r"(?:^|\W)[A-Z]{2}$")
-_DIGIT = re.compile(r"[0-9]")
+# The separators inside a PII match are single spaces (or dots and dashes) between groups
+# that end in a digit, a capital (IBAN groups, the letters of a UK NI number) or ")" (a
+# phone's area code): a space after any other character cannot be inside a match.
+_GROUP_END = re.compile(r"[0-9A-Z)]")
 
 
 class StreamRedactor:
     """Redacts a streamed text exactly as :meth:`PIIRedactor.redact` redacts the whole.
 
-    Text is released up to a *safe cut*: a position right after a whitespace character with
-    no digit in the ``_WINDOW_MARGIN`` characters before it and not right after a two-letter
-    capital word. Every PII kind is either free of whitespace (e-mail, IP address, US SSN)
-    or holds a digit before its first space (card, IBAN, phone), except a UK NI number
-    (two capitals first), and none is longer than the margin: so no match, present or
-    future, can straddle a safe cut, and redacting the pieces between cuts one by one gives
-    the same text as redacting the whole. Prose without digits streams word by word.
+    Text is released up to a *safe cut*: right after a whitespace character that no match
+    can contain. Every PII pattern (engine/data/pii.py) is either free of whitespace
+    (e-mail, IP addresses, US SSN) or has single-space separators between groups that end
+    in a digit, a capital letter or ")" (cards, IBANs, phones, UK NI numbers). So a space
+    after any other character (a lower-case word, punctuation), or a newline, is never
+    inside a match, present or future; redacting the pieces between such cuts one by one
+    gives the same text as redacting the whole (lookarounds at a cut see the whitespace
+    or nothing, which they treat alike). Prose streams word by word; a number, or a word
+    ending in a capital, waits for the next safe space.
     """
 
     def __init__(self, redactor: PIIRedactor):
         self.redactor = redactor
         self.pending = ""  # received, not yet released
+        self.before = ""  # the last character released (what precedes `pending`)
         self.found: Counter[str] = Counter()
 
     def feed(self, text: str) -> str:
@@ -184,6 +187,7 @@ class StreamRedactor:
         if cut <= 0:
             return ""
         piece, self.pending = self.pending[:cut], self.pending[cut:]
+        self.before = piece[-1]
         return self._redact(piece)
 
     def finish(self) -> str:
@@ -198,13 +202,11 @@ class StreamRedactor:
     def _safe_cut(self) -> int:
         text = self.pending
         for position in range(len(text), 0, -1):
-            if not text[position - 1].isspace():
+            char = text[position - 1]
+            if not char.isspace():
                 continue
-            head = text[: position - 1]
-            window = text[max(0, position - _WINDOW_MARGIN) : position]
-            if _DIGIT.search(window) or _NINO_HEAD.search(head):
-                # A digit near this cut is near every earlier cut within the margin too;
-                # keep looking further back only past the margin.
+            previous = text[position - 2] if position >= 2 else self.before
+            if char == " " and (not previous or _GROUP_END.match(previous)):
                 continue
             return position
         return 0

@@ -234,6 +234,14 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 256
     replica: ReplicaServer
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up between requests is normal, not a traceback on stderr."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("connection from %s: %r", client_address, error)
+            return
+        log.exception("connection from %s failed", client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the front reuses its connections

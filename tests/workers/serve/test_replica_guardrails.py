@@ -111,6 +111,8 @@ STREAM_TEXTS = [
     "Her NI number is AB 12 34 56 C and the card 4111 1111 1111 1111 expired.",
     "IBAN DE89 3704 0044 0532 0130 00 at 10.0.0.1 with no digits later on at all here",
     "Plain prose with no digits at all streams word by word as it comes.",
+    "Call (020) 7946 0958 or +1 555-010-4477, I said; ZZ 12 34 56 A is not one.\nAB 12 34 56 C",
+    "GB82 WEST 1234 5698 7654 32 and 4111-1111-1111-1111 and 123-45-6789 ok ann@b.co  ",
 ]
 
 
@@ -129,6 +131,9 @@ def test_streamed_redaction_equals_redacting_the_whole(text):
         out.append(stream.finish())
         assert "".join(out) == whole
         assert stream.found == found
+    for cut in range(len(text)):  # and every split in two
+        stream = StreamRedactor(redactor)
+        assert stream.feed(text[:cut]) + stream.feed(text[cut:]) + stream.finish() == whole
 
 
 def test_prose_streams_word_by_word():
@@ -137,6 +142,8 @@ def test_prose_streams_word_by_word():
     assert stream.feed("se and ") == "prose and "
     assert stream.feed("AB ") == ""  # could start a national insurance number
     assert stream.feed("was here ") == "AB was here "
+    assert stream.feed("at 12 ") == "at "
+    assert stream.feed("34\n") == "12 34\n"
 
 
 def test_streamed_answer_with_output_redaction_matches_the_whole():
