@@ -346,6 +346,9 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_PUT
 
     def _read_body(self) -> dict[str, Any]:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # its body is left unread
+            raise ApiError(411, "length_required", "send the body with a Content-Length")
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:

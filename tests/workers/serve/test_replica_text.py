@@ -235,6 +235,9 @@ def test_refusals_before_the_model():
         assert post(server, "/v1/completions", {"prompt": "x"}, secret="wrong")[0] == 403
         got, _, answer = post(server, "/v1/nope", {"prompt": "x"})
         assert got == 404 and answer["error"]["code"] == "not_found"
+        too_long = {"Content-Length": str(2 << 20)}  # refused before a byte of it is read
+        got, _, answer = post(server, "/v1/completions", b"{}", too_long)
+        assert got == 413 and answer["error"]["code"] == "request_too_large"
         got, _, answer = post(server, "/v1/completions", b"{not json")
         assert got == 400 and answer["error"]["code"] == "invalid_json"
         got, _, answer = post(server, "/v1/images/generations", {"prompt": "a seven"})
@@ -317,3 +320,53 @@ def test_spec_model_name_is_echoed():
     with running_replica(spec=make_spec(version=12)) as server:
         answer = client(server).completions.create(model="x", prompt="To", max_tokens=1)
     assert answer.model == "tiny:v12"
+
+
+def test_streamed_chat_with_n_gives_each_choice_its_deltas():
+    with running_replica() as server:
+        api = client(server)
+        options = dict(
+            model="m", messages=[{"role": "user", "content": "To be"}], max_tokens=12, n=2, seed=3
+        )
+        whole = api.chat.completions.create(**options)
+        chunks = list(api.chat.completions.create(**options, stream=True))
+    for index in (0, 1):
+        deltas = [c.choices[0].delta for c in chunks if c.choices[0].index == index]
+        assert deltas[0].role == "assistant"
+        assert "".join(d.content or "" for d in deltas) == whole.choices[index].message.content
+
+
+def test_an_engine_failure_is_a_503_archived_as_an_error():
+    import copy
+
+    from replica_helpers import TOKENIZER, tiny_model
+
+    from engine.serve import TextEngine
+
+    model = copy.deepcopy(tiny_model())
+    engine = TextEngine(model, TOKENIZER, max_batch=4, max_queue=4)
+    archiver = ListArchiver()
+    with running_replica(engine, archiver=archiver) as server:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("out of memory (simulated)")
+
+        model.forward = broken
+        got, _, answer = post(server, "/v1/completions", {"prompt": "To be"})
+        assert got == 503 and answer["error"]["code"] == "engine_stopped"
+        assert answer["error"]["type"] == "server_error" and "Traceback" not in str(answer)
+        got, _, answer = post(server, "/v1/completions", {"prompt": "To be"})
+        assert got == 503  # refused at once now: the node sees /health and replaces it
+        status, _, health = _get(server, "/health")
+        assert status == 503 and health["up"] is False and "simulated" in health["error"]
+    [record] = archiver.records
+    assert record["status"] == "error" and record["error"]["code"] == "engine_stopped"
+
+
+def _get(server, path: str):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", path)
+    response = connection.getresponse()
+    return response.status, dict(response.headers), json.loads(response.read())
