@@ -8,7 +8,7 @@ Field policy (what we do with each body field):
 
 - Implemented: ``prompt`` (a string, or a list of one string), ``messages`` (roles system,
   user, assistant), ``max_tokens`` (``max_completion_tokens`` is its chat alias),
-  ``temperature`` (0-2), ``top_p`` (0 < p <= 1), ``stop`` (a string or up to 4), ``n``
+  ``temperature`` (0, or 1e-6 to 2), ``top_p`` (1e-6 to 1), ``stop`` (a string or up to 4), ``n``
   (1-16), ``seed``, ``stream``, ``stream_options.include_usage``, ``user`` (kept in the
   archive), ``model`` (any value: the replica serves one model and answers with its
   ``"<model>:v<version>"``); our extensions ``truncate`` (drop the prompt's oldest tokens
@@ -37,6 +37,7 @@ from engine.serve.params import MAX_N, MAX_STOP_SEQUENCES, CompletionParams, Ser
 from workers.serve.protocol import Endpoint
 
 MAX_IMAGES_PER_REQUEST = 16
+MIN_SAMPLING_VALUE = 1e-6  # the smallest non-zero temperature, top_p, repetition_penalty
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -286,22 +287,37 @@ def parse_text_request(body: dict[str, Any], endpoint: Endpoint) -> TextRequest:
         raise invalid("max_completion_tokens", "is for chat; use max_tokens", "unknown_parameter")
     request.max_tokens = max_tokens
     options: dict[str, Any] = {}
-    temperature = _number(body, "temperature", lambda v: 0 <= v <= 2, "between 0 and 2")
+    # The lower bounds keep the sampler's float32 arithmetic finite: the engine computes
+    # logits / temperature (and / penalty) and compares with top_p in float32, where 1e-300
+    # is 0, and a NaN there fails the whole decode loop, not just this request.
+    temperature = _number(
+        body,
+        "temperature",
+        lambda v: v == 0 or MIN_SAMPLING_VALUE <= v <= 2,
+        f"0 (greedy) or between {MIN_SAMPLING_VALUE} and 2",
+    )
     if temperature is not None:
         options["temperature"] = temperature
-    top_p = _number(body, "top_p", lambda v: 0 < v <= 1, "greater than 0 and at most 1")
+    top_p = _number(
+        body, "top_p", lambda v: MIN_SAMPLING_VALUE <= v <= 1, f"between {MIN_SAMPLING_VALUE} and 1"
+    )
     if top_p is not None and top_p < 1:
         options["top_p"] = top_p
     n = _integer(body, "n", 1, MAX_N)
     if n is not None:
         options["n"] = n
-    seed = _integer(body, "seed")
+    seed = _integer(body, "seed", -(2**63), 2**63 - 1)  # int64, as torch's generators take
     if seed is not None:
         options["seed"] = seed
     top_k = _integer(body, "top_k", 1)
     if top_k is not None:
         options["top_k"] = top_k
-    penalty = _number(body, "repetition_penalty", lambda v: v > 0, "greater than 0")
+    penalty = _number(
+        body,
+        "repetition_penalty",
+        lambda v: MIN_SAMPLING_VALUE <= v <= 10,
+        f"between {MIN_SAMPLING_VALUE} and 10",
+    )
     if penalty is not None:
         options["repetition_penalty"] = penalty
     options["stop"] = _stop(body.get("stop"))
@@ -410,7 +426,7 @@ def parse_image_request(body: dict[str, Any]) -> ImageRequest:
         body=body,
         prompt=prompt,
         n=_integer(body, "n", 1, MAX_IMAGES_PER_REQUEST) or 1,
-        seed=_integer(body, "seed"),
+        seed=_integer(body, "seed", 0, 2**63 - 1),
         guidance=_number(body, "guidance", lambda v: v >= 0, "at least 0"),
         steps=_integer(body, "steps", 1, 1000),
     )

@@ -169,6 +169,11 @@ BAD = [
     ({"prompt": "x", "max_tokens": 64}, 400, "invalid_value", "max_tokens"),
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "invalid_value", "stop"),
     ({"prompt": "x", "seed": 1.5}, 400, "invalid_value", "seed"),
+    # Values that would make the sampler's float32 arithmetic NaN and fail the decode loop:
+    ({"prompt": "x", "seed": 2**64}, 400, "invalid_value", "seed"),
+    ({"prompt": "x", "temperature": 1e-300}, 400, "invalid_value", "temperature"),
+    ({"prompt": "x", "top_p": 1e-300}, 400, "invalid_value", "top_p"),
+    ({"prompt": "x", "repetition_penalty": 1e-300}, 400, "invalid_value", "repetition_penalty"),
     ({"prompt": "x", "wat": 1}, 400, "unknown_parameter", "wat"),
     ({"prompt": "x", "logprobs": 3}, 400, "unsupported_parameter", "logprobs"),
     ({"prompt": "x", "presence_penalty": 0.5}, 400, "unsupported_parameter", "presence_penalty"),
@@ -195,6 +200,18 @@ def test_bad_input_names_the_field(body, status, code, param):
     assert (error["code"], error["param"], error["status"]) == (code, param, status)
     assert error["type"] == "invalid_request_error" and param in error["fields"]
     assert archiver.records == []  # turned away before the model: not archived
+
+
+def test_the_smallest_sampling_values_leave_the_engine_up():
+    with running_replica() as server:
+        for body in (
+            {"temperature": 1e-6, "repetition_penalty": 1e-6, "top_p": 1e-6},
+            {"temperature": 2, "repetition_penalty": 10, "seed": -(2**63)},
+            {"temperature": 1e-6, "top_p": 1, "seed": 2**63 - 1},
+        ):
+            got, _, answer = post(server, "/v1/completions", {"prompt": "To", "n": 2, **body})
+            assert got == 200, (body, answer)
+        assert server.engine.health()["up"]
 
 
 def test_harmless_openai_fields_and_truncation_are_accepted():
