@@ -305,6 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self.request_id = self._request_id()
+        self.streaming = False
         replica = self.replica
         endpoint = ROUTES.get(self.path.split("?")[0])
         try:
@@ -331,10 +332,13 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # noqa: BLE001 - never a traceback to the client
             log.exception("request %s failed", self.request_id)
             self.close_connection = True
-            try:
-                self._send_error(ApiError(500, "internal_error", "the replica failed; see its log"))
-            except OSError:
-                pass
+            if not self.streaming:  # mid-stream, closing the connection is all we can do
+                try:
+                    self._send_error(
+                        ApiError(500, "internal_error", "the replica failed; see its log")
+                    )
+                except OSError:
+                    pass
         finally:
             replica.leave()
 
@@ -432,10 +436,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise api.from_serve_error(error) from None
         ident = api.response_id(request, ctx.id)
         created = int(ctx.time)
-        if request.stream:
-            self._stream(ctx, request, submitted, ident, created)
-        else:
-            self._complete(ctx, request, submitted, ident, created)
+        try:
+            if request.stream:
+                self._stream(ctx, request, submitted, ident, created)
+            else:
+                self._complete(ctx, request, submitted, ident, created)
+        except (ApiError, ClientGone):
+            raise  # archived where they happened
+        except Exception:
+            submitted.cancel()  # a bug of ours must not hold a slot
+            error = {"status": 500, "code": "internal_error", "message": "the replica failed"}
+            replica.archive(ctx, RecordStatus.ERROR, error=error, **_engine_parts(ctx, submitted))
+            raise
 
     def _wait(self, submitted):
         """The engine's result; cancels the request when the client goes away meanwhile."""
@@ -513,6 +525,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.send_header(REQUEST_ID_HEADER, self.request_id)
             self.end_headers()
+            self.streaming = True
             if request.chat:
                 for index in range(n):
                     self._event(

@@ -387,3 +387,19 @@ def _get(server, path: str):
     connection.request("GET", path)
     response = connection.getresponse()
     return response.status, dict(response.headers), json.loads(response.read())
+
+
+def test_a_bug_in_the_replica_is_a_500_in_the_error_shape_and_archived(monkeypatch):
+    from workers.serve import openai_api
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    archiver = ListArchiver()
+    monkeypatch.setattr(openai_api, "completion_body", broken)
+    with running_replica(archiver=archiver) as server:
+        got, _, answer = post(server, "/v1/completions", {"prompt": "To", "max_tokens": 3})
+        assert got == 500 and answer["error"]["code"] == "internal_error"
+        assert "KeyError" not in str(answer)
+        assert server.engine.load == {"running": 0, "waiting": 0}
+    assert archiver.records[0]["status"] == "error"
