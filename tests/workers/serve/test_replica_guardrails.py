@@ -169,8 +169,9 @@ def test_toxic_output_is_filtered_whole_and_streamed():
     with running_replica(spec=guarded(toxicity="refuse"), archiver=archiver) as server:
         server.guardrails.scorer = LengthScorer()
         api = client(server)
-        whole = api.completions.create(model="m", prompt="To", max_tokens=20)
-        chunks = list(api.completions.create(model="m", prompt="To", max_tokens=40, stream=True))
+        whole = api.completions.create(model="m", prompt="To", max_tokens=20, temperature=0)
+        options = dict(model="m", prompt="To", max_tokens=40, temperature=0, stream=True)
+        chunks = list(api.completions.create(**options))
         engine = server.engine
     assert whole.choices[0].text == "" and whole.choices[0].finish_reason == "content_filter"
     assert chunks[-1].choices[0].finish_reason == "content_filter"

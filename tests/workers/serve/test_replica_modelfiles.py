@@ -109,8 +109,8 @@ def test_replica_process_serves_then_drains_on_sigterm(local_store, text_spec, t
             default_headers={"X-CP-Internal": SECRET},
             max_retries=0,
         )
-        answer = api.completions.create(model="m", prompt="To be", max_tokens=4)
-        assert answer.model == "tiny:v3" and answer.usage.completion_tokens == 4
+        answer = api.completions.create(model="m", prompt="To be", max_tokens=4, temperature=0)
+        assert answer.model == "tiny:v3" and 1 <= answer.usage.completion_tokens <= 4
         assert (tmp_path / "data" / "serve-cache" / "11" / ".verified").is_file()
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0

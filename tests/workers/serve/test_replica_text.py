@@ -277,7 +277,7 @@ def test_full_queue_is_429_with_retry_after():
 
 def test_client_gone_mid_stream_cancels_the_request():
     archiver = ListArchiver()
-    engine = text_engine()
+    engine = text_engine().start(thread=False)  # the test turns the loop, a step at a time
     with running_replica(engine, archiver=archiver) as server:
         body = json.dumps({"prompt": "To", "max_tokens": 60, "stream": True}).encode()
         sock = socket.create_connection(("127.0.0.1", server.port))
@@ -286,14 +286,20 @@ def test_client_gone_mid_stream_cancels_the_request():
             + f"X-CP-Internal: {SECRET}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
+        while not engine.load["waiting"]:
+            time.sleep(0.01)
+        engine.step()  # the prefill and the first token
         assert b"200" in sock.recv(100)
         sock.close()
+        steps = 0
+        while not archiver.records and steps < 60:
+            engine.step()
+            time.sleep(0.02)  # the handler writes the delta, meets the closed socket
+            steps += 1
         [record] = archiver.wait(1)
         assert record["status"] == "error" and record["error"]["code"] == "client_disconnected"
         assert record["usage"]["completion_tokens"] < 60
-        deadline = time.monotonic() + 5
-        while engine.load["running"] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        engine.step()  # the cancelled row leaves at the next step
         assert engine.load == {"running": 0, "waiting": 0}
 
 
