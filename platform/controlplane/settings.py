@@ -91,6 +91,9 @@ try:
     # The key behind every project's data-subject hashes (serving/subjects.py). Keep it out
     # of the database and its dumps; empty: derived from SECRET_KEY.
     SERVING_SUBJECT_SECRET = env.env_str("SERVING_SUBJECT_SECRET", "")
+    # The address clients reach the deployments at (a load balancer before the serve
+    # nodes); empty: the front of a live node, as it reported itself.
+    SERVING_PUBLIC_URL = env.env_str("SERVING_PUBLIC_URL", "")
 except env.ConfigError as error:
     raise ImproperlyConfigured(str(error)) from None
 

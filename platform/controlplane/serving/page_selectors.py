@@ -8,11 +8,9 @@ does: 60 rows come back, never the records.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Aggregate, Count, FloatField, Q, Sum
 from django.db.models.functions import TruncMinute
@@ -23,13 +21,12 @@ from controlplane.projects.models import Project
 from controlplane.registry.models import ModelAlias, ModelVersion, RegisteredModel, VersionState
 from controlplane.registry.selectors import model_in, version_in
 from controlplane.serving.models import (
-    DEPLOYMENT_NAME_PATTERN,
     Deployment,
     InferenceRecord,
     Replica,
-    ServeNode,
 )
-from workers.serve.protocol import BASE_PATH, NODE_TIMEOUT, RecordStatus, ReplicaState
+from controlplane.serving.selectors import serve_origin
+from workers.serve.protocol import BASE_PATH, RecordStatus, ReplicaState
 
 USAGE_MINUTES = 60  # the deployment page's charts: the last hour, one point a minute
 LATEST_REQUESTS = 20
@@ -56,48 +53,6 @@ class Percentile(Aggregate):
         if not 0 <= percentile <= 1:
             raise ValueError(f"a percentile is between 0 and 1, not {percentile}")
         super().__init__(expression, percentile=float(percentile), **extra)
-
-
-def deployment_in(project: Project, name: str) -> Deployment | None:
-    # A name no deployment can have (a NUL, a slash...) never reaches the database.
-    if not isinstance(name, str) or not re.fullmatch(DEPLOYMENT_NAME_PATTERN, name):
-        return None
-    return (
-        Deployment.objects.filter(project=project, name=name)
-        .select_related(
-            "project",
-            "model",
-            "pinned_version",
-            "target_version__source_job",
-            "created_by",
-        )
-        .first()
-    )
-
-
-def serve_base_url(project: Project, deployment_name: str) -> str:
-    """The `openai` client's base_url of a deployment: any node's front serves every
-    deployment (fronts proxy to a node with a ready replica). `SERVE_PUBLIC_URL` names
-    the address clients use (a load balancer) when set; otherwise a node that reported
-    recently."""
-    return _serve_origin() + BASE_PATH.format(project=project.slug, deployment=deployment_name)
-
-
-def _serve_origin() -> str:
-    origin = getattr(settings, "SERVE_PUBLIC_URL", "") or _live_node_url() or NODE_PLACEHOLDER
-    origin = origin.rstrip("/")
-    return origin if "://" in origin else f"http://{origin}"
-
-
-def _live_node_url() -> str:
-    alive = timezone.now() - timedelta(seconds=NODE_TIMEOUT)
-    return (
-        ServeNode.objects.filter(last_seen__gte=alive)
-        .order_by("name")
-        .values_list("url", flat=True)
-        .first()
-        or ""
-    )
 
 
 @dataclass
@@ -137,7 +92,7 @@ def deployments_page(project: Project) -> list[DeploymentRow]:
         .annotate(n=Count("id"))
         .values_list("deployment_id", "n")
     )
-    origin = _serve_origin()
+    origin = serve_origin() or NODE_PLACEHOLDER
     return [
         DeploymentRow(
             deployment=d,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
@@ -102,20 +103,34 @@ def node_base_url(node_url: str) -> str:
     return node_url.rstrip("/") if "://" in node_url else f"http://{node_url.rstrip('/')}"
 
 
-def base_url(deployment: Deployment, nodes: list[ServeNode] | None = None) -> str | None:
-    """The deployment's base URL (the `openai` client's base_url) on a live node, preferring
-    one that runs a ready replica of it; None while no node is up."""
+def serve_origin(
+    nodes: list[ServeNode] | None = None, prefer: set[int] = frozenset()
+) -> str | None:
+    """Where clients reach the deployments: SERVING_PUBLIC_URL (a load balancer before the
+    nodes) when set, else a live node's front (one of `prefer` if any is live); None while
+    no node is up. Any node's front serves every deployment (it proxies to the replicas)."""
+    public = getattr(settings, "SERVING_PUBLIC_URL", "")
+    if public:
+        return node_base_url(public)
     nodes = list(live_nodes()) if nodes is None else nodes
     if not nodes:
         return None
+    node = next((n for n in nodes if n.pk in prefer), nodes[0])
+    return node_base_url(node.url)
+
+
+def base_url(deployment: Deployment, nodes: list[ServeNode] | None = None) -> str | None:
+    """The deployment's base URL (the `openai` client's base_url), preferring a node that
+    runs a ready replica of it; None while no node is up."""
     hosting = {
         r.node_id
         for r in deployment.replica_set.all()
         if r.state == ReplicaState.READY and r.node_id is not None
     }
-    node = next((n for n in nodes if n.pk in hosting), nodes[0])
-    path = BASE_PATH.format(project=deployment.project.slug, deployment=deployment.name)
-    return node_base_url(node.url) + path
+    origin = serve_origin(nodes, hosting)
+    if origin is None:
+        return None
+    return origin + BASE_PATH.format(project=deployment.project.slug, deployment=deployment.name)
 
 
 def deployments_serving(version) -> list[str]:

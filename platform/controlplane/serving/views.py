@@ -21,7 +21,7 @@ from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action
 from controlplane.registry.models import ModelTask
 from controlplane.serving import page_selectors as pages
-from controlplane.serving import playground
+from controlplane.serving import playground, selectors
 from controlplane.serving.forms import (
     DeployForm,
     ImagePlaygroundForm,
@@ -30,12 +30,12 @@ from controlplane.serving.forms import (
     TextPlaygroundForm,
 )
 from controlplane.serving.models import Deployment, DeploymentState
-from workers.serve.protocol import GuardrailConfig
+from workers.serve.protocol import BASE_PATH, GuardrailConfig
 
 
 def deployment_or_404(project: Project, name: str) -> Deployment:
     return found_or_404(
-        pages.deployment_in(project, name), f"deployment {name!r} not found in this project"
+        selectors.deployment_in(project, name), f"deployment {name!r} not found in this project"
     )
 
 
@@ -136,7 +136,9 @@ def deployment_detail(request: ProjectRequest, project: Project, name: str) -> H
     image = deployment.model.task == ModelTask.IMAGE_GENERATION
     context.update(
         {
-            "base_url": pages.serve_base_url(project, deployment.name),
+            "base_url": selectors.base_url(deployment)
+            or pages.NODE_PLACEHOLDER
+            + BASE_PATH.format(project=project.slug, deployment=deployment.name),
             "guardrails": GuardrailConfig.from_dict(deployment.guardrails),
             "lineage": pages.version_lineage(deployment.target_version),
             "usage": usage,

@@ -264,16 +264,22 @@ def test_the_page_shows_the_hours_totals_and_charts(team, client, served):
     assert html.count('<figure class="chart">') == 4
 
 
-def test_base_url_uses_the_public_address_when_set_else_a_live_node(team, served, settings):
+def test_base_url_uses_the_public_address_when_set_else_a_live_node(team, client, served, settings):
     from controlplane.serving.models import ServeNode
-    from controlplane.serving.page_selectors import serve_base_url
+    from controlplane.serving.selectors import base_url
 
-    assert serve_base_url(team.project, "chat") == "http://10.0.0.5:8100/p/alpha/chat/v1"
-    settings.SERVE_PUBLIC_URL = "https://serve.example.org/"
-    assert serve_base_url(team.project, "chat") == "https://serve.example.org/p/alpha/chat/v1"
-    settings.SERVE_PUBLIC_URL = ""
+    chat = served["chat"]
+    assert base_url(chat) == "http://10.0.0.5:8100/p/alpha/chat/v1"
+    settings.SERVING_PUBLIC_URL = "https://serve.example.org/"
+    assert base_url(chat) == "https://serve.example.org/p/alpha/chat/v1"
+    settings.SERVING_PUBLIC_URL = ""
     ServeNode.objects.update(last_seen=timezone.now() - timedelta(minutes=5))
-    assert serve_base_url(team.project, "chat") == "http://<serve-node>/p/alpha/chat/v1"
+    assert base_url(chat) is None
+    page = f"/projects/{team.project.pk}/deployments/chat/"
+    assert (
+        "http://&lt;serve-node&gt;/p/alpha/chat/v1"
+        in _get(client, team.viewer, page).content.decode()
+    )
 
 
 def test_pages_hold_no_inline_script(team, client, served):

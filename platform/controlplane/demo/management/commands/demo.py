@@ -32,7 +32,8 @@ from controlplane.demo.processes import (
     workers_start,
     workers_stop,
 )
-from controlplane.demo.registry import registry_walk
+from controlplane.demo.registry import MODEL, registry_walk
+from controlplane.demo.serving import serving_walk
 from controlplane.demo.training import image_model, pretrain
 from controlplane.jobs.models import Job, JobState
 from controlplane.jobs.services import job_cancel, job_create
@@ -132,6 +133,7 @@ class Command(BaseCommand):
         base = pretrain(self, project, users["bob"], tokens, steps=self.train_steps)
         tuned = post_train(self, project, users["bob"], base, steps=max(self.train_steps // 5, 4))
         registry_walk(self, project, users, base=base, dpo=tuned["dpo"])
+        serving_walk(self, project, users, MODEL)
         image_model(self, project, users["bob"], steps=self.train_steps)
         safe_retry(self, project, users["bob"], upload.pk)
         event_path_health(self, project)
