@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from engine.data.pii import PII_TYPES, PIIConfig, PIIRedactor
@@ -61,8 +62,22 @@ def _lexicon() -> frozenset[str]:
     return _LEXICON
 
 
+# Placeholders tried in order: the pipeline's typed one, then forms a narrower tokenizer
+# can still encode (a character vocabulary trained on text with no "<" in it), then none.
+PLACEHOLDERS = ("<{type}>", "[{type}]", "{type}", "")
+
+
+def placeholder_for(types: list[str], encodable: Callable[[str], bool] | None) -> str:
+    """The first placeholder whose every rendering the model's tokenizer can encode: a
+    redacted prompt must never be refused for the redaction's own characters."""
+    for placeholder in PLACEHOLDERS:
+        if encodable is None or all(encodable(placeholder.format(type=t)) for t in types):
+            return placeholder
+    return ""
+
+
 class Guardrails:
-    def __init__(self, config: GuardrailConfig):
+    def __init__(self, config: GuardrailConfig, encodable: Callable[[str], bool] | None = None):
         for name, value, modes in (
             ("pii", config.pii, PII_MODES),
             ("pii_output", config.pii_output, PII_OUTPUT_MODES),
@@ -72,7 +87,8 @@ class Guardrails:
                 raise ValueError(f"guardrails.{name} must be one of {list(modes)}, got {value!r}")
         self.config = config
         types = list(config.pii_types) or list(PII_TYPES)
-        self.redactor = PIIRedactor(PIIConfig(types=types))
+        self.placeholder = placeholder_for(types, encodable)
+        self.redactor = PIIRedactor(PIIConfig(types=types, placeholder=self.placeholder))
         self.scorer = LexiconScorer(_lexicon()) if config.toxicity != "off" else None
         self.threshold = float(config.toxicity_threshold)
 

@@ -119,7 +119,7 @@ class ReplicaServer:
         self.images = None if self.engine is not None else model
         self.archiver = archiver
         self.secret = secret.encode()
-        self.guardrails = Guardrails(spec.guardrails)
+        self.guardrails = Guardrails(spec.guardrails, encodable=_encodable_by(self.engine))
         self.model_name = f"{spec.model}:v{spec.version}"
         self.draining = False
         self._inflight = 0
@@ -740,6 +740,21 @@ def make_archiver(kind: str, store, spec: ReplicaSpec, node: str):
     )
     archiver.start()
     return archiver
+
+
+def _encodable_by(engine):
+    """`text -> bool`: can the text model's tokenizer encode it (None: an image model)."""
+    if engine is None:
+        return None
+
+    def encodable(text: str) -> bool:
+        try:
+            engine.tokenizer.encode(text)
+        except (ValueError, KeyError):
+            return False
+        return True
+
+    return encodable
 
 
 # -- process entry --------------------------------------------------------------------------

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from controlplane.projects.models import Project
 
 DEPLOYMENT = "shakespeare-chat"
-PII_PROMPT = "ROMEO: write to me at romeo@verona.example or call +44 20 7946 0958.\nJULIET:"
+# The demo model reads 64 characters at most: prompt and answer must fit.
+PII_PROMPT = "ROMEO: mail romeo@verona.example\nJULIET:"
 SUBJECT = "romeo@verona.example"
 
 
@@ -90,7 +91,7 @@ def serving_walk(command, project: Project, users: dict[str, User], model_name: 
 def _serve(command, project, users, model_name, node_port, client_class) -> None:
     bob = users["bob"]
     command.step(f"Serving: bob deploys {model_name}@production as '{DEPLOYMENT}'")
-    model = project.models.get(name=model_name)
+    model = project.registered_models.get(name=model_name)
     deployment = deployment_create(
         project=project, actor=bob, name=DEPLOYMENT, model=model, alias="production", replicas=1
     )
@@ -115,7 +116,7 @@ def _serve(command, project, users, model_name, node_port, client_class) -> None
     client = client_class(base_url=base_url, api_key=secret, max_retries=0)
 
     completion = client.completions.create(
-        model=DEPLOYMENT, prompt="ROMEO:", max_tokens=48, temperature=0
+        model=DEPLOYMENT, prompt="ROMEO:", max_tokens=48, temperature=0.8, seed=1
     )
     text = completion.choices[0].text.replace("\n", " ")
     command.stdout.write(
@@ -124,8 +125,8 @@ def _serve(command, project, users, model_name, node_port, client_class) -> None
 
     stream = client.chat.completions.create(
         model=DEPLOYMENT,
-        messages=[{"role": "user", "content": "Speak of love, good Juliet."}],
-        max_tokens=48,
+        messages=[{"role": "user", "content": "Speak of love."}],
+        max_tokens=32,
         temperature=0.8,
         seed=7,
         stream=True,
