@@ -47,4 +47,8 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
     assert "val_loss             v1 -> v2:" in out
     assert "approved it: @production -> v2" in out and "approving it herself: you requested" in out
     assert "# Model card: shakespeare-gpt v2" in out and "Research demo" in out
+    assert "replica ready in" in out and "streamed chat answer in" in out
+    assert "archived: 3 requests" in out and 'PII {"EMAIL": 1} redacted' in out
+    assert "[EMAIL]" in out and "romeo@verona" not in out.split("archived:")[1]
+    assert "its replica drained and exited" in out
     assert (tmp_path / "db.sqlite3").exists()
