@@ -11,7 +11,6 @@ import pytest
 from tests.workers.serve.node_stubs import (
     DEPLOYMENT,
     RunningNode,
-    StubPlatform,
     deployment_info,
     replica_spec,
     run_replicas,
@@ -19,22 +18,6 @@ from tests.workers.serve.node_stubs import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def platform():
-    stub = StubPlatform()
-    stub.allow("cp_good")
-    yield stub
-    stub.close()
-
-
-@pytest.fixture
-def node(platform, tmp_path):
-    running = RunningNode(platform, tmp_path)
-    wait_for(lambda: running.node.has_synced, what="first sync")
-    yield running
-    running.close()
 
 
 def test_the_node_reports_itself_and_its_replicas(platform, node):

@@ -11,8 +11,6 @@ import pytest
 from tests.workers.serve.node_stubs import (
     DEPLOYMENT,
     NODE_SECRET,
-    RunningNode,
-    StubPlatform,
     deployment_info,
     run_replicas,
     sha,
@@ -20,22 +18,6 @@ from tests.workers.serve.node_stubs import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def platform():
-    stub = StubPlatform()
-    stub.allow("cp_good")
-    yield stub
-    stub.close()
-
-
-@pytest.fixture
-def node(platform, tmp_path):
-    running = RunningNode(platform, tmp_path)
-    wait_for(lambda: running.node.has_synced, what="first sync")
-    yield running
-    running.close()
 
 
 @pytest.fixture

@@ -21,23 +21,6 @@ from tests.workers.serve.node_stubs import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def platform():
-    stub = StubPlatform()
-    stub.allow("cp_good")
-    yield stub
-    stub.close()
-
-
-@pytest.fixture
-def node(platform, tmp_path, monkeypatch):
-    monkeypatch.setenv("STUB_EVENTS_DIR", str(tmp_path))
-    running = RunningNode(platform, tmp_path)
-    wait_for(lambda: running.node.has_synced, what="first sync")
-    yield running
-    running.close()
-
-
 def _reported(platform: StubPlatform, replica_id: str) -> dict | None:
     if not platform.reports:
         return None
