@@ -593,6 +593,31 @@ class TextEngine:
             seen[0, torch.tensor(request.prompt_ids, device=self.device)] = True
         return generator, seen
 
+    @staticmethod
+    def _sample_row(logits: torch.Tensor, slot: _Slot) -> int:
+        """One row's next token (logits (1, V)), as ``Generator._sample`` draws it; a
+        ValueError when the row's distribution is not finite. multinomial never sees such a
+        distribution: on CUDA it checks with a device-side assert, which would lose the
+        process's CUDA context (every request, not this one); the row samples a placeholder
+        instead, read back with the verdict in one transfer, and is dropped."""
+        params = slot.request.sampling
+        logits = Generator._penalised(logits, slot.seen, params)
+        if params.greedy:  # a greedy row with a repetition penalty
+            finite = torch.isfinite(logits).all(dim=-1)  # (1,)
+            token = logits.argmax(dim=-1)
+        else:
+            probs = Generator._probabilities(logits, params)
+            finite = torch.isfinite(probs).all(dim=-1)  # softmax: NaN from any inf
+            probs = torch.where(finite[:, None], probs, 1.0)
+            token = torch.multinomial(probs, 1, generator=slot.generator).squeeze(-1)
+        token_id, ok = torch.stack([token, finite.long()]).view(-1).tolist()
+        if not ok:
+            raise ValueError(
+                "the next-token distribution is not finite (temperature, top_p or "
+                "repetition_penalty too small for float32?)"
+            )
+        return token_id
+
     def _request_failed(self, request: Request, error: BaseException) -> RequestFailed:
         params = request.params
         log.warning(
@@ -636,8 +661,7 @@ class TextEngine:
                 picked = logits.index_select(0, index).argmax(dim=-1).tolist()
             for i, token in zip(greedy, picked, strict=True):
                 tokens[i] = token
-        # One request's failure (multinomial refuses a distribution that is not finite, on
-        # the CPU and on CUDA alike) fails that request alone: its rows are freed below.
+        # A row whose sampling fails fails its request alone: its rows are freed below.
         failed: dict[Request, RequestFailed] = {}
         if len(greedy) < len(slots):
             chosen = set(greedy)
@@ -645,10 +669,7 @@ class TextEngine:
                 if i in chosen or slot.request in failed:
                     continue
                 try:
-                    token = Generator._sample(
-                        logits[i : i + 1], slot.seen, slot.request.sampling, slot.generator
-                    )
-                    tokens[i] = int(token.item())
+                    tokens[i] = self._sample_row(logits[i : i + 1], slot)
                 except Exception as error:  # noqa: BLE001 - the row's request fails alone
                     failed[slot.request] = self._request_failed(slot.request, error)
         finished: set[int] = set()

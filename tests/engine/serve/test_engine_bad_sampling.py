@@ -6,6 +6,7 @@ the tokens they get alone and the engine stays up."""
 from __future__ import annotations
 
 import pytest
+import torch
 from serve_helpers import trained_model  # noqa: F401 - the conftest's model fixture uses it
 
 from engine.infer.generate import Generator, SamplingParams
@@ -66,19 +67,29 @@ def test_submit_checks_parameters_changed_after_they_were_made(tokenizer, model)
 @pytest.mark.parametrize("changes", OVERFLOWING, ids=lambda c: next(iter(c)))
 def test_a_request_the_sampler_fails_on_fails_alone(tokenizer, model, monkeypatch, changes):
     """The values reach the loop (the checks are switched off): the bad request, joining a
-    running batch with two completions, fails naming the cause; the others are untouched."""
+    running batch with two completions, fails naming the cause; the others are untouched.
+    multinomial never sees the bad distribution (on CUDA its check is a device-side assert
+    that would take every request of the process down)."""
+    multinomial = torch.multinomial
+
+    def checked_multinomial(probs, *args, **kwargs):
+        assert bool(torch.isfinite(probs).all()), "multinomial got a non-finite distribution"
+        return multinomial(probs, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "multinomial", checked_multinomial)
     engine = TextEngine(model, tokenizer, max_batch=8).start(thread=False)
     first = engine.submit("To be", greedy(20))
     engine.step()
     engine.step()
-    monkeypatch.setattr(CompletionParams, "validate", lambda self: None)
-    sampled = {"max_tokens": 20, "temperature": 1.0, "n": 2, **changes}
-    bad = engine.submit("or not", CompletionParams(**sampled))
+    with monkeypatch.context() as unchecked:
+        unchecked.setattr(CompletionParams, "validate", lambda self: None)
+        sampled = {"max_tokens": 20, "temperature": 1.0, "n": 2, **changes}
+        bad = engine.submit("or not", CompletionParams(**sampled))
     second = engine.submit("q", greedy(12))
-    monkeypatch.undo()
     while engine.step():
         pass
-    with pytest.raises(RequestFailed, match="sampling failed for this request"):
+    cause = "Overflow" if "seed" in changes else "the next-token distribution is not finite"
+    with pytest.raises(RequestFailed, match=f"sampling failed for this request: {cause}"):
         bad.result(timeout=0)
     with pytest.raises(RequestFailed):
         list(bad)  # its stream raises too
@@ -96,17 +107,17 @@ def test_a_sampler_failing_mid_decode_frees_every_row_of_its_request(tokenizer, 
     """Completion 1 of a sampled request fails at its fourth token, on the loop thread:
     the request's stream ends in RequestFailed after what it had streamed, both its rows
     leave, and the greedy requests sharing the batch finish as they would alone."""
-    sample = Generator._sample
+    sample_row = TextEngine._sample_row
     calls = {"row": 0}
 
-    def failing(logits, seen, params, generator):
-        if params.seed == 99 and generator.initial_seed() != 99:  # completion 1 only
+    def failing(logits, slot):
+        if slot.request.params.seed == 99 and slot.row.index == 1:
             calls["row"] += 1
             if calls["row"] == 4:
                 raise RuntimeError("simulated sampler failure")
-        return sample(logits, seen, params, generator)
+        return sample_row(logits, slot)
 
-    monkeypatch.setattr(Generator, "_sample", staticmethod(failing))
+    monkeypatch.setattr(TextEngine, "_sample_row", staticmethod(failing))
     with TextEngine(model, tokenizer, max_batch=8, stream_interval=0) as engine:
         first = engine.submit("To be", greedy(30))
         bad = engine.submit(

@@ -414,14 +414,14 @@ def test_a_bug_in_the_replica_is_a_500_in_the_error_shape_and_archived(monkeypat
 def test_a_request_the_sampler_fails_on_is_a_500_and_the_replica_serves_on(monkeypatch):
     from engine.infer.generate import Generator
 
-    sample = Generator._sample
+    probabilities = Generator._probabilities
 
-    def failing(logits, seen, params, generator):
+    def failing(logits, params):
         if params.seed == 99:
             raise RuntimeError("probability tensor contains either `inf`, `nan` (simulated)")
-        return sample(logits, seen, params, generator)
+        return probabilities(logits, params)
 
-    monkeypatch.setattr(Generator, "_sample", staticmethod(failing))
+    monkeypatch.setattr(Generator, "_probabilities", staticmethod(failing))
     archiver = ListArchiver()
     with running_replica(archiver=archiver) as server:
         bad = {"prompt": "To be", "max_tokens": 8, "temperature": 1.0, "seed": 99}
