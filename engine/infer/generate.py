@@ -320,12 +320,26 @@ class Generator:
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """logits (B, V) -> next token ids (B,)."""
-        if seen is not None:
-            penalty = params.repetition_penalty
-            penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-            logits = torch.where(seen, penalised, logits)
+        logits = Generator._penalised(logits, seen, params)
         if params.greedy:
             return logits.argmax(dim=-1)
+        probs = Generator._probabilities(logits, params)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    @staticmethod
+    def _penalised(
+        logits: torch.Tensor, seen: torch.Tensor | None, params: SamplingParams
+    ) -> torch.Tensor:
+        """The repetition penalty on the tokens already seen (CTRL, Keskar 2019): (B, V)."""
+        if seen is None:
+            return logits
+        penalty = params.repetition_penalty
+        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+        return torch.where(seen, penalised, logits)
+
+    @staticmethod
+    def _probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """Temperature, top-k and top-p over (penalised) logits (B, V) -> probabilities (B, V)."""
         logits = logits / params.temperature
         if params.top_k is not None and params.top_k < logits.size(-1):
             kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
@@ -337,8 +351,7 @@ class Generator:
             drop = (cumulative - sorted_logits.softmax(dim=-1)) >= params.top_p
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-        probs = logits.softmax(dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return logits.softmax(dim=-1)
 
 
 def _left_padded(

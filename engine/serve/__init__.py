@@ -18,6 +18,7 @@ from engine.serve.params import (
     EngineStopped,
     PromptTooLong,
     QueueFull,
+    RequestFailed,
     ServeError,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "PromptTooLong",
     "QueueFull",
     "Request",
+    "RequestFailed",
     "ServeError",
     "TextEngine",
     "Timings",

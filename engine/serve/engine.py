@@ -13,7 +13,9 @@
 admits waiting requests while slots are free (their prompts are prefilled together, then
 their rows join the batched :class:`SlotCache`), feeds every running row one token, samples,
 streams the deltas, and frees at once the rows that finished (stop string, end-of-text,
-max_tokens) or whose request was cancelled. See docs/engine-serving.md.
+max_tokens) or whose request was cancelled. A request whose sampler fails (a row's
+distribution is not finite, or its seed is refused) fails alone with RequestFailed; only a
+failing forward pass, which every row shares, stops the engine. See docs/engine-serving.md.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from engine.serve.params import (
     EngineStopped,
     PromptTooLong,
     QueueFull,
+    RequestFailed,
     ServeError,
 )
 
@@ -114,6 +117,7 @@ class Request:
         self._cancelled = threading.Event()
         self._error: BaseException | None = None
         self._result: CompletionResult | None = None
+        self.failure: RequestFailed | None = None  # set by the loop: the request fails alone
 
     # -- client side --------------------------------------------------------------------
     def cancel(self) -> None:
@@ -400,6 +404,7 @@ class TextEngine:
     ) -> Request:
         """Queue a request; raises ServeError (bad input), QueueFull, or EngineStopped."""
         params = params or CompletionParams()
+        params.validate()  # again: the fields may have changed since the params were made
         if params.n > self.max_batch:
             raise ServeError(f"n ({params.n}) is more than this engine's batch of {self.max_batch}")
         ids, truncated = self.prepare(prompt, params)
@@ -483,7 +488,9 @@ class TextEngine:
         self._slots.pop()
         request.open_rows -= 1
         if request.open_rows == 0:
-            if request.cancelled and any(r.finish_reason is None for r in request.rows):
+            if request.failure is not None:
+                request._finish(request.failure)
+            elif request.cancelled and any(r.finish_reason is None for r in request.rows):
                 request._finish(Cancelled("the request was cancelled"))
             else:
                 request._finish()
@@ -546,31 +553,85 @@ class TextEngine:
         new_slots: list[tuple[int, _Slot]] = []
         for i, request in enumerate(requests):
             params = request.params
+            try:
+                states = [self._sampler_state(request, index) for index in range(params.n)]
+            except Exception as error:  # noqa: BLE001 - this request's fault, not the engine's
+                request._finish(self._request_failed(request, error))
+                continue
             positions = self._cache.add(prefill, i, len(request.prompt_ids), copies=params.n)
-            for index, position in enumerate(positions):
+            for index, ((generator, seen), position) in enumerate(
+                zip(states, positions, strict=True)
+            ):
                 row = _Row(index, "", request.prompt_ids)
-                generator = None
-                if params.seed is not None:
-                    generator = torch.Generator(device=self.device).manual_seed(
-                        completion_seed(params.seed, index)
-                    )
-                seen = None
-                if params.repetition_penalty != 1.0:
-                    seen = torch.zeros((1, self.config.vocab_size), dtype=torch.bool)
-                    seen = seen.to(self.device)
-                    seen[0, torch.tensor(request.prompt_ids, device=self.device)] = True
                 slot = _Slot(request, row, generator, seen)
                 request.rows.append(row)
                 self._slots.append(slot)
                 assert len(self._slots) - 1 == position
                 new_slots.append((i, slot))
             request.open_rows = params.n
+        if not new_slots:
+            return
         # The first token of each new row, from its prompt's last logits.
         rows_logits = logits.index_select(
             0, torch.tensor([i for i, _ in new_slots], device=logits.device)
         )
         first = len(self._slots) - len(new_slots)
         self._sample_and_advance(rows_logits, first)
+
+    def _sampler_state(self, request: Request, index: int):
+        """Completion ``index``'s own random generator (seeded requests) and the mask of the
+        tokens it has seen (repetition penalty)."""
+        params = request.params
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(
+                completion_seed(params.seed, index)
+            )
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros((1, self.config.vocab_size), dtype=torch.bool, device=self.device)
+            seen[0, torch.tensor(request.prompt_ids, device=self.device)] = True
+        return generator, seen
+
+    @staticmethod
+    def _sample_row(logits: torch.Tensor, slot: _Slot) -> int:
+        """One row's next token (logits (1, V)), as ``Generator._sample`` draws it; a
+        ValueError when the row's distribution is not finite. multinomial never sees such a
+        distribution: on CUDA it checks with a device-side assert, which would lose the
+        process's CUDA context (every request, not this one); the row samples a placeholder
+        instead, read back with the verdict in one transfer, and is dropped."""
+        params = slot.request.sampling
+        logits = Generator._penalised(logits, slot.seen, params)
+        if params.greedy:  # a greedy row with a repetition penalty
+            finite = torch.isfinite(logits).all(dim=-1)  # (1,)
+            token = logits.argmax(dim=-1)
+        else:
+            probs = Generator._probabilities(logits, params)
+            finite = torch.isfinite(probs).all(dim=-1)  # softmax: NaN from any inf
+            probs = torch.where(finite[:, None], probs, 1.0)
+            token = torch.multinomial(probs, 1, generator=slot.generator).squeeze(-1)
+        token_id, ok = torch.stack([token, finite.long()]).view(-1).tolist()
+        if not ok:
+            raise ValueError(
+                "the next-token distribution is not finite (temperature, top_p or "
+                "repetition_penalty too small for float32?)"
+            )
+        return token_id
+
+    def _request_failed(self, request: Request, error: BaseException) -> RequestFailed:
+        params = request.params
+        log.warning(
+            "serving engine %s: a request failed alone (temperature=%r top_p=%r top_k=%r "
+            "repetition_penalty=%r seed=%r)",
+            self.name,
+            params.temperature,
+            params.top_p,
+            params.top_k,
+            params.repetition_penalty,
+            params.seed,
+            exc_info=error,
+        )
+        return RequestFailed(f"sampling failed for this request: {error}")
 
     def _step(self) -> None:
         """One token for every running row."""
@@ -600,26 +661,33 @@ class TextEngine:
                 picked = logits.index_select(0, index).argmax(dim=-1).tolist()
             for i, token in zip(greedy, picked, strict=True):
                 tokens[i] = token
+        # A row whose sampling fails fails its request alone: its rows are freed below.
+        failed: dict[Request, RequestFailed] = {}
         if len(greedy) < len(slots):
             chosen = set(greedy)
             for i, slot in enumerate(slots):
-                if i in chosen:
+                if i in chosen or slot.request in failed:
                     continue
-                token = Generator._sample(
-                    logits[i : i + 1], slot.seen, slot.request.sampling, slot.generator
-                )
-                tokens[i] = int(token.item())
-        finished: list[int] = []
+                try:
+                    tokens[i] = self._sample_row(logits[i : i + 1], slot)
+                except Exception as error:  # noqa: BLE001 - the row's request fails alone
+                    failed[slot.request] = self._request_failed(slot.request, error)
+        finished: set[int] = set()
         now = time.perf_counter()
         for i, (slot, token) in enumerate(zip(slots, tokens, strict=True)):
             request = slot.request
             if request.first_token is None:  # the prefill's sample: its first token
                 request.first_token = now
                 request.prefill_seconds = now - (request.admitted or now)
-            if request.cancelled:
-                finished.append(first + i)
+            if request.cancelled or request in failed:
+                finished.add(first + i)
                 continue
-            event = self.generator._advance(slot.row, token, request.sampling, stream=True)
+            try:
+                event = self.generator._advance(slot.row, token, request.sampling, stream=True)
+            except Exception as error:  # noqa: BLE001 - e.g. a token its tokenizer cannot decode
+                failed[request] = self._request_failed(request, error)
+                finished.add(first + i)
+                continue
             slot.pending = token
             if slot.seen is not None:
                 slot.seen[0, token] = True
@@ -628,7 +696,11 @@ class TextEngine:
                 delta = Delta(slot.row.index, event.text, token, _reason(event))
                 request._emit(delta, now, self.stream_interval)
             if slot.row.finish_reason is not None:
-                finished.append(first + i)
+                finished.add(first + i)
+        for request, failure in failed.items():
+            request.failure = failure
+        # A failed request's rows that went before the failure in this loop leave as well.
+        finished.update(first + i for i, s in enumerate(slots) if s.request in failed)
         for position in sorted(finished, reverse=True):
             self._release(position)
 

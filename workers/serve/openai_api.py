@@ -8,11 +8,13 @@ Field policy (what we do with each body field):
 
 - Implemented: ``prompt`` (a string, or a list of one string), ``messages`` (roles system,
   user, assistant), ``max_tokens`` (``max_completion_tokens`` is its chat alias),
-  ``temperature`` (0, or 1e-6 to 2), ``top_p`` (1e-6 to 1), ``stop`` (a string or up to 4), ``n``
-  (1-16), ``seed``, ``stream``, ``stream_options.include_usage``, ``user`` (kept in the
+  ``temperature``, ``top_p``, ``stop`` (a string or up to 4), ``n``, ``seed``, ``stream``, ``stream_options.include_usage``, ``user`` (kept in the
   archive), ``model`` (any value: the replica serves one model and answers with its
   ``"<model>:v<version>"``); our extensions ``truncate`` (drop the prompt's oldest tokens
-  instead of a 400), ``top_k``, ``repetition_penalty``.
+  instead of a 400), ``top_k``, ``repetition_penalty``. The sampling fields' types and
+  bounds are the engine's (engine.serve.params.CompletionParams.validate: temperature 0
+  or 1e-6 to 2, top_p 1e-6 to 1, repetition_penalty 1e-6 to 10, seed an int64, n 1-16);
+  its ServeError becomes the 400 naming the field.
 - Accepted when harmless, i.e. at their OpenAI default: ``logprobs`` (null/false/0),
   ``top_logprobs`` (null/0), ``echo`` (false), ``best_of`` (null or equal to n),
   ``presence_penalty`` / ``frequency_penalty`` (0), ``logit_bias`` (null or {}),
@@ -33,11 +35,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.serve.params import MAX_N, MAX_STOP_SEQUENCES, CompletionParams, ServeError
+from engine.serve.params import MAX_STOP_SEQUENCES, CompletionParams, ServeError
 from workers.serve.protocol import Endpoint
 
 MAX_IMAGES_PER_REQUEST = 16
-MIN_SAMPLING_VALUE = 1e-6  # the smallest non-zero temperature, top_p, repetition_penalty
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -99,10 +100,11 @@ def from_serve_error(error: ServeError) -> ApiError:
     """A ServeError of the engine as a 400 naming the field its message starts with."""
     message = str(error)
     match = _PARAM_IN_MESSAGE.match(message)
-    param = None
+    param = detail = None
     if match and match.group(1) in KNOWN_PARAMS | {"messages", "prompt", "digits"}:
         param = match.group(1) + match.group(2).replace("[", ".").replace("]", "")
-    return ApiError(400, "invalid_value", message, param=param)
+        detail = message[match.end() :].lstrip(": ") or None  # "must be ...", as invalid()
+    return ApiError(400, "invalid_value", message, param=param, detail=detail)
 
 
 # -- request bodies ---------------------------------------------------------------------
@@ -286,42 +288,19 @@ def parse_text_request(body: dict[str, Any], endpoint: Endpoint) -> TextRequest:
     elif alias is not None and not chat:
         raise invalid("max_completion_tokens", "is for chat; use max_tokens", "unknown_parameter")
     request.max_tokens = max_tokens
-    options: dict[str, Any] = {}
-    # The lower bounds keep the sampler's float32 arithmetic finite: the engine computes
-    # logits / temperature (and / penalty) and compares with top_p in float32, where 1e-300
-    # is 0, and a NaN there fails the whole decode loop, not just this request.
-    temperature = _number(
-        body,
-        "temperature",
-        lambda v: v == 0 or MIN_SAMPLING_VALUE <= v <= 2,
-        f"0 (greedy) or between {MIN_SAMPLING_VALUE} and 2",
-    )
-    if temperature is not None:
-        options["temperature"] = temperature
-    top_p = _number(
-        body, "top_p", lambda v: MIN_SAMPLING_VALUE <= v <= 1, f"between {MIN_SAMPLING_VALUE} and 1"
-    )
-    if top_p is not None and top_p < 1:
-        options["top_p"] = top_p
-    n = _integer(body, "n", 1, MAX_N)
-    if n is not None:
-        options["n"] = n
-    seed = _integer(body, "seed", -(2**63), 2**63 - 1)  # int64, as torch's generators take
-    if seed is not None:
-        options["seed"] = seed
-    top_k = _integer(body, "top_k", 1)
-    if top_k is not None:
-        options["top_k"] = top_k
-    penalty = _number(
-        body,
-        "repetition_penalty",
-        lambda v: MIN_SAMPLING_VALUE <= v <= 10,
-        f"between {MIN_SAMPLING_VALUE} and 10",
-    )
-    if penalty is not None:
-        options["repetition_penalty"] = penalty
+    # The sampling fields go to the engine as sent: CompletionParams checks their types and
+    # the bounds that keep its float32 sampler finite (one definition, engine/serve/params.py).
+    options: dict[str, Any] = {
+        name: body[name]
+        for name in ("temperature", "top_p", "n", "seed", "top_k", "repetition_penalty")
+        if body.get(name) is not None
+    }
     options["stop"] = _stop(body.get("stop"))
     options["truncate"] = _boolean(body, "truncate")
+    try:  # now, before the guardrails read the input: a bad value is not archived
+        CompletionParams(**({} if max_tokens is None else {"max_tokens": max_tokens}), **options)
+    except ServeError as error:
+        raise from_serve_error(error) from None
     request.stream = _boolean(body, "stream")
     stream_options = body.get("stream_options")
     if stream_options is not None:

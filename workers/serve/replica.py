@@ -10,6 +10,10 @@ and exits 3 when it cannot load. SIGTERM drains: new requests get 503
 
 Endpoints: POST /v1/completions, /v1/chat/completions (text models),
 /v1/images/generations (image models); GET /health (no secret needed: it tells only load).
+Every answer carries the guardrail decisions as ``x_guardrails`` (the archive record's
+``guardrails``: {"input": report, "output": report}): a top-level field of a JSON answer,
+and a field of a stream's last chunk before ``data: [DONE]`` (OpenAI clients keep unknown
+fields in ``model_extra``; the dashboard's playground shows them).
 Request shapes and the field policy: workers/serve/openai_api.py; guardrails:
 workers/serve/guardrails.py.
 
@@ -49,6 +53,7 @@ from engine.serve.params import (
     EngineStopped,
     PromptTooLong,
     QueueFull,
+    RequestFailed,
     ServeError,
 )
 from workers.serve import openai_api as api
@@ -465,8 +470,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Cancelled:
             self._archive_gone(ctx, submitted)
             raise ClientGone() from None
-        except EngineStopped as error:
-            failure = ApiError(503, "engine_stopped", f"the model failed: {error}")
+        except (EngineStopped, RequestFailed) as error:
+            failure = _engine_failure(error)
             replica.archive(
                 ctx, RecordStatus.ERROR, error=failure.summary(), **_engine_parts(ctx, submitted)
             )
@@ -481,7 +486,7 @@ class _Handler(BaseHTTPRequestHandler):
         usage = api.usage_body(result.prompt_tokens, result.completion_tokens)
         body = api.completion_body(request, ident, created, replica.model_name, choices, usage)
         try:
-            self._send_json(200, body)
+            self._send_json(200, {**body, "x_guardrails": ctx.guardrails})
         except OSError:
             self._archive_gone(ctx, submitted, response=body)
             raise ClientGone() from None
@@ -518,6 +523,21 @@ class _Handler(BaseHTTPRequestHandler):
         reasons: list[str | None] = [None] * n
         filtered = [False] * n
         failure: ApiError | None = None
+        # The chunk that ends the last open choice waits for the end of the stream: the
+        # output report (PII found, toxicity) is complete only then, and it rides on the
+        # last chunk as x_guardrails. A separate chunk without choices would break clients
+        # that read chunk.choices[0] unless they asked for include_usage.
+        last: dict | None = None
+
+        def finish(index: int, reason: str) -> None:
+            nonlocal last
+            reasons[index] = reason
+            chunk = api.chunk_body(request, ident, created, model, index, None, reason)
+            if all(r is not None for r in reasons):
+                last = chunk
+            else:
+                self._event(chunk)
+
         try:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -543,12 +563,7 @@ class _Handler(BaseHTTPRequestHandler):
                             text += redactors[i].finish()
                     if refuse_toxic and text and guard.toxic(guard.toxicity(texts[i] + text)):
                         filtered[i] = True
-                        reasons[i] = "content_filter"
-                        self._event(
-                            api.chunk_body(
-                                request, ident, created, model, i, None, "content_filter"
-                            )
-                        )
+                        finish(i, "content_filter")
                         if all(filtered):
                             submitted.cancel()
                             break
@@ -557,21 +572,24 @@ class _Handler(BaseHTTPRequestHandler):
                         texts[i] += text
                         self._event(api.chunk_body(request, ident, created, model, i, text))
                     if delta.finish_reason is not None:
-                        reasons[i] = delta.finish_reason
-                        self._event(
-                            api.chunk_body(
-                                request, ident, created, model, i, None, delta.finish_reason
-                            )
-                        )
+                        finish(i, delta.finish_reason)
             except Cancelled:
                 if not all(filtered):
                     raise
-            except EngineStopped as error:
-                failure = ApiError(503, "engine_stopped", f"the model failed: {error}")
+            except (EngineStopped, RequestFailed) as error:
+                failure = _engine_failure(error)
                 self._event(failure.body())
+            self._finish_stream_report(ctx, redactors, texts, filtered)
             usage = _usage(submitted)
-            if failure is None and request.include_usage:
-                self._event(api.usage_chunk(request, ident, created, model, usage))
+            if failure is None:
+                if request.include_usage:
+                    if last is not None:
+                        self._event(last)
+                    last = api.usage_chunk(request, ident, created, model, usage)
+                elif last is None:  # no choice ended (cannot happen): the report still goes
+                    last = api.usage_chunk(request, ident, created, model, usage)
+                    last.pop("usage")
+                self._event({**last, "x_guardrails": ctx.guardrails})
             self._event("[DONE]")
             self._write_chunk(b"")
         except OSError:  # the client went away mid-stream: free its slot
@@ -579,7 +597,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._finish_stream_report(ctx, redactors, texts, filtered)
             self._archive_gone(ctx, submitted, response=None)
             raise ClientGone() from None
-        self._finish_stream_report(ctx, redactors, texts, filtered)
         parts = _engine_parts(ctx, submitted)
         if failure is not None:
             replica.archive(ctx, RecordStatus.ERROR, error=failure.summary(), **parts)
@@ -658,7 +675,7 @@ class _Handler(BaseHTTPRequestHandler):
                 replica._image_waiting -= 1
         answer = api.images_body(int(ctx.time), [base64.b64encode(p).decode() for p in pngs])
         try:
-            self._send_json(200, answer)
+            self._send_json(200, {**answer, "x_guardrails": ctx.guardrails})
         except OSError:
             error = {
                 "status": 499,
@@ -669,6 +686,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise ClientGone() from None
         timings = {"decode_ms": round(replica._recent_image_seconds * 1000, 3)}
         replica.archive(ctx, _status(ctx, False), response=answer, timings=timings)
+
+
+def _engine_failure(error: ServeError) -> ApiError:
+    """The engine stopped (503: the node replaces the replica), or failed this request
+    alone (500: the replica serves on)."""
+    if isinstance(error, RequestFailed):
+        return ApiError(500, "generation_failed", f"the model failed on this request: {error}")
+    return ApiError(503, "engine_stopped", f"the model failed: {error}")
 
 
 def _status(ctx: _Context, refused: bool) -> RecordStatus:

@@ -235,8 +235,8 @@ def test_a_prompt_too_long_for_the_context_names_the_limit(tokenizer, model):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"temperature": -1.0}, "temperature must be in"),
-        ({"top_p": 1.5}, "top_p must be in"),
+        ({"temperature": -1.0}, "temperature must be 0 \\(greedy\\) or between"),
+        ({"top_p": 1.5}, "top_p must be between"),
         ({"top_k": 0}, "top_k must be at least 1"),
         ({"max_tokens": 0}, "max_tokens must be at least 1"),
         ({"n": 0}, "n must be an integer"),

@@ -4,10 +4,19 @@ refused without echoing it, toxicity flagged or refused, outputs redacted, strea
 from __future__ import annotations
 
 import random
+import time
 
 import openai
 import pytest
-from replica_helpers import TOKENIZER, ListArchiver, client, make_spec, post, running_replica
+from replica_helpers import (
+    TOKENIZER,
+    ListArchiver,
+    client,
+    make_spec,
+    post,
+    running_replica,
+    text_engine,
+)
 
 from engine.data.pii import PIIConfig, PIIRedactor
 from workers.serve.guardrails import GuardrailRefused, Guardrails, StreamRedactor
@@ -166,13 +175,23 @@ class LengthScorer:
 
 def test_toxic_output_is_filtered_whole_and_streamed():
     archiver = ListArchiver()
-    with running_replica(spec=guarded(toxicity="refuse"), archiver=archiver) as server:
+    engine = text_engine()
+    forward = engine.model.forward
+
+    def slow_forward(*args, **kwargs):
+        # 40 tokens take 0.4 s at least: the filter's cancel (after the first words) comes
+        # long before the end even on a loaded machine, where the tiny model could
+        # otherwise finish first.
+        time.sleep(0.01)
+        return forward(*args, **kwargs)
+
+    engine.model.forward = slow_forward
+    with running_replica(engine, spec=guarded(toxicity="refuse"), archiver=archiver) as server:
         server.guardrails.scorer = LengthScorer()
         api = client(server)
         whole = api.completions.create(model="m", prompt="To", max_tokens=20, temperature=0)
         options = dict(model="m", prompt="To", max_tokens=40, temperature=0, stream=True)
         chunks = list(api.completions.create(**options))
-        engine = server.engine
     assert whole.choices[0].text == "" and whole.choices[0].finish_reason == "content_filter"
     assert chunks[-1].choices[0].finish_reason == "content_filter"
     assert len("".join(c.choices[0].text for c in chunks)) <= 3

@@ -77,3 +77,15 @@ def test_image_prompt_goes_through_the_input_guardrails(digits):
         got, _, answer = post(server, "/v1/images/generations", {"prompt": "7 for a@b.org"})
     assert got == 400 and answer["error"]["code"] == "guardrail_refused"
     assert archiver.records[0]["request"]["prompt"] == "7 for <EMAIL>"
+
+
+def test_an_image_answer_carries_the_guardrail_decisions(digits):
+    archiver = ListArchiver()
+    with running_replica(digits, spec=image_spec(pii="redact"), archiver=archiver) as server:
+        answer = client(server).images.generate(model="m", prompt="7 for a@b.org")
+    decisions = answer.model_extra["x_guardrails"]
+    assert decisions["input"]["pii"] == {"EMAIL": 1}
+    assert decisions["input"]["pii_action"] == "redacted"
+    assert decisions["output"]["pii_action"] == "none"
+    [record] = archiver.records
+    assert record["guardrails"] == decisions and "x_guardrails" not in record["response"]

@@ -409,3 +409,33 @@ def test_a_bug_in_the_replica_is_a_500_in_the_error_shape_and_archived(monkeypat
         assert "KeyError" not in str(answer)
         assert server.engine.load == {"running": 0, "waiting": 0}
     assert archiver.records[0]["status"] == "error"
+
+
+def test_a_request_the_sampler_fails_on_is_a_500_and_the_replica_serves_on(monkeypatch):
+    from engine.infer.generate import Generator
+
+    probabilities = Generator._probabilities
+
+    def failing(logits, params):
+        if params.seed == 99:
+            raise RuntimeError("probability tensor contains either `inf`, `nan` (simulated)")
+        return probabilities(logits, params)
+
+    monkeypatch.setattr(Generator, "_probabilities", staticmethod(failing))
+    archiver = ListArchiver()
+    with running_replica(archiver=archiver) as server:
+        bad = {"prompt": "To be", "max_tokens": 8, "temperature": 1.0, "seed": 99}
+        got, _, answer = post(server, "/v1/completions", bad)
+        assert got == 500 and answer["error"]["code"] == "generation_failed"
+        assert answer["error"]["type"] == "server_error" and "nan" in answer["error"]["message"]
+        got, _, payload = post(server, "/v1/completions", {**bad, "stream": True})
+        events = [b.removeprefix("data: ") for b in payload.decode().split("\n\n") if b]
+        assert got == 200 and events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "generation_failed"
+        good = client(server).completions.create(
+            model="m", prompt="To be", max_tokens=12, temperature=0
+        )
+        assert good.choices[0].text == alone("To be", 12)
+        assert server.engine.health()["up"] and server.engine.load["running"] == 0
+    statuses = [(r["status"], (r["error"] or {}).get("code")) for r in archiver.records]
+    assert statuses == [("error", "generation_failed")] * 2 + [("ok", None)]
