@@ -36,19 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.serve.params import MAX_STOP_SEQUENCES, CompletionParams, ServeError
-from workers.serve.protocol import Endpoint
+from workers.serve.protocol import Endpoint, error_shape
 
 MAX_IMAGES_PER_REQUEST = 16
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    411: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
 
 
 class ApiError(Exception):
@@ -73,16 +63,9 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-            "type": ERROR_TYPES.get(self.status, "server_error"),
-            "param": self.param,
-        }
-        if self.param:
-            error["fields"] = {self.param: [self.detail]}
-        return {"error": error}
+        return error_shape(
+            self.status, self.code, self.message, param=self.param, detail=self.detail
+        )
 
     def summary(self) -> dict[str, Any]:
         """What an archive record keeps of it."""

@@ -311,6 +311,37 @@ def subject_hash(key_hex: str, subject: str) -> str:
     return hmac.new(bytes.fromhex(key_hex), normalised, hashlib.sha256).hexdigest()
 
 
+# The `type` of OpenAI's error shape, by status (the serve endpoints answer both shapes:
+# ours, {"status", "code", "message", "fields"}, and OpenAI's, {"message", "type", "param"}).
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    411: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_shape(
+    status: int, code: str, message: str, *, param: str | None = None, detail: str = ""
+) -> dict[str, Any]:
+    """`{"error": {...}}` of a serve endpoint: one shape for the front and the replicas."""
+    default = "server_error" if status >= 500 else "invalid_request_error"
+    error: dict[str, Any] = {
+        "status": status,
+        "code": code,
+        "message": message,
+        "type": ERROR_TYPES.get(status, default),
+        "param": param,
+    }
+    if param:
+        error["fields"] = {param: [detail or message]}
+    return {"error": error}
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     return asdict(obj)
 

@@ -25,6 +25,7 @@ from workers.serve.protocol import (
     REPLICA_HEADER,
     REQUEST_ID_HEADER,
     SUBJECT_HEADER,
+    error_shape,
 )
 
 logger = logging.getLogger("workers.serve.front")
@@ -32,16 +33,6 @@ logger = logging.getLogger("workers.serve.front")
 CONNECT_TIMEOUT = 2.0
 # A long generation (or a long queue) may keep a stream silent for a while.
 UPSTREAM_READ_TIMEOUT = 600.0
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    411: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
 # Hop-by-hop or ours to set: never copied from a replica's answer.
 _DROP_RESPONSE_HEADERS = {
     "connection",
@@ -67,9 +58,7 @@ class FrontError(Exception):
 
 
 def error_body(status: int, code: str, message: str) -> bytes:
-    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    error = {"status": status, "code": code, "message": message, "type": kind, "param": None}
-    return json.dumps({"error": error}).encode()
+    return json.dumps(error_shape(status, code, message)).encode()
 
 
 class _UpstreamConnection(http.client.HTTPConnection):
