@@ -518,8 +518,9 @@ def main() -> int:
         ttft_off_front: list[float] = []
         ttft_off_direct: list[float] = []
         for i in range(2 * runs * rounds):
-            ttft_off_front += measure_ttft(through[OFF], prompts[i:], 1)
-            ttft_off_direct += measure_ttft(direct_off, prompts[i:], 1)
+            prompt = prompts[i % len(prompts)]
+            ttft_off_front.append(first_token(through[OFF], prompt))
+            ttft_off_direct.append(first_token(direct_off, prompt))
     finally:
         front.close()
         # What the replica's SIGTERM handler calls: refuse new, finish in flight, flush.
