@@ -1,6 +1,6 @@
 """The serving path on CPU: client -> node front -> replica -> engine, against issue 15's goals.
 
-    .venv/bin/python bench/bench_serve.py            # 2 rounds, ~3-4 minutes on 2 cores
+    .venv/bin/python bench/bench_serve.py            # 3 rounds, ~3-4 minutes on 2 cores
     .venv/bin/python bench/bench_serve.py --quick    # 1 round, fewer requests (~1.5 min)
 
 Model and requests as bench/bench_serve_engine.py: 6 layers, 384 wide, context 512, random
@@ -407,8 +407,29 @@ def measure_concurrency(target: Target, prompts: list[str], runs: int) -> Concur
     )
 
 
-def measure_ttft(target: Target, prompts: list[str], runs: int) -> list[float]:
-    return [first_token(target, prompts[i % len(prompts)]) for i in range(runs)]
+def wait_idle(replicas: list[ReplicaServer], timeout: float = 30.0) -> None:
+    """Until no replica has a request in flight or in its engine: a stream the client hung
+    up on is cancelled only when the replica next writes (through the front: when the
+    front's write fails, then the replica's), so back-to-back samples would otherwise
+    overlap the previous generation's tail, and "idle" would not be."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        loads = [server.health() for server in replicas]
+        if all(h["inflight"] == 0 and h["running"] == 0 and h["waiting"] == 0 for h in loads):
+            return
+        time.sleep(0.002)
+    raise RuntimeError("the replicas did not go idle")
+
+
+def measure_ttft(
+    target: Target, prompts: list[str], runs: int, replicas: list[ReplicaServer]
+) -> list[float]:
+    """Time to first token of ``runs`` streamed requests, each sent to idle replicas."""
+    ttfts = []
+    for i in range(runs):
+        wait_idle(replicas)
+        ttfts.append(first_token(target, prompts[i % len(prompts)]))
+    return ttfts
 
 
 def measure_archive(seconds: float, rate: float = 2 * TARGET_RECORDS_PER_SECOND):
@@ -486,7 +507,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rounds = 1 if args.quick else 2
+    rounds = 1 if args.quick else 3
     runs = 4 if args.quick else 8
     began = time.perf_counter()
 
@@ -497,6 +518,7 @@ def main() -> int:
     replica, direct, sink = start_replica(model, tokenizer, DEFAULT, GuardrailConfig(), store)
     off_guardrails = GuardrailConfig(pii="off", pii_output="off", toxicity="off")
     replica_off, direct_off, sink_off = start_replica(model, tokenizer, OFF, off_guardrails, store)
+    replicas = [replica, replica_off]
     front, through = front_target({DEFAULT: replica, OFF: replica_off})
     engine = replica.engine
     paths = {"direct": direct, "front": through[DEFAULT]}
@@ -514,17 +536,17 @@ def main() -> int:
                 short_runs[name] += values
             via_replica.append(measure_concurrency(direct, prompts, runs))
             via_front.append(measure_concurrency(through[DEFAULT], prompts, runs))
-            ttft_default += measure_ttft(through[DEFAULT], prompts, runs)
+            ttft_default += measure_ttft(through[DEFAULT], prompts, runs, replicas)
         ttft_off_front: list[float] = []
         ttft_off_direct: list[float] = []
         for i in range(2 * runs * rounds):
             prompt = prompts[i % len(prompts)]
-            ttft_off_front.append(first_token(through[OFF], prompt))
-            ttft_off_direct.append(first_token(direct_off, prompt))
+            ttft_off_front += measure_ttft(through[OFF], [prompt], 1, replicas)
+            ttft_off_direct += measure_ttft(direct_off, [prompt], 1, replicas)
     finally:
         front.close()
         # What the replica's SIGTERM handler calls: refuse new, finish in flight, flush.
-        for server in (replica, replica_off):
+        for server in replicas:
             server.drain(timeout=60)
     taken = replica.counters["requests"] + replica_off.counters["requests"]
     stored = archived_ids(store, sink) + archived_ids(store, sink_off)
