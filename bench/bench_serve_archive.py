@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -93,7 +94,43 @@ def small_record(n: int) -> dict:
     }
 
 
-def run(name: str, store: ObjectStore, rate: float, seconds: float) -> bool:
+@dataclass
+class ArchiveResult:
+    """One run of `measure`: what was recorded, what came back through the index."""
+
+    recorded: int
+    produced_seconds: float  # the producer's time (recording at the offered pace)
+    elapsed_seconds: float  # producer plus close(): until everything was stored
+    stored: int  # records read back through the index entries
+    objects: int
+    size: int  # bytes of the objects
+    lost: int  # recorded, never read back
+    duplicated: int
+    dropped: int  # the archiver's own count of records it gave up on
+    closed_ok: bool  # close() reported nothing left behind
+    record_p50_us: float
+    record_p99_us: float
+    error: str = ""  # an object that does not match its index, a ranged read that fails
+
+    @property
+    def stored_per_second(self) -> float:
+        return self.stored / self.elapsed_seconds
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.error
+            and self.closed_ok
+            and self.lost == 0
+            and self.duplicated == 0
+            and self.stored == self.recorded
+            and self.stored_per_second >= TARGET_RECORDS_PER_SECOND
+        )
+
+
+def measure(store: ObjectStore, rate: float, seconds: float) -> ArchiveResult:
+    """Record small records at ``rate`` a second for ``seconds``, close() (what a
+    replica's SIGTERM drain does), then read everything back through the index."""
     sink = ListIndexSink()
     archiver = Archiver(store, spec(), sink, node="bench").start()
     count = int(rate * seconds)
@@ -123,49 +160,59 @@ def run(name: str, store: ObjectStore, rate: float, seconds: float) -> bool:
     stats = archiver.stats()
 
     # Read everything back through the index: every id once, each member decodable alone.
+    error = ""
     read_ids: list[str] = []
     for index in sink.indexes:
         whole = decode_object(store.get_bytes(index.object_key))
         if [r["id"] for r in whole] != [e.id for e in index.records]:
-            print(f"  error: {index.object_key} does not match its index")
-            return False
+            error = f"{index.object_key} does not match its index"
         read_ids.extend(e.id for e in index.records)
     sample = sink.indexes[0].records[0] if sink.indexes else None
     if sample is not None:
         member = store.get_range(sink.indexes[0].object_key, sample.offset, sample.length)
         if decode_object(member)[0]["id"] != sample.id:
-            print("  error: a ranged read did not decode to its record")
-            return False
+            error = error or "a ranged read did not decode to its record"
 
-    written_rate = len(read_ids) / elapsed
-    lost = len(set(ids) - set(read_ids))
-    duplicated = len(read_ids) - len(set(read_ids))
     micros = sorted(c * 1e6 for c in costs)
-    p99 = micros[int(len(micros) * 0.99) - 1]
-    size = sum(index.size for index in sink.indexes)
+    return ArchiveResult(
+        recorded=len(ids),
+        produced_seconds=produced,
+        elapsed_seconds=elapsed,
+        stored=len(read_ids),
+        objects=len(sink.indexes),
+        size=sum(index.size for index in sink.indexes),
+        lost=len(set(ids) - set(read_ids)),
+        duplicated=len(read_ids) - len(set(read_ids)),
+        dropped=stats["dropped"],
+        closed_ok=closed_ok,
+        record_p50_us=statistics.median(micros) if micros else 0.0,
+        record_p99_us=micros[max(0, int(len(micros) * 0.99) - 1)] if micros else 0.0,
+        error=error,
+    )
+
+
+def run(name: str, store: ObjectStore, rate: float, seconds: float) -> bool:
+    result = measure(store, rate, seconds)
     print(f"{name}:")
+    if result.error:
+        print(f"  error: {result.error}")
     print(
-        f"  recorded {len(ids):,} in {produced:.1f} s ({len(ids) / produced:,.0f}/s offered); "
-        f"written {len(read_ids):,} in {len(sink.indexes)} objects, {size / 1e6:.1f} MB "
-        f"({size / max(1, len(read_ids)):.0f} B/record)"
+        f"  recorded {result.recorded:,} in {result.produced_seconds:.1f} s "
+        f"({result.recorded / result.produced_seconds:,.0f}/s offered); "
+        f"written {result.stored:,} in {result.objects} objects, {result.size / 1e6:.1f} MB "
+        f"({result.size / max(1, result.stored):.0f} B/record)"
     )
     print(
-        f"  {written_rate:,.0f} records/s stored incl. close() "
+        f"  {result.stored_per_second:,.0f} records/s stored incl. close() "
         f"(ratio to the {TARGET_RECORDS_PER_SECOND:,}/s target: "
-        f"{written_rate / TARGET_RECORDS_PER_SECOND:.2f}x); "
-        f"lost {lost}, duplicated {duplicated}, dropped {stats['dropped']}"
+        f"{result.stored_per_second / TARGET_RECORDS_PER_SECOND:.2f}x); "
+        f"lost {result.lost}, duplicated {result.duplicated}, dropped {result.dropped}"
     )
     print(
-        f"  record() cost: p50 {statistics.median(micros):.1f} us, p99 {p99:.1f} us; "
-        f"close() flushed everything: {closed_ok}"
+        f"  record() cost: p50 {result.record_p50_us:.1f} us, p99 {result.record_p99_us:.1f} us; "
+        f"close() flushed everything: {result.closed_ok}"
     )
-    return (
-        closed_ok
-        and lost == 0
-        and duplicated == 0
-        and len(read_ids) == len(ids)
-        and written_rate >= TARGET_RECORDS_PER_SECOND
-    )
+    return result.ok
 
 
 def main() -> int:

@@ -34,6 +34,7 @@ import random
 import re
 import secrets
 import socket
+import sys
 import threading
 import urllib.parse
 import uuid
@@ -113,6 +114,14 @@ class FrontServer(ThreadingHTTPServer):
         best = [t for t in candidates if load[t.replica_id] == fewest]
         local = [t for t in best if not t.remote]
         return random.choice(local or best)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up between requests is normal, not a traceback on stderr."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            logger.debug("connection from %s: %r", client_address, error)
+            return
+        logger.exception("connection from %s failed", client_address)
 
     def server_close(self) -> None:
         super().server_close()
