@@ -16,6 +16,7 @@ from controlplane.datasets.models import Dataset, DatasetFile, DatasetKind, Data
 from controlplane.datasets.selectors import (
     dataset_in,
     datasets_for,
+    version_exists,
     version_file_ids,
     version_numbered,
     versions_of,
@@ -273,6 +274,9 @@ class VersionComplete(APIView):
             for f in body.validated_data["files"]
         }
         unknown = set(parts) - version_file_ids(version)
+        if unknown and not version_exists(version):
+            # The reaper removed the expired upload between our lookup and this check.
+            raise NotFound(f"version {number} was removed: its upload expired")
         if unknown:
             raise serializers.ValidationError(
                 {"files": [f"file {i} is not part of this version" for i in sorted(unknown)]}

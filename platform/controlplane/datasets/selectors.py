@@ -44,3 +44,8 @@ def version_has_token_shards(version: DatasetVersion) -> bool:
 
 def version_file_ids(version: DatasetVersion) -> set[int]:
     return set(version.files.values_list("pk", flat=True))
+
+
+def version_exists(version: DatasetVersion) -> bool:
+    """Still there (the reaper removes an expired upload's version with its files)."""
+    return DatasetVersion.objects.filter(pk=version.pk).exists()

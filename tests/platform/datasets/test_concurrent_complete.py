@@ -195,3 +195,27 @@ def test_a_complete_that_died_is_reaped_after_its_lease(team, upload):
     assert dataset_uploads_reap(now=later) == [upload.version.pk]
     (removal,) = _removals(upload.version.pk)
     assert "interrupted" in removal.payload["reason"]
+
+
+def test_a_complete_whose_version_the_reaper_removes_midway_is_a_404(
+    team, api, upload, monkeypatch
+):
+    """The reaper may remove the version between the request's lookup and its check of the
+    files: that is the 404 of a removed version, not a 400 about the files."""
+    import controlplane.datasets.api as datasets_api
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.datasets.services import dataset_uploads_reap
+
+    files_of = datasets_api.version_file_ids
+
+    def reaped_first(version):
+        DatasetVersion.objects.filter(pk=version.pk).update(
+            upload_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        assert dataset_uploads_reap() == [version.pk]
+        return files_of(version)
+
+    monkeypatch.setattr(datasets_api, "version_file_ids", reaped_first)
+    late = api(team.engineer).post(upload.url + "complete/", upload.body, format="json")
+    assert late.status_code == 404, late.content
+    assert "upload expired" in late.json()["error"]["message"]
