@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="a name unique among nodes (SERVE_NODE_NAME; host name)")
     parser.add_argument("--device", help="cpu or cuda (SERVE_DEVICE; cpu)")
     parser.add_argument("--capacity", help="how many replicas it may hold (SERVE_CAPACITY; 2)")
+    parser.add_argument(
+        "--gpus",
+        help="GPU ids cuda replicas are spread over, one each (SERVE_GPUS; "
+        "CUDA_VISIBLE_DEVICES; empty: every replica sees every GPU)",
+    )
     parser.add_argument("--replica-command", help=argparse.SUPPRESS)
     return parser
 
@@ -113,6 +119,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--device (SERVE_DEVICE)={args.device!r} must be one of {', '.join(DEVICES)}")
     if not args.name.strip():
         parser.error("--name (SERVE_NODE_NAME) must not be empty")
+    gpus = pick("gpus", "SERVE_GPUS", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    args.gpus = [gpu.strip() for gpu in gpus.split(",") if gpu.strip()]
+    if any(not re.fullmatch(r"[A-Za-z0-9-]+", gpu) for gpu in args.gpus):
+        parser.error(f"--gpus (SERVE_GPUS)={gpus!r} must be GPU ids separated by commas")
     if args.replica_command:
         args.replica_command = shlex.split(args.replica_command)
     else:
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         internal_secret=internal_secret,
         workdir=workdir,
         config=SupervisorConfig(load_timeout=args.load_timeout, drain_timeout=args.drain_timeout),
+        gpus=args.gpus,
     )
     node = Node(
         name=args.name,

@@ -82,6 +82,7 @@ class Replica:
     health_failures: int = 0
     drain_deadline: float | None = None
     reported_terminal: bool = False  # a stopped/failed state has reached the platform
+    gpu: str | None = None  # the device it was pinned to (kept across restarts)
 
     @property
     def replica_id(self) -> str:
@@ -107,6 +108,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
         config: SupervisorConfig | None = None,
         clock=time.monotonic,
+        gpus: list[str] | None = None,
     ):
         self.node_name = node_name
         self.command = list(command)
@@ -121,6 +123,9 @@ class Supervisor:
         base_env["CP_SERVE_SECRET"] = internal_secret
         base_env.setdefault("PYTHONUNBUFFERED", "1")
         self._env = base_env
+        # The GPUs cuda replicas are spread over, one each (CUDA_VISIBLE_DEVICES of the
+        # child): several replicas on a multi-GPU box must not all load onto device 0.
+        self.gpus = list(gpus or [])
         self._replicas: dict[str, Replica] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -229,6 +234,17 @@ class Supervisor:
             self._monitor.join(timeout=5)
         self._health_pool.shutdown(wait=False, cancel_futures=True)
 
+    def _env_for(self, replica: Replica) -> dict[str, str]:
+        if replica.spec.device != "cuda" or not self.gpus:
+            return self._env
+        if replica.gpu is None:
+            with self._lock:
+                taken = collections.Counter(
+                    r.gpu for r in self._replicas.values() if r.gpu is not None and not r.terminal
+                )
+            replica.gpu = min(self.gpus, key=lambda gpu: (taken[gpu], self.gpus.index(gpu)))
+        return {**self._env, "CUDA_VISIBLE_DEVICES": replica.gpu}
+
     def _start(self, replica: Replica) -> None:
         spec_path = self.workdir / f"{replica.replica_id}.json"
         spec_path.write_text(json.dumps(to_dict(replica.spec)))
@@ -251,7 +267,7 @@ class Supervisor:
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                env=self._env,
+                env=self._env_for(replica),
                 text=True,
                 bufsize=1,
             )
