@@ -82,6 +82,16 @@ def test_an_export_of_a_real_chain_verifies_offline(team, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"OK: project alpha: {chain.length} events, chain verified")
 
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO / "platform")}
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, controlplane.audit.verify; print(sorted(sys.modules))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "django" not in imported and "controlplane.audit.models" not in imported
+
 
 def test_edits_deletions_reordering_and_truncation_are_named(team, tmp_path):
     _append(team.project, team.owner, count=4)
