@@ -145,6 +145,11 @@ urlpatterns = [
         name="api-audit-verify",
     ),
     path(
+        "projects/<int:project_id>/audit/export/",
+        audit.AuditExport.as_view(),
+        name="api-audit-export",
+    ),
+    path(
         "projects/<int:project_id>/models/<str:name>/versions/<int:number>/card/",
         registry_export.VersionCard.as_view(),
         name="api-model-version-card",

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.utils import timezone
 
+from controlplane.audit.chain import anchor_key_id, anchor_signature
 from controlplane.audit.models import AuditAnchor, AuditChain
 from controlplane.storage import object_store
 from workers.storage import ObjectStore
@@ -52,7 +53,7 @@ def anchor_keys() -> list[bytes]:
 
 def key_id(key: bytes) -> str:
     """A short public fingerprint, so a mismatch can say which key signed an anchor."""
-    return hashlib.sha256(b"audit-anchor-key-id:" + key).hexdigest()[:12]
+    return anchor_key_id(key)
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,8 @@ class Anchor:
     key_id: str
     format: int = ANCHOR_FORMAT
 
-    def signed_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
-
     def signature(self, key: bytes) -> str:
-        return hmac.new(key, self.signed_bytes(), hashlib.sha256).hexdigest()
+        return anchor_signature(asdict(self), key)
 
 
 @dataclass(frozen=True)

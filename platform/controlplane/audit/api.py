@@ -7,9 +7,11 @@ from rest_framework.views import APIView
 
 from controlplane.api.access import project_or_404
 from controlplane.api.params import text_param
+from controlplane.audit.export import export_response
 from controlplane.audit.models import AuditEvent
 from controlplane.audit.selectors import audit_events_for
 from controlplane.audit.services import audit_verify
+from controlplane.projects.permissions import Action
 
 
 class AuditEventOut(serializers.ModelSerializer):
@@ -76,3 +78,12 @@ class AuditVerify(APIView):
                 "message": result.describe(),
             }
         )
+
+
+class AuditExport(APIView):
+    @extend_schema(responses={(200, "application/x-ndjson"): str})
+    def get(self, request, project_id: int):
+        """The project's whole chain as JSONL, for `python -m controlplane.audit.verify`
+        (streamed; audited as audit.exported). Owners and compliance officers."""
+        project = project_or_404(request, project_id, Action.REVIEW)
+        return export_response(project, request.user)

@@ -7,10 +7,12 @@ from django.http import HttpResponse
 from django.shortcuts import render
 
 from controlplane.api.params import page_text_param
+from controlplane.audit.export import export_response
 from controlplane.audit.selectors import actor_names, audit_events_for
 from controlplane.audit.services import audit_verify
 from controlplane.dashboard.access import ProjectRequest, project_page
 from controlplane.projects.models import Project
+from controlplane.projects.permissions import Action
 
 
 @project_page()
@@ -34,3 +36,9 @@ def audit_timeline(request: ProjectRequest, project: Project) -> HttpResponse:
             "verification": verification[0] if verification else None,
         },
     )
+
+
+@project_page(Action.REVIEW)
+def audit_export(request: ProjectRequest, project: Project) -> HttpResponse:
+    """The chain as JSONL for an auditor's offline check (owners, compliance officers)."""
+    return export_response(project, request.user)
