@@ -6,6 +6,13 @@ random digit runs in the text (false positives cost training data) while real ca
 account numbers go. National ids: US social security numbers and UK national insurance
 numbers, by their published structure.
 
+A payment card must also start with an issuer prefix (IIN) at a length that issuer uses,
+and a 13-digit number that is a valid EAN-13 is a product code, not a card. Phone numbers
+are found by Google's libphonenumber (the ``phonenumbers`` port) over the regions a dataset
+declares, then kept only in a shape people write phone numbers in (international, a
+bracketed area code, a national trunk 0, or North American 3-3-4), so dates, prices and
+order numbers that happen to be a "possible" number stay.
+
 Patterns run in a fixed order (e-mail, IBAN, card, IP, national id, phone); a placeholder
 has no digits, so a later pattern never bites into an earlier replacement.
 """
@@ -17,6 +24,8 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import phonenumbers
 
 from engine.data.documents import Document
 
@@ -32,6 +41,43 @@ def luhn_valid(digits: str) -> bool:
             value = value * 2 - 9 if value > 4 else value * 2
         total += value
     return total % 10 == 0
+
+
+def ean13_valid(digits: str) -> bool:
+    """GS1 check digit of a 13-digit EAN (ISBN-13 included): weights 1,3,1,3... mod 10."""
+    if len(digits) != 13:
+        return False
+    total = sum((ord(char) - 48) * (3 if i % 2 else 1) for i, char in enumerate(digits[:12]))
+    return (10 - total % 10) % 10 == ord(digits[12]) - 48
+
+
+# Issuer identification numbers (ISO/IEC 7812): (first digits low, high, lengths). Ranges are
+# compared on the leading len(low) digits. Visa's 13-digit cards are no longer issued.
+_IIN_RANGES: tuple[tuple[str, str, frozenset[int]], ...] = (
+    ("4", "4", frozenset({16, 19})),  # Visa
+    ("51", "55", frozenset({16})),  # Mastercard
+    ("2221", "2720", frozenset({16})),  # Mastercard 2-series
+    ("34", "34", frozenset({15})),  # American Express
+    ("37", "37", frozenset({15})),
+    ("6011", "6011", frozenset(range(16, 20))),  # Discover
+    ("644", "649", frozenset(range(16, 20))),
+    ("65", "65", frozenset(range(16, 20))),
+    ("50", "50", frozenset(range(12, 20))),  # Maestro
+    ("56", "69", frozenset(range(12, 20))),
+    ("3528", "3589", frozenset(range(16, 20))),  # JCB
+    ("300", "305", frozenset(range(14, 20))),  # Diners Club
+    ("36", "36", frozenset(range(14, 20))),
+    ("38", "38", frozenset(range(14, 20))),
+    ("62", "62", frozenset(range(16, 20))),  # UnionPay
+)
+
+
+def card_issuer_valid(digits: str) -> bool:
+    """True when the number starts with a card issuer's prefix at a length that issuer uses."""
+    return any(
+        low <= digits[: len(low)] <= high and len(digits) in lengths
+        for low, high, lengths in _IIN_RANGES
+    )
 
 
 def iban_valid(candidate: str) -> bool:
@@ -56,11 +102,6 @@ _US_SSN = re.compile(r"\b(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0
 _UK_NINO = re.compile(
     r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b"
 )
-_PHONE = re.compile(
-    r"(?<![\w+])(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-][0-9]{1,4}){1,5}(?![\w])"
-)
-_NANP = re.compile(r"[2-9][0-9]{2}[ .-][0-9]{3}[ .-][0-9]{4}")
-_THOUSANDS = re.compile(r"[0-9]{1,3}(?:[ ,.][0-9]{3})+")
 _NON_DIGIT = re.compile(r"[^0-9]")
 _WINDOW_MARGIN = 64  # > the longest digit-bearing match (an IBAN with spaces: 42 characters)
 # Digits with gaps of at most two margins between them: one window each, found in C.
@@ -80,7 +121,8 @@ def _digits(text: str) -> str:
 
 
 def _is_card(match: str) -> bool:
-    return luhn_valid(_digits(match))
+    digits = _digits(match)
+    return card_issuer_valid(digits) and luhn_valid(digits) and not ean13_valid(digits)
 
 
 def _is_ipv6(match: str) -> bool:
@@ -93,16 +135,28 @@ def _is_ipv6(match: str) -> bool:
     return True
 
 
-def _is_phone(match: str) -> bool:
-    digit_count = len(_digits(match))
-    if match.startswith("+") or "(" in match:
-        return 7 <= digit_count <= 15  # E.164 caps numbers at 15 digits
-    # Plain digit groups are a phone only in a national format: a trunk prefix 0 and 9-11
-    # digits (06 12 34 56 78, 020 7946 0958) or North American 3-3-4 (555-010-4477).
-    # Counts (1 000 000 000), account numbers and failed IBANs stay.
-    if match.startswith("0"):
-        return 9 <= digit_count <= 11 and not _THOUSANDS.fullmatch(match)
-    return _NANP.fullmatch(match) is not None
+_NANP_SHAPE = re.compile(
+    r"(?:1[ .-]?)?(?:\([2-9][0-9]{2}\)|[2-9][0-9]{2})[ .-]?[0-9]{3}[ .-][0-9]{4}"
+)
+_PHONE_HINT = re.compile(r"[0-9](?:[^0-9A-Za-z]{0,3}[0-9]){6}")  # 7 digits, short separators
+# A match that continues a longer digit sequence (the tail of a failed IBAN or account
+# number, one group of a card) is not a phone number on its own.
+_DIGIT_BEFORE = re.compile(r"[0-9][ .\-/]?\Z")
+_DIGIT_AFTER = re.compile(r"[ .\-/]?[0-9]")
+_LENIENCY = {"possible": phonenumbers.Leniency.POSSIBLE, "valid": phonenumbers.Leniency.VALID}
+
+
+def _phone_shaped(raw: str) -> bool:
+    """A number written the way people write phone numbers, not a date, price or order id.
+
+    International (+), a bracketed area code, a national trunk prefix 0 (not the 00
+    international prefix without separators), or North American 3-3-4 with separators.
+    """
+    if raw.startswith(("+", "(")):
+        return True
+    if raw.startswith("0"):
+        return not raw.startswith("00") or not raw.isdigit()
+    return _NANP_SHAPE.match(raw) is not None
 
 
 @dataclass(frozen=True)
@@ -125,7 +179,7 @@ _RULES = {
         _Rule("NATIONAL_ID", _US_SSN, None, "-"),
         _Rule("NATIONAL_ID", _UK_NINO, None, None),
     ],
-    "PHONE": [_Rule("PHONE", _PHONE, _is_phone, None)],
+    "PHONE": [],  # libphonenumber, not a regex: PIIRedactor._redact_phones
 }
 
 
@@ -133,6 +187,12 @@ _RULES = {
 class PIIConfig:
     types: list[str] = field(default_factory=lambda: list(PII_TYPES))  # which kinds to redact
     placeholder: str = "<{type}>"  # typed, so a model still learns "an e-mail goes here"
+    # Regions whose national phone formats are recognised (ISO 3166 alpha-2, libphonenumber's
+    # metadata); numbers written with +country code are found whatever the list says.
+    regions: list[str] = field(default_factory=lambda: ["US", "GB", "DE", "FR", "NL"])
+    # libphonenumber leniency: "possible" (right length for the region) finds fictional and
+    # newly allocated numbers too; "valid" also checks the number ranges in the metadata.
+    phone_leniency: str = "possible"
 
 
 class PIIRedactor:
@@ -142,20 +202,28 @@ class PIIRedactor:
         unknown = sorted(set(config.types) - set(PII_TYPES))
         if unknown:
             raise ValueError(f"unknown PII types {unknown}; known: {list(PII_TYPES)}")
+        bad_regions = sorted(r for r in config.regions if r not in phonenumbers.SUPPORTED_REGIONS)
+        if bad_regions:
+            raise ValueError(f"unknown phone regions {bad_regions}; use ISO 3166 alpha-2 codes")
+        if config.phone_leniency not in _LENIENCY:
+            raise ValueError(f"phone_leniency must be one of {sorted(_LENIENCY)}")
         self.config = config
+        self._phones = "PHONE" in config.types
+        self._leniency = _LENIENCY[config.phone_leniency]
         self.counts: Counter[str] = Counter()
         self._rules = [
             rule for pii_type in PII_TYPES if pii_type in config.types for rule in _RULES[pii_type]
         ]
         self._email_rules = [rule for rule in self._rules if rule.pii_type == "EMAIL"]
         self._digit_rules = [rule for rule in self._rules if rule.pii_type != "EMAIL"]
+        self._any_digit_rules = bool(self._digit_rules) or self._phones
 
     def redact(self, text: str) -> tuple[str, Counter[str]]:
         """Text with every detected PII span replaced, and how many of each type."""
         found: Counter[str] = Counter()
         if self._email_rules and "@" in text:
             text = self._apply(self._email_rules, text, found)
-        if not self._digit_rules:
+        if not self._any_digit_rules:
             return text, found
         windows = _digit_windows(text)
         if not windows:
@@ -167,7 +235,10 @@ class PIIRedactor:
         pieces, position = [], 0
         for start, end in windows:
             pieces.append(text[position:start])
-            pieces.append(self._apply(self._digit_rules, text[start:end], found))
+            window = self._apply(self._digit_rules, text[start:end], found)
+            if self._phones and _PHONE_HINT.search(window):
+                window = self._redact_phones(window, found)
+            pieces.append(window)
             position = end
         pieces.append(text[position:])
         return "".join(pieces), found
@@ -186,6 +257,29 @@ class PIIRedactor:
 
             text = rule.pattern.sub(replace, text)
         return text
+
+    def _redact_phones(self, text: str, found: Counter[str]) -> str:
+        spans = []
+        for region in self.config.regions:
+            for match in phonenumbers.PhoneNumberMatcher(text, region, self._leniency):
+                if _phone_shaped(match.raw_string) and not (
+                    _DIGIT_BEFORE.search(text, 0, match.start)
+                    or _DIGIT_AFTER.match(text, match.end)
+                ):
+                    spans.append((match.start, match.end))
+        if not spans:
+            return text
+        placeholder = self.config.placeholder.format(type="PHONE")
+        pieces, position = [], 0
+        # Regions can find the same number, or overlapping ones: keep the longest of each overlap.
+        for start, end in sorted(spans, key=lambda span: (span[0], -span[1])):
+            if start < position:
+                continue
+            pieces += [text[position:start], placeholder]
+            found["PHONE"] += 1
+            position = end
+        pieces.append(text[position:])
+        return "".join(pieces)
 
     def __call__(self, doc: Document) -> str | None:
         text, found = self.redact(doc.text)
