@@ -94,7 +94,11 @@ _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
 )
 _IBAN = re.compile(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_CARD = re.compile(r"[0-9](?<![0-9]{2})(?:[ -]?[0-9]){12,18}(?![0-9])")
+_CARD = re.compile(r"[0-9](?<![0-9]{2})(?:[ -]?[0-9]){11,18}(?![0-9])")
+# How cards are printed: one block, groups of four (the last one shorter), or Amex/Diners 4-6-5/4-6-4.
+_CARD_GROUPS = re.compile(
+    r"[0-9]{12,19}|[0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,4})?|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5}"
+)
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])")
 _IPV6_CANDIDATE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
@@ -121,6 +125,8 @@ def _digits(text: str) -> str:
 
 
 def _is_card(match: str) -> bool:
+    if not _CARD_GROUPS.fullmatch(match):
+        return False  # 664-8494739-3391329 is an order number, whatever its checksum
     digits = _digits(match)
     return card_issuer_valid(digits) and luhn_valid(digits) and not ean13_valid(digits)
 
@@ -138,24 +144,33 @@ def _is_ipv6(match: str) -> bool:
 _NANP_SHAPE = re.compile(
     r"(?:1[ .-]?)?(?:\([2-9][0-9]{2}\)|[2-9][0-9]{2})[ .-]?[0-9]{3}[ .-][0-9]{4}"
 )
-_PHONE_HINT = re.compile(r"[0-9](?:[^0-9A-Za-z]{0,3}[0-9]){6}")  # 7 digits, short separators
+# Where a phone number may be: 7 or more digits with the separators and brackets phone
+# numbers are written with, and an extension. libphonenumber runs on these snippets only.
+_PHONE_CANDIDATE = re.compile(
+    r"(?<![\w+])[+(]?[0-9][0-9 ().\-/]{5,24}[0-9](?:,? ?(?:ext\.?|x|#) ?[0-9]{1,6})?(?![0-9])"
+)
+_DATE = re.compile(r"[0-9]{1,2}([./-])[0-9]{1,2}\1[0-9]{2,4}|[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # A match that continues a longer digit sequence (the tail of a failed IBAN or account
 # number, one group of a card) is not a phone number on its own.
-_DIGIT_BEFORE = re.compile(r"[0-9][ .\-/]?\Z")
-_DIGIT_AFTER = re.compile(r"[ .\-/]?[0-9]")
+_DIGIT_BEFORE = re.compile(r"[0-9][ .,:\-/]?\Z")
+_DIGIT_AFTER = re.compile(r"[ .,:\-/]?[0-9]")
 _LENIENCY = {"possible": phonenumbers.Leniency.POSSIBLE, "valid": phonenumbers.Leniency.VALID}
+PHONE_LENIENCIES = tuple(_LENIENCY)
+PHONE_REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
 
 
 def _phone_shaped(raw: str) -> bool:
-    """A number written the way people write phone numbers, not a date, price or order id.
+    """A number written the way people write phone numbers, not a date, price or product code.
 
-    International (+), a bracketed area code, a national trunk prefix 0 (not the 00
-    international prefix without separators), or North American 3-3-4 with separators.
+    International (+), a bracketed area code, a national trunk prefix 0 (written as one
+    block: 10 or 11 digits, so not a 13-digit EAN), or North American 3-3-4.
     """
     if raw.startswith(("+", "(")):
         return True
     if raw.startswith("0"):
-        return not raw.startswith("00") or not raw.isdigit()
+        if raw.isdigit():
+            return 10 <= len(raw) <= 11 and not raw.startswith("00")
+        return not _DATE.fullmatch(raw)
     return _NANP_SHAPE.match(raw) is not None
 
 
@@ -202,7 +217,7 @@ class PIIRedactor:
         unknown = sorted(set(config.types) - set(PII_TYPES))
         if unknown:
             raise ValueError(f"unknown PII types {unknown}; known: {list(PII_TYPES)}")
-        bad_regions = sorted(r for r in config.regions if r not in phonenumbers.SUPPORTED_REGIONS)
+        bad_regions = sorted(r for r in config.regions if r not in PHONE_REGIONS)
         if bad_regions:
             raise ValueError(f"unknown phone regions {bad_regions}; use ISO 3166 alpha-2 codes")
         if config.phone_leniency not in _LENIENCY:
@@ -236,7 +251,7 @@ class PIIRedactor:
         for start, end in windows:
             pieces.append(text[position:start])
             window = self._apply(self._digit_rules, text[start:end], found)
-            if self._phones and _PHONE_HINT.search(window):
+            if self._phones:
                 window = self._redact_phones(window, found)
             pieces.append(window)
             position = end
@@ -260,13 +275,23 @@ class PIIRedactor:
 
     def _redact_phones(self, text: str, found: Counter[str]) -> str:
         spans = []
-        for region in self.config.regions:
-            for match in phonenumbers.PhoneNumberMatcher(text, region, self._leniency):
-                if _phone_shaped(match.raw_string) and not (
-                    _DIGIT_BEFORE.search(text, 0, match.start)
-                    or _DIGIT_AFTER.match(text, match.end)
-                ):
-                    spans.append((match.start, match.end))
+        for candidate in _PHONE_CANDIDATE.finditer(text):
+            raw, offset = candidate.group(), candidate.start()
+            if len(_digits(raw)) < 7 or not (raw[0] in "+(0" or _NANP_SHAPE.match(raw)):
+                continue  # no region would take it: skip libphonenumber's parse
+            # A +country number reads the same in every region; national ones need each.
+            regions = self.config.regions[:1] if raw[0] == "+" else self.config.regions
+            for region in regions:
+                matches = [
+                    (offset + match.start, offset + match.end)
+                    for match in phonenumbers.PhoneNumberMatcher(raw, region, self._leniency)
+                    if _phone_shaped(match.raw_string)
+                    and not _DIGIT_BEFORE.search(text, 0, offset + match.start)
+                    and not _DIGIT_AFTER.match(text, offset + match.end)
+                ]
+                spans += matches
+                if matches and matches[0][0] == offset and matches[-1][1] == candidate.end():
+                    break  # the whole snippet is one region's number: the others add nothing
         if not spans:
             return text
         placeholder = self.config.placeholder.format(type="PHONE")
