@@ -36,7 +36,7 @@ from pathlib import Path
 from faker import Faker
 
 from engine.data.corpora import shakespeare_files
-from engine.data.pii import PIIConfig, PIIRedactor, luhn_valid
+from engine.data.pii import PII_TYPES, PIIConfig, PIIRedactor, luhn_valid
 from engine.data.synthetic import chunk_documents, pii_records
 
 LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "nl_NL")
@@ -265,7 +265,7 @@ def measure(redactor, sentences: list[tuple[str, str, str]]) -> tuple[Counter, C
     for kind, value, sentence in sentences:
         text, found = redactor.redact(sentence)
         totals[kind] += 1
-        if kind.isupper() or kind.startswith("PHONE"):
+        if kind.split()[0] in PII_TYPES:
             pii_type = kind.split()[0]
             hits[kind] += value not in text and f"<{pii_type}>" in text
         else:
