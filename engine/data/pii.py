@@ -157,6 +157,10 @@ _DIGIT_AFTER = re.compile(r"[ .,:\-/]?[0-9]")
 _LENIENCY = {"possible": phonenumbers.Leniency.POSSIBLE, "valid": phonenumbers.Leniency.VALID}
 PHONE_LENIENCIES = tuple(_LENIENCY)
 PHONE_REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
+_NATIONAL_PREFIX = {
+    region: phonenumbers.PhoneMetadata.metadata_for_region(region).national_prefix
+    for region in PHONE_REGIONS
+}
 
 
 def _phone_shaped(raw: str) -> bool:
@@ -225,6 +229,7 @@ class PIIRedactor:
         self.config = config
         self._phones = "PHONE" in config.types
         self._leniency = _LENIENCY[config.phone_leniency]
+        self._trunk_zero_first = sorted(config.regions, key=lambda r: _NATIONAL_PREFIX[r] != "0")
         self.counts: Counter[str] = Counter()
         self._rules = [
             rule for pii_type in PII_TYPES if pii_type in config.types for rule in _RULES[pii_type]
@@ -277,10 +282,16 @@ class PIIRedactor:
         spans = []
         for candidate in _PHONE_CANDIDATE.finditer(text):
             raw, offset = candidate.group(), candidate.start()
-            if len(_digits(raw)) < 7 or not (raw[0] in "+(0" or _NANP_SHAPE.match(raw)):
-                continue  # no region would take it: skip libphonenumber's parse
-            # A +country number reads the same in every region; national ones need each.
-            regions = self.config.regions[:1] if raw[0] == "+" else self.config.regions
+            if len(_digits(raw)) < 7 or not _phone_shaped(raw):
+                continue  # any match inside would be refused below: skip libphonenumber's parse
+            # A +country number reads the same in every region; national ones need each,
+            # those with a trunk 0 first when the number starts with one.
+            if raw[0] == "+":
+                regions = self.config.regions[:1]
+            elif raw[0] == "0" or raw[:2] == "(0":
+                regions = self._trunk_zero_first
+            else:
+                regions = self.config.regions
             for region in regions:
                 matches = [
                     (offset + match.start, offset + match.end)
