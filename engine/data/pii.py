@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import phonenumbers
+from phonenumbers import phonenumbermatcher as _matcher
 
 from engine.data.documents import Document
 
@@ -149,6 +150,7 @@ _NANP_SHAPE = re.compile(
 _PHONE_CANDIDATE = re.compile(
     r"(?<![\w+])[+(]?[0-9][0-9 ().\-/]{5,24}[0-9](?:,? ?(?:ext\.?|x|#) ?[0-9]{1,6})?(?![0-9])"
 )
+_NOT_PLAIN = re.compile(r"[x#]|ext|[^0-9 ().\-/+]|[ .\-/]{2}")  # extension, odd separators
 _DATE = re.compile(r"[0-9]{1,2}([./-])[0-9]{1,2}\1[0-9]{2,4}|[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # A match that continues a longer digit sequence (the tail of a failed IBAN or account
 # number, one group of a card) is not a phone number on its own.
@@ -278,6 +280,36 @@ class PIIRedactor:
             text = rule.pattern.sub(replace, text)
         return text
 
+    def _whole_candidate_is_a_number(self, text: str, candidate: re.Match, regions) -> bool:
+        """Fast path: the snippet as a whole parses as a possible number of one of the regions.
+
+        The same checks and parse PhoneNumberMatcher makes at leniency POSSIBLE, without its
+        search for numbers inside the snippet (about 40% of its time); most snippets are one
+        number. Extensions, several numbers, odd separators go to the matcher.
+        """
+        raw = candidate.group()
+        if self._leniency != phonenumbers.Leniency.POSSIBLE:
+            return False  # VALID adds the matcher's checks of the text around the number
+        if not raw[-1].isdigit() or _NOT_PLAIN.search(raw):
+            return False
+        # The matcher's own refusals before it parses (pinned version: private names).
+        if not _matcher.fullmatch(_matcher._MATCHING_BRACKETS, raw) or _matcher._PUB_PAGES.search(
+            raw
+        ):
+            return False
+        if _DIGIT_BEFORE.search(text, 0, candidate.start()) or _DIGIT_AFTER.match(
+            text, candidate.end()
+        ):
+            return False
+        for region in regions:
+            try:
+                number = phonenumbers.parse(raw, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_possible_number(number):
+                return True
+        return False
+
     def _redact_phones(self, text: str, found: Counter[str]) -> str:
         spans = []
         for candidate in _PHONE_CANDIDATE.finditer(text):
@@ -292,6 +324,9 @@ class PIIRedactor:
                 regions = self._trunk_zero_first
             else:
                 regions = self.config.regions
+            if self._whole_candidate_is_a_number(text, candidate, regions):
+                spans.append(candidate.span())
+                continue
             for region in regions:
                 matches = [
                     (offset + match.start, offset + match.end)
