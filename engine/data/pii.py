@@ -231,6 +231,7 @@ class PIIRedactor:
         self.config = config
         self._phones = "PHONE" in config.types
         self._leniency = _LENIENCY[config.phone_leniency]
+        self._placeholders = {t: config.placeholder.format(type=t) for t in PII_TYPES}
         self._trunk_zero_first = sorted(config.regions, key=lambda r: _NATIONAL_PREFIX[r] != "0")
         self.counts: Counter[str] = Counter()
         self._rules = [
@@ -269,7 +270,7 @@ class PIIRedactor:
         for rule in rules:
             if rule.hint is not None and rule.hint not in text:
                 continue
-            placeholder = self.config.placeholder.format(type=rule.pii_type)
+            placeholder = self._placeholders[rule.pii_type]
 
             def replace(match: re.Match, rule: _Rule = rule, placeholder: str = placeholder) -> str:
                 if rule.accept is not None and not rule.accept(match.group()):
@@ -340,7 +341,7 @@ class PIIRedactor:
                     break  # the whole snippet is one region's number: the others add nothing
         if not spans:
             return text
-        placeholder = self.config.placeholder.format(type="PHONE")
+        placeholder = self._placeholders["PHONE"]
         pieces, position = [], 0
         # Regions can find the same number, or overlapping ones: keep the longest of each overlap.
         for start, end in sorted(spans, key=lambda span: (span[0], -span[1])):
