@@ -33,7 +33,7 @@ from typing import Any, Literal
 from engine.configfile import build, read_config, setting
 from engine.data.dedup import ExactDedupConfig, NearDedupConfig
 from engine.data.normalize import NormalizeConfig
-from engine.data.pii import PII_TYPES, PIIConfig
+from engine.data.pii import PHONE_LENIENCIES, PHONE_REGIONS, PII_TYPES, PIIConfig
 from engine.data.quality import QualityConfig, RepetitionConfig
 from engine.data.toxicity import ToxicityConfig
 
@@ -166,6 +166,13 @@ def validate(config: PipelineConfig) -> PipelineConfig:
         if stage.name == "pii":
             for j, pii_type in enumerate(params.types):
                 _check_choice(pii_type, PII_TYPES, f"{where}.pii.types[{j}]")
+            for j, region in enumerate(params.regions):
+                if region not in PHONE_REGIONS:
+                    raise ConfigError(
+                        f"{where}.pii.regions[{j}]: {region!r} is not a region code "
+                        "(ISO 3166 alpha-2, e.g. US, GB, DE)"
+                    )
+            _check_choice(params.phone_leniency, PHONE_LENIENCIES, f"{where}.pii.phone_leniency")
         if stage.name == "near_dedup":
             if min(params.bands, params.rows, params.ngram) < 1:
                 raise ConfigError(f"{where}.near_dedup: bands, rows and ngram must be 1 or more")

@@ -6,6 +6,13 @@ random digit runs in the text (false positives cost training data) while real ca
 account numbers go. National ids: US social security numbers and UK national insurance
 numbers, by their published structure.
 
+A payment card must also start with an issuer prefix (IIN) at a length that issuer uses,
+and a 13-digit number that is a valid EAN-13 is a product code, not a card. Phone numbers
+are found by Google's libphonenumber (the ``phonenumbers`` port) over the regions a dataset
+declares, then kept only in a shape people write phone numbers in (international, a
+bracketed area code, a national trunk 0, or North American 3-3-4), so dates, prices and
+order numbers that happen to be a "possible" number stay.
+
 Patterns run in a fixed order (e-mail, IBAN, card, IP, national id, phone); a placeholder
 has no digits, so a later pattern never bites into an earlier replacement.
 """
@@ -17,6 +24,9 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import phonenumbers
+from phonenumbers import phonenumbermatcher as _matcher
 
 from engine.data.documents import Document
 
@@ -34,6 +44,43 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def ean13_valid(digits: str) -> bool:
+    """GS1 check digit of a 13-digit EAN (ISBN-13 included): weights 1,3,1,3... mod 10."""
+    if len(digits) != 13:
+        return False
+    total = sum((ord(char) - 48) * (3 if i % 2 else 1) for i, char in enumerate(digits[:12]))
+    return (10 - total % 10) % 10 == ord(digits[12]) - 48
+
+
+# Issuer identification numbers (ISO/IEC 7812): (first digits low, high, lengths). Ranges are
+# compared on the leading len(low) digits. Visa's 13-digit cards are no longer issued.
+_IIN_RANGES: tuple[tuple[str, str, frozenset[int]], ...] = (
+    ("4", "4", frozenset({16, 19})),  # Visa
+    ("51", "55", frozenset({16})),  # Mastercard
+    ("2221", "2720", frozenset({16})),  # Mastercard 2-series
+    ("34", "34", frozenset({15})),  # American Express
+    ("37", "37", frozenset({15})),
+    ("6011", "6011", frozenset(range(16, 20))),  # Discover
+    ("644", "649", frozenset(range(16, 20))),
+    ("65", "65", frozenset(range(16, 20))),
+    ("50", "50", frozenset(range(12, 20))),  # Maestro
+    ("56", "69", frozenset(range(12, 20))),
+    ("3528", "3589", frozenset(range(16, 20))),  # JCB
+    ("300", "305", frozenset(range(14, 20))),  # Diners Club
+    ("36", "36", frozenset(range(14, 20))),
+    ("38", "38", frozenset(range(14, 20))),
+    ("62", "62", frozenset(range(16, 20))),  # UnionPay
+)
+
+
+def card_issuer_valid(digits: str) -> bool:
+    """True when the number starts with a card issuer's prefix at a length that issuer uses."""
+    return any(
+        low <= digits[: len(low)] <= high and len(digits) in lengths
+        for low, high, lengths in _IIN_RANGES
+    )
+
+
 def iban_valid(candidate: str) -> bool:
     """ISO 13616: move the first four characters to the end, letters -> 10..35, mod 97 == 1."""
     iban = candidate.replace(" ", "").upper()
@@ -48,7 +95,11 @@ _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
 )
 _IBAN = re.compile(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_CARD = re.compile(r"[0-9](?<![0-9]{2})(?:[ -]?[0-9]){12,18}(?![0-9])")
+_CARD = re.compile(r"[0-9](?<![0-9]{2})(?:[ -]?[0-9]){11,18}(?![0-9])")
+# How cards are printed: one block, groups of four (the last one shorter), or Amex/Diners 4-6-5/4-6-4.
+_CARD_GROUPS = re.compile(
+    r"[0-9]{12,19}|[0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,4})?|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5}"
+)
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])")
 _IPV6_CANDIDATE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
@@ -56,11 +107,6 @@ _US_SSN = re.compile(r"\b(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0
 _UK_NINO = re.compile(
     r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b"
 )
-_PHONE = re.compile(
-    r"(?<![\w+])(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-][0-9]{1,4}){1,5}(?![\w])"
-)
-_NANP = re.compile(r"[2-9][0-9]{2}[ .-][0-9]{3}[ .-][0-9]{4}")
-_THOUSANDS = re.compile(r"[0-9]{1,3}(?:[ ,.][0-9]{3})+")
 _NON_DIGIT = re.compile(r"[^0-9]")
 _WINDOW_MARGIN = 64  # > the longest digit-bearing match (an IBAN with spaces: 42 characters)
 # Digits with gaps of at most two margins between them: one window each, found in C.
@@ -80,7 +126,10 @@ def _digits(text: str) -> str:
 
 
 def _is_card(match: str) -> bool:
-    return luhn_valid(_digits(match))
+    if not _CARD_GROUPS.fullmatch(match):
+        return False  # 664-8494739-3391329 is an order number, whatever its checksum
+    digits = _digits(match)
+    return card_issuer_valid(digits) and luhn_valid(digits) and not ean13_valid(digits)
 
 
 def _is_ipv6(match: str) -> bool:
@@ -93,16 +142,42 @@ def _is_ipv6(match: str) -> bool:
     return True
 
 
-def _is_phone(match: str) -> bool:
-    digit_count = len(_digits(match))
-    if match.startswith("+") or "(" in match:
-        return 7 <= digit_count <= 15  # E.164 caps numbers at 15 digits
-    # Plain digit groups are a phone only in a national format: a trunk prefix 0 and 9-11
-    # digits (06 12 34 56 78, 020 7946 0958) or North American 3-3-4 (555-010-4477).
-    # Counts (1 000 000 000), account numbers and failed IBANs stay.
-    if match.startswith("0"):
-        return 9 <= digit_count <= 11 and not _THOUSANDS.fullmatch(match)
-    return _NANP.fullmatch(match) is not None
+_NANP_SHAPE = re.compile(
+    r"(?:1[ .-]?)?(?:\([2-9][0-9]{2}\)|[2-9][0-9]{2})[ .-]?[0-9]{3}[ .-][0-9]{4}"
+)
+# Where a phone number may be: 7 or more digits with the separators and brackets phone
+# numbers are written with, and an extension. libphonenumber runs on these snippets only.
+_PHONE_CANDIDATE = re.compile(
+    r"(?<![\w+])[+(]?[0-9][0-9 ().\-/]{5,24}[0-9](?:,? ?(?:ext\.?|x|#) ?[0-9]{1,6})?(?![0-9])"
+)
+_NOT_PLAIN = re.compile(r"[x#]|ext|[^0-9 ().\-/+]|[ .\-/]{2}")  # extension, odd separators
+_DATE = re.compile(r"[0-9]{1,2}([./-])[0-9]{1,2}\1[0-9]{2,4}|[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# A match that continues a longer digit sequence (the tail of a failed IBAN or account
+# number, one group of a card) is not a phone number on its own.
+_DIGIT_BEFORE = re.compile(r"[0-9][ .,:\-/]?\Z")
+_DIGIT_AFTER = re.compile(r"[ .,:\-/]?[0-9]")
+_LENIENCY = {"possible": phonenumbers.Leniency.POSSIBLE, "valid": phonenumbers.Leniency.VALID}
+PHONE_LENIENCIES = tuple(_LENIENCY)
+PHONE_REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
+_NATIONAL_PREFIX = {
+    region: phonenumbers.PhoneMetadata.metadata_for_region(region).national_prefix
+    for region in PHONE_REGIONS
+}
+
+
+def _phone_shaped(raw: str) -> bool:
+    """A number written the way people write phone numbers, not a date, price or product code.
+
+    International (+), a bracketed area code, a national trunk prefix 0 (written as one
+    block: 10 or 11 digits, so not a 13-digit EAN), or North American 3-3-4.
+    """
+    if raw.startswith(("+", "(")):
+        return True
+    if raw.startswith("0"):
+        if raw.isdigit():
+            return 10 <= len(raw) <= 11 and not raw.startswith("00")
+        return not _DATE.fullmatch(raw)
+    return _NANP_SHAPE.match(raw) is not None
 
 
 @dataclass(frozen=True)
@@ -125,7 +200,7 @@ _RULES = {
         _Rule("NATIONAL_ID", _US_SSN, None, "-"),
         _Rule("NATIONAL_ID", _UK_NINO, None, None),
     ],
-    "PHONE": [_Rule("PHONE", _PHONE, _is_phone, None)],
+    "PHONE": [],  # libphonenumber, not a regex: PIIRedactor._redact_phones
 }
 
 
@@ -133,6 +208,12 @@ _RULES = {
 class PIIConfig:
     types: list[str] = field(default_factory=lambda: list(PII_TYPES))  # which kinds to redact
     placeholder: str = "<{type}>"  # typed, so a model still learns "an e-mail goes here"
+    # Regions whose national phone formats are recognised (ISO 3166 alpha-2, libphonenumber's
+    # metadata); numbers written with +country code are found whatever the list says.
+    regions: list[str] = field(default_factory=lambda: ["US", "GB", "DE", "FR", "NL"])
+    # libphonenumber leniency: "possible" (right length for the region) finds fictional and
+    # newly allocated numbers too; "valid" also checks the number ranges in the metadata.
+    phone_leniency: str = "possible"
 
 
 class PIIRedactor:
@@ -142,20 +223,30 @@ class PIIRedactor:
         unknown = sorted(set(config.types) - set(PII_TYPES))
         if unknown:
             raise ValueError(f"unknown PII types {unknown}; known: {list(PII_TYPES)}")
+        bad_regions = sorted(r for r in config.regions if r not in PHONE_REGIONS)
+        if bad_regions:
+            raise ValueError(f"unknown phone regions {bad_regions}; use ISO 3166 alpha-2 codes")
+        if config.phone_leniency not in _LENIENCY:
+            raise ValueError(f"phone_leniency must be one of {sorted(_LENIENCY)}")
         self.config = config
+        self._phones = "PHONE" in config.types
+        self._leniency = _LENIENCY[config.phone_leniency]
+        self._placeholders = {t: config.placeholder.format(type=t) for t in PII_TYPES}
+        self._trunk_zero_first = sorted(config.regions, key=lambda r: _NATIONAL_PREFIX[r] != "0")
         self.counts: Counter[str] = Counter()
         self._rules = [
             rule for pii_type in PII_TYPES if pii_type in config.types for rule in _RULES[pii_type]
         ]
         self._email_rules = [rule for rule in self._rules if rule.pii_type == "EMAIL"]
         self._digit_rules = [rule for rule in self._rules if rule.pii_type != "EMAIL"]
+        self._any_digit_rules = bool(self._digit_rules) or self._phones
 
     def redact(self, text: str) -> tuple[str, Counter[str]]:
         """Text with every detected PII span replaced, and how many of each type."""
         found: Counter[str] = Counter()
         if self._email_rules and "@" in text:
             text = self._apply(self._email_rules, text, found)
-        if not self._digit_rules:
+        if not self._any_digit_rules:
             return text, found
         windows = _digit_windows(text)
         if not windows:
@@ -167,7 +258,10 @@ class PIIRedactor:
         pieces, position = [], 0
         for start, end in windows:
             pieces.append(text[position:start])
-            pieces.append(self._apply(self._digit_rules, text[start:end], found))
+            window = self._apply(self._digit_rules, text[start:end], found)
+            if self._phones:
+                window = self._redact_phones(window, found)
+            pieces.append(window)
             position = end
         pieces.append(text[position:])
         return "".join(pieces), found
@@ -176,7 +270,7 @@ class PIIRedactor:
         for rule in rules:
             if rule.hint is not None and rule.hint not in text:
                 continue
-            placeholder = self.config.placeholder.format(type=rule.pii_type)
+            placeholder = self._placeholders[rule.pii_type]
 
             def replace(match: re.Match, rule: _Rule = rule, placeholder: str = placeholder) -> str:
                 if rule.accept is not None and not rule.accept(match.group()):
@@ -186,6 +280,78 @@ class PIIRedactor:
 
             text = rule.pattern.sub(replace, text)
         return text
+
+    def _whole_candidate_is_a_number(self, text: str, candidate: re.Match, regions) -> bool:
+        """Fast path: the snippet as a whole parses as a possible number of one of the regions.
+
+        The same checks and parse PhoneNumberMatcher makes at leniency POSSIBLE, without its
+        search for numbers inside the snippet (about 40% of its time); most snippets are one
+        number. Extensions, several numbers, odd separators go to the matcher.
+        """
+        raw = candidate.group()
+        if self._leniency != phonenumbers.Leniency.POSSIBLE:
+            return False  # VALID adds the matcher's checks of the text around the number
+        if not raw[-1].isdigit() or _NOT_PLAIN.search(raw):
+            return False
+        # The matcher's own refusals before it parses (pinned version: private names).
+        if not _matcher.fullmatch(_matcher._MATCHING_BRACKETS, raw) or _matcher._PUB_PAGES.search(
+            raw
+        ):
+            return False
+        if _DIGIT_BEFORE.search(text, 0, candidate.start()) or _DIGIT_AFTER.match(
+            text, candidate.end()
+        ):
+            return False
+        for region in regions:
+            try:
+                number = phonenumbers.parse(raw, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_possible_number(number):
+                return True
+        return False
+
+    def _redact_phones(self, text: str, found: Counter[str]) -> str:
+        spans = []
+        for candidate in _PHONE_CANDIDATE.finditer(text):
+            raw, offset = candidate.group(), candidate.start()
+            if len(_digits(raw)) < 7 or not _phone_shaped(raw):
+                continue  # any match inside would be refused below: skip libphonenumber's parse
+            # A +country number reads the same in every region; national ones need each,
+            # those with a trunk 0 first when the number starts with one.
+            if raw[0] == "+":
+                regions = self.config.regions[:1]
+            elif raw[0] == "0" or raw[:2] == "(0":
+                regions = self._trunk_zero_first
+            else:
+                regions = self.config.regions
+            if self._whole_candidate_is_a_number(text, candidate, regions):
+                spans.append(candidate.span())
+                continue
+            for region in regions:
+                matches = [
+                    (offset + match.start, offset + match.end)
+                    for match in phonenumbers.PhoneNumberMatcher(raw, region, self._leniency)
+                    if _phone_shaped(match.raw_string)
+                    and not _DIGIT_BEFORE.search(text, 0, offset + match.start)
+                    and not _DIGIT_AFTER.match(text, offset + match.end)
+                ]
+                spans += matches
+                if matches and matches[0][0] == offset and matches[-1][1] == candidate.end():
+                    break  # the whole snippet is one region's number: the others add nothing
+        if not spans:
+            return text
+        placeholder = self._placeholders["PHONE"]
+        pieces, position = [], 0
+        # Regions can find the same number, or overlapping ones: keep the longest of each overlap.
+        for start, end in sorted(spans, key=lambda span: (span[0], -span[1])):
+            if start < position:
+                continue
+            pieces += [text[position:start], placeholder]
+            found["PHONE"] += 1
+            position = end
+        pieces.append(text[position:])
+        return "".join(pieces)
 
     def __call__(self, doc: Document) -> str | None:
         text, found = self.redact(doc.text)
