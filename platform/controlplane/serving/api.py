@@ -214,56 +214,40 @@ class DeploymentDetail(APIView):
     def patch(self, request, project_id: int, name: str):
         """Guardrails (the fields given; the others keep their value) and the per-token
         rate limit."""
-        deployment = deployment_or_404(request, project_id, name, Action.RUN)
-        body = DeploymentPatch(data=request.data)
-        body.is_valid(raise_exception=True)
-        try:
-            deployment = services.deployment_update(
-                deployment=deployment, actor=request.user, **body.validated_data
-            )
-        except ServingError as error:
-            raise_serving_error(error)
-        return Response(_out(deployment))
+        return _changed(request, project_id, name, services.deployment_update, DeploymentPatch)
 
 
 class DeploymentStop(APIView):
     @extend_schema(request=StopIn, responses=DeploymentOut)
     def post(self, request, project_id: int, name: str):
         """Stop: replicas drain (requests in flight finish); calls answer 503 with the reason."""
-        deployment = deployment_or_404(request, project_id, name, Action.RUN)
-        body = StopIn(data=request.data)
-        body.is_valid(raise_exception=True)
-        try:
-            deployment = services.deployment_stop(
-                deployment=deployment, actor=request.user, reason=body.validated_data["reason"]
-            )
-        except ServingError as error:
-            raise_serving_error(error)
-        return Response(_out(deployment))
+        return _changed(request, project_id, name, services.deployment_stop, StopIn)
 
 
 class DeploymentStart(APIView):
     @extend_schema(request=None, responses=DeploymentOut)
     def post(self, request, project_id: int, name: str):
         """Start a stopped or failed deployment again."""
-        deployment = deployment_or_404(request, project_id, name, Action.RUN)
-        try:
-            deployment = services.deployment_start(deployment=deployment, actor=request.user)
-        except ServingError as error:
-            raise_serving_error(error)
-        return Response(_out(deployment))
+        return _changed(request, project_id, name, services.deployment_start)
 
 
 class DeploymentScale(APIView):
     @extend_schema(request=ScaleIn, responses=DeploymentOut)
     def post(self, request, project_id: int, name: str):
-        deployment = deployment_or_404(request, project_id, name, Action.RUN)
-        body = ScaleIn(data=request.data)
+        return _changed(request, project_id, name, services.deployment_scale, ScaleIn)
+
+
+def _changed(request, project_id: int, name: str, change, body_class=None) -> Response:
+    """One change of a deployment by an owner or engineer: the body's fields are the
+    service's arguments; the answer is the deployment as it now is."""
+    deployment = deployment_or_404(request, project_id, name, Action.RUN)
+    fields = {}
+    if body_class is not None:
+        body = body_class(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            deployment = services.deployment_scale(
-                deployment=deployment, actor=request.user, replicas=body.validated_data["replicas"]
-            )
-        except ServingError as error:
-            raise_serving_error(error)
-        return Response(_out(deployment))
+        fields = body.validated_data
+    try:
+        deployment = change(deployment=deployment, actor=request.user, **fields)
+    except ServingError as error:
+        raise_serving_error(error)
+    return Response(_out(deployment))
