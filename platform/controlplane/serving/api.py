@@ -126,28 +126,40 @@ class DeploymentOut(serializers.ModelSerializer):
         return ReplicaOut(replicas_shown(deployment), many=True).data
 
 
+def _limited(name: str, **options) -> JSONIntegerField:
+    """An integer field with the range (and, for a create, the default) the model owns."""
+    low, high = services.LIMITS[name]
+    return JSONIntegerField(min_value=low, max_value=high, **options)
+
+
+def _default(name: str):
+    return Deployment._meta.get_field(name).default
+
+
 class DeploymentIn(StrictSerializer):
     name = serializers.CharField(max_length=63)
     model = serializers.CharField(max_length=100)
     version = JSONIntegerField(required=False, min_value=1, max_value=2**31 - 1)
     alias = serializers.CharField(required=False, max_length=65)
-    replicas = JSONIntegerField(required=False, default=1, min_value=1, max_value=16)
-    device = serializers.ChoiceField(choices=Device.values, required=False, default=Device.CPU)
-    max_batch = JSONIntegerField(required=False, default=16, min_value=1, max_value=256)
-    max_queue = JSONIntegerField(required=False, default=64, min_value=1, max_value=4096)
+    replicas = _limited("replicas", required=False, default=_default("replicas"))
+    device = serializers.ChoiceField(
+        choices=Device.values, required=False, default=_default("device")
+    )
+    max_batch = _limited("max_batch", required=False, default=_default("max_batch"))
+    max_queue = _limited("max_queue", required=False, default=_default("max_queue"))
     guardrails = serializers.DictField(required=False)
-    rate_limit_per_minute = JSONIntegerField(
-        required=False, default=600, min_value=1, max_value=1_000_000
+    rate_limit_per_minute = _limited(
+        "rate_limit_per_minute", required=False, default=_default("rate_limit_per_minute")
     )
 
 
 class DeploymentPatch(StrictSerializer):
     guardrails = serializers.DictField(required=False)
-    rate_limit_per_minute = JSONIntegerField(required=False, min_value=1, max_value=1_000_000)
+    rate_limit_per_minute = _limited("rate_limit_per_minute", required=False)
 
 
 class ScaleIn(StrictSerializer):
-    replicas = JSONIntegerField(min_value=1, max_value=16)
+    replicas = _limited("replicas")
 
 
 class StopIn(StrictSerializer):

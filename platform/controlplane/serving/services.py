@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -29,13 +30,20 @@ from controlplane.serving.models import (
 )
 from workers.serve.protocol import GuardrailConfig, to_dict
 
-# (field, lowest, highest): the model's validators, checked here so that a bad value is a
-# 400 naming the field, not a database error.
+
+# The model's validators, checked here so that a bad value is a 400 naming the field, not a
+# database error.
+def _field_range(name: str) -> tuple[int, int]:
+    """(min, max) of a Deployment field, from its validators: one place owns the range."""
+    validators = Deployment._meta.get_field(name).validators
+    low = next(v.limit_value for v in validators if isinstance(v, MinValueValidator))
+    high = next(v.limit_value for v in validators if isinstance(v, MaxValueValidator))
+    return low, high
+
+
 LIMITS = {
-    "replicas": (1, 16),
-    "max_batch": (1, 256),
-    "max_queue": (1, 4096),
-    "rate_limit_per_minute": (1, 1_000_000),
+    name: _field_range(name)
+    for name in ("replicas", "max_batch", "max_queue", "rate_limit_per_minute")
 }
 
 
