@@ -119,6 +119,7 @@ INSTALLED_APPS = [
     "controlplane.datasets",
     "controlplane.registry",
     "controlplane.serving",
+    "controlplane.policies",
     "controlplane.dashboard",
     "controlplane.demo",
 ]

@@ -157,7 +157,26 @@ def as_api_exception(exc: Exception) -> exceptions.APIException | None:
     return None
 
 
+def policy_error_response(exc) -> Response:
+    """A policy service's error; a gate's refusal adds the rules that said no:
+    {"error": {..., "code": "policy_denied", "policy": "project v3", "denials": [{rule,
+    rule_number, title, explanation, reason, fix, subject, rule_url}]}}."""
+    from controlplane.policies.errors import PolicyDenied
+
+    body = error_body(exc.status, exc.code, exc.message, exc.fields or None)
+    if isinstance(exc, PolicyDenied):
+        decision = exc.body()
+        body["error"].update(policy=decision["policy"], gate=decision["gate"])
+        body["error"]["denials"] = decision["denials"]
+    return Response(body, status=exc.status)
+
+
 def exception_handler(exc, context):
+    from controlplane.policies.errors import PolicyError
+
+    if isinstance(exc, PolicyError):
+        set_rollback()
+        return policy_error_response(exc)
     mapped = as_api_exception(exc)
     if mapped is None:
         view = context.get("view")

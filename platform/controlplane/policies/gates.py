@@ -1,0 +1,85 @@
+"""Where a decision meets the product: `enforce` asks the policy in force, applies
+waivers, audits the decision on the subject's timeline, and raises `PolicyDenied`.
+
+Callers run a gate *before* their own transaction opens, so that a refusal's audit event
+commits although the refused action does not. An allowed decision whose subject does not
+exist yet (a job being created) is audited by the caller inside its transaction, once the
+subject has its id: `record_allowed(decision, artifact=job, ...)`.
+
+A gate with no enabled rule decides nothing and audits nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.urls import reverse
+
+from controlplane.policies.decide import Decision, decide
+from controlplane.policies.errors import PolicyDenied
+from controlplane.policies.facts import active_waivers
+from controlplane.policies.rules import Gate
+from controlplane.policies.selectors import policy_in_force
+
+
+def policy_url(project) -> str:
+    if project is None:
+        return reverse("policy_default")
+    return reverse("project_policy", args=[project.slug])
+
+
+def evaluate(project, gate: Gate, subject: Any) -> Decision:
+    """The decision, waivers applied, without auditing or raising (pages use it to warn)."""
+    decision = decide(policy_in_force(project), gate, subject)
+    decision.rule_url = policy_url(project)
+    if decision.denials:
+        keys = [(f.rule.value, f.subject.type.value, f.subject.id) for f in decision.denials]
+        decision.waive(active_waivers(keys, project_ids=[project.pk] if project else None))
+    return decision
+
+
+def enforce(
+    *, project, gate: Gate, subject: Any, actor, artifact=None, raise_denied: bool = True
+) -> Decision:
+    """Decide; audit a denial at once (in its own transaction when called outside one)
+    and raise PolicyDenied; audit an allowance now when `artifact` is given, else leave
+    it to `record_allowed`."""
+    decision = evaluate(project, gate, subject)
+    if not decision.evaluated:
+        return decision
+    if not decision.allowed:
+        with transaction.atomic():
+            target = artifact or _artifact(decision, project)
+            _audit(decision, project=project, actor=actor, artifact=target)
+        if raise_denied:
+            raise PolicyDenied(decision)
+        return decision
+    if artifact is not None:
+        _audit(decision, project=project, actor=actor, artifact=artifact)
+    return decision
+
+
+def record_allowed(decision: Decision, *, project, actor, artifact) -> None:
+    if decision.evaluated and decision.allowed:
+        _audit(decision, project=project, actor=actor, artifact=artifact)
+
+
+def _artifact(decision: Decision, project):
+    """The subject a refusal is about, for its audit event's artifact."""
+    ref = decision.denials[0].subject
+    if ref.id is None:
+        return ("project", project.pk if project is not None else "")
+    return (ref.type.value.replace("_", ""), ref.id)
+
+
+def _audit(decision: Decision, *, project, actor, artifact) -> None:
+    from controlplane.audit.services import audit_append
+
+    audit_append(
+        project=project,
+        actor=actor,
+        action="policy.allowed" if decision.allowed else "policy.denied",
+        artifact=artifact,
+        payload=decision.audit_payload(),
+    )
