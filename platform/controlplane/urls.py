@@ -20,6 +20,7 @@ urlpatterns = [
     path("internal/serve/", include("controlplane.serving.internal_urls")),
     path("", include(serving_archive_pages.page_urlpatterns)),
     path("", include("controlplane.serving.urls")),
+    path("", include("controlplane.policies.urls")),
 ]
 
 # Under /api/ these answer in the API's JSON error shape; pages keep Django's HTML pages.

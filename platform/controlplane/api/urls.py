@@ -12,6 +12,7 @@ from controlplane.serving import api_archive as serving_archive
 from controlplane.uploads import api as uploads
 
 urlpatterns = [
+    path("", include("controlplane.policies.api_urls")),
     path("schema/", ApiSchemaView.as_view(), name="api-schema"),
     path("docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("tokens/", accounts.TokenListCreate.as_view(), name="api-tokens"),

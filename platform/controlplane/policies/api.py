@@ -1,0 +1,3 @@
+"""The policy and its versions through the API."""
+
+urlpatterns: list = []

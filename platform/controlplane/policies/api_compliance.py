@@ -1,0 +1,3 @@
+"""Waivers, erasure holds, violations and scans through the API."""
+
+urlpatterns: list = []

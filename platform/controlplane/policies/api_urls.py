@@ -1,0 +1,7 @@
+"""The policies app's API routes, included under /api/v1/ (api/urls.py): the policy and
+its versions (api.py), waivers, holds, violations and scans (api_compliance.py)."""
+
+from controlplane.policies.api import urlpatterns as policy_urls
+from controlplane.policies.api_compliance import urlpatterns as compliance_urls
+
+urlpatterns = [*policy_urls, *compliance_urls]

@@ -1,0 +1,3 @@
+"""The policies app's pages."""
+
+urlpatterns: list = []
