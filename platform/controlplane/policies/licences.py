@@ -54,8 +54,9 @@ def unknown_id_message(identifier: str) -> str:
     )
 
 
-def _symbols(expression) -> list[str]:
-    return [symbol.key for symbol in expression.symbols]
+def _keys(expression) -> list[str]:
+    """Every licence and exception identifier in the expression."""
+    return _licensing().license_keys(expression)
 
 
 def licence_verdict(licence: str, allowed: set[str]) -> str | None:
@@ -86,5 +87,6 @@ def _allowed(expression, allowed: set[str]) -> bool:
         return any(_allowed(arg, allowed) for arg in expression.args)
     if isinstance(expression, AND):
         return all(_allowed(arg, allowed) for arg in expression.args)
-    # WITH (a licence with an exception) and anything else: every symbol must be allowed.
-    return all(key in allowed for key in _symbols(expression))
+    # WITH (a licence with an exception) and anything else: the licence and its exception
+    # must both be allowed (an exception changes the terms).
+    return all(key in allowed for key in _keys(expression))
