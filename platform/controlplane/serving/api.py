@@ -246,7 +246,7 @@ class DeploymentDetail(APIView):
     @extend_schema(request=DeploymentPatch, responses=DeploymentOut)
     def patch(self, request, project_id: int, name: str):
         """Guardrails (the fields given; the others keep their value), the per-token
-        rate limit and `archive_requests`."""
+        rate limit and `archive_requests` (replicas started after the change follow it)."""
         return _changed(request, project_id, name, services.deployment_update, DeploymentPatch)
 
 
