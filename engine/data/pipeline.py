@@ -10,7 +10,10 @@ Three phases, so the result does not depend on the number of processes:
 
 1. *clean* (parallel over work units): each unit's records go through the per-record
    stages; survivors are written to ``.work/unit-N.jsonl`` with their content hash and
-   MinHash band keys beside them. Results are merged in unit order.
+   MinHash band keys beside them. Every survivor is also measured for what cleaning left
+   in it (toxicity, and PII on a sample: engine.data.residual); the report's ``residual``
+   section therefore describes the records before the global dedup. Results are merged in
+   unit order.
 2. *dedup* (one process): exact and near duplicates over all units at once; the earliest
    record in input order survives.
 3. *write* (one process, streaming): survivors are copied into ``records-00000.jsonl[.zst]``
@@ -40,7 +43,8 @@ from engine.data.pii import PIIRedactor
 from engine.data.quality import QualityFilter, RepetitionFilter
 from engine.data.readers import InputError, InputProblem, WorkUnit, plan_units, read_unit
 from engine.data.records import MANIFEST, RecordShardWriter, write_records_manifest
-from engine.data.report import PipelineReport, StageStats, snippet
+from engine.data.report import PipelineReport, ResidualStats, StageStats, snippet
+from engine.data.residual import ResidualMeter, residual_toxicity_config
 from engine.data.subject_index import INDEX_FILE, hash_subject, write_subject_index
 from engine.data.toxicity import ToxicityFilter
 
@@ -67,6 +71,7 @@ class UnitResult:
     problems: int = 0
     problem_examples: list[dict] = field(default_factory=list)
     stages: dict[str, StageStats] = field(default_factory=dict)
+    residual: ResidualStats = field(default_factory=ResidualStats)
 
 
 class _UnitCleaner:
@@ -78,6 +83,8 @@ class _UnitCleaner:
         self.stages = [
             _STAGE_CLASSES[s.name](s.params) for s in config.stages if s.name in _STAGE_CLASSES
         ]
+        toxicity = next((s for s in self.stages if isinstance(s, ToxicityFilter)), None)
+        self.residual = ResidualMeter(config, toxicity)
         exact = config.stage("exact_dedup")
         near = config.stage("near_dedup")
         self.exact_casefold = exact.params.casefold if exact else None
@@ -102,6 +109,7 @@ class _UnitCleaner:
                 result.records_read += 1
                 if not self._run_stages(item, result, limit):
                     continue
+                self.residual.measure(item, result.records_kept, result.residual)
                 result.records_kept += 1
                 records.write(_record_line(item, config.output.text_field))
                 locations.append(item.location)
@@ -387,6 +395,7 @@ def run_pipeline(
 def _merge_results(config, units, results, processes) -> PipelineReport:
     stages = {s.name: StageStats() for s in config.stages}
     report = PipelineReport(stages=stages, processes=processes, config=config_to_dict(config))
+    report.residual.toxicity_threshold = residual_toxicity_config(config).threshold
     report.input_files = len({u.path for u in units})
     report.input_bytes = sum(os.path.getsize(p) for p in {u.path for u in units})
     for result in results:
@@ -397,4 +406,5 @@ def _merge_results(config, units, results, processes) -> PipelineReport:
                 report.problem_examples.append(example)
         for name, stats in result.stages.items():
             report.stages.setdefault(name, StageStats()).merge(stats, config.examples_per_reason)
+        report.residual.merge(result.residual)
     return report

@@ -1,4 +1,5 @@
-"""The account of a pipeline run: every removed or changed record, per stage and reason.
+"""The account of a pipeline run: every removed or changed record, per stage and reason,
+and what is left after cleaning (toxic share, PII found in a sample; see engine.data.residual).
 
 ``report.json`` is for machines (the platform shows it and puts it in the audit trail);
 ``report.txt`` is the same in a dozen lines for people. Example snippets are passed
@@ -14,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.data.pii import PIIConfig, PIIRedactor
+from engine.data.pii import PII_TYPES, PIIConfig, PIIRedactor
 
 SNIPPET_CHARS = 160
 _SNIPPET_REDACTOR = PIIRedactor(PIIConfig())
@@ -62,6 +63,46 @@ class StageStats:
 
 
 @dataclass
+class ResidualStats:
+    """Toxicity and PII in the records that survived the per-record stages (before dedup)."""
+
+    toxicity_threshold: float = 0.0  # the rule the count used: score above this is toxic
+    records_checked: int = 0  # every survivor is scored for toxicity
+    toxic_records: int = 0
+    pii_sampled_records: int = 0  # PII detection runs on a deterministic sample only
+    pii_found: Counter = field(default_factory=Counter)  # PII type -> spans found
+
+    def merge(self, other: ResidualStats) -> None:
+        self.records_checked += other.records_checked
+        self.toxic_records += other.toxic_records
+        self.pii_sampled_records += other.pii_sampled_records
+        self.pii_found.update(other.pii_found)
+
+    @property
+    def toxic_share(self) -> float:
+        return self.toxic_records / self.records_checked if self.records_checked else 0.0
+
+    @property
+    def pii_found_total(self) -> int:
+        return sum(self.pii_found.values())
+
+    def to_dict(self) -> dict:
+        sampled = self.pii_sampled_records
+        return {
+            "records_checked": self.records_checked,
+            "toxic_records": self.toxic_records,
+            "toxic_share": round(self.toxic_share, 6),
+            "toxicity_threshold": self.toxicity_threshold,
+            "pii_sampled_records": sampled,
+            "pii_found": {t: self.pii_found.get(t, 0) for t in PII_TYPES},  # zeros too
+            "pii_found_total": self.pii_found_total,
+            "pii_per_1k_records": round(1000 * self.pii_found_total / sampled, 3)
+            if sampled
+            else 0.0,
+        }
+
+
+@dataclass
 class PipelineReport:
     stages: dict[str, StageStats]  # in pipeline order
     records_read: int = 0
@@ -75,6 +116,7 @@ class PipelineReport:
     processes: int = 1
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
+    residual: ResidualStats = field(default_factory=ResidualStats)
 
     def to_dict(self) -> dict:
         return {
@@ -83,6 +125,7 @@ class PipelineReport:
             "input": {"files": self.input_files, "bytes": self.input_bytes},
             "input_problems": {"count": self.input_problems, "examples": self.problem_examples},
             "stages": {name: stats.to_dict() for name, stats in self.stages.items()},
+            "residual": self.residual.to_dict(),
             "output": {"shards": self.shards, "subjects_indexed": self.subjects_indexed},
             "run": {"processes": self.processes, "seconds": round(self.seconds, 3)},
             "config": self.config,
@@ -110,6 +153,10 @@ class PipelineReport:
             if stats.counts:
                 parts.append(", ".join(f"{k} {v}" for k, v in sorted(stats.counts.items())))
             lines.append(f"  {name:<12} " + "; ".join(parts))
+        lines.append(
+            f"after cleaning: toxic share {100 * self.residual.toxic_share:.2f}%, PII found "
+            f"{self.residual.pii_found_total} in {self.residual.pii_sampled_records} sampled records"
+        )
         lines.append(
             f"wrote {self.records_written} records in {len(self.shards)} shard(s)"
             + (f"; subject index: {self.subjects_indexed} rows" if self.subjects_indexed else "")

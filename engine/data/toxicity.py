@@ -62,8 +62,14 @@ class ToxicityFilter:
     def __init__(self, config: ToxicityConfig, scorer: ToxicityScorer | None = None):
         self.config = config
         self.scorer = scorer or LexiconScorer(load_lexicon(config.lexicon or DEFAULT_LEXICON))
+        # One key per filter: the document's cache outlives no text change, so the report's
+        # after-cleaning measure (engine.data.residual) reuses this stage's score for free.
+        self._cache_key = f"toxicity_score:{id(self)}"
+
+    def is_toxic(self, doc: Document) -> bool:
+        """The one rule both the stage and the report's after-cleaning count apply."""
+        score = doc.cached(self._cache_key, lambda d: self.scorer.score(d.text))
+        return score > self.config.threshold
 
     def __call__(self, doc: Document) -> str | None:
-        if self.scorer.score(doc.text) > self.config.threshold:
-            return "above_threshold"
-        return None
+        return "above_threshold" if self.is_toxic(doc) else None

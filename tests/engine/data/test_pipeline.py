@@ -118,6 +118,18 @@ def test_pii_is_redacted_and_counted_and_the_report_holds_none(single_run):
     assert "@example.com" not in (output / "report.json").read_text()
 
 
+def test_the_report_says_what_cleaning_left(single_run):
+    report, output = single_run
+    residual = json.loads((output / "report.json").read_text())["residual"]
+    dedup = sum(sum(report.stages[name].removed.values()) for name in ("exact_dedup", "near_dedup"))
+    assert residual["records_checked"] == report.records_written + dedup  # measured before dedup
+    assert residual["pii_sampled_records"] > 0 and residual["pii_found_total"] == 0
+    assert residual["toxic_share"] == 0.0
+    assert (
+        "after cleaning: toxic share 0.00%, PII found 0 in" in (output / "report.txt").read_text()
+    )
+
+
 def test_subject_index_finds_every_record_of_a_person(single_run):
     _, output = single_run
     index = SubjectIndex.load(output)
