@@ -16,8 +16,8 @@ from django.conf import settings
 from controlplane.audit.export import audit_export
 from controlplane.jobs.services import job_create
 from controlplane.policies.errors import PolicyDenied
-from controlplane.policies.services import policy_update
 from controlplane.policies.selectors import current_number
+from controlplane.policies.services import policy_update
 from workers.protocol import JobKind
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ NO_PII_PIPELINE = {"stages": ["normalize", "exact_dedup"]}
 
 
 def policy_set(command, project: Project, users: dict[str, User]) -> None:
-    command.step("Compliance policy: dora requires licensed sources and PII redaction before training")
+    command.step(
+        "Compliance policy: dora requires licensed sources and PII redaction before training"
+    )
     base = current_number(project)
     if base:
         command.stdout.write(f"    the project's policy is at v{base} already")
@@ -62,7 +64,9 @@ def policy_set(command, project: Project, users: dict[str, User]) -> None:
     command.stdout.write(f"    project policy v{version.number}: {rules} on")
 
 
-def refused_training(command, project: Project, user: User, raw: DatasetVersion, steps: int) -> None:
+def refused_training(
+    command, project: Project, user: User, raw: DatasetVersion, steps: int
+) -> None:
     """Tokenize the raw upload without the PII stage, try to pre-train on it: refused."""
     command.step("Policy gate: pre-training on data that was never PII-redacted is refused")
     job = job_create(

