@@ -86,6 +86,9 @@ class Deployment(models.Model):
     # Off: its replicas keep no record of requests and answers (no archive objects, no
     # InferenceRecord rows, so no usage charts either). A policy rule can demand it on.
     archive_requests = models.BooleanField(default=True)
+    # Bumped when a setting a replica reads only at its start changes (guardrails,
+    # archiving): replicas of an older generation are replaced like an alias switch.
+    config_generation = models.PositiveIntegerField(default=1)
     state = models.CharField(
         max_length=10, choices=DeploymentState.choices, default=DeploymentState.RUNNING
     )
@@ -146,6 +149,7 @@ class Replica(models.Model):
     id = models.CharField(max_length=32, primary_key=True, default=new_replica_id)
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replica_set")
     version = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, related_name="+")
+    config_generation = models.PositiveIntegerField(default=1)  # the deployment's, at placement
     node = models.ForeignKey(
         ServeNode, null=True, on_delete=models.SET_NULL, related_name="replicas"
     )

@@ -259,10 +259,19 @@ def _reconcile(nodes: list[ServeNode], now, audits: list) -> None:
         _reconcile_running(deployment, replicas, nodes, used, now, audits)
 
 
+def _current(replica: Replica, deployment) -> bool:
+    """Whether the replica runs what the deployment wants now: its target version, with
+    the settings of its current generation (guardrails, archiving)."""
+    return (
+        replica.version_id == deployment.target_version_id
+        and replica.config_generation == deployment.config_generation
+    )
+
+
 def _reconcile_running(deployment, replicas, nodes, used, now, audits) -> None:
     serving = [r for r in replicas if r.state in SERVING_STATES]
-    target = [r for r in serving if r.version_id == deployment.target_version_id]
-    old = [r for r in serving if r.version_id != deployment.target_version_id]
+    target = [r for r in serving if _current(r, deployment)]
+    old = [r for r in serving if not _current(r, deployment)]
     wanted = deployment.replicas
     if len(target) > wanted:
         # Keep the ready ones, oldest first; drain the rest (not-ready and newest first).
@@ -281,7 +290,10 @@ def _reconcile_running(deployment, replicas, nodes, used, now, audits) -> None:
             if node is None:
                 break
             replica = Replica.objects.create(
-                deployment=deployment, version=deployment.target_version, node=node
+                deployment=deployment,
+                version=deployment.target_version,
+                config_generation=deployment.config_generation,
+                node=node,
             )
             used[node.pk] += 1
             replicas.append(replica)
@@ -306,7 +318,13 @@ def _reconcile_running(deployment, replicas, nodes, used, now, audits) -> None:
             "to_version_id": deployment.target_version_id,
             "ready_replicas": ready,
         }
-        audits.append(lambda: _audit(deployment, "deployment.switched", payload))
+        if all(r.version_id == deployment.target_version_id for r in old):
+            # Same version, new settings: every replica now runs the current generation.
+            action = "deployment.reconfigured"
+            payload["generation"] = deployment.config_generation
+        else:
+            action = "deployment.switched"
+        audits.append(lambda: _audit(deployment, action, payload))
         return
     for replica in old:
         if replica.state != ReplicaState.READY:

@@ -235,6 +235,10 @@ def deployment_scale(*, deployment: Deployment, actor, replicas: int) -> Deploym
     return locked
 
 
+# Settings a replica process reads only when it starts.
+RESTART_SETTINGS = {"guardrails", "archive_requests"}
+
+
 def deployment_update(
     *,
     deployment: Deployment,
@@ -244,8 +248,9 @@ def deployment_update(
     archive_requests: bool | None = None,
 ) -> Deployment:
     """Change the guardrails (fields not given keep their value), the per-token rate
-    limit, or whether requests are archived. The new guardrails and archive flag are in
-    the replica specs of the next sync; a replica process reads its spec when it starts."""
+    limit, or whether requests are archived. A replica process reads its guardrails and
+    archive flag when it starts, so a change of either starts replicas with the new
+    settings and drains the old ones once the new are ready (no request dropped)."""
     changes: dict[str, Any] = {}
     if rate_limit_per_minute is not None:
         changes["rate_limit_per_minute"] = _integer("rate_limit_per_minute", rate_limit_per_minute)
@@ -262,7 +267,13 @@ def deployment_update(
         before = {key: getattr(locked, key) for key in changes}
         for key, value in changes.items():
             setattr(locked, key, value)
-        locked.save(update_fields=[*changes, "updated_at"])
+        fields = [*changes, "updated_at"]
+        if changes.keys() & RESTART_SETTINGS:
+            # Replicas read these when they start: the scheduler replaces the running ones
+            # (new ones first, the old drain once they are ready), as for an alias switch.
+            locked.config_generation += 1
+            fields.append("config_generation")
+        locked.save(update_fields=fields)
         audit_append(
             project=locked.project,
             actor=actor,

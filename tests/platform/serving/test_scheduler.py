@@ -328,7 +328,8 @@ def test_a_guardrail_change_reaches_the_replica_specs(team, deploy):
     node.sync()
 
     deployment_update(deployment=deployment, actor=team.engineer, guardrails={"pii": "refuse"})
-    (spec,) = node.sync().replicas
+    answer = node.sync()
+    (spec,) = [s for s in answer.replicas if not s.draining]  # the old one drains: not ready
 
     assert (spec.guardrails.pii, spec.guardrails.source) == (
         "refuse",
@@ -384,3 +385,37 @@ def test_a_steady_sync_costs_a_fixed_number_of_queries_plus_one_write_a_replica(
     many, replicas_many = steady_cost()
 
     assert many - few == replicas_many - replicas_few  # only the per-replica row writes grow
+
+
+def test_a_guardrail_or_archive_change_replaces_running_replicas_without_a_gap(
+    team, deploy, audit_actions
+):
+    from controlplane.serving.services import deployment_update
+
+    deployment = deploy(replicas=1)
+    node = FakeNode("n1", capacity=2)
+    node.sync()
+    node.ready()
+    node.sync()
+    (old,) = {r.id for r in replicas_of(deployment, "ready")}
+
+    deployment = deployment_update(deployment=deployment, actor=team.owner, archive_requests=False)
+    assert deployment.config_generation == 2
+    answer = node.sync()  # a replica with the new settings is placed; the old one serves
+    (new,) = {r.id for r in replicas_of(deployment, "pending")}
+    assert routes(answer) == [old]
+    assert next(s for s in answer.replicas if s.replica_id == new).archive is False
+
+    node.ready(new)
+    answer = node.sync()  # the new one is ready: the old one drains
+    assert routes(answer) == [new]
+    assert {s.replica_id for s in answer.replicas if s.draining} == {old}
+    node.finish_draining()
+    node.sync()
+    assert audit_actions(team.project)[-2:] == ["deployment.updated", "deployment.reconfigured"]
+
+    deployment_update(deployment=deployment, actor=team.owner, rate_limit_per_minute=5)
+    node.sync()
+    assert {r.id for r in replicas_of(deployment, "ready")} == {
+        new
+    }  # a rate limit needs no restart
