@@ -139,9 +139,7 @@ def test_a_resume_the_policy_now_refuses_needs_a_waiver_on_the_job(
     assert allowed.payload["waived"][0]["waiver"] == waiver.pk
 
 
-def test_the_job_page_shows_a_refused_resume_as_a_banner(
-    team, client, set_policy, failed_gpu_job
-):
+def test_the_job_page_shows_a_refused_resume_as_a_banner(team, client, set_policy, failed_gpu_job):
     job, checkpoint = failed_gpu_job
     set_policy(compute={"enabled": True, "allowed_queues": ["cpu"]})
     client.force_login(team.engineer)

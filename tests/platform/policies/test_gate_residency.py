@@ -69,7 +69,9 @@ def test_a_job_whose_outputs_would_land_in_another_bucket_is_refused(
     raw = uploaded(make_dataset())
     set_policy(residency={"enabled": True, "allowed_buckets": ["controlplane"]})
     params = {"dataset_version_id": raw.pk}
-    assert job_create(project=team.project, kind="data_pipeline", params=params, actor=team.engineer)
+    assert job_create(
+        project=team.project, kind="data_pipeline", params=params, actor=team.engineer
+    )
 
     monkeypatch.setenv("OBJECT_STORE_BUCKET", "elsewhere")
     object_store.cache_clear()
