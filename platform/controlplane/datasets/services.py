@@ -37,13 +37,13 @@ from controlplane.storage import object_store
 
 __all__ = [
     "DEFAULT_PART_SIZE",
+    "EDITABLE_FIELDS",
     "MAX_PARTS",
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
     "DatasetError",
     "DeclaredFile",
     "PartUpload",
-    "EDITABLE_FIELDS",
     "dataset_create",
     "dataset_update",
     "dataset_uploads_reap",
