@@ -184,7 +184,7 @@ def check_data_preparation(params: dict, gate: Gate, subject: Any) -> Iterator[F
 
 
 def _preparation_findings(params: dict, data: DatasetFacts) -> Iterator[Finding]:
-    from engine.data.pii import PII_TYPES
+    from controlplane.serving.guardrail_defaults import PII_TYPES
 
     if params["require_pii_redaction"]:
         required = set(params["required_pii_types"] or PII_TYPES)

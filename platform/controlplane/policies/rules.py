@@ -172,7 +172,7 @@ def _thresholds(value: Any, path: str) -> list[dict[str, Any]]:
 
 
 def _pii_types(value: str, path: str) -> str:
-    from engine.data.pii import PII_TYPES
+    from controlplane.serving.guardrail_defaults import PII_TYPES
 
     if value not in PII_TYPES:
         raise _bad(path, f"'{value}' is not a PII type; known: {', '.join(PII_TYPES)}")
