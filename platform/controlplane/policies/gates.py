@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 
 from controlplane.policies.decide import Decision, decide
 from controlplane.policies.errors import PolicyDenied
@@ -24,9 +24,13 @@ from controlplane.policies.selectors import policy_in_force
 
 
 def policy_url(project) -> str:
-    if project is None:
-        return reverse("policy_default")
-    return reverse("project_policy", args=[project.slug])
+    """The policy page, for the links of a refusal ("" while the pages are not mounted)."""
+    try:
+        if project is None:
+            return reverse("policy_default")
+        return reverse("project_policy", args=[project.slug])
+    except NoReverseMatch:
+        return ""
 
 
 def evaluate(project, gate: Gate, subject: Any) -> Decision:

@@ -19,6 +19,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from controlplane.audit.services import audit_append
+from controlplane.policies.gates import record_allowed
+from controlplane.policies.model_gates import check_deployment_create
 from controlplane.registry.models import ModelAlias, ModelVersion, VersionState
 from controlplane.serving.errors import Conflict, InvalidRequest, NotFound
 from controlplane.serving.guardrail_defaults import guardrail_defaults, guardrails_checked
@@ -167,6 +169,15 @@ def deployment_create(
             f"a deployment named '{name}' already exists in this project",
             fields={"name": ["taken"]},
         )
+    # The policy (rules 5 and 6) before the transaction: a refusal's audit event commits.
+    policy = check_deployment_create(
+        project=project,
+        actor=actor,
+        name=name,
+        version=target,
+        archive=archive_requests,
+        guardrails=rails,
+    )
     try:
         with transaction.atomic():
             deployment = Deployment.objects.create(
@@ -199,6 +210,7 @@ def deployment_create(
                     **settings,
                 },
             )
+            record_allowed(policy, project=project, actor=actor, artifact=deployment)
     except IntegrityError:
         raise Conflict(
             f"a deployment named '{name}' already exists in this project",
