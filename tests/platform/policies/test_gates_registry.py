@@ -342,3 +342,129 @@ def test_the_model_page_shows_a_refused_move_as_a_banner(team, follower, set_pol
     assert 'id="policy-denied"' in html
     assert "Rule 6: Serving — deployment chat passes personal data" in html
     assert "Fix: set the deployment&#x27;s input PII guardrail to redact or refuse." in html
+
+
+# -- rule 4: no promotion of a model trained on data with an unfinished erasure -----------
+
+
+@pytest.fixture
+def trained_on_held(team, served_version):
+    """gpt v1 trained on plays v2, derived from plays v1, which holds an approved erasure
+    (ERA-7) not finished yet. -> (version, hold)"""
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.datasets.services import dataset_create
+    from controlplane.policies.models import ErasureHold
+
+    dataset = dataset_create(
+        project=team.project, actor=team.engineer, name="Plays", slug="plays", kind="text"
+    )
+    raw, clean = (
+        DatasetVersion.objects.create(
+            dataset=dataset, number=n, state="ready", created_by=team.engineer
+        )
+        for n in (1, 2)
+    )
+    clean.parents.add(raw)
+    hold = ErasureHold.objects.create(
+        project=team.project, dataset_version=raw, reference="ERA-7", placed_by=team.compliance
+    )
+    return served_version(datasets=[clean]), hold
+
+
+def test_a_model_trained_on_data_awaiting_erasure_is_not_promoted(
+    team, trained_on_held, set_policy, policy_events
+):
+    version, _hold = trained_on_held
+    set_policy(pending_erasure={})
+
+    with pytest.raises(PolicyDenied) as refused:
+        alias_set(model=version.model, actor=team.engineer, alias="candidate", version=version)
+
+    (finding,) = refused.value.decision.denials
+    assert finding.rule == "pending_erasure"
+    assert finding.reason == (
+        "gpt v1 was trained on plays v2: erasure ERA-7 on plays v1 is approved but not finished"
+    )
+    assert finding.fix == "wait until the erasure has finished and use the version it rewrites"
+    assert not ModelAlias.objects.exists()
+    (event,) = policy_events(team.project)
+    assert (event.action, event.payload["gate"]) == ("policy.denied", "alias.move")
+
+
+def test_once_the_erasure_is_finished_the_model_moves(team, trained_on_held, set_policy):
+    from django.utils import timezone
+
+    version, hold = trained_on_held
+    set_policy(pending_erasure={})
+    hold.released_at, hold.released_by = timezone.now(), team.compliance
+    hold.save()
+
+    moved = alias_set(model=version.model, actor=team.engineer, alias="candidate", version=version)
+
+    assert moved.version == version
+
+
+def test_a_hold_placed_after_the_request_refuses_its_approval(
+    team, served_version, evaluated, set_policy
+):
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.datasets.services import dataset_create
+    from controlplane.policies.models import ErasureHold
+
+    dataset = dataset_create(
+        project=team.project, actor=team.engineer, name="Mail", slug="mail", kind="text"
+    )
+    data = DatasetVersion.objects.create(
+        dataset=dataset, number=1, state="ready", created_by=team.engineer
+    )
+    version = served_version(datasets=[data])
+    evaluated(version, {"val_loss": 1.0})
+    set_policy(pending_erasure={})
+    request = alias_set(
+        model=version.model, actor=team.engineer, alias="production", version=version
+    )
+    ErasureHold.objects.create(
+        project=team.project, dataset_version=data, reference="ERA-9", placed_by=team.compliance
+    )
+
+    with pytest.raises(PolicyDenied) as refused:
+        promotion_approve(request=request, actor=team.compliance, reason="ok")
+
+    assert refused.value.decision.gate == "promotion.approve"
+    assert "erasure ERA-9 on mail v1" in refused.value.decision.denials[0].reason
+    request.refresh_from_db()
+    assert request.state == PromotionState.PENDING
+
+
+def test_a_pending_erasure_waiver_on_the_version_lets_it_move(
+    team, trained_on_held, set_policy, waive
+):
+    version, _hold = trained_on_held
+    set_policy(pending_erasure={})
+    waive(version, "pending_erasure")
+
+    assert (
+        alias_set(
+            model=version.model, actor=team.engineer, alias="candidate", version=version
+        ).version
+        == version
+    )
+
+
+def test_a_move_refused_for_a_pending_erasure_is_a_409(team, trained_on_held, set_policy, api):
+    set_policy(pending_erasure={})
+
+    response = api(team.engineer).put(
+        f"/api/v1/projects/{team.project.pk}/models/gpt/aliases/candidate/",
+        {"version": 1},
+        format="json",
+    )
+
+    assert response.status_code == 409, response.content
+    denial = response.json()["error"]["denials"][0]
+    assert (denial["rule"], denial["rule_number"], denial["title"]) == (
+        "pending_erasure",
+        4,
+        "Pending erasure",
+    )
+    assert "ERA-7" in denial["reason"] and denial["fix"]
