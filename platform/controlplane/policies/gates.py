@@ -24,7 +24,7 @@ from controlplane.policies.selectors import policy_in_force
 
 
 def policy_url(project) -> str:
-    """The policy page, for the links of a refusal ("" while the pages are not mounted)."""
+    """The policy page ("" while no page is routed: a banner then shows no link)."""
     try:
         if project is None:
             return reverse("policy_default")

@@ -204,12 +204,15 @@ def test_the_review_queue_shows_the_refusal_as_a_banner(team, pending, client):
     )
 
     html = response.content.decode()
-    assert 'id="policy-denied"' in html
-    assert "Rule 5: Promotion — @production needs the approval of a compliance officer." in html
-    assert "Fix: ask a member with the compliance role" in html
+    assert 'class="flash error policy-denied"' in html
+    assert (
+        "<strong>Rule 5: Promotion</strong>: @production needs the approval of a compliance "
+        "officer." in html
+    )
+    assert "<em>How to fix:</em> ask a member with the compliance role" in html
     # Read once: the next visit has no banner.
     again = client.get(f"/projects/{team.project.pk}/reviews/").content.decode()
-    assert 'id="policy-denied"' not in again
+    assert 'class="flash error policy-denied"' not in again
 
 
 # -- rules 5 and 6 for the deployments following a moving alias ---------------------------
@@ -339,9 +342,12 @@ def test_the_model_page_shows_a_refused_move_as_a_banner(team, follower, set_pol
     )
 
     html = response.content.decode()
-    assert 'id="policy-denied"' in html
-    assert "Rule 6: Serving — deployment chat passes personal data" in html
-    assert "Fix: set the deployment&#x27;s input PII guardrail to redact or refuse." in html
+    assert 'class="flash error policy-denied"' in html
+    assert "<strong>Rule 6: Serving</strong>: deployment chat passes personal data" in html
+    assert (
+        "<em>How to fix:</em> set the deployment&#x27;s input PII guardrail to redact or refuse."
+        in html
+    )
 
 
 # -- rule 4: no promotion of a model trained on data with an unfinished erasure -----------

@@ -203,6 +203,23 @@ def test_a_refused_deployment_is_a_409_with_the_rule_reason_and_fix(
     assert not Deployment.objects.exists()
 
 
+def test_a_refusal_under_an_idempotency_key_keeps_its_audit_event(
+    team, served_version, set_policy, api, policy_events
+):
+    served_version()
+    set_policy(serving={"require_archive": True})
+
+    response = api(team.engineer).post(
+        f"/api/v1/projects/{team.project.pk}/deployments/",
+        {"name": "chat", "model": "gpt", "version": 1, "archive_requests": False},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="deploy-chat-1",
+    )
+
+    assert response.status_code == 409
+    assert [e.action for e in policy_events(team.project)] == ["policy.denied"]
+
+
 def test_the_deploy_page_shows_the_refusal_as_a_banner(team, served_version, set_policy, client):
     served_version()
     set_policy(serving={"require_archive": True})
@@ -224,9 +241,12 @@ def test_the_deploy_page_shows_the_refusal_as_a_banner(team, served_version, set
 
     assert response.status_code == 409
     html = response.content.decode()
-    assert 'id="policy-denied"' in html
-    assert "Rule 6: Serving — deployment chat does not archive requests." in html
-    assert "Fix: turn on archiving of requests and responses for the deployment." in html
+    assert 'class="flash error policy-denied"' in html
+    assert "<strong>Rule 6: Serving</strong>: deployment chat does not archive requests." in html
+    assert (
+        "<em>How to fix:</em> turn on archiving of requests and responses for the deployment."
+        in html
+    )
     assert 'value="chat"' in html  # the form keeps what was typed
     assert not Deployment.objects.exists()
 
