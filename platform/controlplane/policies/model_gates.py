@@ -169,6 +169,33 @@ def check_deployment_create(
     return gates.enforce(project=project, gate=Gate.DEPLOYMENT_CREATE, subject=plan, actor=actor)
 
 
+def check_deployment_update(*, project, actor, deployment, guardrails, archive: bool) -> Decision:
+    """Rule 6 for a deployment whose guardrails or archiving change (Gate.DEPLOYMENT_UPDATE):
+    what it would be afterwards must comply, so a deployment cannot be created compliant
+    and then quietly stop archiving or redacting."""
+    plan = DeploymentPlan(
+        ref=deployment_ref(deployment),
+        archive=archive,
+        input_pii=input_pii_of(guardrails),
+        retention_days=retention_of(project),
+        version=version_facts(project, deployment.target_version),
+    )
+    return gates.enforce(project=project, gate=Gate.DEPLOYMENT_UPDATE, subject=plan, actor=actor)
+
+
+def check_deployment_start(*, project, actor, deployment, version) -> Decision:
+    """Rules 5 and 6 for a stopped deployment about to serve `version` again
+    (Gate.DEPLOYMENT_START): the policy may have changed while it was stopped."""
+    plan = DeploymentPlan(
+        ref=deployment_ref(deployment),
+        archive=getattr(deployment, "archive_requests", True),
+        input_pii=input_pii_of(deployment.guardrails),
+        retention_days=retention_of(project),
+        version=version_facts(project, version),
+    )
+    return gates.enforce(project=project, gate=Gate.DEPLOYMENT_START, subject=plan, actor=actor)
+
+
 def check_retention(*, project, actor, retention_days: int) -> Decision:
     """Rule 6's retention range for a change of the archive's retention
     (Gate.SERVING_SETTINGS); record the allowance with the settings row."""

@@ -298,3 +298,93 @@ def test_a_refused_retention_is_a_409_through_the_api(team, set_policy, api):
     assert api(team.owner).get(url).json() == {"retention_days": 30}
     ok = api(team.owner).patch(url, {"retention_days": 90}, format="json")
     assert ok.status_code == 200 and ok.json() == {"retention_days": 90}
+
+
+# -- rule 6 when a deployment changes, rules 5 and 6 when it starts again ------------------
+
+
+def test_a_deployment_cannot_stop_archiving_where_the_policy_requires_it(
+    team, served_version, set_policy, policy_events
+):
+    from controlplane.serving.services import deployment_update
+
+    deployment = create(team, served_version())
+    set_policy(serving={"require_archive": True})
+
+    with pytest.raises(PolicyDenied) as refused:
+        deployment_update(deployment=deployment, actor=team.engineer, archive_requests=False)
+
+    assert refused.value.decision.denials[0].reason == "deployment chat does not archive requests"
+    deployment.refresh_from_db()
+    assert deployment.archive_requests is True
+    (event,) = policy_events(team.project)
+    assert (event.action, event.artifact_type, event.artifact_id) == (
+        "policy.denied",
+        "deployment",
+        str(deployment.pk),
+    )
+    assert event.payload["gate"] == "deployment.update"
+    # A change the rule does not look at is not asked about.
+    deployment_update(deployment=deployment, actor=team.engineer, rate_limit_per_minute=60)
+    assert len(policy_events(team.project)) == 1
+
+
+def test_input_pii_redaction_cannot_be_turned_off_where_required(
+    team, served_version, set_policy, policy_events, api
+):
+    from controlplane.serving.services import deployment_update
+
+    deployment = create(team, served_version())
+    set_policy(serving={"require_input_pii_redaction": True})
+    url = f"/api/v1/projects/{team.project.pk}/deployments/chat/"
+
+    response = api(team.engineer).patch(url, {"guardrails": {"pii": "off"}}, format="json")
+
+    assert response.status_code == 409, response.content
+    error = response.json()["error"]
+    assert (error["code"], error["gate"]) == ("policy_denied", "deployment.update")
+    assert error["denials"][0]["fix"] == (
+        "set the deployment's input PII guardrail to redact or refuse"
+    )
+    deployment_update(deployment=deployment, actor=team.engineer, guardrails={"pii": "refuse"})
+    deployment.refresh_from_db()
+    assert deployment.guardrails["pii"] == "refuse"
+    assert [e.action for e in policy_events(team.project)] == ["policy.denied", "policy.allowed"]
+
+
+def test_a_stopped_deployment_starts_again_only_if_it_complies_now(
+    team, served_version, set_policy, policy_events
+):
+    from controlplane.serving.services import deployment_start, deployment_stop
+
+    deployment = create(team, served_version(), archive_requests=False)
+    deployment_stop(deployment=deployment, actor=team.engineer)
+    set_policy(serving={"require_archive": True})
+
+    with pytest.raises(PolicyDenied) as refused:
+        deployment_start(deployment=deployment, actor=team.engineer)
+
+    assert refused.value.decision.gate == "deployment.start"
+    deployment.refresh_from_db()
+    assert deployment.state == "stopped"
+    assert policy_events(team.project)[-1].artifact_id == str(deployment.pk)
+
+
+def test_a_stopped_deployment_of_an_unevaluated_version_does_not_start_under_rule_5(
+    team, served_version, evaluated, set_policy
+):
+    from controlplane.serving.services import deployment_start, deployment_stop
+
+    version = served_version()
+    deployment = create(team, version)
+    deployment_stop(deployment=deployment, actor=team.engineer)
+    set_policy(promotion={"apply_to_deployments": True})
+
+    with pytest.raises(PolicyDenied) as refused:
+        deployment_start(deployment=deployment, actor=team.engineer)
+    assert refused.value.decision.denials[0].reason == "gpt v1 has no finished evaluation"
+
+    evaluated(version, {"val_loss": 1.0})
+    assert deployment_start(deployment=deployment, actor=team.engineer).state == "running"
+    event = AuditEvent.objects.filter(action="policy.allowed").get()
+    assert (event.artifact_id, event.payload["gate"]) == (str(deployment.pk), "deployment.start")
