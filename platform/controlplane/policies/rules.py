@@ -40,6 +40,8 @@ class Gate(enum.StrEnum):
     PROMOTION_APPROVE = "promotion.approve"  # a promotion request is approved
     DEPLOYMENT_CREATE = "deployment.create"
     DEPLOYMENT_SWITCH = "deployment.switch"  # an alias a deployment follows moves
+    DEPLOYMENT_UPDATE = "deployment.update"  # its guardrails or its archiving change
+    DEPLOYMENT_START = "deployment.start"  # a stopped deployment serves again
     SERVING_SETTINGS = "serving_settings.update"  # the archive's retention changes
 
 
@@ -300,6 +302,7 @@ RULES: dict[RuleKey, Rule] = {
                     Gate.PROMOTION_APPROVE,
                     Gate.DEPLOYMENT_CREATE,
                     Gate.DEPLOYMENT_SWITCH,
+                    Gate.DEPLOYMENT_START,
                 }
             ),
             (
@@ -347,7 +350,15 @@ RULES: dict[RuleKey, Rule] = {
             "Serving",
             "Deployments keep the record an audit needs (every request archived, for a "
             "bounded time) and, when required, never pass personal data to the model.",
-            frozenset({Gate.DEPLOYMENT_CREATE, Gate.DEPLOYMENT_SWITCH, Gate.SERVING_SETTINGS}),
+            frozenset(
+                {
+                    Gate.DEPLOYMENT_CREATE,
+                    Gate.DEPLOYMENT_SWITCH,
+                    Gate.DEPLOYMENT_UPDATE,
+                    Gate.DEPLOYMENT_START,
+                    Gate.SERVING_SETTINGS,
+                }
+            ),
             (
                 Param(
                     "require_archive",

@@ -39,7 +39,7 @@ from controlplane.registry.selectors import (
     models_of,
     promotion_in,
     promotions_of,
-    protected_aliases,
+    registry_protected_aliases,
     version_in,
     versions_detailed,
 )
@@ -382,7 +382,9 @@ class RegistrySettingsView(APIView):
     @extend_schema(responses=RegistrySettingsOut)
     def get(self, request, project_id: int):
         project = project_or_404(request, project_id)
-        return Response({"protected_aliases": protected_aliases(project)})
+        # The setting as edited (what a PUT replaces); the policy's promotion rule may
+        # protect more (GET .../policy/).
+        return Response({"protected_aliases": registry_protected_aliases(project)})
 
     @extend_schema(request=RegistrySettingsIn, responses=RegistrySettingsOut)
     def put(self, request, project_id: int):

@@ -14,6 +14,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane.audit.services import audit_append
+from controlplane.policies.model_gates import check_alias_move, record_alias_move
+from controlplane.projects.selectors import role_of
 from controlplane.registry.errors import Conflict, InvalidRequest, NotAllowed, NotFound
 from controlplane.registry.models import (
     DEFAULT_PROTECTED_ALIASES,
@@ -145,13 +147,23 @@ def alias_set(
             raise Conflict(
                 f"cannot promote {model.name} v{version.number} to @{alias}: " + "; ".join(problems)
             )
+    current = ModelAlias.objects.filter(model=model, name=alias).first()
+    if not protected and current is not None and current.version_id == version.pk:
+        return current  # nothing moves, nothing to ask
+    # The policy (rules 4, 5; and 5, 6 for the deployments that follow an alias moving
+    # now), before the transaction: a refusal's audit event commits, the move does not.
+    policy = check_alias_move(
+        project=model.project, actor=actor, version=version, alias=alias, moves_now=not protected
+    )
     with transaction.atomic():
         locked = locked_model(model)
         current = ModelAlias.objects.filter(model=locked, name=alias).first()
         if not protected:
             if current is not None and current.version_id == version.pk:
                 return current
-            return _move(locked, alias, version, actor, reason=reason, rollback=is_rollback)
+            moved = _move(locked, alias, version, actor, reason=reason, rollback=is_rollback)
+            record_alias_move(policy, actor=actor)
+            return moved
         if current is not None and current.version_id == version.pk:
             raise Conflict(f"@{alias} already points at {model.name} v{version.number}")
         for pending in PromotionRequest.objects.filter(
@@ -184,6 +196,7 @@ def alias_set(
                 "evaluation": request.evaluation_id,
             },
         )
+        record_alias_move(policy, actor=actor)
     return request
 
 
@@ -247,6 +260,27 @@ def _decide(request, actor, reason, *, approve: bool) -> PromotionRequest:
         raise InvalidRequest(
             f"{verb} a promotion needs a reason", fields={"reason": ["give a reason"]}
         )
+    policy = None
+    if approve:
+        # The policy (rules 4, 5 with the approver's role; 5, 6 for the deployments that
+        # follow the alias) before the transaction, so that a refusal's audit commits.
+        # What the transaction re-checks (pending, ready) is checked first here too, so
+        # that a request decided meanwhile is no policy decision.
+        fresh = PromotionRequest.objects.select_related("version").get(pk=request.pk)
+        if fresh.state != PromotionState.PENDING:
+            raise Conflict(f"this promotion request is already {fresh.state}")
+        if fresh.version.state != VersionState.READY:
+            raise Conflict(
+                f"{request.model.name} v{fresh.version.number} is {fresh.version.state} now"
+            )
+        policy = check_alias_move(
+            project=project,
+            actor=actor,
+            version=fresh.version,
+            alias=fresh.alias,
+            moves_now=True,
+            approver_role=role_of(actor, project) or "",
+        )
     with transaction.atomic():
         model = locked_model(request.model)
         request = PromotionRequest.objects.select_related("version", "model").get(pk=request.pk)
@@ -296,6 +330,7 @@ def _decide(request, actor, reason, *, approve: bool) -> PromotionRequest:
                 rollback=request.is_rollback,
                 request=request,
             )
+            record_alias_move(policy, actor=actor)
     return request
 
 

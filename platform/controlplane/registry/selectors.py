@@ -121,9 +121,27 @@ def latest_evaluation(version: ModelVersion) -> ModelEvaluation | None:
     )
 
 
-def protected_aliases(project) -> list[str]:
-    """The aliases that need a promotion request: the project's setting, or the default."""
+def registry_protected_aliases(project) -> list[str]:
+    """The registry's own setting of protected aliases (or the default), as edited."""
     settings_row = RegistrySettings.objects.filter(project=project).first()
     if settings_row is None:
         return list(DEFAULT_PROTECTED_ALIASES)
     return list(settings_row.protected_aliases)
+
+
+def policy_protected_aliases(project) -> list[str]:
+    """The aliases the enabled promotion rule (rule 5) of the policy in force protects."""
+    from controlplane.policies.rules import RuleKey
+    from controlplane.policies.selectors import policy_in_force
+
+    promotion = policy_in_force(project).enabled(RuleKey.PROMOTION)
+    return list(promotion["aliases"]) if promotion else []
+
+
+def protected_aliases(project) -> list[str]:
+    """The aliases that need a promotion request: the registry's setting and those of the
+    policy's promotion rule, so that unprotecting an alias in the registry's settings
+    cannot side-step the policy."""
+    names = registry_protected_aliases(project)
+    names.extend(name for name in policy_protected_aliases(project) if name not in names)
+    return names

@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 
 from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
+from controlplane.policies.banner import take_denied
 from controlplane.projects.models import Project
 from controlplane.registry import page_selectors as pages
 from controlplane.registry.archive import (
@@ -39,7 +40,9 @@ from controlplane.registry.selectors import (
     aliases_of,
     model_in,
     pending_promotions,
+    policy_protected_aliases,
     protected_aliases,
+    registry_protected_aliases,
     version_in,
 )
 from controlplane.storage import object_store
@@ -97,6 +100,7 @@ def model_detail(request: ProjectRequest, project: Project, name: str) -> HttpRe
         ),
         "description_form": ModelDescriptionForm(initial={"description": model.description}),
         "compare": _comparison(request, versions),
+        "denied": take_denied(request),
     }
     return render(request, "registry/model_detail.html", context)
 
@@ -183,7 +187,7 @@ def version_archive(
 
 @project_page()
 def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
-    protected = protected_aliases(project)
+    setting = registry_protected_aliases(project)
     return render(
         request,
         "registry/reviews.html",
@@ -192,7 +196,9 @@ def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
             "pending": list(pending_promotions(project)),
             "decided": pages.decided_promotions_of(project),
             "decision_form": DecisionForm(),
-            "protected": protected,
-            "settings_form": ProtectedAliasesForm(initial={"aliases": ", ".join(protected)}),
+            "protected": setting,
+            "policy_protected": [a for a in policy_protected_aliases(project) if a not in setting],
+            "settings_form": ProtectedAliasesForm(initial={"aliases": ", ".join(setting)}),
+            "denied": take_denied(request),
         },
     )

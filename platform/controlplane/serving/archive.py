@@ -33,6 +33,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from controlplane.audit.services import audit_append
+from controlplane.policies.gates import record_allowed
+from controlplane.policies.model_gates import check_retention
 from controlplane.projects.models import Project
 from controlplane.registry.models import ModelVersion
 from controlplane.serving.models import (
@@ -383,6 +385,9 @@ def serving_settings_update(*, project: Project, actor, retention_days: int) -> 
         or not 1 <= retention_days <= MAX_RETENTION_DAYS
     ):
         raise ValueError(f"retention_days must be a whole number from 1 to {MAX_RETENTION_DAYS}")
+    # The policy's retention range (rule 6) before the transaction: a refusal's audit
+    # event commits.
+    policy = check_retention(project=project, actor=actor, retention_days=retention_days)
     with transaction.atomic():
         row, _created = ServingSettings.objects.select_for_update().get_or_create(project=project)
         previous = row.retention_days if not _created else DEFAULT_RETENTION_DAYS
@@ -396,6 +401,7 @@ def serving_settings_update(*, project: Project, actor, retention_days: int) -> 
             artifact=row,
             payload={"retention_days": retention_days, "previous_retention_days": previous},
         )
+        record_allowed(policy, project=project, actor=actor, artifact=row)
     return row
 
 

@@ -19,6 +19,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from controlplane.audit.services import audit_append
+from controlplane.policies.gates import record_allowed
+from controlplane.policies.model_gates import (
+    check_deployment_create,
+    check_deployment_start,
+    check_deployment_update,
+)
 from controlplane.registry.models import ModelAlias, ModelVersion, VersionState
 from controlplane.serving.errors import Conflict, InvalidRequest, NotFound
 from controlplane.serving.guardrail_defaults import guardrail_defaults, guardrails_checked
@@ -167,6 +173,15 @@ def deployment_create(
             f"a deployment named '{name}' already exists in this project",
             fields={"name": ["taken"]},
         )
+    # The policy (rules 5 and 6) before the transaction: a refusal's audit event commits.
+    policy = check_deployment_create(
+        project=project,
+        actor=actor,
+        name=name,
+        version=target,
+        archive=archive_requests,
+        guardrails=rails,
+    )
     try:
         with transaction.atomic():
             deployment = Deployment.objects.create(
@@ -199,6 +214,7 @@ def deployment_create(
                     **settings,
                 },
             )
+            record_allowed(policy, project=project, actor=actor, artifact=deployment)
     except IntegrityError:
         raise Conflict(
             f"a deployment named '{name}' already exists in this project",
@@ -256,6 +272,25 @@ def deployment_update(
         changes["rate_limit_per_minute"] = _integer("rate_limit_per_minute", rate_limit_per_minute)
     if archive_requests is not None:
         changes["archive_requests"] = _boolean("archive_requests", archive_requests)
+    policy = None
+    if guardrails is not None or archive_requests is not None:
+        # The policy (rule 6) on what the deployment would be, before the transaction: a
+        # refusal's audit event commits.
+        current = Deployment.objects.select_related("project", "target_version").get(
+            pk=deployment.pk
+        )  # the caller's copy may predate another change
+        rails = (
+            guardrails_checked(guardrails, GuardrailConfig.from_dict(current.guardrails))
+            if guardrails is not None
+            else current.guardrails
+        )
+        policy = check_deployment_update(
+            project=current.project,
+            actor=actor,
+            deployment=current,
+            guardrails=rails,
+            archive=changes.get("archive_requests", current.archive_requests),
+        )
     with transaction.atomic():
         locked = _locked(deployment)
         if guardrails is not None:
@@ -281,6 +316,8 @@ def deployment_update(
             artifact=locked,
             payload={"name": locked.name, "before": before, "after": changes},
         )
+        if policy is not None:
+            record_allowed(policy, project=locked.project, actor=actor, artifact=locked)
     return locked
 
 
@@ -312,23 +349,22 @@ def deployment_stop(*, deployment: Deployment, actor, reason: str = "") -> Deplo
 def deployment_start(*, deployment: Deployment, actor) -> Deployment:
     """Start a stopped or failed deployment again (a deployment following an alias
     serves where the alias points now). Its failure count starts again from zero."""
+    policy = None
+    current = Deployment.objects.select_related("project", "model", "target_version").get(
+        pk=deployment.pk
+    )  # the caller's copy may predate a stop
+    if current.state != DeploymentState.RUNNING:
+        # The policy (rules 5, 6: it may have changed while the deployment was stopped)
+        # before the transaction, so that a refusal's audit event commits.
+        target = _ready(_start_target(current), "version")
+        policy = check_deployment_start(
+            project=current.project, actor=actor, deployment=current, version=target
+        )
     with transaction.atomic():
         locked = _locked(deployment)
         if locked.state == DeploymentState.RUNNING:
             return locked
-        target = locked.target_version
-        if locked.alias:
-            alias = (
-                ModelAlias.objects.filter(model=locked.model, name=locked.alias)
-                .select_related("version")
-                .first()
-            )
-            if alias is None:
-                raise Conflict(
-                    f"{locked.model.name} has no alias @{locked.alias} any more; "
-                    "create a new deployment"
-                )
-            target = alias.version
+        target = _start_target(locked)
         _ready(target, "version")
         before = locked.state
         locked.state = DeploymentState.RUNNING
@@ -348,7 +384,27 @@ def deployment_start(*, deployment: Deployment, actor) -> Deployment:
                 "version_id": target.pk,
             },
         )
+        if policy is not None:
+            record_allowed(policy, project=locked.project, actor=actor, artifact=locked)
     return locked
+
+
+def _start_target(deployment: Deployment) -> ModelVersion:
+    """The version a deployment serves when it starts: where its alias points now, or
+    its pinned version."""
+    if not deployment.alias:
+        return deployment.target_version
+    alias = (
+        ModelAlias.objects.filter(model=deployment.model, name=deployment.alias)
+        .select_related("version")
+        .first()
+    )
+    if alias is None:
+        raise Conflict(
+            f"{deployment.model.name} has no alias @{deployment.alias} any more; "
+            "create a new deployment"
+        )
+    return alias.version
 
 
 # The registry's hook -------------------------------------------------------------------

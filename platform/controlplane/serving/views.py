@@ -17,6 +17,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
+from controlplane.policies.errors import PolicyDenied
 from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action
 from controlplane.registry.models import ModelTask
@@ -75,8 +76,13 @@ def deployment_list(request: ProjectRequest, project: Project) -> HttpResponse:
         deployment = _deploy(request, project, form)
         if deployment is not None:
             return to_deployment_page(project, deployment)
-        status = 400
-    context = {"project": project, "rows": pages.deployments_page(project), "form": form}
+        status = 409 if getattr(form, "policy_denied", None) else 400
+    context = {
+        "project": project,
+        "rows": pages.deployments_page(project),
+        "form": form,
+        "denied": getattr(form, "policy_denied", None),
+    }
     return render(request, "serving/deployment_list.html", context, status=status)
 
 
@@ -112,6 +118,9 @@ def _deploy(request: ProjectRequest, project: Project, form: DeployForm) -> Depl
             key = key.removeprefix("guardrails.")
             if key in form.fields:
                 form.add_error(key, " ".join(map(str, problems)))
+        return None
+    except PolicyDenied as error:
+        form.policy_denied = error.body()  # shown as the policy banner above the form
         return None
     messages.success(
         request,
