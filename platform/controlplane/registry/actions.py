@@ -17,8 +17,8 @@ from django.views.decorators.http import require_POST
 from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
 from controlplane.jobs.selectors import job_in
 from controlplane.jobs.views import job_started
-from controlplane.policies.banner import keep_denied
 from controlplane.policies.errors import PolicyDenied
+from controlplane.policies.pages import denied_show
 from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action
 from controlplane.registry import page_selectors as pages
@@ -108,7 +108,7 @@ def alias_move(request: ProjectRequest, project: Project, name: str) -> HttpResp
         messages.error(request, str(error))
         return to_model_page(project, model)
     except PolicyDenied as error:
-        keep_denied(request, error)  # the model page shows it as a banner
+        denied_show(request, error)  # the model page shows it as a banner
         return to_model_page(project, model)
     if isinstance(outcome, PromotionRequest):
         messages.info(
@@ -209,7 +209,7 @@ def promotion_decide(request: ProjectRequest, project: Project, request_id: int)
     except RegistryError as error:
         messages.error(request, str(error))
     except PolicyDenied as error:
-        keep_denied(request, error)  # the review queue shows it as a banner
+        denied_show(request, error)  # the review queue shows it as a banner
     else:
         outcome = {"withdraw": "withdrawn", "approve": "approved"}.get(decision, "rejected")
         messages.success(

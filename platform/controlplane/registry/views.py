@@ -13,7 +13,6 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 
 from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
-from controlplane.policies.banner import take_denied
 from controlplane.projects.models import Project
 from controlplane.registry import page_selectors as pages
 from controlplane.registry.archive import (
@@ -100,7 +99,6 @@ def model_detail(request: ProjectRequest, project: Project, name: str) -> HttpRe
         ),
         "description_form": ModelDescriptionForm(initial={"description": model.description}),
         "compare": _comparison(request, versions),
-        "denied": take_denied(request),
     }
     return render(request, "registry/model_detail.html", context)
 
@@ -199,6 +197,5 @@ def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
             "protected": setting,
             "policy_protected": [a for a in policy_protected_aliases(project) if a not in setting],
             "settings_form": ProtectedAliasesForm(initial={"aliases": ", ".join(setting)}),
-            "denied": take_denied(request),
         },
     )
