@@ -163,6 +163,7 @@ def dataset_version_start(
     expires = timedelta(seconds=settings.DATASET_UPLOAD_TTL_SECONDS)
     opened: list[tuple[str, str]] = []
     try:
+        location = store.location()
         with transaction.atomic():
             version = DatasetVersion.objects.create(
                 dataset=dataset,
@@ -170,6 +171,8 @@ def dataset_version_start(
                 created_by=actor,
                 note=note,
                 upload_expires_at=timezone.now() + expires,
+                storage_bucket=location.bucket,
+                storage_region=location.region,
             )
             uploads = []
             for index, (declared, size) in enumerate(zip(files, part_sizes, strict=True)):
