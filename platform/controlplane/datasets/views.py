@@ -36,6 +36,10 @@ from controlplane.datasets.services import (
 )
 from controlplane.engine_tools import pipeline_defaults
 from controlplane.jobs.views import job_started
+from controlplane.policies.models import SubjectType
+from controlplane.policies.pages import gate_warning, violations_banner
+from controlplane.policies.plans import upload_facts
+from controlplane.policies.rules import Gate
 from controlplane.projects.models import Project
 from workers.protocol import JobKind
 
@@ -92,6 +96,13 @@ def dataset_detail(request: ProjectRequest, project: Project, dataset_id: int) -
             "versions": versions_of(dataset)[:50],
             "lineage": dataset_lineage(dataset),
             "edit_form": edit_form,
+            # What the policy would say to an upload now: shown above the upload form, so
+            # nobody hashes gigabytes only to be refused.
+            "upload_denied": (
+                gate_warning(project, Gate.DATASET_UPLOAD, lambda: upload_facts(dataset))
+                if request.can["run"]
+                else None
+            ),
         },
     )
 
@@ -143,6 +154,7 @@ def dataset_version(
         "train_form": train_form,
         "has_shards": version_has_token_shards(version),
         "report_rows": _report_rows(version.report),
+        "violations": violations_banner(project, SubjectType.DATASET_VERSION, version.pk),
     }
     return render(request, "datasets/dataset_version.html", context)
 

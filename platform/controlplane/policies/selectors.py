@@ -92,6 +92,13 @@ def holds_of(project, *, active: bool = True) -> QuerySet[ErasureHold]:
     return rows.filter(released_at__isnull=True) if active else rows
 
 
+def open_violations_of_subject(subject_type: str, subject_id: int) -> QuerySet[Violation]:
+    """The open violations of one subject (its page shows them)."""
+    return Violation.objects.filter(
+        subject_type=subject_type, subject_id=subject_id, state=ViolationState.OPEN
+    ).order_by("rule", "pk")
+
+
 # -- one row of a project (the API's lookups; None: not in this project) ------------------
 
 
