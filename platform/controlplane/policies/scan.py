@@ -41,6 +41,7 @@ from controlplane.policies.decide import Finding, PolicySnapshot, decide
 from controlplane.policies.errors import NotAllowed
 from controlplane.policies.facts import active_waivers, dataset_facts, model_version_facts
 from controlplane.policies.models import PolicyScan, ScanState, SubjectType
+from controlplane.policies.plans import dataset_version_ids, gpu_count, training_kinds
 from controlplane.policies.rules import Gate, RuleKey
 from controlplane.policies.selectors import policy_in_force
 from controlplane.policies.subjects import (
@@ -377,8 +378,8 @@ def _deployment_plan(row: dict, retention_days: int, versions: dict) -> Deployme
 
 
 def _job_plan(row: dict, location) -> JobPlan:
-    """A queued or running job as its creation gate saw it; its data is judged with the
-    dataset versions, so it carries none here."""
+    """A queued or running job as its creation gate saw it (plans.job_plan, without the
+    data: that is judged with the dataset versions)."""
     return JobPlan(
         ref=SubjectRef(SubjectType.JOB, row["pk"], f"job {row['pk']} ({row['kind']})"),
         kind=row["kind"],
@@ -392,38 +393,7 @@ def _job_plan(row: dict, location) -> JobPlan:
 
 
 def _store_location():
+    """Where the platform's store writes (job outputs go there): asked once per project."""
     from controlplane.storage import object_store
 
     return object_store().location()
-
-
-def training_kinds() -> frozenset[str]:
-    """Kinds that train a model on a dataset version (rules 1, 2 and 4 look at its data)."""
-    from controlplane.jobs.posttrain import POSTTRAIN_KINDS
-
-    return frozenset({"pretrain", *(str(kind) for kind in POSTTRAIN_KINDS)})
-
-
-def dataset_version_ids(params: Any) -> list[int]:
-    """The dataset versions a job reads: every `*dataset_version_id` parameter."""
-    ids: list[int] = []
-    for key, value in (params or {}).items() if isinstance(params, dict) else ():
-        if key.endswith("dataset_version_id"):
-            values = [value]
-        elif key.endswith("dataset_version_ids") and isinstance(value, list):
-            values = value
-        else:
-            continue
-        ids += [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    return list(dict.fromkeys(ids))
-
-
-def gpu_count(queue: str, params: Any) -> int:
-    """GPUs a job asks for: resources.devices x nodes when it says, else one on the gpu
-    queue and none on the cpu queue."""
-    resources = params.get("resources") if isinstance(params, dict) else None
-    if isinstance(resources, dict):
-        devices, nodes = resources.get("devices"), resources.get("nodes", 1)
-        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (devices, nodes)):
-            return devices * max(nodes, 1)
-    return 1 if str(queue) == "gpu" else 0
