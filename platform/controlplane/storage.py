@@ -11,4 +11,7 @@ from workers.storage import ObjectStore, get_object_store
 def object_store() -> ObjectStore:
     store = get_object_store()
     store.ensure_bucket()
+    # Where the bucket is (S3: one request, remembered by the store) is asked now, with
+    # the bucket, not later while a new dataset version's rows are locked.
+    store.location()
     return store

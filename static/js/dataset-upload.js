@@ -19,9 +19,46 @@
     if (!response.ok) {
       const error = new Error(data && data.error ? data.error.message : response.statusText);
       error.status = response.status;
+      error.body = data && data.error;
       throw error;
     }
     return data;
+  }
+
+  // A policy's refusal (409 policy_denied) as the banner templates/policies/_denied.html
+  // draws: each rule's number and title, the reason, the fix and a link to the rule.
+  const deniedBox = document.querySelector(".upload-denied");
+  function showDenied(error) {
+    if (!deniedBox || !error.body || error.body.code !== "policy_denied") return false;
+    const add = (parent, tag, text, cls) => {
+      const node = document.createElement(tag);
+      if (text) node.textContent = text;
+      if (cls) node.className = cls;
+      parent.appendChild(node);
+      return node;
+    };
+    deniedBox.replaceChildren();
+    deniedBox.className = "upload-denied flash error policy-denied";
+    deniedBox.setAttribute("role", "alert");
+    add(deniedBox, "strong", `Refused by the ${error.body.policy} policy`);
+    const list = add(deniedBox, "ul");
+    for (const d of error.body.denials || []) {
+      const item = add(list, "li", "", `rule-${d.rule}`);
+      add(item, "strong", `Rule ${d.rule_number}: ${d.title}`);
+      item.append(`: ${d.reason}.`);
+      add(item, "br");
+      add(item, "em", "How to fix:");
+      item.append(` ${d.fix}.`);
+      add(item, "br");
+      const more = add(item, "span", d.explanation, "muted small");
+      if (d.rule_url) {
+        more.append(" ");
+        const link = add(more, "a", `Read rule ${d.rule_number} of the policy`);
+        link.href = d.rule_url;
+      }
+    }
+    deniedBox.hidden = false;
+    return true;
   }
 
   const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -98,7 +135,9 @@
       await complete(`${form.dataset.api}${version.number}/`, {files: completed});
       window.location = form.dataset.done;
     } catch (error) {
-      status.textContent = `Upload failed: ${error.message}`;
+      status.textContent = showDenied(error)
+        ? "Upload refused by the policy (see above)."
+        : `Upload failed: ${error.message}`;
       // Only an upload still in progress can be aborted; the server refuses (409) to
       // touch a version that is being completed or is ready.
       if (version && version.state === "uploading") {

@@ -137,6 +137,9 @@ class ReplicaSpec:
     guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
     # HMAC-SHA256 key (hex) for X-Data-Subject hashes: per project, derived by the platform.
     subject_key: str = ""
+    # False: the replica keeps no record of requests (no archive object, no index). True
+    # by default, so a spec from a platform that predates the flag archives as it did.
+    archive: bool = True
     archive_window_seconds: float = 2.0
     draining: bool = False  # finish what you hold, take nothing new, then stop
 

@@ -24,6 +24,8 @@ answer's last byte): every request that reached the model or a guardrail's verdi
 its slot freed). Requests turned away before that are not archived, since nothing was
 generated and no guardrail decided: 403 (not from a front), 404/405, 413, malformed JSON or
 parameters (400), a prompt over the context, 429 queue full, 503 draining or engine down.
+A spec with ``archive: false`` (a deployment created without archiving) archives nothing:
+no archiver is started, and answers are the same, ``x_guardrails`` included.
 """
 
 from __future__ import annotations
@@ -207,6 +209,12 @@ class ReplicaServer:
         return header is not None and hmac.compare_digest(header.encode(), self.secret)
 
     def archive(self, ctx: _Context, status: RecordStatus, **parts: Any) -> None:
+        if status == RecordStatus.ERROR:
+            self.counters["errors"] += 1
+        if not self.spec.archive:
+            # Checked here, not only by make_archiver: whatever archiver the replica was
+            # given, a deployment without archiving must leave no record of a request.
+            return
         record = {
             "id": ctx.id,
             "time": ctx.time,
@@ -225,8 +233,6 @@ class ReplicaServer:
                 "total_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
             },
         }
-        if status == RecordStatus.ERROR:
-            self.counters["errors"] += 1
         try:
             self.archiver.record(record)
         except Exception:  # noqa: BLE001 - archiving never fails a request
@@ -746,9 +752,22 @@ class FileArchiver:
         return None
 
 
+class NoArchiver:
+    """A deployment without archiving: keeps nothing, opens no store or broker connection."""
+
+    def record(self, record: dict) -> None:
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        return None
+
+
 def make_archiver(kind: str, store, spec: ReplicaSpec, node: str):
     """``store``: the Archiver of workers/serve/archive.py (objects in the store, index
-    batches to the control queue); ``file:PATH``: FileArchiver."""
+    batches to the control queue); ``file:PATH``: FileArchiver; NoArchiver whatever the
+    kind when the spec says not to archive."""
+    if not spec.archive:
+        return NoArchiver()
     if kind.startswith("file:"):
         return FileArchiver(kind[len("file:") :])
     if kind != "store":

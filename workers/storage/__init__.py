@@ -11,7 +11,7 @@ for chunk in store.iter_chunks(key): ...
 from __future__ import annotations
 
 from workers.config import ObjectStoreConfig, object_store_config
-from workers.storage.base import ObjectInfo, ObjectStore, OpenUpload, StoredObject
+from workers.storage.base import ObjectInfo, ObjectStore, OpenUpload, StoredObject, StoreLocation
 from workers.storage.errors import (
     InvalidKeyError,
     ObjectExistsError,
@@ -35,6 +35,7 @@ __all__ = [
     "PresignedURLError",
     "S3ObjectStore",
     "StorageError",
+    "StoreLocation",
     "StoredObject",
     "StreamLengthError",
     "get_object_store",

@@ -58,6 +58,17 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class StoreLocation:
+    """Where a store keeps its objects: what a data-residency rule is checked against."""
+
+    backend: str  # "local" or "s3"
+    bucket: str
+    # S3: the region the server says the bucket is in, not the one configured; "local"
+    # for the embedded store (the machine's own disk).
+    region: str
+
+
+@dataclass(frozen=True)
 class OpenUpload:
     """A multipart upload that was created and neither completed nor aborted."""
 
@@ -281,6 +292,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (and turn versioning on where the backend has it)."""
+
+    @abstractmethod
+    def location(self) -> StoreLocation:
+        """The backend, bucket and region the objects are stored in (looked up once)."""
 
     def _key(self, key: str) -> str:
         return validate_key(key)

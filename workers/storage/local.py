@@ -31,6 +31,7 @@ from workers.storage.base import (
     ObjectStore,
     OpenUpload,
     StoredObject,
+    StoreLocation,
     check_content_type,
     check_expiry,
     check_metadata,
@@ -51,6 +52,8 @@ _COPY_CHUNK = 1024 * 1024
 _SIDECAR_SUFFIX = ".meta.json"
 # Separates these signatures from anything else signed with the same SECRET_KEY.
 _PRESIGN_CONTEXT = b"controlplane.storage.local-presign.v1"
+# The embedded store's objects are on this machine's disk: no cloud region applies.
+LOCAL_REGION = "local"
 
 
 def _b64encode(data: bytes) -> str:
@@ -520,3 +523,6 @@ class LocalObjectStore(ObjectStore):
 
     def ensure_bucket(self) -> None:
         self.bucket_dir.mkdir(parents=True, exist_ok=True)
+
+    def location(self) -> StoreLocation:
+        return StoreLocation(backend=self.backend, bucket=self.bucket, region=LOCAL_REGION)

@@ -28,7 +28,13 @@ from typing import BinaryIO, TypeVar
 
 import urllib3.exceptions
 
-from workers.storage.base import DEFAULT_CONTENT_TYPE, ObjectInfo, ObjectStore, StoredObject
+from workers.storage.base import (
+    DEFAULT_CONTENT_TYPE,
+    ObjectInfo,
+    ObjectStore,
+    StoredObject,
+    StoreLocation,
+)
 from workers.storage.errors import (
     InvalidKeyError,
     ObjectExistsError,
@@ -324,6 +330,9 @@ class RetryingObjectStore(ObjectStore):
 
     def ensure_bucket(self) -> None:
         self._retrying("create bucket", self.inner.ensure_bucket)
+
+    def location(self) -> StoreLocation:
+        return self._retrying("look up the bucket's region", self.inner.location)
 
 
 def _pass_through(name: str):

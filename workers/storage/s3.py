@@ -35,6 +35,7 @@ from workers.storage.base import (
     ObjectStore,
     OpenUpload,
     StoredObject,
+    StoreLocation,
     check_content_type,
     check_expiry,
     check_metadata,
@@ -164,6 +165,21 @@ class S3ObjectStore(ObjectStore):
             http_client=_http_client(),
         )
         self.region = region
+        # Where the bucket really is is asked of the server (`location`): a client given a
+        # region trusts it without asking, so the lookup has a client of its own without
+        # one. Anonymous clients never ask (the SDK answers us-east-1): none is made then.
+        self._region_client = (
+            Minio(
+                endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=secure,
+                http_client=_http_client(),
+            )
+            if access_key
+            else None
+        )
+        self._location: StoreLocation | None = None
         # Presigned URLs are for browsers and other machines, which may know the server by
         # another name than we do (`minio:9000` inside compose, `localhost:9000` outside).
         # The signature covers the host, so sign with the name the client will use; with
@@ -601,3 +617,36 @@ class S3ObjectStore(ObjectStore):
                         raise
             if self.client.get_bucket_versioning(self.bucket).status != ENABLED:
                 self.client.set_bucket_versioning(self.bucket, VersioningConfig(ENABLED))
+
+    def location(self) -> StoreLocation:
+        """The bucket's region as the server reports it, so a misconfigured region cannot
+        be recorded as where data lives. Looked up once per store (a bucket never moves).
+        """
+        if self._location is None:
+            self._location = StoreLocation(
+                backend=self.backend, bucket=self.bucket, region=self._bucket_region()
+            )
+        return self._location
+
+    def _bucket_region(self) -> str:
+        if self._region_client is None:
+            return self.region
+        with self._errors("look up the bucket's region"):
+            try:
+                # GetBucketLocation. An empty answer is us-east-1 (S3's convention, which
+                # the SDK applies, as it maps AWS's legacy "EU" to eu-west-1).
+                return self._region_client._get_region(self.bucket)
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket":
+                    raise
+                # The server will not say (no GetBucketLocation, or a policy without
+                # s3:GetBucketLocation): the configuration is all there is to go by.
+                logger.warning(
+                    "S3 endpoint %s does not report the region of bucket %s (%s); "
+                    "recording the configured region %s",
+                    self.endpoint,
+                    self.bucket,
+                    exc.code,
+                    self.region,
+                )
+                return self.region

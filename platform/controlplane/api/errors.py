@@ -172,10 +172,14 @@ def policy_error_response(exc) -> Response:
 
 
 def exception_handler(exc, context):
-    from controlplane.policies.errors import PolicyError
+    from controlplane.policies.errors import PolicyDenied, PolicyError
 
     if isinstance(exc, PolicyError):
-        set_rollback()
+        # A refusal is itself audited (gates.enforce): a view wrapped in a transaction (an
+        # Idempotency-Key request) must not roll that event back. A gate raises before its
+        # caller writes anything, and any atomic block it raised through undid its own work.
+        if not isinstance(exc, PolicyDenied):
+            set_rollback()
         return policy_error_response(exc)
     mapped = as_api_exception(exc)
     if mapped is None:

@@ -27,6 +27,7 @@ from controlplane.datasets.services import (
     DatasetError,
     DeclaredFile,
     dataset_create,
+    dataset_update,
     dataset_version_abort,
     dataset_version_complete,
     dataset_version_start,
@@ -89,14 +90,33 @@ class DatasetIn(StrictSerializer):
     )
 
 
+class DatasetPatch(StrictSerializer):
+    """The descriptive fields (services.EDITABLE_FIELDS); any other field is refused.
+
+    Their lengths are checked by the service, against the model's columns.
+    """
+
+    description = serializers.CharField(required=False, allow_blank=True)
+    source = serializers.CharField(required=False, allow_blank=True)
+    license = serializers.CharField(required=False, allow_blank=True)
+
+
 class FileOut(serializers.ModelSerializer):
     class Meta:
         model = DatasetFile
         fields = ["id", "name", "role", "object_key", "size", "sha256", "record_count"]
 
 
+class StorageOut(serializers.Serializer):
+    """Where the version's objects are stored; blank for versions made before it was kept."""
+
+    bucket = serializers.CharField(source="storage_bucket")
+    region = serializers.CharField(source="storage_region")
+
+
 class VersionOut(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username")
+    storage = StorageOut(source="*", read_only=True)
     files = FileOut(many=True, read_only=True)
     produced_by_job = serializers.IntegerField(source="produced_by_id", allow_null=True)
     parents = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
@@ -118,6 +138,7 @@ class VersionOut(serializers.ModelSerializer):
             "created_at",
             "ready_at",
             "upload_expires_at",
+            "storage",
         ]
 
 
@@ -199,6 +220,18 @@ class DatasetDetail(APIView):
     @extend_schema(responses=DatasetOut)
     def get(self, request, project_id: int, dataset_id: int):
         dataset = dataset_or_404(request, project_id, dataset_id)
+        return Response(DatasetOut(datasets_for(dataset.project).get(pk=dataset.pk)).data)
+
+    @extend_schema(request=DatasetPatch, responses=DatasetOut)
+    def patch(self, request, project_id: int, dataset_id: int):
+        """Correct the description, source or licence (engineers and owners)."""
+        dataset = dataset_or_404(request, project_id, dataset_id, Action.RUN)
+        body = DatasetPatch(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            dataset_update(dataset=dataset, actor=request.user, **body.validated_data)
+        except DatasetError as error:
+            raise_dataset_error(error)
         return Response(DatasetOut(datasets_for(dataset.project).get(pk=dataset.pk)).data)
 
 

@@ -102,6 +102,12 @@ class DatasetVersion(models.Model):
     completion_digest = models.CharField(max_length=64, blank=True)
     # Why a version in state `removing` is being removed (for the audit event).
     removal_reason = models.CharField(max_length=300, blank=True)
+    # Where its objects are stored (the store's `location()` when the version was made):
+    # what a data-residency rule checks. Blank on versions made before it was recorded.
+    # S3 bucket names have at most 63 characters; the local store's folder name may be
+    # a key part of up to 200 (workers/storage/keys.py).
+    storage_bucket = models.CharField(max_length=255, blank=True)
+    storage_region = models.CharField(max_length=100, blank=True)
 
     class Meta:
         ordering = ["dataset_id", "-number"]

@@ -33,6 +33,7 @@ from controlplane.datasets.versioning import (
 )
 from controlplane.names import name_problem
 from controlplane.projects.models import Project
+from controlplane.storage import object_store
 
 __all__ = [
     "DEFAULT_PART_SIZE",
@@ -42,7 +43,9 @@ __all__ = [
     "DatasetError",
     "DeclaredFile",
     "PartUpload",
+    "EDITABLE_FIELDS",
     "dataset_create",
+    "dataset_update",
     "dataset_uploads_reap",
     "dataset_version_abort",
     "dataset_version_complete",
@@ -98,6 +101,67 @@ def dataset_create(
     return dataset
 
 
+# What may change once a dataset exists: how it is described (a wrong licence or source is
+# corrected here). Name, slug and kind are what jobs and links refer to, and the subject
+# field decides what the pipeline indexes for erasure: those stay as created.
+EDITABLE_FIELDS = ("description", "source", "license")
+
+
+def dataset_update(*, dataset: Dataset, actor: User, **changes: str) -> Dataset:
+    """Change a dataset's descriptive fields (EDITABLE_FIELDS).
+
+    Only fields whose value differs are written, and the `dataset.updated` audit event
+    holds each of them as {field: {"before", "after"}}; a change to nothing records nothing.
+    """
+    unknown = sorted(set(changes) - set(EDITABLE_FIELDS))
+    if unknown:
+        editable = ", ".join(EDITABLE_FIELDS)
+        raise DatasetError(
+            f"{', '.join(unknown)} cannot be changed; a dataset's {editable} can",
+            fields={
+                name: [f"not editable; the editable fields are {editable}"] for name in unknown
+            },
+        )
+    for name, value in changes.items():
+        problem = _text_problem(name, value)
+        if problem:
+            raise DatasetError(problem, fields={name: [problem]})
+    with transaction.atomic():
+        # Locked, so that `before` is what this change replaced, not what a concurrent
+        # edit had already replaced.
+        locked = Dataset.objects.select_for_update().get(pk=dataset.pk)
+        diff = {
+            name: {"before": getattr(locked, name), "after": value}
+            for name, value in changes.items()
+            if getattr(locked, name) != value
+        }
+        if not diff:
+            return dataset
+        for name, change in diff.items():
+            setattr(locked, name, change["after"])
+            setattr(dataset, name, change["after"])
+        locked.save(update_fields=list(diff))
+        audit_append(
+            project=dataset.project,
+            actor=actor,
+            action="dataset.updated",
+            artifact=locked,
+            payload=diff,
+        )
+    return dataset
+
+
+def _text_problem(name: str, value: object) -> str | None:
+    if not isinstance(value, str):
+        return f"{name} must be text"
+    if "\x00" in value:
+        return f"{name} may not contain NUL characters"
+    limit = Dataset._meta.get_field(name).max_length
+    if limit is not None and len(value) > limit:
+        return f"{name} has {len(value)} characters; at most {limit} are kept"
+    return None
+
+
 def _role_of(name: str) -> FileRole:
     base = name.rsplit("/", 1)[-1]
     if base.startswith("records-"):
@@ -119,6 +183,10 @@ def dataset_version_from_job(*, job, result: dict[str, Any]) -> DatasetVersion:
         pk=job.params["dataset_version_id"]
     )
     dataset = Dataset.objects.get(pk=source.dataset_id)
+    # The job wrote its files to the store the platform is configured with; its location
+    # was looked up when the store was built (controlplane/storage.py), so applying the
+    # job's events under the job's lock waits on no request to the store here.
+    location = object_store().location()
     version = DatasetVersion.objects.create(
         dataset=dataset,
         number=version_number_take(dataset),
@@ -128,6 +196,8 @@ def dataset_version_from_job(*, job, result: dict[str, Any]) -> DatasetVersion:
         record_count=result.get("records"),
         report=result.get("report"),
         preview=result.get("preview"),
+        storage_bucket=location.bucket,
+        storage_region=location.region,
     )
     version.parents.add(source)
     DatasetFile.objects.bulk_create(

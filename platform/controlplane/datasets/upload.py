@@ -49,6 +49,9 @@ from controlplane.datasets.versioning import (
     version_remove_claimed,
 )
 from controlplane.names import name_problem
+from controlplane.policies.gates import enforce
+from controlplane.policies.plans import upload_facts
+from controlplane.policies.rules import Gate
 from controlplane.storage import object_store
 from workers.storage import StorageError
 
@@ -159,10 +162,20 @@ def dataset_version_start(
     files = _declared(files)
     # Every check before the store is touched: a refusal leaves nothing anywhere.
     part_sizes = [_part_size_for(f.size, part_size) for f in files]
+    # The policy too (licence, source, where the store keeps the bytes): a refusal is
+    # PolicyDenied, audited on the dataset, and no byte or row is written.
+    enforce(
+        project=dataset.project,
+        gate=Gate.DATASET_UPLOAD,
+        subject=lambda: upload_facts(dataset),
+        actor=actor,
+        artifact=dataset,
+    )
     store = object_store()
     expires = timedelta(seconds=settings.DATASET_UPLOAD_TTL_SECONDS)
     opened: list[tuple[str, str]] = []
     try:
+        location = store.location()
         with transaction.atomic():
             version = DatasetVersion.objects.create(
                 dataset=dataset,
@@ -170,6 +183,8 @@ def dataset_version_start(
                 created_by=actor,
                 note=note,
                 upload_expires_at=timezone.now() + expires,
+                storage_bucket=location.bucket,
+                storage_region=location.region,
             )
             uploads = []
             for index, (declared, size) in enumerate(zip(files, part_sizes, strict=True)):

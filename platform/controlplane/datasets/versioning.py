@@ -24,6 +24,10 @@ from django.utils import timezone
 
 from controlplane.audit.services import audit_append
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion, VersionState
+from controlplane.policies.facts import dataset_facts
+from controlplane.policies.gates import enforce
+from controlplane.policies.rules import Gate
+from controlplane.policies.violations import record_findings
 from controlplane.storage import object_store
 
 logger = logging.getLogger(__name__)
@@ -103,7 +107,27 @@ def version_mark_ready(
                 **(payload or {}),
             },
         )
+        _ready_gate(version, actor)
     return True
+
+
+def _ready_gate(version: DatasetVersion, actor: User | None) -> None:
+    """Ask the policy about the version now ready. Its bytes are checked already, so a
+    refusal cannot undo them: it is audited on the version and opened as violations (the
+    version's page shows them; training on it meets the job gate)."""
+    project = version.dataset.project
+    decision = enforce(
+        project=project,
+        gate=Gate.DATASET_READY,
+        subject=lambda: dataset_facts([version.pk])[version.pk],
+        actor=actor,
+        artifact=version,
+        raise_denied=False,
+    )
+    if decision.denials:
+        record_findings(
+            project=project, findings=decision.denials, policy_label=decision.policy.label
+        )
 
 
 def version_claim_removal(

@@ -11,13 +11,14 @@ import json
 
 from django import forms
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 
 from controlplane.audit.selectors import audit_events_for
 from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
 from controlplane.dashboard.forms import PipelineJobForm, TrainJobForm
-from controlplane.datasets.forms import DatasetForm
+from controlplane.datasets.forms import DatasetEditForm, DatasetForm
 from controlplane.datasets.lineage import dataset_lineage
 from controlplane.datasets.models import Dataset, DatasetVersion
 from controlplane.datasets.selectors import (
@@ -27,9 +28,18 @@ from controlplane.datasets.selectors import (
     version_numbered,
     versions_of,
 )
-from controlplane.datasets.services import DatasetError, dataset_create
+from controlplane.datasets.services import (
+    EDITABLE_FIELDS,
+    DatasetError,
+    dataset_create,
+    dataset_update,
+)
 from controlplane.engine_tools import pipeline_defaults
 from controlplane.jobs.views import job_started
+from controlplane.policies.models import SubjectType
+from controlplane.policies.pages import gate_warning, violations_banner
+from controlplane.policies.plans import upload_facts
+from controlplane.policies.rules import Gate
 from controlplane.projects.models import Project
 from workers.protocol import JobKind
 
@@ -65,7 +75,18 @@ def _dataset(project: Project, dataset_id: int) -> Dataset:
 
 @project_page()
 def dataset_detail(request: ProjectRequest, project: Project, dataset_id: int) -> HttpResponse:
+    """The dataset, its versions and lineage; engineers and owners edit its description here."""
     dataset = _dataset(project, dataset_id)
+    posted = request.POST if request.method == "POST" else None
+    edit_form = DatasetEditForm(
+        posted, initial={name: getattr(dataset, name) for name in EDITABLE_FIELDS}
+    )
+    if posted is not None:
+        if not request.can["run"]:
+            raise PermissionDenied("only engineers and owners edit datasets")
+        if _edited(request, dataset, edit_form):
+            messages.success(request, f"Dataset {dataset.name} saved.")
+            return redirect("dataset-detail", project_id=project.pk, dataset_id=dataset.pk)
     return render(
         request,
         "datasets/dataset_detail.html",
@@ -74,8 +95,30 @@ def dataset_detail(request: ProjectRequest, project: Project, dataset_id: int) -
             "dataset": dataset,
             "versions": versions_of(dataset)[:50],
             "lineage": dataset_lineage(dataset),
+            "edit_form": edit_form,
+            # What the policy would say to an upload now: shown above the upload form, so
+            # nobody hashes gigabytes only to be refused.
+            "upload_denied": (
+                gate_warning(project, Gate.DATASET_UPLOAD, lambda: upload_facts(dataset))
+                if request.can["run"]
+                else None
+            ),
         },
     )
+
+
+def _edited(request: ProjectRequest, dataset: Dataset, form: DatasetEditForm) -> bool:
+    """Whether the form's changes were saved; if not, the reasons are on the form."""
+    if not form.is_valid():
+        return False
+    try:
+        dataset_update(dataset=dataset, actor=request.user, **form.cleaned_data)
+    except DatasetError as error:
+        for name, problems in (error.fields or {None: [str(error)]}).items():
+            for problem in problems:
+                form.add_error(name if name in form.fields else None, problem)
+        return False
+    return True
 
 
 @project_page()
@@ -111,6 +154,7 @@ def dataset_version(
         "train_form": train_form,
         "has_shards": version_has_token_shards(version),
         "report_rows": _report_rows(version.report),
+        "violations": violations_banner(project, SubjectType.DATASET_VERSION, version.pk),
     }
     return render(request, "datasets/dataset_version.html", context)
 

@@ -38,6 +38,8 @@ from controlplane.jobs.selectors import (
     runs_with_metrics,
 )
 from controlplane.jobs.services import JobError, job_cancel, job_create, job_resume
+from controlplane.policies.errors import PolicyDenied
+from controlplane.policies.pages import denied_show
 from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action
 from controlplane.storage import object_store
@@ -61,13 +63,19 @@ def job_started(
     note: str = "",
 ) -> HttpResponse | None:
     """Start a job from a page's form, through the same service as the API: the redirect to
-    its page, or None once the platform's field errors are on the form (`show_errors`)."""
+    its page, or None once the platform's field errors are on the form (`show_errors`) or
+    the policy's refusal is set for the page's banner (`denied_show`)."""
     try:
         job = job_create(
             project=project, kind=kind, actor=request.user, params=params, experiment=experiment
         )
     except JobRequestError as error:
         show_errors(error.errors)
+        return None
+    except PolicyDenied as error:
+        # The banner above the form (or on the page a caller redirects to) names each
+        # rule that said no, why, how to fix it, and links to the rule.
+        denied_show(request, error)
         return None
     messages.success(request, f"Job {job.pk} ({job.kind}) queued{note}.")
     return redirect("job-detail", project_id=project.pk, job_id=job.pk)
@@ -177,6 +185,8 @@ def job_resume_view(request: ProjectRequest, project: Project, job_id: int) -> H
         job_resume(job=job, checkpoint=checkpoint, actor=request.user)
     except JobError as error:
         messages.error(request, str(error))
+    except PolicyDenied as error:
+        denied_show(request, error)
     else:
         messages.info(request, f"Job {job.pk} resumes from step {checkpoint.step}.")
     return redirect("job-detail", project_id=project.pk, job_id=job.pk)

@@ -11,27 +11,41 @@ A gate with no enabled rule decides nothing and audits nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 
 from controlplane.policies.decide import Decision, decide
 from controlplane.policies.errors import PolicyDenied
 from controlplane.policies.facts import active_waivers
-from controlplane.policies.rules import Gate
+from controlplane.policies.rules import Gate, rules_for
 from controlplane.policies.selectors import policy_in_force
 
 
 def policy_url(project) -> str:
-    if project is None:
-        return reverse("policy_default")
-    return reverse("project_policy", args=[project.slug])
+    """The policy page ("" while no page is routed: a banner then shows no link)."""
+    try:
+        if project is None:
+            return reverse("policy_default")
+        return reverse("project_policy", args=[project.slug])
+    except NoReverseMatch:
+        return ""
 
 
-def evaluate(project, gate: Gate, subject: Any) -> Decision:
-    """The decision, waivers applied, without auditing or raising (pages use it to warn)."""
-    decision = decide(policy_in_force(project), gate, subject)
+def evaluate(project, gate: Gate, subject: Any | Callable[[], Any]) -> Decision:
+    """The decision, waivers applied, without auditing or raising (pages use it to warn).
+
+    `subject` may be a function that builds it: it is called only when a rule of the gate
+    is enabled, so a project whose policy asks nothing here pays one query, not the
+    queries that gather the facts."""
+    policy = policy_in_force(project)
+    if callable(subject):
+        if not any(policy.enabled(rule.key) for rule in rules_for(gate)):
+            return Decision(gate=gate, policy=policy, rule_url=policy_url(project))
+        subject = subject()
+    decision = decide(policy, gate, subject)
     decision.rule_url = policy_url(project)
     if decision.denials:
         keys = [(f.rule.value, f.subject.type.value, f.subject.id) for f in decision.denials]
@@ -40,7 +54,13 @@ def evaluate(project, gate: Gate, subject: Any) -> Decision:
 
 
 def enforce(
-    *, project, gate: Gate, subject: Any, actor, artifact=None, raise_denied: bool = True
+    *,
+    project,
+    gate: Gate,
+    subject: Any | Callable[[], Any],
+    actor,
+    artifact=None,
+    raise_denied: bool = True,
 ) -> Decision:
     """Decide; audit a denial at once (in its own transaction when called outside one)
     and raise PolicyDenied; audit an allowance now when `artifact` is given, else leave
@@ -56,7 +76,9 @@ def enforce(
             raise PolicyDenied(decision)
         return decision
     if artifact is not None:
-        _audit(decision, project=project, actor=actor, artifact=artifact)
+        # The audit chain's row lock needs a transaction (a savepoint inside the caller's).
+        with transaction.atomic():
+            _audit(decision, project=project, actor=actor, artifact=artifact)
     return decision
 
 

@@ -220,7 +220,7 @@ def recent_denials(project, limit: int = RECENT_DENIALS) -> list[dict[str, Any]]
 
 
 def recent_scans(project, limit: int = RECENT_SCANS) -> QuerySet[PolicyScan]:
-    return PolicyScan.objects.filter(project=project).select_related("requested_by")[:limit]
+    return selectors.scans_of(project)[:limit]
 
 
 def hold_choices(project) -> list[tuple[int, str]]:
@@ -233,26 +233,6 @@ def hold_choices(project) -> list[tuple[int, str]]:
         .values_list("pk", "dataset__slug", "number")[:HOLD_CHOICES]
     )
     return [(pk, f"{slug} v{number}") for pk, slug, number in rows]
-
-
-def violation_in(project, violation_id: int) -> Violation | None:
-    return (
-        Violation.objects.filter(project=project, pk=violation_id).select_related("project").first()
-    )
-
-
-def waiver_in(project, waiver_id: int) -> Waiver | None:
-    return Waiver.objects.filter(project=project, pk=waiver_id).select_related("project").first()
-
-
-def hold_in(project, hold_id: int):
-    from controlplane.policies.models import ErasureHold
-
-    return (
-        ErasureHold.objects.filter(project=project, pk=hold_id)
-        .select_related("project", "dataset_version")
-        .first()
-    )
 
 
 # -- the staff overview ------------------------------------------------------------------

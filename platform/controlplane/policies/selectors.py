@@ -9,8 +9,10 @@ from controlplane.policies.decide import PolicySnapshot
 from controlplane.policies.models import (
     ErasureHold,
     Policy,
+    PolicyScan,
     PolicyVersion,
     Violation,
+    ViolationComment,
     ViolationState,
     Waiver,
 )
@@ -88,3 +90,46 @@ def holds_of(project, *, active: bool = True) -> QuerySet[ErasureHold]:
         "dataset_version__dataset", "placed_by", "released_by"
     )
     return rows.filter(released_at__isnull=True) if active else rows
+
+
+def open_violations_of_subject(subject_type: str, subject_id: int) -> QuerySet[Violation]:
+    """The open violations of one subject (its page shows them)."""
+    return Violation.objects.filter(
+        subject_type=subject_type, subject_id=subject_id, state=ViolationState.OPEN
+    ).order_by("rule", "pk")
+
+
+# -- one row of a project (the API's lookups; None: not in this project) ------------------
+
+
+def waiver_in(project, waiver_id: int) -> Waiver | None:
+    return waivers_of(project).filter(pk=waiver_id).first()
+
+
+def hold_in(project, hold_id: int) -> ErasureHold | None:
+    return holds_of(project, active=False).filter(pk=hold_id).first()
+
+
+def violation_in(project, violation_id: int) -> Violation | None:
+    return (
+        violations_of(project, state=None).select_related("project").filter(pk=violation_id).first()
+    )
+
+
+def violations_filtered(project, *, state: str | None, rule: str | None) -> QuerySet[Violation]:
+    rows = violations_of(project, state=state)
+    return rows.filter(rule=rule) if rule else rows
+
+
+def comments_of(violation: Violation) -> QuerySet[ViolationComment]:
+    return violation.comments.select_related("author")
+
+
+def scans_of(project) -> QuerySet[PolicyScan]:
+    """A project's scans; project None: every scan (staff's platform-wide list)."""
+    rows = PolicyScan.objects.select_related("requested_by")
+    return rows.filter(project=project) if project is not None else rows
+
+
+def scan_in(project, scan_id: int) -> PolicyScan | None:
+    return scans_of(project).filter(pk=scan_id).first()

@@ -229,7 +229,7 @@ def _done(request, project: Project, anchor: str, call, success: str) -> HttpRes
 def violation_assign(request: ProjectRequest, project: Project, violation_id: int) -> HttpResponse:
     from controlplane.policies.violations import violation_assign as assign
 
-    violation = found_or_404(pages.violation_in(project, violation_id), "no such violation")
+    violation = found_or_404(selectors.violation_in(project, violation_id), "no such violation")
     members = [(m.user_id, m.user.username) for m in members_of(project)]
     form = AssignForm(request.POST, members=members)
     if not form.is_valid():
@@ -253,7 +253,7 @@ def violation_assign(request: ProjectRequest, project: Project, violation_id: in
 def violation_comment(request: ProjectRequest, project: Project, violation_id: int) -> HttpResponse:
     from controlplane.policies.violations import violation_comment as comment
 
-    violation = found_or_404(pages.violation_in(project, violation_id), "no such violation")
+    violation = found_or_404(selectors.violation_in(project, violation_id), "no such violation")
     form = CommentForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Write a comment (at most 4,000 characters).")
@@ -272,7 +272,7 @@ def violation_comment(request: ProjectRequest, project: Project, violation_id: i
 def violation_resolve(request: ProjectRequest, project: Project, violation_id: int) -> HttpResponse:
     from controlplane.policies.violations import violation_resolve as resolve
 
-    violation = found_or_404(pages.violation_in(project, violation_id), "no such violation")
+    violation = found_or_404(selectors.violation_in(project, violation_id), "no such violation")
     form = ResolveForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Say why the violation is resolved.")
@@ -323,7 +323,7 @@ def waiver_grant(request: ProjectRequest, project: Project) -> HttpResponse:
 def waiver_revoke(request: ProjectRequest, project: Project, waiver_id: int) -> HttpResponse:
     from controlplane.policies.waivers import waiver_revoke as revoke
 
-    waiver = found_or_404(pages.waiver_in(project, waiver_id), "no such waiver")
+    waiver = found_or_404(selectors.waiver_in(project, waiver_id), "no such waiver")
     reason = request.POST.get("reason", "")[:2000]
     return _done(
         request,
@@ -364,7 +364,7 @@ def hold_place(request: ProjectRequest, project: Project) -> HttpResponse:
 def hold_release(request: ProjectRequest, project: Project, hold_id: int) -> HttpResponse:
     from controlplane.policies.waivers import hold_release as release
 
-    hold = found_or_404(pages.hold_in(project, hold_id), "no such erasure hold")
+    hold = found_or_404(selectors.hold_in(project, hold_id), "no such erasure hold")
     return _done(
         request,
         project,

@@ -134,7 +134,8 @@ def version_evaluate(
     )
     if started:
         return started
-    messages.error(request, "The evaluation was not started: " + "; ".join(refused))
+    if refused:  # else the policy refused it: its banner is on the version page
+        messages.error(request, "The evaluation was not started: " + "; ".join(refused))
     return to_version_page(project, version)
 
 

@@ -11,8 +11,17 @@ from controlplane.serving.models import Deployment, Replica, ServeNode
 
 @admin.register(Deployment)
 class DeploymentAdmin(ReadOnlyAdmin):
-    list_display = ["name", "project", "model", "follows", "state", "replicas", "device"]
-    list_filter = ["state", "device", "project"]
+    list_display = [
+        "name",
+        "project",
+        "model",
+        "follows",
+        "state",
+        "replicas",
+        "device",
+        "archive_requests",
+    ]
+    list_filter = ["state", "device", "archive_requests", "project"]
     search_fields = ["name", "alias", "reason"]
     list_select_related = ["project", "model", "pinned_version"]
 

@@ -105,6 +105,7 @@ class DeploymentOut(serializers.ModelSerializer):
             "max_queue",
             "guardrails",
             "rate_limit_per_minute",
+            "archive_requests",
             "base_url",
             "replica_set",
             "created_by",
@@ -136,6 +137,21 @@ def _default(name: str):
     return Deployment._meta.get_field(name).default
 
 
+class JSONBooleanField(serializers.BooleanField):
+    """A JSON true or false and nothing else: DRF's BooleanField would take "false", 0 or
+    "no", and a compliance setting must not flip on a guess."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+ARCHIVE_HELP = "Archive every request and its answer (default true); false records nothing."
+
+
 class DeploymentIn(StrictSerializer):
     name = serializers.CharField(max_length=63)
     model = serializers.CharField(max_length=100)
@@ -151,11 +167,15 @@ class DeploymentIn(StrictSerializer):
     rate_limit_per_minute = _limited(
         "rate_limit_per_minute", required=False, default=_default("rate_limit_per_minute")
     )
+    archive_requests = JSONBooleanField(
+        required=False, default=_default("archive_requests"), help_text=ARCHIVE_HELP
+    )
 
 
 class DeploymentPatch(StrictSerializer):
     guardrails = serializers.DictField(required=False)
     rate_limit_per_minute = _limited("rate_limit_per_minute", required=False)
+    archive_requests = JSONBooleanField(required=False, help_text=ARCHIVE_HELP)
 
 
 class ScaleIn(StrictSerializer):
@@ -198,7 +218,8 @@ class DeploymentListCreate(generics.GenericAPIView):
         responses={201: DeploymentOut},
         description="Deploy a ready version (`version`) or follow an alias (`alias`: the "
         "deployment switches when the alias moves). Guardrails default to the pipeline "
-        "settings of the data the model was trained on; `guardrails` overrides some.",
+        "settings of the data the model was trained on; `guardrails` overrides some. "
+        "`archive_requests: false` deploys without an inference archive.",
     )
     def post(self, request, project_id: int):
         project = project_or_404(request, project_id, Action.RUN)
@@ -224,8 +245,8 @@ class DeploymentDetail(APIView):
 
     @extend_schema(request=DeploymentPatch, responses=DeploymentOut)
     def patch(self, request, project_id: int, name: str):
-        """Guardrails (the fields given; the others keep their value) and the per-token
-        rate limit."""
+        """Guardrails (the fields given; the others keep their value), the per-token
+        rate limit and `archive_requests` (replicas started after the change follow it)."""
         return _changed(request, project_id, name, services.deployment_update, DeploymentPatch)
 
 

@@ -54,6 +54,14 @@ class DeployForm(forms.Form):
     device = forms.ChoiceField(choices=Device.choices, initial=Device.CPU)
     max_batch = forms.IntegerField(label="Max batch", **_bounds("max_batch"))
     max_queue = forms.IntegerField(label="Max queue", **_bounds("max_queue"))
+    # A checkbox posts nothing when unticked: required=False makes that False, not an error.
+    archive_requests = forms.BooleanField(
+        label="Archive requests and responses",
+        required=False,
+        initial=Deployment._meta.get_field("archive_requests").default,
+        help_text="Unticked, the deployment keeps no record of what it was asked or answered "
+        "(no archive, no request list, no usage charts).",
+    )
     pii = forms.ChoiceField(
         label="Input PII",
         required=False,

@@ -10,6 +10,8 @@ every second (`POST /internal/serve/sync`) and get back what to run.
 Every request and response is archived by the replica that served it: JSONL objects in
 the store (one gzip member per record, one object per replica per window), indexed here
 one row per request (`InferenceRecord`), so that one record is read with one ranged GET.
+A deployment created with `archive_requests=False` records nothing: its replicas write no
+object and send no index.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ class Deployment(models.Model):
     rate_limit_per_minute = models.PositiveIntegerField(
         default=600, validators=[MinValueValidator(1), MaxValueValidator(1_000_000)]
     )
+    # Off: its replicas keep no record of requests and answers (no archive objects, no
+    # InferenceRecord rows, so no usage charts either). A policy rule can demand it on.
+    archive_requests = models.BooleanField(default=True)
     state = models.CharField(
         max_length=10, choices=DeploymentState.choices, default=DeploymentState.RUNNING
     )

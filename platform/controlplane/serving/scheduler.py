@@ -461,6 +461,7 @@ def _answer(node: ServeNode, nodes: list[ServeNode], now) -> SyncAnswer:
                 max_queue=deployment.max_queue,
                 guardrails=GuardrailConfig.from_dict(deployment.guardrails),
                 subject_key=subject_keys[project.pk],
+                archive=deployment.archive_requests,
                 draining=replica.state == ReplicaState.DRAINING,
             )
         )

@@ -57,6 +57,14 @@ def _integer(name: str, value: Any) -> int:
     return value
 
 
+def _boolean(name: str, value: Any) -> bool:
+    # Only a real bool: "false" or 0 from a careless client must not silently flip a
+    # compliance setting either way.
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be true or false", fields={name: ["true or false"]})
+    return value
+
+
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not re.fullmatch(DEPLOYMENT_NAME_PATTERN, name):
         message = (
@@ -125,11 +133,14 @@ def deployment_create(
     max_queue: int = 64,
     guardrails: dict[str, Any] | None = None,
     rate_limit_per_minute: int = 600,
+    archive_requests: bool = True,
 ) -> Deployment:
     """Deploy a ready version, or follow an alias of the model (it switches when the alias
     moves). Guardrails default to the training data's pipeline settings
-    (guardrail_defaults.py); a `guardrails` dict overrides some of them."""
+    (guardrail_defaults.py); a `guardrails` dict overrides some of them. With
+    `archive_requests=False` its replicas record no request or answer."""
     name = _check_name(name)
+    archive_requests = _boolean("archive_requests", archive_requests)
     if model is None or model.project_id != project.pk:
         raise NotFound("no such model in this project", fields={"model": ["no such model"]})
     if device not in Device.values:
@@ -167,6 +178,7 @@ def deployment_create(
                 target_version=target,
                 device=device,
                 guardrails=rails,
+                archive_requests=archive_requests,
                 created_by=actor,
                 **settings,
             )
@@ -183,6 +195,7 @@ def deployment_create(
                     "version_id": target.pk,
                     "device": device,
                     "guardrails": rails,
+                    "archive_requests": archive_requests,
                     **settings,
                 },
             )
@@ -228,12 +241,16 @@ def deployment_update(
     actor,
     guardrails: dict[str, Any] | None = None,
     rate_limit_per_minute: int | None = None,
+    archive_requests: bool | None = None,
 ) -> Deployment:
-    """Change the guardrails (fields not given keep their value) or the per-token rate
-    limit. Replicas get the new guardrails in their spec at the next sync."""
+    """Change the guardrails (fields not given keep their value), the per-token rate
+    limit, or whether requests are archived. The new guardrails and archive flag are in
+    the replica specs of the next sync; a replica process reads its spec when it starts."""
     changes: dict[str, Any] = {}
     if rate_limit_per_minute is not None:
         changes["rate_limit_per_minute"] = _integer("rate_limit_per_minute", rate_limit_per_minute)
+    if archive_requests is not None:
+        changes["archive_requests"] = _boolean("archive_requests", archive_requests)
     with transaction.atomic():
         locked = _locked(deployment)
         if guardrails is not None:

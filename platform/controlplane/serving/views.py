@@ -104,6 +104,7 @@ def _deploy(request: ProjectRequest, project: Project, form: DeployForm) -> Depl
             max_queue=data["max_queue"],
             guardrails=data["guardrails"],
             rate_limit_per_minute=data["rate_limit_per_minute"],
+            archive_requests=data["archive_requests"],
         )
     except ServingError as error:
         form.add_error(None, str(error))

@@ -42,6 +42,7 @@ def violation_fixture(team, ready_version):
     from controlplane.policies.decide import Finding
     from controlplane.policies.models import SubjectType
     from controlplane.policies.rules import RuleKey
+    from controlplane.policies.selectors import violations_of
     from controlplane.policies.subjects import SubjectRef
     from controlplane.policies.violations import record_findings
 
@@ -51,8 +52,8 @@ def violation_fixture(team, ready_version):
         reason="licence GPL-3.0-only is not among the allowed licences",
         fix="use data under an allowed licence, or ask for a waiver",
     )
-    [row] = record_findings(project=team.project, findings=[finding], policy_label="project v1")
-    return row
+    record_findings(project=team.project, findings=[finding], policy_label="project v1")
+    return violations_of(team.project).get()
 
 
 @pytest.fixture(name="waiver")

@@ -48,7 +48,7 @@ def rule_post(team, key: str, **fields) -> dict:
 
     form = rule_form(key, policy_in_force(team.project).rules[key], current_number(team.project))
     data = {"rule": key}
-    for name, field in form.fields.items():
+    for name in form.fields:
         value = fields.get(name, form[name].value())
         if isinstance(value, bool):
             if value:
@@ -327,3 +327,42 @@ def test_another_projects_violation_is_404(team, client, violation):
     client.force_login(team.compliance)
     url = f"/projects/{team.other_project.slug}/compliance/violations/{violation.pk}/resolve/"
     assert client.post(url, {"resolution": "x"}).status_code == 404
+
+
+def test_scan_now_queues_a_scan_shown_on_the_page(team, client):
+    from controlplane.policies.selectors import scans_of
+
+    client.force_login(team.viewer)
+    assert client.post(compliance_url(team, "scans/")).status_code == 403
+    client.force_login(team.compliance)
+    response = client.post(compliance_url(team, "scans/"), follow=True)
+    assert "Scan queued" in response.content.decode()
+    [scan] = scans_of(team.project)
+    assert scan.state == "queued" and scan.requested_by == team.compliance
+    assert "by compliance" in response.content.decode()
+
+
+def test_waiver_badge_shows_on_the_job_page(team, client, make_upload):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from controlplane.jobs.services import job_create
+    from controlplane.policies.waivers import waiver_grant
+
+    upload = make_upload(team.project, team.engineer, b"a\n")
+    job = job_create(
+        project=team.project, kind="inspect", params={"upload_id": upload.pk}, actor=team.engineer
+    )
+    waiver_grant(
+        project=team.project,
+        actor=team.compliance,
+        rule="compute",
+        subject_type="job",
+        subject_id=job.pk,
+        reason="one-off benchmark on 16 GPUs",
+        expires_at=timezone.now() + timedelta(days=2),
+    )
+    client.force_login(team.viewer)
+    html = client.get(f"/projects/{team.project.pk}/jobs/{job.pk}/").content.decode()
+    assert "Rule 7: Compute waived until" in html and "one-off benchmark on 16 GPUs" in html

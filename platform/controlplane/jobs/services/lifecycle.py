@@ -21,6 +21,9 @@ from controlplane.jobs.models import (
 from controlplane.jobs.posttrain import POSTTRAIN_KINDS
 from controlplane.jobs.requests import JobRequest
 from controlplane.jobs.services.outbox import dispatch_enqueue, dispatch_send_after_commit
+from controlplane.policies.gates import enforce, record_allowed
+from controlplane.policies.plans import job_plan
+from controlplane.policies.rules import Gate
 from controlplane.projects.models import Project
 from controlplane.storage import object_store
 from workers.protocol import cancel_marker_key
@@ -49,8 +52,18 @@ def job_create(
     # data pipeline's config is checked by the engine in a subprocess (~0.8 s) that must
     # not hold a connection in a transaction meanwhile.
     request = validate_job_request(project=project, kind=kind, params=params)
+    # The policy is asked before the transaction too: a refusal's audit event commits
+    # although no job is made (PolicyDenied, a 409 with the rule, reason and fix).
+    decision = enforce(
+        project=project,
+        gate=Gate.JOB_CREATE,
+        subject=lambda: job_plan(kind=kind, queue=request.queue, params=request.params),
+        actor=actor,
+    )
     with transaction.atomic():
-        return _job_insert(project, kind, request, actor, experiment)
+        job = _job_insert(project, kind, request, actor, experiment)
+        record_allowed(decision, project=project, actor=actor, artifact=job)
+        return job
 
 
 def _start_evaluation(job: Job) -> None:
@@ -94,9 +107,30 @@ def _job_insert(
 RESUMABLE_KINDS = {"pretrain", "diffusion", "gan", "vae", *POSTTRAIN_KINDS}
 
 
-@transaction.atomic
 def job_resume(*, job: Job, checkpoint: JobArtifact, actor: User) -> Job:
-    """Run a failed job again from one of its checkpoints, as its next attempt."""
+    """Run a failed job again from one of its checkpoints, as its next attempt.
+
+    The policy in force now is asked first (outside the transaction, so that a refusal is
+    audited): a resumed run must be allowed as a new one would be, or have a waiver."""
+    current = Job.objects.select_related("project").get(pk=job.pk)
+    decision = None
+    if current.kind in RESUMABLE_KINDS and current.state == JobState.FAILED:
+        decision = enforce(
+            project=current.project,
+            gate=Gate.JOB_CREATE,
+            subject=lambda: job_plan(
+                kind=current.kind, queue=current.queue, params=current.params, job=current
+            ),
+            actor=actor,
+        )
+    with transaction.atomic():
+        resumed = _job_resume(job=job, checkpoint=checkpoint, actor=actor)
+        if decision is not None:
+            record_allowed(decision, project=resumed.project, actor=actor, artifact=resumed)
+        return resumed
+
+
+def _job_resume(*, job: Job, checkpoint: JobArtifact, actor: User) -> Job:
     job = Job.objects.select_for_update().select_related("project").get(pk=job.pk)
     if job.kind not in RESUMABLE_KINDS:
         raise JobError(f"{job.kind} jobs keep no checkpoints; start a new job instead", status=409)
