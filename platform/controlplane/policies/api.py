@@ -143,7 +143,7 @@ def _update(request, project) -> Response:
 
 
 def _version_or_404(project, number: int) -> PolicyVersion:
-    found = selectors.policy_versions(project).filter(number=number).first()
+    found = selectors.policy_version(project, number)
     if found is None:
         raise exceptions.NotFound(f"the policy has no version {number}")
     return found

@@ -54,6 +54,11 @@ def policy_versions(project) -> QuerySet[PolicyVersion]:
     return PolicyVersion.objects.filter(policy__project=project).select_related("created_by")
 
 
+def policy_version(project, number: int) -> PolicyVersion | None:
+    """Version `number` of the project's own policy (None: of the platform default)."""
+    return policy_versions(project).filter(number=number).first()
+
+
 def current_number(project) -> int:
     """The version number an edit must name as its base (0: no policy of its own yet)."""
     row = Policy.objects.filter(project=project).values("current_number").first()
