@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from django import forms
+from django.utils.html import escape
 
 from controlplane.policies.rules import RULES, Rule
 from controlplane.policies.services import MAX_REASON
@@ -55,7 +56,9 @@ class RuleForm(forms.Form):
 
     @staticmethod
     def _field(param, value) -> forms.Field:
-        common = {"label": param.label, "help_text": param.help}
+        # Django renders help_text as HTML; the catalogue's is text ("LicenseRef-<name>").
+        help_text = escape(param.help)
+        common = {"label": param.label, "help_text": help_text}
         default = param.default
         if isinstance(default, bool):
             return forms.BooleanField(required=False, initial=bool(value), **common)
@@ -64,7 +67,7 @@ class RuleForm(forms.Form):
         if isinstance(default, float):
             return forms.FloatField(initial=value, **common)
         if param.name in LIST_OF_DICTS:
-            help_text = f"{param.help} One a line: metric op value (op: <= < >= >)."
+            help_text = escape(f"{param.help} One a line: metric op value (op: <= < >= >).")
             return forms.CharField(
                 required=False,
                 initial=threshold_text(value or []),
@@ -77,7 +80,7 @@ class RuleForm(forms.Form):
             initial="\n".join(value or []),
             widget=forms.Textarea(attrs={"rows": 3}),
             label=param.label,
-            help_text=f"{param.help} One a line.",
+            help_text=escape(f"{param.help} One a line."),
         )
 
     def clean(self) -> dict[str, Any]:
@@ -158,6 +161,11 @@ class WaiverForm(forms.Form):
         help_text="At most a year ahead; an expired waiver no longer lets anything pass.",
     )
 
+    # Element ids of their own: the waiver and hold forms share a page (both have a reason).
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("auto_id", "waiver_%s")
+        super().__init__(*args, **kwargs)
+
 
 class HoldForm(forms.Form):
     dataset_version = forms.TypedChoiceField(coerce=int, choices=[], label="Dataset version")
@@ -169,6 +177,7 @@ class HoldForm(forms.Form):
     )
 
     def __init__(self, *args, versions: list[tuple[int, str]], **kwargs):
+        kwargs.setdefault("auto_id", "hold_%s")
         super().__init__(*args, **kwargs)
         self.fields["dataset_version"].choices = versions
 
@@ -177,6 +186,7 @@ class AssignForm(forms.Form):
     assignee = forms.TypedChoiceField(coerce=int, empty_value=None, required=False, choices=[])
 
     def __init__(self, *args, members: list[tuple[int, str]], **kwargs):
+        kwargs.setdefault("auto_id", False)  # one per violation on a page: no repeated ids
         super().__init__(*args, **kwargs)
         self.fields["assignee"].choices = [("", "nobody"), *members]
 

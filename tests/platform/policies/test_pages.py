@@ -366,3 +366,21 @@ def test_waiver_badge_shows_on_the_job_page(team, client, make_upload):
     client.force_login(team.viewer)
     html = client.get(f"/projects/{team.project.pk}/jobs/{job.pk}/").content.decode()
     assert "Rule 7: Compute waived until" in html and "one-off benchmark on 16 GPUs" in html
+
+
+def test_admin_shows_policy_rows_read_only(team, client, violation, waiver, hold):
+    edit(team.project, team.owner, {"compute": {"enabled": True}})
+    team.admin.is_superuser = True
+    team.admin.save()
+    client.force_login(team.admin)
+    for model in ("policy", "policyversion", "waiver", "violation", "erasurehold", "policyscan"):
+        assert client.get(f"/admin/policies/{model}/").status_code == 200, model
+        assert client.get(f"/admin/policies/{model}/add/").status_code == 403, model
+    page = client.get(f"/admin/policies/violation/{violation.pk}/change/")
+    assert page.status_code == 200 and "GPL-3.0-only" in page.content.decode()
+
+
+def test_help_text_from_the_catalogue_is_escaped(team, client):
+    client.force_login(team.owner)
+    html = client.get(policy_url(team)).content.decode()
+    assert "LicenseRef-&lt;name&gt;" in html and "LicenseRef-<name>" not in html

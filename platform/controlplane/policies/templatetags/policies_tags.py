@@ -27,14 +27,15 @@ def waivers_badge(subject_type: str, subject_id: int | None) -> dict:
 @register.filter
 def param_value(value: Any) -> str:
     """A rule parameter as a reader wants it: lists comma-separated, thresholds as
-    "val_loss <= 2.5", booleans as yes/no, an empty list as "any"."""
+    "val_loss <= 2.5", booleans as yes/no. An empty list is "(empty)": what it means
+    (any source, every PII type, no threshold) is the parameter's help."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if value is None:
         return "—"
     if isinstance(value, list):
         if not value:
-            return "none"
+            return "(empty)"
         return ", ".join(
             f"{item.get('metric')} {item.get('op')} {item.get('value')}"
             if isinstance(item, dict)
