@@ -384,3 +384,52 @@ def test_help_text_from_the_catalogue_is_escaped(team, client):
     client.force_login(team.owner)
     html = client.get(policy_url(team)).content.decode()
     assert "LicenseRef-&lt;name&gt;" in html and "LicenseRef-<name>" not in html
+
+
+@pytest.mark.parametrize(
+    ("role", "resolve", "grant", "hold_form", "scan"),
+    [
+        ("owner", True, False, True, True),
+        ("compliance", True, True, True, True),
+        ("engineer", False, False, False, False),
+        ("viewer", False, False, False, False),
+    ],
+)
+def test_compliance_page_forms_follow_the_role(
+    team, client, violation, role, resolve, grant, hold_form, scan
+):
+    client.force_login(getattr(team, role))
+    response = client.get(compliance_url(team))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert (f"violations/{violation.pk}/resolve/" in html) is resolve
+    assert ("Grant a waiver" in html) is grant
+    assert ("Place the hold" in html) is hold_form
+    assert ("Scan now" in html) is scan
+    assert f"violations/{violation.pk}/comment/" in html  # every member may explain a fix
+
+
+def test_compliance_page_costs_the_same_queries_for_more_violations(team, client, violation):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from controlplane.policies.decide import Finding
+    from controlplane.policies.models import SubjectType
+    from controlplane.policies.rules import RuleKey
+    from controlplane.policies.subjects import SubjectRef
+    from controlplane.policies.violations import record_findings, violation_comment
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(compliance_url(team)).status_code == 200
+        return len(captured)
+
+    client.force_login(team.owner)
+    violation_comment(violation=violation, actor=team.owner, text="looking")
+    few = queries()
+    findings = [
+        Finding(RuleKey.COMPUTE, SubjectRef(SubjectType.JOB, 1000 + n, f"job {n}"), "8 GPUs", "")
+        for n in range(5)
+    ]
+    record_findings(project=team.project, findings=findings, policy_label="project v1")
+    assert queries() == few
