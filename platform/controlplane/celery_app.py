@@ -21,6 +21,7 @@ app.autodiscover_tasks(
         "controlplane.api",
         "controlplane.registry",
         "controlplane.serving",
+        "controlplane.policies",
     ]
 )
 # The MLflow registry mirror's task lives with its reconciliation (registry/mlflow_sync.py).

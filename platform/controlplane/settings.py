@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from workers import config as env
@@ -380,6 +381,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "control.registry_sweep",
         "schedule": 30.0,
         "options": {"queue": "control", "expires": 300},
+    },
+    # The violation scan over every project (controlplane/policies/scan.py), at night; a
+    # run missed by more than a few hours waits for the next night.
+    "policy-scan-nightly": {
+        "task": "control.policy_scan_nightly",
+        "schedule": crontab(hour=2, minute=30),
+        "options": {"queue": "control", "expires": 4 * 3600},
     },
 }
 

@@ -103,6 +103,10 @@ def site(team, make_upload, make_ready_version):
         "token": "not-a-token",
         "name": "gpt",
         "request_id": 1,
+        "project_slug": team.project.slug,
+        "violation_id": 1,
+        "waiver_id": 1,
+        "hold_id": 1,
     }
 
 

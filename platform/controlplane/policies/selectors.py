@@ -9,8 +9,10 @@ from controlplane.policies.decide import PolicySnapshot
 from controlplane.policies.models import (
     ErasureHold,
     Policy,
+    PolicyScan,
     PolicyVersion,
     Violation,
+    ViolationComment,
     ViolationState,
     Waiver,
 )
@@ -50,6 +52,11 @@ def policy_versions(project) -> QuerySet[PolicyVersion]:
             "created_by"
         )
     return PolicyVersion.objects.filter(policy__project=project).select_related("created_by")
+
+
+def policy_version(project, number: int) -> PolicyVersion | None:
+    """Version `number` of the project's own policy (None: of the platform default)."""
+    return policy_versions(project).filter(number=number).first()
 
 
 def current_number(project) -> int:
@@ -95,3 +102,39 @@ def open_violations_of_subject(subject_type: str, subject_id: int) -> QuerySet[V
     return Violation.objects.filter(
         subject_type=subject_type, subject_id=subject_id, state=ViolationState.OPEN
     ).order_by("rule", "pk")
+
+
+# -- one row of a project (the API's lookups; None: not in this project) ------------------
+
+
+def waiver_in(project, waiver_id: int) -> Waiver | None:
+    return waivers_of(project).filter(pk=waiver_id).first()
+
+
+def hold_in(project, hold_id: int) -> ErasureHold | None:
+    return holds_of(project, active=False).filter(pk=hold_id).first()
+
+
+def violation_in(project, violation_id: int) -> Violation | None:
+    return (
+        violations_of(project, state=None).select_related("project").filter(pk=violation_id).first()
+    )
+
+
+def violations_filtered(project, *, state: str | None, rule: str | None) -> QuerySet[Violation]:
+    rows = violations_of(project, state=state)
+    return rows.filter(rule=rule) if rule else rows
+
+
+def comments_of(violation: Violation) -> QuerySet[ViolationComment]:
+    return violation.comments.select_related("author")
+
+
+def scans_of(project) -> QuerySet[PolicyScan]:
+    """A project's scans; project None: every scan (staff's platform-wide list)."""
+    rows = PolicyScan.objects.select_related("requested_by")
+    return rows.filter(project=project) if project is not None else rows
+
+
+def scan_in(project, scan_id: int) -> PolicyScan | None:
+    return scans_of(project).filter(pk=scan_id).first()
