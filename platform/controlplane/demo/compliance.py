@@ -38,7 +38,18 @@ DEMO_POLICY = {
         "max_toxic_share": 0.01,
         "max_pii_per_1k": 1.0,
     },
-    "serving": {"enabled": True, "require_archive": True, "retention_min_days": 7},
+    "promotion": {
+        "enabled": True,
+        "aliases": ["production"],
+        "require_evaluation": True,
+        "require_compliance_approval": True,
+    },
+    "serving": {
+        "enabled": True,
+        "require_archive": True,
+        "require_input_pii_redaction": True,
+        "retention_min_days": 7,
+    },
     "compute": {"enabled": True, "allowed_queues": ["cpu", "gpu"], "max_gpus_per_job": 1},
 }
 # A quick tokenization pass with no PII stage: what an impatient engineer might train on.
