@@ -163,37 +163,44 @@ def _residual(row: dict[str, Any]) -> dict[str, Any] | None:
 def model_version_facts(
     version_ids: Iterable[int], *, with_data: bool = True
 ) -> dict[int, ModelVersionFacts]:
+    """{version id: ModelVersionFacts}: the latest finished evaluation and, `with_data`,
+    the dataset versions it was trained on (their facts too). One query for the versions
+    (their evaluation as subqueries, their data as a join), then dataset_facts'."""
+    from django.db.models import OuterRef, Subquery
+
     from controlplane.registry.models import ModelEvaluation, ModelVersion
 
     ids = set(version_ids)
     if not ids:
         return {}
-    rows = ModelVersion.objects.filter(pk__in=ids).values("pk", "number", "model__name")
-    latest: dict[int, tuple[int, dict]] = {}
-    evaluations = (
-        ModelEvaluation.objects.filter(version_id__in=ids, finished_at__isnull=False)
-        .order_by("version_id", "-finished_at", "-id")
-        .values_list("version_id", "pk", "metrics")
+    latest = ModelEvaluation.objects.filter(
+        version=OuterRef("pk"), finished_at__isnull=False
+    ).order_by("-finished_at", "-id")
+    fields = ["pk", "number", "model__name", "evaluation_id", "evaluation_metrics"]
+    rows = (
+        ModelVersion.objects.filter(pk__in=ids)
+        .annotate(
+            evaluation_id=Subquery(latest.values("pk")[:1]),
+            evaluation_metrics=Subquery(latest.values("metrics")[:1]),
+        )
+        .order_by("pk", *(["dataset_versions"] if with_data else []))
+        .values(*fields, *(["dataset_versions"] if with_data else []))
     )
-    for version_id, pk, metrics in evaluations:
-        latest.setdefault(version_id, (pk, metrics if isinstance(metrics, dict) else {}))
+    versions: dict[int, dict[str, Any]] = {}
     trained_on: dict[int, list[int]] = {}
-    if with_data:
-        for version_id, dataset_version_id in ModelVersion.dataset_versions.through.objects.filter(
-            modelversion_id__in=ids
-        ).values_list("modelversion_id", "datasetversion_id"):
-            trained_on.setdefault(version_id, []).append(dataset_version_id)
+    for row in rows:  # with data: one row per (version, dataset version), or one with None
+        versions.setdefault(row["pk"], row)
+        if row.get("dataset_versions") is not None:
+            trained_on.setdefault(row["pk"], []).append(row["dataset_versions"])
     data = dataset_facts({d for ds in trained_on.values() for d in ds}) if with_data else {}
     facts = {}
-    for row in rows:
-        evaluation_id, metrics = latest.get(row["pk"], (None, {}))
-        facts[row["pk"]] = ModelVersionFacts(
-            ref=SubjectRef(
-                SubjectType.MODEL_VERSION, row["pk"], f"{row['model__name']} v{row['number']}"
-            ),
-            evaluation_id=evaluation_id,
-            metrics=metrics,
-            datasets=[data[d] for d in trained_on.get(row["pk"], ()) if d in data],
+    for pk, row in versions.items():
+        metrics = row["evaluation_metrics"]
+        facts[pk] = ModelVersionFacts(
+            ref=SubjectRef(SubjectType.MODEL_VERSION, pk, f"{row['model__name']} v{row['number']}"),
+            evaluation_id=row["evaluation_id"],
+            metrics=metrics if isinstance(metrics, dict) else {},
+            datasets=[data[d] for d in trained_on.get(pk, ()) if d in data],
         )
     return facts
 

@@ -317,3 +317,39 @@ def test_lineage_carries_pipeline_runs_and_holds_from_every_ancestor(team):
     assert facts[derived.pk].residual_from == f"{cleaned.dataset.slug} v1"
     assert [hold.reference for hold in facts[derived.pk].holds] == ["ER-9"]
     assert facts[raw.pk].pipelines == [] and facts[raw.pk].residual is None
+
+
+def test_model_versions_are_judged_on_their_latest_evaluation(team):
+    from django.utils import timezone
+
+    from controlplane.jobs.models import Job
+    from controlplane.policies.facts import model_version_facts
+    from controlplane.policies.models import Violation
+    from controlplane.registry.models import ModelEvaluation
+
+    data = dataset_version(team.project, team.owner)
+    worse = model_version(team.project, team.owner, datasets=[data], metrics={"val_loss": 1.0})
+    later = Job.objects.create(
+        project=team.project, kind="evaluate", state="succeeded", params={}, created_by=team.owner
+    )
+    ModelEvaluation.objects.create(
+        version=worse, job=later, metrics={"val_loss": 3.0}, finished_at=timezone.now()
+    )
+    alias(worse, "production", team.owner)
+    set_policy(
+        team.project,
+        team.compliance,
+        {
+            "promotion": {
+                "enabled": True,
+                "thresholds": [{"metric": "val_loss", "op": "<=", "value": 2}],
+            }
+        },
+    )
+
+    facts = model_version_facts([worse.pk])[worse.pk]
+    assert facts.metrics == {"val_loss": 3.0} and [d.ref.id for d in facts.datasets] == [data.pk]
+    assert model_version_facts([worse.pk], with_data=False)[worse.pk].datasets == []
+    run_scan(team.project, team.compliance)
+    row = Violation.objects.get(subject_type="model_version", subject_id=worse.pk)
+    assert row.rule == "promotion" and "val_loss is 3" in row.reason
