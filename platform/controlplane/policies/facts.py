@@ -38,14 +38,15 @@ def _pipeline_run(job_id: int, params: dict[str, Any]) -> PipelineRun:
 
 
 def dataset_facts(version_ids: Iterable[int]) -> dict[int, DatasetFacts]:
-    """{version id: DatasetFacts} for ready (or any) dataset versions, in three queries
-    whatever their number: the lineages, every version in them, the erasure holds."""
+    """{version id: DatasetFacts} for ready (or any) dataset versions, in two queries
+    whatever their number (the lineages, every version in them), three when some are
+    under an erasure hold."""
     from controlplane.datasets.models import DatasetVersion
 
     ids = set(version_ids)
     if not ids:
         return {}
-    lineages = _lineages(ids)
+    lineages, held = _lineages(ids)
     every = set().union(*lineages.values())
     info = {
         row["pk"]: row
@@ -69,9 +70,8 @@ def dataset_facts(version_ids: Iterable[int]) -> dict[int, DatasetFacts]:
         if row["produced_by__kind"] == "data_pipeline"
     }
     holds: dict[int, list[Hold]] = {}
-    for hold in ErasureHold.objects.filter(
-        dataset_version_id__in=every, released_at__isnull=True
-    ).values("pk", "reference", "dataset_version_id"):
+    active = ErasureHold.objects.filter(dataset_version_id__in=held, released_at__isnull=True)
+    for hold in active.values("pk", "reference", "dataset_version_id") if held else ():
         row = info[hold["dataset_version_id"]]
         holds.setdefault(hold["dataset_version_id"], []).append(
             Hold(hold["pk"], hold["reference"], version_label(row["dataset__slug"], row["number"]))
@@ -117,15 +117,21 @@ WITH RECURSIVE lineage(start_id, version_id, depth) AS (
     FROM lineage JOIN {edges} AS edge ON edge.{child} = lineage.version_id
     WHERE lineage.depth < 1000
 )
-SELECT start_id, version_id, min(depth) AS depth FROM lineage
+SELECT start_id, version_id, min(depth) AS depth,
+    EXISTS (
+        SELECT 1 FROM {holds} AS hold
+        WHERE hold.{hold_version} = lineage.version_id AND hold.{released} IS NULL
+    ) AS held
+FROM lineage
 GROUP BY start_id, version_id
 ORDER BY start_id, depth, version_id
 """
 
 
-def _lineages(ids: set[int]) -> dict[int, list[int]]:
+def _lineages(ids: set[int]) -> tuple[dict[int, list[int]], set[int]]:
     """{version id: [it, its parents, their parents ...]} (nearest first, each once) for
-    the versions among `ids` that exist."""
+    the versions among `ids` that exist, and which of all those versions are under an
+    active erasure hold (so that the holds are read only when there are some)."""
     from django.db import connection
 
     from controlplane.datasets.models import DatasetVersion
@@ -137,6 +143,11 @@ def _lineages(ids: set[int]) -> dict[int, list[int]]:
         edges=connection.ops.quote_name(edges.db_table),
         child=connection.ops.quote_name(edges.get_field("from_datasetversion").column),
         parent=connection.ops.quote_name(edges.get_field("to_datasetversion").column),
+        holds=connection.ops.quote_name(ErasureHold._meta.db_table),
+        hold_version=connection.ops.quote_name(
+            ErasureHold._meta.get_field("dataset_version").column
+        ),
+        released=connection.ops.quote_name(ErasureHold._meta.get_field("released_at").column),
     )
     ordered = sorted(ids)
     if connection.vendor == "postgresql":
@@ -147,12 +158,15 @@ def _lineages(ids: set[int]) -> dict[int, list[int]]:
             for chunk in (ordered[i : i + 500] for i in range(0, len(ordered), 500))
         ]
     lineages: dict[int, list[int]] = {}
+    held: set[int] = set()
     with connection.cursor() as cursor:
         for seeds, params in batches:
             cursor.execute(sql.replace("{seeds}", seeds), params)
-            for start_id, version_id, _depth in cursor.fetchall():
+            for start_id, version_id, _depth, is_held in cursor.fetchall():
                 lineages.setdefault(start_id, []).append(version_id)
-    return lineages
+                if is_held:
+                    held.add(version_id)
+    return lineages, held
 
 
 def _residual(row: dict[str, Any]) -> dict[str, Any] | None:
