@@ -263,6 +263,8 @@ def alias_mover():
 
 def bench_gates(calls: int) -> list[tuple[str, float]]:
     from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
 
     from controlplane.audit.models import AuditEvent
     from controlplane.jobs.services import job_create
@@ -314,10 +316,17 @@ def bench_gates(calls: int) -> list[tuple[str, float]]:
                 run(name) if run is create else run(name, i)
                 total[name].append((time.perf_counter() - started) * 1000)
                 gate[name].append(timer.take())
+        queries = {}
+        for name in projects:  # counted on one more call (counting costs time)
+            with CaptureQueriesContext(connection) as captured:
+                run(name) if run is create else run(name, calls)
+            queries[name] = len(captured)
+        timer.take()
         print(f"\n{case}, {calls} calls per policy")
         for name in projects:
             print(
-                f"  {name:16s} whole call {figures(total[name])}   in the gate {figures(gate[name])}"
+                f"  {name:16s} whole call {figures(total[name])}   in the gate "
+                f"{figures(gate[name])}   ({queries[name]} queries a call)"
             )
         added = percentile(gate["rules 1,2,3,4,7"], 0.95)
         diff50 = statistics.median(total["rules 1,2,3,4,7"]) - statistics.median(
