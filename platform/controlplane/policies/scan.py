@@ -69,8 +69,6 @@ QUEUED_TIMEOUT = timedelta(hours=6)
 TRAINING_RULES = (RuleKey.DATA_PREPARATION, RuleKey.PENDING_ERASURE)
 JOB_RULES = (RuleKey.RESIDENCY, RuleKey.COMPUTE)
 
-Key = tuple[str, str, int]  # (rule, subject type, subject id)
-
 
 def can_scan(actor, project) -> bool:
     """Owners and compliance officers scan their project; staff any project, or all."""
