@@ -29,7 +29,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -68,8 +68,6 @@ QUEUED_TIMEOUT = timedelta(hours=6)
 
 TRAINING_RULES = (RuleKey.DATA_PREPARATION, RuleKey.PENDING_ERASURE)
 JOB_RULES = (RuleKey.RESIDENCY, RuleKey.COMPUTE)
-
-Key = tuple[str, str, int]  # (rule, subject type, subject id)
 
 
 def can_scan(actor, project) -> bool:
@@ -244,17 +242,17 @@ def scan_project(project, *, scan: PolicyScan | None = None) -> dict[str, int]:
     return counts
 
 
+@dataclass
 class _Subjects:
     """Ids and plain rows of what a project has that a policy can refuse."""
 
-    def __init__(self) -> None:
-        self.dataset_versions: list[int] = []
-        self.trained_on: set[int] = set()  # dataset versions a training job read
-        self.model_versions: list[int] = []
-        self.aliases: list[tuple[int, str]] = []  # (model version id, alias)
-        self.deployments: list[dict[str, Any]] = []
-        self.retention_days = 0
-        self.jobs: list[dict[str, Any]] = []
+    dataset_versions: list[int] = field(default_factory=list)  # ready ones
+    trained_on: set[int] = field(default_factory=set)  # dataset versions a training job read
+    model_versions: list[int] = field(default_factory=list)  # ready ones
+    aliases: list[tuple[int, str]] = field(default_factory=list)  # (model version id, alias)
+    deployments: list[dict[str, Any]] = field(default_factory=list)  # running ones
+    retention_days: int = 0  # the project's inference archive's
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # queued or running
 
 
 def _subjects(project) -> _Subjects:
@@ -320,7 +318,10 @@ def _findings(policy: PolicySnapshot, subjects: _Subjects) -> list[Finding]:
     # Dataset versions: as when they became ready; those trained on, as a job's data.
     if enabled(RuleKey.LICENCES, RuleKey.RESIDENCY, *TRAINING_RULES):
         training = only(policy, *TRAINING_RULES)
-        for pk, data in dataset_facts(subjects.dataset_versions).items():
+        judged = subjects.dataset_versions
+        if not enabled(RuleKey.LICENCES, RuleKey.RESIDENCY):  # only the training checks
+            judged = [pk for pk in judged if pk in subjects.trained_on]
+        for pk, data in dataset_facts(judged).items():
             ask(policy, Gate.DATASET_READY, data)
             if pk in subjects.trained_on:
                 ask(training, Gate.JOB_CREATE, _training_plan(data))
@@ -330,7 +331,8 @@ def _findings(policy: PolicySnapshot, subjects: _Subjects) -> list[Finding]:
     wanted = {pk for pk, _ in subjects.aliases} if aliased else set()
     if deployed:
         wanted |= {row["target_version_id"] for row in subjects.deployments}
-    versions = model_version_facts(wanted, with_data=policy.enabled(RuleKey.PENDING_ERASURE))
+    with_data = policy.enabled(RuleKey.PENDING_ERASURE) is not None  # only rule 4 reads it
+    versions = model_version_facts(wanted, with_data=with_data)
     if aliased:
         for version_id, alias in subjects.aliases:
             if version_id in versions:
@@ -346,8 +348,9 @@ def _findings(policy: PolicySnapshot, subjects: _Subjects) -> list[Finding]:
     # Active jobs: where their outputs go and what they run on.
     if subjects.jobs and enabled(*JOB_RULES):
         location = _store_location() if policy.enabled(RuleKey.RESIDENCY) else None
+        compute = only(policy, *JOB_RULES)
         for row in subjects.jobs:
-            ask(only(policy, *JOB_RULES), Gate.JOB_CREATE, _job_plan(row, location))
+            ask(compute, Gate.JOB_CREATE, _job_plan(row, location))
     return findings
 
 

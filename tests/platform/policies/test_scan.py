@@ -281,3 +281,75 @@ def test_the_nightly_beat_scans_every_project(team):
     scan = PolicyScan.objects.get()
     assert scan.project is None and scan.requested_by is None
     assert open_violations(team.other_project) == {("licences", "dataset_version", theirs.pk)}
+
+
+def test_lineage_carries_pipeline_runs_and_holds_from_every_ancestor(team):
+    """A version derived from a derived version: the pii run two steps up still counts,
+    and a hold on the raw upload reaches it (the recursive lineage in facts.py)."""
+    from controlplane.jobs.models import Job
+    from controlplane.policies.facts import dataset_facts
+    from controlplane.policies.waivers import hold_place
+
+    raw = dataset_version(team.project, team.owner)
+    pipeline = Job.objects.create(
+        project=team.project,
+        kind="data_pipeline",
+        state="succeeded",
+        params={"pipeline": {"stages": [{"pii": {"types": ["email"]}}]}},
+        created_by=team.owner,
+    )
+    cleaned = dataset_version(team.project, team.owner)
+    type(cleaned).objects.filter(pk=cleaned.pk).update(
+        produced_by=pipeline, report={"residual": {"toxic_share": 0.0}}
+    )
+    cleaned.parents.add(raw)
+    derived = dataset_version(team.project, team.owner)
+    derived.parents.add(cleaned)
+    hold_place(
+        project=team.project, actor=team.compliance, dataset_version_id=raw.pk, reference="ER-9"
+    )
+
+    facts = dataset_facts([derived.pk, cleaned.pk, raw.pk, 10**9])
+
+    assert set(facts) == {derived.pk, cleaned.pk, raw.pk}
+    assert [run.pii_types for run in facts[derived.pk].pipelines] == [("email",)]
+    assert facts[derived.pk].residual == {"toxic_share": 0.0}
+    assert facts[derived.pk].residual_from == f"{cleaned.dataset.slug} v1"
+    assert [hold.reference for hold in facts[derived.pk].holds] == ["ER-9"]
+    assert facts[raw.pk].pipelines == [] and facts[raw.pk].residual is None
+
+
+def test_model_versions_are_judged_on_their_latest_evaluation(team):
+    from django.utils import timezone
+
+    from controlplane.jobs.models import Job
+    from controlplane.policies.facts import model_version_facts
+    from controlplane.policies.models import Violation
+    from controlplane.registry.models import ModelEvaluation
+
+    data = dataset_version(team.project, team.owner)
+    worse = model_version(team.project, team.owner, datasets=[data], metrics={"val_loss": 1.0})
+    later = Job.objects.create(
+        project=team.project, kind="evaluate", state="succeeded", params={}, created_by=team.owner
+    )
+    ModelEvaluation.objects.create(
+        version=worse, job=later, metrics={"val_loss": 3.0}, finished_at=timezone.now()
+    )
+    alias(worse, "production", team.owner)
+    set_policy(
+        team.project,
+        team.compliance,
+        {
+            "promotion": {
+                "enabled": True,
+                "thresholds": [{"metric": "val_loss", "op": "<=", "value": 2}],
+            }
+        },
+    )
+
+    facts = model_version_facts([worse.pk])[worse.pk]
+    assert facts.metrics == {"val_loss": 3.0} and [d.ref.id for d in facts.datasets] == [data.pk]
+    assert model_version_facts([worse.pk], with_data=False)[worse.pk].datasets == []
+    run_scan(team.project, team.compliance)
+    row = Violation.objects.get(subject_type="model_version", subject_id=worse.pk)
+    assert row.rule == "promotion" and "val_loss is 3" in row.reason
