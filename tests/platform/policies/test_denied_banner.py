@@ -1,5 +1,5 @@
 """A refusal reads the same in the API and on a page: rule number and title, reason, fix,
-and a link to the rule on the policy page once that page is routed."""
+and a link to the rule on the policy page."""
 
 import pytest
 from django.template.loader import render_to_string
@@ -7,14 +7,13 @@ from django.template.loader import render_to_string
 pytestmark = pytest.mark.django_db
 
 
-def test_without_a_policy_page_the_refusal_has_no_link(team):
+def test_the_policy_page_is_where_refusals_link(team):
     from controlplane.policies.gates import policy_url
 
-    assert policy_url(team.project) == ""
-    assert policy_url(None) == ""
+    assert policy_url(team.project) == "/projects/alpha/compliance/policy/"
+    assert policy_url(None) == "/compliance/policy/"
 
 
-@pytest.mark.urls("tests.platform.policies.policy_page_urls")
 def test_the_api_and_the_banner_link_to_the_rule(team, api, client, set_policy, make_upload):
     set_policy(compute={"enabled": True, "allowed_queues": ["gpu"]})
     upload = make_upload(team.project, team.engineer, b"a\nb\n")
@@ -26,7 +25,8 @@ def test_the_api_and_the_banner_link_to_the_rule(team, api, client, set_policy, 
     )
     assert response.status_code == 409
     assert (
-        response.json()["error"]["denials"][0]["rule_url"] == "/projects/alpha/policy/#rule-compute"
+        response.json()["error"]["denials"][0]["rule_url"]
+        == "/projects/alpha/compliance/policy/#rule-compute"
     )
 
     client.force_login(team.engineer)
@@ -37,7 +37,7 @@ def test_the_api_and_the_banner_link_to_the_rule(team, api, client, set_policy, 
     html = page.content.decode()
     assert page.status_code == 200
     assert "Rule 7: Compute" in html
-    assert 'href="/projects/alpha/policy/#rule-compute"' in html
+    assert 'href="/projects/alpha/compliance/policy/#rule-compute"' in html
 
 
 def test_the_include_renders_nothing_without_a_refusal():
