@@ -8,6 +8,7 @@ and the erasure holds of every ancestor, and a gate reads one lineage, not a pro
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,29 +42,12 @@ def dataset_facts(version_ids: Iterable[int]) -> dict[int, DatasetFacts]:
     """{version id: DatasetFacts} for ready (or any) dataset versions, in two queries
     whatever their number (the lineages, every version in them), three when some are
     under an erasure hold."""
-    from controlplane.datasets.models import DatasetVersion
-
     ids = set(version_ids)
     if not ids:
         return {}
     lineages, held = _lineages(ids)
     every = set().union(*lineages.values())
-    info = {
-        row["pk"]: row
-        for row in DatasetVersion.objects.filter(pk__in=every).values(
-            "pk",
-            "number",
-            "dataset__slug",
-            "dataset__license",
-            "dataset__source",
-            "storage_bucket",
-            "storage_region",
-            "produced_by_id",
-            "produced_by__kind",
-            "produced_by__params",
-            "report__residual",
-        )
-    }
+    info = _version_rows(every)
     runs = {
         row["produced_by_id"]: _pipeline_run(row["produced_by_id"], row["produced_by__params"])
         for row in info.values()
@@ -128,6 +112,75 @@ ORDER BY start_id, depth, version_id
 """
 
 
+_VERSION_ROWS_SQL = """
+SELECT version.id, version.number, dataset.slug, dataset.license, dataset.source,
+    version.storage_bucket, version.storage_region, job.id, job.kind, job.params, {residual}
+FROM {versions} AS version JOIN {datasets} AS dataset ON dataset.id = version.dataset_id
+LEFT JOIN {jobs} AS job ON job.id = version.produced_by_id
+WHERE {seeds}
+"""
+_VERSION_ROW_KEYS = (
+    "pk",
+    "number",
+    "dataset__slug",
+    "dataset__license",
+    "dataset__source",
+    "storage_bucket",
+    "storage_region",
+    "produced_by_id",
+    "produced_by__kind",
+    "produced_by__params",
+    "report__residual",
+)
+
+
+def _version_rows(ids: set[int]) -> dict[int, dict[str, Any]]:
+    """What a decision reads of each dataset version (its dataset, the job that made it,
+    its report's after-cleaning figures), in plain SQL: gates ask it on every job."""
+    from django.db import connection
+
+    from controlplane.datasets.models import Dataset, DatasetVersion
+    from controlplane.jobs.models import Job
+
+    quote = connection.ops.quote_name
+    residual = (
+        "version.report -> 'residual'"
+        if connection.vendor == "postgresql"
+        else "json_extract(version.report, '$.residual')"
+    )
+    sql = _VERSION_ROWS_SQL.format(
+        residual=residual,
+        versions=quote(DatasetVersion._meta.db_table),
+        datasets=quote(Dataset._meta.db_table),
+        jobs=quote(Job._meta.db_table),
+        seeds="{seeds}",
+    )
+    rows = {}
+    with connection.cursor() as cursor:
+        for seeds, params in id_batches("version.id", ids):
+            cursor.execute(sql.replace("{seeds}", seeds), params)
+            for values in cursor.fetchall():
+                row = dict(zip(_VERSION_ROW_KEYS, values, strict=True))
+                row["produced_by__params"] = _json(row["produced_by__params"])
+                row["report__residual"] = _json(row["report__residual"])
+                rows[row["pk"]] = row
+    return rows
+
+
+def id_batches(column: str, ids: Iterable[int]) -> list[tuple[str, list]]:
+    """[(SQL condition, params)] selecting `column` in `ids`: one array parameter on
+    PostgreSQL however many ids, chunks of 500 on the embedded SQLite (its parameter cap)."""
+    from django.db import connection
+
+    ordered = sorted(ids)
+    if connection.vendor == "postgresql":
+        return [(f"{column} = ANY(%s)", [ordered])]
+    return [
+        (f"{column} IN (" + ", ".join(["%s"] * len(chunk)) + ")", chunk)
+        for chunk in (ordered[i : i + 500] for i in range(0, len(ordered), 500))
+    ]
+
+
 def _lineages(ids: set[int]) -> tuple[dict[int, list[int]], set[int]]:
     """{version id: [it, its parents, their parents ...]} (nearest first, each once) for
     the versions among `ids` that exist, and which of all those versions are under an
@@ -149,14 +202,7 @@ def _lineages(ids: set[int]) -> tuple[dict[int, list[int]], set[int]]:
         ),
         released=connection.ops.quote_name(ErasureHold._meta.get_field("released_at").column),
     )
-    ordered = sorted(ids)
-    if connection.vendor == "postgresql":
-        batches = [("id = ANY(%s)", [ordered])]  # one array parameter, however many ids
-    else:  # the embedded SQLite: a bounded number of parameters per statement
-        batches = [
-            ("id IN (" + ", ".join(["%s"] * len(chunk)) + ")", chunk)
-            for chunk in (ordered[i : i + 500] for i in range(0, len(ordered), 500))
-        ]
+    batches = id_batches("id", ids)
     lineages: dict[int, list[int]] = {}
     held: set[int] = set()
     with connection.cursor() as cursor:
@@ -174,49 +220,76 @@ def _residual(row: dict[str, Any]) -> dict[str, Any] | None:
     return residual if isinstance(residual, dict) else None
 
 
+# A model version, its model's name, its latest finished evaluation (correlated subqueries:
+# SQLite has no LATERAL) and, with data, one row per dataset version it was trained on.
+_MODEL_VERSION_SQL = """
+SELECT version.id, version.number, model.name,
+    (SELECT e.id FROM {evaluations} AS e WHERE e.version_id = version.id
+        AND e.finished_at IS NOT NULL ORDER BY e.finished_at DESC, e.id DESC LIMIT 1),
+    (SELECT e.metrics FROM {evaluations} AS e WHERE e.version_id = version.id
+        AND e.finished_at IS NOT NULL ORDER BY e.finished_at DESC, e.id DESC LIMIT 1),
+    {data_column}
+FROM {versions} AS version JOIN {models} AS model ON model.id = version.model_id
+{data_join}
+WHERE {seeds}
+ORDER BY version.id
+"""
+
+
 def model_version_facts(
     version_ids: Iterable[int], *, with_data: bool = True
 ) -> dict[int, ModelVersionFacts]:
     """{version id: ModelVersionFacts}: the latest finished evaluation and, `with_data`,
-    the dataset versions it was trained on (their facts too). One query for the versions
-    (their evaluation as subqueries, their data as a join), then dataset_facts'."""
-    from django.db.models import OuterRef, Subquery
+    the dataset versions it was trained on (their facts too). One query for the versions,
+    in plain SQL because gates ask it on every alias move (the ORM's compiling of the
+    subqueries cost more than the query), then dataset_facts'."""
+    from django.db import connection
 
-    from controlplane.registry.models import ModelEvaluation, ModelVersion
+    from controlplane.registry.models import ModelEvaluation, ModelVersion, RegisteredModel
 
     ids = set(version_ids)
     if not ids:
         return {}
-    latest = ModelEvaluation.objects.filter(
-        version=OuterRef("pk"), finished_at__isnull=False
-    ).order_by("-finished_at", "-id")
-    fields = ["pk", "number", "model__name", "evaluation_id", "evaluation_metrics"]
-    rows = (
-        ModelVersion.objects.filter(pk__in=ids)
-        .annotate(
-            evaluation_id=Subquery(latest.values("pk")[:1]),
-            evaluation_metrics=Subquery(latest.values("metrics")[:1]),
-        )
-        .order_by("pk", *(["dataset_versions"] if with_data else []))
-        .values(*fields, *(["dataset_versions"] if with_data else []))
+    quote = connection.ops.quote_name
+    through = ModelVersion.dataset_versions.through._meta
+    sql = _MODEL_VERSION_SQL.format(
+        evaluations=quote(ModelEvaluation._meta.db_table),
+        versions=quote(ModelVersion._meta.db_table),
+        models=quote(RegisteredModel._meta.db_table),
+        data_column="data.datasetversion_id" if with_data else "NULL",
+        data_join=(
+            f"LEFT JOIN {quote(through.db_table)} AS data ON data.modelversion_id = version.id"
+            if with_data
+            else ""
+        ),
+        seeds="{seeds}",
     )
-    versions: dict[int, dict[str, Any]] = {}
+    versions: dict[int, tuple] = {}
     trained_on: dict[int, list[int]] = {}
-    for row in rows:  # with data: one row per (version, dataset version), or one with None
-        versions.setdefault(row["pk"], row)
-        if row.get("dataset_versions") is not None:
-            trained_on.setdefault(row["pk"], []).append(row["dataset_versions"])
+    with connection.cursor() as cursor:
+        for seeds, params in id_batches("version.id", ids):
+            cursor.execute(sql.replace("{seeds}", seeds), params)
+            for pk, number, name, evaluation_id, metrics, data_id in cursor.fetchall():
+                versions.setdefault(pk, (number, name, evaluation_id, _json(metrics)))
+                if data_id is not None:
+                    trained_on.setdefault(pk, []).append(data_id)
     data = dataset_facts({d for ds in trained_on.values() for d in ds}) if with_data else {}
     facts = {}
-    for pk, row in versions.items():
-        metrics = row["evaluation_metrics"]
+    for pk, (number, name, evaluation_id, metrics) in versions.items():
         facts[pk] = ModelVersionFacts(
-            ref=SubjectRef(SubjectType.MODEL_VERSION, pk, f"{row['model__name']} v{row['number']}"),
-            evaluation_id=row["evaluation_id"],
+            ref=SubjectRef(SubjectType.MODEL_VERSION, pk, f"{name} v{number}"),
+            evaluation_id=evaluation_id,
             metrics=metrics if isinstance(metrics, dict) else {},
             datasets=[data[d] for d in trained_on.get(pk, ()) if d in data],
         )
     return facts
+
+
+def _json(value: Any) -> Any:
+    """A JSON column as a raw cursor returns it: text (Django's loaders), or decoded."""
+    if isinstance(value, str | bytes):
+        return json.loads(value)
+    return value
 
 
 def active_waivers(

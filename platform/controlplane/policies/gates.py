@@ -17,7 +17,7 @@ from typing import Any
 from django.db import transaction
 from django.urls import NoReverseMatch, reverse
 
-from controlplane.policies.decide import Decision, decide
+from controlplane.policies.decide import Decision, PolicySnapshot, decide
 from controlplane.policies.errors import PolicyDenied
 from controlplane.policies.facts import active_waivers
 from controlplane.policies.rules import Gate, rules_for
@@ -34,15 +34,22 @@ def policy_url(project) -> str:
         return ""
 
 
-def evaluate(project, gate: Gate, subject: Any | Callable[[], Any]) -> Decision:
+def asks(policy: PolicySnapshot, gate: Gate) -> bool:
+    """Whether the policy has an enabled rule at this gate (else the gate decides nothing)."""
+    return any(policy.enabled(rule.key) for rule in rules_for(gate))
+
+
+def evaluate(
+    project, gate: Gate, subject: Any | Callable[[], Any], *, policy: PolicySnapshot | None = None
+) -> Decision:
     """The decision, waivers applied, without auditing or raising (pages use it to warn).
 
     `subject` may be a function that builds it: it is called only when a rule of the gate
     is enabled, so a project whose policy asks nothing here pays one query, not the
     queries that gather the facts."""
-    policy = policy_in_force(project)
+    policy = policy or policy_in_force(project)
     if callable(subject):
-        if not any(policy.enabled(rule.key) for rule in rules_for(gate)):
+        if not asks(policy, gate):
             return Decision(gate=gate, policy=policy, rule_url=policy_url(project))
         subject = subject()
     decision = decide(policy, gate, subject)
@@ -61,11 +68,12 @@ def enforce(
     actor,
     artifact=None,
     raise_denied: bool = True,
+    policy: PolicySnapshot | None = None,
 ) -> Decision:
     """Decide; audit a denial at once (in its own transaction when called outside one)
     and raise PolicyDenied; audit an allowance now when `artifact` is given, else leave
     it to `record_allowed`."""
-    decision = evaluate(project, gate, subject)
+    decision = evaluate(project, gate, subject, policy=policy)
     if not decision.evaluated:
         return decision
     if not decision.allowed:

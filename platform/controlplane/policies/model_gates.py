@@ -10,10 +10,11 @@ allowance is audited only with the change it allowed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controlplane.policies import gates
-from controlplane.policies.decide import Decision
+from controlplane.policies.decide import Decision, PolicySnapshot
 from controlplane.policies.errors import PolicyDenied
 from controlplane.policies.facts import model_version_facts
 from controlplane.policies.models import SubjectType
@@ -28,11 +29,24 @@ from controlplane.policies.subjects import (
 )
 
 
-def version_facts(project, version) -> ModelVersionFacts:
+def version_facts(project, version, policy: PolicySnapshot | None = None) -> ModelVersionFacts:
     """The version's facts; its training data's (lineage, erasure holds) only while the
     pending-erasure rule is enabled, the one rule of these gates that reads them."""
-    with_data = policy_in_force(project).enabled(RuleKey.PENDING_ERASURE) is not None
+    policy = policy or policy_in_force(project)
+    with_data = policy.enabled(RuleKey.PENDING_ERASURE) is not None
     return model_version_facts([version.pk], with_data=with_data)[version.pk]
+
+
+class _Facts:
+    """A version's facts, gathered on first use and then shared by the move and the switches."""
+
+    def __init__(self, project, version, policy: PolicySnapshot):
+        self.args, self.value = (project, version, policy), None
+
+    def __call__(self) -> ModelVersionFacts:
+        if self.value is None:
+            self.value = version_facts(*self.args)
+        return self.value
 
 
 def deployment_ref(deployment=None, *, name: str = "") -> SubjectRef:
@@ -71,14 +85,25 @@ def check_alias_move(
     Gate.PROMOTION_APPROVE with the approver's role), and, when the alias moves now
     (`moves_now`), rules 5 and 6 for every running deployment that follows it
     (Gate.DEPLOYMENT_SWITCH): a follower that would violate them refuses the move."""
-    facts = version_facts(project, version)
+    policy = policy_in_force(project)  # once for the move and every switch
+    facts = _Facts(project, version, policy)
     gate = Gate.ALIAS_MOVE if approver_role is None else Gate.PROMOTION_APPROVE
-    move = AliasMove(version=facts, alias=alias, approver_role=approver_role)
     check = MoveCheck(project=project, version=version)
-    check.move = gates.enforce(project=project, gate=gate, subject=move, actor=actor)
-    if moves_now:
+    check.move = gates.enforce(
+        project=project,
+        gate=gate,
+        subject=lambda: AliasMove(version=facts(), alias=alias, approver_role=approver_role),
+        actor=actor,
+        policy=policy,
+    )
+    if moves_now and gates.asks(policy, Gate.DEPLOYMENT_SWITCH):
         check.switches = check_switch(
-            project=project, actor=actor, model_id=version.model_id, alias=alias, facts=facts
+            project=project,
+            actor=actor,
+            model_id=version.model_id,
+            alias=alias,
+            facts=facts,
+            policy=policy,
         )
     return check
 
@@ -93,7 +118,13 @@ def record_alias_move(check: MoveCheck, *, actor) -> None:
 
 
 def check_switch(
-    *, project, actor, model_id: int, alias: str, facts: ModelVersionFacts
+    *,
+    project,
+    actor,
+    model_id: int,
+    alias: str,
+    facts: Callable[[], ModelVersionFacts],
+    policy: PolicySnapshot,
 ) -> list[tuple[object, Decision]]:
     """Gate.DEPLOYMENT_SWITCH for each running deployment following `alias`, as it would
     serve `facts`' version. Every refusal is audited on its deployment; then one
@@ -111,14 +142,12 @@ def check_switch(
     for deployment in followers:
         plan = DeploymentPlan(
             ref=deployment_ref(deployment),
-            # Deployment.archive_requests comes with the archive flag; before it, every
-            # deployment archives.
-            archive=getattr(deployment, "archive_requests", True),
+            archive=deployment.archive_requests,
             input_pii=input_pii_of(deployment.guardrails),
             retention_days=retention,
-            version=facts,
+            version=facts(),
         )
-        decision = gates.evaluate(project, Gate.DEPLOYMENT_SWITCH, plan)
+        decision = gates.evaluate(project, Gate.DEPLOYMENT_SWITCH, plan, policy=policy)
         if decision.allowed:
             allowed.append((deployment, decision))
             continue
@@ -131,6 +160,7 @@ def check_switch(
                 actor=actor,
                 artifact=deployment,
                 raise_denied=False,
+                policy=policy,
             )
         )
         for finding in refused[-1].denials:
@@ -159,13 +189,16 @@ def check_deployment_create(
 ) -> Decision:
     """Rules 5 and 6 for a deployment about to be created (Gate.DEPLOYMENT_CREATE); record
     the allowance with `gates.record_allowed(decision, artifact=deployment)`."""
-    plan = DeploymentPlan(
-        ref=deployment_ref(name=name),
-        archive=archive,
-        input_pii=input_pii_of(guardrails),
-        retention_days=retention_of(project),
-        version=facts or version_facts(project, version),
-    )
+
+    def plan() -> DeploymentPlan:
+        return DeploymentPlan(
+            ref=deployment_ref(name=name),
+            archive=archive,
+            input_pii=input_pii_of(guardrails),
+            retention_days=retention_of(project),
+            version=facts or version_facts(project, version),
+        )
+
     return gates.enforce(project=project, gate=Gate.DEPLOYMENT_CREATE, subject=plan, actor=actor)
 
 
@@ -173,26 +206,32 @@ def check_deployment_update(*, project, actor, deployment, guardrails, archive: 
     """Rule 6 for a deployment whose guardrails or archiving change (Gate.DEPLOYMENT_UPDATE):
     what it would be afterwards must comply, so a deployment cannot be created compliant
     and then quietly stop archiving or redacting."""
-    plan = DeploymentPlan(
-        ref=deployment_ref(deployment),
-        archive=archive,
-        input_pii=input_pii_of(guardrails),
-        retention_days=retention_of(project),
-        version=version_facts(project, deployment.target_version),
-    )
+
+    def plan() -> DeploymentPlan:
+        return DeploymentPlan(
+            ref=deployment_ref(deployment),
+            archive=archive,
+            input_pii=input_pii_of(guardrails),
+            retention_days=retention_of(project),
+            version=version_facts(project, deployment.target_version),
+        )
+
     return gates.enforce(project=project, gate=Gate.DEPLOYMENT_UPDATE, subject=plan, actor=actor)
 
 
 def check_deployment_start(*, project, actor, deployment, version) -> Decision:
     """Rules 5 and 6 for a stopped deployment about to serve `version` again
     (Gate.DEPLOYMENT_START): the policy may have changed while it was stopped."""
-    plan = DeploymentPlan(
-        ref=deployment_ref(deployment),
-        archive=getattr(deployment, "archive_requests", True),
-        input_pii=input_pii_of(deployment.guardrails),
-        retention_days=retention_of(project),
-        version=version_facts(project, version),
-    )
+
+    def plan() -> DeploymentPlan:
+        return DeploymentPlan(
+            ref=deployment_ref(deployment),
+            archive=deployment.archive_requests,
+            input_pii=input_pii_of(deployment.guardrails),
+            retention_days=retention_of(project),
+            version=version_facts(project, version),
+        )
+
     return gates.enforce(project=project, gate=Gate.DEPLOYMENT_START, subject=plan, actor=actor)
 
 

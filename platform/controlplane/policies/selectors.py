@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import F, Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from controlplane.policies.decide import PolicySnapshot
@@ -21,24 +21,52 @@ from controlplane.policies.rules import default_rules, normalise
 BUILT_IN = PolicySnapshot(label="platform v0", version_id=None, rules=default_rules())
 
 
+# Policy versions never change once written, so a process keeps their parsed rules.
+_SNAPSHOTS: dict[int, PolicySnapshot] = {}
+_IN_FORCE_SQL = """
+SELECT version.id, version.number, policy.project_id, version.created_at
+FROM {versions} AS version JOIN {policies} AS policy ON policy.id = version.policy_id
+WHERE version.number = policy.current_number AND ({scope})
+ORDER BY policy.project_id IS NULL
+LIMIT 1
+"""
+
+
 def policy_in_force(project) -> PolicySnapshot:
-    """The project's own policy's newest version, else the platform default's (one query);
+    """The project's own policy's newest version, else the platform default's (one small
+    query: every gate asks it, so it is plain SQL, not the ORM's ~0.3 ms of compiling);
     before anyone edited either, the built-in default (every rule off)."""
-    scope = Q(policy__project__isnull=True)
+    from django.db import connection
+
+    scope, params = "policy.project_id IS NULL", []
     if project is not None:
-        scope |= Q(policy__project=project)
-    row = (
-        PolicyVersion.objects.filter(scope)
-        .order_by(F("policy__project_id").desc(nulls_last=True), "-number")
-        .values("pk", "number", "rules", "policy__project_id")
-        .first()
+        scope, params = "policy.project_id = %s OR policy.project_id IS NULL", [project.pk]
+    sql = _IN_FORCE_SQL.format(
+        versions=connection.ops.quote_name(PolicyVersion._meta.db_table),
+        policies=connection.ops.quote_name(Policy._meta.db_table),
+        scope=scope,
     )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
     if row is None:
         return BUILT_IN
-    scope_name = "platform" if row["policy__project_id"] is None else "project"
-    return PolicySnapshot(
-        label=f"{scope_name} v{row['number']}", version_id=row["pk"], rules=normalise(row["rules"])
-    )
+    version_id, number, project_id, created_at = row
+    key = (
+        version_id,
+        created_at,
+    )  # an id a rolled-back test database gave out again differs in time
+    snapshot = _SNAPSHOTS.get(key)
+    if snapshot is None:
+        rules = PolicyVersion.objects.values_list("rules", flat=True).get(pk=version_id)
+        scope_name = "platform" if project_id is None else "project"
+        snapshot = PolicySnapshot(
+            label=f"{scope_name} v{number}", version_id=version_id, rules=normalise(rules)
+        )
+        if len(_SNAPSHOTS) > 10_000:
+            _SNAPSHOTS.clear()
+        _SNAPSHOTS[key] = snapshot
+    return snapshot
 
 
 def own_policy(project) -> Policy | None:
