@@ -51,4 +51,8 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
     assert "archived: 3 requests" in out and 'PII {"EMAIL": 1} redacted' in out
     assert "[EMAIL]" in out and "romeo@verona" not in out.split("archived:")[1]
     assert "its replica drained and exited" in out
+    assert "409 policy_denied, rule 2 (Data preparation before training)" in out
+    assert "fix: run the data pipeline with the pii stage" in out
+    assert "open violations" in out and "1 waived" in out
+    assert "offline verifier: OK" in out
     assert (tmp_path / "db.sqlite3").exists()

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.utils import timezone
 
 from controlplane.audit.export import audit_export
 from controlplane.jobs.services import job_create
-from controlplane.policies.errors import PolicyDenied
-from controlplane.policies.selectors import current_number
+from controlplane.policies.errors import InvalidPolicy, PolicyDenied
+from controlplane.policies.models import PolicyScan, ScanState
+from controlplane.policies.scan import scan_request
+from controlplane.policies.selectors import current_number, violations_of
 from controlplane.policies.services import policy_update
+from controlplane.policies.waivers import waiver_grant
 from workers.protocol import JobKind
 
 if TYPE_CHECKING:
@@ -58,19 +64,23 @@ NO_PII_PIPELINE = {"stages": ["normalize", "exact_dedup"]}
 
 def policy_set(command, project: Project, users: dict[str, User]) -> None:
     command.step(
-        "Compliance policy: dora requires licensed sources and PII redaction before training"
+        "Compliance policy: dora requires licensed sources, PII redaction before training, "
+        "evaluated and approved promotions, archived and redacted serving"
     )
-    base = current_number(project)
-    if base:
-        command.stdout.write(f"    the project's policy is at v{base} already")
+    # The residency rule is what the end of the walk tightens; a walk run again starts
+    # from the demo policy (a new version) rather than from the tightened one.
+    changes = {**DEMO_POLICY, "residency": {"enabled": False}}
+    try:
+        version = policy_update(
+            project=project,
+            actor=users["dora"],
+            changes=changes,
+            reason="EU AI Act readiness: no personal data in training sets",
+            base_version=current_number(project),
+        )
+    except InvalidPolicy:  # nothing to change: a walk run before left it so
+        command.stdout.write(f"    the project's policy v{current_number(project)} is in force")
         return
-    version = policy_update(
-        project=project,
-        actor=users["dora"],
-        changes=DEMO_POLICY,
-        reason="EU AI Act readiness: no personal data in training sets",
-        base_version=base,
-    )
     rules = ", ".join(key for key, values in version.rules.items() if values["enabled"])
     command.stdout.write(f"    project policy v{version.number}: {rules} on")
 
@@ -126,3 +136,56 @@ def audit_export_verified(command, project: Project, user: User) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"the offline verifier rejected the export: {verdict}")
     return path
+
+
+def _scan(command, project: Project, user: User) -> PolicyScan:
+    scan = scan_request(project=project, actor=user)
+    deadline = time.monotonic() + command.timeout
+    while time.monotonic() < deadline:
+        scan.refresh_from_db()
+        if scan.state in (ScanState.SUCCEEDED, ScanState.FAILED):
+            break
+        time.sleep(0.25)
+    if scan.state != ScanState.SUCCEEDED:
+        raise RuntimeError(f"policy scan {scan.pk} ended {scan.state}: {scan.error}")
+    return scan
+
+
+def violations_and_waiver(
+    command, project: Project, users: dict[str, User], cleaned: DatasetVersion
+) -> None:
+    """dora tightens the policy (EU storage only); a scan lists what no longer complies;
+    she waives the training data until its move, and the next scan counts it waived."""
+    command.step("Violations: dora requires EU storage; a scan lists what no longer complies")
+    dora = users["dora"]
+    version = policy_update(
+        project=project,
+        actor=dora,
+        changes={"residency": {"enabled": True, "allowed_regions": ["eu-west-1"]}},
+        reason="data residency: EU only from next quarter",
+        base_version=current_number(project),
+    )
+    scan = _scan(command, project, dora)
+    counts = scan.counts
+    command.stdout.write(
+        f"    policy v{version.number}; scan {scan.pk} in {counts['seconds']:.2f} s: "
+        f"{counts['dataset_versions']} dataset versions, {counts['model_versions']} model "
+        f"versions, {counts['deployments']} deployments -> {counts['still_open']} open violations"
+    )
+    for violation in violations_of(project)[:3]:
+        command.stdout.write(f"      {violation.rule}: {violation.reason}")
+    waiver = waiver_grant(
+        project=project,
+        actor=dora,
+        rule="residency",
+        subject_type="dataset_version",
+        subject_id=cleaned.pk,
+        reason="the training data moves to the EU bucket with the storage migration",
+        expires_at=timezone.now() + timedelta(days=30),
+    )
+    scan = _scan(command, project, dora)
+    command.stdout.write(
+        f"    waiver {waiver.pk} for {waiver.subject_label} (30 days); the next scan: "
+        f"{scan.counts['still_open']} open, {scan.counts['waived']} waived "
+        f"(/projects/{project.slug}/compliance/)"
+    )

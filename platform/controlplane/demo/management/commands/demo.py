@@ -24,7 +24,12 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.audit.services import audit_verify
-from controlplane.demo.compliance import audit_export_verified, policy_set, refused_training
+from controlplane.demo.compliance import (
+    audit_export_verified,
+    policy_set,
+    refused_training,
+    violations_and_waiver,
+)
 from controlplane.demo.datasets import data_pipeline, dataset_upload
 from controlplane.demo.hardening import anchors_and_readiness, event_path_health, safe_retry
 from controlplane.demo.posttrain import post_train
@@ -141,6 +146,7 @@ class Command(BaseCommand):
         image_model(self, project, users["bob"], steps=self.train_steps)
         safe_retry(self, project, users["bob"], upload.pk)
         event_path_health(self, project)
+        violations_and_waiver(self, project, users, tokens)
         anchors_and_readiness(self)
         audit_export_verified(self, project, users["dora"])
         self.verify_audit_chains()
