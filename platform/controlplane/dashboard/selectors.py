@@ -25,6 +25,9 @@ class ProjectStorage:
 
 
 def overview_for(user: User) -> dict:
+    from controlplane.policies.page_selectors import OVERVIEW_DAYS as COMPLIANCE_DAYS
+    from controlplane.policies.page_selectors import overview as compliance_overview
+
     projects = projects_visible_to(user)
     project_ids = list(projects.values_list("pk", flat=True))
     jobs = Job.objects.filter(project_id__in=project_ids)
@@ -54,4 +57,7 @@ def overview_for(user: User) -> dict:
         "storage": storage,
         "storage_total": sum(item.total_bytes for item in storage),
         "recent_jobs": jobs.select_related("project").order_by("-created_at")[:10],
+        # Policy, open violations by rule, waivers, holds and recent denials per project.
+        "compliance": compliance_overview(projects=projects),
+        "compliance_days": COMPLIANCE_DAYS,
     }

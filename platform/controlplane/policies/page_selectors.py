@@ -253,14 +253,15 @@ def _counts(rows) -> dict:
     return {row[0]: row[1] for row in rows}
 
 
-def overview(days: int = OVERVIEW_DAYS) -> list[ProjectCompliance]:
-    """Every project's compliance in a fixed number of queries."""
+def overview(days: int = OVERVIEW_DAYS, *, projects=None) -> list[ProjectCompliance]:
+    """Every project's compliance (or those of `projects`, a queryset: the dashboard's
+    overview shows a member's own) in a fixed number of queries."""
     from controlplane.audit.models import AuditEvent
     from controlplane.policies.models import ErasureHold
     from controlplane.projects.models import Project
 
     now = timezone.now()
-    projects = list(Project.objects.order_by("name", "pk"))
+    projects = list((projects if projects is not None else Project.objects).order_by("name", "pk"))
     own = _counts(
         Policy.objects.filter(project__isnull=False, current_number__gt=0).values_list(
             "project_id", "current_number"
