@@ -94,18 +94,33 @@ def iban_valid(candidate: str) -> bool:
 _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
 )
-_IBAN = re.compile(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+# Most patterns open with a character class and move a leading word-boundary or lookbehind
+# test to just after it: the regex engine then skips to candidate characters in C instead of
+# trying the whole pattern at every position (2-3x faster on digit-heavy text). Each is the
+# same language at the same start positions as the plain form in its comment.
+# \b[A-Z]{2}[0-9]{2}...
+_IBAN = re.compile(r"[A-Z](?<!\w.)[A-Z][0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 _CARD = re.compile(r"[0-9](?<![0-9]{2})(?:[ -]?[0-9]){11,18}(?![0-9])")
 # How cards are printed: one block, groups of four (the last one shorter), or Amex/Diners 4-6-5/4-6-4.
 _CARD_GROUPS = re.compile(
     r"[0-9]{12,19}|[0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,4})?|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5}"
 )
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])")
+# (?<![0-9.]){_OCTET}(?:\.{_OCTET}){3}(?![0-9]|\.[0-9]): the first octet as its first digit
+# and the digits that may follow that one.
+_IPV4 = re.compile(
+    rf"[0-9](?<![0-9.].)(?:(?<=2)(?:5[0-5]|[0-4][0-9])|(?<=1)[0-9]{{2}}|(?<=[1-9])[0-9])?"
+    rf"(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])"
+)
 _IPV6_CANDIDATE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-_US_SSN = re.compile(r"\b(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}\b")
+# Two colons with at most four hex digits between them: in every IPv6 candidate.
+_IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")
+# \b(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}\b
+_US_SSN = re.compile(r"[0-8](?<!\w.)[0-9]{2}(?<!000|666)-(?!00)[0-9]{2}-(?!0000)[0-9]{4}\b")
+# \b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b
 _UK_NINO = re.compile(
-    r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b"
+    r"[A-CEGHJ-PR-TW-Z](?<!\w.)[A-CEGHJ-NPR-TW-Z](?<!BG|GB|NK|KN|TN|NT|ZZ)"
+    r" ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b"
 )
 _NON_DIGIT = re.compile(r"[^0-9]")
 _WINDOW_MARGIN = 64  # > the longest digit-bearing match (an IBAN with spaces: 42 characters)
@@ -147,8 +162,10 @@ _NANP_SHAPE = re.compile(
 )
 # Where a phone number may be: 7 or more digits with the separators and brackets phone
 # numbers are written with, and an extension. libphonenumber runs on these snippets only.
+# (?<![\w+])[+(]?[0-9][0-9 ().\-/]{5,24}[0-9]..., opening with its first character.
 _PHONE_CANDIDATE = re.compile(
-    r"(?<![\w+])[+(]?[0-9][0-9 ().\-/]{5,24}[0-9](?:,? ?(?:ext\.?|x|#) ?[0-9]{1,6})?(?![0-9])"
+    r"[+(0-9](?<![\w+].)(?:(?<=[0-9])|(?<=[+(])[0-9])"
+    r"[0-9 ().\-/]{5,24}[0-9](?:,? ?(?:ext\.?|x|#) ?[0-9]{1,6})?(?![0-9])"
 )
 _NOT_PLAIN = re.compile(r"[x#]|ext|[^0-9 ().\-/+]|[ .\-/]{2}")  # extension, odd separators
 _DATE = re.compile(r"[0-9]{1,2}([./-])[0-9]{1,2}\1[0-9]{2,4}|[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -186,6 +203,8 @@ class _Rule:
     pattern: re.Pattern
     accept: Callable[[str], bool] | None
     hint: str | None  # substring the text must contain for the pattern to have a chance
+    # A cheaper pattern the text must contain, where one character is too common a hint.
+    gate: re.Pattern | None = None
 
 
 _RULES = {
@@ -193,7 +212,7 @@ _RULES = {
     "IBAN": [_Rule("IBAN", _IBAN, iban_valid, None)],
     "CREDIT_CARD": [_Rule("CREDIT_CARD", _CARD, _is_card, None)],
     "IP_ADDRESS": [
-        _Rule("IP_ADDRESS", _IPV6_CANDIDATE, _is_ipv6, ":"),
+        _Rule("IP_ADDRESS", _IPV6_CANDIDATE, _is_ipv6, ":", _IPV6_GATE),
         _Rule("IP_ADDRESS", _IPV4, None, "."),
     ],
     "NATIONAL_ID": [
@@ -269,6 +288,8 @@ class PIIRedactor:
     def _apply(self, rules: list[_Rule], text: str, found: Counter[str]) -> str:
         for rule in rules:
             if rule.hint is not None and rule.hint not in text:
+                continue
+            if rule.gate is not None and rule.gate.search(text) is None:
                 continue
             placeholder = self._placeholders[rule.pii_type]
 
