@@ -73,12 +73,27 @@ _IIN_RANGES: tuple[tuple[str, str, frozenset[int]], ...] = (
 )
 
 
+def _issuer_lengths(number: str) -> frozenset[int]:
+    """Card lengths of the issuers whose ranges hold ``number`` (compared on len(low) digits)."""
+    return frozenset().union(
+        *(lengths for low, high, lengths in _IIN_RANGES if low <= number[: len(low)] <= high)
+    )
+
+
+# No range's low end is longer than four digits, so the first four settle the issuer: one
+# dictionary look-up per candidate instead of 15 comparisons.
+_IIN_PREFIX = 4
+_ISSUER_LENGTHS = {
+    f"{prefix:04d}": _issuer_lengths(f"{prefix:04d}") for prefix in range(10**_IIN_PREFIX)
+}
+
+
 def card_issuer_valid(digits: str) -> bool:
     """True when the number starts with a card issuer's prefix at a length that issuer uses."""
-    return any(
-        low <= digits[: len(low)] <= high and len(digits) in lengths
-        for low, high, lengths in _IIN_RANGES
-    )
+    lengths = _ISSUER_LENGTHS.get(digits[:_IIN_PREFIX])
+    if lengths is None:  # shorter than four digits, or not digits: range by range
+        lengths = _issuer_lengths(digits)
+    return len(digits) in lengths
 
 
 def iban_valid(candidate: str) -> bool:
@@ -124,16 +139,19 @@ _UK_NINO = re.compile(
 )
 _NON_DIGIT = re.compile(r"[^0-9]")
 _WINDOW_MARGIN = 64  # > the longest digit-bearing match (an IBAN with spaces: 42 characters)
-# Digits with gaps of at most two margins between them: one window each, found in C.
-_DIGIT_CLUSTER = re.compile(f"[0-9](?:[^0-9]{{0,{2 * _WINDOW_MARGIN}}}[0-9])*")
+# Digits with gaps of at most two margins between them: one window each, found in C. The
+# gap is possessive: giving back a non-digit can never put a digit after it.
+_DIGIT_CLUSTER = re.compile(f"[0-9](?:[^0-9]{{0,{2 * _WINDOW_MARGIN}}}+[0-9])*")
 
 
 def _digit_windows(text: str) -> list[tuple[int, int]]:
     """Disjoint [start, end) spans reaching _WINDOW_MARGIN characters around every digit."""
-    return [
-        (max(0, m.start() - _WINDOW_MARGIN), min(len(text), m.end() + _WINDOW_MARGIN))
-        for m in _DIGIT_CLUSTER.finditer(text)
-    ]
+    length, windows = len(text), []
+    for match in _DIGIT_CLUSTER.finditer(text):
+        start, end = match.span()
+        start, end = start - _WINDOW_MARGIN, end + _WINDOW_MARGIN
+        windows.append((start if start > 0 else 0, end if end < length else length))
+    return windows
 
 
 def _digits(text: str) -> str:
@@ -171,7 +189,7 @@ _NOT_PLAIN = re.compile(r"[x#]|ext|[^0-9 ().\-/+]|[ .\-/]{2}")  # extension, odd
 _DATE = re.compile(r"[0-9]{1,2}([./-])[0-9]{1,2}\1[0-9]{2,4}|[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # A match that continues a longer digit sequence (the tail of a failed IBAN or account
 # number, one group of a card) is not a phone number on its own.
-_DIGIT_BEFORE = re.compile(r"[0-9][ .,:\-/]?\Z")
+_DIGIT_BEFORE = re.compile(r"[0-9][ .,:\-/]?\Z")  # searched in the two characters before
 _DIGIT_AFTER = re.compile(r"[ .,:\-/]?[0-9]")
 _LENIENCY = {"possible": phonenumbers.Leniency.POSSIBLE, "valid": phonenumbers.Leniency.VALID}
 PHONE_LENIENCIES = tuple(_LENIENCY)
@@ -180,6 +198,14 @@ _NATIONAL_PREFIX = {
     region: phonenumbers.PhoneMetadata.metadata_for_region(region).national_prefix
     for region in PHONE_REGIONS
 }
+
+
+def _continues_digits(text: str, start: int, end: int) -> bool:
+    """text[start:end] has a digit right before or after it, or one separator away."""
+    # _DIGIT_BEFORE's match is at most two characters long: no need to scan from 0.
+    return bool(
+        _DIGIT_BEFORE.search(text, max(0, start - 2), start) or _DIGIT_AFTER.match(text, end)
+    )
 
 
 def _phone_shaped(raw: str) -> bool:
@@ -319,9 +345,7 @@ class PIIRedactor:
             raw
         ):
             return False
-        if _DIGIT_BEFORE.search(text, 0, candidate.start()) or _DIGIT_AFTER.match(
-            text, candidate.end()
-        ):
+        if _continues_digits(text, candidate.start(), candidate.end()):
             return False
         for region in regions:
             try:
@@ -354,8 +378,7 @@ class PIIRedactor:
                     (offset + match.start, offset + match.end)
                     for match in phonenumbers.PhoneNumberMatcher(raw, region, self._leniency)
                     if _phone_shaped(match.raw_string)
-                    and not _DIGIT_BEFORE.search(text, 0, offset + match.start)
-                    and not _DIGIT_AFTER.match(text, offset + match.end)
+                    and not _continues_digits(text, offset + match.start, offset + match.end)
                 ]
                 spans += matches
                 if matches and matches[0][0] == offset and matches[-1][1] == candidate.end():
