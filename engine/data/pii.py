@@ -296,6 +296,9 @@ class PIIRedactor:
         windows = _digit_windows(text)
         if not windows:
             return text, found
+        if windows[0] == (0, len(text)):  # a short text with numbers: no slicing and joining
+            text = self._apply(self._digit_rules, text, found)
+            return (self._redact_phones(text, found) if self._phones else text), found
         # Every other kind holds a digit and is at most ~45 characters long, so it lies
         # inside a window of _WINDOW_MARGIN characters around some digit run; scanning only
         # the windows keeps prose with a few numbers fast. Windows start and end at least
