@@ -73,12 +73,27 @@ _IIN_RANGES: tuple[tuple[str, str, frozenset[int]], ...] = (
 )
 
 
+def _issuer_lengths(number: str) -> frozenset[int]:
+    """Card lengths of the issuers whose ranges hold ``number`` (compared on len(low) digits)."""
+    return frozenset().union(
+        *(lengths for low, high, lengths in _IIN_RANGES if low <= number[: len(low)] <= high)
+    )
+
+
+# No range's low end is longer than four digits, so the first four settle the issuer: one
+# dictionary look-up per candidate instead of 15 comparisons.
+_IIN_PREFIX = 4
+_ISSUER_LENGTHS = {
+    f"{prefix:04d}": _issuer_lengths(f"{prefix:04d}") for prefix in range(10**_IIN_PREFIX)
+}
+
+
 def card_issuer_valid(digits: str) -> bool:
     """True when the number starts with a card issuer's prefix at a length that issuer uses."""
-    return any(
-        low <= digits[: len(low)] <= high and len(digits) in lengths
-        for low, high, lengths in _IIN_RANGES
-    )
+    lengths = _ISSUER_LENGTHS.get(digits[:_IIN_PREFIX])
+    if lengths is None:  # shorter than four digits, or not digits: range by range
+        lengths = _issuer_lengths(digits)
+    return len(digits) in lengths
 
 
 def iban_valid(candidate: str) -> bool:
@@ -94,31 +109,49 @@ def iban_valid(candidate: str) -> bool:
 _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
 )
-_IBAN = re.compile(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+# Most patterns open with a character class and move a leading word-boundary or lookbehind
+# test to just after it: the regex engine then skips to candidate characters in C instead of
+# trying the whole pattern at every position (2-3x faster on digit-heavy text). Each is the
+# same language at the same start positions as the plain form in its comment.
+# \b[A-Z]{2}[0-9]{2}...
+_IBAN = re.compile(r"[A-Z](?<!\w.)[A-Z][0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 _CARD = re.compile(r"[0-9](?<![0-9]{2})(?:[ -]?[0-9]){11,18}(?![0-9])")
 # How cards are printed: one block, groups of four (the last one shorter), or Amex/Diners 4-6-5/4-6-4.
 _CARD_GROUPS = re.compile(
     r"[0-9]{12,19}|[0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,4})?|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5}"
 )
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(rf"(?<![0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])")
+# (?<![0-9.]){_OCTET}(?:\.{_OCTET}){3}(?![0-9]|\.[0-9]): the first octet as its first digit
+# and the digits that may follow that one.
+_IPV4 = re.compile(
+    rf"[0-9](?<![0-9.].)(?:(?<=2)(?:5[0-5]|[0-4][0-9])|(?<=1)[0-9]{{2}}|(?<=[1-9])[0-9])?"
+    rf"(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])"
+)
 _IPV6_CANDIDATE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-_US_SSN = re.compile(r"\b(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}\b")
+# Two colons with at most four hex digits between them: in every IPv6 candidate.
+_IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")
+# \b(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}\b
+_US_SSN = re.compile(r"[0-8](?<!\w.)[0-9]{2}(?<!000|666)-(?!00)[0-9]{2}-(?!0000)[0-9]{4}\b")
+# \b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b
 _UK_NINO = re.compile(
-    r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b"
+    r"[A-CEGHJ-PR-TW-Z](?<!\w.)[A-CEGHJ-NPR-TW-Z](?<!BG|GB|NK|KN|TN|NT|ZZ)"
+    r" ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b"
 )
 _NON_DIGIT = re.compile(r"[^0-9]")
 _WINDOW_MARGIN = 64  # > the longest digit-bearing match (an IBAN with spaces: 42 characters)
-# Digits with gaps of at most two margins between them: one window each, found in C.
-_DIGIT_CLUSTER = re.compile(f"[0-9](?:[^0-9]{{0,{2 * _WINDOW_MARGIN}}}[0-9])*")
+# Digits with gaps of at most two margins between them: one window each, found in C. The
+# gap is possessive: giving back a non-digit can never put a digit after it.
+_DIGIT_CLUSTER = re.compile(f"[0-9](?:[^0-9]{{0,{2 * _WINDOW_MARGIN}}}+[0-9])*")
 
 
 def _digit_windows(text: str) -> list[tuple[int, int]]:
     """Disjoint [start, end) spans reaching _WINDOW_MARGIN characters around every digit."""
-    return [
-        (max(0, m.start() - _WINDOW_MARGIN), min(len(text), m.end() + _WINDOW_MARGIN))
-        for m in _DIGIT_CLUSTER.finditer(text)
-    ]
+    length, windows = len(text), []
+    for match in _DIGIT_CLUSTER.finditer(text):
+        start, end = match.span()
+        start, end = start - _WINDOW_MARGIN, end + _WINDOW_MARGIN
+        windows.append((start if start > 0 else 0, end if end < length else length))
+    return windows
 
 
 def _digits(text: str) -> str:
@@ -147,14 +180,16 @@ _NANP_SHAPE = re.compile(
 )
 # Where a phone number may be: 7 or more digits with the separators and brackets phone
 # numbers are written with, and an extension. libphonenumber runs on these snippets only.
+# (?<![\w+])[+(]?[0-9][0-9 ().\-/]{5,24}[0-9]..., opening with its first character.
 _PHONE_CANDIDATE = re.compile(
-    r"(?<![\w+])[+(]?[0-9][0-9 ().\-/]{5,24}[0-9](?:,? ?(?:ext\.?|x|#) ?[0-9]{1,6})?(?![0-9])"
+    r"[+(0-9](?<![\w+].)(?:(?<=[0-9])|(?<=[+(])[0-9])"
+    r"[0-9 ().\-/]{5,24}[0-9](?:,? ?(?:ext\.?|x|#) ?[0-9]{1,6})?(?![0-9])"
 )
 _NOT_PLAIN = re.compile(r"[x#]|ext|[^0-9 ().\-/+]|[ .\-/]{2}")  # extension, odd separators
 _DATE = re.compile(r"[0-9]{1,2}([./-])[0-9]{1,2}\1[0-9]{2,4}|[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # A match that continues a longer digit sequence (the tail of a failed IBAN or account
 # number, one group of a card) is not a phone number on its own.
-_DIGIT_BEFORE = re.compile(r"[0-9][ .,:\-/]?\Z")
+_DIGIT_BEFORE = re.compile(r"[0-9][ .,:\-/]?\Z")  # searched in the two characters before
 _DIGIT_AFTER = re.compile(r"[ .,:\-/]?[0-9]")
 _LENIENCY = {"possible": phonenumbers.Leniency.POSSIBLE, "valid": phonenumbers.Leniency.VALID}
 PHONE_LENIENCIES = tuple(_LENIENCY)
@@ -163,6 +198,14 @@ _NATIONAL_PREFIX = {
     region: phonenumbers.PhoneMetadata.metadata_for_region(region).national_prefix
     for region in PHONE_REGIONS
 }
+
+
+def _continues_digits(text: str, start: int, end: int) -> bool:
+    """text[start:end] has a digit right before or after it, or one separator away."""
+    # _DIGIT_BEFORE's match is at most two characters long: no need to scan from 0.
+    return bool(
+        _DIGIT_BEFORE.search(text, max(0, start - 2), start) or _DIGIT_AFTER.match(text, end)
+    )
 
 
 def _phone_shaped(raw: str) -> bool:
@@ -186,6 +229,8 @@ class _Rule:
     pattern: re.Pattern
     accept: Callable[[str], bool] | None
     hint: str | None  # substring the text must contain for the pattern to have a chance
+    # A cheaper pattern the text must contain, where one character is too common a hint.
+    gate: re.Pattern | None = None
 
 
 _RULES = {
@@ -193,7 +238,7 @@ _RULES = {
     "IBAN": [_Rule("IBAN", _IBAN, iban_valid, None)],
     "CREDIT_CARD": [_Rule("CREDIT_CARD", _CARD, _is_card, None)],
     "IP_ADDRESS": [
-        _Rule("IP_ADDRESS", _IPV6_CANDIDATE, _is_ipv6, ":"),
+        _Rule("IP_ADDRESS", _IPV6_CANDIDATE, _is_ipv6, ":", _IPV6_GATE),
         _Rule("IP_ADDRESS", _IPV4, None, "."),
     ],
     "NATIONAL_ID": [
@@ -251,6 +296,9 @@ class PIIRedactor:
         windows = _digit_windows(text)
         if not windows:
             return text, found
+        if windows[0] == (0, len(text)):  # a short text with numbers: no slicing and joining
+            text = self._apply(self._digit_rules, text, found)
+            return (self._redact_phones(text, found) if self._phones else text), found
         # Every other kind holds a digit and is at most ~45 characters long, so it lies
         # inside a window of _WINDOW_MARGIN characters around some digit run; scanning only
         # the windows keeps prose with a few numbers fast. Windows start and end at least
@@ -269,6 +317,8 @@ class PIIRedactor:
     def _apply(self, rules: list[_Rule], text: str, found: Counter[str]) -> str:
         for rule in rules:
             if rule.hint is not None and rule.hint not in text:
+                continue
+            if rule.gate is not None and rule.gate.search(text) is None:
                 continue
             placeholder = self._placeholders[rule.pii_type]
 
@@ -298,9 +348,7 @@ class PIIRedactor:
             raw
         ):
             return False
-        if _DIGIT_BEFORE.search(text, 0, candidate.start()) or _DIGIT_AFTER.match(
-            text, candidate.end()
-        ):
+        if _continues_digits(text, candidate.start(), candidate.end()):
             return False
         for region in regions:
             try:
@@ -333,8 +381,7 @@ class PIIRedactor:
                     (offset + match.start, offset + match.end)
                     for match in phonenumbers.PhoneNumberMatcher(raw, region, self._leniency)
                     if _phone_shaped(match.raw_string)
-                    and not _DIGIT_BEFORE.search(text, 0, offset + match.start)
-                    and not _DIGIT_AFTER.match(text, offset + match.end)
+                    and not _continues_digits(text, offset + match.start, offset + match.end)
                 ]
                 spans += matches
                 if matches and matches[0][0] == offset and matches[-1][1] == candidate.end():
