@@ -1,0 +1,705 @@
+"""Erase a data subject (GDPR Art. 17) from a dataset folder: find their records, then write
+the folder again without them.
+
+    from engine.data.erasure import erase_subject, find_subject
+
+    report = find_subject("data/clean", subject_hashes=[keyed_hash])          # via the index
+    report = find_subject("data/raw", subject_hashes=[h], subject_field="user")  # streaming
+    report = find_subject("data/raw", identifiers=["ann@x.org"], scan_budget_bytes=2**30)
+    result = erase_subject("data/clean", "data/clean-erased", subject_hashes=[keyed_hash])
+
+    python -m engine data erase data/clean --out data/clean-erased --hash 3f1c...
+    python -m engine data erase data/raw --out data/raw-erased --id ann@x.org --scan-budget 2GB
+
+Three ways of finding a subject, chosen by the folder:
+
+* *index*: a pipeline output (``manifest.json`` of ``engine.records/1``) with a subject
+  index: one binary search per hash (engine.data.subject_index), nothing is scanned.
+* *field*: raw JSONL (``.jsonl``/``.ndjson``, optionally ``.gz``/``.zst``) whose records
+  name the subject in ``subject_field``: one streaming pass that hashes each record's
+  field the way the index does and compares it with the subject's hashes.
+* *scan*: data with no subject field ("not indexed"): a full-text search of every record
+  for the raw identifiers in normalised forms (see :func:`normalise_text` and
+  :func:`normalise_email`), bounded by ``scan_budget_bytes`` of decoded input. When the
+  budget runs out the report says ``complete: false``, names the files left unread, and
+  :func:`erase_subject` refuses to rewrite: an erasure of what was not searched would be
+  a false promise.
+
+A *record* is a JSONL line, a line of a plain-text file, or a row of a record shard.
+Reports carry positions and counts only, never the matched text.
+
+The rewrite writes a new folder (a hidden sibling, renamed into place when complete, so
+a crash leaves nothing or a whole result) in which every other record is byte-identical
+and in order. Record shards and raw files keep their name, format and compression;
+unaffected files are hard links (or copies) of the originals and are reported
+``unchanged`` so the caller can reuse their stored objects. For a pipeline output the
+subject index loses the subject's rows (later rows of an affected shard move up),
+``manifest.json`` gets the new counts, sizes and hashes, and ``report.json`` loses its
+example snippets (they quote records, the subject's perhaps); ``report.txt`` is dropped.
+Token shards (``tokens/``) are one token stream per split: a document cannot be cut out
+of them in place, so they are left out of the result, the report says
+``rebuild: ["tokens"]`` and lists which token shards held the subject (that shard and
+every later one of its split: the stream shifts) and which did not (reusable as long as
+the same tokenizer is kept). Gzip output is written with mtime 0 and zstd at level 3 as
+the pipeline does, so the same input and subject always give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import inspect
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+
+from engine.data.packing import is_validation
+from engine.data.readers import open_binary
+from engine.data.records import MANIFEST, RECORDS_FORMAT, sha256_of
+from engine.data.shards import FORMAT as TOKEN_SHARDS_FORMAT
+from engine.data.shards import load_manifest
+from engine.data.subject_index import INDEX_DTYPE, hash_subject
+
+DEFAULT_SCAN_BUDGET = 2**30  # decoded bytes a "not indexed" scan may read (1 GiB)
+TOKENS_DIR = "tokens"
+Method = Literal["index", "field", "scan"]
+_JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_TEXT_SUFFIXES = (".txt", ".text", ".md")
+_COMPRESSIONS = (".gz", ".zst")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_BLOCK = 2**20
+
+
+class ErasureError(ValueError):
+    """The erasure cannot be done as asked; the message says what to give or change."""
+
+
+# ---- subject hashes -------------------------------------------------------------------------
+_HASH_TAKES_KEY = "key" in inspect.signature(hash_subject).parameters
+
+
+def subject_hash(subject_id: str, *, salt: str = "", key: bytes | None = None) -> str:
+    """The hash the subject index holds for ``subject_id``: keyed (HMAC) when ``key`` is given."""
+    if key is None:
+        return hash_subject(subject_id, salt)
+    if _HASH_TAKES_KEY:
+        return hash_subject(subject_id, salt, key=key)
+    # Until subject_index.hash_subject takes `key` (issue 17): the same definition, here.
+    return hmac.new(key, subject_id.strip().casefold().encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+# ---- normalised forms for the full-text scan ------------------------------------------------
+def normalise_text(text: str) -> str:
+    """Case-folded, every run of whitespace one space, trimmed: ``" Ann\\n  LEE"`` -> ``"ann lee"``."""
+    return " ".join(text.casefold().split())
+
+
+def normalise_email(address: str) -> str:
+    """Case-folded, the local part without dots and without a ``+tag``:
+    ``"Ann.Lee+shop@Example.org"`` -> ``"annlee@example.org"``.
+
+    Dots are dropped for every domain (Gmail ignores them, most providers do not): for an
+    erasure, finding a near-namesake too is the safer error than missing the person."""
+    local, _, domain = address.casefold().rpartition("@")
+    return local.split("+", 1)[0].replace(".", "") + "@" + domain
+
+
+class _Matcher:
+    """Does a record mention any of the identifiers, in their normalised forms?"""
+
+    def __init__(self, identifiers: Sequence[str]):
+        self.emails: set[str] = set()
+        patterns: list[str] = []
+        anchors: list[bytes | None] = []
+        for identifier in identifiers:
+            form = normalise_text(identifier)
+            if not form:
+                raise ErasureError("an identifier is empty after normalisation; give real ids")
+            if _EMAIL.fullmatch(form):
+                self.emails.add(normalise_email(form))
+                anchor = form.rpartition("@")[2]
+            else:
+                # word boundaries: customer "c-42" is not customer "c-420"
+                patterns.append(r"(?<!\w)" + re.escape(form) + r"(?!\w)")
+                anchor = max(form.split(" "), key=len)
+            anchors.append(anchor.encode() if _plain_ascii(anchor) else None)
+        self.pattern = re.compile("|".join(patterns)) if patterns else None
+        # An ASCII line without JSON \u escapes lowers to its case-folded text, so a line
+        # that lacks every anchor cannot match: most lines are skipped without decoding.
+        self.anchors = None if None in anchors else [a for a in anchors if a is not None]
+
+    def may_match(self, line: bytes) -> bool:
+        if self.anchors is None or not line.isascii() or b"\\u" in line:
+            return True
+        lowered = line.lower()
+        return any(anchor in lowered for anchor in self.anchors)
+
+    def matches(self, text: str) -> bool:
+        form = normalise_text(text)
+        if self.pattern is not None and self.pattern.search(form):
+            return True
+        return bool(self.emails) and any(
+            normalise_email(found) in self.emails for found in _EMAIL.findall(form)
+        )
+
+
+def _plain_ascii(anchor: str) -> bool:
+    return bool(anchor) and anchor.isascii() and not set(anchor) & set('"\\/')
+
+
+def _strings(value) -> Iterator[str]:
+    """Every string in a JSON value (keys too): a record's text and its metadata."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif value is not None:
+        yield str(value)
+
+
+def _line_text(line: bytes, is_jsonl: bool) -> str:
+    text = line.decode("utf-8", errors="replace")
+    if is_jsonl:
+        try:
+            # fields apart by a newline, so that no match spans two of them
+            return "\n".join(_strings(json.loads(text)))
+        except json.JSONDecodeError:
+            pass  # a malformed line is still searched, as text
+    return text
+
+
+# ---- find ------------------------------------------------------------------------------------
+@dataclass
+class FileFindings:
+    """One file's hits: ``positions`` are 1-based line numbers (raw files) or 0-based rows
+    (record shards); ``searched`` is false for a file the scan budget did not reach."""
+
+    name: str
+    method: Method
+    positions: list[int] = field(default_factory=list)
+    records: int = 0  # records read (0 for the index method, which reads none)
+    bytes_scanned: int = 0
+    searched: bool = True
+
+    @property
+    def hits(self) -> int:
+        return len(self.positions)
+
+
+@dataclass
+class FindReport:
+    folder: str
+    kind: Literal["records", "raw"]
+    unit: Literal["row", "line"]
+    files: list[FileFindings]
+    scan_budget_bytes: int
+    complete: bool = True
+    not_searched: list[str] = field(default_factory=list)  # with why, e.g. "a.parquet (format)"
+
+    @property
+    def hits(self) -> int:
+        return sum(f.hits for f in self.files)
+
+    @property
+    def bytes_scanned(self) -> int:
+        return sum(f.bytes_scanned for f in self.files)
+
+    def to_dict(self) -> dict:
+        payload = asdict(self)
+        payload.update(hits=self.hits, bytes_scanned=self.bytes_scanned)
+        for entry in payload["files"]:
+            entry["hits"] = len(entry["positions"])
+        return payload
+
+
+def _hashes(subject_hashes: Iterable[str], identifiers: Iterable[str], salt, key) -> set[str]:
+    hashes = set()
+    for value in subject_hashes:
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ErasureError(f"subject hash {value[:12]!r}... is not 64 hex digits (sha256)")
+        hashes.add(value)
+    return hashes | {subject_hash(i, salt=salt, key=key) for i in identifiers}
+
+
+def _records_manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") == TOKEN_SHARDS_FORMAT:
+        raise ErasureError(
+            f"{folder} holds token shards, which cannot be edited per record: erase the "
+            "records they were tokenized from and tokenize the result again"
+        )
+    if manifest.get("format") != RECORDS_FORMAT:
+        raise ErasureError(f"{path} has format {manifest.get('format')!r}, not {RECORDS_FORMAT!r}")
+    return manifest
+
+
+def find_subject(
+    folder: str | os.PathLike,
+    *,
+    subject_hashes: Sequence[str] = (),
+    identifiers: Sequence[str] = (),
+    subject_field: str = "",
+    key: bytes | None = None,
+    salt: str = "",
+    scan_budget_bytes: int = DEFAULT_SCAN_BUDGET,
+) -> FindReport:
+    """Where the subject's records are in ``folder`` (see the module docstring).
+
+    ``subject_hashes`` are index hashes (keyed with ``key`` when the platform indexes so);
+    ``identifiers`` are raw ids (an e-mail, a customer id): hashed for the index and field
+    methods, searched for as text by the scan. Raises ``ErasureError`` when nothing was
+    given that the folder's method can use."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ErasureError(f"{folder}: no such folder")
+    identifiers = [i for i in identifiers if i.strip()]
+    hashes = _hashes(subject_hashes, identifiers, salt, key)
+    if not hashes:
+        raise ErasureError("no subject: give at least one identifier or subject hash")
+    manifest = _records_manifest(folder)
+    if manifest is not None:
+        if manifest.get("subject_index"):
+            return _find_in_index(folder, manifest, hashes, scan_budget_bytes)
+        files = [(folder / s["name"], True) for s in manifest["shards"]]
+        report = FindReport(str(folder), "records", "row", [], scan_budget_bytes)
+        _scan_files(report, folder, files, identifiers, scan_budget_bytes, zero_based=True)
+        return report
+    report = FindReport(str(folder), "raw", "line", [], scan_budget_bytes)
+    budget = scan_budget_bytes
+    to_scan: list[tuple[Path, bool]] = []
+    for path in _raw_files(folder):
+        kind = _raw_kind(path)
+        if kind is None:
+            report.not_searched.append(f"{_relative(path, folder)} (format not supported)")
+        elif kind == "jsonl" and subject_field:
+            report.files.append(_find_by_field(path, folder, subject_field, hashes, salt, key))
+        else:
+            to_scan.append((path, kind == "jsonl"))
+    _scan_files(report, folder, to_scan, identifiers, budget, zero_based=False)
+    report.files.sort(key=lambda f: f.name)
+    report.complete = not report.not_searched and all(f.searched for f in report.files)
+    return report
+
+
+def _find_in_index(folder: Path, manifest: dict, hashes: set[str], budget: int) -> FindReport:
+    entries = np.load(folder / manifest["subject_index"], mmap_mode="r")
+    keys = entries["subject"]
+    names = [s["name"] for s in manifest["shards"]]
+    rows: dict[int, list[int]] = {}
+    for value in sorted(hashes):
+        wanted = bytes.fromhex(value)
+        low = int(np.searchsorted(keys, wanted, side="left"))
+        high = int(np.searchsorted(keys, wanted, side="right"))
+        for entry in entries[low:high]:
+            rows.setdefault(int(entry["shard"]), []).append(int(entry["row"]))
+    files = [
+        FileFindings(name, "index", sorted(rows.get(position, [])))
+        for position, name in enumerate(names)
+    ]
+    return FindReport(str(folder), "records", "row", files, budget)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).as_posix()
+
+
+def _raw_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".")  # as engine.data.readers lists them
+    )
+
+
+def _raw_kind(path: Path) -> str | None:
+    name = path.name.lower()
+    for compression in ("", *_COMPRESSIONS):
+        if name.endswith(tuple(s + compression for s in _JSONL_SUFFIXES)):
+            return "jsonl"
+        if name.endswith(tuple(s + compression for s in _TEXT_SUFFIXES)):
+            return "text"
+    return None
+
+
+def _field_value(line: bytes, subject_field: str) -> str | None:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    value = record.get(subject_field)
+    # as engine.data.readers reads it: absent, null and "" name nobody; 42 is "42"
+    return None if value is None or value == "" else str(value)
+
+
+def _find_by_field(path, folder, subject_field, hashes, salt, key) -> FileFindings:
+    findings = FileFindings(_relative(path, folder), "field")
+    needle = json.dumps(subject_field).encode()
+    seen: dict[str, bool] = {}  # a subject has many records: hash each id once
+    with open_binary(path) as stream:
+        for number, line in enumerate(stream, start=1):
+            findings.bytes_scanned += len(line)
+            if not line.strip():
+                continue
+            findings.records += 1
+            if needle not in line:  # a record without the key names nobody
+                continue
+            value = _field_value(line, subject_field)
+            if value is None:
+                continue
+            hit = seen.get(value)
+            if hit is None:
+                hit = seen[value] = subject_hash(value, salt=salt, key=key) in hashes
+            if hit:
+                findings.positions.append(number)
+    return findings
+
+
+def _scan_files(report, folder, files, identifiers, budget, *, zero_based: bool) -> None:
+    """The bounded full-text scan; files past the budget are listed, not skipped silently."""
+    method: Method = "scan"
+    if files and not identifiers:
+        for path, _ in files:
+            report.not_searched.append(
+                f"{_relative(path, folder)} (not indexed: give raw identifiers to scan for)"
+            )
+        report.complete = False
+        return
+    matcher = _Matcher(identifiers) if files else None
+    left = budget
+    for path, is_jsonl in files:
+        findings = FileFindings(_relative(path, folder), method)
+        report.files.append(findings)
+        if left <= 0:
+            findings.searched = False
+            continue
+        with open_binary(path) as stream:
+            for number, line in enumerate(stream, start=0 if zero_based else 1):
+                if findings.bytes_scanned + len(line) > left:
+                    findings.searched = False
+                    break
+                findings.bytes_scanned += len(line)
+                if not line.strip():
+                    continue
+                findings.records += 1
+                if matcher.may_match(line) and matcher.matches(_line_text(line, is_jsonl)):
+                    findings.positions.append(number)
+        left -= findings.bytes_scanned
+    if not all(f.searched for f in report.files):
+        report.complete = False
+
+
+# ---- rewrite ---------------------------------------------------------------------------------
+@dataclass
+class FileResult:
+    """One file of the result: ``rewritten`` without the subject's records, or ``unchanged``
+    (the same bytes: the caller may reuse the stored object)."""
+
+    name: str
+    status: Literal["rewritten", "unchanged"]
+    records_removed: int
+    bytes: int
+    sha256: str
+    records: int | None = None  # record shards: rows left
+
+
+@dataclass
+class EraseReport:
+    source: str
+    output: str
+    find: FindReport
+    files: list[FileResult]
+    records_removed: int
+    rebuild: list[str] = field(default_factory=list)  # derived data the caller must rebuild
+    token_shards: dict = field(default_factory=dict)  # {"affected": [...], "unchanged": [...]}
+    dropped: list[str] = field(default_factory=list)  # files of the source not in the result
+
+    def to_dict(self) -> dict:
+        payload = asdict(self)
+        payload["find"] = self.find.to_dict()
+        return payload
+
+
+def erase_subject(
+    folder: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    subject_hashes: Sequence[str] = (),
+    identifiers: Sequence[str] = (),
+    subject_field: str = "",
+    key: bytes | None = None,
+    salt: str = "",
+    scan_budget_bytes: int = DEFAULT_SCAN_BUDGET,
+) -> EraseReport:
+    """Write ``output`` (a new folder) as ``folder`` without the subject's records.
+
+    Raises ``ErasureError`` when the find was incomplete (scan budget, unsupported
+    formats) and ``FileExistsError`` when ``output`` exists."""
+    folder, output = Path(folder), Path(output)
+    if output.exists():
+        raise FileExistsError(f"{output} exists; erase into a new folder")
+    if output.resolve().is_relative_to(folder.resolve()):
+        raise ErasureError(f"{output} lies inside {folder}; write the result beside it")
+    report = find_subject(
+        folder,
+        subject_hashes=subject_hashes,
+        identifiers=identifiers,
+        subject_field=subject_field,
+        key=key,
+        salt=salt,
+        scan_budget_bytes=scan_budget_bytes,
+    )
+    if not report.complete:
+        left = report.not_searched + [f.name for f in report.files if not f.searched]
+        raise ErasureError(
+            f"the search of {folder} is incomplete ({', '.join(left[:5])}"
+            f"{' ...' if len(left) > 5 else ''}): raise the scan budget or convert those files; "
+            "nothing was rewritten"
+        )
+    staging = output.with_name(f".{output.name}.erasing")
+    shutil.rmtree(staging, ignore_errors=True)  # a crashed earlier attempt
+    staging.mkdir(parents=True)
+    try:
+        result = EraseReport(str(folder), str(output), report, [], report.hits)
+        if report.kind == "records":
+            _rewrite_output(folder, staging, report, result)
+        else:
+            _rewrite_raw(folder, staging, report, result)
+        _fsync_dir(staging)
+        os.rename(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _reuse(source: Path, target: Path) -> None:
+    """An unchanged file: a hard link where the file system allows, else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+@contextmanager
+def _writer(path: Path) -> Iterator[BinaryIO]:
+    """A file with ``path``'s compression, on disk (fsync) when the block ends."""
+    with open(path, "wb") as raw:
+        if path.suffix == ".gz":
+            # mtime 0 and no name in the header: the same records give the same bytes
+            with gzip.GzipFile(
+                filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
+            ) as sink:
+                yield sink
+        elif path.suffix == ".zst":
+            import zstandard
+
+            with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as sink:
+                yield sink
+        else:
+            yield raw
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+def _copy_without(source: Path, target: Path, drop: set[int], first: int) -> int:
+    """Copy ``source``'s lines to ``target`` (same compression) except the numbered ones."""
+    kept = 0
+    with open_binary(source) as stream, _writer(target) as sink:
+        for number, line in enumerate(stream, start=first):
+            if number not in drop:
+                sink.write(line)
+                kept += 1
+    return kept
+
+
+def _rewrite_raw(folder: Path, staging: Path, find: FindReport, result: EraseReport) -> None:
+    for findings in find.files:
+        source, target = folder / findings.name, staging / findings.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if findings.hits:
+            _copy_without(source, target, set(findings.positions), first=1)
+            status = "rewritten"
+        else:
+            _reuse(source, target)
+            status = "unchanged"
+        result.files.append(
+            FileResult(
+                findings.name,
+                status,
+                findings.hits,
+                target.stat().st_size,
+                sha256_of(target),
+            )
+        )
+
+
+def _rewrite_output(folder: Path, staging: Path, find: FindReport, result: EraseReport) -> None:
+    manifest = _records_manifest(folder)
+    removed = {f.name: f.positions for f in find.files}
+    shards = []
+    for shard in manifest["shards"]:
+        name, rows = shard["name"], removed.get(shard["name"], [])
+        source, target = folder / name, staging / name
+        if rows:
+            count = _copy_without(source, target, set(rows), first=0)
+            shard = {
+                **shard,
+                "records": count,
+                "bytes": target.stat().st_size,
+                "sha256": sha256_of(target),
+            }
+            status = "rewritten"
+        else:
+            _reuse(source, target)
+            status = "unchanged"
+        shards.append(shard)
+        result.files.append(
+            FileResult(name, status, len(rows), shard["bytes"], shard["sha256"], shard["records"])
+        )
+    known = {s["name"] for s in manifest["shards"]} | {MANIFEST}
+    if manifest.get("subject_index"):
+        index_name = manifest["subject_index"]
+        known.add(index_name)
+        _rewrite_index(folder / index_name, staging / index_name, manifest, removed)
+        result.files.append(_file_result(staging, index_name, find.hits))
+    report_name = manifest.get("report")
+    if report_name and (folder / report_name).is_file():
+        known |= {report_name, "report.txt"}
+        _rewrite_report(folder / report_name, staging / report_name)
+        result.files.append(_file_result(staging, report_name, 0))
+        if (folder / "report.txt").is_file():
+            result.dropped.append("report.txt")
+    if (folder / TOKENS_DIR).is_dir():
+        result.rebuild.append("tokens")
+        result.token_shards = _token_shard_impact(folder, manifest, removed)
+        result.dropped += [_relative(p, folder) for p in _raw_files(folder / TOKENS_DIR)]
+    for path in _raw_files(folder):  # anything else travels as is, and is listed as such
+        name = _relative(path, folder)
+        if name in known or name.startswith(TOKENS_DIR + "/"):
+            continue
+        _reuse(path, staging / name)
+        result.files.append(_file_result(staging, name, 0, status="unchanged"))
+    new_manifest = {**manifest, "records": sum(s["records"] for s in shards), "shards": shards}
+    (staging / MANIFEST).write_text(json.dumps(new_manifest, indent=2), encoding="utf-8")
+    result.files.append(_file_result(staging, MANIFEST, 0))
+
+
+def _file_result(staging: Path, name: str, removed: int, status="rewritten") -> FileResult:
+    path = staging / name
+    return FileResult(name, status, removed, path.stat().st_size, sha256_of(path))
+
+
+def _rewrite_index(source: Path, target: Path, manifest: dict, removed: dict) -> None:
+    """Drop the erased rows; later rows of the same shard move up by the rows erased before."""
+    entries = np.load(source)
+    keep = np.ones(len(entries), dtype=bool)
+    shifted = entries["row"].astype(np.int64)
+    for position, shard in enumerate(manifest["shards"]):
+        rows = np.asarray(removed.get(shard["name"], []), dtype=np.int64)
+        if not rows.size:
+            continue
+        in_shard = entries["shard"] == position
+        keep &= ~(in_shard & np.isin(entries["row"], rows))
+        shifted[in_shard] -= np.searchsorted(rows, shifted[in_shard], side="left")
+    kept = np.empty(int(keep.sum()), dtype=INDEX_DTYPE)
+    kept["subject"] = entries["subject"][keep]
+    kept["shard"] = entries["shard"][keep]
+    kept["row"] = shifted[keep]
+    with open(target, "wb") as handle:
+        np.save(handle, kept)
+
+
+def _without_examples(value):
+    if isinstance(value, dict):
+        return {
+            k: ([] if k in ("examples", "problem_examples") else _without_examples(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_examples(v) for v in value]
+    return value
+
+
+def _rewrite_report(source: Path, target: Path) -> None:
+    report = _without_examples(json.loads(source.read_text(encoding="utf-8")))
+    report["examples_removed_by_erasure"] = True
+    target.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+def _token_shard_impact(folder: Path, manifest: dict, removed: dict) -> dict:
+    """Which token shards held an erased document: its split's shard and every later one.
+
+    A document's split is a hash of its text (packing.is_validation) and its place in the
+    split's stream is its ordinal among that split's documents, each preceded by
+    end-of-text; so counting end-of-text tokens per shard locates it without decoding."""
+    tokens = load_manifest(folder / TOKENS_DIR)
+    every = [s.path for s in tokens.shards]
+    val_fraction = float(tokens.metadata.get("val_fraction", 0.0))
+    text_field = manifest.get("text_field", "text")
+    first: dict[str, int] = {}  # split -> ordinal of its first erased document
+    ordinals = {"train": 0, "val": 0}
+    pending = {name for name, rows in removed.items() if rows}
+    for shard in manifest["shards"]:
+        if not pending:
+            break
+        rows = set(removed.get(shard["name"], []))
+        with open_binary(folder / shard["name"]) as stream:
+            for row, line in enumerate(stream):
+                text = json.loads(line).get(text_field, "")
+                split = "val" if is_validation(text, val_fraction) else "train"
+                if row in rows:
+                    first.setdefault(split, ordinals[split])
+                ordinals[split] += 1
+        pending.discard(shard["name"])
+    affected: list[str] = []
+    for split, ordinal in first.items():
+        shards = tokens.shards_for(split)
+        counts = [
+            int(
+                np.count_nonzero(
+                    np.memmap(tokens.root / s.path, dtype=s.dtype, mode="r") == tokens.eot_id
+                )
+            )
+            if s.num_tokens
+            else 0
+            for s in shards
+        ]
+        documents = tokens.splits.get(split, {}).get("num_documents")
+        start = 0
+        if documents == sum(counts):  # else an end-of-text inside a text: assume all shards
+            start = int(np.searchsorted(np.cumsum(counts), ordinal, side="right"))
+        affected += [s.path for s in shards[start:]]
+    return {
+        "affected": [p for p in every if p in affected],
+        "unchanged": [p for p in every if p not in affected],
+        "note": "unchanged shards stay valid only if the tokenizer is kept",
+    }
