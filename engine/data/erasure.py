@@ -19,8 +19,8 @@ Three ways of finding a subject, chosen by the folder:
   name the subject in ``subject_field``: one streaming pass that hashes each record's
   field the way the index does and compares it with the subject's hashes.
 * *scan*: data with no subject field ("not indexed"): a full-text search of every record
-  for the raw identifiers in normalised forms (see :func:`normalise_text` and
-  :func:`normalise_email`), bounded by ``scan_budget_bytes`` of decoded input. When the
+  for the raw identifiers in normalised forms (case, whitespace, e-mail dots and
+  ``+tags``: engine.data.subject_scan), bounded by ``scan_budget_bytes`` of decoded input. When the
   budget runs out the report says ``complete: false``, names the files left unread, and
   :func:`erase_subject` refuses to rewrite: an erasure of what was not searched would be
   a false promise.
@@ -68,6 +68,7 @@ from engine.data.records import MANIFEST, RECORDS_FORMAT, sha256_of
 from engine.data.shards import FORMAT as TOKEN_SHARDS_FORMAT
 from engine.data.shards import load_manifest
 from engine.data.subject_index import INDEX_DTYPE, hash_subject
+from engine.data.subject_scan import SubjectMatcher, scan_stream
 
 DEFAULT_SCAN_BUDGET = 2**30  # decoded bytes a "not indexed" scan may read (1 GiB)
 TOKENS_DIR = "tokens"
@@ -75,8 +76,6 @@ Method = Literal["index", "field", "scan"]
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _TEXT_SUFFIXES = (".txt", ".text", ".md")
 _COMPRESSIONS = (".gz", ".zst")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_BLOCK = 2**20
 
 
 class ErasureError(ValueError):
@@ -97,91 +96,6 @@ def subject_hash(subject_id: str, *, salt: str = "", key: bytes | None = None) -
     return hmac.new(key, subject_id.strip().casefold().encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-# ---- normalised forms for the full-text scan ------------------------------------------------
-def normalise_text(text: str) -> str:
-    """Case-folded, every run of whitespace one space, trimmed: ``" Ann\\n  LEE"`` -> ``"ann lee"``."""
-    return " ".join(text.casefold().split())
-
-
-def normalise_email(address: str) -> str:
-    """Case-folded, the local part without dots and without a ``+tag``:
-    ``"Ann.Lee+shop@Example.org"`` -> ``"annlee@example.org"``.
-
-    Dots are dropped for every domain (Gmail ignores them, most providers do not): for an
-    erasure, finding a near-namesake too is the safer error than missing the person."""
-    local, _, domain = address.casefold().rpartition("@")
-    return local.split("+", 1)[0].replace(".", "") + "@" + domain
-
-
-class _Matcher:
-    """Does a record mention any of the identifiers, in their normalised forms?"""
-
-    def __init__(self, identifiers: Sequence[str]):
-        self.emails: set[str] = set()
-        patterns: list[str] = []
-        anchors: list[bytes | None] = []
-        for identifier in identifiers:
-            form = normalise_text(identifier)
-            if not form:
-                raise ErasureError("an identifier is empty after normalisation; give real ids")
-            if _EMAIL.fullmatch(form):
-                self.emails.add(normalise_email(form))
-                anchor = form.rpartition("@")[2]
-            else:
-                # word boundaries: customer "c-42" is not customer "c-420"
-                patterns.append(r"(?<!\w)" + re.escape(form) + r"(?!\w)")
-                anchor = max(form.split(" "), key=len)
-            anchors.append(anchor.encode() if _plain_ascii(anchor) else None)
-        self.pattern = re.compile("|".join(patterns)) if patterns else None
-        # An ASCII line without JSON \u escapes lowers to its case-folded text, so a line
-        # that lacks every anchor cannot match: most lines are skipped without decoding.
-        self.anchors = None if None in anchors else [a for a in anchors if a is not None]
-
-    def may_match(self, line: bytes) -> bool:
-        if self.anchors is None or not line.isascii() or b"\\u" in line:
-            return True
-        lowered = line.lower()
-        return any(anchor in lowered for anchor in self.anchors)
-
-    def matches(self, text: str) -> bool:
-        form = normalise_text(text)
-        if self.pattern is not None and self.pattern.search(form):
-            return True
-        return bool(self.emails) and any(
-            normalise_email(found) in self.emails for found in _EMAIL.findall(form)
-        )
-
-
-def _plain_ascii(anchor: str) -> bool:
-    return bool(anchor) and anchor.isascii() and not set(anchor) & set('"\\/')
-
-
-def _strings(value) -> Iterator[str]:
-    """Every string in a JSON value (keys too): a record's text and its metadata."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-    elif value is not None:
-        yield str(value)
-
-
-def _line_text(line: bytes, is_jsonl: bool) -> str:
-    text = line.decode("utf-8", errors="replace")
-    if is_jsonl:
-        try:
-            # fields apart by a newline, so that no match spans two of them
-            return "\n".join(_strings(json.loads(text)))
-        except json.JSONDecodeError:
-            pass  # a malformed line is still searched, as text
-    return text
-
-
 # ---- find ------------------------------------------------------------------------------------
 @dataclass
 class FileFindings:
@@ -191,7 +105,7 @@ class FileFindings:
     name: str
     method: Method
     positions: list[int] = field(default_factory=list)
-    records: int = 0  # records read (0 for the index method, which reads none)
+    lines_read: int = 0  # 0 for the index method, which reads no records
     bytes_scanned: int = 0
     searched: bool = True
 
@@ -353,15 +267,13 @@ def _field_value(line: bytes, subject_field: str) -> str | None:
 
 def _find_by_field(path, folder, subject_field, hashes, salt, key) -> FileFindings:
     findings = FileFindings(_relative(path, folder), "field")
-    needle = json.dumps(subject_field).encode()
+    needle = json.dumps(subject_field, ensure_ascii=False).encode()
     seen: dict[str, bool] = {}  # a subject has many records: hash each id once
     with open_binary(path) as stream:
         for number, line in enumerate(stream, start=1):
             findings.bytes_scanned += len(line)
-            if not line.strip():
-                continue
-            findings.records += 1
-            if needle not in line:  # a record without the key names nobody
+            findings.lines_read += 1
+            if needle not in line and b"\\u" not in line:  # no key (even escaped): nobody
                 continue
             value = _field_value(line, subject_field)
             if value is None:
@@ -376,7 +288,6 @@ def _find_by_field(path, folder, subject_field, hashes, salt, key) -> FileFindin
 
 def _scan_files(report, folder, files, identifiers, budget, *, zero_based: bool) -> None:
     """The bounded full-text scan; files past the budget are listed, not skipped silently."""
-    method: Method = "scan"
     if files and not identifiers:
         for path, _ in files:
             report.not_searched.append(
@@ -384,26 +295,26 @@ def _scan_files(report, folder, files, identifiers, budget, *, zero_based: bool)
             )
         report.complete = False
         return
-    matcher = _Matcher(identifiers) if files else None
+    matcher = SubjectMatcher(identifiers) if files else None
     left = budget
     for path, is_jsonl in files:
-        findings = FileFindings(_relative(path, folder), method)
+        findings = FileFindings(_relative(path, folder), "scan")
         report.files.append(findings)
         if left <= 0:
             findings.searched = False
             continue
         with open_binary(path) as stream:
-            for number, line in enumerate(stream, start=0 if zero_based else 1):
-                if findings.bytes_scanned + len(line) > left:
-                    findings.searched = False
-                    break
-                findings.bytes_scanned += len(line)
-                if not line.strip():
-                    continue
-                findings.records += 1
-                if matcher.may_match(line) and matcher.matches(_line_text(line, is_jsonl)):
-                    findings.positions.append(number)
-        left -= findings.bytes_scanned
+            scan = scan_stream(
+                stream,
+                matcher,
+                is_jsonl=is_jsonl,
+                byte_budget=left,
+                first_line=0 if zero_based else 1,
+            )
+        findings.positions = scan.positions
+        findings.lines_read, findings.bytes_scanned = scan.lines, scan.bytes
+        findings.searched = scan.complete
+        left -= scan.bytes
     if not all(f.searched for f in report.files):
         report.complete = False
 

@@ -17,8 +17,6 @@ from engine.data.erasure import (
     ErasureError,
     erase_subject,
     find_subject,
-    normalise_email,
-    normalise_text,
     subject_hash,
 )
 from engine.data.packing import tokenize_to_shards
@@ -26,6 +24,7 @@ from engine.data.pipeline import run_pipeline
 from engine.data.records import read_records
 from engine.data.shards import load_manifest
 from engine.data.subject_index import SubjectIndex
+from engine.data.subject_scan import normalise_email, normalise_text
 from engine.data.tokenizers import CharTokenizer
 from tests.engine.data.conftest import write_jsonl
 
@@ -294,6 +293,17 @@ def test_the_scan_finds_the_identifiers_in_their_normalised_forms(unindexed):
     assert report.complete and {f.method for f in report.files} == {"scan"}
     dumped = json.dumps(report.to_dict()).lower()
     assert not any(word in dumped for word in ("lee", "example.org", "cust", "refund"))
+
+
+def test_the_scan_counts_lines_right_across_blocks_of_a_large_file(tmp_path):
+    lines = [f'{{"text": "ticket {i} about order ORD-{i:07d}"}}\n' for i in range(60_000)]
+    lines[45_001] = '{"text": "Reply to J.Doe+x@Example.org please"}\n'
+    lines[59_999] = '{"text": "caf\\u00e9 J.DOE@example.org"}\n'  # escaped: decoded, still found
+    with gzip.open(tmp_path / "big.jsonl.gz", "wt") as f:
+        f.write("".join(lines))
+    report = find_subject(tmp_path, identifiers=["jdoe@example.org"])
+    assert report.files[0].positions == [45_002, 60_000]
+    assert report.files[0].lines_read == 60_000 and report.bytes_scanned > 2**21
 
 
 def test_an_exhausted_budget_is_reported_and_blocks_the_rewrite(unindexed, tmp_path):
