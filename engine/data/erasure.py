@@ -396,10 +396,11 @@ def erase_subject(
         else:
             _rewrite_raw(folder, staging, report, result)
         _fsync_dir(staging)
-        os.rename(staging, output)
+        os.rename(staging, output)  # the one step that makes the result visible
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _fsync_dir(output.parent)
     return result
 
 

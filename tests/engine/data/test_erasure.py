@@ -327,6 +327,25 @@ def test_the_scan_rewrite_drops_the_matching_lines(unindexed, tmp_path):
     ]
 
 
+def test_a_pipeline_output_without_an_index_is_scanned_by_row(clean, tmp_path):
+    _, source = clean
+    unindexed = tmp_path / "unindexed"
+    unindexed.mkdir()
+    manifest = json.loads((source / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        (unindexed / shard["name"]).write_bytes((source / shard["name"]).read_bytes())
+    manifest["subject_index"] = None
+    (unindexed / "manifest.json").write_text(json.dumps(manifest))
+    report = find_subject(unindexed, identifiers=["user-9"])
+    assert report.unit == "row" and {f.method for f in report.files} == {"scan"}
+    indexed = find_subject(source, identifiers=["user-9"])
+    assert [(f.name, f.positions) for f in report.files] == [
+        (f.name, f.positions) for f in indexed.files
+    ]
+    erase_subject(unindexed, tmp_path / "erased", identifiers=["user-9"])
+    assert [r["user"] for r in read_records(tmp_path / "erased")].count("user-9") == 0
+
+
 def test_an_unindexed_folder_needs_raw_identifiers(unindexed):
     report = find_subject(unindexed, subject_hashes=["ab" * 32])
     assert not report.complete and "not indexed" in report.not_searched[0]
