@@ -46,7 +46,6 @@ the pipeline does, so the same input and subject always give byte-identical file
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
 import inspect
@@ -54,24 +53,29 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
 
-from engine.data.packing import is_validation
+from engine.data.erasure_files import (
+    TOKENS_DIR,
+    copy_without_lines,
+    fsync_dir,
+    reuse_file,
+    rewrite_report,
+    rewrite_subject_index,
+    token_shard_impact,
+)
 from engine.data.readers import open_binary
 from engine.data.records import MANIFEST, RECORDS_FORMAT, sha256_of
 from engine.data.shards import FORMAT as TOKEN_SHARDS_FORMAT
-from engine.data.shards import load_manifest
-from engine.data.subject_index import INDEX_DTYPE, hash_subject
+from engine.data.subject_index import hash_subject
 from engine.data.subject_scan import SubjectMatcher, scan_stream
 
 DEFAULT_SCAN_BUDGET = 2**30  # decoded bytes a "not indexed" scan may read (1 GiB)
-TOKENS_DIR = "tokens"
 Method = Literal["index", "field", "scan"]
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -395,62 +399,13 @@ def erase_subject(
             _rewrite_output(folder, staging, report, result)
         else:
             _rewrite_raw(folder, staging, report, result)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         os.rename(staging, output)  # the one step that makes the result visible
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(output.parent)
+    fsync_dir(output.parent)
     return result
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _reuse(source: Path, target: Path) -> None:
-    """An unchanged file: a hard link where the file system allows, else a copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
-@contextmanager
-def _writer(path: Path) -> Iterator[BinaryIO]:
-    """A file with ``path``'s compression, on disk (fsync) when the block ends."""
-    with open(path, "wb") as raw:
-        if path.suffix == ".gz":
-            # mtime 0 and no name in the header: the same records give the same bytes
-            with gzip.GzipFile(
-                filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
-            ) as sink:
-                yield sink
-        elif path.suffix == ".zst":
-            import zstandard
-
-            with zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False) as sink:
-                yield sink
-        else:
-            yield raw
-        raw.flush()
-        os.fsync(raw.fileno())
-
-
-def _copy_without(source: Path, target: Path, drop: set[int], first: int) -> int:
-    """Copy ``source``'s lines to ``target`` (same compression) except the numbered ones."""
-    kept = 0
-    with open_binary(source) as stream, _writer(target) as sink:
-        for number, line in enumerate(stream, start=first):
-            if number not in drop:
-                sink.write(line)
-                kept += 1
-    return kept
 
 
 def _rewrite_raw(folder: Path, staging: Path, find: FindReport, result: EraseReport) -> None:
@@ -458,10 +413,10 @@ def _rewrite_raw(folder: Path, staging: Path, find: FindReport, result: EraseRep
         source, target = folder / findings.name, staging / findings.name
         target.parent.mkdir(parents=True, exist_ok=True)
         if findings.hits:
-            _copy_without(source, target, set(findings.positions), first=1)
+            copy_without_lines(source, target, set(findings.positions), first=1)
             status = "rewritten"
         else:
-            _reuse(source, target)
+            reuse_file(source, target)
             status = "unchanged"
         result.files.append(
             FileResult(
@@ -482,7 +437,7 @@ def _rewrite_output(folder: Path, staging: Path, find: FindReport, result: Erase
         name, rows = shard["name"], removed.get(shard["name"], [])
         source, target = folder / name, staging / name
         if rows:
-            count = _copy_without(source, target, set(rows), first=0)
+            count = copy_without_lines(source, target, set(rows), first=0)
             shard = {
                 **shard,
                 "records": count,
@@ -491,7 +446,7 @@ def _rewrite_output(folder: Path, staging: Path, find: FindReport, result: Erase
             }
             status = "rewritten"
         else:
-            _reuse(source, target)
+            reuse_file(source, target)
             status = "unchanged"
         shards.append(shard)
         result.files.append(
@@ -501,24 +456,24 @@ def _rewrite_output(folder: Path, staging: Path, find: FindReport, result: Erase
     if manifest.get("subject_index"):
         index_name = manifest["subject_index"]
         known.add(index_name)
-        _rewrite_index(folder / index_name, staging / index_name, manifest, removed)
+        rewrite_subject_index(folder / index_name, staging / index_name, manifest, removed)
         result.files.append(_file_result(staging, index_name, find.hits))
     report_name = manifest.get("report")
     if report_name and (folder / report_name).is_file():
         known |= {report_name, "report.txt"}
-        _rewrite_report(folder / report_name, staging / report_name)
+        rewrite_report(folder / report_name, staging / report_name)
         result.files.append(_file_result(staging, report_name, 0))
         if (folder / "report.txt").is_file():
             result.dropped.append("report.txt")
     if (folder / TOKENS_DIR).is_dir():
         result.rebuild.append("tokens")
-        result.token_shards = _token_shard_impact(folder, manifest, removed)
+        result.token_shards = token_shard_impact(folder, manifest, removed)
         result.dropped += [_relative(p, folder) for p in _raw_files(folder / TOKENS_DIR)]
     for path in _raw_files(folder):  # anything else travels as is, and is listed as such
         name = _relative(path, folder)
         if name in known or name.startswith(TOKENS_DIR + "/"):
             continue
-        _reuse(path, staging / name)
+        reuse_file(path, staging / name)
         result.files.append(_file_result(staging, name, 0, status="unchanged"))
     new_manifest = {**manifest, "records": sum(s["records"] for s in shards), "shards": shards}
     (staging / MANIFEST).write_text(json.dumps(new_manifest, indent=2), encoding="utf-8")
@@ -528,90 +483,3 @@ def _rewrite_output(folder: Path, staging: Path, find: FindReport, result: Erase
 def _file_result(staging: Path, name: str, removed: int, status="rewritten") -> FileResult:
     path = staging / name
     return FileResult(name, status, removed, path.stat().st_size, sha256_of(path))
-
-
-def _rewrite_index(source: Path, target: Path, manifest: dict, removed: dict) -> None:
-    """Drop the erased rows; later rows of the same shard move up by the rows erased before."""
-    entries = np.load(source)
-    keep = np.ones(len(entries), dtype=bool)
-    shifted = entries["row"].astype(np.int64)
-    for position, shard in enumerate(manifest["shards"]):
-        rows = np.asarray(removed.get(shard["name"], []), dtype=np.int64)
-        if not rows.size:
-            continue
-        in_shard = entries["shard"] == position
-        keep &= ~(in_shard & np.isin(entries["row"], rows))
-        shifted[in_shard] -= np.searchsorted(rows, shifted[in_shard], side="left")
-    kept = np.empty(int(keep.sum()), dtype=INDEX_DTYPE)
-    kept["subject"] = entries["subject"][keep]
-    kept["shard"] = entries["shard"][keep]
-    kept["row"] = shifted[keep]
-    with open(target, "wb") as handle:
-        np.save(handle, kept)
-
-
-def _without_examples(value):
-    if isinstance(value, dict):
-        return {
-            k: ([] if k in ("examples", "problem_examples") else _without_examples(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_without_examples(v) for v in value]
-    return value
-
-
-def _rewrite_report(source: Path, target: Path) -> None:
-    report = _without_examples(json.loads(source.read_text(encoding="utf-8")))
-    report["examples_removed_by_erasure"] = True
-    target.write_text(json.dumps(report, indent=2), encoding="utf-8")
-
-
-def _token_shard_impact(folder: Path, manifest: dict, removed: dict) -> dict:
-    """Which token shards held an erased document: its split's shard and every later one.
-
-    A document's split is a hash of its text (packing.is_validation) and its place in the
-    split's stream is its ordinal among that split's documents, each preceded by
-    end-of-text; so counting end-of-text tokens per shard locates it without decoding."""
-    tokens = load_manifest(folder / TOKENS_DIR)
-    every = [s.path for s in tokens.shards]
-    val_fraction = float(tokens.metadata.get("val_fraction", 0.0))
-    text_field = manifest.get("text_field", "text")
-    first: dict[str, int] = {}  # split -> ordinal of its first erased document
-    ordinals = {"train": 0, "val": 0}
-    pending = {name for name, rows in removed.items() if rows}
-    for shard in manifest["shards"]:
-        if not pending:
-            break
-        rows = set(removed.get(shard["name"], []))
-        with open_binary(folder / shard["name"]) as stream:
-            for row, line in enumerate(stream):
-                text = json.loads(line).get(text_field, "")
-                split = "val" if is_validation(text, val_fraction) else "train"
-                if row in rows:
-                    first.setdefault(split, ordinals[split])
-                ordinals[split] += 1
-        pending.discard(shard["name"])
-    affected: list[str] = []
-    for split, ordinal in first.items():
-        shards = tokens.shards_for(split)
-        counts = [
-            int(
-                np.count_nonzero(
-                    np.memmap(tokens.root / s.path, dtype=s.dtype, mode="r") == tokens.eot_id
-                )
-            )
-            if s.num_tokens
-            else 0
-            for s in shards
-        ]
-        documents = tokens.splits.get(split, {}).get("num_documents")
-        start = 0
-        if documents == sum(counts):  # else an end-of-text inside a text: assume all shards
-            start = int(np.searchsorted(np.cumsum(counts), ordinal, side="right"))
-        affected += [s.path for s in shards[start:]]
-    return {
-        "affected": [p for p in every if p in affected],
-        "unchanged": [p for p in every if p not in affected],
-        "note": "unchanged shards stay valid only if the tokenizer is kept",
-    }

@@ -191,7 +191,7 @@ def test_a_crash_leaves_no_half_written_folder(clean, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(erasure_module, "_rewrite_index", crash)
+    monkeypatch.setattr(erasure_module, "rewrite_subject_index", crash)
     with pytest.raises(OSError, match="disk full"):
         erase_subject(source, tmp_path / "erased", identifiers=["user-2"])
     assert list(tmp_path.iterdir()) == []
