@@ -5,7 +5,7 @@
     python -m engine data tokenize data/clean --tokenizer var/tok.json --out data/tokens
     python -m engine data images var/digits.npz --out data/digits      # or --digits
     python -m engine data find-subject data/clean user-42
-    python -m engine data erase data/clean --out data/clean-erased --id user-42
+    python -m engine data erase data/clean --out data/clean-erased --id user-42 --key-file k
     python -m engine data pairs preference var/pairs.jsonl --count 2000   # or sft
 
 Every command prints a short summary on stdout, progress bars on stderr (when it is a
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
@@ -242,18 +241,25 @@ def _byte_size(value: str) -> int:
     return int(match[1]) * _SIZE_UNITS[match[2] or ""]
 
 
+def _read_key_file(path: str) -> bytes:
+    """The subject key from a file holding its hex: never on the command line, where the
+    shell history and the process list would keep it."""
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+        key = bytes.fromhex(text)
+    except FileNotFoundError:
+        raise EngineError(f"key file {path} does not exist") from None
+    except (UnicodeDecodeError, ValueError):
+        raise EngineError(f"key file {path} does not hold a hex key") from None
+    if len(key) < 16:
+        raise EngineError(f"key file {path}: the key needs at least 16 bytes (32 hex digits)")
+    return key
+
+
 def _cmd_erase(args: argparse.Namespace) -> int:
     from engine.data.erasure import erase_subject, find_subject
 
-    key = None
-    if args.key_env:
-        secret = os.environ.get(args.key_env)
-        if not secret:
-            raise EngineError(f"--key-env {args.key_env}: that environment variable is empty")
-        try:
-            key = bytes.fromhex(secret)
-        except ValueError:
-            raise EngineError(f"{args.key_env} must hold the key in hex") from None
+    key = _read_key_file(args.key_file) if args.key_file else None
     subject = dict(
         subject_hashes=args.hash or (),
         identifiers=args.id or (),
@@ -474,10 +480,9 @@ def _register_erase(commands: argparse._SubParsersAction) -> None:
     )
     erase.add_argument("--salt", default="", help="the subject_salt the pipeline ran with")
     erase.add_argument(
-        "--key-env",
+        "--key-file",
         default="",
-        metavar="VAR",
-        help="environment variable holding the hex key of keyed (HMAC) subject hashes",
+        help="file holding the hex key of keyed (HMAC-SHA256) subject hashes",
     )
     erase.add_argument(
         "--scan-budget",

@@ -195,6 +195,8 @@ def find_subject(
     manifest = _records_manifest(folder)
     if manifest is not None:
         if manifest.get("subject_index"):
+            if identifiers:
+                _check_key(folder, manifest, key)
             return _find_in_index(folder, manifest, hashes, scan_budget_bytes)
         files = [(folder / s["name"], True) for s in manifest["shards"]]
         report = FindReport(str(folder), "records", "row", [], scan_budget_bytes)
@@ -215,6 +217,32 @@ def find_subject(
     report.files.sort(key=lambda f: f.name)
     report.complete = not report.not_searched and all(f.searched for f in report.files)
     return report
+
+
+def subject_key_id(key: bytes) -> str:
+    """A key's fingerprint as manifests record it (``subject_key_id``): sha256's first 8 hex."""
+    return hashlib.sha256(key).hexdigest()[:8]
+
+
+def _check_key(folder: Path, manifest: dict, key: bytes | None) -> None:
+    """Raw ids hashed with the wrong key (or none) find nobody, which an erasure would take
+    for "nothing to erase": refuse instead. (Hashes given as such cannot be checked.)"""
+    if manifest.get("subject_keyed"):
+        expected = manifest.get("subject_key_id", "")
+        if key is None:
+            raise ErasureError(
+                f"the subject index of {folder} is keyed (key id {expected}): give its key"
+            )
+        if subject_key_id(key) != expected:
+            raise ErasureError(
+                f"wrong subject key for {folder}: the index was built with key id {expected}, "
+                f"this key's id is {subject_key_id(key)}"
+            )
+    elif key is not None:
+        raise ErasureError(
+            f"the subject index of {folder} was built without a key: give no key "
+            "(or the plain hashes)"
+        )
 
 
 def _find_in_index(folder: Path, manifest: dict, hashes: set[str], budget: int) -> FindReport:

@@ -18,12 +18,13 @@ from engine.data.erasure import (
     erase_subject,
     find_subject,
     subject_hash,
+    subject_key_id,
 )
 from engine.data.packing import tokenize_to_shards
 from engine.data.pipeline import run_pipeline
 from engine.data.records import read_records
 from engine.data.shards import load_manifest
-from engine.data.subject_index import SubjectIndex
+from engine.data.subject_index import SubjectIndex, write_subject_index
 from engine.data.subject_scan import normalise_email, normalise_text
 from engine.data.tokenizers import CharTokenizer
 from tests.engine.data.conftest import write_jsonl
@@ -256,6 +257,35 @@ def test_a_keyed_hash_finds_the_subject_however_the_id_was_typed(tmp_path):
     assert subject_hash("ANN@example.org ", key=key) == keyed
     report = find_subject(tmp_path / "raw", subject_hashes=[keyed], subject_field="email", key=key)
     assert report.files[0].positions == [1]
+
+
+def test_a_keyed_index_needs_its_own_key(clean, tmp_path):
+    _, source = clean
+    key = bytes(range(32))
+    keyed = tmp_path / "keyed"
+    keyed.mkdir()
+    manifest = json.loads((source / "manifest.json").read_text())
+    subjects, shards, rows = [], [], []
+    for position, shard in enumerate(manifest["shards"]):
+        (keyed / shard["name"]).write_bytes((source / shard["name"]).read_bytes())
+        for row, line in enumerate(_lines(source / shard["name"])):
+            subjects.append(bytes.fromhex(subject_hash(json.loads(line)["user"], key=key)))
+            shards.append(position)
+            rows.append(row)
+    write_subject_index(keyed / "subject_index.npy", subjects, shards, rows)
+    manifest.update(subject_keyed=True, subject_key_id=subject_key_id(key))
+    (keyed / "manifest.json").write_text(json.dumps(manifest))
+    assert find_subject(keyed, identifiers=[" USER-2"], key=key).hits == 8
+    assert find_subject(keyed, subject_hashes=[subject_hash("user-2", key=key)]).hits == 8
+    with pytest.raises(ErasureError, match="is keyed .key id [0-9a-f]{8}.: give its key"):
+        find_subject(keyed, identifiers=["user-2"])
+    with pytest.raises(ErasureError, match="wrong subject key"):
+        find_subject(keyed, identifiers=["user-2"], key=b"x" * 32)
+    with pytest.raises(ErasureError, match="built without a key"):
+        find_subject(source, identifiers=["user-2"], key=key)
+    result = erase_subject(keyed, tmp_path / "erased", identifiers=["user-2"], key=key)
+    erased = json.loads((tmp_path / "erased" / "manifest.json").read_text())
+    assert result.records_removed == 8 and erased["subject_key_id"] == subject_key_id(key)
 
 
 # ---- not indexed: the bounded full-text scan --------------------------------------------------
