@@ -35,7 +35,8 @@ unaffected files are hard links (or copies) of the originals and are reported
 ``unchanged`` so the caller can reuse their stored objects. For a pipeline output the
 subject index loses the subject's rows (later rows of an affected shard move up),
 ``manifest.json`` gets the new counts, sizes and hashes, and ``report.json`` loses its
-example snippets (they quote records, the subject's perhaps); ``report.txt`` is dropped.
+example snippets (they quote records, the subject's perhaps); ``report.txt`` is dropped;
+any other file is linked unchanged and not searched (a residue scan's job).
 Token shards (``tokens/``) are one token stream per split: a document cannot be cut out
 of them in place, so they are left out of the result, the report says
 ``rebuild: ["tokens"]`` and lists which token shards held the subject (that shard and
