@@ -5,6 +5,7 @@
     python -m engine data tokenize data/clean --tokenizer var/tok.json --out data/tokens
     python -m engine data images var/digits.npz --out data/digits      # or --digits
     python -m engine data find-subject data/clean user-42
+    python -m engine data erase data/clean --out data/clean-erased --id user-42 --key-file k
     python -m engine data pairs preference var/pairs.jsonl --count 2000   # or sft
 
 Every command prints a short summary on stdout, progress bars on stderr (when it is a
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -227,6 +229,68 @@ def _cmd_find_subject(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- erase --------------------------------------------------------------------------------
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+
+def _byte_size(value: str) -> int:
+    """``500MB``, ``2GiB``, ``1000000`` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*(k|m|g|ki|mi|gi)?b?\s*", value.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"a size like 500MB or 2GiB, got {value!r}")
+    return int(match[1]) * _SIZE_UNITS[match[2] or ""]
+
+
+def _read_key_file(path: str) -> bytes:
+    """The subject key from a file holding its hex: never on the command line, where the
+    shell history and the process list would keep it."""
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+        key = bytes.fromhex(text)
+    except FileNotFoundError:
+        raise EngineError(f"key file {path} does not exist") from None
+    except (UnicodeDecodeError, ValueError):
+        raise EngineError(f"key file {path} does not hold a hex key") from None
+    if len(key) < 16:
+        raise EngineError(f"key file {path}: the key needs at least 16 bytes (32 hex digits)")
+    return key
+
+
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from engine.data.erasure import erase_subject, find_subject
+
+    key = _read_key_file(args.key_file) if args.key_file else None
+    subject = dict(
+        subject_hashes=args.hash or (),
+        identifiers=args.id or (),
+        subject_field=args.subject_field,
+        key=key,
+        salt=args.salt,
+        scan_budget_bytes=args.scan_budget,
+    )
+    if args.find_only:
+        report = find_subject(args.folder, **subject)
+        payload = report.to_dict()
+        summary = f"{report.hits} records of the subject in {sum(1 for f in report.files if f.hits)} file(s)"
+    else:
+        if not args.out:
+            raise EngineError("give --out (a new folder for the result) or --find-only")
+        result = erase_subject(args.folder, args.out, **subject)
+        report = result.find
+        payload = result.to_dict()
+        rewritten = sum(1 for f in result.files if f.status == "rewritten")
+        summary = (
+            f"removed {result.records_removed} records of the subject in {args.out}: "
+            f"{rewritten} file(s) rewritten, {len(result.files) - rewritten} unchanged"
+            + (f"; rebuild: {', '.join(result.rebuild)}" if result.rebuild else "")
+        )
+    if args.json:
+        print(json.dumps(payload, indent=1))
+    else:
+        print(summary + f" ({report.hits} records of the subject in {args.folder})")
+    return 0
+
+
 # ---- pairs --------------------------------------------------------------------------------
 def _cmd_pairs(args: argparse.Namespace) -> int:
     from engine.data.corpora import CorpusUnavailable
@@ -258,7 +322,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="clean corpora, train tokenizers, pack token shards")
     commands = data.add_subparsers(
-        dest="command", metavar="{run,train-tokenizer,tokenize,images,find-subject,pairs}"
+        dest="command", metavar="{run,train-tokenizer,tokenize,images,find-subject,erase,pairs}"
     )
     data.set_defaults(func=lambda args: data.print_help() or 2)
     _register_run(commands)
@@ -266,6 +330,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_tokenize(commands)
     _register_images(commands)
     _register_find_subject(commands)
+    _register_erase(commands)
     _register_pairs(commands)
 
 
@@ -392,6 +457,41 @@ def _register_find_subject(commands: argparse._SubParsersAction) -> None:
     find.add_argument("subject", help="the subject id as it appears in the input's subject field")
     find.add_argument("--salt", default="", help="the subject_salt the pipeline ran with")
     find.set_defaults(func=_guarded(_cmd_find_subject))
+
+
+def _register_erase(commands: argparse._SubParsersAction) -> None:
+    """data erase FOLDER: a data subject's records found and removed (engine.data.erasure)."""
+    from engine.data.erasure import DEFAULT_SCAN_BUDGET
+
+    erase = commands.add_parser(
+        "erase", help="find a data subject's records and write the folder again without them"
+    )
+    erase.add_argument("folder", help="a pipeline output folder or a raw upload folder")
+    erase.add_argument("--out", help="new folder for the result (must not exist)")
+    erase.add_argument("--find-only", action="store_true", help="report where, rewrite nothing")
+    erase.add_argument(
+        "--id", action="append", help="a raw identifier (e-mail, customer id); repeatable"
+    )
+    erase.add_argument(
+        "--hash", action="append", help="a subject hash as the index holds it; repeatable"
+    )
+    erase.add_argument(
+        "--subject-field", default="", help="raw JSONL: the field naming the subject"
+    )
+    erase.add_argument("--salt", default="", help="the subject_salt the pipeline ran with")
+    erase.add_argument(
+        "--key-file",
+        default="",
+        help="file holding the hex key of keyed (HMAC-SHA256) subject hashes",
+    )
+    erase.add_argument(
+        "--scan-budget",
+        type=_byte_size,
+        default=DEFAULT_SCAN_BUDGET,
+        help="bytes the full-text scan of not-indexed data may read (e.g. 500MB, 2GiB)",
+    )
+    erase.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    erase.set_defaults(func=_guarded(_cmd_erase))
 
 
 def _register_pairs(commands: argparse._SubParsersAction) -> None:
