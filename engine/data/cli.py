@@ -4,7 +4,7 @@
     python -m engine data train-tokenizer data/clean --kind bpe --vocab-size 8192 --out var/tok.json
     python -m engine data tokenize data/clean --tokenizer var/tok.json --out data/tokens
     python -m engine data images var/digits.npz --out data/digits      # or --digits
-    python -m engine data find-subject data/clean user-42
+    python -m engine data find-subject data/clean user-42 --key-file var/subject.key
     python -m engine data pairs preference var/pairs.jsonl --count 2000   # or sft
 
 Every command prints a short summary on stdout, progress bars on stderr (when it is a
@@ -99,10 +99,13 @@ def _positive(value: str) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from engine.data.config import load_pipeline_config
     from engine.data.pipeline import run_pipeline
+    from engine.data.subject_index import read_subject_key_file
 
     config = load_pipeline_config(args.config)
     if args.strict:
         config.strict = True
+    if args.key_file:
+        config.subject_key = read_subject_key_file(args.key_file).hex()
     output = args.output or config.output.path
     if not output:
         raise EngineError(
@@ -219,9 +222,10 @@ def _cmd_images(args: argparse.Namespace) -> int:
 
 # ---- find-subject -------------------------------------------------------------------------
 def _cmd_find_subject(args: argparse.Namespace) -> int:
-    from engine.data.subject_index import SubjectIndex
+    from engine.data.subject_index import SubjectIndex, read_subject_key_file
 
-    index = SubjectIndex.load(args.output_dir, salt=args.salt)
+    key = read_subject_key_file(args.key_file) if args.key_file else None
+    index = SubjectIndex.load(args.output_dir, salt=args.salt, key=key)
     hits = index.lookup(args.subject)
     print(json.dumps([{"shard": shard, "row": row} for shard, row in hits]))
     return 0
@@ -309,6 +313,11 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--output", help="output folder (default: the config's output.path)")
     _add_processes_flag(run)
     run.add_argument("--strict", action="store_true", help="stop at the first malformed record")
+    run.add_argument(
+        "--key-file",
+        default="",
+        help="file holding a hex key: the subject index holds keyed hashes (HMAC-SHA256)",
+    )
     _add_progress_flag(run)
     run.set_defaults(func=_guarded(_cmd_run))
 
@@ -390,7 +399,14 @@ def _register_find_subject(commands: argparse._SubParsersAction) -> None:
     )
     find.add_argument("output_dir", help="a pipeline output folder with a subject index")
     find.add_argument("subject", help="the subject id as it appears in the input's subject field")
-    find.add_argument("--salt", default="", help="the subject_salt the pipeline ran with")
+    find.add_argument(
+        "--key-file",
+        default="",
+        help="file holding the hex subject_key the pipeline ran with (keyed indexes)",
+    )
+    find.add_argument(
+        "--salt", default="", help="the subject_salt the pipeline ran with (indexes before keys)"
+    )
     find.set_defaults(func=_guarded(_cmd_find_subject))
 
 

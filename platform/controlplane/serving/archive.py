@@ -45,7 +45,7 @@ from controlplane.serving.models import (
     InferenceRecord,
     ServingSettings,
 )
-from controlplane.serving.subjects import project_subject_key
+from controlplane.serving.subjects import project_subject_key, project_subject_keys
 from controlplane.storage import object_store
 from workers.serve.protocol import ArchiveIndex, Endpoint, RecordStatus, subject_hash
 from workers.storage import (
@@ -279,7 +279,14 @@ def record_in(deployment: Deployment, request_id: str) -> InferenceRecord | None
 
 
 def hash_subject(project: Project, subject: str) -> str:
+    """The subject's hash under the project's current key (what new rows hold)."""
     return subject_hash(project_subject_key(project), subject)
+
+
+def subject_hashes(project: Project, subject: str) -> list[str]:
+    """The subject's hash under every key generation of the project, current first: rows
+    archived before a key rotation keep the hash their replica computed then."""
+    return [subject_hash(key, subject) for key in project_subject_keys(project)]
 
 
 def search(
@@ -296,7 +303,8 @@ def search(
     """The deployment's index rows, newest first, narrowed by each filter given.
 
     `subject` is the raw identifier (an e-mail address, a customer id): it is hashed with
-    the project's key, as the replicas hashed X-Data-Subject, and matched on the hash.
+    the project's key, as the replicas hashed X-Data-Subject, and matched on the hash; on
+    the hash under each older key generation too, after a rotation (controlplane.subject_keys).
     """
     rows = InferenceRecord.objects.filter(deployment=deployment).select_related("version")
     if since is not None:
@@ -308,7 +316,7 @@ def search(
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
     if subject:
-        rows = rows.filter(subject_hash=hash_subject(deployment.project, subject))
+        rows = rows.filter(subject_hash__in=subject_hashes(deployment.project, subject))
     if status:
         rows = rows.filter(status=status)
     if endpoint:
