@@ -111,6 +111,10 @@ class JobSpec:
         data = asdict(self)
         data["kind"] = str(self.kind)
         data["inputs"] = [asdict(ref) for ref in self.inputs]
+        if not self.subject_key:
+            # Absent rather than empty: a worker from before the field refuses unknown keys,
+            # so during an upgrade only the jobs that need a key depend on new workers.
+            del data["subject_key"]
         return data
 
     @classmethod
