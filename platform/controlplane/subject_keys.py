@@ -16,7 +16,8 @@ secret is SUBJECT_KEY_SECRET, else SERVING_SUBJECT_SECRET, else SECRET_KEY (so d
 from before this module keep their archive hashes). It lives in the environment, out of
 the database: a dump alone cannot test guesses against the hashes.
 
-Rotation (`subject_key_rotate`) bumps the project's generation. Nothing is re-hashed in
+Rotation (`subject_key_rotate`) bumps the project's generation (and its deployments'
+config generation, so their replicas restart with the new key). Nothing is re-hashed in
 place: the data pipeline must be re-run on every dataset with a subject field (its new
 version gets an index under the new key; an old version's index is read with the key of
 its generation, which its manifest fingerprints), and the archive's older index rows keep
@@ -30,11 +31,13 @@ import hmac
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 
 from controlplane.audit.services import audit_append
 from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action, role_allows
 from controlplane.projects.selectors import ProjectForbidden, role_of
+from controlplane.serving.models import Deployment
 from workers.serve.protocol import subject_hash as keyed_hash
 
 FIRST_GENERATION = 1
@@ -121,6 +124,12 @@ def subject_key_rotate(*, project: Project, actor) -> Project:
         previous = project_subject_key(project)
         project.subject_key_generation += 1
         project.save(update_fields=["subject_key_generation"])
+        # A replica reads its key when it starts: a new config generation makes the
+        # scheduler replace the running ones (new first, then the old drain), so none
+        # keeps hashing with the retired key.
+        restarted = Deployment.objects.filter(project=project).update(
+            config_generation=F("config_generation") + 1
+        )
         audit_append(
             project=project,
             actor=actor,
@@ -130,6 +139,7 @@ def subject_key_rotate(*, project: Project, actor) -> Project:
                 "generation": project.subject_key_generation,
                 "key_id": subject_key_id(project_subject_key(project)),
                 "previous_key_id": subject_key_id(previous),
+                "deployments_reconfigured": restarted,
                 "reindex": "re-run the data pipeline on every dataset with a subject field",
             },
         )

@@ -21,7 +21,10 @@ def test_a_subject_search_finds_rows_from_before_and_after_a_rotation(team):
     old_hash = hash_subject(deployment.project, "ann@example.com")
 
     subject_key_rotate(project=team.project, actor=team.owner)
+    deployment.refresh_from_db()
     deployment.project.refresh_from_db()
+    # Its replicas are replaced: a running one would go on hashing with the old key.
+    assert deployment.config_generation == 2
     after = [record(2, subject="Ann@Example.com"), record(3)]
     archive(deployment, after)  # a replica started after the rotation has the new key
     new_hash = hash_subject(deployment.project, "ann@example.com")
