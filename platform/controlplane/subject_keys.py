@@ -102,6 +102,16 @@ def subject_hashes(project: Project, identifier: str) -> list[str]:
     return [keyed_hash(key, identifier) for key in project_subject_keys(project)]
 
 
+def subject_key_state(project: Project) -> dict:
+    """What may be shown of the project's keys: the generation and the fingerprints."""
+    ids = [subject_key_id(key) for key in project_subject_keys(project)]
+    return {
+        "generation": project.subject_key_generation,
+        "key_id": ids[0],
+        "older_key_ids": ids[1:],
+    }
+
+
 def can_rotate_subject_key(actor, project: Project) -> bool:
     return bool(
         actor.is_authenticated

@@ -180,3 +180,28 @@ def test_jobs_without_subjects_get_no_key_and_params_cannot_carry_one(team, make
             params={"dataset_version_id": version.pk, "pipeline": {"subject_key": "ab" * 32}},
         )
     assert "subject_key: set by the platform" in str(refused.value.errors)
+
+
+def test_the_api_shows_fingerprints_and_rotates_for_compliance_only(team, api):
+    from controlplane.audit.models import AuditEvent
+    from controlplane.subject_keys import project_subject_key, subject_key_id
+
+    url = f"/api/v1/projects/{team.project.pk}/subject-key/"
+    first_id = subject_key_id(project_subject_key(team.project))
+    answer = api(team.compliance).get(url)
+    assert answer.status_code == 200, answer.content
+    assert answer.json() == {"generation": 1, "key_id": first_id, "older_key_ids": []}
+    assert api(team.engineer).post(url + "rotate/", {}, format="json").status_code == 403
+    assert api(team.viewer).get(url).status_code == 403
+    assert api(team.outsider).post(url + "rotate/", {}, format="json").status_code == 404
+    refused = api(team.owner).post(url + "rotate/", {"key": "mine"}, format="json")
+    assert refused.status_code == 400 and "key" in refused.json()["error"]["fields"]
+
+    rotated = api(team.owner).post(url + "rotate/", {}, format="json")
+    assert rotated.status_code == 200, rotated.content
+    body = rotated.json()
+    assert body["generation"] == 2 and body["older_key_ids"] == [first_id]
+    team.project.refresh_from_db()
+    assert body["key_id"] == subject_key_id(project_subject_key(team.project))
+    assert project_subject_key(team.project) not in rotated.content.decode()
+    assert AuditEvent.objects.filter(action="project.subject_key_rotated").count() == 1
