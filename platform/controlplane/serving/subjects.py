@@ -7,6 +7,11 @@ pipeline and the platform); these names stay for the serving code that imports t
 
 from __future__ import annotations
 
-from controlplane.subject_keys import project_subject_key, project_subject_keys, subject_hash
+from controlplane.subject_keys import (
+    project_subject_key,
+    project_subject_keys,
+    subject_hash,
+    subject_hashes,
+)
 
-__all__ = ["project_subject_key", "project_subject_keys", "subject_hash"]
+__all__ = ["project_subject_key", "project_subject_keys", "subject_hash", "subject_hashes"]
