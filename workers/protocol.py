@@ -101,11 +101,20 @@ class JobSpec:
     # {"experiment": name, "run_name": name, "tags": {...}, "params": {...}}: the MLflow run
     # the worker opens for the job (None: no tracking).
     tracking: dict[str, Any] | None = None
+    # The project's data-subject HMAC key (hex) for jobs that hash subject ids (the data
+    # pipeline's subject index). Filled only in the dispatch message: it is a secret, so
+    # it never goes into params (stored in the job row, shown on pages, logged to MLflow).
+    # Not in repr: tracebacks and log lines print specs.
+    subject_key: str = field(default="", repr=False)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["kind"] = str(self.kind)
         data["inputs"] = [asdict(ref) for ref in self.inputs]
+        if not self.subject_key:
+            # Absent rather than empty: a worker from before the field refuses unknown keys,
+            # so during an upgrade only the jobs that need a key depend on new workers.
+            del data["subject_key"]
         return data
 
     @classmethod
@@ -123,7 +132,7 @@ class JobSpec:
                 "output_prefix",
                 "heartbeat_seconds",
             },
-            optional={"tracking_run_id", "resume_checkpoint", "tracking"},
+            optional={"tracking_run_id", "resume_checkpoint", "tracking", "subject_key"},
         )
         try:
             kind = JobKind(data["kind"])
@@ -143,6 +152,7 @@ class JobSpec:
             tracking_run_id=data.get("tracking_run_id"),
             resume_checkpoint=data.get("resume_checkpoint"),
             tracking=dict(data["tracking"]) if data.get("tracking") else None,
+            subject_key=str(data.get("subject_key") or ""),
         )
 
 

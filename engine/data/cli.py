@@ -4,7 +4,7 @@
     python -m engine data train-tokenizer data/clean --kind bpe --vocab-size 8192 --out var/tok.json
     python -m engine data tokenize data/clean --tokenizer var/tok.json --out data/tokens
     python -m engine data images var/digits.npz --out data/digits      # or --digits
-    python -m engine data find-subject data/clean user-42
+    python -m engine data find-subject data/clean user-42 --key-file var/subject.key
     python -m engine data erase data/clean --out data/clean-erased --id user-42 --key-file k
     python -m engine data pairs preference var/pairs.jsonl --count 2000   # or sft
 
@@ -101,10 +101,13 @@ def _positive(value: str) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from engine.data.config import load_pipeline_config
     from engine.data.pipeline import run_pipeline
+    from engine.data.subject_index import read_subject_key_file
 
     config = load_pipeline_config(args.config)
     if args.strict:
         config.strict = True
+    if args.key_file:
+        config.subject_key = read_subject_key_file(args.key_file).hex()
     output = args.output or config.output.path
     if not output:
         raise EngineError(
@@ -223,7 +226,8 @@ def _cmd_images(args: argparse.Namespace) -> int:
 def _cmd_find_subject(args: argparse.Namespace) -> int:
     from engine.data.subject_index import SubjectIndex
 
-    index = SubjectIndex.load(args.output_dir, salt=args.salt)
+    key = _read_key_file(args.key_file) if args.key_file else None
+    index = SubjectIndex.load(args.output_dir, salt=args.salt, key=key)
     hits = index.lookup(args.subject)
     print(json.dumps([{"shard": shard, "row": row} for shard, row in hits]))
     return 0
@@ -242,18 +246,12 @@ def _byte_size(value: str) -> int:
 
 
 def _read_key_file(path: str) -> bytes:
-    """The subject key from a file holding its hex: never on the command line, where the
-    shell history and the process list would keep it."""
+    from engine.data.subject_index import SubjectKeyError, read_subject_key_file
+
     try:
-        text = Path(path).read_text(encoding="ascii").strip()
-        key = bytes.fromhex(text)
-    except FileNotFoundError:
-        raise EngineError(f"key file {path} does not exist") from None
-    except (UnicodeDecodeError, ValueError):
-        raise EngineError(f"key file {path} does not hold a hex key") from None
-    if len(key) < 16:
-        raise EngineError(f"key file {path}: the key needs at least 16 bytes (32 hex digits)")
-    return key
+        return read_subject_key_file(path)
+    except (FileNotFoundError, SubjectKeyError) as error:
+        raise EngineError(str(error)) from None
 
 
 def _cmd_erase(args: argparse.Namespace) -> int:
@@ -374,6 +372,11 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--output", help="output folder (default: the config's output.path)")
     _add_processes_flag(run)
     run.add_argument("--strict", action="store_true", help="stop at the first malformed record")
+    run.add_argument(
+        "--key-file",
+        default="",
+        help="file holding a hex key: the subject index holds keyed hashes (HMAC-SHA256)",
+    )
     _add_progress_flag(run)
     run.set_defaults(func=_guarded(_cmd_run))
 
@@ -455,7 +458,14 @@ def _register_find_subject(commands: argparse._SubParsersAction) -> None:
     )
     find.add_argument("output_dir", help="a pipeline output folder with a subject index")
     find.add_argument("subject", help="the subject id as it appears in the input's subject field")
-    find.add_argument("--salt", default="", help="the subject_salt the pipeline ran with")
+    find.add_argument(
+        "--key-file",
+        default="",
+        help="file holding the hex subject_key the pipeline ran with (keyed indexes)",
+    )
+    find.add_argument(
+        "--salt", default="", help="the subject_salt the pipeline ran with (indexes before keys)"
+    )
     find.set_defaults(func=_guarded(_cmd_find_subject))
 
 

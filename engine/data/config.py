@@ -109,7 +109,10 @@ class PipelineConfig:
     stages: list[StageConfig] = field(default_factory=_default_stages)
     output: OutputConfig = field(default_factory=OutputConfig)
     strict: bool = False  # stop at the first malformed record instead of counting it
-    subject_salt: str = ""  # mixed into hash_subject(); the platform passes its own
+    # Hex HMAC key of the subject index (engine.data.subject_index). The platform passes its
+    # project's key with each job; it is never written to the report or the manifest.
+    subject_key: str = ""
+    subject_salt: str = ""  # before keys: mixed into a plain sha256; kept for old configs
     examples_per_reason: int = 3  # records quoted in the report per stage and reason
     chunk_bytes: int = 32 * 2**20  # uncompressed JSONL is split into units of this size
 
@@ -149,6 +152,15 @@ def validate(config: PipelineConfig) -> PipelineConfig:
         raise ConfigError("output.shard_records: must be 1 or more")
     if config.chunk_bytes < 1 << 16:
         raise ConfigError("chunk_bytes: must be at least 65536")
+    if config.subject_key:
+        from engine.data.subject_index import SubjectKeyError, parse_subject_key
+
+        if config.subject_salt:
+            raise ConfigError("subject_salt: leave it out with subject_key (the key replaces it)")
+        try:
+            parse_subject_key(config.subject_key)
+        except SubjectKeyError as error:
+            raise ConfigError(f"subject_key: {error}") from None
     seen_global = None
     names = [s.name for s in config.stages]
     for i, stage in enumerate(config.stages):
@@ -203,6 +215,9 @@ def load_pipeline_config(path_or_dict: str | Path | dict) -> PipelineConfig:
 def config_to_dict(config: PipelineConfig) -> dict:
     """The inverse of ``load_pipeline_config``: what the report records as the config used."""
     data = dataclasses.asdict(config)
+    # The key is a secret: the report (and the platform, which stores the normalised
+    # config) must never hold it. Whether a run was keyed is in the manifest.
+    data.pop("subject_key")
     data["stages"] = [{s.name: dataclasses.asdict(s.params)} for s in config.stages]
     return data
 

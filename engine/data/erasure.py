@@ -47,9 +47,6 @@ the pipeline does, so the same input and subject always give byte-identical file
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import inspect
 import json
 import os
 import re
@@ -73,7 +70,11 @@ from engine.data.erasure_files import (
 from engine.data.readers import open_binary
 from engine.data.records import MANIFEST, RECORDS_FORMAT, sha256_of
 from engine.data.shards import FORMAT as TOKEN_SHARDS_FORMAT
-from engine.data.subject_index import hash_subject
+from engine.data.subject_index import (
+    SubjectKeyError,
+    check_key,
+    hash_subject,
+)
 from engine.data.subject_scan import SubjectMatcher, scan_stream
 
 DEFAULT_SCAN_BUDGET = 2**30  # decoded bytes a "not indexed" scan may read (1 GiB)
@@ -88,17 +89,9 @@ class ErasureError(ValueError):
 
 
 # ---- subject hashes -------------------------------------------------------------------------
-_HASH_TAKES_KEY = "key" in inspect.signature(hash_subject).parameters
-
-
 def subject_hash(subject_id: str, *, salt: str = "", key: bytes | None = None) -> str:
     """The hash the subject index holds for ``subject_id``: keyed (HMAC) when ``key`` is given."""
-    if key is None:
-        return hash_subject(subject_id, salt)
-    if _HASH_TAKES_KEY:
-        return hash_subject(subject_id, salt, key=key)
-    # Until subject_index.hash_subject takes `key` (issue 17): the same definition, here.
-    return hmac.new(key, subject_id.strip().casefold().encode("utf-8"), hashlib.sha256).hexdigest()
+    return hash_subject(subject_id, salt, key=key)
 
 
 # ---- find ------------------------------------------------------------------------------------
@@ -220,30 +213,13 @@ def find_subject(
     return report
 
 
-def subject_key_id(key: bytes) -> str:
-    """A key's fingerprint as manifests record it (``subject_key_id``): sha256's first 8 hex."""
-    return hashlib.sha256(key).hexdigest()[:8]
-
-
 def _check_key(folder: Path, manifest: dict, key: bytes | None) -> None:
     """Raw ids hashed with the wrong key (or none) find nobody, which an erasure would take
     for "nothing to erase": refuse instead. (Hashes given as such cannot be checked.)"""
-    if manifest.get("subject_keyed"):
-        expected = manifest.get("subject_key_id", "")
-        if key is None:
-            raise ErasureError(
-                f"the subject index of {folder} is keyed (key id {expected}): give its key"
-            )
-        if subject_key_id(key) != expected:
-            raise ErasureError(
-                f"wrong subject key for {folder}: the index was built with key id {expected}, "
-                f"this key's id is {subject_key_id(key)}"
-            )
-    elif key is not None:
-        raise ErasureError(
-            f"the subject index of {folder} was built without a key: give no key "
-            "(or the plain hashes)"
-        )
+    try:
+        check_key(folder, manifest, key)
+    except SubjectKeyError as error:
+        raise ErasureError(str(error)) from None
 
 
 def _find_in_index(folder: Path, manifest: dict, hashes: set[str], budget: int) -> FindReport:

@@ -45,7 +45,13 @@ from engine.data.readers import InputError, InputProblem, WorkUnit, plan_units, 
 from engine.data.records import MANIFEST, RecordShardWriter, write_records_manifest
 from engine.data.report import PipelineReport, ResidualStats, StageStats, snippet
 from engine.data.residual import ResidualMeter, residual_toxicity_config
-from engine.data.subject_index import INDEX_FILE, hash_subject, write_subject_index
+from engine.data.subject_index import (
+    INDEX_FILE,
+    hash_subject,
+    parse_subject_key,
+    subject_key_id,
+    write_subject_index,
+)
 from engine.data.toxicity import ToxicityFilter
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -90,6 +96,7 @@ class _UnitCleaner:
         self.exact_casefold = exact.params.casefold if exact else None
         self.minhasher = MinHasher(near.params) if near else None
         self.keep_signatures = bool(near and near.params.min_similarity > 0)
+        self.subject_key = parse_subject_key(config.subject_key) if config.subject_key else None
 
     def clean(self, unit_index: int, unit: WorkUnit) -> UnitResult:
         config = self.config
@@ -114,7 +121,9 @@ class _UnitCleaner:
                 records.write(_record_line(item, config.output.text_field))
                 locations.append(item.location)
                 subjects.append(
-                    hash_subject(item.subject, config.subject_salt) if item.subject else ""
+                    hash_subject(item.subject, config.subject_salt, key=self.subject_key)
+                    if item.subject
+                    else ""
                 )
                 if self.exact_casefold is not None:
                     hashes.append(content_hash(item.text, self.exact_casefold))
@@ -387,9 +396,21 @@ def run_pipeline(
         shards=report.shards,
         subject_index=INDEX_FILE if (output_dir / INDEX_FILE).exists() else None,
         subject_salted=bool(config.subject_salt),
+        **_subject_key_fields(config),
     )
     shutil.rmtree(work_dir)
     return report
+
+
+def _subject_key_fields(config: PipelineConfig) -> dict:
+    """What the manifest says of the key: that there is one and its fingerprint, so a
+    lookup with another key is refused (SubjectIndex.load); never the key."""
+    if not config.subject_key:
+        return {"subject_keyed": False}
+    return {
+        "subject_keyed": True,
+        "subject_key_id": subject_key_id(parse_subject_key(config.subject_key)),
+    }
 
 
 def _merge_results(config, units, results, processes) -> PipelineReport:

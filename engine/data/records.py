@@ -9,7 +9,11 @@
 
     {"format": "engine.records/1", "records": N, "text_field": "text", "compression": "none",
      "shards": [{"name": "records-00000.jsonl", "records": n, "bytes": b, "sha256": "..."}],
-     "subject_index": "subject_index.npy" | null, "subject_salted": false, "report": "report.json"}
+     "subject_index": "subject_index.npy" | null, "subject_salted": false,
+     "subject_keyed": true, "subject_key_id": "1a2b3c4d", "report": "report.json"}
+
+``subject_key_id`` (only when keyed) is the fingerprint of the HMAC key the subject index
+was built with (engine.data.subject_index.subject_key_id), never the key.
 
 Reading: ``for record in read_records("data/clean"): ...`` (checks each shard's sha256).
 """

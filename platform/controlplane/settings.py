@@ -89,8 +89,11 @@ try:
     # calls, the playground's calls to a node): the environment's SERVE_NODE_SECRET, or one
     # made once in <DATA_DIR>/serve-node-secret that nodes on this machine read too.
     SERVE_NODE_SECRET = serve_node_secret(DATA_DIR)
-    # The key behind every project's data-subject hashes (serving/subjects.py). Keep it out
-    # of the database and its dumps; empty: derived from SECRET_KEY.
+    # The master key behind every project's data-subject hashes (controlplane/subject_keys.py:
+    # serving's archive index, the data pipeline's subject indexes, audit payloads). Keep it
+    # out of the database and its dumps. Empty: SERVING_SUBJECT_SECRET, its older name, and
+    # then SECRET_KEY, so a deployment that set neither keeps the hashes it has stored.
+    SUBJECT_KEY_SECRET = env.env_str("SUBJECT_KEY_SECRET", "")
     SERVING_SUBJECT_SECRET = env.env_str("SERVING_SUBJECT_SECRET", "")
     # The address clients reach the deployments at (a load balancer before the serve
     # nodes); empty: the front of a live node, as it reported itself.

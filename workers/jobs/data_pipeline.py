@@ -11,6 +11,8 @@ schema, engine/jobparams.py; no defaults here):
                     from their extensions)
     pipeline        the engine's pipeline config, minus inputs/output (engine.data.config)
     text_field, subject_field
+    (not a param: spec.subject_key, the project's HMAC key for the subject index, sent with
+    the job for a dataset with a subject field and never stored with it)
     tokenizer       {"kind": "char" | "bpe", "vocab_size": int (bpe only)}
     val_fraction    share of documents held out for validation
 """
@@ -39,10 +41,15 @@ def _download_inputs(ctx: JobContext, folder: Path) -> list[Path]:
     return paths
 
 
-def _pipeline_config(params: dict[str, Any], inputs: list[Path]):
+def _pipeline_config(params: dict[str, Any], inputs: list[Path], subject_key: str = ""):
     from engine.data.config import ConfigError, load_pipeline_config
 
     raw = dict(params["pipeline"])
+    if params["subject_field"]:
+        # The project's key from the dispatch message: the subject index holds HMACs that
+        # a guessed e-mail address cannot be checked against without it. Empty only from
+        # a platform older than keyed hashes: then the index is unkeyed, as it was.
+        raw["subject_key"] = subject_key
     raw["inputs"] = [
         {
             "path": str(p),
@@ -107,7 +114,7 @@ def run_data_pipeline(ctx: JobContext) -> dict[str, Any]:
         (work_dir / "in").mkdir()
         ctx.progress(0.02, "downloading the input version")
         inputs = _download_inputs(ctx, work_dir / "in")
-        config = _pipeline_config(params, inputs)
+        config = _pipeline_config(params, inputs, ctx.spec.subject_key)
         spec = _tokenize_config(params)
         out = work_dir / "out"
         clean_dir = out / "clean"

@@ -20,6 +20,16 @@ urlpatterns = [
     path("projects/", projects.ProjectListCreate.as_view(), name="api-projects"),
     path("projects/<int:project_id>/", projects.ProjectDetail.as_view(), name="api-project"),
     path(
+        "projects/<int:project_id>/subject-key/",
+        projects.SubjectKeyDetail.as_view(),
+        name="api-subject-key",
+    ),
+    path(
+        "projects/<int:project_id>/subject-key/rotate/",
+        projects.SubjectKeyRotate.as_view(),
+        name="api-subject-key-rotate",
+    ),
+    path(
         "projects/<int:project_id>/members/",
         projects.MemberListCreate.as_view(),
         name="api-members",

@@ -10,6 +10,7 @@ from django.conf import settings
 
 from controlplane.celery_app import app
 from controlplane.jobs.models import Job
+from controlplane.subject_keys import project_subject_key
 from workers.protocol import RUN_JOB_TASK, ArtifactRef, JobKind, JobSpec
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,17 @@ def job_spec(job: Job) -> JobSpec:
         resume_checkpoint=job.resume_checkpoint or None,
         tracking_run_id=job.tracking_run_id or None,
         tracking=tracking_block(job),
+        subject_key=_subject_key(job),
     )
+
+
+def _subject_key(job: Job) -> str:
+    """The project's data-subject key, for a pipeline job whose dataset names a subject
+    field (its subject index holds keyed hashes). Derived here, at send time, so the key
+    is in the message only: never in the job row, its audit events or MLflow."""
+    if job.kind == JobKind.DATA_PIPELINE and job.params.get("subject_field"):
+        return project_subject_key(job.project)
+    return ""
 
 
 def tracking_block(job: Job) -> dict:

@@ -64,7 +64,9 @@ def _pipeline_stages(raw: Any, errors: dict) -> dict | None:
     if not isinstance(raw, dict):
         errors["pipeline"] = ["must be an object (the engine's pipeline config)"]
         return None
-    misplaced = {"inputs", "output", "subject_salt"} & set(raw)
+    # The subject key travels in the dispatch message only (jobs/dispatch.py): a key in the
+    # params would be stored in the job row for anyone who can read the job.
+    misplaced = {"inputs", "output", "subject_salt", "subject_key"} & set(raw)
     if misplaced:
         errors["pipeline"] = [f"{', '.join(sorted(misplaced))}: set by the platform, leave out"]
         return None
@@ -79,7 +81,7 @@ def _pipeline_stages(raw: Any, errors: dict) -> dict | None:
             "toxicity.lexicon names a file on the worker; leave it empty (the built-in list)"
         ]
         return None
-    for key in ("inputs", "output", "subject_salt"):
+    for key in ("inputs", "output", "subject_salt", "subject_key"):
         clean.pop(key, None)
     return clean
 

@@ -25,6 +25,7 @@ from controlplane.projects.services import (
     project_create,
     project_update,
 )
+from controlplane.subject_keys import subject_key_rotate, subject_key_state
 
 
 class ProjectOut(serializers.ModelSerializer):
@@ -188,3 +189,36 @@ class MemberDetail(APIView):
         except MembershipError as error:
             raise Conflict(str(error)) from None
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SubjectKeyOut(serializers.Serializer):
+    generation = serializers.IntegerField()
+    key_id = serializers.CharField(help_text="fingerprint of the current key (never the key)")
+    older_key_ids = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="the earlier generations' fingerprints, newest first",
+    )
+
+
+class SubjectKeyRotateIn(StrictSerializer):
+    pass
+
+
+class SubjectKeyDetail(APIView):
+    """The project's data-subject key generation (owners and compliance officers)."""
+
+    @extend_schema(responses=SubjectKeyOut)
+    def get(self, request, project_id: int):
+        project = project_or_404(request, project_id, Action.REVIEW)
+        return Response(SubjectKeyOut(subject_key_state(project)).data)
+
+
+class SubjectKeyRotate(APIView):
+    """Start the next key generation; then re-run the data pipeline on subject datasets."""
+
+    @extend_schema(request=SubjectKeyRotateIn, responses=SubjectKeyOut)
+    def post(self, request, project_id: int):
+        project = project_or_404(request, project_id, Action.REVIEW)
+        SubjectKeyRotateIn(data=request.data).is_valid(raise_exception=True)
+        project = subject_key_rotate(project=project, actor=request.user)
+        return Response(SubjectKeyOut(subject_key_state(project)).data)

@@ -27,6 +27,9 @@ class Project(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Which data-subject key the project hashes identifiers with now (controlplane.
+    # subject_keys): the keys are derived from a secret outside the database, never stored.
+    subject_key_generation = models.PositiveIntegerField(default=1, editable=False)
 
     class Meta:
         ordering = ["name", "id"]

@@ -32,6 +32,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from controlplane import subject_keys
 from controlplane.audit.services import audit_append
 from controlplane.policies.gates import record_allowed
 from controlplane.policies.model_gates import check_retention
@@ -45,9 +46,8 @@ from controlplane.serving.models import (
     InferenceRecord,
     ServingSettings,
 )
-from controlplane.serving.subjects import project_subject_key
 from controlplane.storage import object_store
-from workers.serve.protocol import ArchiveIndex, Endpoint, RecordStatus, subject_hash
+from workers.serve.protocol import ArchiveIndex, Endpoint, RecordStatus
 from workers.storage import (
     InvalidKeyError,
     ObjectNotFoundError,
@@ -279,7 +279,8 @@ def record_in(deployment: Deployment, request_id: str) -> InferenceRecord | None
 
 
 def hash_subject(project: Project, subject: str) -> str:
-    return subject_hash(project_subject_key(project), subject)
+    """The subject's hash under the project's current key (what new rows hold)."""
+    return subject_keys.subject_hash(project, subject)
 
 
 def search(
@@ -296,7 +297,8 @@ def search(
     """The deployment's index rows, newest first, narrowed by each filter given.
 
     `subject` is the raw identifier (an e-mail address, a customer id): it is hashed with
-    the project's key, as the replicas hashed X-Data-Subject, and matched on the hash.
+    the project's key, as the replicas hashed X-Data-Subject, and matched on the hash; on
+    the hash under each older key generation too, after a rotation (controlplane.subject_keys).
     """
     rows = InferenceRecord.objects.filter(deployment=deployment).select_related("version")
     if since is not None:
@@ -308,7 +310,9 @@ def search(
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
     if subject:
-        rows = rows.filter(subject_hash=hash_subject(deployment.project, subject))
+        # Rows archived before a key rotation hold the hash under the key of their time.
+        hashes = subject_keys.subject_hashes(deployment.project, subject)
+        rows = rows.filter(subject_hash__in=hashes)
     if status:
         rows = rows.filter(status=status)
     if endpoint:

@@ -18,13 +18,12 @@ from engine.data.erasure import (
     erase_subject,
     find_subject,
     subject_hash,
-    subject_key_id,
 )
 from engine.data.packing import tokenize_to_shards
 from engine.data.pipeline import run_pipeline
 from engine.data.records import read_records
 from engine.data.shards import load_manifest
-from engine.data.subject_index import SubjectIndex, write_subject_index
+from engine.data.subject_index import SubjectIndex, subject_key_id, write_subject_index
 from engine.data.subject_scan import normalise_email, normalise_text
 from engine.data.tokenizers import CharTokenizer
 from tests.engine.data.conftest import write_jsonl
@@ -277,7 +276,7 @@ def test_a_keyed_index_needs_its_own_key(clean, tmp_path):
     (keyed / "manifest.json").write_text(json.dumps(manifest))
     assert find_subject(keyed, identifiers=[" USER-2"], key=key).hits == 8
     assert find_subject(keyed, subject_hashes=[subject_hash("user-2", key=key)]).hits == 8
-    with pytest.raises(ErasureError, match="is keyed .key id [0-9a-f]{8}.: give its key"):
+    with pytest.raises(ErasureError, match="is keyed .key id [0-9a-f]{8}.: give the key it was built with"):
         find_subject(keyed, identifiers=["user-2"])
     with pytest.raises(ErasureError, match="wrong subject key"):
         find_subject(keyed, identifiers=["user-2"], key=b"x" * 32)
