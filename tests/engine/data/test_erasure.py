@@ -276,7 +276,9 @@ def test_a_keyed_index_needs_its_own_key(clean, tmp_path):
     (keyed / "manifest.json").write_text(json.dumps(manifest))
     assert find_subject(keyed, identifiers=[" USER-2"], key=key).hits == 8
     assert find_subject(keyed, subject_hashes=[subject_hash("user-2", key=key)]).hits == 8
-    with pytest.raises(ErasureError, match="is keyed .key id [0-9a-f]{8}.: give the key it was built with"):
+    with pytest.raises(
+        ErasureError, match="is keyed .key id [0-9a-f]{8}.: give the key it was built with"
+    ):
         find_subject(keyed, identifiers=["user-2"])
     with pytest.raises(ErasureError, match="wrong subject key"):
         find_subject(keyed, identifiers=["user-2"], key=b"x" * 32)
