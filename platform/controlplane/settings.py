@@ -124,6 +124,7 @@ INSTALLED_APPS = [
     "controlplane.registry",
     "controlplane.serving",
     "controlplane.policies",
+    "controlplane.gdpr",
     "controlplane.dashboard",
     "controlplane.demo",
 ]
@@ -249,6 +250,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "JobKindEnum": "workers.protocol.JobKind",
         "DatasetKindEnum": "controlplane.datasets.models.DatasetKind",
+        "SubjectRequestKindEnum": "controlplane.gdpr.models.RequestKind",
+        "SubjectRequestScopeEnum": "controlplane.gdpr.models.RequestScope",
     },
     # Every operation documents its error responses in the one error shape.
     "POSTPROCESSING_HOOKS": [

@@ -21,6 +21,7 @@ urlpatterns = [
     path("", include(serving_archive_pages.page_urlpatterns)),
     path("", include("controlplane.serving.urls")),
     path("", include("controlplane.policies.urls")),
+    path("", include("controlplane.gdpr.urls")),
 ]
 
 # Under /api/ these answer in the API's JSON error shape; pages keep Django's HTML pages.

@@ -91,6 +91,7 @@ def site(team, make_upload, make_ready_version):
     make_ready_version(dataset, team.owner, {"plays.txt": b"to be\n"})
     token, _ = api_token_create(user=team.owner, name="t")
     _registered_model(team, job)
+    subject_request = _subject_request(team)
     return {
         "project_id": team.project.pk,
         "job_id": job.pk,
@@ -107,7 +108,22 @@ def site(team, make_upload, make_ready_version):
         "violation_id": 1,
         "waiver_id": 1,
         "hold_id": 1,
+        "subject_request_id": subject_request.pk,
     }
+
+
+def _subject_request(team):
+    """A data-subject request, filed by the engineer (the owner walking the pages may
+    decide it: its page shows the review form)."""
+    from controlplane.gdpr.services import request_file
+
+    return request_file(
+        project=team.project,
+        actor=team.engineer,
+        kind="erasure",
+        identifiers=[{"type": "email", "value": "ann@example.com"}],
+        legal_basis="Art. 17(1)(b)",
+    )
 
 
 def _registered_model(team, job) -> None:

@@ -4,6 +4,7 @@ from controlplane.accounts import api as accounts
 from controlplane.api.docs import ApiDocsView, ApiSchemaView
 from controlplane.audit import api as audit
 from controlplane.datasets import api as datasets
+from controlplane.gdpr import api as gdpr
 from controlplane.jobs import api as jobs
 from controlplane.projects import api as projects
 from controlplane.registry import api as registry
@@ -172,4 +173,5 @@ urlpatterns = [
     ),
     path("", include("controlplane.serving.api_urls")),
     *serving_archive.urlpatterns,
+    *gdpr.urlpatterns,
 ]

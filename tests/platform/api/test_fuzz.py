@@ -44,6 +44,7 @@ def world(team, make_upload, make_ready_version, monkeypatch):
         dataset_create,
         dataset_version_start,
     )
+    from controlplane.gdpr.services import request_file
     from controlplane.jobs.services import job_create
 
     # A bare WSGI app closes the database connection after each request, and with it the
@@ -63,6 +64,13 @@ def world(team, make_upload, make_ready_version, monkeypatch):
     uploading, _ = dataset_version_start(
         dataset=dataset, actor=team.owner, files=[DeclaredFile("b.jsonl", 3, "0" * 64)]
     )
+    subject_request = request_file(
+        project=team.project,
+        actor=team.engineer,  # not the owner the fuzzer acts as: the owner may decide it
+        kind="erasure",
+        identifiers=[{"type": "email", "value": "ann@example.com"}],
+        legal_basis="Art. 17(1)(b)",
+    )
     _, raw = api_token_create(user=team.owner, name="fuzzer")
     spare, _ = api_token_create(user=team.owner, name="spare, the fuzzer may revoke it")
     yield World(
@@ -75,6 +83,7 @@ def world(team, make_upload, make_ready_version, monkeypatch):
             "number": uploading.number,
             "user_id": team.viewer.pk,  # never the owner the fuzzer acts as
             "token_id": spare.pk,
+            "subject_request_id": subject_request.pk,
         },
     )
     signals.request_started.connect(close_old_connections)

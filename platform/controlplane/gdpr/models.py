@@ -1,0 +1,115 @@
+"""Data-subject requests (GDPR Art. 15 access, Art. 17 erasure) and their identifiers.
+
+A request is filed by a member, reviewed by a second one (an owner or compliance officer
+who did not file it), and carried out by the erasure/access job, which moves it from
+`approved` through `in_progress` to `completed` or `failed` and fills `progress` and
+`certificate`. The subject's identifiers are stored encrypted (identifiers.py) next to
+their keyed hash: lookups and the audit trail use the hash, only a reviewer's page or the
+job ever decrypts.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class RequestKind(models.TextChoices):
+    ERASURE = "erasure", "Erasure (Art. 17)"
+    ACCESS = "access", "Access (Art. 15)"
+
+
+class RequestScope(models.TextChoices):
+    PROJECT = "project", "This project"
+    # Every project of the organisation, once organisations exist; refused until then.
+    ORGANISATION = "organisation", "Every project of the organisation"
+
+
+class RequestState(models.TextChoices):
+    PENDING_REVIEW = "pending_review", "Pending review"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+# States in which the controller still owes the subject an answer (the deadline runs).
+OPEN_STATES = (RequestState.PENDING_REVIEW, RequestState.APPROVED, RequestState.IN_PROGRESS)
+
+
+class SubjectRequest(models.Model):
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.PROTECT, related_name="subject_requests"
+    )
+    kind = models.CharField(max_length=16, choices=RequestKind.choices)
+    scope = models.CharField(
+        max_length=16, choices=RequestScope.choices, default=RequestScope.PROJECT
+    )
+    legal_basis = models.TextField()
+    state = models.CharField(
+        max_length=16, choices=RequestState.choices, default=RequestState.PENDING_REVIEW
+    )
+    filed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    filed_at = models.DateTimeField(auto_now_add=True)
+    # When the controller received it (earlier than filed_at for a letter); the one-month
+    # clock of Art. 12(3) starts here.
+    received_at = models.DateTimeField()
+    # received_at + 1 + extension_months calendar months (deadlines.py); stored so that
+    # lists sort and filter overdue requests in SQL.
+    deadline_at = models.DateTimeField()
+    extension_months = models.PositiveSmallIntegerField(default=0)
+    extension_reason = models.TextField(blank=True)
+    extended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    extended_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_reason = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.TextField(blank=True)
+    # Written by the erasure/access job: {"steps": [...], "findings": [...]} as it goes,
+    # and the deletion certificate (or the access export's summary) when it completes.
+    progress = models.JSONField(default=dict, blank=True)
+    certificate = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["project", "state", "deadline_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} request #{self.pk}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+
+class SubjectIdentifier(models.Model):
+    """One identifier of the subject (an e-mail, a customer id): its type in clear, its
+    value as a Fernet token, and its keyed hash (HMAC with the project's subject key)."""
+
+    request = models.ForeignKey(
+        SubjectRequest, on_delete=models.CASCADE, related_name="identifiers"
+    )
+    position = models.PositiveSmallIntegerField()
+    type = models.CharField(max_length=40)
+    value_token = models.TextField()
+    subject_hash = models.CharField(max_length=64, db_index=True)
+
+    class Meta:
+        ordering = ["request_id", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request", "subject_hash"], name="one_identifier_value_per_request"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} #{self.subject_hash[:12]}"

@@ -1,0 +1,69 @@
+"""Reads of data-subject requests: lists, one request, its identifiers as a role sees them."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from controlplane.gdpr import identifiers as ids
+from controlplane.gdpr.deadlines import countdown
+from controlplane.gdpr.models import OPEN_STATES, RequestState, SubjectRequest
+
+
+def _rows() -> QuerySet[SubjectRequest]:
+    return SubjectRequest.objects.select_related(
+        "project", "filed_by", "reviewed_by", "extended_by"
+    ).prefetch_related("identifiers")
+
+
+def requests_of(project, *, state: str | None = None) -> QuerySet[SubjectRequest]:
+    rows = _rows().filter(project=project)
+    return rows.filter(state=state) if state else rows
+
+
+def pending_review_of(project) -> QuerySet[SubjectRequest]:
+    """The review queue: oldest deadline first."""
+    return requests_of(project, state=RequestState.PENDING_REVIEW).order_by("deadline_at", "id")
+
+
+def request_in(project, request_id: int) -> SubjectRequest | None:
+    """The request when it belongs to `project` (another project's is not found)."""
+    return _rows().filter(project=project, pk=request_id).first()
+
+
+def requests_for_subject(project, subject_hash: str) -> QuerySet[SubjectRequest]:
+    """Every request of `project` about the subject with this keyed hash."""
+    return requests_of(project).filter(identifiers__subject_hash=subject_hash).distinct()
+
+
+def identifiers_clear(request: SubjectRequest) -> list[ids.Identifier]:
+    """The subject's identifiers in clear, for the job (and reviewers' pages)."""
+    return [
+        ids.Identifier(row.type, ids.unseal(request.project_id, row.value_token))
+        for row in request.identifiers.all()
+    ]
+
+
+def identifiers_shown(request: SubjectRequest, *, clear: bool) -> list[dict[str, str]]:
+    """[{"type", "value", "subject_hash"}]: the value in clear for owners and compliance
+    officers (`clear`), masked ("a***@example.com") for everyone else."""
+    shown = []
+    for row in request.identifiers.all():
+        value = ids.unseal(request.project_id, row.value_token)
+        shown.append(
+            {
+                "type": row.type,
+                "value": value if clear else ids.masked(row.type, value),
+                "subject_hash": row.subject_hash,
+            }
+        )
+    return shown
+
+
+def deadline_of(request: SubjectRequest) -> dict[str, object]:
+    """{"open", "overdue", "text"}: the countdown a page shows ("12 days left")."""
+    if request.state not in OPEN_STATES:
+        return {"open": False, "overdue": False, "text": ""}
+    now = timezone.localtime()
+    overdue, text = countdown(timezone.localtime(request.deadline_at), now)
+    return {"open": True, "overdue": overdue, "text": text}

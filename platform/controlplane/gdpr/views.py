@@ -1,0 +1,192 @@
+"""The request pages: the list with each request's deadline countdown, the form that
+files one, a request's page (identifiers as the role may see them, the review and
+extension forms, what the job has done) and the review queue.
+
+Writes go through the services the API calls, so a page can do nothing the API would
+refuse; a refusal is a message on the page, never an error page.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
+from controlplane.gdpr import selectors, services
+from controlplane.gdpr.errors import GdprError
+from controlplane.gdpr.forms import ExtendForm, FileForm, ReviewForm
+from controlplane.gdpr.models import RequestState, SubjectRequest
+from controlplane.projects.models import Project
+
+LIST_LIMIT = 200
+
+
+def _with_deadlines(rows) -> list[tuple[SubjectRequest, dict]]:
+    return [(row, selectors.deadline_of(row)) for row in rows]
+
+
+def _error_text(error: GdprError) -> str:
+    if error.fields:
+        return "; ".join(f"{k}: {' '.join(v)}" for k, v in error.fields.items())
+    return error.message
+
+
+@project_page()
+def request_list(request: ProjectRequest, project: Project) -> HttpResponse:
+    state = request.GET.get("state")
+    state = state if state in RequestState.values else None
+    rows = selectors.requests_of(project, state=state)[:LIST_LIMIT]
+    return render(
+        request,
+        "gdpr/request_list.html",
+        {
+            "project": project,
+            "rows": _with_deadlines(rows),
+            "state": state,
+            "states": RequestState.choices,
+            "may_file": services.may_file(request.user, project),
+            "pending": selectors.pending_review_of(project).count(),
+        },
+    )
+
+
+@project_page()
+def request_file(request: ProjectRequest, project: Project) -> HttpResponse:
+    if not services.may_file(request.user, project):
+        raise PermissionDenied(
+            "filing a data-subject request needs the owner, engineer or compliance role"
+        )
+    form = FileForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                filed = services.request_file(
+                    project=project,
+                    actor=request.user,
+                    kind=form.cleaned_data["kind"],
+                    identifiers=form.cleaned_data["identifiers"],
+                    legal_basis=form.cleaned_data["legal_basis"],
+                    received_at=form.cleaned_data["received_on"],
+                )
+            except GdprError as error:
+                form.add_service_errors(error)
+                status = 400
+            else:
+                messages.success(
+                    request, f"Request #{filed.pk} filed: it waits for a second reviewer."
+                )
+                return redirect("gdpr-request", project_id=project.pk, subject_request_id=filed.pk)
+        else:
+            status = 400
+    return render(
+        request, "gdpr/request_file.html", {"project": project, "form": form}, status=status
+    )
+
+
+def _request(project: Project, subject_request_id: int) -> SubjectRequest:
+    return found_or_404(
+        selectors.request_in(project, subject_request_id),
+        f"subject request {subject_request_id} not found",
+    )
+
+
+@project_page()
+def request_detail(request: ProjectRequest, project: Project, subject_request_id: int):
+    subject_request = _request(project, subject_request_id)
+    reviewer = services.may_review(request.user, project)
+    progress = subject_request.progress or {}
+    return render(
+        request,
+        "gdpr/request_detail.html",
+        {
+            "project": project,
+            "r": subject_request,
+            "deadline": selectors.deadline_of(subject_request),
+            "identifiers": selectors.identifiers_shown(subject_request, clear=reviewer),
+            "in_clear": reviewer,
+            "may_decide": reviewer
+            and subject_request.state == RequestState.PENDING_REVIEW
+            and subject_request.filed_by_id != request.user.pk,
+            "may_extend": reviewer and subject_request.is_open,
+            "review_form": ReviewForm(),
+            "extend_form": ExtendForm(),
+            "steps": progress.get("steps") if isinstance(progress.get("steps"), list) else [],
+            "findings": (
+                progress.get("findings") if isinstance(progress.get("findings"), list) else []
+            ),
+            "progress": progress,
+            "certificate": subject_request.certificate or {},
+        },
+    )
+
+
+def _to_detail(subject_request: SubjectRequest) -> HttpResponse:
+    return redirect(
+        "gdpr-request",
+        project_id=subject_request.project_id,
+        subject_request_id=subject_request.pk,
+    )
+
+
+@project_page()
+@require_POST
+def request_review(request: ProjectRequest, project: Project, subject_request_id: int):
+    """Approve or reject (owners and compliance officers; the service refuses the filer)."""
+    subject_request = _request(project, subject_request_id)
+    form = ReviewForm(request.POST)
+    back = request.POST.get("next") == "queue"
+    target = redirect("gdpr-review-queue", project_id=project.pk) if back else None
+    if not form.is_valid():
+        messages.error(request, "Say approve or reject, and why.")
+        return target or _to_detail(subject_request)
+    decide = (
+        services.request_approve
+        if form.cleaned_data["decision"] == "approve"
+        else services.request_reject
+    )
+    try:
+        decided = decide(
+            request=subject_request, actor=request.user, reason=form.cleaned_data["reason"]
+        )
+    except GdprError as error:
+        messages.error(request, _error_text(error))
+    else:
+        messages.success(request, f"Request #{decided.pk} {decided.state}.")
+    return target or _to_detail(subject_request)
+
+
+@project_page()
+@require_POST
+def request_extend(request: ProjectRequest, project: Project, subject_request_id: int):
+    subject_request = _request(project, subject_request_id)
+    form = ExtendForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Pick 1 or 2 months and say why.")
+        return _to_detail(subject_request)
+    try:
+        extended = services.request_extend(
+            request=subject_request, actor=request.user, **form.cleaned_data
+        )
+    except GdprError as error:
+        messages.error(request, _error_text(error))
+    else:
+        messages.success(request, f"Deadline extended to {extended.deadline_at:%Y-%m-%d}.")
+    return _to_detail(subject_request)
+
+
+@project_page()
+def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
+    reviewer = services.may_review(request.user, project)
+    rows = [
+        (row, deadline, selectors.identifiers_shown(row, clear=reviewer))
+        for row, deadline in _with_deadlines(selectors.pending_review_of(project)[:LIST_LIMIT])
+    ]
+    return render(
+        request,
+        "gdpr/review_queue.html",
+        {"project": project, "rows": rows, "reviewer": reviewer, "review_form": ReviewForm()},
+    )
