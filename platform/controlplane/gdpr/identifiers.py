@@ -25,8 +25,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 
 from controlplane.gdpr.errors import InvalidRequest
-from controlplane.serving.subjects import project_subject_key
-from workers.serve.protocol import subject_hash
+from controlplane.subject_keys import subject_hash
 
 MAX_IDENTIFIERS = 20
 MAX_VALUE = 320  # the longest e-mail address RFC 3696 allows
@@ -112,7 +111,7 @@ def parse_lines(text: str) -> list[Identifier]:
 
 def keyed_hash(project, value: str) -> str:
     """The subject's keyed hash in `project` (what indexes and audit events hold)."""
-    return subject_hash(project_subject_key(project), value)
+    return subject_hash(project, value)
 
 
 def _fernet(project_id: int, secret: str) -> Fernet:
