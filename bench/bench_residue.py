@@ -142,6 +142,12 @@ def main() -> int:
                 f"{report.bytes_decoded / MB / report.seconds:7.1f} MB/s decoded, "
                 f"{report.hit_count} hits"
             )
+        threaded = scan_objects(store, ["projects/1/"], NEEDLES, threads=2)
+        print(
+            f"whole project, 2 threads: "
+            f"{threaded.bytes_stored / MB / threaded.seconds:.1f} MB/s stored, "
+            f"{threaded.bytes_decoded / MB / threaded.seconds:.1f} MB/s decoded"
+        )
         report = scan_objects(store, ["projects/1/"], NEEDLES)
         stored_rate = report.bytes_stored / MB / report.seconds
         decoded_rate = report.bytes_decoded / MB / report.seconds
@@ -154,7 +160,7 @@ def main() -> int:
             f"{GOAL_MB_S:.0f} MB/s goal), {decoded_rate:.1f} MB/s of decoded text "
             f"({decoded_rate / GOAL_MB_S:.2f}x)"
         )
-        if report.hit_count != planted:
+        if report.hit_count != planted or threaded.hit_count != planted:
             print(f"FAIL: {report.hit_count} hits, {planted} planted")
             ok = False
         if report.errors:

@@ -38,9 +38,10 @@ import re
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from workers.storage.base import ObjectStore
+from workers.storage.base import ObjectStore, ObjectVersion
 from workers.storage.errors import StorageError
 from workers.storage.streams import IterableReader
 
@@ -150,9 +151,12 @@ def _text_form(index: int, spelling: bytes) -> _Form:
         + body
         + (rb"(?![a-z0-9])" if ends_word else b"")
     )
-    # The first token anchors: the match starts there, so it is confirmed in one `match`.
-    longest = len(spelling) + _WS_MAX * (len(tokens) - 1)
-    return _Form(index, "text", tokens[0], re.compile(pattern), before=0, after=longest + 1)
+    # The longest token anchors (the rarest, as a rule: "lee" over "ann", the id over a
+    # prefix); the match is confirmed around it, up to the longest span either side.
+    at = max(range(len(tokens)), key=lambda i: len(tokens[i]))
+    before = sum(len(t) + _WS_MAX for t in tokens[:at]) + 1
+    after = sum(len(t) + _WS_MAX for t in tokens[at + 1 :]) + len(tokens[at]) + 1
+    return _Form(index, "text", tokens[at], re.compile(pattern), before=before, after=after)
 
 
 def _email_form(index: int, text: str) -> _Form:
@@ -289,27 +293,59 @@ def scan_objects(
     *,
     chunk_size: int = CHUNK_SIZE,
     max_hits: int = MAX_HITS,
+    threads: int | None = None,
 ) -> ResidueReport:
     """Read every object version under `prefixes` and report where any needle occurs.
 
-    A version that cannot be read or decoded is listed in `errors` (and the report is not
-    clean); the scan goes on with the next one. Listing a prefix that fails raises
-    StorageError: the caller cannot claim a clean scan of what it could not list.
+    Versions are read `threads` at a time (default 1): inflating gzip and zstd releases
+    the GIL, so idle cores can add to the rate, but searching holds it, and on a busy
+    machine a second thread measured slower (bench/bench_residue.py prints both). Hits are sorted
+    by key, version and offset. A version that cannot be read or decoded is listed in
+    `errors` (and the report is not clean); the scan goes on with the next one. Listing a
+    prefix that fails raises StorageError: the caller cannot claim a clean scan of what
+    it could not list.
     """
     forms = needle_forms(needles)
     scanner = _Scanner(forms)
     report = ResidueReport(prefixes=list(prefixes), needles=len(needles))
     started = time.perf_counter()
-    for prefix in prefixes:
-        for version in store.list_versions(prefix):
-            if version.is_delete_marker:
-                continue
-            report.objects += 1
-            _scan_version(
-                store, scanner, version.key, version.version_id, report, chunk_size, max_hits
-            )
+    versions = [
+        version
+        for prefix in prefixes
+        for version in store.list_versions(prefix)
+        if not version.is_delete_marker
+    ]
+    workers = max(1, threads or 1)
+
+    def scan(version: ObjectVersion) -> _Partial:
+        return _scan_version(store, scanner, version.key, version.version_id, chunk_size, max_hits)
+
+    if workers > 1 and len(versions) > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="residue") as pool:
+            partials = list(pool.map(scan, versions))
+    else:
+        partials = [scan(version) for version in versions]
+    for partial in partials:
+        report.objects += 1
+        report.bytes_stored += partial.bytes_stored
+        report.bytes_decoded += partial.bytes_decoded
+        report.hit_count += partial.hit_count
+        report.hits.extend(partial.hits)
+        if partial.error:
+            report.errors.append(partial.error)
+    report.hits.sort(key=lambda h: (h.key, h.version_id, h.offset, h.needle))
+    del report.hits[max_hits:]
     report.seconds = time.perf_counter() - started
     return report
+
+
+@dataclass
+class _Partial:
+    bytes_stored: int = 0
+    bytes_decoded: int = 0
+    hit_count: int = 0
+    hits: list[ResidueHit] = field(default_factory=list)
+    error: dict | None = None
 
 
 def _scan_version(
@@ -317,18 +353,19 @@ def _scan_version(
     scanner: _Scanner,
     key: str,
     version_id: str,
-    report: ResidueReport,
     chunk_size: int,
     max_hits: int,
-) -> None:
+) -> _Partial:
+    partial = _Partial()
+
     def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
-            report.bytes_stored += len(chunk)
+            partial.bytes_stored += len(chunk)
             yield chunk
 
     def decoded_counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
-            report.bytes_decoded += len(chunk)
+            partial.bytes_decoded += len(chunk)
             yield chunk
 
     try:
@@ -336,17 +373,18 @@ def _scan_version(
             counted(store.iter_chunks(key, chunk_size, version_id=version_id))
         )
         for offset, line, form, context in scanner.scan(decoded_counted(decoded)):
-            report.hit_count += 1
-            if len(report.hits) < max_hits:
-                report.hits.append(
+            partial.hit_count += 1
+            if len(partial.hits) < max_hits:
+                partial.hits.append(
                     ResidueHit(
                         key, version_id, offset, line, form.needle, form.kind, context, encoding
                     )
                 )
     except (StorageError, zlib.error, OSError, ValueError) as error:
-        # zstandard raises ZstdError, a subclass of Exception only: caught by name below.
-        report.errors.append({"key": key, "version_id": version_id, "error": str(error)})
+        partial.error = {"key": key, "version_id": version_id, "error": str(error)}
     except Exception as error:
+        # zstandard raises ZstdError, a subclass of Exception only.
         if type(error).__name__ != "ZstdError":
             raise
-        report.errors.append({"key": key, "version_id": version_id, "error": str(error)})
+        partial.error = {"key": key, "version_id": version_id, "error": str(error)}
+    return partial
