@@ -134,7 +134,7 @@ def main() -> int:
             ("zstd shards", "projects/1/clean/"),
             ("gzip archive", "projects/1/inference/"),
         ):
-            report = scan_objects(store, [prefix], NEEDLES)
+            report = scan_objects(store, [prefix], NEEDLES, threads=1)
             per_kind[label] = report
             print(
                 f"  {label:13s} {report.bytes_stored / MB:7.1f} MB stored "
@@ -148,7 +148,7 @@ def main() -> int:
             f"{threaded.bytes_stored / MB / threaded.seconds:.1f} MB/s stored, "
             f"{threaded.bytes_decoded / MB / threaded.seconds:.1f} MB/s decoded"
         )
-        report = scan_objects(store, ["projects/1/"], NEEDLES)
+        report = scan_objects(store, ["projects/1/"], NEEDLES, threads=1)
         stored_rate = report.bytes_stored / MB / report.seconds
         decoded_rate = report.bytes_decoded / MB / report.seconds
         print(

@@ -34,6 +34,7 @@ short context with the match replaced by `[needle N]`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import zlib
@@ -52,7 +53,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Compressed bytes handed to one gzip member's decoder at a time: the rest comes back as
 # `unused_data` (a copy), so a small window keeps the per-member cost low.
-_GZIP_WINDOW = 16 * 1024
+_GZIP_WINDOW = 4 * 1024
 _WHITESPACE = rb"(?:[ \t\r\n\f\v]|\\[nrt]){1,16}"
 _WS_MAX = 16 * 2
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -153,7 +154,7 @@ def _text_form(index: int, spelling: bytes) -> _Form:
     )
     # The longest token anchors (the rarest, as a rule: "lee" over "ann", the id over a
     # prefix); the match is confirmed around it, up to the longest span either side.
-    at = max(range(len(tokens)), key=lambda i: len(tokens[i]))
+    at = max(range(len(tokens)), key=lambda i: (len(tokens[i]), i))
     before = sum(len(t) + _WS_MAX for t in tokens[:at]) + 1
     after = sum(len(t) + _WS_MAX for t in tokens[at + 1 :]) + len(tokens[at]) + 1
     return _Form(index, "text", tokens[at], re.compile(pattern), before=before, after=after)
@@ -297,9 +298,10 @@ def scan_objects(
 ) -> ResidueReport:
     """Read every object version under `prefixes` and report where any needle occurs.
 
-    Versions are read `threads` at a time (default 1): inflating gzip and zstd releases
-    the GIL, so idle cores can add to the rate, but searching holds it, and on a busy
-    machine a second thread measured slower (bench/bench_residue.py prints both). Hits are sorted
+    Versions are read `threads` at a time (default: one per CPU, at most 4): inflating
+    gzip and zstd releases the GIL, so idle cores add to the rate (2 threads on 2 cores:
+    +15%; on a machine busy with other work, nothing: bench/bench_residue.py prints both).
+    Hits are sorted
     by key, version and offset. A version that cannot be read or decoded is listed in
     `errors` (and the report is not clean); the scan goes on with the next one. Listing a
     prefix that fails raises StorageError: the caller cannot claim a clean scan of what
@@ -315,7 +317,7 @@ def scan_objects(
         for version in store.list_versions(prefix)
         if not version.is_delete_marker
     ]
-    workers = max(1, threads or 1)
+    workers = max(1, threads or min(4, os.cpu_count() or 1))
 
     def scan(version: ObjectVersion) -> _Partial:
         return _scan_version(store, scanner, version.key, version.version_id, chunk_size, max_hits)
