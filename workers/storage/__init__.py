@@ -11,7 +11,15 @@ for chunk in store.iter_chunks(key): ...
 from __future__ import annotations
 
 from workers.config import ObjectStoreConfig, object_store_config
-from workers.storage.base import ObjectInfo, ObjectStore, OpenUpload, StoredObject, StoreLocation
+from workers.storage.base import (
+    NULL_VERSION_ID,
+    ObjectInfo,
+    ObjectStore,
+    ObjectVersion,
+    OpenUpload,
+    StoredObject,
+    StoreLocation,
+)
 from workers.storage.errors import (
     InvalidKeyError,
     ObjectExistsError,
@@ -25,12 +33,14 @@ from workers.storage.local import LocalObjectStore
 from workers.storage.s3 import S3ObjectStore
 
 __all__ = [
+    "NULL_VERSION_ID",
     "InvalidKeyError",
     "LocalObjectStore",
     "ObjectExistsError",
     "ObjectInfo",
     "ObjectNotFoundError",
     "ObjectStore",
+    "ObjectVersion",
     "OpenUpload",
     "PresignedURLError",
     "S3ObjectStore",

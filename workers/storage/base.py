@@ -57,6 +57,26 @@ class ObjectInfo:
         return self.metadata.get(SHA256_METADATA_KEY)
 
 
+# The version id S3 gives objects of an unversioned bucket; the local store's one "version".
+NULL_VERSION_ID = "null"
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One stored version (or delete marker) of a key, as `list_versions` reports it.
+
+    A versioned bucket keeps every overwritten or deleted object as an old version, and a
+    plain delete only adds a delete marker: erasure has to see and delete these by id.
+    """
+
+    key: str
+    version_id: str
+    size: int
+    is_latest: bool
+    is_delete_marker: bool
+    last_modified: datetime | None
+
+
 @dataclass(frozen=True)
 class StoreLocation:
     """Where a store keeps its objects: what a data-residency rule is checked against."""
@@ -247,6 +267,32 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> int:
         """Remove every object and version under a folder prefix; returns how many went."""
+
+    # -- every stored version (erasure: versioned buckets keep old ones) ---------------
+    # Not abstract so that stores written before them still build; both backends and the
+    # retrying wrapper implement them.
+
+    def list_versions(self, key_or_prefix: str) -> list[ObjectVersion]:
+        """Every stored version and delete marker of one key, or of every key under a
+        folder prefix (one ending in "/", or "" for the whole bucket), in key order.
+
+        The local store keeps no versions: one version "null" per existing object.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list object versions")
+
+    def delete_all_versions(self, key: str) -> list[str]:
+        """Delete every version and delete marker of `key` by version id; returns the ids.
+
+        Idempotent: a key with nothing left deletes nothing and is not an error. A store
+        that fails mid-way raises StorageError; calling again finishes the work (what the
+        failed call deleted is then no longer listed, so a caller that must account for
+        every id lists them first with `list_versions`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot delete object versions")
+
+    def get_version(self, key: str, version_id: str) -> BinaryIO:
+        """One stored version's bytes as a stream (use it in a `with` block)."""
+        return self.open_stream(key, version_id=version_id)
 
     @abstractmethod
     def presigned_get_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str: ...

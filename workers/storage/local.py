@@ -26,9 +26,11 @@ from typing import BinaryIO
 
 from workers.storage.base import (
     DEFAULT_CONTENT_TYPE,
+    NULL_VERSION_ID,
     SHA256_METADATA_KEY,
     ObjectInfo,
     ObjectStore,
+    ObjectVersion,
     OpenUpload,
     StoredObject,
     StoreLocation,
@@ -208,7 +210,8 @@ class LocalObjectStore(ObjectStore):
 
     def _existing(self, key: str, version_id: str | None) -> Path:
         path = self._path(key)
-        if version_id is not None:
+        # "null" names the one version this store keeps (as S3 names an unversioned one).
+        if version_id is not None and version_id != NULL_VERSION_ID:
             raise ObjectNotFoundError(
                 f"{key} version {version_id}: the local store keeps no versions"
             )
@@ -325,6 +328,26 @@ class LocalObjectStore(ObjectStore):
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
         return removed
+
+    def list_versions(self, key_or_prefix: str) -> list[ObjectVersion]:
+        if key_or_prefix == "" or key_or_prefix.endswith("/"):
+            infos = list(self.list(key_or_prefix))
+        else:
+            infos = [self.stat(key_or_prefix)] if self.exists(key_or_prefix) else []
+        return [
+            ObjectVersion(
+                key=info.key,
+                version_id=NULL_VERSION_ID,
+                size=info.size,
+                is_latest=True,
+                is_delete_marker=False,
+                last_modified=info.last_modified,
+            )
+            for info in infos
+        ]
+
+    def delete_all_versions(self, key: str) -> list[str]:
+        return [NULL_VERSION_ID] if self.delete(key) else []
 
     def delete_prefix(self, prefix: str) -> int:
         if validate_prefix(prefix) == "":

@@ -32,6 +32,7 @@ from workers.storage.base import (
     DEFAULT_CONTENT_TYPE,
     ObjectInfo,
     ObjectStore,
+    ObjectVersion,
     StoredObject,
     StoreLocation,
 )
@@ -240,6 +241,21 @@ class RetryingObjectStore(ObjectStore):
     def delete_prefix(self, prefix: str) -> int:
         return self._retrying(f"delete under {prefix}", lambda: self.inner.delete_prefix(prefix))
 
+    def delete_all_versions(self, key: str) -> list[str]:
+        """Each try lists what is left and deletes it, so a try that failed mid-way is
+        finished by the next; the ids of every try are returned together."""
+        deleted: list[str] = []
+
+        def delete_rest() -> list[str]:
+            # Listed here, not by the inner store, so that ids a failing try deleted
+            # before it broke are still reported.
+            left = [v.version_id for v in self.inner.list_versions(key)]
+            deleted.extend(i for i in left if i not in deleted)
+            self.inner.delete_all_versions(key)
+            return deleted
+
+        return self._retrying(f"delete the versions of {key}", delete_rest)
+
     # -- reads -----------------------------------------------------------------------
 
     def open_stream(self, key: str, *, version_id: str | None = None) -> BinaryIO:
@@ -282,6 +298,15 @@ class RetryingObjectStore(ObjectStore):
 
     def stat(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
         return self._retrying(f"stat {key}", lambda: self.inner.stat(key, version_id=version_id))
+
+    def list_versions(self, key_or_prefix: str) -> list[ObjectVersion]:
+        return self._retrying(
+            f"list versions of {key_or_prefix or '/'}",
+            lambda: self.inner.list_versions(key_or_prefix),
+        )
+
+    def get_version(self, key: str, version_id: str) -> BinaryIO:
+        return self.open_stream(key, version_id=version_id)
 
     def exists(self, key: str) -> bool:
         return self._retrying(f"stat {key}", lambda: self.inner.exists(key))

@@ -30,9 +30,11 @@ from urllib3.util import Retry, Timeout
 
 from workers.storage.base import (
     DEFAULT_CONTENT_TYPE,
+    NULL_VERSION_ID,
     SHA256_METADATA_KEY,
     ObjectInfo,
     ObjectStore,
+    ObjectVersion,
     OpenUpload,
     StoredObject,
     StoreLocation,
@@ -457,6 +459,34 @@ class S3ObjectStore(ObjectStore):
                 )
             )
             return self._delete_all(versions)
+
+    def list_versions(self, key_or_prefix: str) -> list[ObjectVersion]:
+        whole_folder = key_or_prefix == "" or key_or_prefix.endswith("/")
+        prefix = validate_prefix(key_or_prefix) if whole_folder else validate_key(key_or_prefix)
+        with self._errors(f"list versions of {prefix or '/'}"):
+            listed = self.client.list_objects(
+                self.bucket, prefix=prefix, recursive=True, include_version=True
+            )
+            return [
+                ObjectVersion(
+                    key=obj.object_name or "",
+                    version_id=obj.version_id or NULL_VERSION_ID,
+                    size=obj.size or 0,
+                    # The SDK hands IsLatest over as the XML's text.
+                    is_latest=str(obj.is_latest).lower() == "true",
+                    is_delete_marker=bool(obj.is_delete_marker),
+                    last_modified=obj.last_modified,
+                )
+                for obj in listed
+                # A key's listing prefix would also match `key-2`: its versions only.
+                if whole_folder or obj.object_name == prefix
+            ]
+
+    def delete_all_versions(self, key: str) -> list[str]:
+        ids = [v.version_id for v in self.list_versions(key)]
+        with self._errors(f"delete the versions of {key}"):
+            self._delete_all(DeleteObject(key, version_id) for version_id in ids)
+        return ids
 
     def _delete_all(self, objects: Iterable[DeleteObject]) -> int:
         # A count, not a list: erasing a project may go through millions of versions.
