@@ -35,8 +35,14 @@ if TYPE_CHECKING:
 DEMO_POLICY = {
     "licences": {
         "enabled": True,
-        "allowed_licences": ["LicenseRef-PublicDomain", "CC0-1.0", "CC-BY-4.0", "MIT"],
-        "allowed_sources": ["Project Gutenberg*"],
+        "allowed_licences": [
+            "LicenseRef-PublicDomain",
+            "LicenseRef-Internal",
+            "CC0-1.0",
+            "CC-BY-4.0",
+            "MIT",
+        ],
+        "allowed_sources": ["Project Gutenberg*", "helpdesk:*"],
     },
     "data_preparation": {
         "enabled": True,
