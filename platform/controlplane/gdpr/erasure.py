@@ -356,6 +356,7 @@ def _advance(request: SubjectRequest) -> str:
         request.refresh_from_db()
     steps = (
         ("deleted", _delete_old_versions),
+        ("copies_scrubbed", _scrub_job_copies),
         ("archive_erased", _erase_archive),
         ("models_flagged", _flag_models),
     )
@@ -500,6 +501,82 @@ def _delete_old_versions(request: SubjectRequest) -> dict:
     return {"objects": len(deleted)}
 
 
+def _without_examples(value: Any) -> Any:
+    """A pipeline report without its example snippets (they quote records)."""
+    if isinstance(value, dict):
+        return {
+            k: ([] if k in ("examples", "problem_examples") else _without_examples(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_examples(v) for v in value]
+    return value
+
+
+def _scrubbed(result: Any, request: SubjectRequest) -> Any:
+    if not isinstance(result, dict):
+        return result
+    clean = {**result, "erased_by_request": request.pk}
+    if "preview" in clean:
+        clean["preview"] = []
+    if "report" in clean:
+        clean["report"] = _without_examples(clean["report"])
+    if "summary" in clean:
+        clean["summary"] = ""
+    return clean
+
+
+def _scrub_job_copies(request: SubjectRequest) -> dict:
+    """What the jobs that made the old versions copied of their records: the result's
+    first records and report examples (job row, its `finished` event rows) and the
+    attempts' completion records in the store (which repeat the `finished` event)."""
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.jobs.models import Job, JobEventRecord
+    from controlplane.storage import object_store
+    from workers.protocol import EventType, completion_record_key
+
+    old_ids = [entry["old"] for entry in request.progress.get("versions", [])]
+    job_ids = sorted(
+        {
+            pk
+            for pk in DatasetVersion.objects.filter(pk__in=old_ids).values_list(
+                "produced_by_id", flat=True
+            )
+            if pk is not None and pk != request.progress.get("job_id")
+        }
+    )
+    store = object_store()
+    deleted = []
+    for job in Job.objects.filter(pk__in=job_ids).order_by("pk"):
+        for attempt in range(1, job.attempt + 1):
+            key = completion_record_key(job.pk, attempt)
+            if store.delete_all_versions(key):
+                deleted.append(key)
+        with transaction.atomic():
+            Job.objects.filter(pk=job.pk).update(result=_scrubbed(job.result, request))
+            for event in JobEventRecord.objects.filter(job=job, type=EventType.FINISHED):
+                payload = {
+                    **event.payload,
+                    "result": _scrubbed(event.payload.get("result"), request),
+                }
+                JobEventRecord.objects.filter(pk=event.pk).update(payload=payload)
+            audit_append(
+                project=request.project,
+                actor=None,
+                action="job.result_scrubbed",
+                artifact=job,
+                payload={
+                    "request": request.pk,
+                    "subjects": _subjects(request),
+                    "removed": ["preview", "report examples", "summary"],
+                    "completion_records_deleted": [k for k in deleted if f"/{job.pk}/" in k],
+                },
+            )
+    progress = {**request.progress, "scrubbed_jobs": job_ids, "completion_records_deleted": deleted}
+    services.request_record_progress(request=request, progress=progress)
+    return {"jobs": job_ids}
+
+
 def _erase_archive(request: SubjectRequest) -> dict:
     from controlplane.serving.erasure import archive_erase_subject
     from controlplane.subject_keys import subject_hashes
@@ -603,10 +680,18 @@ def _flag_models(request: SubjectRequest) -> dict:
 
 
 def _residue_scan(request: SubjectRequest) -> dict:
+    from controlplane.jobs.models import Job
     from controlplane.storage import object_store
     from workers.storage.residue import scan_objects
 
-    prefixes = [f"projects/{request.project_id}/"]
+    # The project's objects, and what its jobs left under system/ (completion records,
+    # which repeat a job's result).
+    prefixes = [f"projects/{request.project_id}/"] + [
+        f"system/jobs/{pk}/"
+        for pk in Job.objects.filter(project=request.project)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    ]
     needles = [i.value for i in selectors.identifiers_clear(request)]
     report = scan_objects(object_store(), prefixes, needles)
     summary = {
