@@ -259,3 +259,62 @@ def test_members_cannot_start_erasure_jobs_through_the_jobs_api(team, api):
     )
     assert response.status_code == 400
     assert "approved erasure request" in json.dumps(response.json())
+
+
+def _s3_ready_version(dataset, user, files: dict[str, bytes]):
+    """A version uploaded as a browser does: each part PUT to its presigned URL."""
+    import hashlib
+
+    import requests
+
+    from controlplane.datasets.services import (
+        DeclaredFile,
+        dataset_version_complete,
+        dataset_version_start,
+    )
+    from controlplane.storage import object_store
+
+    declared = [DeclaredFile(n, len(b), hashlib.sha256(b).hexdigest()) for n, b in files.items()]
+    version, uploads = dataset_version_start(dataset=dataset, actor=user, files=declared)
+    parts = {}
+    for upload in uploads:
+        url = object_store().presigned_part_url(upload.file.object_key, upload.file.upload_id, 1)
+        answer = requests.put(url, data=files[upload.file.name], timeout=30)
+        answer.raise_for_status()
+        parts[upload.file.pk] = [(1, answer.headers["ETag"])]
+    return dataset_version_complete(version=version, actor=user, parts=parts)
+
+
+def test_on_a_versioned_s3_bucket_no_version_of_the_old_objects_is_left(
+    team,
+    s3_platform_store,
+    file_request,
+    django_capture_on_commit_callbacks,
+    run_on_worker,
+):
+    from controlplane.datasets.services import dataset_create
+    from controlplane.gdpr.erasure import erasure_advance
+    from controlplane.jobs.models import Job
+
+    dataset = dataset_create(
+        project=team.project,
+        actor=team.engineer,
+        name="Support",
+        slug="support",
+        kind="text",
+        subject_field="customer",
+    )
+    support = _s3_ready_version(dataset, team.engineer, _support_log())
+    old_keys = [f.object_key for f in support.files.all()]
+    assert all(s3_platform_store.list_versions(key) for key in old_keys)
+    request = _approve(
+        team, file_request, django_capture_on_commit_callbacks, [{"type": "email", "value": ANN}]
+    )
+    assert run_on_worker(Job.objects.get(kind="erasure")).state == "succeeded"
+    assert erasure_advance(request) == "completed"
+    # Neither an old version nor a delete marker: every stored version went by its id.
+    assert [s3_platform_store.list_versions(key) for key in old_keys] == [[] for _ in old_keys]
+    request.refresh_from_db()
+    deleted = {d["key"]: d["object_versions"] for d in request.certificate["deleted"]}
+    assert set(deleted) == set(old_keys) and all(deleted.values())
+    assert request.certificate["residue_scan"]["clean"] is True
