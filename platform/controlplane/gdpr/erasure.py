@@ -810,9 +810,34 @@ def _certificate(request: SubjectRequest) -> dict:
     }
 
 
+def rebuild_finished(job) -> None:
+    """A data_pipeline job ended on a version an erasure rewrote: the erasure may go on
+    (sent after commit; the beat's pass covers a lost message)."""
+    from controlplane.datasets.models import DatasetVersion
+
+    source = (
+        DatasetVersion.objects.filter(pk=(job.params or {}).get("dataset_version_id"))
+        .select_related("produced_by")
+        .first()
+    )
+    producer = source.produced_by if source is not None else None
+    if producer is not None and producer.kind == "erasure":
+        request_id = producer.params.get("request_id")
+        transaction.on_commit(lambda: advance_soon(request_id), robust=True)
+
+
 def erasures_advance_all() -> dict[int, str]:
-    """The beat's pass: every erasure in progress, as far as each can go."""
+    """The beat's pass: every erasure in progress, as far as each can go, and every
+    approved one whose start failed (its hook is logged, not retried, by services)."""
     outcome = {}
+    for request in SubjectRequest.objects.filter(
+        kind=RequestKind.ERASURE, state=RequestState.APPROVED
+    ).order_by("pk"):
+        try:
+            erasure_start(request)
+        except Exception as error:  # noqa: BLE001 - reported, retried on the next pass
+            logger.exception("erasure request %s could not start", request.pk)
+            outcome[request.pk] = f"not started: {type(error).__name__}"
     for request in SubjectRequest.objects.filter(
         kind=RequestKind.ERASURE, state=RequestState.IN_PROGRESS
     ).order_by("pk"):

@@ -63,7 +63,13 @@ def _everything_stored_about(request) -> str:
 
 
 def test_an_erasure_rewrites_deletes_flags_and_certifies(
-    team, support, file_request, django_capture_on_commit_callbacks, run_on_worker, sent_jobs
+    team,
+    support,
+    file_request,
+    django_capture_on_commit_callbacks,
+    run_on_worker,
+    sent_jobs,
+    client,
 ):
     from controlplane.datasets.models import DatasetVersion
     from controlplane.gdpr.erasure import erasure_advance
@@ -158,6 +164,16 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     assert ANN not in _everything_stored_about(request)
     # Rule 4's gate: nothing is held any more, the new versions are ready to train on.
     assert DatasetVersion.objects.filter(dataset=support.dataset, state="ready").count() == 3
+
+    client.force_login(team.engineer)
+    page = client.get(f"/projects/{team.project.pk}/datasets/{support.dataset_id}/v1/")
+    assert page.status_code == 200
+    assert f"erasure request #{request.pk}: its objects" in page.content.decode()
+    page = client.get(f"/projects/{team.project.pk}/datasets/{support.dataset_id}/v3/")
+    assert f"derived from v1 by erasure request #{request.pk}" in page.content.decode()
+    client.force_login(team.owner)
+    detail = client.get(f"/projects/{team.project.pk}/subject-requests/{request.pk}/")
+    assert detail.status_code == 200, detail.status_code
 
 
 def test_the_model_version_page_says_it_was_trained_on_erased_data(

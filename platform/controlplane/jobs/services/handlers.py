@@ -252,8 +252,10 @@ def _audit_finish(writes: EventWrites, event: JobEvent, action: str, **details: 
 
 def _create_derived_version(job: Job, result: dict) -> None:
     from controlplane.datasets.services import dataset_version_from_job
+    from controlplane.gdpr.erasure import rebuild_finished
 
     dataset_version_from_job(job=job, result=result)
+    rebuild_finished(job)  # an erasure waiting for this rebuild goes on
 
 
 def _record_evaluation(job: Job, result: dict) -> list[dict[str, Any]]:
