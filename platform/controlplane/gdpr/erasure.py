@@ -748,6 +748,7 @@ def _release_holds(request: SubjectRequest) -> list[int]:
 
 def _certificate(request: SubjectRequest) -> dict:
     from controlplane.audit.models import AuditChain, AuditEvent
+    from controlplane.datasets.models import DatasetFile
 
     progress = request.progress
     chain = AuditChain.objects.filter(project=request.project).first()
@@ -755,6 +756,12 @@ def _certificate(request: SubjectRequest) -> dict:
         Q(payload__request=request.pk) | Q(payload__reference=reference_of(request))
     )
     deleted = progress.get("deleted", {})
+    files = {
+        f.object_key: f
+        for f in DatasetFile.objects.filter(
+            version_id__in=[e["old"] for e in progress.get("versions", [])]
+        )
+    }
     return {
         "request": {
             "id": request.pk,
@@ -799,7 +806,16 @@ def _certificate(request: SubjectRequest) -> dict:
             for e in progress.get("versions", [])
         ],
         "rebuilds": progress.get("rebuilds", []),
-        "deleted": [{"key": key, "object_versions": ids} for key, ids in sorted(deleted.items())],
+        "deleted": [
+            {
+                "key": key,
+                "object_versions": ids,
+                "dataset_version": files[key].version_id if key in files else None,
+                "name": files[key].name if key in files else "",
+                "sha256": files[key].sha256 if key in files else "",
+            }
+            for key, ids in sorted(deleted.items())
+        ],
         "erased_versions": [e["old"] for e in progress.get("versions", [])],
         "archive": progress.get("archive", {}),
         "models_flagged": progress.get("models_flagged", []),

@@ -150,6 +150,8 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     assert found == {"support v1": 4, "support v2": 4}
     assert {e["old_version"] for e in certificate["rewritten"]} == {support.pk, cleaned.pk}
     assert {d["key"] for d in certificate["deleted"]} == set(old_keys)
+    assert {d["dataset_version"] for d in certificate["deleted"]} == {support.pk, cleaned.pk}
+    assert all(len(d["sha256"]) == 64 for d in certificate["deleted"])
     assert certificate["residue_scan"]["clean"] is True
     assert certificate["residue_scan"]["object_versions_read"] > 0
     assert {m["id"] for m in certificate["models_flagged"]} == {trained.pk, tuned.pk}
@@ -334,3 +336,20 @@ def test_on_a_versioned_s3_bucket_no_version_of_the_old_objects_is_left(
     deleted = {d["key"]: d["object_versions"] for d in request.certificate["deleted"]}
     assert set(deleted) == set(old_keys) and all(deleted.values())
     assert request.certificate["residue_scan"]["clean"] is True
+
+
+def test_an_approval_whose_hook_was_lost_is_started_by_the_beat(
+    team, support, file_request, django_capture_on_commit_callbacks, monkeypatch
+):
+    from controlplane.gdpr import services
+    from controlplane.gdpr.erasure import erasures_advance_all
+    from controlplane.jobs.models import Job
+
+    monkeypatch.setattr(services, "on_approved", [])
+    request = _approve(
+        team, file_request, django_capture_on_commit_callbacks, [{"type": "email", "value": ANN}]
+    )
+    assert request.state == "approved" and not Job.objects.filter(kind="erasure").exists()
+    assert erasures_advance_all() == {request.pk: f"waiting for job {Job.objects.get().pk}"}
+    request.refresh_from_db()
+    assert request.state == "in_progress" and request.progress["job_id"]
