@@ -354,6 +354,11 @@ def _advance(request: SubjectRequest) -> str:
         if waiting:
             return waiting
         request.refresh_from_db()
+    if "deleted" not in request.progress.get("done", []):
+        busy = _jobs_reading_old_versions(request)
+        if busy:
+            # Not pulled from under a running job: the erasure waits for it, visibly.
+            return f"waiting for job {busy[0].pk} (it reads a version being erased)"
     steps = (
         ("deleted", _delete_old_versions),
         ("copies_scrubbed", _scrub_job_copies),
@@ -445,6 +450,22 @@ def _rebuild(request: SubjectRequest) -> str | None:
     request = services.request_record_progress(request=request, progress=progress)
     _record(request, "rebuilt", jobs=[r["job_id"] for r in rebuilds if r["job_id"]])
     return None
+
+
+def _jobs_reading_old_versions(request: SubjectRequest) -> list:
+    """Queued or running jobs of the project that read one of the old versions."""
+    from controlplane.jobs.models import Job, JobState
+
+    old_ids = [entry["old"] for entry in request.progress.get("versions", [])]
+    if not old_ids:
+        return []
+    return list(
+        Job.objects.filter(
+            project=request.project,
+            state__in=[JobState.QUEUED, JobState.RUNNING],
+            params__dataset_version_id__in=old_ids,
+        ).order_by("pk")
+    )
 
 
 def _delete_old_versions(request: SubjectRequest) -> dict:

@@ -353,3 +353,30 @@ def test_an_approval_whose_hook_was_lost_is_started_by_the_beat(
     assert erasures_advance_all() == {request.pk: f"waiting for job {Job.objects.get().pk}"}
     request.refresh_from_db()
     assert request.state == "in_progress" and request.progress["job_id"]
+
+
+def test_a_job_reading_an_old_version_is_waited_for(
+    team, support, file_request, django_capture_on_commit_callbacks, run_on_worker
+):
+    from controlplane.gdpr.erasure import erasure_advance
+    from controlplane.jobs.models import Job
+
+    reader = Job.objects.create(
+        project=team.project,
+        kind="data_pipeline",
+        state="running",
+        params={"dataset_version_id": support.pk},
+        created_by=team.engineer,
+    )
+    request = _approve(
+        team, file_request, django_capture_on_commit_callbacks, [{"type": "email", "value": ANN}]
+    )
+    run_on_worker(Job.objects.get(kind="erasure"))
+    assert (
+        erasure_advance(request) == f"waiting for job {reader.pk} (it reads a version being erased)"
+    )
+    support.refresh_from_db()
+    assert support.state == "ready"
+    Job.objects.filter(pk=reader.pk).update(state="succeeded")
+    assert erasure_advance(request) == "completed"
+    assert erasure_advance(request) == "completed"  # a later pass changes nothing
