@@ -380,3 +380,58 @@ def test_a_job_reading_an_old_version_is_waited_for(
     Job.objects.filter(pk=reader.pk).update(state="succeeded")
     assert erasure_advance(request) == "completed"
     assert erasure_advance(request) == "completed"  # a later pass changes nothing
+
+
+def test_a_worker_killed_mid_publish_is_run_again_to_completion(
+    team, support, file_request, django_capture_on_commit_callbacks, run_on_worker, monkeypatch
+):
+    from controlplane.gdpr.erasure import erasure_advance
+    from controlplane.jobs.models import Job
+    from controlplane.storage import object_store
+    from workers.runtime import JobContext
+    from workers.storage.retrying import StorageUnavailableError
+
+    request = _approve(
+        team, file_request, django_capture_on_commit_callbacks, [{"type": "email", "value": ANN}]
+    )
+    job = Job.objects.get(kind="erasure")
+    publish = JobContext.publish
+
+    def store_goes_away(self, path, name):
+        raise StorageUnavailableError("the store went away mid-publish")
+
+    monkeypatch.setattr(JobContext, "publish", store_goes_away)
+    job = run_on_worker(job)
+    # An infrastructure failure: the platform runs the job again as its next attempt.
+    assert job.state == "queued" and job.attempt == 2, (job.state, job.error)
+    assert not job.produced_versions.exists()
+    request.refresh_from_db()
+    assert request.state == "in_progress"
+    assert erasure_advance(request) == f"waiting for job {job.pk}"
+    monkeypatch.setattr(JobContext, "publish", publish)
+    job = run_on_worker(job)
+    assert job.state == "succeeded", job.error
+    (new,) = job.produced_versions.all()
+    body = object_store().get_bytes(new.files.get().object_key).decode()
+    assert ANN not in body and body.count("\n") == 8
+    assert "attempt-2/" in new.files.get().object_key
+    assert erasure_advance(request) == "completed"
+
+
+def test_a_failed_erasure_job_fails_the_request_and_keeps_the_holds(
+    team, support, file_request, django_capture_on_commit_callbacks
+):
+    from controlplane.gdpr.erasure import erasure_advance
+    from controlplane.jobs.models import Job
+    from controlplane.policies.models import ErasureHold
+
+    request = _approve(
+        team, file_request, django_capture_on_commit_callbacks, [{"type": "email", "value": ANN}]
+    )
+    Job.objects.filter(kind="erasure").update(state="failed", error=f"could not read {ANN}")
+    assert erasure_advance(request) == "failed"
+    request.refresh_from_db()
+    assert request.state == "failed" and "[subject]" in request.failure_reason
+    assert ANN not in request.failure_reason.lower()
+    # The data may still hold the subject: training on it stays blocked.
+    assert ErasureHold.objects.filter(released_at=None, dataset_version=support).exists()
