@@ -44,6 +44,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.audit.services import audit_append
+from controlplane.gdpr import identifiers as ids
 from controlplane.gdpr import selectors, services
 from controlplane.gdpr.models import (
     ErasedDataFlag,
@@ -133,6 +134,16 @@ def erasure_start(request: SubjectRequest) -> SubjectRequest:
         return request
     request = SubjectRequest.objects.select_related("project", "reviewed_by").get(pk=request.pk)
     project, reviewer = request.project, request.reviewed_by
+    if any(
+        not ids.readable(request.project_id, row.value_token) for row in request.identifiers.all()
+    ):
+        # Searching for a placeholder would find nobody and certify "found nowhere".
+        services.request_mark_in_progress(request=request)
+        return services.request_fail(
+            request=request,
+            reason="an identifier was sealed with a retired SECRET_KEY (add it to "
+            "SECRET_KEY_FALLBACKS): the subject cannot be searched for",
+        )
     with transaction.atomic():
         locked = SubjectRequest.objects.select_for_update().get(pk=request.pk)
         if locked.progress.get("job_id"):

@@ -435,3 +435,19 @@ def test_a_failed_erasure_job_fails_the_request_and_keeps_the_holds(
     assert ANN not in request.failure_reason.lower()
     # The data may still hold the subject: training on it stays blocked.
     assert ErasureHold.objects.filter(released_at=None, dataset_version=support).exists()
+
+
+def test_identifiers_sealed_with_a_retired_key_fail_instead_of_finding_nobody(
+    team, support, file_request, django_capture_on_commit_callbacks, settings
+):
+    from controlplane.jobs.models import Job
+
+    request = file_request(identifiers=[{"type": "email", "value": ANN}])
+    settings.SECRET_KEY = "a-new-secret-key-without-its-fallback-0123456789"
+    from controlplane.gdpr.services import request_approve
+
+    with django_capture_on_commit_callbacks(execute=True):
+        request_approve(request=request, actor=team.compliance, reason="checked the identity")
+    request.refresh_from_db()
+    assert request.state == "failed" and "SECRET_KEY_FALLBACKS" in request.failure_reason
+    assert not Job.objects.filter(kind="erasure").exists()
