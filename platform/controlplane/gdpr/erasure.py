@@ -168,7 +168,7 @@ def erasure_start(request: SubjectRequest) -> SubjectRequest:
             "searched": [{"id": v.pk, "label": f"{v.dataset.slug} v{v.number}"} for v in versions],
             "holds": holds,
             "done": ["started"],
-            "steps": [{"step": "started", "at": timezone.now().isoformat(), "job_id": job.pk}],
+            "steps": [_step("started", job_id=job.pk, versions_held=len(holds))],
         }
         request = services.request_record_progress(request=request, progress=progress)
     return request
@@ -190,13 +190,23 @@ def erasure_secrets(job) -> dict[str, Any]:
 # -- the job's success (in the control worker's event transaction) -----------------------
 
 
+def _step(name: str, **details: Any) -> dict[str, Any]:
+    """One row of the request page's progress table (name, state, detail)."""
+    detail = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in details.items())
+    at = timezone.now()
+    return {
+        "name": name.replace("_", " "),
+        "state": "done",
+        "detail": f"{at:%Y-%m-%d %H:%M:%S}" + (f": {detail}" if detail else ""),
+        "at": at.isoformat(),
+        **details,
+    }
+
+
 def _record(request: SubjectRequest, step: str, **details: Any) -> SubjectRequest:
     progress = dict(request.progress)
     progress["done"] = [*progress.get("done", []), step]
-    progress["steps"] = [
-        *progress.get("steps", []),
-        {"step": step, "at": timezone.now().isoformat(), **details},
-    ]
+    progress["steps"] = [*progress.get("steps", []), _step(step, **details)]
     return services.request_record_progress(request=request, progress=progress)
 
 
@@ -279,6 +289,15 @@ def erasure_job_succeeded(job, result: dict) -> list[dict[str, Any]]:
     progress = dict(request.progress)
     progress["versions"] = rewritten
     progress["not_affected"] = untouched
+    # The request page's findings table: where, how many records, how it was searched.
+    progress["findings"] = [
+        {
+            "source": entry.get("old_label") or entry["label"],
+            "records": entry["found"]["records"],
+            "detail": _finding_detail(entry),
+        }
+        for entry in [*rewritten, *untouched]
+    ]
     request = services.request_record_progress(request=request, progress=progress)
     _record(request, "rewritten", versions=len(rewritten))
     transaction.on_commit(lambda: advance_soon(request.pk), robust=True)
@@ -298,6 +317,21 @@ def erasure_job_succeeded(job, result: dict) -> list[dict[str, Any]]:
             },
         }
     ]
+
+
+def _finding_detail(entry: dict) -> str:
+    found = entry["found"]
+    files = ", ".join(
+        f"{f['name']}: {f['records']}" for f in found.get("files", []) if f["records"]
+    )
+    text = f"searched by {found.get('method', '?')}"
+    if files:
+        text += f"; {files}"
+    if entry.get("new_label"):
+        text += f"; rewritten as {entry['new_label']}"
+    if entry.get("not_searched"):
+        text += f"; not searched through: {entry['not_searched']}"
+    return text
 
 
 def _not_searched(outcome: dict) -> dict:

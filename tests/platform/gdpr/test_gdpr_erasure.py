@@ -157,12 +157,6 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     assert {m["id"] for m in certificate["models_flagged"]} == {trained.pk, tuned.pk}
     assert certificate["audit_events"] and certificate["chain_head"]["length"] > 0
     assert certificate["found_nowhere"] is False
-    import sys
-
-    sys.path.insert(0, "/tmp")
-    import dbg
-
-    print("WHERE", dbg.where(request))
     assert ANN not in _everything_stored_about(request)
     # Rule 4's gate: nothing is held any more, the new versions are ready to train on.
     assert DatasetVersion.objects.filter(dataset=support.dataset, state="ready").count() == 3
@@ -176,6 +170,8 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     client.force_login(team.owner)
     detail = client.get(f"/projects/{team.project.pk}/subject-requests/{request.pk}/")
     assert detail.status_code == 200, detail.status_code
+    text = detail.content.decode()
+    assert "<td>scanned</td>" in text and "rewritten as support v3" in text
 
 
 def test_the_model_version_page_says_it_was_trained_on_erased_data(
