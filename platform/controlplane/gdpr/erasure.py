@@ -207,6 +207,7 @@ def _record(request: SubjectRequest, step: str, **details: Any) -> SubjectReques
     progress = dict(request.progress)
     progress["done"] = [*progress.get("done", []), step]
     progress["steps"] = [*progress.get("steps", []), _step(step, **details)]
+    progress.pop("waiting", None)  # it moved on
     return services.request_record_progress(request=request, progress=progress)
 
 
@@ -376,7 +377,18 @@ def erasure_advance(request: SubjectRequest) -> str:
         request = SubjectRequest.objects.select_related("project", "reviewed_by").get(pk=request.pk)
         if request.kind != RequestKind.ERASURE or request.state != RequestState.IN_PROGRESS:
             return request.state
-        return _advance(request)
+        outcome = _advance(request)
+        if outcome.startswith("waiting"):
+            _note_waiting(request, outcome)
+        return outcome
+
+
+def _note_waiting(request: SubjectRequest, outcome: str) -> None:
+    """What the request waits for, on its page ("waiting for job 12")."""
+    request.refresh_from_db()
+    if request.state == RequestState.IN_PROGRESS and request.progress.get("waiting") != outcome:
+        progress = {**request.progress, "waiting": outcome}
+        services.request_record_progress(request=request, progress=progress)
 
 
 def _advance(request: SubjectRequest) -> str:

@@ -129,6 +129,9 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     rebuild = Job.objects.get(kind="data_pipeline", params__dataset_version_id=raw_new.pk)
     assert waiting == f"waiting for job {rebuild.pk}"
     assert rebuild.params["val_fraction"] == 0.25
+    client.force_login(team.owner)
+    detail = client.get(f"/projects/{team.project.pk}/subject-requests/{request.pk}/")
+    assert f"Now: waiting for job {rebuild.pk}." in detail.content.decode()
     rebuild = run_on_worker(rebuild)
     assert rebuild.state == "succeeded", rebuild.error
     assert erasure_advance(request) == "completed"
