@@ -170,6 +170,7 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     assert f"erasure request #{request.pk}: its objects" in page.content.decode()
     page = client.get(f"/projects/{team.project.pk}/datasets/{support.dataset_id}/v3/")
     assert f"derived from v1 by erasure request #{request.pk}" in page.content.decode()
+    assert "Run data pipeline" in page.content.decode()  # raw data again: it can be cleaned
     client.force_login(team.owner)
     detail = client.get(f"/projects/{team.project.pk}/subject-requests/{request.pk}/")
     assert detail.status_code == 200, detail.status_code
