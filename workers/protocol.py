@@ -48,6 +48,9 @@ class JobKind(enum.StrEnum):
     PPO = "ppo"
     # A registered model version's figures (engine.evaluate): loss, samples, memorisation.
     EVALUATE = "evaluate"
+    # A data subject's erasure (GDPR Art. 17) from the project's dataset versions: find,
+    # rewrite without their records (controlplane/gdpr/erasure.py starts it on approval).
+    ERASURE = "erasure"
 
 
 class Queue(enum.StrEnum):
@@ -106,6 +109,11 @@ class JobSpec:
     # it never goes into params (stored in the job row, shown on pages, logged to MLflow).
     # Not in repr: tracebacks and log lines print specs.
     subject_key: str = field(default="", repr=False)
+    # An erasure job's subject: {"identifiers": [values in clear], "keys": {key id: key hex}
+    # (every generation of the project's subject key), "hashes": [keyed hashes under the
+    # current key]}. Secret like subject_key: only in the dispatch message, never in
+    # params, events, results or audit events; not in repr.
+    subject_secrets: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -115,6 +123,8 @@ class JobSpec:
             # Absent rather than empty: a worker from before the field refuses unknown keys,
             # so during an upgrade only the jobs that need a key depend on new workers.
             del data["subject_key"]
+        if not self.subject_secrets:
+            del data["subject_secrets"]
         return data
 
     @classmethod
@@ -132,7 +142,13 @@ class JobSpec:
                 "output_prefix",
                 "heartbeat_seconds",
             },
-            optional={"tracking_run_id", "resume_checkpoint", "tracking", "subject_key"},
+            optional={
+                "tracking_run_id",
+                "resume_checkpoint",
+                "tracking",
+                "subject_key",
+                "subject_secrets",
+            },
         )
         try:
             kind = JobKind(data["kind"])
@@ -153,6 +169,7 @@ class JobSpec:
             resume_checkpoint=data.get("resume_checkpoint"),
             tracking=dict(data["tracking"]) if data.get("tracking") else None,
             subject_key=str(data.get("subject_key") or ""),
+            subject_secrets=dict(data["subject_secrets"]) if data.get("subject_secrets") else None,
         )
 
 

@@ -22,6 +22,7 @@ app.autodiscover_tasks(
         "controlplane.registry",
         "controlplane.serving",
         "controlplane.policies",
+        "controlplane.gdpr",
     ]
 )
 # The MLflow registry mirror's task lives with its reconciliation (registry/mlflow_sync.py).

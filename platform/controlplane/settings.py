@@ -388,6 +388,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30.0,
         "options": {"queue": "control", "expires": 300},
     },
+    # GDPR erasures in progress (controlplane/gdpr/erasure.py): steps a lost message or a
+    # store failure left waiting are taken up again.
+    "gdpr-erasures-advance": {
+        "task": "control.gdpr_erasures_advance",
+        "schedule": 60.0,
+        "options": {"queue": "control", "expires": 300},
+    },
     # The violation scan over every project (controlplane/policies/scan.py), at night; a
     # run missed by more than a few hours waits for the next night.
     "policy-scan-nightly": {

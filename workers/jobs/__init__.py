@@ -5,6 +5,7 @@ what it runs, and the platform, which imports workers.protocol, never pulls the 
 """
 
 from workers.jobs.data_pipeline import run_data_pipeline
+from workers.jobs.erasure import run_erasure
 from workers.jobs.evaluate import run_evaluate
 from workers.jobs.finetune import run_finetune
 from workers.jobs.images import run_image_training
@@ -26,4 +27,5 @@ HANDLERS = {
     JobKind.DPO: run_finetune,
     JobKind.PPO: run_finetune,
     JobKind.EVALUATE: run_evaluate,
+    JobKind.ERASURE: run_erasure,
 }

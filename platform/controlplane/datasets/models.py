@@ -108,6 +108,19 @@ class DatasetVersion(models.Model):
     # a key part of up to 200 (workers/storage/keys.py).
     storage_bucket = models.CharField(max_length=255, blank=True)
     storage_region = models.CharField(max_length=100, blank=True)
+    # State `erased`: the version's objects were deleted (every stored version) by a data
+    # subject's erasure; the row stays so that lineage and the audit trail remain whole.
+    erased_at = models.DateTimeField(null=True, blank=True)
+    erased_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    erasure_request = models.ForeignKey(
+        "gdpr.SubjectRequest",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="erased_versions",
+    )
 
     class Meta:
         ordering = ["dataset_id", "-number"]

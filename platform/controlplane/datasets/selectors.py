@@ -42,6 +42,12 @@ def version_has_token_shards(version: DatasetVersion) -> bool:
     return version.files.filter(role=FileRole.SHARD, name__startswith="tokens/").exists()
 
 
+def version_is_raw(version: DatasetVersion) -> bool:
+    """Whether the version holds raw data (uploaded, or an upload rewritten by an erasure)
+    rather than a pipeline's output (which has a manifest): what the pipeline cleans."""
+    return not version.files.filter(role=FileRole.MANIFEST).exists()
+
+
 def version_file_ids(version: DatasetVersion) -> set[int]:
     return set(version.files.values_list("pk", flat=True))
 

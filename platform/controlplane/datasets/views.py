@@ -25,6 +25,7 @@ from controlplane.datasets.selectors import (
     dataset_in,
     datasets_for,
     version_has_token_shards,
+    version_is_raw,
     version_numbered,
     versions_of,
 )
@@ -153,6 +154,7 @@ def dataset_version(
         "form": form,
         "train_form": train_form,
         "has_shards": version_has_token_shards(version),
+        "is_raw": version_is_raw(version),
         "report_rows": _report_rows(version.report),
         "violations": violations_banner(project, SubjectType.DATASET_VERSION, version.pk),
     }

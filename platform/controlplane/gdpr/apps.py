@@ -5,3 +5,12 @@ class GdprConfig(AppConfig):
     name = "controlplane.gdpr"
     label = "gdpr"
     verbose_name = "GDPR data-subject requests"
+
+    def ready(self) -> None:
+        # An approved erasure request starts its job (gdpr/erasure.py); not twice when
+        # ready() runs again (tests, a reloaded app registry).
+        from controlplane.gdpr import services
+        from controlplane.gdpr.erasure import erasure_start
+
+        if erasure_start not in services.on_approved:
+            services.on_approved.append(erasure_start)

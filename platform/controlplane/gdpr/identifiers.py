@@ -139,6 +139,16 @@ def unseal(project_id: int, token: str) -> str:
         return "(unreadable: sealed with a retired key)"
 
 
+def readable(project_id: int, token: str) -> bool:
+    """Whether the token opens with the current keys (an erasure must not search for the
+    placeholder `unseal` shows instead)."""
+    try:
+        _keys(project_id).decrypt(token.encode())
+    except InvalidToken:
+        return False
+    return True
+
+
 def masked(kind: str, value: str) -> str:
     """What members who may not see the subject in clear see: "a***@example.com", "C***"."""
     if kind == "email" and "@" in value:

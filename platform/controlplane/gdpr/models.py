@@ -113,3 +113,30 @@ class SubjectIdentifier(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} #{self.subject_hash[:12]}"
+
+
+class ErasedDataFlag(models.Model):
+    """A model version trained (transitively) on a dataset version that an erasure
+    rewrote: "trained on erased data", with the request. What follows (warn, block
+    serving, retrain) is the project's policy's call."""
+
+    model_version = models.ForeignKey(
+        "registry.ModelVersion", on_delete=models.CASCADE, related_name="erased_data_flags"
+    )
+    request = models.ForeignKey(
+        SubjectRequest, on_delete=models.PROTECT, related_name="model_flags"
+    )
+    # The erased dataset versions it was trained on: [{"id", "label"}].
+    dataset_versions = models.JSONField(default=list)
+    flagged_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-flagged_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_version", "request"], name="one_erasure_flag_per_model_version"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"model version {self.model_version_id} trained on data erased by #{self.request_id}"

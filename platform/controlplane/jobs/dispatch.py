@@ -86,6 +86,7 @@ def job_spec(job: Job) -> JobSpec:
         tracking_run_id=job.tracking_run_id or None,
         tracking=tracking_block(job),
         subject_key=_subject_key(job),
+        subject_secrets=_subject_secrets(job),
     )
 
 
@@ -96,6 +97,16 @@ def _subject_key(job: Job) -> str:
     if job.kind == JobKind.DATA_PIPELINE and job.params.get("subject_field"):
         return project_subject_key(job.project)
     return ""
+
+
+def _subject_secrets(job: Job) -> dict | None:
+    """An erasure job's subject (identifiers, the project's keys, the keyed hashes), read
+    from its request at send time: in the message only (see JobSpec.subject_secrets)."""
+    if job.kind != JobKind.ERASURE:
+        return None
+    from controlplane.gdpr.erasure import erasure_secrets
+
+    return erasure_secrets(job)
 
 
 def tracking_block(job: Job) -> dict:

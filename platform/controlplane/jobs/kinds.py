@@ -149,6 +149,15 @@ def _validate_evaluate(project: Project, params: dict[str, Any]) -> JobRequest:
     return validate_evaluate(project, params)
 
 
+def _validate_erasure(project: Project, params: dict[str, Any]) -> JobRequest:
+    # An erasure job carries a data subject's identifiers in its dispatch message: only an
+    # approved erasure request starts one (controlplane/gdpr/erasure.py builds its request
+    # itself), never a member through the jobs API.
+    raise JobRequestError(
+        {"kind": ["erasure jobs are started by an approved erasure request (GDPR), not here"]}
+    )
+
+
 _VALIDATORS = {
     **{
         kind: partial(_validate_image_training, kind=kind)
@@ -169,6 +178,7 @@ _VALIDATORS = {
         )
     },
     JobKind.EVALUATE: _validate_evaluate,
+    JobKind.ERASURE: _validate_erasure,
 }
 
 

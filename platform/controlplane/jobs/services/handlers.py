@@ -252,8 +252,10 @@ def _audit_finish(writes: EventWrites, event: JobEvent, action: str, **details: 
 
 def _create_derived_version(job: Job, result: dict) -> None:
     from controlplane.datasets.services import dataset_version_from_job
+    from controlplane.gdpr.erasure import rebuild_finished
 
     dataset_version_from_job(job=job, result=result)
+    rebuild_finished(job)  # an erasure waiting for this rebuild goes on
 
 
 def _record_evaluation(job: Job, result: dict) -> list[dict[str, Any]]:
@@ -262,9 +264,19 @@ def _record_evaluation(job: Job, result: dict) -> list[dict[str, Any]]:
     return evaluation_record(job, result)
 
 
+def _apply_erasure(job: Job, result: dict) -> list[dict[str, Any]]:
+    from controlplane.gdpr.erasure import erasure_job_succeeded
+
+    return erasure_job_succeeded(job, result)
+
+
 # What a successful job of a kind leaves behind besides its result, in the same transaction;
 # a hook may return audit events (action, artifact, payload), appended with the batch's.
-_ON_SUCCESS = {"data_pipeline": _create_derived_version, "evaluate": _record_evaluation}
+_ON_SUCCESS = {
+    "data_pipeline": _create_derived_version,
+    "evaluate": _record_evaluation,
+    "erasure": _apply_erasure,
+}
 
 
 def _register_model(writes: EventWrites, job: Job) -> None:

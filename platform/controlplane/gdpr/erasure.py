@@ -1,0 +1,943 @@
+"""Carrying out an approved erasure request (GDPR Art. 17): holds, job, delete, certificate.
+
+    services.on_approved -> erasure_start(request)      holds + in progress + `erasure` job
+    worker (workers/jobs/erasure.py)                    finds and rewrites, per version
+    job succeeded -> erasure_job_succeeded(job, result) a new version per affected version
+    erasure_advance(request)                            the rest, step by step (below)
+
+`erasure_advance` is what the control worker runs after the job's success commits (a
+task sent then) and on its beat (`control.gdpr_erasures_advance`, every minute), so a
+lost message or a failed step is simply taken up again. Its steps, each recorded in
+`request.progress["done"]` and each safe to repeat:
+
+1. rebuild   derived outputs that lost records and keep token shards are rebuilt: a
+             data_pipeline job with the old output's pipeline config on the new raw
+             version; the request waits (visibly, "waiting for job N") until they end.
+2. delete    every stored version of every object of the old versions
+             (`delete_all_versions` per DatasetFile key); the versions become `erased`
+             (who, when, which request) and keep their rows. A store failure raises: the
+             next pass retries, and deleting what is gone is a no-op.
+3. archive   the subject out of the inference archive, with the hash of every key
+             generation (serving/erasure.py).
+4. models    every model version trained, transitively, on an old version is flagged
+             (ErasedDataFlag).
+5. scan      a residue scan of every object version under projects/<id>/ for the
+             identifiers (workers/storage/residue.py); a hit fails the request with where
+             (key, object version, line), never the text.
+6. release   the request's erasure holds.
+7. complete  the certificate: the request, reviewer, findings per version and file, what
+             was rewritten and deleted, models flagged, the scan, audit event ids and the
+             chain head.
+
+The subject appears in audit events and progress only as keyed hashes; the identifiers
+reach the worker only in the job's dispatch message (JobSpec.subject_secrets).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from controlplane.audit.services import audit_append
+from controlplane.gdpr import identifiers as ids
+from controlplane.gdpr import selectors, services
+from controlplane.gdpr.models import (
+    ErasedDataFlag,
+    RequestKind,
+    RequestState,
+    SubjectRequest,
+)
+
+logger = logging.getLogger(__name__)
+
+ADVANCE_TASK = "control.gdpr_erasure_advance"
+_JSONL = tuple(s + c for s in (".jsonl", ".ndjson") for c in ("", ".gz", ".zst"))
+MAX_HITS_SHOWN = 20
+_LOCK_SPACE = 0x6764_7072  # "gdpr": advisory locks of erasure_advance, per request id
+
+
+def reference_of(request: SubjectRequest) -> str:
+    return f"erasure request #{request.pk}"
+
+
+# -- start --------------------------------------------------------------------------------
+
+
+def erasure_candidates(project) -> list:
+    """The dataset versions an erasure searches: ready text versions of a dataset with a
+    subject field, or holding JSONL, or a pipeline output (a manifest)."""
+    from controlplane.datasets.models import DatasetVersion, VersionState
+
+    found = []
+    versions = (
+        DatasetVersion.objects.filter(
+            dataset__project=project, dataset__kind="text", state=VersionState.READY
+        )
+        .select_related("dataset")
+        .prefetch_related("files")
+        .order_by("dataset_id", "number")
+    )
+    for version in versions:
+        names = [f.name for f in version.files.all()]
+        output = any(n.rsplit("/", 1)[-1] == "manifest.json" for n in names)
+        if (
+            version.dataset.subject_field
+            or output
+            or any(n.lower().endswith(_JSONL) for n in names)
+        ):
+            found.append(version)
+    return found
+
+
+def _search_of(version) -> str:
+    names = [f.name for f in version.files.all()]
+    output = any(n.rsplit("/", 1)[-1] == "manifest.json" for n in names)
+    if version.dataset.subject_field:
+        return "index" if output else "field"
+    return "scan"
+
+
+def _job_request(request: SubjectRequest, versions: list):
+    from controlplane.jobs.requests import JobRequest
+    from workers.protocol import Queue
+
+    inputs, listed = [], []
+    for version in versions:
+        files = []
+        for f in sorted(version.files.all(), key=lambda f: (f.name, f.pk)):
+            files.append({"name": f.name, "input": len(inputs)})
+            inputs.append({"uri": f.object_key, "sha256": f.sha256, "size": f.size})
+        listed.append(
+            {
+                "id": version.pk,
+                "label": f"{version.dataset.slug} v{version.number}",
+                "search": _search_of(version),
+                "subject_field": version.dataset.subject_field,
+                "files": files,
+            }
+        )
+    params = {"request_id": request.pk, "versions": listed}
+    return JobRequest(queue=Queue.CPU, params=params, inputs=inputs)
+
+
+def erasure_start(request: SubjectRequest) -> SubjectRequest:
+    """The `on_approved` hook: hold every searched version, start the job. Idempotent."""
+    from controlplane.jobs.services.lifecycle import _job_insert
+    from controlplane.policies.waivers import hold_place
+
+    if request.kind != RequestKind.ERASURE:
+        return request
+    request = SubjectRequest.objects.select_related("project", "reviewed_by").get(pk=request.pk)
+    project, reviewer = request.project, request.reviewed_by
+    if any(
+        not ids.readable(request.project_id, row.value_token) for row in request.identifiers.all()
+    ):
+        # Searching for a placeholder would find nobody and certify "found nowhere".
+        services.request_mark_in_progress(request=request)
+        return services.request_fail(
+            request=request,
+            reason="an identifier was sealed with a retired SECRET_KEY (add it to "
+            "SECRET_KEY_FALLBACKS): the subject cannot be searched for",
+        )
+    with transaction.atomic():
+        locked = SubjectRequest.objects.select_for_update().get(pk=request.pk)
+        if locked.progress.get("job_id"):
+            return locked  # started already (a hook run twice)
+        request = services.request_mark_in_progress(request=request)
+        versions = erasure_candidates(project)
+        # Held before anything is searched: which of them hold the subject is what the
+        # job finds out, and until then none may be trained on.
+        holds = [
+            hold_place(
+                project=project,
+                actor=reviewer,
+                dataset_version_id=version.pk,
+                reference=reference_of(request),
+                reason="approved erasure in progress",
+            ).pk
+            for version in versions
+        ]
+        job = _job_insert(project, "erasure", _job_request(request, versions), reviewer, "")
+        progress = {
+            "job_id": job.pk,
+            "searched": [{"id": v.pk, "label": f"{v.dataset.slug} v{v.number}"} for v in versions],
+            "holds": holds,
+            "done": ["started"],
+            "steps": [_step("started", job_id=job.pk, versions_held=len(holds))],
+        }
+        request = services.request_record_progress(request=request, progress=progress)
+    return request
+
+
+def erasure_secrets(job) -> dict[str, Any]:
+    """What the erasure job's dispatch message carries (JobSpec.subject_secrets)."""
+    from controlplane.subject_keys import project_subject_keys, subject_key_id
+
+    request = SubjectRequest.objects.select_related("project").get(pk=job.params["request_id"])
+    keys = project_subject_keys(request.project)  # the current one first
+    return {
+        "identifiers": [i.value for i in selectors.identifiers_clear(request)],
+        "keys": {subject_key_id(key): key for key in keys},
+        "hashes": [row.subject_hash for row in request.identifiers.all()],
+    }
+
+
+# -- the job's success (in the control worker's event transaction) -----------------------
+
+
+def _step(name: str, **details: Any) -> dict[str, Any]:
+    """One row of the request page's progress table (name, state, detail)."""
+    detail = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in details.items())
+    at = timezone.now()
+    return {
+        "name": name.replace("_", " "),
+        "state": "done",
+        "detail": f"{at:%Y-%m-%d %H:%M:%S}" + (f": {detail}" if detail else ""),
+        "at": at.isoformat(),
+        **details,
+    }
+
+
+def _record(request: SubjectRequest, step: str, **details: Any) -> SubjectRequest:
+    progress = dict(request.progress)
+    progress["done"] = [*progress.get("done", []), step]
+    progress["steps"] = [*progress.get("steps", []), _step(step, **details)]
+    progress.pop("waiting", None)  # it moved on
+    return services.request_record_progress(request=request, progress=progress)
+
+
+def _subjects(request: SubjectRequest) -> list[str]:
+    return [row.subject_hash for row in request.identifiers.all()]
+
+
+def erasure_job_succeeded(job, result: dict) -> list[dict[str, Any]]:
+    """A new version for each version the job found the subject in (rows only: the job
+    stored the files). Returns the audit event for the job's batch."""
+    from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion
+    from controlplane.datasets.services import _role_of
+    from controlplane.datasets.versioning import version_mark_ready, version_number_take
+    from controlplane.storage import object_store
+
+    request = SubjectRequest.objects.select_related("project").get(pk=job.params["request_id"])
+    if request.state != RequestState.IN_PROGRESS or "rewritten" in request.progress.get("done", []):
+        return []
+    location = object_store().location()
+    rewritten, untouched = [], []
+    for outcome in result.get("versions", []):
+        old = DatasetVersion.objects.select_related("dataset").get(pk=outcome["id"])
+        label = f"{old.dataset.slug} v{old.number}"
+        if not outcome["found"]["records"]:
+            untouched.append(
+                {"id": old.pk, "label": label, "found": outcome["found"], **_not_searched(outcome)}
+            )
+            continue
+        dataset = Dataset.objects.get(pk=old.dataset_id)
+        new = DatasetVersion.objects.create(
+            dataset=dataset,
+            number=version_number_take(dataset),
+            produced_by=job,
+            created_by=request.reviewed_by,
+            note=f"derived from v{old.number} by {reference_of(request)}",
+            record_count=(
+                old.record_count - outcome["found"]["records"]
+                if old.record_count is not None
+                else None
+            ),
+            storage_bucket=location.bucket,
+            storage_region=location.region,
+        )
+        new.parents.add(old)
+        DatasetFile.objects.bulk_create(
+            DatasetFile(
+                version=new,
+                name=f["name"],
+                role=_role_of(f["name"]),
+                object_key=f["key"],
+                size=f["size"],
+                sha256=f["sha256"],
+            )
+            for f in outcome["new_files"]
+        )
+        version_mark_ready(
+            new,
+            None,
+            action="dataset_version.derived",
+            payload={
+                "job_id": job.pk,
+                "parent_version_id": old.pk,
+                "request": request.pk,
+                "subjects": _subjects(request),
+            },
+        )
+        rewritten.append(
+            {
+                "old": old.pk,
+                "old_label": label,
+                "new": new.pk,
+                "new_label": f"{dataset.slug} v{new.number}",
+                "found": outcome["found"],
+                "new_files": outcome["new_files"],
+                "unchanged": outcome["unchanged"],
+                "dropped": outcome["dropped"],
+                "rebuild": outcome["rebuild"],
+            }
+        )
+    progress = dict(request.progress)
+    progress["versions"] = rewritten
+    progress["not_affected"] = untouched
+    # The request page's findings table: where, how many records, how it was searched.
+    progress["findings"] = [
+        {
+            "source": entry.get("old_label") or entry["label"],
+            "records": entry["found"]["records"],
+            "detail": _finding_detail(entry),
+        }
+        for entry in [*rewritten, *untouched]
+    ]
+    request = services.request_record_progress(request=request, progress=progress)
+    _record(request, "rewritten", versions=len(rewritten))
+    transaction.on_commit(lambda: advance_soon(request.pk), robust=True)
+    return [
+        {
+            "action": "subject_request.rewritten",
+            "artifact": request,
+            "payload": {
+                "request": request.pk,
+                "subjects": _subjects(request),
+                "job_id": job.pk,
+                "versions": [
+                    {"old": r["old"], "new": r["new"], "records": r["found"]["records"]}
+                    for r in rewritten
+                ],
+                "searched": len(result.get("versions", [])),
+            },
+        }
+    ]
+
+
+def _finding_detail(entry: dict) -> str:
+    found = entry["found"]
+    files = ", ".join(
+        f"{f['name']}: {f['records']}" for f in found.get("files", []) if f["records"]
+    )
+    text = f"searched by {found.get('method', '?')}"
+    if files:
+        text += f"; {files}"
+    if entry.get("new_label"):
+        text += f"; rewritten as {entry['new_label']}"
+    if entry.get("not_searched"):
+        text += f"; not searched through: {entry['not_searched']}"
+    return text
+
+
+def _not_searched(outcome: dict) -> dict:
+    return {"not_searched": outcome["not_searched"]} if outcome.get("not_searched") else {}
+
+
+def advance_soon(request_id: int) -> None:
+    """Ask the control worker to go on with the request (the beat does it otherwise)."""
+    from controlplane.celery_app import app
+    from workers.protocol import CONTROL_QUEUE
+
+    try:
+        app.send_task(ADVANCE_TASK, args=[request_id], queue=CONTROL_QUEUE)
+    except Exception:  # noqa: BLE001 - the beat's pass takes it up
+        logger.warning("could not send %s for request %s", ADVANCE_TASK, request_id)
+
+
+# -- the rest, step by step ---------------------------------------------------------------
+
+
+@contextmanager
+def _advisory_lock(request_id: int):
+    """One pass at a time per request (the task after commit and the beat may meet)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_SPACE, request_id])
+        got = cursor.fetchone()[0]
+    try:
+        yield got
+    finally:
+        if got:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LOCK_SPACE, request_id])
+
+
+def erasure_advance(request: SubjectRequest) -> str:
+    """Take the request as far as it can go now; returns where it stands ("completed",
+    "failed", "waiting for job N", "busy"). Raises on a store failure (the step is
+    retried by the next pass; the request stays in progress)."""
+    with _advisory_lock(request.pk) as got:
+        if not got:
+            return "busy"
+        request = SubjectRequest.objects.select_related("project", "reviewed_by").get(pk=request.pk)
+        if request.kind != RequestKind.ERASURE or request.state != RequestState.IN_PROGRESS:
+            return request.state
+        outcome = _advance(request)
+        if outcome.startswith("waiting"):
+            _note_waiting(request, outcome)
+        return outcome
+
+
+def _note_waiting(request: SubjectRequest, outcome: str) -> None:
+    """What the request waits for, on its page ("waiting for job 12")."""
+    request.refresh_from_db()
+    if request.state == RequestState.IN_PROGRESS and request.progress.get("waiting") != outcome:
+        progress = {**request.progress, "waiting": outcome}
+        services.request_record_progress(request=request, progress=progress)
+
+
+def _advance(request: SubjectRequest) -> str:
+    from controlplane.jobs.models import Job, JobState
+
+    done = request.progress.get("done", [])
+    job = Job.objects.filter(pk=request.progress.get("job_id")).first()
+    if job is None:
+        services.request_fail(request=request, reason="the erasure job is missing")
+        return "failed"
+    if job.state in (JobState.FAILED, JobState.CANCELLED):
+        services.request_fail(
+            request=request, reason=f"erasure job {job.pk} {job.state}: {job.error}"
+        )
+        return "failed"
+    if job.state != JobState.SUCCEEDED or "rewritten" not in done:
+        return f"waiting for job {job.pk}"
+    if "rebuilt" not in done:
+        waiting = _rebuild(request)
+        if waiting:
+            return waiting
+        request.refresh_from_db()
+    if "deleted" not in request.progress.get("done", []):
+        busy = _jobs_reading_old_versions(request)
+        if busy:
+            # Not pulled from under a running job: the erasure waits for it, visibly.
+            return f"waiting for job {busy[0].pk} (it reads a version being erased)"
+    steps = (
+        ("deleted", _delete_old_versions),
+        ("copies_scrubbed", _scrub_job_copies),
+        ("archive_erased", _erase_archive),
+        ("models_flagged", _flag_models),
+    )
+    for name, step in steps:
+        if name not in request.progress.get("done", []):
+            details = step(request)
+            request.refresh_from_db()
+            request = _record(request, name, **details)
+    if "scanned" not in request.progress.get("done", []):
+        scan = _residue_scan(request)
+        request.refresh_from_db()
+        if not scan["clean"]:
+            progress = {**request.progress, "scan": scan}
+            request = services.request_record_progress(request=request, progress=progress)
+            services.request_fail(request=request, reason=_residue_reason(scan))
+            return "failed"
+        progress = {**request.progress, "scan": scan}
+        request = services.request_record_progress(request=request, progress=progress)
+        request = _record(request, "scanned", clean=True)
+    if "released" not in request.progress.get("done", []):
+        request = _record(request, "released", holds=_release_holds(request))
+    services.request_complete(request=request, certificate=_certificate(request))
+    return "completed"
+
+
+def _rebuild(request: SubjectRequest) -> str | None:
+    """Start (once) and wait for the data_pipeline jobs that rebuild token shards."""
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.jobs.models import Job, JobState
+    from controlplane.jobs.services import job_create
+
+    versions = request.progress.get("versions", [])
+    new_of = {entry["old"]: entry["new"] for entry in versions}
+    rebuilds = list(request.progress.get("rebuilds", []))
+    started = {r["for"] for r in rebuilds}
+    for entry in versions:
+        if "tokens" not in entry["rebuild"] or entry["old"] in started:
+            continue
+        old = DatasetVersion.objects.select_related("produced_by").get(pk=entry["old"])
+        pipeline = old.produced_by
+        source = (pipeline.params or {}).get("dataset_version_id") if pipeline else None
+        if pipeline is None or pipeline.kind != "data_pipeline" or source not in new_of:
+            rebuilds.append(
+                {
+                    "for": entry["old"],
+                    "job_id": None,
+                    "note": "no rewritten source version to run the pipeline on; the new "
+                    "version has no token shards",
+                }
+            )
+            continue
+        target = new_of[source]
+        # Idempotent after a crash between creating the job and recording it: the new
+        # source version is the erasure's own, so a pipeline job on it is this one.
+        job = Job.objects.filter(kind="data_pipeline", params__dataset_version_id=target).first()
+        if job is None:
+            params = {
+                k: pipeline.params[k]
+                for k in ("pipeline", "tokenizer", "val_fraction", "text_field")
+                if k in pipeline.params
+            }
+            job = job_create(
+                project=request.project,
+                kind="data_pipeline",
+                params={**params, "dataset_version_id": target},
+                actor=request.reviewed_by,
+            )
+        rebuilds.append({"for": entry["old"], "job_id": job.pk, "source": target})
+    if rebuilds != request.progress.get("rebuilds", []):
+        progress = {**request.progress, "rebuilds": rebuilds}
+        request = services.request_record_progress(request=request, progress=progress)
+    for rebuild in rebuilds:
+        if rebuild["job_id"] is None:
+            continue
+        job = Job.objects.get(pk=rebuild["job_id"])
+        if job.state in (JobState.FAILED, JobState.CANCELLED):
+            services.request_fail(
+                request=request,
+                reason=f"rebuilding token shards: job {job.pk} {job.state}: {job.error}",
+            )
+            return "failed"
+        if job.state != JobState.SUCCEEDED:
+            return f"waiting for job {job.pk}"
+        rebuild["version"] = job.produced_versions.values_list("pk", flat=True).first()
+    progress = {**request.progress, "rebuilds": rebuilds}
+    request = services.request_record_progress(request=request, progress=progress)
+    _record(request, "rebuilt", jobs=[r["job_id"] for r in rebuilds if r["job_id"]])
+    return None
+
+
+def _jobs_reading_old_versions(request: SubjectRequest) -> list:
+    """Queued or running jobs of the project that read one of the old versions."""
+    from controlplane.jobs.models import Job, JobState
+
+    old_ids = [entry["old"] for entry in request.progress.get("versions", [])]
+    if not old_ids:
+        return []
+    return list(
+        Job.objects.filter(
+            project=request.project,
+            state__in=[JobState.QUEUED, JobState.RUNNING],
+            params__dataset_version_id__in=old_ids,
+        ).order_by("pk")
+    )
+
+
+def _delete_old_versions(request: SubjectRequest) -> dict:
+    from controlplane.datasets.models import DatasetFile, DatasetVersion, VersionState
+    from controlplane.storage import object_store
+
+    store = object_store()
+    deleted = dict(request.progress.get("deleted", {}))  # object key -> version ids
+    for entry in request.progress.get("versions", []):
+        files = list(DatasetFile.objects.filter(version_id=entry["old"]).order_by("name", "id"))
+        for file in files:
+            # Recorded key by key: a store failing half-way leaves a true account, and
+            # the next pass deletes what is left (nothing, for what is gone).
+            ids = store.delete_all_versions(file.object_key)
+            deleted[file.object_key] = sorted({*deleted.get(file.object_key, []), *ids})
+            progress = {**request.progress, "deleted": deleted}
+            request = services.request_record_progress(request=request, progress=progress)
+        with transaction.atomic():
+            marked = DatasetVersion.objects.filter(
+                pk=entry["old"], state=VersionState.READY
+            ).update(
+                state=VersionState.ERASED,
+                erased_at=timezone.now(),
+                erased_by=request.reviewed_by,
+                erasure_request=request,
+                # Both quote records (first records, report examples): the subject's perhaps.
+                preview=None,
+                report=None,
+            )
+            if marked:
+                version = DatasetVersion.objects.select_related("dataset").get(pk=entry["old"])
+                audit_append(
+                    project=request.project,
+                    actor=request.reviewed_by,
+                    action="dataset_version.erased",
+                    artifact=version,
+                    payload={
+                        "request": request.pk,
+                        "subjects": _subjects(request),
+                        "dataset_id": version.dataset_id,
+                        "number": version.number,
+                        "replaced_by": entry["new"],
+                        "files": [
+                            {
+                                "name": f.name,
+                                "object_key": f.object_key,
+                                "sha256": f.sha256,
+                                "deleted_versions": deleted.get(f.object_key, []),
+                            }
+                            for f in files
+                        ],
+                    },
+                )
+    return {"objects": len(deleted)}
+
+
+def _without_examples(value: Any) -> Any:
+    """A pipeline report without its example snippets (they quote records)."""
+    if isinstance(value, dict):
+        return {
+            k: ([] if k in ("examples", "problem_examples") else _without_examples(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_examples(v) for v in value]
+    return value
+
+
+def _scrubbed(result: Any, request: SubjectRequest) -> Any:
+    if not isinstance(result, dict):
+        return result
+    clean = {**result, "erased_by_request": request.pk}
+    if "preview" in clean:
+        clean["preview"] = []
+    if "report" in clean:
+        clean["report"] = _without_examples(clean["report"])
+    if "summary" in clean:
+        clean["summary"] = ""
+    return clean
+
+
+def _scrub_job_copies(request: SubjectRequest) -> dict:
+    """What the jobs that made the old versions copied of their records: the result's
+    first records and report examples (job row, its `finished` event rows) and the
+    attempts' completion records in the store (which repeat the `finished` event)."""
+    from controlplane.datasets.models import DatasetVersion
+    from controlplane.jobs.models import Job, JobEventRecord
+    from controlplane.storage import object_store
+    from workers.protocol import EventType, completion_record_key
+
+    old_ids = [entry["old"] for entry in request.progress.get("versions", [])]
+    job_ids = sorted(
+        {
+            pk
+            for pk in DatasetVersion.objects.filter(pk__in=old_ids).values_list(
+                "produced_by_id", flat=True
+            )
+            if pk is not None and pk != request.progress.get("job_id")
+        }
+    )
+    store = object_store()
+    deleted = []
+    for job in Job.objects.filter(pk__in=job_ids).order_by("pk"):
+        for attempt in range(1, job.attempt + 1):
+            key = completion_record_key(job.pk, attempt)
+            if store.delete_all_versions(key):
+                deleted.append(key)
+        with transaction.atomic():
+            Job.objects.filter(pk=job.pk).update(result=_scrubbed(job.result, request))
+            for event in JobEventRecord.objects.filter(job=job, type=EventType.FINISHED):
+                payload = {
+                    **event.payload,
+                    "result": _scrubbed(event.payload.get("result"), request),
+                }
+                JobEventRecord.objects.filter(pk=event.pk).update(payload=payload)
+            audit_append(
+                project=request.project,
+                actor=None,
+                action="job.result_scrubbed",
+                artifact=job,
+                payload={
+                    "request": request.pk,
+                    "subjects": _subjects(request),
+                    "removed": ["preview", "report examples", "summary"],
+                    "completion_records_deleted": [k for k in deleted if f"/{job.pk}/" in k],
+                },
+            )
+    progress = {**request.progress, "scrubbed_jobs": job_ids, "completion_records_deleted": deleted}
+    services.request_record_progress(request=request, progress=progress)
+    return {"jobs": job_ids}
+
+
+def _erase_archive(request: SubjectRequest) -> dict:
+    from controlplane.serving.erasure import archive_erase_subject
+    from controlplane.subject_keys import subject_hashes
+
+    reports = []
+    for identifier in selectors.identifiers_clear(request):
+        for digest in subject_hashes(request.project, identifier.value):
+            report = archive_erase_subject(project=request.project, subject_hash=digest)
+            if report.records_removed or report.objects:
+                reports.append(report.to_dict())
+    summary = {
+        "records_removed": sum(r["records_removed"] for r in reports),
+        "objects": [o for r in reports for o in r["objects"]],
+    }
+    with transaction.atomic():
+        progress = {**request.progress, "archive": summary}
+        services.request_record_progress(request=request, progress=progress)
+        audit_append(
+            project=request.project,
+            actor=None,
+            action="subject_request.archive_erased",
+            artifact=request,
+            payload={
+                "request": request.pk,
+                "subjects": _subjects(request),
+                "records_removed": summary["records_removed"],
+                "objects": [
+                    {
+                        "key": o["key"],
+                        "new_key": o["new_key"],
+                        "deleted_versions": o["deleted_versions"],
+                    }
+                    for o in summary["objects"]
+                ],
+            },
+        )
+    return {"records_removed": summary["records_removed"]}
+
+
+def models_trained_on(version_ids: list[int]) -> list:
+    """Model versions trained on any of the dataset versions, transitively: through the
+    lineage recorded at registration, and through models fine-tuned from them."""
+    from controlplane.registry.models import ModelVersion
+
+    found = {
+        mv.pk: mv for mv in ModelVersion.objects.filter(dataset_versions__in=version_ids).distinct()
+    }
+    frontier = list(found)
+    while frontier:
+        children = ModelVersion.objects.filter(base_version_id__in=frontier).exclude(
+            pk__in=list(found)
+        )
+        frontier = []
+        for child in children:
+            found[child.pk] = child
+            frontier.append(child.pk)
+    return sorted(found.values(), key=lambda mv: mv.pk)
+
+
+def _flag_models(request: SubjectRequest) -> dict:
+    from controlplane.datasets.models import DatasetVersion
+
+    old_ids = [entry["old"] for entry in request.progress.get("versions", [])]
+    labels = {
+        v.pk: f"{v.dataset.slug} v{v.number}"
+        for v in DatasetVersion.objects.filter(pk__in=old_ids).select_related("dataset")
+    }
+    flagged = []
+    for model_version in models_trained_on(old_ids):
+        used = set(model_version.dataset_versions.values_list("pk", flat=True)) & set(old_ids)
+        with transaction.atomic():
+            flag, created = ErasedDataFlag.objects.get_or_create(
+                model_version=model_version,
+                request=request,
+                defaults={
+                    "dataset_versions": [{"id": i, "label": labels[i]} for i in sorted(used)]
+                },
+            )
+            if created:
+                audit_append(
+                    project=request.project,
+                    actor=None,
+                    action="model_version.trained_on_erased",
+                    artifact=model_version,
+                    payload={
+                        "request": request.pk,
+                        "subjects": _subjects(request),
+                        "dataset_versions": flag.dataset_versions,
+                    },
+                )
+        flagged.append(
+            {
+                "id": model_version.pk,
+                "label": f"{model_version.model.name} v{model_version.number}",
+                "dataset_versions": flag.dataset_versions,
+            }
+        )
+    progress = {**request.progress, "models_flagged": flagged}
+    services.request_record_progress(request=request, progress=progress)
+    return {"models": len(flagged)}
+
+
+def _residue_scan(request: SubjectRequest) -> dict:
+    from controlplane.jobs.models import Job
+    from controlplane.storage import object_store
+    from workers.storage.residue import scan_objects
+
+    # The project's objects, and what its jobs left under system/ (completion records,
+    # which repeat a job's result).
+    prefixes = [f"projects/{request.project_id}/"] + [
+        f"system/jobs/{pk}/"
+        for pk in Job.objects.filter(project=request.project)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    ]
+    needles = [i.value for i in selectors.identifiers_clear(request)]
+    report = scan_objects(object_store(), prefixes, needles)
+    summary = {
+        "clean": report.clean,
+        "prefixes": prefixes,
+        "object_versions_read": report.objects,
+        "bytes_stored": report.bytes_stored,
+        "bytes_decoded": report.bytes_decoded,
+        "hit_count": report.hit_count,
+        # Where, never what: no context (it quotes the text around the identifier).
+        "hits": [
+            {"key": h.key, "version_id": h.version_id, "line": h.line, "identifier": h.needle}
+            for h in report.hits[:MAX_HITS_SHOWN]
+        ],
+        "errors": [
+            {"key": e.get("key"), "error": str(e.get("error", ""))[:200]} for e in report.errors
+        ],
+    }
+    audit_append(
+        project=request.project,
+        actor=None,
+        action="subject_request.residue_scanned",
+        artifact=request,
+        payload={"request": request.pk, "subjects": _subjects(request), **summary},
+    )
+    return summary
+
+
+def _residue_reason(scan: dict) -> str:
+    where = ", ".join(
+        f"{h['key']} (version {h['version_id']}, line {h['line']})" for h in scan["hits"]
+    )
+    errors = ", ".join(e["key"] or "?" for e in scan["errors"])
+    parts = []
+    if scan["hit_count"]:
+        parts.append(f"the residue scan found the subject {scan['hit_count']} time(s): {where}")
+    if errors:
+        parts.append(f"objects that could not be read: {errors}")
+    return "; ".join(parts) or "the residue scan was not clean"
+
+
+def _release_holds(request: SubjectRequest) -> list[int]:
+    from controlplane.policies.models import ErasureHold
+    from controlplane.policies.waivers import hold_release
+
+    released = []
+    for hold in ErasureHold.objects.filter(
+        project=request.project, reference=reference_of(request), released_at__isnull=True
+    ):
+        hold_release(hold=hold, actor=request.reviewed_by)
+        released.append(hold.pk)
+    return released
+
+
+def _certificate(request: SubjectRequest) -> dict:
+    from controlplane.audit.models import AuditChain, AuditEvent
+    from controlplane.datasets.models import DatasetFile
+
+    progress = request.progress
+    chain = AuditChain.objects.filter(project=request.project).first()
+    events = AuditEvent.objects.filter(project_id=request.project_id).filter(
+        Q(payload__request=request.pk) | Q(payload__reference=reference_of(request))
+    )
+    deleted = progress.get("deleted", {})
+    files = {
+        f.object_key: f
+        for f in DatasetFile.objects.filter(
+            version_id__in=[e["old"] for e in progress.get("versions", [])]
+        )
+    }
+    return {
+        "request": {
+            "id": request.pk,
+            "kind": request.kind,
+            "project": request.project_id,
+            "subjects": _subjects(request),
+            "identifier_types": [row.type for row in request.identifiers.all()],
+            "received_at": request.received_at.isoformat(),
+            "deadline_at": request.deadline_at.isoformat(),
+            "legal_basis": request.legal_basis,
+        },
+        "reviewer": {
+            "id": request.reviewed_by_id,
+            "username": request.reviewed_by.username if request.reviewed_by else "",
+            "reviewed_at": request.reviewed_at.isoformat() if request.reviewed_at else None,
+        },
+        "erasure_job": progress.get("job_id"),
+        "searched": progress.get("searched", []),
+        "found": [
+            {"version": e["old"], "label": e["old_label"], **e["found"]}
+            for e in progress.get("versions", [])
+        ]
+        + [
+            {"version": e["id"], "label": e["label"], **e["found"]}
+            for e in progress.get("not_affected", [])
+        ],
+        "found_nowhere": not progress.get("versions")
+        and not progress.get("archive", {}).get("records_removed"),
+        "rewritten": [
+            {
+                "old_version": e["old"],
+                "old_label": e["old_label"],
+                "new_version": e["new"],
+                "new_label": e["new_label"],
+                "files": [
+                    {k: f[k] for k in ("name", "key", "sha256", "size", "status")}
+                    for f in e["new_files"]
+                ],
+                "dropped": e["dropped"],
+                "rebuild": e["rebuild"],
+            }
+            for e in progress.get("versions", [])
+        ],
+        "rebuilds": progress.get("rebuilds", []),
+        "deleted": [
+            {
+                "key": key,
+                "object_versions": ids,
+                "dataset_version": files[key].version_id if key in files else None,
+                "name": files[key].name if key in files else "",
+                "sha256": files[key].sha256 if key in files else "",
+            }
+            for key, ids in sorted(deleted.items())
+        ],
+        "erased_versions": [e["old"] for e in progress.get("versions", [])],
+        "archive": progress.get("archive", {}),
+        "models_flagged": progress.get("models_flagged", []),
+        "residue_scan": progress.get("scan", {}),
+        "audit_events": sorted(events.values_list("pk", flat=True)),
+        "chain_head": {"length": chain.length, "hash": chain.head_hash} if chain else None,
+        "completed_at": timezone.now().isoformat(),
+    }
+
+
+def rebuild_finished(job) -> None:
+    """A data_pipeline job ended on a version an erasure rewrote: the erasure may go on
+    (sent after commit; the beat's pass covers a lost message)."""
+    from controlplane.datasets.models import DatasetVersion
+
+    source = (
+        DatasetVersion.objects.filter(pk=(job.params or {}).get("dataset_version_id"))
+        .select_related("produced_by")
+        .first()
+    )
+    producer = source.produced_by if source is not None else None
+    if producer is not None and producer.kind == "erasure":
+        request_id = producer.params.get("request_id")
+        transaction.on_commit(lambda: advance_soon(request_id), robust=True)
+
+
+def erasures_advance_all() -> dict[int, str]:
+    """The beat's pass: every erasure in progress, as far as each can go, and every
+    approved one whose start failed (its hook is logged, not retried, by services)."""
+    outcome = {}
+    for request in SubjectRequest.objects.filter(
+        kind=RequestKind.ERASURE, state=RequestState.APPROVED
+    ).order_by("pk"):
+        try:
+            erasure_start(request)
+        except Exception as error:  # noqa: BLE001 - reported, retried on the next pass
+            logger.exception("erasure request %s could not start", request.pk)
+            outcome[request.pk] = f"not started: {type(error).__name__}"
+    for request in SubjectRequest.objects.filter(
+        kind=RequestKind.ERASURE, state=RequestState.IN_PROGRESS
+    ).order_by("pk"):
+        try:
+            outcome[request.pk] = erasure_advance(request)
+        except Exception as error:  # noqa: BLE001 - one request's store error spares the rest
+            logger.exception("erasure request %s: this pass stopped", request.pk)
+            outcome[request.pk] = f"retrying: {type(error).__name__}"
+    return outcome

@@ -1,0 +1,191 @@
+"""The erasure job: a data subject's records out of every searched dataset version.
+
+For each dataset version listed in the params, the handler downloads its files (checking
+their sha256), asks the engine where the subject's records are (engine.data.erasure:
+the keyed subject index of a pipeline output, the subject field of raw JSONL, or a
+bounded full-text scan of data that names nobody), and, for a version that holds any,
+writes the version again without them and stores every file of the new version under the
+attempt's output prefix. The platform turns the result into new dataset versions and then
+deletes the old ones (controlplane/gdpr/erasure.py).
+
+Params (set by the platform; nothing here is secret):
+    request_id   the SubjectRequest
+    versions     [{"id", "label", "search": "field" | "index" | "scan", "subject_field",
+                   "files": [{"name", "input"}]}]: `input` is the file's index in
+                 spec.inputs
+(not a param: spec.subject_secrets, {"identifiers", "keys", "hashes"}: the subject in clear
+and the project's subject keys, in the dispatch message only.)
+
+Result, per version (counts, names, keys and hashes only: never a matched text):
+    {"id", "found": {"method", "records", "files": [{"name", "records"}]},
+     "new_files": [{"name", "key", "sha256", "size", "status"}],  # status: rewritten/unchanged
+     "unchanged": [{"name", "key", "sha256"}],   # reusable: the same bytes as the old object
+     "dropped": [names], "rebuild": ["tokens"]}
+
+Idempotent per attempt and resumable: the engine writes byte-identical files for the same
+input and subject, and keys are the attempt's own, so a killed attempt re-run (a new
+attempt) reports the same names, sizes and sha256 under its own prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workers.runtime import JobContext, JobFailed
+
+CLEAN_DIR = "clean/"
+TOKENS_DIR = "tokens/"
+
+
+def _secrets(ctx: JobContext) -> tuple[list[str], dict[str, str], list[str]]:
+    secrets = ctx.spec.subject_secrets or {}
+    identifiers = [str(v) for v in secrets.get("identifiers") or [] if str(v).strip()]
+    keys = {str(k): str(v) for k, v in (secrets.get("keys") or {}).items()}
+    hashes = [str(h) for h in secrets.get("hashes") or []]
+    if not identifiers and not hashes:
+        # Without the subject the search finds nobody, which would read as "nothing to
+        # erase": refuse instead (a platform that did not send the secret field).
+        raise JobFailed("the dispatch message carried no subject to erase (subject_secrets)")
+    return identifiers, keys, hashes
+
+
+def _layout(version: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """(kind, {version file name: path inside the folder the engine reads}).
+
+    A pipeline output keeps its records under clean/ and its token shards beside them
+    under tokens/; the engine reads one folder with the records at its root and the
+    shards under tokens/, so the names are mapped both ways."""
+    names = [f["name"] for f in version["files"]]
+    if CLEAN_DIR + "manifest.json" in names:
+        mapping = {}
+        for name in names:
+            if name.startswith(CLEAN_DIR):
+                mapping[name] = name[len(CLEAN_DIR) :]
+            elif name.startswith(TOKENS_DIR):
+                mapping[name] = name
+            else:
+                mapping[name] = "extra/" + name
+        return "output", mapping
+    kind = "output" if "manifest.json" in names else "raw"
+    return kind, {name: name for name in names}
+
+
+def _key_for(folder: Path, keys: dict[str, str], current: bytes | None) -> bytes | None:
+    """The key the folder's subject index was built with (its manifest names its id)."""
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        return current
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if not manifest.get("subject_index"):
+        return current
+    if not manifest.get("subject_keyed"):
+        return None
+    key_id = manifest.get("subject_key_id", "")
+    if key_id not in keys:
+        raise JobFailed(
+            f"the subject index was built with key id {key_id}, which is not one of this "
+            "project's subject keys: re-run the data pipeline on the version's source"
+        )
+    return bytes.fromhex(keys[key_id])
+
+
+def _erase_version(
+    ctx: JobContext,
+    version: dict[str, Any],
+    work: Path,
+    subject: tuple[list[str], dict[str, str], list[str]],
+) -> dict[str, Any]:
+    from engine.data.erasure import ErasureError, erase_subject
+
+    identifiers, keys, hashes = subject
+    current = bytes.fromhex(keys[next(iter(keys))]) if keys else None
+    kind, mapping = _layout(version)
+    source = work / f"v{version['id']}" / "in"
+    output = work / f"v{version['id']}" / "out"
+    refs = {}
+    for item in version["files"]:
+        ref = ctx.spec.inputs[item["input"]]
+        refs[item["name"]] = ref
+        ctx.download(ref.uri, source / mapping[item["name"]], ref.sha256)
+        ctx.check_stop()
+    key = _key_for(source, keys, current)
+    try:
+        report = erase_subject(
+            source,
+            output,
+            identifiers=identifiers,
+            subject_hashes=hashes if not identifiers else (),
+            subject_field=version.get("subject_field") or "",
+            key=key,
+        )
+    except ErasureError as error:
+        # Not searched through (a scan budget, a format the engine cannot read): said in
+        # the result and the certificate; the residue scan is then the judge.
+        return {
+            "id": version["id"],
+            "found": {"method": version["search"], "records": 0, "files": []},
+            "new_files": [],
+            "unchanged": [],
+            "dropped": [],
+            "rebuild": [],
+            "not_searched": str(error)[:500],
+        }
+    back = {inside: name for name, inside in mapping.items()}
+    found = {
+        "method": report.find.files[0].method if report.find.files else version["search"],
+        "records": report.records_removed,
+        "files": [{"name": back.get(f.name, f.name), "records": f.hits} for f in report.find.files],
+    }
+    outcome: dict[str, Any] = {
+        "id": version["id"],
+        "found": found,
+        "new_files": [],
+        "unchanged": [],
+        "dropped": [back.get(name, name) for name in report.dropped],
+        "rebuild": list(report.rebuild) if report.records_removed else [],
+    }
+    if not report.records_removed:
+        return outcome  # nothing of the subject here: the version stays as it is
+    for result in report.files:
+        name = back.get(result.name, CLEAN_DIR + result.name if kind == "output" else result.name)
+        if name.startswith("extra/"):
+            name = name[len("extra/") :]
+        if result.status == "unchanged" and name in refs:
+            ref = refs[name]
+            outcome["unchanged"].append({"name": name, "key": ref.uri, "sha256": ref.sha256})
+        # Every file of the new version is stored anew under the job's prefix: a dataset
+        # file's object key belongs to one version (the old one's objects are deleted).
+        stored = ctx.publish(output / result.name, f"v{version['id']}/{name}")
+        outcome["new_files"].append(
+            {
+                "name": name,
+                "key": stored["key"],
+                "sha256": stored["sha256"],
+                "size": stored["size"],
+                "status": result.status,
+                "records_removed": result.records_removed,
+            }
+        )
+        ctx.check_stop()
+    return outcome
+
+
+def run_erasure(ctx: JobContext) -> dict[str, Any]:
+    params = ctx.spec.params
+    subject = _secrets(ctx)
+    versions = params.get("versions") or []
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix=f"job-{ctx.spec.job_id}-") as work:
+        for position, version in enumerate(versions):
+            ctx.progress(0.05 + 0.9 * position / max(1, len(versions)), f"{version['label']}")
+            outcomes.append(_erase_version(ctx, version, Path(work), subject))
+    affected = [o for o in outcomes if o["found"]["records"]]
+    ctx.log(f"searched {len(outcomes)} dataset versions; {len(affected)} held the subject")
+    return {
+        "request_id": params.get("request_id"),
+        "versions": outcomes,
+        "records": sum(o["found"]["records"] for o in outcomes),
+    }
