@@ -55,4 +55,6 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
     assert "fix: run the data pipeline with the pii stage" in out
     assert "open violations" in out and "1 waived" in out
     assert "offline verifier: OK" in out
+    assert "found 10 records in support-tickets v1" in out and "clean: True" in out
+    assert "completed; certificate at" in out
     assert (tmp_path / "db.sqlite3").exists()

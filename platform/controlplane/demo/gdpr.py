@@ -66,9 +66,8 @@ def _support_dataset(project: Project, user: User) -> Dataset:
     )
 
 
-def _upload(project: Project, user: User):
+def _upload(project: Project, user: User, data: bytes):
     dataset = _support_dataset(project, user)
-    data = support_tickets()
     declared = [DeclaredFile("tickets.jsonl", len(data), hashlib.sha256(data).hexdigest())]
     version, uploads = dataset_version_start(
         dataset=dataset, actor=user, files=declared, note="helpdesk export"
@@ -86,9 +85,11 @@ def erasure_walk(command, project: Project, users: dict[str, User]) -> None:
     command.step(
         "GDPR: bob files an erasure for one customer, dora approves, the data is rewritten"
     )
-    version = _upload(project, users["bob"])
+    data = support_tickets()
+    version = _upload(project, users["bob"], data)
+    tickets = data.count(b"\n")
     command.stdout.write(
-        f"    {version.dataset.slug} v{version.number}: {version.record_count or 240} tickets "
+        f"    {version.dataset.slug} v{version.number}: {tickets} tickets "
         "with a subject field (customer_id)"
     )
     request = request_file(

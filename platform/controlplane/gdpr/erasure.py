@@ -36,6 +36,8 @@ reach the worker only in the job's dispatch message (JobSpec.subject_secrets).
 from __future__ import annotations
 
 import logging
+import threading
+from collections import defaultdict
 from contextlib import contextmanager
 from typing import Any
 
@@ -353,9 +355,23 @@ def advance_soon(request_id: int) -> None:
 # -- the rest, step by step ---------------------------------------------------------------
 
 
+# The embedded default (SQLite) runs one control worker process: its passes are
+# serialised in that process instead of by PostgreSQL's advisory locks.
+_LOCAL_LOCKS: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
+
+
 @contextmanager
 def _advisory_lock(request_id: int):
     """One pass at a time per request (the task after commit and the beat may meet)."""
+    if connection.vendor != "postgresql":
+        lock = _LOCAL_LOCKS[request_id]
+        got = lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
+        return
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_SPACE, request_id])
         got = cursor.fetchone()[0]

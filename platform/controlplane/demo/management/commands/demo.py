@@ -31,6 +31,7 @@ from controlplane.demo.compliance import (
     violations_and_waiver,
 )
 from controlplane.demo.datasets import data_pipeline, dataset_upload
+from controlplane.demo.gdpr import erasure_walk
 from controlplane.demo.hardening import anchors_and_readiness, event_path_health, safe_retry
 from controlplane.demo.posttrain import post_train
 from controlplane.demo.processes import (
@@ -146,6 +147,7 @@ class Command(BaseCommand):
         image_model(self, project, users["bob"], steps=self.train_steps)
         safe_retry(self, project, users["bob"], upload.pk)
         event_path_health(self, project)
+        erasure_walk(self, project, users)
         violations_and_waiver(self, project, users, tokens)
         anchors_and_readiness(self)
         audit_export_verified(self, project, users["dora"])
