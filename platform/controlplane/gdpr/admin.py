@@ -9,10 +9,9 @@ and the first characters of their keyed hashes.
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.template.response import TemplateResponse
+from django.contrib import admin
 
-from controlplane.admin_readonly import ReadOnlyAdmin
+from controlplane.admin_readonly import ReadOnlyAdmin, decide_with_reason
 from controlplane.gdpr.errors import GdprError
 from controlplane.gdpr.models import RequestState, SubjectRequest
 
@@ -76,41 +75,18 @@ class SubjectRequestAdmin(ReadOnlyAdmin):
     def _decide(self, request, queryset, *, action: str):
         from controlplane.gdpr.services import request_approve, request_reject
 
-        decide = request_approve if action == "approve" else request_reject
         pending = list(
             queryset.filter(state=RequestState.PENDING_REVIEW)
             .select_related("project", "filed_by")
             .prefetch_related("identifiers")
         )
-        if not pending:
-            self.message_user(request, "none of the selected requests is pending", messages.WARNING)
-            return None
-        reason = request.POST.get("reason", "").strip()
-        if request.POST.get("confirm") != "yes" or not reason:
-            return TemplateResponse(
-                request,
-                "admin/gdpr/subjectrequest_decide.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "title": f"{action.capitalize()} data-subject requests",
-                    "opts": self.model._meta,
-                    "requests": pending,
-                    "action": action,
-                    "verb": action,
-                    "reason": reason,
-                    "error": "give a reason" if request.POST.get("confirm") == "yes" else "",
-                },
-            )
-        done = 0
-        for subject_request in pending:
-            try:
-                decide(request=subject_request, actor=request.user, reason=reason)
-                done += 1
-            except GdprError as error:
-                self.message_user(
-                    request, f"request #{subject_request.pk}: {error}", messages.ERROR
-                )
-        if done:
-            past = "approved" if action == "approve" else "rejected"
-            self.message_user(request, f"{done} request(s) {past}", messages.SUCCESS)
-        return None
+        return decide_with_reason(
+            self,
+            request,
+            pending,
+            action=action,
+            decide=request_approve if action == "approve" else request_reject,
+            errors=GdprError,
+            template="admin/gdpr/subjectrequest_decide.html",
+            title=f"{action.capitalize()} data-subject requests",
+        )

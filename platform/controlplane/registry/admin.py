@@ -9,10 +9,9 @@ that project, which a superuser needs too.
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.template.response import TemplateResponse
+from django.contrib import admin
 
-from controlplane.admin_readonly import ReadOnlyAdmin, ReadOnlyInline
+from controlplane.admin_readonly import ReadOnlyAdmin, ReadOnlyInline, decide_with_reason
 from controlplane.registry.errors import RegistryError
 from controlplane.registry.models import (
     ModelAlias,
@@ -109,40 +108,18 @@ class PromotionRequestAdmin(ReadOnlyAdmin):
     def _decide(self, request, queryset, *, action: str):
         from controlplane.registry.services import promotion_approve, promotion_reject
 
-        decide = promotion_approve if action == "approve" else promotion_reject
-        verb = action
         pending = list(
             queryset.filter(state=PromotionState.PENDING).select_related(
                 "model__project", "version", "requested_by"
             )
         )
-        if not pending:
-            self.message_user(request, "none of the selected requests is pending", messages.WARNING)
-            return None
-        reason = request.POST.get("reason", "").strip()
-        if request.POST.get("confirm") != "yes" or not reason:
-            return TemplateResponse(
-                request,
-                "admin/registry/promotion_decide.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "title": f"{verb.capitalize()} promotion requests",
-                    "opts": self.model._meta,
-                    "requests": pending,
-                    "action": action,
-                    "verb": verb,
-                    "reason": reason,
-                    "error": "give a reason" if request.POST.get("confirm") == "yes" else "",
-                },
-            )
-        done = 0
-        for promotion in pending:
-            try:
-                decide(request=promotion, actor=request.user, reason=reason)
-                done += 1
-            except RegistryError as error:
-                self.message_user(request, f"request #{promotion.pk}: {error}", messages.ERROR)
-        if done:
-            past = "approved" if action == "approve" else "rejected"
-            self.message_user(request, f"{done} request(s) {past}", messages.SUCCESS)
-        return None
+        return decide_with_reason(
+            self,
+            request,
+            pending,
+            action=action,
+            decide=promotion_approve if action == "approve" else promotion_reject,
+            errors=RegistryError,
+            template="admin/registry/promotion_decide.html",
+            title=f"{action.capitalize()} promotion requests",
+        )
