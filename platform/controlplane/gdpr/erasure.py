@@ -225,6 +225,8 @@ def erasure_job_succeeded(job, result: dict) -> list[dict[str, Any]]:
     from controlplane.datasets.versioning import version_mark_ready, version_number_take
     from controlplane.storage import object_store
 
+    if job.params.get("mode") == "find":
+        return []  # a find-only search (access requests): nothing of it becomes a version
     request = SubjectRequest.objects.select_related("project").get(pk=job.params["request_id"])
     if request.state != RequestState.IN_PROGRESS or "rewritten" in request.progress.get("done", []):
         return []
