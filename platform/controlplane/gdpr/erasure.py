@@ -226,7 +226,9 @@ def erasure_job_succeeded(job, result: dict) -> list[dict[str, Any]]:
     from controlplane.storage import object_store
 
     if job.params.get("mode") == "find":
-        return []  # a find-only search (access requests): nothing of it becomes a version
+        from controlplane.gdpr.access import access_job_succeeded
+
+        return access_job_succeeded(job, result)  # an access request: nothing is rewritten
     request = SubjectRequest.objects.select_related("project").get(pk=job.params["request_id"])
     if request.state != RequestState.IN_PROGRESS or "rewritten" in request.progress.get("done", []):
         return []
