@@ -19,7 +19,13 @@ here with their status.
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import exceptions, generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -265,7 +271,14 @@ class SubjectRequestExtend(APIView):
 
 
 class SubjectRequestExport(APIView):
-    @extend_schema(responses={(200, "application/zip"): bytes})
+    @extend_schema(
+        summary="Download an access request's export, once (a zip, one JSONL per source)",
+        responses={
+            (200, "application/zip"): OpenApiTypes.BINARY,
+            409: OpenApiResponse(description="not an access request, or not ready yet"),
+            410: OpenApiResponse(description="downloaded once (or expired) and deleted"),
+        },
+    )
     def get(self, request, project_id: int, subject_request_id: int):
         """An access request's export (a zip, one JSONL per source), for the owner or a
         compliance officer, once: the object is deleted right after; then 410 Gone."""
