@@ -190,6 +190,7 @@ def access_advance(request: SubjectRequest) -> str:
             services.request_fail(request=request, reason="the access request's job is missing")
             return "failed"
         if job.state in (JobState.FAILED, JobState.CANCELLED):
+            _delete_parts(job)
             services.request_fail(
                 request=request, reason=f"search job {job.pk} {job.state}: {job.error}"
             )
@@ -199,6 +200,40 @@ def access_advance(request: SubjectRequest) -> str:
         if "exported" not in request.progress.get("done", []):
             _build_export(request)
         return "waiting for the download"
+
+
+def _delete_parts(job) -> None:
+    """What a failed search's attempts uploaded (records of the subject) goes too: the
+    find-only job stores nothing else under its prefix."""
+    from controlplane.storage import object_store
+
+    store = object_store()
+    prefix = f"projects/{job.project_id}/jobs/{job.pk}/"
+    for key in sorted({v.key for v in store.list_versions(prefix)}):
+        store.delete_all_versions(key)
+
+
+def accesses_advance_all() -> dict[int, str]:
+    """The beat's pass over access requests: an approval whose hook failed is started,
+    one in progress goes as far as it can (its export built once the job succeeded)."""
+    outcome: dict[int, str] = {}
+    for request in SubjectRequest.objects.filter(
+        kind=RequestKind.ACCESS, state=RequestState.APPROVED
+    ).order_by("pk"):
+        try:
+            access_start(request)
+        except Exception as error:  # noqa: BLE001 - retried on the next pass
+            logger.exception("access request %s could not start", request.pk)
+            outcome[request.pk] = f"not started: {type(error).__name__}"
+    for request in SubjectRequest.objects.filter(
+        kind=RequestKind.ACCESS, state=RequestState.IN_PROGRESS
+    ).order_by("pk"):
+        try:
+            outcome[request.pk] = access_advance(request)
+        except Exception as error:  # noqa: BLE001 - one request's store error spares the rest
+            logger.exception("access request %s: this pass stopped", request.pk)
+            outcome[request.pk] = f"retrying: {type(error).__name__}"
+    return outcome
 
 
 def _slug(label: str) -> str:

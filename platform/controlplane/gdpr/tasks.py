@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from controlplane.gdpr.access import access_advance, exports_expire
+from controlplane.gdpr.access import access_advance, accesses_advance_all, exports_expire
 from controlplane.gdpr.erasure import ADVANCE_TASK, erasure_advance, erasures_advance_all
-from controlplane.gdpr.models import RequestKind, RequestState, SubjectRequest
+from controlplane.gdpr.models import RequestKind, SubjectRequest
 from workers.protocol import CONTROL_QUEUE
 from workers.storage import StorageError
 
@@ -37,15 +37,7 @@ def gdpr_erasure_advance(request_id: int) -> str:
 def gdpr_erasures_advance() -> dict[int, str]:
     """Every erasure in progress: what a lost message or a failed step left waiting; every
     access request whose export is not built yet."""
-    outcome = erasures_advance_all()
-    for request in SubjectRequest.objects.filter(
-        kind=RequestKind.ACCESS, state=RequestState.IN_PROGRESS
-    ).order_by("pk"):
-        try:
-            outcome[request.pk] = access_advance(request)
-        except Exception as error:  # noqa: BLE001 - retried on the next pass
-            outcome[request.pk] = f"retrying: {type(error).__name__}"
-    return outcome
+    return {**erasures_advance_all(), **accesses_advance_all()}
 
 
 @shared_task(name="control.gdpr_exports_expire", queue=CONTROL_QUEUE, ignore_result=True)

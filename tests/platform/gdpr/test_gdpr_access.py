@@ -213,3 +213,28 @@ def test_the_certificate_page_of_a_completed_erasure(
     for user in (team.engineer, team.viewer):
         client.force_login(user)
         assert client.get(page).status_code == 403
+
+
+def test_a_failed_search_fails_the_request_and_leaves_no_part_behind(
+    team, support, file_request, django_capture_on_commit_callbacks, monkeypatch
+):
+    from controlplane.gdpr import services
+    from controlplane.gdpr.access import access_advance, accesses_advance_all
+    from controlplane.jobs.models import Job
+    from controlplane.storage import object_store
+
+    monkeypatch.setattr(services, "on_approved", [])  # a lost hook: the beat starts it
+    request = file_request(kind="access", identifiers=[{"type": "email", "value": ANN}])
+    with django_capture_on_commit_callbacks(execute=True):
+        services.request_approve(request=request, actor=team.compliance, reason="checked")
+    outcome = accesses_advance_all()[request.pk]
+    job = Job.objects.get(kind="erasure", params__mode="find")
+    assert outcome == f"waiting for job {job.pk}"
+    # an attempt that uploaded a part, then failed
+    part = f"projects/{team.project.pk}/jobs/{job.pk}/attempt-1/access/v{support.pk}.jsonl"
+    object_store().put_bytes(part, b'{"record": "x"}\n')
+    Job.objects.filter(pk=job.pk).update(state="failed", error=f"could not read {ANN}")
+    assert access_advance(request) == "failed"
+    assert not object_store().exists(part)
+    request.refresh_from_db()
+    assert request.state == "failed" and ANN not in request.failure_reason.lower()
