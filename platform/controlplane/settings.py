@@ -29,6 +29,8 @@ try:
         )
     ALLOWED_HOSTS = env.env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
     _database_url = env.env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
+    # How long an access request's export waits for its one download (gdpr/access.py).
+    GDPR_EXPORT_TTL_HOURS = env.env_int("GDPR_EXPORT_TTL_HOURS", 72, minimum=1)
     UPLOAD_MAX_BYTES = env.env_int("UPLOAD_MAX_BYTES", 5 * 1024**3, minimum=1)
     JOB_LEASE_SECONDS = env.env_int("JOB_LEASE_SECONDS", 120, minimum=2)
     JOB_HEARTBEAT_SECONDS = env.env_int("JOB_HEARTBEAT_SECONDS", 20, minimum=1)
@@ -390,6 +392,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     # GDPR erasures in progress (controlplane/gdpr/erasure.py): steps a lost message or a
     # store failure left waiting are taken up again.
+    # Access exports not downloaded in time are deleted (controlplane/gdpr/access.py).
+    "gdpr-exports-expire": {
+        "task": "control.gdpr_exports_expire",
+        "schedule": 900.0,
+        "options": {"queue": "control", "expires": 600},
+    },
     "gdpr-erasures-advance": {
         "task": "control.gdpr_erasures_advance",
         "schedule": 60.0,

@@ -22,6 +22,13 @@ Result, per version (counts, names, keys and hashes only: never a matched text):
      "unchanged": [{"name", "key", "sha256"}],   # reusable: the same bytes as the old object
      "dropped": [names], "rebuild": ["tokens"]}
 
+Find-only mode (params `mode: "find"`, an approved access request, GDPR Art. 15): the same
+downloads and search, nothing rewritten; for each version that holds the subject, its
+records (file, line, the record) are written to one JSONL uploaded under the attempt's
+prefix as `access/v<id>.jsonl` (not an artifact: the platform zips it into the request's
+export and deletes it). Result per version: {"id", "found", "part": {"key", "sha256",
+"size"} | null, "not_searched"?}.
+
 Idempotent per attempt and resumable: the engine writes byte-identical files for the same
 input and subject, and keys are the attempt's own, so a killed attempt re-run (a new
 attempt) reports the same names, sizes and sha256 under its own prefix.
@@ -173,9 +180,92 @@ def _erase_version(
     return outcome
 
 
+def _record_lines(path: Path, positions: list[int], zero_based: bool) -> list[tuple[int, Any]]:
+    """(1-based line, record) of the hits of one JSONL file (gzip read through)."""
+    from engine.data.erasure import open_binary
+
+    wanted = {p + 1 if zero_based else p for p in positions}
+    found = []
+    with open_binary(path) as lines:
+        for number, line in enumerate(lines, 1):
+            if number in wanted:
+                text = line.decode("utf-8", errors="replace").rstrip("\n")
+                try:
+                    found.append((number, json.loads(text)))
+                except ValueError:
+                    found.append((number, text))  # a scanned line that is not JSON
+    return found
+
+
+def _find_version(
+    ctx: JobContext,
+    version: dict[str, Any],
+    work: Path,
+    subject: tuple[list[str], dict[str, str], list[str]],
+) -> dict[str, Any]:
+    """Where the subject is in one version, and their records as one JSONL (find only)."""
+    from engine.data.erasure import ErasureError, _raw_kind, find_subject
+
+    identifiers, keys, hashes = subject
+    current = bytes.fromhex(keys[next(iter(keys))]) if keys else None
+    _kind, mapping = _layout(version)
+    source = work / f"v{version['id']}" / "in"
+    for item in version["files"]:
+        ref = ctx.spec.inputs[item["input"]]
+        ctx.download(ref.uri, source / mapping[item["name"]], ref.sha256)
+        ctx.check_stop()
+    try:
+        report = find_subject(
+            source,
+            identifiers=identifiers,
+            subject_hashes=hashes if not identifiers else (),
+            subject_field=version.get("subject_field") or "",
+            key=_key_for(source, keys, current),
+        )
+    except ErasureError as error:
+        return {
+            "id": version["id"],
+            "found": {"method": version["search"], "records": 0, "files": []},
+            "part": None,
+            "not_searched": str(error)[:500],
+        }
+    back = {inside: name for name, inside in mapping.items()}
+    rows, not_read = [], []
+    for findings in report.files:
+        if not findings.positions:
+            continue
+        name = back.get(findings.name, findings.name)
+        path = source / findings.name
+        if _raw_kind(path) is None:
+            not_read.append(f"{name} (records not readable as lines)")
+            continue
+        for line, record in _record_lines(path, findings.positions, report.unit == "row"):
+            rows.append({"file": name, "line": line, "record": record})
+    found = {
+        "method": report.files[0].method if report.files else version["search"],
+        "records": report.hits,
+        "files": [
+            {"name": back.get(f.name, f.name), "records": f.hits} for f in report.files if f.hits
+        ],
+    }
+    outcome: dict[str, Any] = {"id": version["id"], "found": found, "part": None}
+    if not_read or report.not_searched:
+        outcome["not_searched"] = ", ".join([*report.not_searched, *not_read])[:500]
+    if rows:
+        part = work / f"v{version['id']}.jsonl"
+        with part.open("w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        stored = ctx.upload(part, "access", f"v{version['id']}.jsonl")
+        outcome["part"] = {"key": stored.key, "sha256": stored.sha256, "size": stored.size}
+    return outcome
+
+
 def run_erasure(ctx: JobContext) -> dict[str, Any]:
     params = ctx.spec.params
     subject = _secrets(ctx)
+    if params.get("mode") == "find":
+        return _run_find(ctx, subject)
     versions = params.get("versions") or []
     outcomes = []
     with tempfile.TemporaryDirectory(prefix=f"job-{ctx.spec.job_id}-") as work:
@@ -186,6 +276,23 @@ def run_erasure(ctx: JobContext) -> dict[str, Any]:
     ctx.log(f"searched {len(outcomes)} dataset versions; {len(affected)} held the subject")
     return {
         "request_id": params.get("request_id"),
+        "versions": outcomes,
+        "records": sum(o["found"]["records"] for o in outcomes),
+    }
+
+
+def _run_find(ctx: JobContext, subject) -> dict[str, Any]:
+    """An access request's search: nothing is rewritten or stored but the subject's parts."""
+    versions = ctx.spec.params.get("versions") or []
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix=f"job-{ctx.spec.job_id}-") as work:
+        for position, version in enumerate(versions):
+            ctx.progress(0.05 + 0.9 * position / max(1, len(versions)), f"{version['label']}")
+            outcomes.append(_find_version(ctx, version, Path(work), subject))
+    ctx.log(f"searched {len(outcomes)} dataset versions (find only)")
+    return {
+        "request_id": ctx.spec.params.get("request_id"),
+        "mode": "find",
         "versions": outcomes,
         "records": sum(o["found"]["records"] for o in outcomes),
     }

@@ -5,9 +5,11 @@
     POST      /api/v1/projects/<id>/subject-requests/<request>/approve/
     POST      /api/v1/projects/<id>/subject-requests/<request>/reject/
     POST      /api/v1/projects/<id>/subject-requests/<request>/extend/
+    GET       /api/v1/projects/<id>/subject-requests/<request>/export/   (access, once)
 
 Every member reads; owners, engineers and compliance officers file; owners and compliance
-officers who did not file a request decide it and extend its deadline. Identifiers are
+officers who did not file a request decide it and extend its deadline; they alone
+download an access request's export, once (then 410 Gone: gdpr/access.py). Identifiers are
 shown in clear to owners and compliance officers only, masked to everyone else; every
 identifier also carries its keyed hash. A non-member gets 404, like the project itself;
 another project's request is 404 too. The services raise GdprError subclasses, answered
@@ -17,7 +19,13 @@ here with their status.
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import exceptions, generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -262,6 +270,33 @@ class SubjectRequestExtend(APIView):
         return Response(_out(request, selectors.request_in(extended.project, extended.pk)))
 
 
+class SubjectRequestExport(APIView):
+    @extend_schema(
+        summary="Download an access request's export, once (a zip, one JSONL per source)",
+        responses={
+            (200, "application/zip"): OpenApiTypes.BINARY,
+            409: OpenApiResponse(description="not an access request, or not ready yet"),
+            410: OpenApiResponse(description="downloaded once (or expired) and deleted"),
+        },
+    )
+    def get(self, request, project_id: int, subject_request_id: int):
+        """An access request's export (a zip, one JSONL per source), for the owner or a
+        compliance officer, once: the object is deleted right after; then 410 Gone."""
+        from django.http import HttpResponse
+
+        from controlplane.gdpr.access import export_take
+
+        subject_request = _request_or_404(request, project_id, subject_request_id)
+        try:
+            name, data = export_take(request=subject_request, actor=request.user)
+        except GdprError as error:
+            raise_gdpr_error(error)
+        response = HttpResponse(data, content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        response["Cache-Control"] = "no-store"
+        return response
+
+
 _REQUESTS = "projects/<int:project_id>/subject-requests/"
 _ONE = _REQUESTS + "<int:subject_request_id>/"
 urlpatterns = [
@@ -270,4 +305,5 @@ urlpatterns = [
     path(_ONE + "approve/", SubjectRequestApprove.as_view(), name="api-subject-request-approve"),
     path(_ONE + "reject/", SubjectRequestReject.as_view(), name="api-subject-request-reject"),
     path(_ONE + "extend/", SubjectRequestExtend.as_view(), name="api-subject-request-extend"),
+    path(_ONE + "export/", SubjectRequestExport.as_view(), name="api-subject-request-export"),
 ]

@@ -10,7 +10,9 @@ class GdprConfig(AppConfig):
         # An approved erasure request starts its job (gdpr/erasure.py); not twice when
         # ready() runs again (tests, a reloaded app registry).
         from controlplane.gdpr import services
+        from controlplane.gdpr.access import access_start
         from controlplane.gdpr.erasure import erasure_start
 
-        if erasure_start not in services.on_approved:
-            services.on_approved.append(erasure_start)
+        for hook in (erasure_start, access_start):  # each looks at its own kind only
+            if hook not in services.on_approved:
+                services.on_approved.append(hook)

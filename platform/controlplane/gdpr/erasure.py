@@ -225,6 +225,10 @@ def erasure_job_succeeded(job, result: dict) -> list[dict[str, Any]]:
     from controlplane.datasets.versioning import version_mark_ready, version_number_take
     from controlplane.storage import object_store
 
+    if job.params.get("mode") == "find":
+        from controlplane.gdpr.access import access_job_succeeded
+
+        return access_job_succeeded(job, result)  # an access request: nothing is rewritten
     request = SubjectRequest.objects.select_related("project").get(pk=job.params["request_id"])
     if request.state != RequestState.IN_PROGRESS or "rewritten" in request.progress.get("done", []):
         return []

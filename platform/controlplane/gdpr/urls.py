@@ -14,4 +14,11 @@ urlpatterns = [
     path(ONE, views.request_detail, name="gdpr-request"),
     path(ONE + "review/", views.request_review, name="gdpr-request-review"),
     path(ONE + "extend/", views.request_extend, name="gdpr-request-extend"),
+    path(ONE + "export/", views.request_export, name="gdpr-request-export"),
+    path(ONE + "certificate/", views.request_certificate, name="gdpr-request-certificate"),
+    path(
+        ONE + "certificate.json",
+        views.request_certificate_json,
+        name="gdpr-request-certificate-json",
+    ),
 ]

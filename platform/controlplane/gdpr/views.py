@@ -1,6 +1,7 @@
 """The request pages: the list with each request's deadline countdown, the form that
 files one, a request's page (identifiers as the role may see them, the review and
-extension forms, what the job has done) and the review queue.
+extension forms, what the job has done), the review queue, an access request's one
+download of its export, and a completed request's printable certificate (and its JSON).
 
 Writes go through the services the API calls, so a page can do nothing the API would
 refuse; a refusal is a message on the page, never an error page.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -190,3 +191,78 @@ def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
         "gdpr/review_queue.html",
         {"project": project, "rows": rows, "reviewer": reviewer, "review_form": ReviewForm()},
     )
+
+
+@project_page()
+@require_POST
+def request_export(request: ProjectRequest, project: Project, subject_request_id: int):
+    """An access request's export, once (gdpr/access.py); a POST, since it deletes it."""
+    from controlplane.gdpr.access import export_take
+
+    subject_request = _request(project, subject_request_id)
+    try:
+        name, data = export_take(request=subject_request, actor=request.user)
+    except GdprError as error:
+        if error.status == 403:
+            raise PermissionDenied(error.message) from None
+        return HttpResponse(error.message, status=error.status, content_type="text/plain")
+    response = HttpResponse(data, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _completed(request: ProjectRequest, project: Project, subject_request_id: int):
+    if not services.may_review(request.user, project):
+        raise PermissionDenied("the certificate is for the owner and compliance officers")
+    subject_request = _request(project, subject_request_id)
+    if subject_request.state != RequestState.COMPLETED or not subject_request.certificate:
+        raise Http404("the certificate is written when the request completes")
+    return subject_request
+
+
+def _shown(certificate: dict) -> dict:
+    """An erasure's and an access request's certificates differ in their sections: the
+    page reads one shape, with what a kind has not left empty."""
+    shown = {
+        "found": [],
+        "found_nowhere": False,
+        "rewritten": [],
+        "deleted": [],
+        "archive": {},
+        "models_flagged": [],
+        "residue_scan": {},
+        "export": {},
+        "audit_events": [],
+        "chain_head": None,
+        **certificate,
+    }
+    shown["job"] = certificate.get("erasure_job") or certificate.get("search_job")
+    shown["archive"] = {"records_removed": 0, "objects": [], **shown["archive"]}
+    shown["residue_scan"] = {
+        "clean": False,
+        "object_versions_read": 0,
+        "hit_count": 0,
+        **shown["residue_scan"],
+    }
+    return shown
+
+
+@project_page()
+def request_certificate(request: ProjectRequest, project: Project, subject_request_id: int):
+    """The certificate as a printable page (no scripts: print CSS only)."""
+    subject_request = _completed(request, project, subject_request_id)
+    return render(
+        request,
+        "gdpr/certificate.html",
+        {"project": project, "r": subject_request, "c": _shown(subject_request.certificate)},
+    )
+
+
+@project_page()
+def request_certificate_json(request: ProjectRequest, project: Project, subject_request_id: int):
+    subject_request = _completed(request, project, subject_request_id)
+    response = JsonResponse(subject_request.certificate, json_dumps_params={"indent": 2})
+    name = f"subject-request-{subject_request.pk}-certificate.json"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
