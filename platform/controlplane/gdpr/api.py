@@ -6,6 +6,7 @@
     POST      /api/v1/projects/<id>/subject-requests/<request>/reject/
     POST      /api/v1/projects/<id>/subject-requests/<request>/extend/
     GET       /api/v1/projects/<id>/subject-requests/<request>/export/   (access, once)
+    POST      /api/v1/projects/<id>/models/<name>/versions/<n>/retrain/  (gdpr/retrain.py)
 
 Every member reads; owners, engineers and compliance officers file; owners and compliance
 officers who did not file a request decide it and extend its deadline; they alone
@@ -297,6 +298,36 @@ class SubjectRequestExport(APIView):
         return response
 
 
+class ModelVersionRetrain(APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            201: OpenApiResponse(description="the retraining job (as the jobs API shows it)"),
+            409: OpenApiResponse(
+                description="not flagged, no rewritten data yet, the base model needs "
+                "retraining first, or refused by the policy"
+            ),
+        },
+        description="Retrain a model version flagged 'trained on erased data' (owners and "
+        "engineers): its source job again, on the version the erasure derived from its data.",
+    )
+    def post(self, request, project_id: int, name: str, number: int):
+        from controlplane.gdpr.retrain import retrain_start
+        from controlplane.jobs.api import JobOut
+        from controlplane.jobs.requests import JobRequestError
+        from controlplane.projects.permissions import Action
+        from controlplane.registry.api import version_or_404
+
+        version = version_or_404(request, project_id, name, number, Action.RUN)
+        try:
+            job = retrain_start(version=version, actor=request.user)
+        except GdprError as error:
+            raise_gdpr_error(error)
+        except JobRequestError as error:
+            raise serializers.ValidationError(error.errors) from None
+        return Response(JobOut(job).data, status=status.HTTP_201_CREATED)
+
+
 _REQUESTS = "projects/<int:project_id>/subject-requests/"
 _ONE = _REQUESTS + "<int:subject_request_id>/"
 urlpatterns = [
@@ -306,4 +337,9 @@ urlpatterns = [
     path(_ONE + "reject/", SubjectRequestReject.as_view(), name="api-subject-request-reject"),
     path(_ONE + "extend/", SubjectRequestExtend.as_view(), name="api-subject-request-extend"),
     path(_ONE + "export/", SubjectRequestExport.as_view(), name="api-subject-request-export"),
+    path(
+        "projects/<int:project_id>/models/<str:name>/versions/<int:number>/retrain/",
+        ModelVersionRetrain.as_view(),
+        name="api-model-version-retrain",
+    ),
 ]

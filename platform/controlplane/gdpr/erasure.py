@@ -13,6 +13,8 @@ lost message or a failed step is simply taken up again. Its steps, each recorded
 1. rebuild   derived outputs that lost records and keep token shards are rebuilt: a
              data_pipeline job with the old output's pipeline config on the new raw
              version; the request waits (visibly, "waiting for job N") until they end.
+             So it does for queued or running jobs reading an old version, unless the
+             policy's rule 4 says `running_jobs: cancel`: then they are cancelled.
 2. delete    every stored version of every object of the old versions
              (`delete_all_versions` per DatasetFile key); the versions become `erased`
              (who, when, which request) and keep their rows. A store failure raises: the
@@ -433,6 +435,10 @@ def _advance(request: SubjectRequest) -> str:
         request.refresh_from_db()
     if "deleted" not in request.progress.get("done", []):
         busy = _jobs_reading_old_versions(request)
+        if busy and _running_jobs_mode(request) == "cancel":
+            # The project's policy (rule 4) would rather stop them than be held up.
+            request = _cancel_readers(request, busy)
+            busy = []
         if busy:
             # Not pulled from under a running job: the erasure waits for it, visibly.
             return f"waiting for job {busy[0].pk} (it reads a version being erased)"
@@ -543,6 +549,42 @@ def _jobs_reading_old_versions(request: SubjectRequest) -> list:
             params__dataset_version_id__in=old_ids,
         ).order_by("pk")
     )
+
+
+def _running_jobs_mode(request: SubjectRequest) -> str:
+    """Rule 4's `running_jobs` (wait or cancel); wait while the rule is off."""
+    from controlplane.policies.rules import RuleKey
+    from controlplane.policies.selectors import policy_in_force
+
+    params = policy_in_force(request.project).enabled(RuleKey.PENDING_ERASURE)
+    return params["running_jobs"] if params else "wait"
+
+
+def _cancel_readers(request: SubjectRequest, jobs: list) -> SubjectRequest:
+    """Cancel the jobs reading a version being erased, each audited with the request as
+    the reason, and record them in the request's progress. A running job stops at its
+    next check; what it reads is deleted meanwhile, which only hastens its end."""
+    from controlplane.jobs.services import job_cancel
+
+    cancelled = list(request.progress.get("cancelled_jobs", []))
+    for job in jobs:
+        if job.cancel_requested_at is None:
+            with transaction.atomic():
+                job_cancel(
+                    job=job,
+                    actor=request.reviewed_by,
+                    reason={
+                        "reason": f"erasure request #{request.pk}: it reads a version being erased",
+                        "request": request.pk,
+                    },
+                )
+        if job.pk not in cancelled:
+            cancelled.append(job.pk)
+    progress = {**request.progress, "cancelled_jobs": cancelled}
+    request = services.request_record_progress(request=request, progress=progress)
+    if "readers_cancelled" in request.progress.get("done", []):
+        return request  # a retried pass (a store failure after the cancel)
+    return _record(request, "readers_cancelled", jobs=cancelled)
 
 
 def _delete_old_versions(request: SubjectRequest) -> dict:

@@ -288,7 +288,33 @@ def _hold_findings(data: DatasetFacts, ref: SubjectRef, what: str) -> Iterator[F
         )
 
 
+ERASED_DATA_FIX = (
+    "retrain on the rewritten data (Retrain on the version page) or have a compliance "
+    "officer waive rule 4 for this version"
+)
+
+
+def _flag_findings(version: ModelVersionFacts, what: str) -> Iterator[Finding]:
+    """One finding per erasure request that flagged `version`, on the version (so that a
+    waiver of rule 4 for the version lets it pass)."""
+    for request_id in version.erased_by:
+        yield Finding(
+            RuleKey.PENDING_ERASURE,
+            version.ref,
+            f"{version.ref.label} was trained on data erased by erasure request #{request_id}"
+            f" ({what})",
+            ERASED_DATA_FIX,
+        )
+
+
+def protected_aliases(policy: PolicySnapshot) -> set[str]:
+    """Rule 5's aliases, which rule 4 also protects from flagged versions."""
+    return set((policy.rules.get(RuleKey.PROMOTION.value) or {}).get("aliases") or ())
+
+
 def check_pending_erasure(params: dict, gate: Gate, subject: Any) -> Iterator[Finding]:
+    mode = params.get("trained_on_erased", "warn")
+    blocks = mode in ("block_serving", "require_retraining")
     if isinstance(subject, JobPlan) and subject.trains:
         for data in subject.datasets:
             yield from _hold_findings(data, data.ref, f"training on {data.ref.label}")
@@ -298,11 +324,20 @@ def check_pending_erasure(params: dict, gate: Gate, subject: Any) -> Iterator[Fi
             yield from _hold_findings(
                 data, version.ref, f"{version.ref.label} was trained on {data.ref.label}"
             )
+        if blocks and subject.protected:
+            yield from _flag_findings(version, f"@{subject.alias} is protected")
+    elif isinstance(subject, DeploymentPlan):
+        # Holds keep a version from being promoted; a flag (policy permitting) from serving.
+        if blocks:
+            yield from _flag_findings(subject.version, f"{subject.ref.label} would serve it")
     elif isinstance(subject, ModelVersionFacts):
         for data in subject.datasets:
             yield from _hold_findings(
                 data, subject.ref, f"{subject.ref.label} was trained on {data.ref.label}"
             )
+        # The scan's question "may this version stay where it serves from?"
+        if mode == "require_retraining":
+            yield from _flag_findings(subject, "it is still at an alias or deployed")
 
 
 # --- rule 5: promotion ------------------------------------------------------------------

@@ -221,13 +221,15 @@ def _residual(row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # A model version, its model's name, its latest finished evaluation (correlated subqueries:
-# SQLite has no LATERAL) and, with data, one row per dataset version it was trained on.
+# SQLite has no LATERAL), the erasure requests that flagged it (ids, comma-separated) and,
+# with data, one row per dataset version it was trained on.
 _MODEL_VERSION_SQL = """
 SELECT version.id, version.number, model.name,
     (SELECT e.id FROM {evaluations} AS e WHERE e.version_id = version.id
         AND e.finished_at IS NOT NULL ORDER BY e.finished_at DESC, e.id DESC LIMIT 1),
     (SELECT e.metrics FROM {evaluations} AS e WHERE e.version_id = version.id
         AND e.finished_at IS NOT NULL ORDER BY e.finished_at DESC, e.id DESC LIMIT 1),
+    ({flags}),
     {data_column}
 FROM {versions} AS version JOIN {models} AS model ON model.id = version.model_id
 {data_join}
@@ -239,12 +241,14 @@ ORDER BY version.id
 def model_version_facts(
     version_ids: Iterable[int], *, with_data: bool = True
 ) -> dict[int, ModelVersionFacts]:
-    """{version id: ModelVersionFacts}: the latest finished evaluation and, `with_data`,
+    """{version id: ModelVersionFacts}: the latest finished evaluation, the erasure
+    requests that flagged it and, `with_data`,
     the dataset versions it was trained on (their facts too). One query for the versions,
     in plain SQL because gates ask it on every alias move (the ORM's compiling of the
     subqueries cost more than the query), then dataset_facts'."""
     from django.db import connection
 
+    from controlplane.gdpr.models import ErasedDataFlag
     from controlplane.registry.models import ModelEvaluation, ModelVersion, RegisteredModel
 
     ids = set(version_ids)
@@ -252,7 +256,14 @@ def model_version_facts(
         return {}
     quote = connection.ops.quote_name
     through = ModelVersion.dataset_versions.through._meta
+    concat = (
+        "string_agg(CAST(f.request_id AS text), ',' ORDER BY f.request_id)"
+        if connection.vendor == "postgresql"
+        else "group_concat(f.request_id, ',')"
+    )
     sql = _MODEL_VERSION_SQL.format(
+        flags=f"SELECT {concat} FROM {quote(ErasedDataFlag._meta.db_table)} AS f "
+        "WHERE f.model_version_id = version.id",
         evaluations=quote(ModelEvaluation._meta.db_table),
         versions=quote(ModelVersion._meta.db_table),
         models=quote(RegisteredModel._meta.db_table),
@@ -269,18 +280,21 @@ def model_version_facts(
     with connection.cursor() as cursor:
         for seeds, params in id_batches("version.id", ids):
             cursor.execute(sql.replace("{seeds}", seeds), params)
-            for pk, number, name, evaluation_id, metrics, data_id in cursor.fetchall():
-                versions.setdefault(pk, (number, name, evaluation_id, _json(metrics)))
+            for row in cursor.fetchall():
+                pk, number, name, evaluation_id, metrics, flags, data_id = row
+                erased_by = tuple(sorted(int(i) for i in (flags or "").split(",") if i))
+                versions.setdefault(pk, (number, name, evaluation_id, _json(metrics), erased_by))
                 if data_id is not None:
                     trained_on.setdefault(pk, []).append(data_id)
     data = dataset_facts({d for ds in trained_on.values() for d in ds}) if with_data else {}
     facts = {}
-    for pk, (number, name, evaluation_id, metrics) in versions.items():
+    for pk, (number, name, evaluation_id, metrics, erased_by) in versions.items():
         facts[pk] = ModelVersionFacts(
             ref=SubjectRef(SubjectType.MODEL_VERSION, pk, f"{name} v{number}"),
             evaluation_id=evaluation_id,
             metrics=metrics if isinstance(metrics, dict) else {},
             datasets=[data[d] for d in trained_on.get(pk, ()) if d in data],
+            erased_by=erased_by,
         )
     return facts
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controlplane.policies import gates
-from controlplane.policies.decide import Decision, PolicySnapshot
+from controlplane.policies.decide import Decision, PolicySnapshot, protected_aliases
 from controlplane.policies.errors import PolicyDenied
 from controlplane.policies.facts import model_version_facts
 from controlplane.policies.models import SubjectType
@@ -92,7 +92,12 @@ def check_alias_move(
     check.move = gates.enforce(
         project=project,
         gate=gate,
-        subject=lambda: AliasMove(version=facts(), alias=alias, approver_role=approver_role),
+        subject=lambda: AliasMove(
+            version=facts(),
+            alias=alias,
+            approver_role=approver_role,
+            protected=alias in protected_aliases(policy),
+        ),
         actor=actor,
         policy=policy,
     )

@@ -93,6 +93,16 @@ def _number(low: float, high: float, *, integer: bool = False) -> Callable[[Any,
     return check
 
 
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def check(value: Any, path: str) -> str:
+        if value not in choices:
+            raise _bad(path, f"must be one of {', '.join(choices)}")
+        return value
+
+    check.choices = choices  # read by the policy page's form (a select)
+    return check
+
+
 def _text_list(
     item: Callable[[str, str], str], *, max_items: int = 100
 ) -> Callable[[Any, str], list[str]]:
@@ -150,6 +160,10 @@ def _bucket(value: str, path: str) -> str:
 
 
 QUEUES = ("cpu", "gpu")
+# Rule 4's choices: what follows for a model version flagged "trained on erased data",
+# and what an erasure does with a job still reading a version it deletes.
+TRAINED_ON_ERASED = ("warn", "block_serving", "require_retraining")
+RUNNING_JOBS = ("wait", "cancel")
 
 
 def _queue(value: str, path: str) -> str:
@@ -285,9 +299,37 @@ RULES: dict[RuleKey, Rule] = {
             "Pending erasure",
             "While a data subject's approved erasure is not finished, nothing is trained on "
             "the data that still holds them, and no model trained on it is promoted, so "
-            "the erasure cannot be outrun.",
-            frozenset({Gate.JOB_CREATE, Gate.ALIAS_MOVE, Gate.PROMOTION_APPROVE}),
-            (),
+            "the erasure cannot be outrun; a model trained on data an erasure rewrote is "
+            "flagged, and the policy says what follows.",
+            frozenset(
+                {
+                    Gate.JOB_CREATE,
+                    Gate.ALIAS_MOVE,
+                    Gate.PROMOTION_APPROVE,
+                    Gate.DEPLOYMENT_CREATE,
+                    Gate.DEPLOYMENT_SWITCH,
+                    Gate.DEPLOYMENT_START,
+                }
+            ),
+            (
+                Param(
+                    "trained_on_erased",
+                    "Models trained on erased data",
+                    "warn: the flag is shown, nothing is refused; block_serving: a flagged "
+                    "version is not deployed, switched to by a followed alias or promoted "
+                    "to a protected alias; require_retraining: as block_serving, and the "
+                    "scan reports every flagged version still at an alias or deployed.",
+                    "warn",
+                    _choice(*TRAINED_ON_ERASED),
+                ),
+                Param(
+                    "running_jobs",
+                    "Jobs reading data being erased",
+                    "wait: the erasure waits for them to end; cancel: it cancels them.",
+                    "wait",
+                    _choice(*RUNNING_JOBS),
+                ),
+            ),
         ),
         Rule(
             RuleKey.PROMOTION,

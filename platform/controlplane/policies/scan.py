@@ -10,7 +10,8 @@ row (shown like a job) and asks the control worker; `scan_run` (the control task
 - asks decide() what the gates would say today: a dataset version as when it became
   ready (rules 1, 3) and, when a training job read it, as a training job's only data
   (rules 2, 4); a model version as if each of its aliases were moved to it now (rules 4,
-  5); a deployment as when it was created (rules 5, 6); a job as when it was created
+  5), and, when rule 4 requires retraining, each version at an alias or deployed as one
+  that may stay there; a deployment as when it was created (rules 4, 5, 6); a job as when it was created
   (rules 3, 7; its data is judged as a dataset version above);
 - applies the project's active waivers (one query), opens or refreshes a Violation per
   (rule, subject) still refused and resolves those no longer found;
@@ -37,7 +38,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from controlplane.policies.decide import Finding, PolicySnapshot, decide
+from controlplane.policies.decide import Finding, PolicySnapshot, decide, protected_aliases
 from controlplane.policies.errors import NotAllowed
 from controlplane.policies.facts import active_waivers, dataset_facts, model_version_facts
 from controlplane.policies.models import PolicyScan, ScanState, SubjectType
@@ -327,16 +328,26 @@ def _findings(policy: PolicySnapshot, subjects: _Subjects) -> list[Finding]:
                 ask(training, Gate.JOB_CREATE, _training_plan(data))
     # Model versions (their aliases) and deployments (what they serve).
     aliased = enabled(RuleKey.PENDING_ERASURE, RuleKey.PROMOTION)
-    deployed = enabled(RuleKey.PROMOTION, RuleKey.SERVING)
+    deployed = enabled(RuleKey.PENDING_ERASURE, RuleKey.PROMOTION, RuleKey.SERVING)
     wanted = {pk for pk, _ in subjects.aliases} if aliased else set()
     if deployed:
         wanted |= {row["target_version_id"] for row in subjects.deployments}
-    with_data = policy.enabled(RuleKey.PENDING_ERASURE) is not None  # only rule 4 reads it
+    erasure = policy.enabled(RuleKey.PENDING_ERASURE)
+    with_data = erasure is not None  # only rule 4 reads it
     versions = model_version_facts(wanted, with_data=with_data)
+    protected = protected_aliases(policy)
     if aliased:
         for version_id, alias in subjects.aliases:
             if version_id in versions:
-                ask(policy, Gate.ALIAS_MOVE, AliasMove(versions[version_id], alias))
+                move = AliasMove(versions[version_id], alias, protected=alias in protected)
+                ask(policy, Gate.ALIAS_MOVE, move)
+    if erasure and erasure["trained_on_erased"] == "require_retraining":
+        # A flagged version may not stay where it serves from: at any alias, or deployed.
+        serving = {pk for pk, _ in subjects.aliases}
+        serving |= {row["target_version_id"] for row in subjects.deployments}
+        retraining = only(policy, RuleKey.PENDING_ERASURE)
+        for version_id in sorted(serving & versions.keys()):
+            ask(retraining, Gate.ALIAS_MOVE, versions[version_id])
     if deployed:
         for row in subjects.deployments:
             if row["target_version_id"] in versions:
@@ -351,7 +362,9 @@ def _findings(policy: PolicySnapshot, subjects: _Subjects) -> list[Finding]:
         compute = only(policy, *JOB_RULES)
         for row in subjects.jobs:
             ask(compute, Gate.JOB_CREATE, _job_plan(row, location))
-    return findings
+    # One subject asked twice (an alias move and "may it stay") finds a hold twice.
+    unique = {(f.rule, f.subject.type, f.subject.id, f.reason): f for f in findings}
+    return list(unique.values())
 
 
 def _training_plan(data: DatasetFacts) -> JobPlan:

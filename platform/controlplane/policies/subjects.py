@@ -71,6 +71,8 @@ class ModelVersionFacts:
     evaluation_id: int | None
     metrics: dict[str, Any]
     datasets: list[DatasetFacts]  # the data it was trained on (lineage)
+    # The erasure requests that flagged it "trained on erased data" (ErasedDataFlag).
+    erased_by: tuple[int, ...] = ()
 
 
 @dataclass
@@ -78,6 +80,7 @@ class AliasMove:
     version: ModelVersionFacts
     alias: str
     approver_role: str | None = None  # set at Gate.PROMOTION_APPROVE
+    protected: bool = False  # among rule 5's aliases (whether or not rule 5 is on)
 
 
 @dataclass

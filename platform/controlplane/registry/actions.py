@@ -146,6 +146,31 @@ def version_evaluate(
 
 @project_page(Action.RUN)
 @require_POST
+def version_retrain(
+    request: ProjectRequest, project: Project, name: str, number: int
+) -> HttpResponse:
+    """Retrain a version flagged "trained on erased data" (gdpr/retrain.py)."""
+    from controlplane.gdpr.errors import GdprError
+    from controlplane.gdpr.retrain import retrain_start
+    from controlplane.jobs.requests import JobRequestError
+
+    version = version_or_404(project, name, number)
+    try:
+        job = retrain_start(version=version, actor=request.user)
+    except GdprError as error:
+        messages.error(request, f"Not retrained: {error}")
+    except JobRequestError as error:
+        messages.error(request, "Not retrained: " + errors_text(error.errors, "; "))
+    except PolicyDenied as error:
+        denied_show(request, error)
+    else:
+        messages.success(request, f"Job {job.pk} ({job.kind}) queued to retrain {version}.")
+        return redirect("job-detail", project_id=project.pk, job_id=job.pk)
+    return to_version_page(project, version)
+
+
+@project_page(Action.RUN)
+@require_POST
 def version_edit(request: ProjectRequest, project: Project, name: str, number: int) -> HttpResponse:
     version = version_or_404(project, name, number)
     form = VersionEditForm(request.POST)

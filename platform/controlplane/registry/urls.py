@@ -16,6 +16,7 @@ urlpatterns = [
     path(VERSION + "edit/", actions.version_edit, name="registry-version-edit"),
     path(VERSION + "delete/", actions.version_delete, name="registry-version-delete"),
     path(VERSION + "evaluate/", actions.version_evaluate, name="registry-version-evaluate"),
+    path(VERSION + "retrain/", actions.version_retrain, name="registry-version-retrain"),
     path("projects/<int:project_id>/reviews/", views.review_queue, name="registry-reviews"),
     path(
         "projects/<int:project_id>/reviews/settings/",

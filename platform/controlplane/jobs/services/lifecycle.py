@@ -178,8 +178,9 @@ def _job_resume(*, job: Job, checkpoint: JobArtifact, actor: User) -> Job:
 
 
 @transaction.atomic
-def job_cancel(*, job: Job, actor: User) -> Job:
-    """Cooperative cancel: a queued job stops at once, a running one at its next check."""
+def job_cancel(*, job: Job, actor: User, reason: dict[str, Any] | None = None) -> Job:
+    """Cooperative cancel: a queued job stops at once, a running one at its next check.
+    `reason` (why, when not the actor's choice: an erasure request) joins the audit payload."""
     job = Job.objects.select_for_update().get(pk=job.pk)  # job row first, then the audit chain
     if job.is_terminal:
         raise JobError(f"job {job.pk} already {job.state}; nothing to cancel", status=409)
@@ -199,7 +200,7 @@ def job_cancel(*, job: Job, actor: User) -> Job:
             actor=actor,
             action="job.cancelled",
             artifact=job,
-            payload={"while": "queued"},
+            payload={"while": "queued", **(reason or {})},
         )
     else:
         audit_append(
@@ -207,7 +208,7 @@ def job_cancel(*, job: Job, actor: User) -> Job:
             actor=actor,
             action="job.cancel_requested",
             artifact=job,
-            payload={},
+            payload={**(reason or {})},
         )
     job.save(update_fields=["state", "finished_at", "cancel_requested_at"])
     return job
