@@ -88,6 +88,7 @@ def _base_needs_retraining(source, requests: list[SubjectRequest]) -> bool:
 def retrain_start(*, version, actor):
     """Start the retraining job of a flagged model version; the job (409 Conflict when
     it cannot start, PolicyDenied or JobRequestError from job_create)."""
+    from controlplane.jobs.kinds import resubmittable_params
     from controlplane.jobs.services import job_create
 
     label = f"{version.model.name} v{version.number}"
@@ -106,7 +107,7 @@ def retrain_start(*, version, actor):
             "itself trained on erased data: retrain the base model first, then start this "
             "job on the new base"
         )
-    params: dict[str, Any] = dict(source.params or {})
+    params: dict[str, Any] = resubmittable_params(source.kind, source.params)
     old = params.get("dataset_version_id")
     new = rewritten_version(old, requests) if old else None
     if new is None:

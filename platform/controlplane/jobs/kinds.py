@@ -198,6 +198,23 @@ def _register_as(kind: str, params: dict[str, Any], errors: dict) -> str | None:
     return name
 
 
+# What validation derives into a job's stored parameters (the worker's list of input
+# names, the dataset's subject field): not the caller's to give, so dropped again below.
+_DERIVED_PARAMS = ("input_names", "subject_field")
+
+
+def resubmittable_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A job's stored (validated) parameters as a caller would submit them to create the
+    same job again (a retraining): derived fields removed, moved ones put back."""
+    clean = {k: v for k, v in (params or {}).items() if k not in _DERIVED_PARAMS}
+    if kind == JobKind.PRETRAIN and isinstance(clean.get("train"), dict):
+        train = dict(clean["train"])
+        if "device" in train:
+            clean["device"] = train.pop("device")  # _validate_pretrain moved it there
+        clean["train"] = train
+    return clean
+
+
 def validate_job_request(*, project: Project, kind: str, params: Any) -> JobRequest:
     if kind not in _VALIDATORS:
         raise JobRequestError(
