@@ -6,12 +6,28 @@ from __future__ import annotations
 
 import pytest
 
-from tests.platform.gdpr.test_gdpr_erasure import ANN, _approve, support  # noqa: F401
+from tests.platform.gdpr.test_gdpr_erasure import ANN, _approve, _support_log
 from tests.platform.policies import compliance_fixtures as fixtures
 
 pytestmark = pytest.mark.django_db
 
 EMAIL = [{"type": "email", "value": ANN}]
+
+
+@pytest.fixture(name="support")
+def support_fixture(team, make_ready_version):
+    """The support log of test_gdpr_erasure.py: Ann in 4 of its 12 tickets."""
+    from controlplane.datasets.services import dataset_create
+
+    dataset = dataset_create(
+        project=team.project,
+        actor=team.engineer,
+        name="Support",
+        slug="support",
+        kind="text",
+        subject_field="customer",
+    )
+    return make_ready_version(dataset, team.engineer, _support_log())
 
 
 def _reader(team, version, state: str):
