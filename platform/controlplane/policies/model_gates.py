@@ -192,7 +192,7 @@ def _merged(decisions: list[Decision]) -> Decision:
 def check_deployment_create(
     *, project, actor, name: str, version, archive: bool, guardrails, facts=None
 ) -> Decision:
-    """Rules 5 and 6 for a deployment about to be created (Gate.DEPLOYMENT_CREATE); record
+    """Rules 4-6 for a deployment about to be created (Gate.DEPLOYMENT_CREATE); record
     the allowance with `gates.record_allowed(decision, artifact=deployment)`."""
 
     def plan() -> DeploymentPlan:
@@ -225,7 +225,7 @@ def check_deployment_update(*, project, actor, deployment, guardrails, archive: 
 
 
 def check_deployment_start(*, project, actor, deployment, version) -> Decision:
-    """Rules 5 and 6 for a stopped deployment about to serve `version` again
+    """Rules 4-6 for a stopped deployment about to serve `version` again
     (Gate.DEPLOYMENT_START): the policy may have changed while it was stopped."""
 
     def plan() -> DeploymentPlan:
