@@ -38,6 +38,11 @@ class ParamOut(serializers.Serializer):
     label = serializers.CharField()
     help = serializers.CharField()
     default = serializers.JSONField()
+    choices = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="The values the parameter takes, when it is one of a few.",
+    )
 
 
 class RuleOut(serializers.Serializer):
@@ -100,7 +105,13 @@ def catalogue() -> list[dict[str, Any]]:
             "explanation": rule.explanation,
             "gates": sorted(gate.value for gate in rule.gates),
             "params": [
-                {"name": p.name, "label": p.label, "help": p.help, "default": p.default}
+                {
+                    "name": p.name,
+                    "label": p.label,
+                    "help": p.help,
+                    "default": p.default,
+                    **({"choices": list(p.choices)} if p.choices else {}),
+                }
                 for p in rule.params
             ],
         }

@@ -60,10 +60,9 @@ class RuleForm(forms.Form):
         help_text = escape(param.help)
         common = {"label": param.label, "help_text": help_text}
         default = param.default
-        choices = getattr(param.check, "choices", None)
-        if choices:
+        if param.choices:
             return forms.ChoiceField(
-                choices=[(c, c.replace("_", " ")) for c in choices], initial=value, **common
+                choices=[(c, c.replace("_", " ")) for c in param.choices], initial=value, **common
             )
         if isinstance(default, bool):
             return forms.BooleanField(required=False, initial=bool(value), **common)

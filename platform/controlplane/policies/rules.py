@@ -53,6 +53,11 @@ class Param:
     default: Any
     check: Callable[[Any, str], Any]  # (value, field path) -> clean value, or InvalidPolicy
 
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The values of a one-of-a-few parameter (its check is `_choice(...)`), else ()."""
+        return getattr(self.check, "choices", ())
+
 
 @dataclass(frozen=True)
 class Rule:

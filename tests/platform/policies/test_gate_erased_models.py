@@ -247,3 +247,32 @@ def test_the_policy_page_offers_the_choices_as_selects(team, client):
 
     rules = policy_in_force(team.project).rules["pending_erasure"]
     assert (rules["trained_on_erased"], rules["running_jobs"]) == ("require_retraining", "wait")
+
+
+def test_the_api_lists_the_choices_and_names_a_bad_one(team, api):
+    url = f"/api/v1/projects/{team.project.pk}/policy/"
+    body = api(team.viewer).get(url).json()
+    rule = next(rule for rule in body["catalogue"] if rule["key"] == "pending_erasure")
+    params = {p["name"]: p for p in rule["params"]}
+    assert params["trained_on_erased"]["default"] == "warn"
+    assert params["trained_on_erased"]["choices"] == [
+        "warn",
+        "block_serving",
+        "require_retraining",
+    ]
+    assert params["running_jobs"]["choices"] == ["wait", "cancel"]
+    assert "deployment.create" in rule["gates"]
+
+    response = api(team.owner).put(
+        url,
+        {
+            "base_version": 0,
+            "reason": "x",
+            "rules": {"pending_erasure": {"running_jobs": "later"}},
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "rules.pending_erasure.running_jobs": ["must be one of wait, cancel"]
+    }
