@@ -157,9 +157,12 @@ def test_process_workers_report_what_threads_and_a_single_reader_report(local_st
 
     expected = scan(threads=1)
     assert len(expected[0]) == 3 and len(expected[2]) == 1
-    assert scan(threads=2) == expected  # processes
+    assert scan(threads=2) == expected  # processes that read the local store themselves
     assert scan(threads=2, processes=False) == expected
-    # A version too big to hand to a worker is streamed and scanned by the parent.
+    # A store that is not local is read by the parent, which hands the bytes over...
+    monkeypatch.setattr(residue, "LocalObjectStore", type("Remote", (), {}))
+    assert scan(threads=2) == expected
+    # ...and streams a version too big to hand over, scanning it itself.
     monkeypatch.setattr(residue, "PROCESS_MAX_BYTES", 10)
     assert scan(threads=2) == expected
 
