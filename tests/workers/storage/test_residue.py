@@ -136,3 +136,45 @@ def test_a_damaged_object_makes_the_report_unclean(local_store):
 def test_an_empty_needle_is_refused(local_store):
     with pytest.raises(ValueError, match="needle 1 is empty"):
         scan_objects(local_store, ["projects/1/"], ["ann", "  "])
+
+
+def _objects_with_residue(store) -> None:
+    store.put_bytes("projects/1/raw/a.jsonl", lines("x", "write to annlee@example.com", "y"))
+    store.put_bytes("projects/1/inference/b.jsonl.gz", members("hi", "ANN  lee", "ok"))
+    store.put_bytes(
+        "projects/1/clean/records-00000.jsonl.zst",
+        zstandard.ZstdCompressor().compress(lines("a", "ann.lee+x@EXAMPLE.com")),
+    )
+    store.put_bytes("projects/1/inference/broken.jsonl.gz", members("fine")[:-5])
+
+
+def test_process_workers_report_what_threads_and_a_single_reader_report(local_store, monkeypatch):
+    _objects_with_residue(local_store)
+
+    def scan(**options):
+        report = scan_objects(local_store, ["projects/1/"], [EMAIL, "ann lee"], **options)
+        return report.hits, report.hit_count, report.errors, report.bytes_decoded
+
+    expected = scan(threads=1)
+    assert len(expected[0]) == 3 and len(expected[2]) == 1
+    assert scan(threads=2) == expected  # processes that read the local store themselves
+    assert scan(threads=2, processes=False) == expected
+    # A store that is not local is read by the parent, which hands the bytes over...
+    monkeypatch.setattr(residue, "LocalObjectStore", type("Remote", (), {}))
+    assert scan(threads=2) == expected
+    # ...and streams a version too big to hand over, scanning it itself.
+    monkeypatch.setattr(residue, "PROCESS_MAX_BYTES", 10)
+    assert scan(threads=2) == expected
+
+
+def test_threads_are_used_where_no_process_pool_can_start(local_store, monkeypatch):
+    _objects_with_residue(local_store)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("daemonic processes are not allowed to have children")
+
+    monkeypatch.setattr(residue, "_process_pool", refused)
+
+    report = scan_objects(local_store, ["projects/1/"], [EMAIL, "ann lee"], threads=2)
+
+    assert report.hit_count == 3 and len(report.errors) == 1 and report.objects == 4
