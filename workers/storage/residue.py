@@ -454,17 +454,20 @@ def _scan_stored_bytes(
 def _process_pool(
     workers: int, needles: list[str], store: ObjectStore
 ) -> tuple[ProcessPoolExecutor, bool]:
-    """The pool, and whether its workers read the store themselves.
+    """The pool, and whether its workers read the store themselves (never, now).
 
-    fork (where there is one) starts a worker in milliseconds and imports nothing. Only a
-    local store (plain files, no connection) is used across the fork, saving the parent
-    ~12% of the CPU time in reading and handing over bytes; any other store's client
-    stays in the parent, and its workers touch only the bytes they are handed.
+    forkserver, not fork: the scan runs inside processes that hold threads (a Celery
+    worker's heartbeat, pytest-xdist's channel, a database client's pool), and a child
+    forked from such a process can inherit a lock some other thread held at that moment
+    and hang on it forever (a plain fork hung the test suite's workers). The fork server
+    is a fresh single-threaded process that forks the workers. A local store (plain
+    files, no connection; it pickles) goes to the workers, which read their versions
+    themselves, saving the parent ~12% of the CPU in reading and handing over bytes; any
+    other store's client stays in the parent, which hands the workers the bytes.
     """
     methods = multiprocessing.get_all_start_methods()
-    forked = "fork" in methods
-    context = multiprocessing.get_context("fork" if forked else None)
-    shared = store if forked and type(store) is LocalObjectStore else None
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    shared = store if type(store) is LocalObjectStore else None
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=context,
