@@ -47,7 +47,10 @@ from controlplane.gdpr.erasure import (
     _job_request,
     _record,
     _subjects,
+    advance_all,
     advance_soon,
+    certificate_evidence,
+    certificate_head,
     erasure_candidates,
 )
 from controlplane.gdpr.errors import GdprError, NotAllowed
@@ -216,24 +219,7 @@ def _delete_parts(job) -> None:
 def accesses_advance_all() -> dict[int, str]:
     """The beat's pass over access requests: an approval whose hook failed is started,
     one in progress goes as far as it can (its export built once the job succeeded)."""
-    outcome: dict[int, str] = {}
-    for request in SubjectRequest.objects.filter(
-        kind=RequestKind.ACCESS, state=RequestState.APPROVED
-    ).order_by("pk"):
-        try:
-            access_start(request)
-        except Exception as error:  # noqa: BLE001 - retried on the next pass
-            logger.exception("access request %s could not start", request.pk)
-            outcome[request.pk] = f"not started: {type(error).__name__}"
-    for request in SubjectRequest.objects.filter(
-        kind=RequestKind.ACCESS, state=RequestState.IN_PROGRESS
-    ).order_by("pk"):
-        try:
-            outcome[request.pk] = access_advance(request)
-        except Exception as error:  # noqa: BLE001 - one request's store error spares the rest
-            logger.exception("access request %s: this pass stopped", request.pk)
-            outcome[request.pk] = f"retrying: {type(error).__name__}"
-    return outcome
+    return advance_all(RequestKind.ACCESS, start=access_start, advance=access_advance)
 
 
 def _slug(label: str) -> str:
@@ -449,30 +435,10 @@ def exports_expire(now: dt.datetime | None = None) -> list[int]:
 
 
 def _certificate(request: SubjectRequest) -> dict:
-    from controlplane.audit.models import AuditChain, AuditEvent
-
     progress = request.progress
-    chain = AuditChain.objects.filter(project=request.project).first()
-    events = AuditEvent.objects.filter(project_id=request.project_id).filter(
-        Q(payload__request=request.pk)
-    )
     export = progress.get("export", {})
     return {
-        "request": {
-            "id": request.pk,
-            "kind": request.kind,
-            "project": request.project_id,
-            "subjects": _subjects(request),
-            "identifier_types": [row.type for row in request.identifiers.all()],
-            "received_at": request.received_at.isoformat(),
-            "deadline_at": request.deadline_at.isoformat(),
-            "legal_basis": request.legal_basis,
-        },
-        "reviewer": {
-            "id": request.reviewed_by_id,
-            "username": request.reviewed_by.username if request.reviewed_by else "",
-            "reviewed_at": request.reviewed_at.isoformat() if request.reviewed_at else None,
-        },
+        **certificate_head(request),
         "search_job": progress.get("job_id"),
         "searched": [*progress.get("searched", []), {"label": "inference archive"}],
         "found": [
@@ -484,7 +450,5 @@ def _certificate(request: SubjectRequest) -> dict:
             for k in ("key", "sha256", "size", "sources", "expires_at", "downloaded_at")
         }
         | {"downloaded_by": export.get("downloaded_by"), "deleted": True},
-        "audit_events": sorted(events.values_list("pk", flat=True)),
-        "chain_head": {"length": chain.length, "hash": chain.head_hash} if chain else None,
-        "completed_at": timezone.now().isoformat(),
+        **certificate_evidence(request, Q(payload__request=request.pk)),
     }

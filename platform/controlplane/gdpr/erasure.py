@@ -886,22 +886,8 @@ def _release_holds(request: SubjectRequest) -> list[int]:
     return released
 
 
-def _certificate(request: SubjectRequest) -> dict:
-    from controlplane.audit.models import AuditChain, AuditEvent
-    from controlplane.datasets.models import DatasetFile
-
-    progress = request.progress
-    chain = AuditChain.objects.filter(project=request.project).first()
-    events = AuditEvent.objects.filter(project_id=request.project_id).filter(
-        Q(payload__request=request.pk) | Q(payload__reference=reference_of(request))
-    )
-    deleted = progress.get("deleted", {})
-    files = {
-        f.object_key: f
-        for f in DatasetFile.objects.filter(
-            version_id__in=[e["old"] for e in progress.get("versions", [])]
-        )
-    }
+def certificate_head(request: SubjectRequest) -> dict[str, Any]:
+    """What every certificate (erasure or access) says of the request and its review."""
     return {
         "request": {
             "id": request.pk,
@@ -918,6 +904,36 @@ def _certificate(request: SubjectRequest) -> dict:
             "username": request.reviewed_by.username if request.reviewed_by else "",
             "reviewed_at": request.reviewed_at.isoformat() if request.reviewed_at else None,
         },
+    }
+
+
+def certificate_evidence(request: SubjectRequest, events: Q) -> dict[str, Any]:
+    """The audit events (those `events` selects) and the chain head at completion."""
+    from controlplane.audit.models import AuditChain, AuditEvent
+
+    chain = AuditChain.objects.filter(project=request.project).first()
+    found = AuditEvent.objects.filter(project_id=request.project_id).filter(events)
+    return {
+        "audit_events": sorted(found.values_list("pk", flat=True)),
+        "chain_head": {"length": chain.length, "hash": chain.head_hash} if chain else None,
+        "completed_at": timezone.now().isoformat(),
+    }
+
+
+def _certificate(request: SubjectRequest) -> dict:
+    from controlplane.datasets.models import DatasetFile
+
+    progress = request.progress
+    events = Q(payload__request=request.pk) | Q(payload__reference=reference_of(request))
+    deleted = progress.get("deleted", {})
+    files = {
+        f.object_key: f
+        for f in DatasetFile.objects.filter(
+            version_id__in=[e["old"] for e in progress.get("versions", [])]
+        )
+    }
+    return {
+        **certificate_head(request),
         "erasure_job": progress.get("job_id"),
         "searched": progress.get("searched", []),
         "found": [
@@ -960,9 +976,7 @@ def _certificate(request: SubjectRequest) -> dict:
         "archive": progress.get("archive", {}),
         "models_flagged": progress.get("models_flagged", []),
         "residue_scan": progress.get("scan", {}),
-        "audit_events": sorted(events.values_list("pk", flat=True)),
-        "chain_head": {"length": chain.length, "hash": chain.head_hash} if chain else None,
-        "completed_at": timezone.now().isoformat(),
+        **certificate_evidence(request, events),
     }
 
 
@@ -985,21 +999,27 @@ def rebuild_finished(job) -> None:
 def erasures_advance_all() -> dict[int, str]:
     """The beat's pass: every erasure in progress, as far as each can go, and every
     approved one whose start failed (its hook is logged, not retried, by services)."""
-    outcome = {}
-    for request in SubjectRequest.objects.filter(
-        kind=RequestKind.ERASURE, state=RequestState.APPROVED
-    ).order_by("pk"):
+    return advance_all(RequestKind.ERASURE, start=erasure_start, advance=erasure_advance)
+
+
+def advance_all(kind: str, *, start, advance) -> dict[int, str]:
+    """A beat pass over one kind of request: approved ones whose hook failed are started,
+    those in progress go as far as they can; one request's error spares the rest."""
+    outcome: dict[int, str] = {}
+    for request in SubjectRequest.objects.filter(kind=kind, state=RequestState.APPROVED).order_by(
+        "pk"
+    ):
         try:
-            erasure_start(request)
+            start(request)
         except Exception as error:  # noqa: BLE001 - reported, retried on the next pass
-            logger.exception("erasure request %s could not start", request.pk)
+            logger.exception("%s request %s could not start", kind, request.pk)
             outcome[request.pk] = f"not started: {type(error).__name__}"
     for request in SubjectRequest.objects.filter(
-        kind=RequestKind.ERASURE, state=RequestState.IN_PROGRESS
+        kind=kind, state=RequestState.IN_PROGRESS
     ).order_by("pk"):
         try:
-            outcome[request.pk] = erasure_advance(request)
+            outcome[request.pk] = advance(request)
         except Exception as error:  # noqa: BLE001 - one request's store error spares the rest
-            logger.exception("erasure request %s: this pass stopped", request.pk)
+            logger.exception("%s request %s: this pass stopped", kind, request.pk)
             outcome[request.pk] = f"retrying: {type(error).__name__}"
     return outcome
