@@ -18,6 +18,8 @@ from typing import Any
 
 from controlplane.policies.errors import InvalidPolicy
 from controlplane.policies.licences import canonical_id, unknown_id_message
+from controlplane.serving.models import MAX_RETENTION_DAYS
+from workers.protocol import Queue
 
 
 class RuleKey(enum.StrEnum):
@@ -164,7 +166,7 @@ def _bucket(value: str, path: str) -> str:
     return value
 
 
-QUEUES = ("cpu", "gpu")
+QUEUES = tuple(q.value for q in Queue)  # the queues jobs go to (workers.protocol)
 # Rule 4's choices: what follows for a model version flagged "trained on erased data",
 # and what an erasure does with a job still reading a version it deletes.
 TRAINED_ON_ERASED = ("warn", "block_serving", "require_retraining")
@@ -426,14 +428,14 @@ RULES: dict[RuleKey, Rule] = {
                     "Minimum archive retention (days)",
                     "",
                     1,
-                    _number(1, 3650, integer=True),
+                    _number(1, MAX_RETENTION_DAYS, integer=True),
                 ),
                 Param(
                     "retention_max_days",
                     "Maximum archive retention (days)",
                     "",
-                    3650,
-                    _number(1, 3650, integer=True),
+                    MAX_RETENTION_DAYS,
+                    _number(1, MAX_RETENTION_DAYS, integer=True),
                 ),
             ),
         ),
