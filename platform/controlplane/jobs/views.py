@@ -127,6 +127,10 @@ def job_list(request: ProjectRequest, project: Project) -> HttpResponse:
 def job_detail(request: ProjectRequest, project: Project, job_id: int) -> HttpResponse:
     """A job's page; htmx polls its status fragment while the job runs."""
     job = _job(project, job_id)
+    # An inspect job's `records` are the first records; other kinds' (data pipeline,
+    # erasure) are a count, shown among the figures.
+    records = job.result.get("records") if isinstance(job.result, dict) else None
+    first_records = records if isinstance(records, list) else None
     context = {
         "project": project,
         "job": job,
@@ -137,7 +141,9 @@ def job_detail(request: ProjectRequest, project: Project, job_id: int) -> HttpRe
         "event_health": job_event_health(job),
         "charts": job_charts(job),
         # (An evaluation's details, samples included, are shown on the model version's page.)
-        "result_hidden": ("records", "samples", "files", "report", "preview", "details"),
+        "result_hidden": ("samples", "files", "report", "preview", "details")
+        + (("records",) if first_records else ()),
+        "first_records": first_records,
     }
     if request.htmx:
         return render(request, "jobs/_job_status.html", context)

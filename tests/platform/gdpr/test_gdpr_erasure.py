@@ -451,3 +451,33 @@ def test_identifiers_sealed_with_a_retired_key_fail_instead_of_finding_nobody(
     request.refresh_from_db()
     assert request.state == "failed" and "SECRET_KEY_FALLBACKS" in request.failure_reason
     assert not Job.objects.filter(kind="erasure").exists()
+
+
+def test_every_role_sees_the_erasure_job_and_both_versions_and_outsiders_get_404(
+    team, support, file_request, django_capture_on_commit_callbacks, run_on_worker, client
+):
+    from django.urls import reverse
+
+    from controlplane.gdpr.erasure import erasure_advance
+    from controlplane.jobs.models import Job
+
+    request = _approve(
+        team, file_request, django_capture_on_commit_callbacks, [{"type": "email", "value": ANN}]
+    )
+    job = run_on_worker(Job.objects.get(kind="erasure"))
+    assert erasure_advance(request) == "completed"
+    support.refresh_from_db()
+    rewritten = job.produced_versions.get()
+    pages = [
+        reverse("job-detail", args=[team.project.pk, job.pk]),
+        *(
+            reverse("dataset-version", args=[team.project.pk, v.dataset_id, v.number])
+            for v in (support, rewritten)
+        ),
+    ]
+    for role in ("owner", "engineer", "viewer", "compliance"):
+        client.force_login(getattr(team, role))
+        for page in pages:
+            assert client.get(page).status_code == 200, (role, page)
+    client.force_login(team.outsider)
+    assert [client.get(page).status_code for page in pages] == [404] * len(pages)
