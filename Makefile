@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench schemas compose-check clean
+.PHONY: install demo test test-fast lint bench bench-gpu schemas compose-check clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) manage.py demo
 
 # Tests talk to the machine's PostgreSQL and Redis (override with the same variables).
-TEST_ENV = DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/controlplane} \
+TEST_ENV = PYTHONDONTWRITEBYTECODE= DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/controlplane} \
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-redis://127.0.0.1:6379/15} \
 	CONTROLPLANE_DATA_DIR=$(CURDIR)/var/test
 
@@ -41,6 +41,27 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The GPU path in one command, on a machine with CUDA (make install there first; the
+# .venv's torch must be a CUDA build: `pip install torch==2.13.0` from PyPI on Linux):
+# GPT-2 124M tokens/s and MFU on one GPU, then FSDP2 on every GPU, then the gpu-marked
+# tests (bf16 numerics, checkpoints and generation on cuda). Results: var/bench/gpu.txt.
+bench-gpu: SHELL := /bin/bash
+bench-gpu: .SHELLFLAGS := -o pipefail -c
+bench-gpu: $(STAMP)
+	mkdir -p var/bench
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: torch sees no CUDA device (torch ' + torch.__version__ + ')')"
+	$(PY) bench/bench_train_gpu.py 2>&1 | tee var/bench/gpu.txt
+	$(PY) bench/bench_train_gpu.py --fsdp 2>&1 | tee -a var/bench/gpu.txt
+	$(PY) -m pytest -q -p no:cacheprovider -m gpu tests/engine 2>&1 | tee -a var/bench/gpu.txt
+
+# A PNG of each page the browser tests open, as the demo's roles (alice the owner, carol
+# a viewer, mallory an outsider) see it, under var/test/screenshots/ (needs Chromium).
+screenshots: $(STAMP)
+	rm -rf var/test/screenshots && mkdir -p var/test/screenshots
+	$(TEST_ENV) SCREENSHOTS_DIR=$(CURDIR)/var/test/screenshots \
+		$(PY) -m pytest -q -p no:cacheprovider tests/browser
+	@ls var/test/screenshots
 
 # The job-parameter schemas the platform validates with, made from the engine's configs
 # (run after changing a default, range or preset; a test fails while the file is stale).

@@ -57,11 +57,16 @@ django.setup()
 from django.contrib.auth.models import User
 from controlplane.accounts.services import api_token_create
 from controlplane.jobs.models import Job
+from controlplane.orgs.models import OrgMembership
+from controlplane.orgs.services import default_organisation
 from controlplane.projects.models import Membership, Project
 
 user = User.objects.create_user("bench", password="bench-password-1")
+org = default_organisation()
+OrgMembership.objects.create(organisation=org, user=user, role="admin")  # the org wall
 projects = Project.objects.bulk_create(
-    [Project(name=f"Project {{i:04d}}", slug=f"project-{{i:04d}}") for i in range({n_projects})])
+    [Project(name=f"Project {{i:04d}}", slug=f"project-{{i:04d}}", organisation=org)
+     for i in range({n_projects})])
 Membership.objects.bulk_create([Membership(project=p, user=user, role="owner") for p in projects])
 states = ["succeeded", "failed", "running", "queued", "cancelled"]
 jobs = []

@@ -16,11 +16,17 @@ Measured (engine.data.erasure):
    with the engine's own writers (RecordShardWriter, write_subject_index), since cleaning
    500 MB takes minutes and is not what is measured here;
 3. find through the subject index (goal: under 1 s);
-4. the rewrite of the raw upload and of the cleaned version without the customer
-   (goal: raw + cleaned, finds included, under 60 s on this 2-core machine);
-5. a residue scan of both results for the customer's e-mail and id (must be 0 hits).
-Token shards are not rewritten by the erasure (a re-run of tokenization:
-bench/bench_data_tokenize.py measures that).
+4. the rewrite of the raw upload and of the cleaned version without the customer, the
+   cleaned version with its token shards (tokens/, as a data_pipeline job writes them: a
+   character tokenizer, the pipeline's default, trained on the texts and the engine's
+   tokenize_to_shards with 2 processes, in the setup, not timed), which the erasure cuts
+   (engine.data.token_cut) instead of re-tokenizing (goal: raw + cleaned + tokenized,
+   finds included, under 60 s on this 2-core machine);
+5. a residue scan of both results for the customer's e-mail and id (must be 0 hits), and
+   of the new token shards: the customer's e-mail and id, encoded, searched for as token
+   sequences in every split (0 hits; the same search finds them in the old shards), the
+   documents re-counted (end-of-text tokens), and with --quick the new shards compared
+   byte for byte with a full re-tokenization of the erased cleaned version.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
@@ -41,9 +49,17 @@ from support_tickets import customer, write_tickets  # noqa: E402
 
 from engine.data.config import load_pipeline_config  # noqa: E402
 from engine.data.erasure import erase_subject, find_subject, subject_hash  # noqa: E402
+from engine.data.packing import tokenize_to_shards  # noqa: E402
 from engine.data.pipeline import run_pipeline  # noqa: E402
-from engine.data.records import RecordShardWriter, write_records_manifest  # noqa: E402
+from engine.data.records import (  # noqa: E402
+    RecordShardWriter,
+    read_records,
+    write_records_manifest,
+)
+from engine.data.shards import load_manifest  # noqa: E402
 from engine.data.subject_index import INDEX_FILE, write_subject_index  # noqa: E402
+from engine.data.token_cut import eot_counts  # noqa: E402
+from engine.data.tokenizers import CharTokenizer, load_tokenizer  # noqa: E402
 
 KEY = b"bench-project-secret"
 CUSTOMERS = 10_000
@@ -60,7 +76,7 @@ def timed(label: str, function):
     wall, cpu = time.perf_counter(), _cpu()
     result = function()
     wall, cpu = time.perf_counter() - wall, _cpu() - cpu
-    print(f"{label:<44} {wall:7.2f} s wall, {cpu:7.2f} s CPU")
+    print(f"{label:<48} {wall:7.2f} s wall, {cpu:7.2f} s CPU")
     return result, wall
 
 
@@ -91,6 +107,37 @@ def build_cleaned(raw: Path, output: Path) -> int:
         subject_salted=False,
     )
     return len(rows)
+
+
+def build_tokens(clean: Path, scratch: Path) -> int:
+    """Token shards under clean/tokens/, as the data_pipeline job writes them."""
+    tokenizer = CharTokenizer.train(r["text"] for r in read_records(clean))
+    tokenizer.save(scratch / "tokenizer.json")
+    manifest, _ = tokenize_to_shards(
+        [clean], scratch / "tokenizer.json", clean / "tokens", val_fraction=0.01, processes=2
+    )
+    return sum(manifest.num_tokens(split) for split in ("train", "val"))
+
+
+def token_hits(folder: Path, needles: list[str]) -> int:
+    """Occurrences of each needle's token sequence in every split's stream (shards joined)."""
+    manifest = load_manifest(folder)
+    tokenizer = load_tokenizer(manifest.tokenizer_path)
+    hits = 0
+    for split in ("train", "val"):
+        shards = manifest.shards_for(split)
+        if not shards:
+            continue
+        stream = np.concatenate(
+            [np.memmap(folder / s.path, dtype=np.dtype(s.dtype), mode="r") for s in shards]
+        )
+        for needle in needles:
+            pattern = np.asarray(tokenizer.encode(needle), dtype=stream.dtype)
+            candidates = np.flatnonzero(stream[: len(stream) - len(pattern) + 1] == pattern[0])
+            for offset in range(1, len(pattern)):
+                candidates = candidates[stream[candidates + offset] == pattern[offset]]
+            hits += len(candidates)
+    return hits
 
 
 def pipeline_slice(raw: Path, scratch: Path, customer_id: str) -> None:
@@ -142,6 +189,11 @@ def main() -> None:
             "2. build the cleaned version (engine writers)",
             lambda: build_cleaned(raw, scratch / "clean"),
         )
+        tokens, _ = timed(
+            "2b. tokenize it (char tokenizer, 2 processes)",
+            lambda: build_tokens(scratch / "clean", scratch),
+        )
+        print(f"token shards: {tokens:,} tokens in {scratch / 'clean' / 'tokens'}")
         pipeline_slice(raw, scratch, customer_id)
         print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
@@ -167,7 +219,7 @@ def main() -> None:
             ),
         )
         clean_result, clean_erase_s = timed(
-            "4b. erase from the cleaned version",
+            "4b. erase from the cleaned + tokenized version",
             lambda: erase_subject(
                 scratch / "clean", scratch / "clean-erased", subject_hashes=[keyed]
             ),
@@ -191,6 +243,33 @@ def main() -> None:
         )
         residue_hits = sum(r.hits for r in residue)
         scanned = sum(r.bytes_scanned for r in residue)
+        cut = clean_result.token_shards
+        assert cut["method"] == "cut", cut
+        token_residue, token_residue_s = timed(
+            "5b. residue search of the new token shards",
+            lambda: token_hits(scratch / "clean-erased" / "tokens", [email, customer_id]),
+        )
+        before = token_hits(scratch / "clean" / "tokens", [email, customer_id])
+        new_tokens = load_manifest(scratch / "clean-erased" / "tokens", verify_checksums=True)
+        documents = sum(s["num_documents"] for s in new_tokens.splits.values())
+        counted = sum(sum(c) for c in eot_counts(new_tokens).values())
+        assert documents == counted == records - clean_result.records_removed, (documents, counted)
+        identical = "not checked (run --quick)"
+        if args.quick:
+            redone, _ = timed(
+                "6. re-tokenize the erased version (check)",
+                lambda: tokenize_to_shards(
+                    [scratch / "clean-erased"],
+                    scratch / "tokenizer.json",
+                    scratch / "redone",
+                    val_fraction=0.01,
+                    processes=2,
+                )[0],
+            )
+            same = [(s.path, s.sha256) for s in redone.shards] == [
+                (s.path, s.sha256) for s in new_tokens.shards
+            ] and redone.splits == new_tokens.splits
+            identical = "byte-identical" if same else "DIFFERENT"
 
         total = raw_erase_s + clean_erase_s
         print()
@@ -205,14 +284,25 @@ def main() -> None:
             f"(goal < 1 s: {index_find_s / 1.0:.4f} of the goal)"
         )
         print(
-            f"erasure, raw + cleaned: {total:.1f} s for {raw_result.records_removed} + "
-            f"{clean_result.records_removed} records (goal < 60 s: {total / 60:.2f} of the goal)"
+            f"token shards cut: {sum(cut['documents_removed'].values())} documents, "
+            f"{cut['tokens_removed']:,} tokens removed; {len(cut['affected'])} shard(s) "
+            f"rewritten, {len(cut['unchanged'])} reused; tokenizer {cut['tokenizer']}"
+        )
+        print(
+            f"erasure, raw + cleaned + tokenized, finds included: {total:.1f} s for "
+            f"{raw_result.records_removed} + {clean_result.records_removed} records "
+            f"(goal < 60 s: {total / 60:.2f} of the goal)"
+        )
+        print(
+            f"new token shards: {documents:,} documents ({counted:,} end-of-text tokens), "
+            f"{token_residue} hits of the e-mail/id token sequences ({before} in the old "
+            f"shards; {token_residue_s:.1f} s); against a full re-tokenization: {identical}"
         )
         print(
             f"residue scan: {residue_hits} hits in {scanned / 1e6:.0f} MB at "
             f"{scanned / 1e6 / residue_s:.0f} MB/s (issue goal for the platform's scan: 100 MB/s)"
         )
-        if residue_hits:
+        if residue_hits or token_residue or identical == "DIFFERENT":
             raise SystemExit("the customer is still in the erased data")
 
 

@@ -68,9 +68,17 @@ from controlplane.registry.models import (
 now = timezone.now()
 user = User.objects.create_user("bench", password="bench-password-1")
 reviewer = User.objects.create_user("reviewer", password="bench-password-1")
-project = Project.objects.create(name="Registry bench", slug="registry-bench")
+from controlplane.orgs.services import default_organisation  # noqa: E402
+
+project = Project.objects.create(
+    name="Registry bench", slug="registry-bench", organisation=default_organisation()
+)
 Membership.objects.bulk_create([Membership(project=project, user=user, role="owner"),
                                 Membership(project=project, user=reviewer, role="compliance")])
+from controlplane.orgs.models import OrgMembership  # noqa: E402
+
+OrgMembership.objects.bulk_create(  # the org wall: project roles count inside it only
+    [OrgMembership(organisation=project.organisation, user=u) for u in (user, reviewer)])
 dataset = Dataset.objects.create(project=project, name="Plays", slug="plays", kind="text",
     license="Public domain", source="Project Gutenberg", created_by=user)
 report = {{"records_read": 1200, "records_written": 1000, "input": {{"files": 2, "bytes": 5400000}},

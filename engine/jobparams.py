@@ -14,7 +14,9 @@ Every parameter carries ``x-engine``: the config key it sets (``train.max_iters`
 ``checkpoint.interval``), which the agreement test (tests/test_param_agreement.py) follows.
 Extensions the platform reads: ``x-adapters`` (post-training kinds: "always", "optional",
 "never"), ``x-default-with-adapters`` (a learning rate's default when the job trains LoRA
-adapters), ``x-optional`` (a section left out unless given), ``x-choices-help``.
+adapters), ``x-optional`` (a section left out unless given), ``x-choices-help``,
+``x-data-parallel`` / ``x-shardable`` (a training kind's ``resources``: whether it may run
+on several processes, and shard with FSDP; engine/train/resources.py).
 Platform-only parameters (dataset_version_id, base_job_id, reward_job_id, upload_id,
 model_version_id) are
 not here: the platform declares them (controlplane/jobs/params.py).
@@ -37,6 +39,8 @@ from engine.finetune.lora import LoRAConfig
 from engine.finetune.ppo import PPOConfig
 from engine.models.gpt import GPTConfig
 from engine.train import config as pretrain
+from engine.train import resources
+from engine.train.resources import ResourcesConfig
 from engine.vision import config as vision
 
 POSTTRAIN_KINDS = finetune.KINDS
@@ -134,6 +138,15 @@ def _preset_help(preset: str) -> str:
     )
 
 
+def resources_schema(kind: str) -> dict[str, Any]:
+    """Devices, nodes and strategy of a training job, with what the kind can do of them."""
+    schema = section(ResourcesConfig, ["devices", "nodes", "strategy"], "resources")
+    schema["properties"]["strategy"]["x-choices-help"] = dict(resources.STRATEGY_HELP)
+    schema["x-data-parallel"] = kind in resources.DATA_PARALLEL_KINDS
+    schema["x-shardable"] = kind in resources.SHARDABLE_KINDS
+    return schema
+
+
 def pretrain_schema() -> dict[str, Any]:
     presets = list(pretrain.PRESETS)
     model = section(GPTConfig, ["block_size", "dropout"], "model")
@@ -163,6 +176,7 @@ def pretrain_schema() -> dict[str, Any]:
             "sample_prompts": leaf(pretrain.SamplesConfig, "prompts", "samples.prompts"),
             "sample_tokens": leaf(pretrain.SamplesConfig, "tokens", "samples.tokens"),
             "device": leaf(pretrain.TrainConfig, "device", "train.device"),
+            "resources": resources_schema("pretrain"),
         },
     )
 
@@ -184,6 +198,7 @@ def image_schema(kind: str) -> dict[str, Any]:
             "eval_per_class": leaf(vision.EvaluationConfig, "per_class", "evaluation.per_class"),
             "seed": leaf(run_config, "seed", "seed"),
             "device": leaf(vision.TrainConfig, "device", "train.device"),
+            "resources": resources_schema(kind),
         },
     )
 
@@ -216,8 +231,10 @@ def posttrain_schema(kind: str) -> dict[str, Any]:
             lr["x-default-with-adapters"] = finetune.DEFAULT_LR_ADAPTERS[kind]
     properties: dict[str, Any] = {
         "pairs_count": leaf(finetune.DataConfig, "count", "data.count"),
-        "train": train,
     }
+    if kind in ("reward", "dpo"):  # the kinds that learn from the rejected answers
+        properties["pairs_corruption"] = leaf(finetune.DataConfig, "corruption", "data.corruption")
+    properties["train"] = train
     if adapters != "never":
         lora = section(LoRAConfig, ["r", "alpha", "dropout", "target_modules"], "lora")
         if adapters == "optional":
@@ -239,6 +256,7 @@ def posttrain_schema(kind: str) -> dict[str, Any]:
         properties["ppo"] = section(PPOConfig, ppo, "ppo")
     properties["seed"] = leaf(finetune.FinetuneRunConfig, "seed", "seed")
     properties["device"] = leaf(finetune.TrainConfig, "device", "train.device")
+    properties["resources"] = resources_schema(kind)
     return _kind_schema(kind, properties, **{"x-adapters": adapters})
 
 

@@ -128,6 +128,7 @@ def test_every_variable_given_to_the_app_is_one_it_reads(services):
         ROOT / "platform" / "controlplane" / "gunicorn_conf.py",
         ROOT / "workers" / "serve" / "__main__.py",
         ROOT / "workers" / "serve" / "secret.py",
+        ROOT / "workers" / "registry.py",
     ]
     read_by_app = "".join(path.read_text() for path in readers)
     for name in ("migrate", "web", "control-worker", "cpu-worker", "gpu-worker", "serve"):

@@ -5,6 +5,7 @@ with real worker processes, exactly what `make demo` gives a new user.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,8 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
         and not k.startswith("OBJECT_STORE_")
     }
     env["CONTROLPLANE_DATA_DIR"] = str(tmp_path)
-    # Fewer training steps than `make demo` runs: the walk is the same, the test quicker.
-    for args in (["migrate", "--noinput"], ["demo", "--no-serve", "--train-steps", "20"]):
+    # --quick: seconds per training stage instead of minutes; the walk is the same.
+    for args in (["migrate", "--noinput"], ["demo", "--no-serve", "--quick"]):
         result = subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=ROOT,
@@ -39,8 +40,8 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
     assert "cancelled" in out and "chain verified" in out and "BROKEN" not in out
     assert "sizes and sha256 verified" in out and "train + " in out and "20 steps" in out
     assert "ROMEO:" in out and "MLflow run " in out
-    assert "sample grids (one row per digit)" in out
-    assert "Post-training" in out and "held-out preference accuracy 0.500 ->" in out
+    assert "sample grids (one row per digit 0-9)" in out
+    assert "Post-training" in out and "prefers the real continuation: accuracy 50.0 % ->" in out
     for kind in ("lora", "dpo", "reward", "ppo"):
         assert f": {kind}, " in out, kind
     assert "shakespeare-gpt v2: job" in out and "3 files checked" in out
@@ -57,4 +58,17 @@ def test_demo_walk_through_runs_on_the_embedded_default(tmp_path):
     assert "offline verifier: OK" in out
     assert "found 10 records in support-tickets v1" in out and "clean: True" in out
     assert "completed; certificate at" in out
+    # FinOps: the rate card and budget are set before any job runs, and the overview's
+    # figures are the demo's own measured CPU hours, priced.
+    assert re.search(r"rate card v\d+ of .+: 0\.12 EUR per CPU-hour, 2\.50 per GPU-hour", out)
+    assert "budget 0.05 EUR for " in out and "alerts at 80% and 100%" in out
+    measured = re.search(r"(\d+) job attempts measured: (\d+\.\d+) CPU hours", out)
+    assert measured and int(measured[1]) > 0 and float(measured[2]) > 0, out[-3000:]
+    spent = re.search(r"spent this month: (\d+\.\d+) EUR of a 0\.05 budget", out)
+    assert spent and float(spent[1]) > 0
+    assert "most spent on: " in out and "/api/v1/orgs/" in out
+    # The walk ends with the pages to open, each a real page of the demo project.
+    looks = out.split("What to look at")[1]
+    assert "/projects/1/jobs/5/" in looks and "samples/step_000020.png" in looks
+    assert "/projects/1/models/shakespeare-gpt/" in looks and "?experiment=post" in looks
     assert (tmp_path / "db.sqlite3").exists()

@@ -15,3 +15,8 @@ app.conf.update(celery_settings())
 # One job at a time per process; a job is long, so don't reserve the next one meanwhile.
 app.conf.worker_prefetch_multiplier = 1
 app.conf.imports = ["workers.tasks"]
+
+# The worker's heartbeat to the platform's registry (queues and devices): workers/registry.py.
+from workers import registry  # noqa: E402
+
+registry.connect()

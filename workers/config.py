@@ -185,6 +185,8 @@ class WorkerRuntimeConfig:
     event_batch_seconds: float
     # Total time one object-store operation keeps retrying a transient error.
     storage_patience_seconds: int
+    # Measure each attempt's usage (workers/usage.py) and report it in its events.
+    usage_accounting: bool = True
 
 
 def worker_runtime_config() -> WorkerRuntimeConfig:
@@ -197,4 +199,5 @@ def worker_runtime_config() -> WorkerRuntimeConfig:
         )
         / 1000,
         storage_patience_seconds=env_int("WORKER_STORAGE_PATIENCE_SECONDS", 60, minimum=0),
+        usage_accounting=env_bool("WORKER_USAGE_ACCOUNTING", True),
     )

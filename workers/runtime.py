@@ -35,6 +35,7 @@ from workers.config import worker_runtime_config
 from workers.events import EventLog, EventSink
 from workers.protocol import (
     RETRYABLE_FIELD,
+    USAGE_FIELD,
     EventType,
     JobEvent,
     JobSpec,
@@ -47,6 +48,7 @@ from workers.storage import ObjectNotFoundError, ObjectStore, StorageError, Stor
 from workers.storage.retrying import is_transient
 from workers.tracking import NullTracker, start_tracking
 from workers.training import TrainingCallbacks
+from workers.usage import MeteredStore, UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,15 @@ class JobStopped(Exception):
 
 
 class JobFailed(Exception):
-    """A failure the user can act on; its message becomes the job's error."""
+    """A failure the user can act on; its message becomes the job's error.
+
+    ``retryable``: not the job's own fault (a training process killed by the OOM killer):
+    the platform runs the next attempt from the last checkpoint while attempts remain.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class JobContext:
@@ -99,11 +109,14 @@ class JobContext:
         stop_check_seconds: float | None = None,
         event_log: EventLog | None = None,
     ):
+        config = worker_runtime_config()
         self.spec = spec
-        self.store = store
+        # What the attempt uses (None: accounting off); its store counts the bytes moved.
+        self.usage: UsageMeter | None = UsageMeter() if config.usage_accounting else None
+        self.store = store if self.usage is None else MeteredStore(store, self.usage)
         self._sink = sink
         self._seq = 0
-        self.events = event_log or EventLog(worker_runtime_config().event_log_events)
+        self.events = event_log or EventLog(config.event_log_events)
         self._answered_resend_requests: set[str] = set()
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
@@ -114,8 +127,31 @@ class JobContext:
         self._heartbeat_stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self.tracker: NullTracker = NullTracker()
+        # A gang's node (workers/gang.py): its events wait in `_held` until it knows whether
+        # its node hosts rank 0 (then they go out, numbered from 0 as any attempt's) or not
+        # (then they are dropped: one node speaks for the attempt).
+        self.gang: Any = None
+        self._held: list[JobEvent] | None = None
+        self.muted = False
+        self.terminal: JobEvent | None = None  # the attempt's outcome, once emitted
 
     # events -------------------------------------------------------------------------
+    def hold_events(self) -> None:
+        with self._lock:
+            self._held = []
+
+    def report_events(self) -> None:
+        """This node speaks for the attempt: what was held goes out, then everything."""
+        with self._lock:
+            held, self._held = self._held or [], None
+            for event in held:
+                self._sink_send(event)
+
+    def mute_events(self) -> None:
+        """Another node speaks for the attempt: nothing of this one reaches the platform."""
+        with self._lock:
+            self._held, self.muted = None, True
+
     def emit(self, event_type: EventType, payload: dict[str, Any] | None = None) -> JobEvent:
         with self._lock:  # the heartbeat thread emits too; seq must stay gap-free and ordered
             event = self._number(event_type, payload)
@@ -124,6 +160,8 @@ class JobContext:
 
     def _number(self, event_type: EventType, payload: dict[str, Any] | None) -> JobEvent:
         """The next event of the attempt, logged for re-sends; the caller holds the lock."""
+        if self.usage is not None and (event_type == EventType.HEARTBEAT or event_type.is_terminal):
+            payload = {**(payload or {}), USAGE_FIELD: self.usage.report().to_dict()}
         event = JobEvent(
             job_id=self.spec.job_id,
             attempt=self.spec.attempt,
@@ -136,6 +174,16 @@ class JobContext:
         return event
 
     def _send(self, event: JobEvent) -> None:
+        if event.type.is_terminal:
+            self.terminal = event
+        if self.muted:
+            return
+        if self._held is not None:
+            self._held.append(event)
+            return
+        self._sink_send(event)
+
+    def _sink_send(self, event: JobEvent) -> None:
         # The sink is a BufferedSink on a real worker: it queues and never raises. Any other
         # sink failing must not end the training either; the event stays re-sendable.
         try:
@@ -359,6 +407,9 @@ class JobContext:
             "finished": finished.to_dict(),
             "events": [event.to_dict() for event in self.events.published()],
         }
+        if self.muted or self._held is not None:
+            self._send(finished)  # not the node that speaks for the attempt: no record
+            return finished
         key = completion_record_key(self.spec.job_id, self.spec.attempt)
         try:
             self.store.put_bytes(key, json.dumps(record).encode(), content_type="application/json")
@@ -419,9 +470,13 @@ class JobContext:
             target=beat, name=f"heartbeat-{self.spec.job_id}", daemon=True
         )
         self._heartbeat.start()
+        if self.usage is not None:
+            self.usage.start()
 
     def stop_heartbeat(self) -> None:
         self._heartbeat_stop.set()
+        if self.usage is not None:
+            self.usage.stop()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
 
@@ -461,9 +516,16 @@ def run_attempt(
     WORKER_EVENT_FLUSH_SECONDS) of waiting for a broker that is away.
     """
     ctx = JobContext(spec, sink, store)
+    if spec.gang is not None:
+        from workers.gang import GangMember
+
+        ctx.gang = GangMember(spec, store)
+        ctx.hold_events()
     try:
         return _run_attempt(ctx, handlers)
     finally:
+        if ctx.gang is not None:
+            ctx.gang.leave(ctx.terminal)
         if flush_seconds is None:
             flush_seconds = worker_runtime_config().event_flush_seconds
         ctx.flush_events(flush_seconds)
@@ -508,7 +570,10 @@ def _run_handler(ctx: JobContext, handlers: dict) -> str:
     except JobStopped:
         result = None
     except JobFailed as error:
-        ctx.emit(EventType.FAILED, {"error": str(error)})
+        payload: dict[str, Any] = {"error": str(error)}
+        if error.retryable:
+            payload[RETRYABLE_FIELD] = True
+        ctx.emit(EventType.FAILED, payload)
         return EventType.FAILED
     except Exception as error:  # noqa: BLE001 - every crash becomes a failed event with its reason
         log.exception("job %s failed", spec.job_id)

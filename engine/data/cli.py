@@ -281,12 +281,25 @@ def _cmd_erase(args: argparse.Namespace) -> int:
             f"removed {result.records_removed} records of the subject in {args.out}: "
             f"{rewritten} file(s) rewritten, {len(result.files) - rewritten} unchanged"
             + (f"; rebuild: {', '.join(result.rebuild)}" if result.rebuild else "")
+            + _token_summary(result.token_shards)
         )
     if args.json:
         print(json.dumps(payload, indent=1))
     else:
         print(summary + f" ({report.hits} records of the subject in {args.folder})")
     return 0
+
+
+def _token_summary(token_shards: dict) -> str:
+    if token_shards.get("method") == "cut":
+        return (
+            f"; token shards cut: {sum(token_shards['documents_removed'].values())} documents, "
+            f"{len(token_shards['affected'])} shard(s) rewritten, "
+            f"{len(token_shards['unchanged'])} reused; tokenizer {token_shards['tokenizer']}"
+        )
+    if token_shards.get("method") == "rebuild":
+        return f"; token shards left out ({token_shards['reason']})"
+    return ""
 
 
 # ---- pairs --------------------------------------------------------------------------------

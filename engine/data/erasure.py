@@ -14,10 +14,12 @@ the folder again without them.
 Three ways of finding a subject, chosen by the folder:
 
 * *index*: a pipeline output (``manifest.json`` of ``engine.records/1``) with a subject
-  index: one binary search per hash (engine.data.subject_index), nothing is scanned.
+  index, or a raw upload with the index built at ingestion (``subject_index.json``,
+  engine.data.raw_subject_index): one binary search per hash, no record is read.
 * *field*: raw JSONL (``.jsonl``/``.ndjson``, optionally ``.gz``/``.zst``) whose records
-  name the subject in ``subject_field``: one streaming pass that hashes each record's
-  field the way the index does and compares it with the subject's hashes.
+  name the subject in ``subject_field``, uploaded before raw indexes: one streaming pass
+  that hashes each record's field the way the index does and compares it with the
+  subject's hashes.
 * *scan*: data with no subject field ("not indexed"): a full-text search of every record
   for the raw identifiers in normalised forms (case, whitespace, e-mail dots and
   ``+tags``: engine.data.subject_scan), bounded by ``scan_budget_bytes`` of decoded input. When the
@@ -30,18 +32,27 @@ Reports carry positions and counts only, never the matched text.
 
 The rewrite writes a new folder (a hidden sibling, renamed into place when complete, so
 a crash leaves nothing or a whole result) in which every other record is byte-identical
-and in order. Record shards and raw files keep their name, format and compression;
-unaffected files are hard links (or copies) of the originals and are reported
+and in order. Record shards and raw files keep their name, format and compression (a
+raw upload's subject index loses the subject's rows, later lines moving up); unaffected
+files are hard links (or copies) of the originals and are reported
 ``unchanged`` so the caller can reuse their stored objects. For a pipeline output the
 subject index loses the subject's rows (later rows of an affected shard move up),
 ``manifest.json`` gets the new counts, sizes and hashes, and ``report.json`` loses its
 example snippets (they quote records, the subject's perhaps); ``report.txt`` is dropped;
 any other file is linked unchanged and not searched (a residue scan's job).
-Token shards (``tokens/``) are one token stream per split: a document cannot be cut out
-of them in place, so they are left out of the result, the report says
-``rebuild: ["tokens"]`` and lists which token shards held the subject (that shard and
-every later one of its split: the stream shifts) and which did not (reusable as long as
-the same tokenizer is kept). Gzip output is written with mtime 0 and zstd at level 3 as
+Token shards (``tokens/``) are one token stream per split, ``eot doc eot doc ...``, each
+document encoded on its own: the erased documents' spans are cut out of the stream and the
+rest of the split is re-chunked at the same shard size (engine.data.token_cut), which
+gives exactly the shards that re-tokenizing the erased records would. Shards before a
+split's first cut are linked ``unchanged``; the rest, ``manifest.json`` and the kept
+``tokenizer.json`` are in ``files`` under ``tokens/``; ``token_shards`` says
+``method: "cut"`` with the shards affected, the documents and tokens removed. Where a cut
+would not be exact (an end-of-text token inside a text, records that were not tokenized,
+no ``val_fraction``) or the tokenizer's vocabulary holds a piece of the subject's
+identifiers (checked only when raw identifiers are given), ``tokens/`` is left out, the
+report says ``rebuild: ["tokens"]`` (``["tokens", "tokenizer"]``) and ``token_shards``
+gives ``method: "rebuild"``, the reason and which shards held the subject.
+Gzip output is written with mtime 0 and zstd at level 3 as
 the pipeline does, so the same input and subject always give byte-identical files.
 """
 
@@ -61,21 +72,40 @@ import numpy as np
 from engine.data.erasure_files import (
     TOKENS_DIR,
     copy_without_lines,
+    erased_documents,
     fsync_dir,
     reuse_file,
     rewrite_report,
     rewrite_subject_index,
     token_shard_impact,
 )
+from engine.data.raw_subject_index import (
+    RAW_INDEX_FILES,
+    field_needle,
+    field_value,
+    find_in_raw_index,
+    load_raw_index,
+    may_name_someone,
+    rewrite_raw_index,
+)
 from engine.data.readers import open_binary
 from engine.data.records import MANIFEST, RECORDS_FORMAT, sha256_of
 from engine.data.shards import FORMAT as TOKEN_SHARDS_FORMAT
+from engine.data.shards import MANIFEST_NAME, load_manifest
 from engine.data.subject_index import (
     SubjectKeyError,
     check_key,
     hash_subject,
 )
 from engine.data.subject_scan import SubjectMatcher, scan_stream
+from engine.data.token_cut import (
+    CutNotExact,
+    TokenCut,
+    cut_documents,
+    cut_refusal,
+    eot_counts,
+    tokenizer_subject_tokens,
+)
 
 DEFAULT_SCAN_BUDGET = 2**30  # decoded bytes a "not indexed" scan may read (1 GiB)
 Method = Literal["index", "field", "scan"]
@@ -155,8 +185,8 @@ def _records_manifest(folder: Path) -> dict | None:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") == TOKEN_SHARDS_FORMAT:
         raise ErasureError(
-            f"{folder} holds token shards, which cannot be edited per record: erase the "
-            "records they were tokenized from and tokenize the result again"
+            f"{folder} holds token shards, which cannot be edited per record on their own: "
+            "erase the pipeline output that holds them (its tokens/ are cut with its records)"
         )
     if manifest.get("format") != RECORDS_FORMAT:
         raise ErasureError(f"{path} has format {manifest.get('format')!r}, not {RECORDS_FORMAT!r}")
@@ -199,7 +229,12 @@ def find_subject(
     report = FindReport(str(folder), "raw", "line", [], scan_budget_bytes)
     budget = scan_budget_bytes
     to_scan: list[tuple[Path, bool]] = []
+    indexed = _find_in_raw_index(folder, subject_field, hashes, identifiers, key)
+    report.files += indexed
+    done = {f.name for f in indexed}
     for path in _raw_files(folder):
+        if _relative(path, folder) in done:
+            continue
         kind = _raw_kind(path)
         if kind is None:
             report.not_searched.append(f"{_relative(path, folder)} (format not supported)")
@@ -211,6 +246,18 @@ def find_subject(
     report.files.sort(key=lambda f: f.name)
     report.complete = not report.not_searched and all(f.searched for f in report.files)
     return report
+
+
+def _find_in_raw_index(folder, subject_field, hashes, identifiers, key) -> list[FileFindings]:
+    """The files a raw upload's subject index covers, found through it (no record read);
+    [] when the folder has no index (an upload from before raw indexes: the field pass)."""
+    manifest = load_raw_index(folder)
+    if manifest is None or not subject_field or manifest.get("subject_field") != subject_field:
+        return []
+    if identifiers:
+        _check_key(folder, manifest, key)
+    found = find_in_raw_index(folder, manifest, hashes)
+    return [FileFindings(name, "index", lines) for name, lines in found.items()]
 
 
 def _check_key(folder: Path, manifest: dict, key: bytes | None) -> None:
@@ -245,10 +292,14 @@ def _relative(path: Path, folder: Path) -> str:
 
 
 def _raw_files(folder: Path) -> list[Path]:
+    """The data files of a folder: its raw subject index (when it has one) is not data."""
+    index = set(RAW_INDEX_FILES) if load_raw_index(folder) is not None else set()
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file() and not p.name.startswith(".")  # as engine.data.readers lists them
+        if p.is_file()
+        and not p.name.startswith(".")  # as engine.data.readers lists them
+        and _relative(p, folder) not in index
     )
 
 
@@ -262,29 +313,17 @@ def _raw_kind(path: Path) -> str | None:
     return None
 
 
-def _field_value(line: bytes, subject_field: str) -> str | None:
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(record, dict):
-        return None
-    value = record.get(subject_field)
-    # as engine.data.readers reads it: absent, null and "" name nobody; 42 is "42"
-    return None if value is None or value == "" else str(value)
-
-
 def _find_by_field(path, folder, subject_field, hashes, salt, key) -> FileFindings:
     findings = FileFindings(_relative(path, folder), "field")
-    needle = json.dumps(subject_field, ensure_ascii=False).encode()
+    needle = field_needle(subject_field)
     seen: dict[str, bool] = {}  # a subject has many records: hash each id once
     with open_binary(path) as stream:
         for number, line in enumerate(stream, start=1):
             findings.bytes_scanned += len(line)
             findings.lines_read += 1
-            if needle not in line and b"\\u" not in line:  # no key (even escaped): nobody
+            if not may_name_someone(line, needle):
                 continue
-            value = _field_value(line, subject_field)
+            value = field_value(line, subject_field)
             if value is None:
                 continue
             hit = seen.get(value)
@@ -350,7 +389,8 @@ class EraseReport:
     files: list[FileResult]
     records_removed: int
     rebuild: list[str] = field(default_factory=list)  # derived data the caller must rebuild
-    token_shards: dict = field(default_factory=dict)  # {"affected": [...], "unchanged": [...]}
+    # {"method": "cut" | "rebuild", "affected": [...], "unchanged": [...], ...}: see _erase_tokens
+    token_shards: dict = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)  # files of the source not in the result
 
     def to_dict(self) -> dict:
@@ -401,7 +441,7 @@ def erase_subject(
     try:
         result = EraseReport(str(folder), str(output), report, [], report.hits)
         if report.kind == "records":
-            _rewrite_output(folder, staging, report, result)
+            _rewrite_output(folder, staging, report, result, identifiers)
         else:
             _rewrite_raw(folder, staging, report, result)
         fsync_dir(staging)
@@ -414,6 +454,8 @@ def erase_subject(
 
 
 def _rewrite_raw(folder: Path, staging: Path, find: FindReport, result: EraseReport) -> None:
+    """Each file without the subject's lines; a raw subject index loses their rows (later
+    lines move up), so that the new version is found through its index too."""
     for findings in find.files:
         source, target = folder / findings.name, staging / findings.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -432,9 +474,21 @@ def _rewrite_raw(folder: Path, staging: Path, find: FindReport, result: EraseRep
                 sha256_of(target),
             )
         )
+    manifest = load_raw_index(folder)
+    if manifest is not None and any(f.method == "index" for f in find.files):
+        removed = {f.name: f.positions for f in find.files if f.hits}
+        sha256s = {f.name: f.sha256 for f in result.files}
+        rewrite_raw_index(folder, staging, manifest, removed, sha256s)
+        for name in RAW_INDEX_FILES:
+            removed_rows = find.hits if name.endswith(".npy") else 0
+            result.files.append(_file_result(staging, name, removed_rows))
+    elif manifest is not None:
+        result.dropped += list(RAW_INDEX_FILES)  # of another field: the platform indexes anew
 
 
-def _rewrite_output(folder: Path, staging: Path, find: FindReport, result: EraseReport) -> None:
+def _rewrite_output(
+    folder: Path, staging: Path, find: FindReport, result: EraseReport, identifiers: Sequence[str]
+) -> None:
     manifest = _records_manifest(folder)
     removed = {f.name: f.positions for f in find.files}
     shards = []
@@ -471,9 +525,7 @@ def _rewrite_output(folder: Path, staging: Path, find: FindReport, result: Erase
         if (folder / "report.txt").is_file():
             result.dropped.append("report.txt")
     if (folder / TOKENS_DIR).is_dir():
-        result.rebuild.append("tokens")
-        result.token_shards = token_shard_impact(folder, manifest, removed)
-        result.dropped += [_relative(p, folder) for p in _raw_files(folder / TOKENS_DIR)]
+        _erase_tokens(folder, staging, manifest, removed, identifiers, result)
     for path in _raw_files(folder):  # anything else travels as is, and is listed as such
         name = _relative(path, folder)
         if name in known or name.startswith(TOKENS_DIR + "/"):
@@ -483,6 +535,88 @@ def _rewrite_output(folder: Path, staging: Path, find: FindReport, result: Erase
     new_manifest = {**manifest, "records": sum(s["records"] for s in shards), "shards": shards}
     (staging / MANIFEST).write_text(json.dumps(new_manifest, indent=2), encoding="utf-8")
     result.files.append(_file_result(staging, MANIFEST, 0))
+
+
+def _erase_tokens(
+    folder: Path,
+    staging: Path,
+    manifest: dict,
+    removed: dict,
+    identifiers: Sequence[str],
+    result: EraseReport,
+) -> None:
+    """Cut the erased documents out of ``tokens/`` (engine.data.token_cut), or, where a cut
+    would not equal re-tokenizing, leave the folder out and ask for a rebuild."""
+    tokens = load_manifest(folder / TOKENS_DIR)
+    counts = eot_counts(tokens)
+    val_fraction = float(tokens.metadata.get("val_fraction", 0.0))
+    erased = erased_documents(folder, manifest, removed, val_fraction)
+    ordinals = {split: [o for o, _ in found] for split, found in erased.items()}
+    reason = cut_refusal(tokens, manifest["records"], counts)
+    rebuild = ["tokens"]
+    tokenizer_check = "not checked: no raw identifiers given (hashes only)"
+    if not reason and tokens.tokenizer_path is None:
+        tokenizer_check = "no tokenizer file in the token shards"
+    elif not reason and identifiers:
+        held = tokenizer_subject_tokens(tokens.tokenizer_path, identifiers)
+        if held:
+            reason = (
+                f"the tokenizer's vocabulary holds {held} token(s) of the subject's "
+                "identifiers: it must be trained again without them"
+            )
+            rebuild = ["tokens", "tokenizer"]
+        else:
+            tokenizer_check = "kept: no vocabulary token matches the subject's identifiers"
+    if not reason:
+        try:
+            cut = cut_documents(
+                folder / TOKENS_DIR,
+                staging / TOKENS_DIR,
+                ordinals,
+                counts,
+                texts={split: [t for _, t in found] for split, found in erased.items()},
+            )
+        except CutNotExact as error:
+            shutil.rmtree(staging / TOKENS_DIR, ignore_errors=True)
+            reason = str(error)
+    if reason:
+        result.rebuild += rebuild
+        result.token_shards = {
+            "method": "rebuild",
+            "reason": reason,
+            **token_shard_impact(tokens, ordinals, counts),
+        }
+        result.dropped += [_relative(p, folder) for p in _raw_files(folder / TOKENS_DIR)]
+        return
+    result.token_shards = {
+        "method": "cut",
+        "affected": cut.affected,
+        "unchanged": cut.unchanged,
+        "documents_removed": cut.documents_removed,
+        "tokens_removed": cut.tokens_removed,
+        "tokenizer": tokenizer_check,
+    }
+    result.files += _token_files(staging, cut)
+
+
+def _token_files(staging: Path, cut: TokenCut) -> list[FileResult]:
+    """The new tokens/ folder's files: shards (reused ones ``unchanged``), the kept
+    tokenizer and the new manifest."""
+    files = [
+        FileResult(
+            f"{TOKENS_DIR}/{shard.path}",
+            "unchanged" if shard.path in cut.unchanged else "rewritten",
+            0,
+            shard.num_tokens * np.dtype(shard.dtype).itemsize,
+            shard.sha256,
+        )
+        for shard in cut.manifest.shards
+    ]
+    if cut.manifest.tokenizer:
+        name = f"{TOKENS_DIR}/{cut.manifest.tokenizer}"
+        files.append(_file_result(staging, name, 0, status="unchanged"))
+    files.append(_file_result(staging, f"{TOKENS_DIR}/{MANIFEST_NAME}", 0))
+    return files
 
 
 def _file_result(staging: Path, name: str, removed: int, status="rewritten") -> FileResult:

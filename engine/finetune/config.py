@@ -69,7 +69,12 @@ class DataConfig:
     path: str = ""  # the .jsonl(.gz) file of pairs when source is jsonl
     # Built-in pairs to make (the plays give about 14,000; asking for more is an error).
     count: int = setting(2000, minimum=16, maximum=100_000, help="built-in pairs to make")
-    corruption: Literal["shuffle", "mismatch", "mixed"] = "mixed"  # how rejected answers differ
+    # How the built-in pairs' rejected answers differ from the real continuation: its words
+    # shuffled (a style a small model learns to tell in a hundred steps), another speech's
+    # lines (it must know what follows what), or both, alternating.
+    corruption: Literal["shuffle", "mismatch", "mixed"] = setting(
+        "mixed", help="built-in pairs: rejected = the words shuffled, another speech's, or both"
+    )
     heldout_fraction: float = 0.1  # never trained on: evaluation and PPO prompts
     pack: bool = True  # SFT: lay short examples end to end in a row (faster)
 
@@ -89,7 +94,8 @@ class TrainConfig:
     # None: the kind's default (DEFAULT_LR, DEFAULT_LR_ADAPTERS).
     lr: float | None = setting(None, minimum=1e-7, maximum=1.0, help="learning rate")
     weight_decay: float = 0.0  # small data, few steps: no decay
-    # Linear warm-up, then constant: few steps leave no room to decay.
+    # Linear warm-up (at most a tenth of the run), then constant: few steps leave no room
+    # to decay.
     warmup_steps: int = setting(10, minimum=0, maximum=1_000_000, help="linear warm-up steps")
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
     log_interval: int = setting(10, minimum=1, maximum=100_000, help="metrics every N steps")

@@ -1,5 +1,5 @@
 """What a post-training run leaves behind: the merged policy, its adapters, the reward model,
-and greedy samples of held-out prompts (see engine/finetune/run.py for the layout).
+and sampled completions of held-out prompts (see engine/finetune/run.py for the layout).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from engine.finetune.qlora import dequantize_model
 from engine.finetune.reward import RewardObjective, save_reward_model
 from engine.finetune.sft import ChatTemplate
 from engine.infer.generate import Generator, SamplingParams
+from engine.train.config import SamplesConfig
 from engine.train.export import ExportError, export_model
 
 
@@ -54,11 +55,22 @@ def write_outputs(
 def write_samples(
     model: nn.Module, tokenizer, template: ChatTemplate, prompts: list[str], run_dir: Path
 ) -> list[dict[str, str]]:
-    """Greedy completions of ``prompts`` by the exported policy, as samples.json."""
+    """Completions of ``prompts`` by the exported policy, as samples.json.
+
+    Sampled as the pre-training samples are (temperature 0.8, top-k 50, a fixed seed: the
+    same model gives the same samples), not greedily: a small model's most likely next
+    word is "the" again and again, which hides what the run changed.
+    """
     encoded = [template.encode_prompt(p) for p in prompts]
     texts = [tokenizer.decode(ids) for ids in encoded]
     room = model.config.block_size - max(len(ids) for ids in encoded)
-    params = SamplingParams(max_new_tokens=max(1, min(128, room)), temperature=0.0)
+    sampling = SamplesConfig()
+    params = SamplingParams(
+        max_new_tokens=max(1, min(128, room)),
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        seed=sampling.seed,
+    )
     result = Generator(model.eval(), tokenizer).generate(texts, params)
     samples = [
         {"prompt": p, "text": g.text} for p, g in zip(prompts, result.generations, strict=True)

@@ -55,6 +55,7 @@ from engine.loop.callbacks import Callback, CallbackList
 from engine.loop.checkpoints import StepFiles
 from engine.loop.device import pick_device, pick_dtype, set_threads
 from engine.loop.metrics import JsonlMetrics, MetricsWindow
+from engine.loop.schedule import warmup_for
 
 __all__ = ["CHECKPOINTS", "FinetuneCheckpoints", "FinetuneError", "RunSummary", "run"]
 
@@ -217,7 +218,7 @@ def _train_steps(state: _Run, progress: Callable[[str], None] | None) -> None:
 
 def _learning_rate(config: FinetuneRunConfig, step: int) -> float:
     """Linear warm-up to the peak, then constant."""
-    warmup = config.train.warmup_steps
+    warmup = warmup_for(config.train.warmup_steps, config.train.steps)
     return config.lr * min(1.0, (step + 1) / warmup) if warmup else config.lr
 
 

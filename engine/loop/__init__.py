@@ -6,7 +6,8 @@
 - ``engine.loop.metrics``: ``metrics.jsonl`` written as a callback, and the logging window
   that averages per-step figures;
 - ``engine.loop.checkpoints``: where a run's checkpoints live, how they are named, found,
-  pruned and written atomically; ``StepFiles`` for runs that fit one file per step.
+  pruned and written atomically; ``StepFiles`` for runs that fit one file per step;
+- ``engine.loop.schedule``: the warm-up rule (never more than a tenth of the run).
 
 The three loops built on it: ``engine.train.trainer.Trainer`` (pre-training),
 ``engine.vision.train.train`` (image generators), ``engine.finetune.run.run`` (post-training).

@@ -27,7 +27,7 @@ Every hook is optional. The loops call them at the same moments:
 - ``on_train_end(summary)`` once, with the final figures.
 
 Under torchrun only rank 0 calls them; its ``should_stop`` answer reaches every rank, and
-is asked on logging steps only there (they synchronise the ranks anyway).
+is asked on logging and checkpoint steps only there (they synchronise the ranks anyway).
 """
 
 from __future__ import annotations

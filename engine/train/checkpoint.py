@@ -6,7 +6,9 @@ Layout under ``<run_dir>/checkpoints``::
         meta.json           step, val_loss, run config, format, sharded or not
         state.pt            model + optimizer (full state dicts)      -- or, under FSDP:
         dcp/                torch.distributed.checkpoint shards (each rank writes its own)
-        rank00000.pt        per-rank: RNG states, data loader position, schedule
+        rank00000.pt        per rank: RNG states, data loader position, schedule (all
+                            gathered and written by rank 0, so a run on several machines
+                            has its whole checkpoint in rank 0's folder, unsharded)
         tokenizer.json      copy of the data's tokenizer, so generation needs only this folder
     best.json               {"step": 250, "val_loss": 1.9}  (replaced atomically)
 
@@ -29,7 +31,7 @@ import torch.nn as nn
 
 from engine.loop.checkpoints import CheckpointStore, atomic_write_json, fsync_dir
 from engine.models.gpt import GPT, GPTConfig
-from engine.train.parallelize import DistInfo, barrier
+from engine.train.parallelize import DistInfo, barrier, gather_to_main
 
 FORMAT = "engine.checkpoint/1"
 META_NAME = "meta.json"
@@ -101,7 +103,10 @@ class Checkpointer(CheckpointStore):
             model_state, optim_state = _full_state(model, optimizer, info)
             if info.is_main:
                 torch.save({"model": model_state, "optimizer": optim_state}, tmp / "state.pt")
-        torch.save(extra, tmp / f"rank{info.rank:05d}.pt")
+        # Every rank's own state (RNG, data position) is written by rank 0: on several
+        # machines the folder exists on rank 0's only, and one folder is the whole checkpoint.
+        for rank, rank_extra in enumerate(gather_to_main(extra, info)):
+            torch.save(rank_extra, tmp / f"rank{rank:05d}.pt")
         barrier(info)
         if info.is_main:
             if tokenizer_file is not None:

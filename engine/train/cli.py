@@ -4,6 +4,7 @@
     python -m engine train pretrain configs/shakespeare_char.yaml [--resume [CHECKPOINT]] \\
         [--set optim.lr=3e-4 --set train.max_iters=100]
     torchrun --nproc_per_node 2 -m engine train pretrain configs/shakespeare_char.yaml
+    torchrun ... -m engine train pretrain run.yaml --report-to relay.sock   # a worker's ranks
     python -m engine train export var/runs/shakespeare-char/checkpoints/step_002000 out/
     python -m engine train plot var/runs/shakespeare-char docs/img/loss.png
 """
@@ -30,6 +31,12 @@ def register(subparsers) -> None:
         "train a GPT on token shards from a YAML config",
         "YAML file (see configs/)",
         "train.max_iters=100",
+    )
+    pretrain.add_argument(
+        "--report-to",
+        metavar="SOCKET",
+        help="report the run's hooks to the launcher listening on this Unix socket "
+        "(engine/loop/relay.py; what a platform worker passes to its ranks)",
     )
     pretrain.set_defaults(func=cmd_pretrain)
 
@@ -68,17 +75,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from engine.train.parallelize import destroy_distributed
     from engine.train.trainer import Trainer, TrainingError
 
+    relay = _relay(args.report_to)
     try:
-        config = load_config(args.config, args.overrides)
-        trainer = Trainer(config, resume=args.resume)
-    except (ConfigError, TrainingError, CheckpointError) as error:
-        destroy_distributed()
-        raise EngineError(str(error)) from None
-    try:
+        try:
+            config = load_config(args.config, args.overrides)
+            trainer = Trainer(config, resume=args.resume, callbacks=[relay] if relay else None)
+        except (ConfigError, TrainingError, CheckpointError) as error:
+            raise EngineError(str(error)) from None
         summary = trainer.fit()
+    except BaseException as error:
+        if relay is not None:
+            relay.report_error(error)
+        raise
     finally:
         destroy_distributed()
     if trainer.info.is_main:
+        if relay is not None:
+            relay.report_summary(_summary_dict(summary))
         val = f"{summary.val_loss:.4f}" if summary.val_loss is not None else "n/a"
         train = f"{summary.train_loss:.4f}" if summary.train_loss is not None else "n/a"
         print(
@@ -86,7 +99,29 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             f"{summary.tokens_per_second:,.0f} tokens/s, {summary.seconds:.1f} s; "
             f"checkpoint {summary.checkpoint}"
         )
+    if relay is not None:
+        relay.close()
     return 0
+
+
+def _relay(path: str | None):
+    """This rank's connection to the process that launched it (``--report-to``), if any."""
+    if not path:
+        return None
+    import os
+
+    from engine.loop.relay import RelayCallback
+
+    return RelayCallback(path, rank=int(os.environ.get("RANK", "0")))
+
+
+def _summary_dict(summary) -> dict:
+    """A TrainSummary as JSON: what the launcher rebuilds it from."""
+    import dataclasses
+
+    data = dataclasses.asdict(summary)
+    data["checkpoint"] = str(summary.checkpoint) if summary.checkpoint is not None else None
+    return data
 
 
 def cmd_export(args: argparse.Namespace) -> int:

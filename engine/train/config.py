@@ -60,7 +60,8 @@ class OptimConfig:
     beta2: float = 0.95  # 0.99 for tiny models with few tokens per step (nanoGPT char recipe)
     eps: float = 1e-8
     grad_clip: float = 1.0  # clip the global gradient norm; 0 turns clipping off
-    # Linear warmup from 0 (stabilises Adam's early updates).
+    # Linear warmup from 0 (stabilises Adam's early updates); at most a tenth of a shorter
+    # run (engine/loop/schedule.py).
     warmup_iters: int = setting(100, minimum=0, maximum=10_000_000, help="linear warmup steps")
     lr_decay_iters: int | None = None  # cosine reaches min_lr here; defaults to train.max_iters
     schedule: Literal["cosine", "constant"] = "cosine"

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn as nn
 
+from engine.loop.schedule import warmup_for
 from engine.train.config import OptimConfig
 
 
@@ -60,7 +61,7 @@ class WarmupCosine:
         return cls(
             config.lr,
             config.min_lr,
-            warmup_iters=config.warmup_iters,
+            warmup_iters=warmup_for(config.warmup_iters, max_iters),
             decay_iters=config.lr_decay_iters or max_iters,
             kind=config.schedule,
         )

@@ -291,7 +291,9 @@ class Trainer:
         train = self.config.train
         self._emit_start()
         self._flops_per_token = self.model.flops_per_token()
-        self._peak_flops = train.peak_flops or peak_flops(self.device)
+        peak = train.peak_flops or peak_flops(self.device)
+        # tokens/s counts every rank's tokens: MFU compares it with the whole group's peak.
+        self._peak_flops = peak * self.info.world_size if peak else None
         self.model.train()
         self._window = _LogWindow(self.device)
         val_loss = None
@@ -388,12 +390,15 @@ class Trainer:
     def _stop_requested(self) -> bool:
         """Rank 0's callbacks decide; every rank learns it (checkpointing is collective).
 
-        Under torchrun only on logging steps, which synchronise the ranks anyway: asking
-        every step would add a device sync to each step of a multi-GPU run.
+        Under torchrun only on logging and checkpoint steps, which synchronise the ranks
+        anyway: asking every step would add a device sync to each step of a multi-GPU run.
+        Asking before a checkpoint makes it the stop's (a cancelled job keeps it).
         """
         if not self.info.enabled:
             return self.callbacks.should_stop()
-        if self.step % self.config.train.log_interval != 0:
+        interval = self.config.checkpoint.interval
+        logging_step = self.step % self.config.train.log_interval == 0
+        if not logging_step and not (interval and self.step % interval == 0):
             return False
         wanted = self.info.is_main and self.callbacks.should_stop()
         flag = torch.tensor(float(wanted), device=self.device)

@@ -70,7 +70,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
-    warmup_steps: int = 100  # linear learning-rate warm-up: Adam's first updates are noisy
+    # Linear learning-rate warm-up (Adam's first updates are noisy); at most a tenth of a
+    # shorter run (engine/loop/schedule.py).
+    warmup_steps: int = 100
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
     ema_decay: float = 0.999  # weights averaged for sampling (diffusion, GAN generator)
     log_interval: int = setting(50, minimum=1, maximum=100_000, help="metrics every N steps")

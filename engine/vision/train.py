@@ -28,6 +28,7 @@ import torch
 from engine.loop.callbacks import Callback, CallbackList
 from engine.loop.device import pick_device, set_threads
 from engine.loop.metrics import JsonlMetrics, MetricsWindow
+from engine.loop.schedule import warmup_for
 from engine.vision.checkpoint import CheckpointError, VisionCheckpoints, load_checkpoint
 from engine.vision.config import RunConfig, config_from_dict, config_to_dict
 from engine.vision.data import NUM_CLASSES, load_digits_split
@@ -60,7 +61,7 @@ def kind_of(config: RunConfig) -> str:
 
 def set_lr(recipe: Recipe, step: int, config: RunConfig) -> float:
     """Linear warm-up to train.lr, then constant (small models on small data need no decay)."""
-    warmup = config.train.warmup_steps
+    warmup = warmup_for(config.train.warmup_steps, config.train.steps)
     lr = config.train.lr * min(1.0, (step + 1) / warmup) if warmup else config.train.lr
     for optimizer in recipe.optimizers:
         for group in optimizer.param_groups:

@@ -23,6 +23,7 @@ app.autodiscover_tasks(
         "controlplane.serving",
         "controlplane.policies",
         "controlplane.gdpr",
+        "controlplane.finops",
     ]
 )
 # The MLflow registry mirror's task lives with its reconciliation (registry/mlflow_sync.py).

@@ -17,3 +17,26 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))  # large uploads stream
 preload_app = True
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+# Prometheus multiprocess mode (controlplane/metrics/middleware.py): with
+# PROMETHEUS_MULTIPROC_DIR set, each worker writes its request latencies to files there and
+# /metrics sums them. Files of an earlier run would be summed too: empty it at start.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+def on_starting(server) -> None:
+    if not _metrics_dir:
+        return
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for name in os.listdir(_metrics_dir):
+        if name.endswith(".db"):
+            os.remove(os.path.join(_metrics_dir, name))
+
+
+def child_exit(server, worker) -> None:
+    # A dead worker's live gauges leave; its counters and histograms stay summed (they
+    # counted requests that did happen).
+    if _metrics_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

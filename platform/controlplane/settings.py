@@ -7,6 +7,7 @@ ALLOWED_HOSTS for production (`manage.py check --deploy` passes).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import dj_database_url
@@ -15,6 +16,19 @@ from django.core.exceptions import ImproperlyConfigured
 
 from workers import config as env
 from workers.serve.secret import serve_node_secret
+
+
+def _ip_networks(name: str, values: list[str]) -> tuple:
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise env.ConfigError(
+                f"{name}: {value!r} is not an IP network; use CIDR like 10.0.0.0/8 or ::1/128"
+            ) from None
+    return tuple(networks)
+
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = env.data_dir()
@@ -35,6 +49,16 @@ try:
     JOB_LEASE_SECONDS = env.env_int("JOB_LEASE_SECONDS", 120, minimum=2)
     JOB_HEARTBEAT_SECONDS = env.env_int("JOB_HEARTBEAT_SECONDS", 20, minimum=1)
     JOB_MAX_ATTEMPTS = env.env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+    # A multi-node attempt whose nodes have not all joined this long after dispatch is
+    # given up and retried (controlplane/jobs/gang.py).
+    GANG_TIMEOUT_SECONDS = env.env_int("GANG_TIMEOUT_SECONDS", 600, minimum=5)
+    # A worker is counted lost (its devices no longer offered to jobs) after this many of
+    # its heartbeat intervals without one (workers/registry.py, jobs/capacity.py).
+    WORKER_STALE_HEARTBEATS = env.env_int("WORKER_STALE_HEARTBEATS", 3, minimum=2)
+    # A GPU attempt whose utilisation stays under this percent for more than this many
+    # minutes is flagged idle (finops/usage.py).
+    FINOPS_IDLE_GPU_PERCENT = env.env_int("FINOPS_IDLE_GPU_PERCENT", 20, minimum=1)
+    FINOPS_IDLE_GPU_MINUTES = env.env_int("FINOPS_IDLE_GPU_MINUTES", 10, minimum=1)
     # A job still queued after this long is dispatched again (its message may be lost).
     JOB_QUEUE_TIMEOUT_SECONDS = env.env_int("JOB_QUEUE_TIMEOUT_SECONDS", 1800, minimum=10)
     # An upload not completed within this many seconds is aborted and its version removed.
@@ -100,6 +124,21 @@ try:
     # The address clients reach the deployments at (a load balancer before the serve
     # nodes); empty: the front of a live node, as it reported itself.
     SERVING_PUBLIC_URL = env.env_str("SERVING_PUBLIC_URL", "")
+    # Prometheus /metrics (controlplane/metrics/access.py): with a token, only its holder
+    # scrapes; without one, only clients on these networks do.
+    METRICS_TOKEN = env.env_str("METRICS_TOKEN", "")
+    if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+        raise env.ConfigError("METRICS_TOKEN must be 16+ characters (or unset)")
+    METRICS_ALLOWED_NETWORKS = _ip_networks(
+        "METRICS_ALLOWED_NETWORKS",
+        env.env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"]),
+    )
+    # Organisation webhooks (finops/webhooks.py) are refused an address inside the
+    # deployment (loopback, private, link-local: a cloud's metadata service) unless it lies
+    # in one of these networks: an org admin must not make the control worker probe them.
+    WEBHOOK_ALLOWED_NETWORKS = _ip_networks(
+        "WEBHOOK_ALLOWED_NETWORKS", env.env_list("WEBHOOK_ALLOWED_NETWORKS", [])
+    )
 except env.ConfigError as error:
     raise ImproperlyConfigured(str(error)) from None
 
@@ -118,6 +157,7 @@ INSTALLED_APPS = [
     "csp",
     "controlplane.api",
     "controlplane.accounts",
+    "controlplane.orgs",
     "controlplane.projects",
     "controlplane.audit",
     "controlplane.uploads",
@@ -127,11 +167,15 @@ INSTALLED_APPS = [
     "controlplane.serving",
     "controlplane.policies",
     "controlplane.gdpr",
+    "controlplane.finops",
+    "controlplane.metrics",
     "controlplane.dashboard",
     "controlplane.demo",
 ]
 
 MIDDLEWARE = [
+    # First: its latency covers every other middleware (controlplane/metrics/middleware.py).
+    "controlplane.metrics.middleware.RequestLatencyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -247,13 +291,19 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # validatorUrl None: Swagger UI would otherwise load a badge image from
+    # validator.swagger.io on any host but localhost (no page loads from outside).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
     # Two choice sets share the field name "kind": name each after its enum.
     "ENUM_NAME_OVERRIDES": {
         "JobKindEnum": "workers.protocol.JobKind",
+        "JobStateEnum": "controlplane.jobs.models.JobState",
         "DatasetKindEnum": "controlplane.datasets.models.DatasetKind",
         "SubjectRequestKindEnum": "controlplane.gdpr.models.RequestKind",
         "SubjectRequestScopeEnum": "controlplane.gdpr.models.RequestScope",
+        "ProjectRoleEnum": "controlplane.projects.models.Role",
+        "OrgRoleEnum": "controlplane.orgs.models.OrgRole",
     },
     # Every operation documents its error responses in the one error shape.
     "POSTPROCESSING_HOOKS": [
@@ -315,7 +365,7 @@ if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.env_bool("SECURE_SSL_REDIRECT", True)
     # Probes come from inside the cluster over plain HTTP; a redirect is not an answer.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^internal/serve/"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^internal/serve/"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
@@ -411,6 +461,34 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "control", "expires": 4 * 3600},
     },
 }
+
+# FinOps (controlplane/finops/): storage snapshots nightly (and again at noon: a re-run
+# replaces the day's rows), budget checks, quota releases and the webhook outbox, each a
+# safety net behind the task queued when something changes.
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "finops-storage-snapshot": {
+            "task": "control.finops_storage_snapshot",
+            "schedule": crontab(hour="0,12", minute=15),
+            "options": {"queue": "control", "expires": 6 * 3600},
+        },
+        "finops-budgets-check": {
+            "task": "control.finops_budgets_check_all",
+            "schedule": 600.0,
+            "options": {"queue": "control", "expires": 500},
+        },
+        "finops-quota-release": {
+            "task": "control.finops_quota_release_all",
+            "schedule": 30.0,
+            "options": {"queue": "control", "expires": 60},
+        },
+        "finops-webhooks-send": {
+            "task": "control.finops_webhooks_send_due",
+            "schedule": 30.0,
+            "options": {"queue": "control", "expires": 60},
+        },
+    }
+)
 
 # Audit anchors (controlplane/audit/anchors.py): signed chain heads in the object store.
 # AUDIT_ANCHOR_KEY unset = derived from SECRET_KEY (the embedded default); set it in

@@ -7,6 +7,8 @@ case-folded), by:
   their ReplicaSpec;
 - the data pipeline (the subject index of a dataset with a subject field), with the key in
   the job's dispatch message (JobSpec.subject_key), never in Job.params;
+- the control worker (the subject index of a raw upload of such a dataset,
+  datasets/subject_index.py), with the current key;
 - the platform itself (archive searches, audit payloads of data-subject requests):
   `subject_hash(project, identifier)`.
 

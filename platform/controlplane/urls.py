@@ -22,9 +22,12 @@ urlpatterns = [
     path("", include("controlplane.serving.urls")),
     path("", include("controlplane.policies.urls")),
     path("", include("controlplane.gdpr.urls")),
+    path("", include("controlplane.finops.urls")),
+    path("", include("controlplane.metrics.urls")),
+    path("", include("controlplane.orgs.urls")),
 ]
 
-# Under /api/ these answer in the API's JSON error shape; pages keep Django's HTML pages.
+# Under /api/ these answer in the API's JSON error shape; pages render templates/40x.html, 500.html.
 handler400 = "controlplane.api.handlers.bad_request"
 handler403 = "controlplane.api.handlers.permission_denied"
 handler404 = "controlplane.api.handlers.page_not_found"

@@ -105,10 +105,15 @@ def site(team, make_upload, make_ready_version):
         "name": "gpt",
         "request_id": 1,
         "project_slug": team.project.slug,
+        "slug": team.project.organisation.slug,
+        "org_slug": team.project.organisation.slug,
         "violation_id": 1,
         "waiver_id": 1,
         "hold_id": 1,
         "subject_request_id": subject_request.pk,
+        "table": "spend",
+        "kind": "pretrain",  # the New job page of a kind
+        "export_format": "csv",
     }
 
 
@@ -149,17 +154,18 @@ def _dashboard_urls(kwargs: dict) -> list[str]:
     own prefixes, are not pages)."""
     from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-    def page_patterns(patterns):
+    def page_patterns(patterns, namespace=""):
         for pattern in patterns:
             if isinstance(pattern, URLResolver) and str(pattern.pattern) == "":
-                yield from page_patterns(pattern.url_patterns)
+                inner = f"{pattern.namespace}:" if pattern.namespace else ""
+                yield from page_patterns(pattern.url_patterns, namespace + inner)
             elif isinstance(pattern, URLPattern) and pattern.name:
-                yield pattern
+                yield namespace + pattern.name, pattern
 
     urls = []
-    for pattern in page_patterns(get_resolver().url_patterns):
+    for name, pattern in page_patterns(get_resolver().url_patterns):
         names = list(pattern.pattern.regex.groupindex)
-        urls.append(reverse(pattern.name, kwargs={name: kwargs[name] for name in names}))
+        urls.append(reverse(name, kwargs={arg: kwargs[arg] for arg in names}))
     return urls
 
 

@@ -16,7 +16,15 @@ from celery import Celery
 
 from tests.redisserver import PrivateRedis
 from workers.events import BufferedSink, ControlQueueSink, ListSink
-from workers.protocol import APPLY_EVENTS_TASK, CONTROL_QUEUE, EventType, JobEvent, JobKind, JobSpec
+from workers.protocol import (
+    APPLY_EVENT_TASK,
+    APPLY_EVENTS_TASK,
+    CONTROL_QUEUE,
+    EventType,
+    JobEvent,
+    JobKind,
+    JobSpec,
+)
 from workers.runtime import run_attempt
 
 
@@ -89,10 +97,12 @@ def _control_queue(server: PrivateRedis) -> list[dict]:
     for message in reversed(raw):
         envelope = json.loads(message)
         args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        if envelope["headers"]["task"] == APPLY_EVENTS_TASK:
+        task = envelope["headers"]["task"]
+        if task == APPLY_EVENTS_TASK:
             events.extend(args[0]["events"])
-        else:
+        elif task == APPLY_EVENT_TASK:
             events.append(args[0])
+        # Anything else (a worker process's own heartbeat) carries no job event.
     return events
 
 

@@ -111,6 +111,7 @@ def _history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]
     return sorted((m.step, m.value) for m in points)
 
 
+@pytest.mark.slow
 def test_steps_replayed_after_a_resume_are_not_logged_again(store, tracking_uri):
     """Attempt 2 resumes from the step-3 checkpoint and replays steps 4 and 5."""
     from workers.runtime import JobContext

@@ -2,8 +2,9 @@
 
 For each dataset version listed in the params, the handler downloads its files (checking
 their sha256), asks the engine where the subject's records are (engine.data.erasure:
-the keyed subject index of a pipeline output, the subject field of raw JSONL, or a
-bounded full-text scan of data that names nobody), and, for a version that holds any,
+the keyed subject index of a pipeline output or of a raw upload indexed at ingestion, the
+subject field of raw JSONL uploaded before that, or a bounded full-text scan of data that
+names nobody), and, for a version that holds any,
 writes the version again without them and stores every file of the new version under the
 attempt's output prefix. The platform turns the result into new dataset versions and then
 deletes the old ones (controlplane/gdpr/erasure.py).
@@ -16,11 +17,23 @@ Params (set by the platform; nothing here is secret):
 (not a param: spec.subject_secrets, {"identifiers", "keys", "hashes"}: the subject in clear
 and the project's subject keys, in the dispatch message only.)
 
+A version searched by its index ("index") is looked up first with its index files alone
+(`_nobody_by_index`): one that holds nobody is answered without downloading or reading
+a record; the rest is downloaded only when the subject is there.
+
 Result, per version (counts, names, keys and hashes only: never a matched text):
-    {"id", "found": {"method", "records", "files": [{"name", "records"}]},
+    {"id", "found": {"method", "records", "files": [{"name", "records"}],
+                     "bytes_scanned"?, "scan_budget_bytes"?},   # method "scan" only
      "new_files": [{"name", "key", "sha256", "size", "status"}],  # status: rewritten/unchanged
      "unchanged": [{"name", "key", "sha256"}],   # reusable: the same bytes as the old object
-     "dropped": [names], "rebuild": ["tokens"]}
+     "dropped": [names], "rebuild": [], "token_shards": {...}}
+
+A pipeline output's token shards (tokens/) are cut by the engine (the erased documents'
+spans out of each split's stream, the same bytes a re-tokenization gives): the new
+version's tokens/ files are stored with the rest (leading shards unchanged) and `rebuild`
+stays empty. Only where a cut is not exact, or the tokenizer's vocabulary holds the
+subject, are they dropped: `rebuild` is ["tokens"] (or ["tokens", "tokenizer"]), the
+reason in `token_shards`, and the platform runs the data pipeline again.
 
 Find-only mode (params `mode: "find"`, an approved access request, GDPR Art. 15): the same
 downloads and search, nothing rewritten; for each version that holds the subject, its
@@ -45,6 +58,9 @@ from workers.runtime import JobContext, JobFailed
 
 CLEAN_DIR = "clean/"
 TOKENS_DIR = "tokens/"
+# What a lookup through a subject index reads (in the engine's folder): a pipeline
+# output's manifest and index, or a raw upload's index and its manifest.
+INDEX_NAMES = frozenset({"manifest.json", "subject_index.npy", "subject_index.json"})
 
 
 def _secrets(ctx: JobContext) -> tuple[list[str], dict[str, str], list[str]]:
@@ -80,12 +96,28 @@ def _layout(version: dict[str, Any]) -> tuple[str, dict[str, str]]:
     return kind, {name: name for name in names}
 
 
+def _new_name(inside: str, kind: str) -> str:
+    """The version file name of a result file the old version did not have: the engine's
+    folder holds the records at its root and the token shards under tokens/."""
+    if kind != "output" or inside.startswith(TOKENS_DIR):
+        return inside
+    return CLEAN_DIR + inside
+
+
 def _key_for(folder: Path, keys: dict[str, str], current: bytes | None) -> bytes | None:
-    """The key the folder's subject index was built with (its manifest names its id)."""
+    """The key the folder's subject index was built with (its manifest names its id): the
+    project's keys of every generation are in the message, so an index built before a
+    rotation is read with its own."""
+    from engine.data.raw_subject_index import load_raw_index
+
     manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    else:
+        # A raw upload indexed at ingestion: its index manifest names the key the same way.
+        manifest = load_raw_index(folder)
+    if manifest is None:
         return current
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if not manifest.get("subject_index"):
         return current
     if not manifest.get("subject_keyed"):
@@ -97,6 +129,70 @@ def _key_for(folder: Path, keys: dict[str, str], current: bytes | None) -> bytes
             "project's subject keys: re-run the data pipeline on the version's source"
         )
     return bytes.fromhex(keys[key_id])
+
+
+def _download(ctx: JobContext, version: dict[str, Any], source: Path, mapping, wanted) -> dict:
+    """Download the version's files whose folder path is in ``wanted`` (all when None) and
+    not already there; {version file name: its ArtifactRef} of every file."""
+    refs = {}
+    for item in version["files"]:
+        ref = ctx.spec.inputs[item["input"]]
+        refs[item["name"]] = ref
+        target = source / mapping[item["name"]]
+        if (wanted is None or mapping[item["name"]] in wanted) and not target.exists():
+            ctx.download(ref.uri, target, ref.sha256)
+            ctx.check_stop()
+    return refs
+
+
+def _find_in(source: Path, version: dict[str, Any], subject, current) -> Any:
+    """The engine's find over a downloaded version (its index alone, or all its files):
+    by the identifiers when the job has them, else by their keyed hashes."""
+    from engine.data.erasure import find_subject
+
+    identifiers, keys, hashes = subject
+    return find_subject(
+        source,
+        identifiers=identifiers,
+        subject_hashes=hashes if not identifiers else (),
+        subject_field=version.get("subject_field") or "",
+        key=_key_for(source, keys, current),
+    )
+
+
+def _nobody_by_index(
+    ctx: JobContext, version: dict[str, Any], source: Path, mapping, subject, current
+) -> dict | None:
+    """For a version searched by its subject index: download the index alone and look the
+    subject up. The `found` of a version that holds nobody, with no record downloaded or
+    read; None when the records are needed (hits, or files the index does not cover)."""
+    from engine.data.erasure import ErasureError
+
+    if version["search"] != "index":
+        return None
+    _download(ctx, version, source, mapping, INDEX_NAMES)
+    try:
+        report = _find_in(source, version, subject, current)
+    except ErasureError:
+        return None  # the whole download says why, as before
+    by_index = {f.name for f in report.files if f.method == "index"}
+    data = {inside for inside in mapping.values() if inside not in INDEX_NAMES}
+    covered = by_index and len(by_index) == len(report.files)
+    if not covered or report.hits or (report.kind == "raw" and not data <= by_index):
+        return None
+    back = {inside: name for name, inside in mapping.items()}
+    return {
+        "method": "index",
+        "records": 0,
+        "files": [{"name": back.get(name, name), "records": 0} for name in sorted(by_index)],
+    }
+
+
+def _scan_extent(find) -> dict[str, int]:
+    """How much of a "not indexed" version the full-text scan read, and its budget."""
+    if not any(f.method == "scan" for f in find.files):
+        return {}
+    return {"bytes_scanned": find.bytes_scanned, "scan_budget_bytes": find.scan_budget_bytes}
 
 
 def _erase_version(
@@ -112,12 +208,18 @@ def _erase_version(
     kind, mapping = _layout(version)
     source = work / f"v{version['id']}" / "in"
     output = work / f"v{version['id']}" / "out"
-    refs = {}
-    for item in version["files"]:
-        ref = ctx.spec.inputs[item["input"]]
-        refs[item["name"]] = ref
-        ctx.download(ref.uri, source / mapping[item["name"]], ref.sha256)
-        ctx.check_stop()
+    nobody = _nobody_by_index(ctx, version, source, mapping, subject, current)
+    if nobody is not None:
+        return {
+            "id": version["id"],
+            "found": nobody,
+            "new_files": [],
+            "unchanged": [],
+            "dropped": [],
+            "rebuild": [],
+            "token_shards": {},
+        }
+    refs = _download(ctx, version, source, mapping, None)
     key = _key_for(source, keys, current)
     try:
         report = erase_subject(
@@ -145,6 +247,7 @@ def _erase_version(
         "method": report.find.files[0].method if report.find.files else version["search"],
         "records": report.records_removed,
         "files": [{"name": back.get(f.name, f.name), "records": f.hits} for f in report.find.files],
+        **_scan_extent(report.find),
     }
     outcome: dict[str, Any] = {
         "id": version["id"],
@@ -153,11 +256,12 @@ def _erase_version(
         "unchanged": [],
         "dropped": [back.get(name, name) for name in report.dropped],
         "rebuild": list(report.rebuild) if report.records_removed else [],
+        "token_shards": report.token_shards if report.records_removed else {},
     }
     if not report.records_removed:
         return outcome  # nothing of the subject here: the version stays as it is
     for result in report.files:
-        name = back.get(result.name, CLEAN_DIR + result.name if kind == "output" else result.name)
+        name = back.get(result.name) or _new_name(result.name, kind)
         if name.startswith("extra/"):
             name = name[len("extra/") :]
         if result.status == "unchanged" and name in refs:
@@ -204,24 +308,18 @@ def _find_version(
     subject: tuple[list[str], dict[str, str], list[str]],
 ) -> dict[str, Any]:
     """Where the subject is in one version, and their records as one JSONL (find only)."""
-    from engine.data.erasure import ErasureError, _raw_kind, find_subject
+    from engine.data.erasure import ErasureError, _raw_kind
 
-    identifiers, keys, hashes = subject
+    _identifiers, keys, _hashes = subject
     current = bytes.fromhex(keys[next(iter(keys))]) if keys else None
     _kind, mapping = _layout(version)
     source = work / f"v{version['id']}" / "in"
-    for item in version["files"]:
-        ref = ctx.spec.inputs[item["input"]]
-        ctx.download(ref.uri, source / mapping[item["name"]], ref.sha256)
-        ctx.check_stop()
+    nobody = _nobody_by_index(ctx, version, source, mapping, subject, current)
+    if nobody is not None:
+        return {"id": version["id"], "found": nobody, "part": None}
+    _download(ctx, version, source, mapping, None)
     try:
-        report = find_subject(
-            source,
-            identifiers=identifiers,
-            subject_hashes=hashes if not identifiers else (),
-            subject_field=version.get("subject_field") or "",
-            key=_key_for(source, keys, current),
-        )
+        report = _find_in(source, version, subject, current)
     except ErasureError as error:
         return {
             "id": version["id"],
@@ -247,6 +345,7 @@ def _find_version(
         "files": [
             {"name": back.get(f.name, f.name), "records": f.hits} for f in report.files if f.hits
         ],
+        **_scan_extent(report),
     }
     outcome: dict[str, Any] = {"id": version["id"], "found": found, "part": None}
     if not_read or report.not_searched:

@@ -12,7 +12,8 @@ end the outputs are published as artifacts that chain into the next job:
 
 Params (validated and filled in by the platform, controlplane/jobs/posttrain.py, with the
 engine's schema, engine/jobparams.py): base_job_id,
-reward_job_id (ppo), dataset_version_id or pairs_count, train {steps, batch_size, lr,
+reward_job_id (ppo), dataset_version_id or pairs_count (and pairs_corruption: reward,
+dpo), train {steps, batch_size, lr,
 warmup_steps, log_interval, eval_interval, checkpoint_interval}, lora {r, alpha, dropout,
 target_modules}, dpo {beta, label_smoothing, precompute_reference}, ppo
 {rollout_batch_size, max_new_tokens, kl_coef, ppo_epochs, clip_range, temperature},
@@ -29,6 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from workers.launch import require_one_process
 from workers.runtime import JobContext, JobFailed, verified_step_file
 
 PPO_MINIBATCH = 8  # rollouts per PPO optimizer step, at most
@@ -80,6 +82,8 @@ def run_config(kind: str, params: dict[str, Any], work: Path) -> dict[str, Any]:
         raw["data"] = {"source": "jsonl", "path": str(pairs)}
     else:
         raw["data"] = {"source": "shakespeare", "count": params["pairs_count"]}
+        if "pairs_corruption" in params:
+            raw["data"]["corruption"] = params["pairs_corruption"]
     if "lora" in params:  # always for lora/qlora; for the others, adapters instead of weights
         raw["lora"] = dict(params["lora"])
         if kind not in ADAPTER_KINDS:
@@ -110,6 +114,7 @@ def run_finetune(ctx: JobContext) -> dict[str, Any]:
     from engine.finetune.run import FinetuneError, run
 
     kind, params = str(ctx.spec.kind), ctx.spec.params
+    require_one_process(kind, params)
     with tempfile.TemporaryDirectory(prefix=f"job-{ctx.spec.job_id}-") as tmp:
         work = Path(tmp)
         ctx.progress(0.0, "downloading the base model and the pairs")

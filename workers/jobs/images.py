@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from workers.launch import require_one_process
 from workers.runtime import JobContext, JobFailed, verified_step_file
 
 
@@ -40,6 +41,7 @@ def run_image_training(ctx: JobContext) -> dict[str, Any]:
     from engine.vision.train import TrainingError, train
 
     kind, params = str(ctx.spec.kind), ctx.spec.params
+    require_one_process(kind, params)
     with tempfile.TemporaryDirectory(prefix=f"job-{ctx.spec.job_id}-") as tmp:
         run_dir = Path(tmp) / "run"
         try:

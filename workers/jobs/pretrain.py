@@ -14,7 +14,9 @@ engine/jobparams.py): dataset_version_id, input_names (the local name of each in
 the order of spec.inputs), preset (engine.train.config.PRESETS), model overrides
 (block_size, dropout), train (max_iters, batch_size, grad_accum, eval_interval,
 eval_iters, log_interval, device), optim (lr, min_lr, warmup_iters, weight_decay),
-checkpoint_interval, seed, sample_prompts, sample_tokens.
+checkpoint_interval, seed, sample_prompts, sample_tokens, and resources {devices, nodes,
+strategy}: more than one process trains under torchrun (workers/launch.py), the worker
+reporting for rank 0; ``train.batch_size`` is per process, as in the engine.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from workers.launch import Resources, run_ranks
 from workers.runtime import JobContext, JobFailed
 
 
@@ -43,9 +46,11 @@ def run_config(params: dict[str, Any], run_dir: Path, data_dir: Path) -> dict[st
     setting is there: defaults come from the engine's schema, never from here)."""
     from engine.train.config import preset_model
 
+    resources = Resources.from_params(params)
     model = {**preset_model(params["preset"]), **params["model"]}
-    # One process, no progress bar: the worker reports progress through its callbacks.
-    train = {"progress": False, "parallel": "none", **params["train"]}
+    # No progress bar: the worker reports progress through its callbacks.
+    parallel = resources.strategy if resources.distributed else "none"
+    train = {"progress": False, "parallel": parallel, **params["train"]}
     return {
         "run_dir": str(run_dir),
         "seed": params["seed"],
@@ -54,7 +59,13 @@ def run_config(params: dict[str, Any], run_dir: Path, data_dir: Path) -> dict[st
         "optim": dict(params["optim"]),
         "train": train,
         # Two checkpoints on the worker's disk: each is also in the object store.
-        "checkpoint": {"interval": params["checkpoint_interval"], "keep_last": 2},
+        "checkpoint": {
+            "interval": params["checkpoint_interval"],
+            "keep_last": 2,
+            # On several machines rank 0 writes the whole checkpoint (full weights), so the
+            # one object in the store resumes every node; on one node FSDP shards it.
+            **({"sharded": "never"} if resources.nodes > 1 else {}),
+        },
     }
 
 
@@ -114,24 +125,33 @@ def run_pretrain(ctx: JobContext) -> dict[str, Any]:
     from engine.train.trainer import Trainer, TrainingError
 
     params = ctx.spec.params
+    resources = Resources.from_params(params)
     with tempfile.TemporaryDirectory(prefix=f"job-{ctx.spec.job_id}-") as tmp:
         work = Path(tmp)
         ctx.progress(0.0, "downloading the token shards")
         _download_shards(ctx, work / "data")
+        raw = run_config(params, work / "run", work / "data")
         try:
-            config = config_from_dict(run_config(params, work / "run", work / "data"), source="job")
+            config = config_from_dict(raw, source="job")
         except ConfigError as error:
             raise JobFailed(str(error)) from None
         resume = ctx.download_resume_checkpoint(
             work / "resume", lambda archive: _unpack_checkpoint(archive, work / "run")
         )
         to_platform = ctx.training_callbacks(progress_until=0.95)
-        try:
-            summary = Trainer(
-                config, callbacks=[to_platform], resume=resume or False, default_callbacks=False
-            ).fit()
-        except (TrainingError, CheckpointError) as error:
-            raise JobFailed(str(error)) from None
+        if resources.distributed:
+            summary = run_ranks(
+                ctx, to_platform, config=raw, resources=resources, work=work, resume=resume
+            )
+        else:
+            try:
+                summary = Trainer(
+                    config, callbacks=[to_platform], resume=resume or False, default_callbacks=False
+                ).fit()
+            except (TrainingError, CheckpointError) as error:
+                raise JobFailed(str(error)) from None
+        if summary is None:
+            return {"node": "took part"}  # a gang's node without rank 0: it reports nothing
         to_platform.end_if_stopped(summary.stopped)
         if summary.checkpoint is None:
             raise JobFailed("training ended without a checkpoint")

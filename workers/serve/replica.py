@@ -134,7 +134,9 @@ class ReplicaServer:
         self._image_lock = threading.Lock()  # one image batch at a time: it fills the cores
         self._image_waiting = 0
         self._recent_image_seconds = 1.0
-        self.counters = {"requests": 0, "errors": 0}
+        # Cumulative over the process's life, reported in its health: the platform turns
+        # them into hourly usage (finops), whether or not the deployment archives.
+        self.counters = {"requests": 0, "errors": 0, "tokens_in": 0, "tokens_out": 0}
         self.httpd = _HTTPServer((host, port), _Handler)
         self.httpd.replica = self
         self._thread: threading.Thread | None = None
@@ -211,6 +213,10 @@ class ReplicaServer:
     def archive(self, ctx: _Context, status: RecordStatus, **parts: Any) -> None:
         if status == RecordStatus.ERROR:
             self.counters["errors"] += 1
+        usage = parts.get("usage") or {}
+        with self._lock:  # handler threads finish requests concurrently
+            self.counters["tokens_in"] += _count(usage.get("prompt_tokens"))
+            self.counters["tokens_out"] += _count(usage.get("completion_tokens"))
         if not self.spec.archive:
             # Checked here, not only by make_archiver: whatever archiver the replica was
             # given, a deployment without archiving must leave no record of a request.
@@ -712,6 +718,10 @@ def _status(ctx: _Context, refused: bool) -> RecordStatus:
 def _usage(submitted) -> dict[str, int]:
     completion = sum(len(row.ids) for row in submitted.rows)
     return api.usage_body(len(submitted.prompt_ids), completion)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _engine_parts(ctx: _Context, submitted) -> dict[str, Any]:

@@ -19,6 +19,20 @@ def project_or_404(request, project_id, action: Action = Action.VIEW):
     return project
 
 
+def org_or_404(request, slug: str, *, admin: bool = False):
+    """The organisation named by ``slug``: 404 for a non-member, 403 for a member who is
+    not its admin when ``admin`` is asked."""
+    from controlplane.orgs.selectors import OrgForbidden, OrgNotFound, org_for
+
+    try:
+        org, _role = org_for(request.user, slug, admin=admin)
+    except OrgNotFound as error:
+        raise exceptions.NotFound(str(error)) from None
+    except OrgForbidden as error:
+        raise exceptions.PermissionDenied(str(error)) from None
+    return org
+
+
 class StrictSerializer(serializers.Serializer):
     """Unknown fields are an error, not silently dropped: a typo must not go unnoticed."""
 

@@ -171,8 +171,21 @@ def policy_error_response(exc) -> Response:
     return Response(body, status=exc.status)
 
 
+def job_error_response(exc) -> Response:
+    """A job service's refusal that carries a code (finops' GpuJobRefused: a spent budget,
+    a GPU quota): {"error": {..., "code": "budget_exceeded", "budget": {...}}}."""
+    body = error_body(exc.status, exc.code, str(exc))
+    body["error"].update(getattr(exc, "details", None) or {})
+    return Response(body, status=exc.status)
+
+
 def exception_handler(exc, context):
+    from controlplane.jobs.services import JobError
     from controlplane.policies.errors import PolicyDenied, PolicyError
+
+    if isinstance(exc, JobError) and getattr(exc, "code", None):
+        set_rollback()
+        return job_error_response(exc)
 
     if isinstance(exc, PolicyError):
         # A refusal is itself audited (gates.enforce): a view wrapped in a transaction (an

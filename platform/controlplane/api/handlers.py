@@ -2,7 +2,8 @@
 
 DRF turns errors raised inside an API view into JSON; these cover what happens before a
 view runs (no URL matches, a body over DATA_UPLOAD_MAX_MEMORY_SIZE, an error in a
-middleware). Pages keep Django's HTML error pages.
+middleware). Pages get Django's error views with our templates (templates/404.html, 403.html,
+400.html, 500.html on templates/error_layout.html: a way back, no database query).
 """
 
 from __future__ import annotations

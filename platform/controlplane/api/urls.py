@@ -2,10 +2,12 @@ from django.urls import include, path
 
 from controlplane.accounts import api as accounts
 from controlplane.api.docs import ApiDocsView, ApiSchemaView
+from controlplane.api.root import ApiRoot
 from controlplane.audit import api as audit
 from controlplane.datasets import api as datasets
 from controlplane.gdpr import api as gdpr
 from controlplane.jobs import api as jobs
+from controlplane.orgs import api as orgs
 from controlplane.projects import api as projects
 from controlplane.registry import api as registry
 from controlplane.registry import api_export as registry_export
@@ -13,7 +15,10 @@ from controlplane.serving import api_archive as serving_archive
 from controlplane.uploads import api as uploads
 
 urlpatterns = [
+    path("", ApiRoot.as_view(), name="api-root"),
     path("", include("controlplane.policies.api_urls")),
+    path("", include("controlplane.finops.api")),
+    path("", include("controlplane.finops.overview_api")),
     path("schema/", ApiSchemaView.as_view(), name="api-schema"),
     path("docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("tokens/", accounts.TokenListCreate.as_view(), name="api-tokens"),
@@ -174,4 +179,5 @@ urlpatterns = [
     path("", include("controlplane.serving.api_urls")),
     *serving_archive.urlpatterns,
     *gdpr.urlpatterns,
+    *orgs.urlpatterns,
 ]

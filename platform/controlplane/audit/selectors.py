@@ -26,7 +26,11 @@ def audit_events_for(
 
 def actor_names(events: Iterable[AuditEvent]) -> dict[int, str]:
     """{user id: username} of the events' actors, in one query (system events have none)."""
+    return usernames({event.actor_id for event in events if event.actor_id})
+
+
+def usernames(user_ids: set[int]) -> dict[int, str]:
+    """{user id: username}, in one query; a deleted user is simply missing."""
     from django.contrib.auth.models import User
 
-    actor_ids = {event.actor_id for event in events if event.actor_id}
-    return dict(User.objects.filter(pk__in=actor_ids).values_list("pk", "username"))
+    return dict(User.objects.filter(pk__in=user_ids).values_list("pk", "username"))

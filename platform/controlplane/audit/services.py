@@ -130,19 +130,28 @@ class ChainVerification:
         return f"{where}: chain BROKEN{at}: {self.reason}"
 
 
-def _recompute(chain: AuditChain) -> tuple[ChainVerification | None, dict[int, str]]:
+def _recompute(
+    chain: AuditChain, *, after: tuple[int, str] = (0, GENESIS_HASH)
+) -> tuple[ChainVerification | None, dict[int, str]]:
     """Recompute every hash in order; stop at the first event that does not fit.
 
-    Returns (the failure or None, the hash of every event by seq).
+    `after` = (length, head hash) of a prefix already verified: only the events past it
+    are read, the first of them must link to that hash. Returns (the failure or None, the
+    hash of every event read, by seq).
     """
-    prev_hash = GENESIS_HASH
-    expected_seq = 1
+    verified_length, prev_hash = after
+    expected_seq = verified_length + 1
     hashes: dict[int, str] = {}
-    events = AuditEvent.objects.filter(chain=chain).order_by("seq").iterator(chunk_size=2000)
+    events = (
+        AuditEvent.objects.filter(chain=chain, seq__gt=verified_length)
+        .order_by("seq")
+        .iterator(chunk_size=2000)
+    )
     for event in events:
 
         def broken(reason: str, seq: int = event.seq) -> tuple[ChainVerification, dict]:
-            return ChainVerification(chain.project_id, len(hashes), False, seq, reason), hashes
+            checked = verified_length + len(hashes)
+            return ChainVerification(chain.project_id, checked, False, seq, reason), hashes
 
         if event.seq != expected_seq:
             return broken(
@@ -165,7 +174,7 @@ def _recompute(chain: AuditChain) -> tuple[ChainVerification | None, dict[int, s
             return broken("its content does not match its hash (the row was altered)")
         hashes[event.seq] = prev_hash = event.hash
         expected_seq += 1
-    checked = len(hashes)
+    checked = verified_length + len(hashes)
     if checked != chain.length or prev_hash != chain.head_hash:
         failure = ChainVerification(
             chain.project_id,
@@ -238,6 +247,21 @@ def audit_verify_chain(
         return ChainVerification(chain.project_id, len(hashes), False, first_bad, reason)
     latest = max((anchor.length for anchor in valid), default=None)
     return ChainVerification(chain.project_id, len(hashes), True, None, "", len(valid), latest)
+
+
+def audit_verify_extension(chain: AuditChain, *, length: int, head_hash: str) -> ChainVerification:
+    """Verify only the events appended after a prefix already verified (`length` events
+    ending in `head_hash`): each must link to the one before, the first to `head_hash`.
+
+    What the cached chain badge uses between full verifications (controlplane.audit.status):
+    a rewrite of the prefix shows as the first new event not linking to `head_hash`.
+    """
+    with _one_snapshot():
+        chain = AuditChain.objects.get(pk=chain.pk)
+        failure, _hashes = _recompute(chain, after=(length, head_hash))
+    if failure is not None:
+        return failure
+    return ChainVerification(chain.project_id, chain.length, True)
 
 
 def _missing_chain(scope: str, readings: list[StoredAnchor]) -> ChainVerification:

@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 
+from controlplane.jobs.forms import JSONObjectField
 from controlplane.jobs.params import param_leaf
 from controlplane.names import validate_name
 
@@ -18,7 +19,9 @@ def schema_field(kind: str, dotted: str, *, required: bool = True, **options: An
     if "enum" in leaf:
         helps = leaf.get("x-choices-help", {})
         choices = [(c, f"{c}: {helps[c]}" if c in helps else c) for c in leaf["enum"]]
-        return forms.ChoiceField(choices=choices, initial=leaf.get("default"), **options)
+        return forms.ChoiceField(
+            choices=choices, initial=leaf.get("default"), required=required, **options
+        )
     field_class = forms.IntegerField if leaf["type"] == "integer" else forms.FloatField
     # Django's bounds are inclusive; an exclusive one's edge is refused by the platform's
     # check, whose message the view puts on this field.
@@ -40,7 +43,7 @@ class InspectJobForm(forms.Form):
 
 
 class PipelineJobForm(forms.Form):
-    pipeline = forms.CharField(
+    pipeline = JSONObjectField(
         widget=forms.Textarea(attrs={"rows": 12, "class": "code"}),
         required=False,
         help_text="the engine's pipeline config as JSON: stages and their thresholds",
@@ -49,21 +52,6 @@ class PipelineJobForm(forms.Form):
     vocab_size = schema_field("data_pipeline", "tokenizer.vocab_size", required=False)
     val_fraction = schema_field("data_pipeline", "val_fraction")
 
-    def clean_pipeline(self):
-        from controlplane.api.parsers import JSONTextError, loads_storable
-
-        text = self.cleaned_data["pipeline"].strip()
-        if not text:
-            return {}
-        try:
-            # Not json.loads: NaN, NUL or deep nesting would reach jsonb (or the stack).
-            value = loads_storable(text)
-        except JSONTextError as error:
-            raise forms.ValidationError(f"not valid JSON: {error}") from None
-        if not isinstance(value, dict):
-            raise forms.ValidationError("must be a JSON object")
-        return value
-
     def job_params(self, version_id: int) -> dict:
         data = self.cleaned_data
         tokenizer = {"kind": data["tokenizer"]}
@@ -71,7 +59,7 @@ class PipelineJobForm(forms.Form):
             tokenizer["vocab_size"] = data["vocab_size"]  # blank: the engine's default
         return {
             "dataset_version_id": version_id,
-            "pipeline": data["pipeline"],
+            "pipeline": data["pipeline"] or {},
             "tokenizer": tokenizer,
             "val_fraction": data["val_fraction"],
         }
@@ -103,6 +91,11 @@ class TrainJobForm(forms.Form):
     eval_interval = schema_field("pretrain", "train.eval_interval")
     checkpoint_interval = schema_field("pretrain", "checkpoint_interval")
     device = schema_field("pretrain", "device")
+    # Several processes train data-parallel under torchrun (engine/train/resources.py):
+    # GPUs on a gpu worker; blank: one process on one machine.
+    devices = schema_field("pretrain", "resources.devices", required=False, label="Devices")
+    nodes = schema_field("pretrain", "resources.nodes", required=False, label="Machines")
+    strategy = schema_field("pretrain", "resources.strategy", required=False)
     sample_prompt = forms.CharField(
         max_length=param_leaf("pretrain", "sample_prompts")["items"]["maxLength"],
         initial="ROMEO:",
@@ -130,45 +123,11 @@ class TrainJobForm(forms.Form):
             "checkpoint_interval": data["checkpoint_interval"],
             "device": data["device"],
             "sample_prompts": [data["sample_prompt"]] if data["sample_prompt"] else None,
-        }
-
-
-class ImageJobForm(forms.Form):
-    """Train an image generator on the 8x8 digits; blank fields take the recipe's values."""
-
-    kind = forms.ChoiceField(
-        choices=[
-            ("diffusion", "diffusion (DDPM/DDIM, guidance)"),
-            ("gan", "GAN (conditional DCGAN)"),
-            ("vae", "VAE"),
-        ]
-    )
-    preset = schema_field("diffusion", "preset")
-    experiment = forms.RegexField(
-        r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, required=False, validators=[validate_name]
-    )
-    # Blank: the preset's value (the schema gives these no default).
-    steps = schema_field("diffusion", "train.steps", required=False)
-    batch_size = schema_field("diffusion", "train.batch_size", required=False)
-    lr = schema_field("diffusion", "train.lr", required=False, label="Learning rate")
-    sample_interval = schema_field(
-        "diffusion", "train.sample_interval", required=False, help_text="a grid every N steps"
-    )
-    eval_per_class = schema_field("diffusion", "eval_per_class", required=False)
-    device = schema_field("diffusion", "device")
-
-    def job_params(self) -> dict:
-        data = self.cleaned_data
-        train = {
-            k: data[k]
-            for k in ("steps", "batch_size", "lr", "sample_interval")
-            if data[k] is not None
-        }
-        return {
-            "preset": data["preset"],
-            "train": train,
-            "device": data["device"],
-            "eval_per_class": data["eval_per_class"],  # None: the schema's default
+            "resources": {
+                name: data[name]
+                for name in ("devices", "nodes", "strategy")
+                if data.get(name) not in (None, "")
+            },
         }
 
 

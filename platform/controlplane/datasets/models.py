@@ -37,7 +37,9 @@ class Dataset(models.Model):
     source = models.CharField(max_length=500, blank=True)  # where the data came from (URL, system)
     license = models.CharField(max_length=120, blank=True)
     # The record field naming the data subject, when the data holds personal data: the
-    # pipeline builds a subject index from it so an erasure request finds every record.
+    # pipeline (for its outputs) and the control worker (for raw uploads,
+    # datasets/subject_index.py) build a subject index from it so an erasure request
+    # finds every record.
     subject_field = models.CharField(max_length=120, blank=True)
     # The highest version number ever given out (removed versions included): numbers are
     # taken from here under the dataset's row lock and never reused.

@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 
 from controlplane.datasets.services import dataset_uploads_reap
+from controlplane.datasets.subject_index import INDEX_TASK, version_subject_index
 from controlplane.uploads.services import upload_orphans_reap
 from controlplane.uploads.tempfiles import upload_temp_files_sweep
 from workers.protocol import CONTROL_QUEUE
@@ -30,3 +31,10 @@ def reap_abandoned_uploads() -> list[int]:
         logger.exception("sweeping upload temp files failed")
     upload_orphans_reap()
     return dataset_uploads_reap()
+
+
+@shared_task(name=INDEX_TASK, queue=CONTROL_QUEUE, ignore_result=True, time_limit=3 * 3600)
+def dataset_subject_index(version_id: int) -> str:
+    """A raw upload's subject index (datasets/subject_index.py): one streaming pass over its
+    JSONL objects in the control worker, never in the web process."""
+    return version_subject_index(version_id)

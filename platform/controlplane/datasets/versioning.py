@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from controlplane.audit.services import audit_append
 from controlplane.datasets.models import Dataset, DatasetFile, DatasetVersion, VersionState
+from controlplane.datasets.subject_index import index_soon
 from controlplane.policies.facts import dataset_facts
 from controlplane.policies.gates import enforce
 from controlplane.policies.rules import Gate
@@ -108,6 +109,9 @@ def version_mark_ready(
             },
         )
         _ready_gate(version, actor)
+        # A raw upload of a dataset with a subject field: its subject index is built by
+        # the control worker once this commits (datasets/subject_index.py).
+        index_soon(version, files)
     return True
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.urls import reverse
 from django.utils import timezone
 
 from controlplane.audit.export import audit_export
+from controlplane.demo.figures import human_size
 from controlplane.jobs.services import job_create
 from controlplane.policies.errors import InvalidPolicy, PolicyDenied
 from controlplane.policies.models import PolicyScan, ScanState
@@ -137,7 +139,7 @@ def audit_export_verified(command, project: Project, user: User) -> Path:
         timeout=120,
     )
     verdict = (result.stdout or result.stderr).strip().splitlines()
-    command.stdout.write(f"    {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    command.stdout.write(f"    {path} ({human_size(path.stat().st_size)})")
     command.stdout.write(f"    offline verifier: {verdict[0] if verdict else result.returncode}")
     if result.returncode != 0:
         raise RuntimeError(f"the offline verifier rejected the export: {verdict}")
@@ -194,4 +196,8 @@ def violations_and_waiver(
         f"    waiver {waiver.pk} for {waiver.subject_label} (30 days); the next scan: "
         f"{scan.counts['still_open']} open, {scan.counts['waived']} waived "
         f"(/projects/{project.slug}/compliance/)"
+    )
+    command.look_at(
+        "compliance: the policy, the open violations, the waiver",
+        reverse("project_compliance", args=[project.slug]),
     )

@@ -20,6 +20,7 @@ from controlplane.datasets.services import (
     dataset_version_complete,
     dataset_version_start,
 )
+from controlplane.demo.figures import human_size
 from controlplane.demo.processes import shakespeare_files
 from controlplane.jobs.services import job_create
 from controlplane.storage import object_store
@@ -104,7 +105,7 @@ def dataset_upload(command, project: Project, user: User) -> DatasetVersion:
     parts = {u.file.pk: _send_parts(u, files[u.file.name]) for u in uploads}
     version = dataset_version_complete(version=version, actor=user, parts=parts)
     command.stdout.write(
-        f"    {dataset.slug} v{version.number}: {len(declared)} files, {version.byte_count / 1e6:.1f} MB, "
+        f"    {dataset.slug} v{version.number}: {len(declared)} files, {human_size(version.byte_count)}, "
         "sizes and sha256 verified"
     )
     return version

@@ -12,6 +12,8 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+from django.urls import reverse
+
 from controlplane.datasets.models import Dataset, DatasetKind
 from controlplane.datasets.services import (
     DeclaredFile,
@@ -19,6 +21,7 @@ from controlplane.datasets.services import (
     dataset_version_complete,
     dataset_version_start,
 )
+from controlplane.demo.figures import human_size
 from controlplane.gdpr.models import RequestState
 from controlplane.gdpr.services import request_approve, request_file
 from controlplane.storage import object_store
@@ -127,9 +130,12 @@ def erasure_walk(command, project: Project, users: dict[str, User]) -> None:
     command.stdout.write(
         f"    deleted {len(certificate['deleted'])} objects ({deleted} stored versions); "
         f"residue scan: {scan['hit_count']} hits in {scan['object_versions_read']} object "
-        f"versions ({scan['bytes_stored'] / 1e6:.1f} MB), clean: {scan['clean']}"
+        f"versions ({human_size(scan['bytes_stored'])}), clean: {scan['clean']}"
     )
     command.stdout.write(
         f"    request {request.pk} completed; certificate at "
         f"/projects/{project.pk}/subject-requests/{request.pk}/"
+    )
+    command.look_at(
+        "GDPR: the erasure certificate", reverse("gdpr-request", args=[project.pk, request.pk])
     )

@@ -9,7 +9,9 @@ import time
 from typing import TYPE_CHECKING
 
 from django.core.management.base import CommandError
+from django.urls import reverse
 
+from controlplane.demo.figures import metric
 from controlplane.jobs.services import job_create
 from controlplane.registry.card import model_card_markdown
 from controlplane.registry.errors import RegistryError
@@ -94,7 +96,7 @@ def registry_walk(command, project: Project, users: dict[str, User], base: Job, 
     rows = compare([first.evaluations.first(), second.evaluations.first()])
     for row in rows:
         if row["metric"] in {"val_loss", "perplexity", "toxicity_share", "memorisation_share"}:
-            values = " -> ".join(f"{v:.3f}" if v is not None else "-" for v in row["values"])
+            values = " -> ".join(metric(v) for v in row["values"])  # as the model page has them
             command.stdout.write(f"    {row['metric']:<20} v1 -> v2: {values}")
 
     command.step("Promotion: `production` needs a passing evaluation and a second pair of eyes")
@@ -137,6 +139,10 @@ def _promote(command, project, users, version: ModelVersion) -> bool:
         f"    dora (compliance) approved it: @production -> v{version.number}\n"
         f"    pages: /projects/{project.pk}/models/{model.name}/ and the review queue "
         f"/projects/{project.pk}/reviews/"
+    )
+    command.look_at(
+        "registry: v1 and v2 side by side, the lineage, the model card",
+        reverse("registry-model", args=[project.pk, model.name]),
     )
     return True
 

@@ -12,7 +12,8 @@ The export (`projects/<id>/gdpr/requests/<rid>/export.zip`) holds one JSONL per 
 `datasets/<slug>-v<n>.jsonl` ({"file", "line", "record"} per record of the subject) and
 `inference_archive.jsonl` (the inference archive's records found through its subject
 index, read with read_record), plus `manifest.json` (sources and counts). It is never in
-the database. The first download by a reviewer is audited (`subject_request.exported`),
+the database. Only the reviewer who approved the request downloads it (another owner or
+compliance officer gets 403 saying who may). The download is audited (`subject_request.exported`),
 the object is deleted right after it was read and the request completes with a
 certificate-like summary; a second download is 410 Gone. An export not downloaded within
 GDPR_EXPORT_TTL_HOURS is deleted by the beat (`subject_request.export_expired`) and the
@@ -52,6 +53,7 @@ from controlplane.gdpr.erasure import (
     certificate_evidence,
     certificate_head,
     erasure_candidates,
+    search_wording,
 )
 from controlplane.gdpr.errors import GdprError, NotAllowed
 from controlplane.gdpr.models import RequestKind, RequestState, SubjectRequest
@@ -84,8 +86,8 @@ def access_start(request: SubjectRequest) -> SubjectRequest:
     """The `on_approved` hook of an access request: the find-only job. Idempotent."""
     from controlplane.jobs.services.lifecycle import _job_insert
 
-    if request.kind != RequestKind.ACCESS:
-        return request
+    if request.kind != RequestKind.ACCESS or request.is_parent:
+        return request  # an organisation request's children search (organisation.py)
     request = SubjectRequest.objects.select_related("project", "reviewed_by").get(pk=request.pk)
     if any(
         not ids.readable(request.project_id, row.value_token) for row in request.identifiers.all()
@@ -148,7 +150,7 @@ def access_job_succeeded(job, result: dict) -> list[dict[str, Any]]:
         {
             "source": entry["label"],
             "records": entry["found"]["records"],
-            "detail": f"searched by {entry['found'].get('method', '?')}"
+            "detail": search_wording(entry["found"])
             + "".join(f"; {f['name']}: {f['records']}" for f in entry["found"].get("files", []))
             + (
                 f"; not searched through: {entry['not_searched']}"
@@ -188,6 +190,8 @@ def access_advance(request: SubjectRequest) -> str:
         request = SubjectRequest.objects.select_related("project", "reviewed_by").get(pk=request.pk)
         if request.kind != RequestKind.ACCESS or request.state != RequestState.IN_PROGRESS:
             return request.state
+        if request.is_parent:
+            return "organisation request: its children search"
         job = Job.objects.filter(pk=request.progress.get("job_id")).first()
         if job is None:
             services.request_fail(request=request, reason="the access request's job is missing")
@@ -330,18 +334,49 @@ def _build_export(request: SubjectRequest) -> None:
                 "expires_at": export["expires_at"],
             },
         )
+    if request.parent_id:
+        # The organisation request combines its children's exports once all are built.
+        parent_id = request.parent_id
+        transaction.on_commit(lambda: advance_soon(parent_id), robust=True)
 
 
 # -- the one download ---------------------------------------------------------------------
 
 
-def export_take(*, request: SubjectRequest, actor) -> tuple[str, bytes]:
-    """The export's bytes for a reviewer, once: audited, the object deleted right after
-    it was read, the request completed. Raises ExportGone on a second try."""
+EXPORT_GONE = (
+    "this export was downloaded once (or expired) and has been deleted; "
+    "file a new access request for another copy"
+)
+
+
+def read_export(export: dict) -> bytes:
+    """The stored export's bytes, checked against the digest recorded when it was built."""
     from controlplane.storage import object_store
 
+    data = object_store().get_bytes(export["key"])
+    if hashlib.sha256(data).hexdigest() != export["sha256"]:
+        raise GdprError("the stored export does not match its digest")
+    return data
+
+
+def export_take(*, request: SubjectRequest, actor) -> tuple[str, bytes]:
+    """The export's bytes for the reviewer who approved the request, once: audited, the
+    object deleted right after it was read, the request completed. Raises NotAllowed for
+    anyone else (another owner or compliance officer too), ExportGone on a second try."""
+
+    if request.is_parent:
+        from controlplane.gdpr.organisation_access import parent_export_take
+
+        return parent_export_take(request=request, actor=actor)
     if not services.may_review(actor, request.project):
         raise NotAllowed("only the owner or a compliance officer downloads the export")
+    if request.parent_id:
+        raise ExportNotReady(
+            f"this project's export belongs to organisation request #{request.parent_id}: "
+            "an admin of the organisation downloads the combined export there"
+        )
+    if not services.may_take_export(actor, request):
+        raise NotAllowed(services.export_reviewer_only(request))
     with transaction.atomic():
         locked = (
             SubjectRequest.objects.select_for_update(of=("self",))
@@ -355,16 +390,10 @@ def export_take(*, request: SubjectRequest, actor) -> tuple[str, bytes]:
             export or {}
         ).get("expired_at")
         if taken or (locked.state != RequestState.IN_PROGRESS and export):
-            raise ExportGone(
-                "this export was downloaded once (or expired) and has been deleted; "
-                "file a new access request for another copy"
-            )
+            raise ExportGone(EXPORT_GONE)
         if locked.state != RequestState.IN_PROGRESS or not export:
             raise ExportNotReady("the export is not ready yet")
-        store = object_store()
-        data = store.get_bytes(export["key"])
-        if hashlib.sha256(data).hexdigest() != export["sha256"]:
-            raise GdprError("the stored export does not match its digest")
+        data = read_export(export)
         now = timezone.now()
         export = {**export, "downloaded_at": now.isoformat(), "downloaded_by": actor.username}
         progress = {**locked.progress, "export": export}
@@ -384,8 +413,10 @@ def export_take(*, request: SubjectRequest, actor) -> tuple[str, bytes]:
         locked = _record(locked, "downloaded", by=actor.username)
         services.request_complete(request=locked, certificate=_certificate(locked))
     # Committed: the download is on the record; now the object goes, every version of it.
+    from controlplane.storage import object_store
+
     try:
-        store.delete_all_versions(export["key"])
+        object_store().delete_all_versions(export["key"])
     except Exception:  # noqa: BLE001 - the beat's expiry pass deletes what is left
         logger.exception("export of request %s: delete after download failed", request.pk)
     return f"subject-request-{request.pk}-export.zip", data
@@ -402,11 +433,12 @@ def exports_expire(now: dt.datetime | None = None) -> list[int]:
     rows = SubjectRequest.objects.filter(
         kind=RequestKind.ACCESS, progress__has_key="export"
     ).select_related("project")
-    for request in rows.filter(state=RequestState.IN_PROGRESS):
+    # A child's export belongs to its organisation request, which expires as a whole.
+    for request in rows.filter(state=RequestState.IN_PROGRESS, parent__isnull=True):
         export = request.progress["export"]
         if dt.datetime.fromisoformat(export["expires_at"]) > now:
             continue
-        store.delete_all_versions(export["key"])
+        object_store().delete_all_versions(export["key"])
         with transaction.atomic():
             progress = {**request.progress, "export": {**export, "expired_at": now.isoformat()}}
             request = services.request_record_progress(request=request, progress=progress)
@@ -427,6 +459,12 @@ def exports_expire(now: dt.datetime | None = None) -> list[int]:
                 reason=f"the export was not downloaded within {ttl_hours()} hours and was "
                 "deleted; file a new access request",
             )
+            if request.is_parent:
+                from controlplane.gdpr.organisation_access import children_fail_open
+
+                children_fail_open(
+                    request, f"the export of organisation request #{request.pk} expired"
+                )
         expired.append(request.pk)
     for request in rows.filter(state=RequestState.COMPLETED):
         if store.exists(request.progress["export"]["key"]):

@@ -1,8 +1,9 @@
 """Data-subject requests in the Django admin: read-only, except deciding pending ones.
 
 Approve and reject go through the same services and rules as the pages and the API: the
-admin user needs the owner or compliance role in the request's project (a membership:
-being a superuser is not enough) and cannot decide a request they filed; refusals are
+admin user needs the owner or compliance role in the request's project (for an
+organisation-scoped request: the admin role in its organisation), a membership: being a
+superuser is not enough, and cannot decide a request they filed; refusals are
 admin messages. Identifiers are never shown in clear here: the list shows their types
 and the first characters of their keyed hashes.
 """
@@ -22,6 +23,7 @@ class SubjectRequestAdmin(ReadOnlyAdmin):
         "id",
         "project",
         "kind",
+        "scope",
         "state",
         "subject",
         "filed_by",
@@ -29,13 +31,14 @@ class SubjectRequestAdmin(ReadOnlyAdmin):
         "deadline_at",
         "reviewed_by",
     ]
-    list_filter = ["state", "kind", "project"]
+    list_filter = ["state", "kind", "scope", "project"]
     list_select_related = ["project", "filed_by", "reviewed_by"]
     # No identifier values (not even their tokens): the hashes say which subject it is.
     fields = [
         "project",
         "kind",
         "scope",
+        "parent",
         "state",
         "subject",
         "legal_basis",
@@ -77,7 +80,7 @@ class SubjectRequestAdmin(ReadOnlyAdmin):
 
         pending = list(
             queryset.filter(state=RequestState.PENDING_REVIEW)
-            .select_related("project", "filed_by")
+            .select_related("project__organisation", "filed_by")
             .prefetch_related("identifiers")
         )
         return decide_with_reason(

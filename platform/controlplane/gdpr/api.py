@@ -9,8 +9,12 @@
     POST      /api/v1/projects/<id>/models/<name>/versions/<n>/retrain/  (gdpr/retrain.py)
 
 Every member reads; owners, engineers and compliance officers file; owners and compliance
-officers who did not file a request decide it and extend its deadline; they alone
-download an access request's export, once (then 410 Gone: gdpr/access.py). Identifiers are
+officers who did not file a request decide it and extend its deadline; the one who
+approved an access request alone downloads its export, once (then 410 Gone:
+gdpr/access.py). A request of
+scope `organisation` (every project of the project's organisation) is filed by an admin
+of the organisation (or staff) and decided, extended and downloaded by another admin of
+it; once approved, its `children` (one per project) do the work (gdpr/organisation.py). Identifiers are
 shown in clear to owners and compliance officers only, masked to everyone else; every
 identifier also carries its keyed hash. A non-member gets 404, like the project itself;
 another project's request is 404 too. The services raise GdprError subclasses, answered
@@ -86,7 +90,8 @@ class SubjectRequestIn(StrictSerializer):
         choices=RequestScope.choices,
         required=False,
         default=RequestScope.PROJECT,
-        help_text="project (organisation-wide requests come with organisations).",
+        help_text="project, or organisation: every project of this project's organisation "
+        "(filed by an admin of the organisation; carried out per project once approved).",
     )
 
 
@@ -96,8 +101,22 @@ class IdentifierOut(serializers.Serializer):
     subject_hash = serializers.CharField(help_text="HMAC-SHA256 with the project's key.")
 
 
+class RelatedRequestOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    project = serializers.IntegerField(source="project_id")
+    project_name = serializers.CharField(source="project.name")
+    state = serializers.CharField()
+    deadline_at = serializers.DateTimeField()
+
+
 class SubjectRequestOut(serializers.ModelSerializer):
     identifiers = serializers.SerializerMethodField()
+    parent = serializers.SerializerMethodField(
+        help_text="The organisation request this one was fanned out from (null if none)."
+    )
+    children = serializers.SerializerMethodField(
+        help_text="An organisation request's per-project requests (empty for others)."
+    )
     filed_by = serializers.CharField(source="filed_by.username")
     reviewed_by = serializers.CharField(
         source="reviewed_by.username", allow_null=True, default=None
@@ -135,12 +154,26 @@ class SubjectRequestOut(serializers.ModelSerializer):
             "failure_reason",
             "progress",
             "certificate",
+            "parent",
+            "children",
         ]
 
     @extend_schema_field(IdentifierOut(many=True))
     def get_identifiers(self, request: SubjectRequest) -> list[dict]:
-        clear = bool(self.context.get("clear"))
+        user = self.context.get("user")
+        # An organisation request's admins see it in clear without a project role.
+        clear = bool(self.context.get("clear")) or (
+            request.is_parent and user is not None and services.may_review_request(user, request)
+        )
         return IdentifierOut(selectors.identifiers_shown(request, clear=clear), many=True).data
+
+    @extend_schema_field(RelatedRequestOut(allow_null=True))
+    def get_parent(self, request: SubjectRequest) -> dict | None:
+        return RelatedRequestOut(request.parent).data if request.parent_id else None
+
+    @extend_schema_field(RelatedRequestOut(many=True))
+    def get_children(self, request: SubjectRequest) -> list[dict]:
+        return RelatedRequestOut(request.children.all(), many=True).data
 
     def get_overdue(self, request: SubjectRequest) -> bool:
         return bool(selectors.deadline_of(request)["overdue"])
@@ -165,8 +198,8 @@ class ExtendIn(StrictSerializer):
 
 
 def _out(request, subject_request: SubjectRequest) -> dict:
-    clear = services.may_review(request.user, subject_request.project)
-    return SubjectRequestOut(subject_request, context={"clear": clear}).data
+    clear = services.may_see_identifiers(request.user, subject_request)
+    return SubjectRequestOut(subject_request, context={"clear": clear, "user": request.user}).data
 
 
 # -- views -------------------------------------------------------------------------------
@@ -185,7 +218,7 @@ class SubjectRequestListFile(generics.GenericAPIView):
         page = self.paginate_queryset(selectors.requests_of(project, state=state))
         clear = services.may_review(request.user, project)
         return self.get_paginated_response(
-            SubjectRequestOut(page, many=True, context={"clear": clear}).data
+            SubjectRequestOut(page, many=True, context={"clear": clear, "user": request.user}).data
         )
 
     @idempotent
@@ -276,13 +309,14 @@ class SubjectRequestExport(APIView):
         summary="Download an access request's export, once (a zip, one JSONL per source)",
         responses={
             (200, "application/zip"): OpenApiTypes.BINARY,
+            403: OpenApiResponse(description="not the reviewer who approved the request"),
             409: OpenApiResponse(description="not an access request, or not ready yet"),
             410: OpenApiResponse(description="downloaded once (or expired) and deleted"),
         },
     )
     def get(self, request, project_id: int, subject_request_id: int):
-        """An access request's export (a zip, one JSONL per source), for the owner or a
-        compliance officer, once: the object is deleted right after; then 410 Gone."""
+        """An access request's export (a zip, one JSONL per source), for the reviewer who
+        approved the request, once: the object is deleted right after; then 410 Gone."""
         from django.http import HttpResponse
 
         from controlplane.gdpr.access import export_take

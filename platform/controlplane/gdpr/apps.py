@@ -12,7 +12,10 @@ class GdprConfig(AppConfig):
         from controlplane.gdpr import services
         from controlplane.gdpr.access import access_start
         from controlplane.gdpr.erasure import erasure_start
+        from controlplane.gdpr.organisation import fan_out
 
-        for hook in (erasure_start, access_start):  # each looks at its own kind only
+        # Each looks at its own kind only; fan_out at organisation requests only, which
+        # the other two pass over.
+        for hook in (fan_out, erasure_start, access_start):
             if hook not in services.on_approved:
                 services.on_approved.append(hook)

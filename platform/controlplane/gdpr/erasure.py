@@ -8,11 +8,24 @@
 `erasure_advance` is what the control worker runs after the job's success commits (a
 task sent then) and on its beat (`control.gdpr_erasures_advance`, every minute), so a
 lost message or a failed step is simply taken up again. Its steps, each recorded in
-`request.progress["done"]` and each safe to repeat:
+`request.progress["done"]` and each safe to repeat. A pass may die anywhere, and the
+certificate must still count what the dead pass did, though the re-run finds it gone:
+- a step ends with `_finish`: its account, its audit event and its name in `done` in one
+  transaction (so a step is audited once, and either on the record or run again);
+- what a step must not lose is on the account before it is destroyed: object version
+  ids are listed and recorded before `delete_all_versions`, a completion record's key
+  before its delete, an archive object's erasure before its old bytes go (the `account`
+  hook of serving/erasure.py);
+- a re-run adds to the account (union of version ids, archive objects merged by key,
+  jobs scrubbed once) and never replaces it with the little it found left.
 
-1. rebuild   derived outputs that lost records and keep token shards are rebuilt: a
-             data_pipeline job with the old output's pipeline config on the new raw
-             version; the request waits (visibly, "waiting for job N") until they end.
+1. rebuild   a pipeline output's token shards are cut by the worker (the erased
+             documents out of the token stream, byte-identical to re-tokenizing; the
+             tokenizer kept), so nothing is rebuilt. Only an output whose shards could
+             not be cut exactly, or whose tokenizer's vocabulary holds the subject
+             (the job's `rebuild` says "tokens"), is rebuilt: a data_pipeline job with
+             the old output's pipeline config on the new raw version; the request waits
+             (visibly, "waiting for job N") until they end.
              So it does for queued or running jobs reading an old version, unless the
              policy's rule 4 says `running_jobs: cancel`: then they are cancelled.
 2. delete    every stored version of every object of the old versions
@@ -41,6 +54,7 @@ import logging
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 from django.db import connection, transaction
@@ -53,6 +67,7 @@ from controlplane.gdpr import selectors, services
 from controlplane.gdpr.models import (
     ErasedDataFlag,
     RequestKind,
+    RequestScope,
     RequestState,
     SubjectRequest,
 )
@@ -99,10 +114,15 @@ def erasure_candidates(project) -> list:
 
 
 def _search_of(version) -> str:
+    """How the job finds the subject: the subject index of a pipeline output or of a raw
+    upload indexed at ingestion (datasets/subject_index.py); a raw upload from before
+    that, by a streaming pass over its subject field; data with no subject field, by scan."""
+    from controlplane.datasets.subject_index import RAW_INDEX_MANIFEST
+
     names = [f.name for f in version.files.all()]
     output = any(n.rsplit("/", 1)[-1] == "manifest.json" for n in names)
     if version.dataset.subject_field:
-        return "index" if output else "field"
+        return "index" if output or RAW_INDEX_MANIFEST in names else "field"
     return "scan"
 
 
@@ -134,8 +154,8 @@ def erasure_start(request: SubjectRequest) -> SubjectRequest:
     from controlplane.jobs.services.lifecycle import _job_insert
     from controlplane.policies.waivers import hold_place
 
-    if request.kind != RequestKind.ERASURE:
-        return request
+    if request.kind != RequestKind.ERASURE or request.is_parent:
+        return request  # an organisation request's children run the jobs (organisation.py)
     request = SubjectRequest.objects.select_related("project", "reviewed_by").get(pk=request.pk)
     project, reviewer = request.project, request.reviewed_by
     if any(
@@ -293,6 +313,7 @@ def erasure_job_succeeded(job, result: dict) -> list[dict[str, Any]]:
                 "unchanged": outcome["unchanged"],
                 "dropped": outcome["dropped"],
                 "rebuild": outcome["rebuild"],
+                "token_shards": outcome.get("token_shards", {}),
             }
         )
     progress = dict(request.progress)
@@ -333,7 +354,7 @@ def _finding_detail(entry: dict) -> str:
     files = ", ".join(
         f"{f['name']}: {f['records']}" for f in found.get("files", []) if f["records"]
     )
-    text = f"searched by {found.get('method', '?')}"
+    text = search_wording(found)
     if files:
         text += f"; {files}"
     if entry.get("new_label"):
@@ -341,6 +362,26 @@ def _finding_detail(entry: dict) -> str:
     if entry.get("not_searched"):
         text += f"; not searched through: {entry['not_searched']}"
     return text
+
+
+def search_wording(found: dict) -> str:
+    """How a version was searched, in the request page's words: a version whose dataset
+    has no subject field is "not indexed" (the issue's term) and was read by a bounded
+    full-text scan, whose extent and budget are said."""
+    from controlplane.sizes import human_size
+
+    method = found.get("method")
+    if method == "scan":
+        text = "not indexed — searched by a full-text scan"
+        if found.get("scan_budget_bytes"):
+            scanned = human_size(found.get("bytes_scanned") or 0)
+            text += f" ({scanned} of {human_size(found['scan_budget_bytes'])} budget)"
+        return text
+    if method == "index":
+        return "searched through the subject index"
+    if method == "field":
+        return "searched by its subject field"
+    return f"searched by {method or '?'}"
 
 
 def _not_searched(outcome: dict) -> dict:
@@ -399,6 +440,8 @@ def erasure_advance(request: SubjectRequest) -> str:
         request = SubjectRequest.objects.select_related("project", "reviewed_by").get(pk=request.pk)
         if request.kind != RequestKind.ERASURE or request.state != RequestState.IN_PROGRESS:
             return request.state
+        if request.is_parent:
+            return "organisation request: its children do the work"
         outcome = _advance(request)
         if outcome.startswith("waiting"):
             _note_waiting(request, outcome)
@@ -450,24 +493,65 @@ def _advance(request: SubjectRequest) -> str:
     )
     for name, step in steps:
         if name not in request.progress.get("done", []):
-            details = step(request)
+            # Each step ends with `_finish` (its account, audit event and name in `done`
+            # in one transaction) and adds to what a killed pass recorded before it.
+            step(request)
             request.refresh_from_db()
-            request = _record(request, name, **details)
     if "scanned" not in request.progress.get("done", []):
         scan = _residue_scan(request)
-        request.refresh_from_db()
+        audit = {"action": "subject_request.residue_scanned", "payload": scan}
         if not scan["clean"]:
-            progress = {**request.progress, "scan": scan}
-            request = services.request_record_progress(request=request, progress=progress)
+            request = _finish(request, None, account={"scan": scan}, audit=audit)
             services.request_fail(request=request, reason=_residue_reason(scan))
             return "failed"
-        progress = {**request.progress, "scan": scan}
-        request = services.request_record_progress(request=request, progress=progress)
-        request = _record(request, "scanned", clean=True)
+        request = _finish(request, "scanned", account={"scan": scan}, audit=audit, clean=True)
     if "released" not in request.progress.get("done", []):
-        request = _record(request, "released", holds=_release_holds(request))
+        request = _finish(request, "released", holds=_release_holds(request))
     services.request_complete(request=request, certificate=_certificate(request))
     return "completed"
+
+
+def _finish(
+    request: SubjectRequest,
+    step: str | None,
+    *,
+    account: dict[str, Any] | None = None,
+    audit: dict[str, Any] | None = None,
+    **details: Any,
+) -> SubjectRequest:
+    """A control step's end in one transaction: its account in `progress`, its audit
+    event and its name in `done`. A pass killed before it runs the step again, which
+    finds less (or nothing) left to do and adds to the account; one killed after it
+    skips the step. `step` None: the account and the event only (a failing scan)."""
+    with transaction.atomic():
+        fresh = SubjectRequest.objects.select_for_update().get(pk=request.pk)
+        if account:
+            progress = {**fresh.progress, **account}
+            fresh = services.request_record_progress(request=fresh, progress=progress)
+        if audit:
+            audit_append(
+                project=request.project,
+                actor=None,
+                action=audit["action"],
+                artifact=fresh,
+                payload={"request": fresh.pk, "subjects": _subjects(fresh), **audit["payload"]},
+            )
+        return _record(fresh, step, **details) if step else fresh
+
+
+def _account(request: SubjectRequest, **entries: Any) -> SubjectRequest:
+    """Entries of the request's progress written now, on the row as it stands (locked):
+    what a step must not lose if the pass dies before `_finish`."""
+    with transaction.atomic():
+        fresh = SubjectRequest.objects.select_for_update().get(pk=request.pk)
+        progress = {**fresh.progress, **entries}
+        return services.request_record_progress(request=fresh, progress=progress)
+
+
+def _listed_versions(store, key: str) -> list[str]:
+    """The stored version ids of `key`, listed before they are deleted: what a delete
+    killed half-way took is no longer listed afterwards (workers/storage/base.py)."""
+    return [v.version_id for v in store.list_versions(key)]
 
 
 def _rebuild(request: SubjectRequest) -> str | None:
@@ -587,7 +671,7 @@ def _cancel_readers(request: SubjectRequest, jobs: list) -> SubjectRequest:
     return _record(request, "readers_cancelled", jobs=cancelled)
 
 
-def _delete_old_versions(request: SubjectRequest) -> dict:
+def _delete_old_versions(request: SubjectRequest) -> None:
     from controlplane.datasets.models import DatasetFile, DatasetVersion, VersionState
     from controlplane.storage import object_store
 
@@ -596,12 +680,18 @@ def _delete_old_versions(request: SubjectRequest) -> dict:
     for entry in request.progress.get("versions", []):
         files = list(DatasetFile.objects.filter(version_id=entry["old"]).order_by("name", "id"))
         for file in files:
-            # Recorded key by key: a store failing half-way leaves a true account, and
-            # the next pass deletes what is left (nothing, for what is gone).
-            ids = store.delete_all_versions(file.object_key)
-            deleted[file.object_key] = sorted({*deleted.get(file.object_key, []), *ids})
-            progress = {**request.progress, "deleted": deleted}
-            request = services.request_record_progress(request=request, progress=progress)
+            # On the account key by key, before the versions go: a pass killed (or a
+            # store failing) half-way leaves a true account, and the next pass deletes
+            # what is left (nothing, for what is gone) and adds to it.
+            key = file.object_key
+            ids = sorted({*deleted.get(key, []), *_listed_versions(store, key)})
+            if key not in deleted or ids != deleted[key]:
+                deleted[key] = ids
+                request = _account(request, deleted=deleted)
+            gone = store.delete_all_versions(key)
+            if set(gone) - set(ids):  # a version written between the listing and the delete
+                deleted[key] = sorted({*ids, *gone})
+                request = _account(request, deleted=deleted)
         with transaction.atomic():
             marked = DatasetVersion.objects.filter(
                 pk=entry["old"], state=VersionState.READY
@@ -638,7 +728,7 @@ def _delete_old_versions(request: SubjectRequest) -> dict:
                         ],
                     },
                 )
-    return {"objects": len(deleted)}
+    _finish(request, "deleted", objects=len(deleted))
 
 
 def _without_examples(value: Any) -> Any:
@@ -666,7 +756,7 @@ def _scrubbed(result: Any, request: SubjectRequest) -> Any:
     return clean
 
 
-def _scrub_job_copies(request: SubjectRequest) -> dict:
+def _scrub_job_copies(request: SubjectRequest) -> None:
     """What the jobs that made the old versions copied of their records: the result's
     first records and report examples (job row, its `finished` event rows) and the
     attempts' completion records in the store (which repeat the `finished` event)."""
@@ -686,12 +776,17 @@ def _scrub_job_copies(request: SubjectRequest) -> dict:
         }
     )
     store = object_store()
-    deleted = []
     for job in Job.objects.filter(pk__in=job_ids).order_by("pk"):
         for attempt in range(1, job.attempt + 1):
             key = completion_record_key(job.pk, attempt)
-            if store.delete_all_versions(key):
-                deleted.append(key)
+            recorded = request.progress.get("completion_records_deleted", [])
+            if key not in recorded and _listed_versions(store, key):
+                # On the account before it goes: a pass killed right after the delete
+                # would find nothing left to count.
+                request = _account(request, completion_records_deleted=[*recorded, key])
+            store.delete_all_versions(key)
+        if job.pk in request.progress.get("scrubbed_jobs", []):
+            continue  # scrubbed by a pass that died later on
         with transaction.atomic():
             Job.objects.filter(pk=job.pk).update(result=_scrubbed(job.result, request))
             for event in JobEventRecord.objects.filter(job=job, type=EventType.FINISHED):
@@ -700,6 +795,8 @@ def _scrub_job_copies(request: SubjectRequest) -> dict:
                     "result": _scrubbed(event.payload.get("result"), request),
                 }
                 JobEventRecord.objects.filter(pk=event.pk).update(payload=payload)
+            scrubbed = [*request.progress.get("scrubbed_jobs", []), job.pk]
+            request = _account(request, scrubbed_jobs=scrubbed)
             audit_append(
                 project=request.project,
                 actor=None,
@@ -709,39 +806,41 @@ def _scrub_job_copies(request: SubjectRequest) -> dict:
                     "request": request.pk,
                     "subjects": _subjects(request),
                     "removed": ["preview", "report examples", "summary"],
-                    "completion_records_deleted": [k for k in deleted if f"/{job.pk}/" in k],
+                    "completion_records_deleted": [
+                        k
+                        for k in request.progress.get("completion_records_deleted", [])
+                        if f"/{job.pk}/" in k
+                    ],
                 },
             )
-    progress = {**request.progress, "scrubbed_jobs": job_ids, "completion_records_deleted": deleted}
-    services.request_record_progress(request=request, progress=progress)
-    return {"jobs": job_ids}
+    _finish(request, "copies_scrubbed", jobs=job_ids)
 
 
-def _erase_archive(request: SubjectRequest) -> dict:
+def _erase_archive(request: SubjectRequest) -> None:
     from controlplane.serving.erasure import archive_erase_subject
     from controlplane.subject_keys import subject_hashes
 
-    reports = []
+    def account(erased) -> None:
+        # Called before an object's old bytes go (serving/erasure.py): killed after it,
+        # the next pass finds the object again, and the account merges the two by key.
+        nonlocal request
+        request = _archive_account(request, [asdict(erased)])
+
     for identifier in selectors.identifiers_clear(request):
         for digest in subject_hashes(request.project, identifier.value):
-            report = archive_erase_subject(project=request.project, subject_hash=digest)
-            if report.records_removed or report.objects:
-                reports.append(report.to_dict())
-    summary = {
-        "records_removed": sum(r["records_removed"] for r in reports),
-        "objects": [o for r in reports for o in r["objects"]],
-    }
-    with transaction.atomic():
-        progress = {**request.progress, "archive": summary}
-        services.request_record_progress(request=request, progress=progress)
-        audit_append(
-            project=request.project,
-            actor=None,
-            action="subject_request.archive_erased",
-            artifact=request,
-            payload={
-                "request": request.pk,
-                "subjects": _subjects(request),
+            report = archive_erase_subject(
+                project=request.project, subject_hash=digest, account=account
+            )
+            if report.objects:  # with the version ids the deletes returned
+                request = _archive_account(request, [asdict(o) for o in report.objects])
+    summary = _archive_summary(request.progress.get("archive", {}).get("objects", []))
+    _finish(
+        request,
+        "archive_erased",
+        account={"archive": summary},
+        audit={
+            "action": "subject_request.archive_erased",
+            "payload": {
                 "records_removed": summary["records_removed"],
                 "objects": [
                     {
@@ -752,8 +851,42 @@ def _erase_archive(request: SubjectRequest) -> dict:
                     for o in summary["objects"]
                 ],
             },
-        )
-    return {"records_removed": summary["records_removed"]}
+        },
+        records_removed=summary["records_removed"],
+    )
+
+
+def _archive_account(request: SubjectRequest, erased: list[dict]) -> SubjectRequest:
+    """The archive objects erased so far, merged by key with what earlier passes recorded:
+    a re-run after a kill sees an object again with less left in it (no kept records, its
+    versions gone), so every field keeps what the fuller report said."""
+    with transaction.atomic():
+        fresh = SubjectRequest.objects.select_for_update().get(pk=request.pk)
+        objects = {o["key"]: o for o in fresh.progress.get("archive", {}).get("objects", [])}
+        objects = _merged_objects(objects, erased)
+        progress = {**fresh.progress, "archive": _archive_summary(list(objects.values()))}
+        return services.request_record_progress(request=fresh, progress=progress)
+
+
+def _merged_objects(objects: dict[str, dict], erased: list[dict]) -> dict[str, dict]:
+    for entry in erased:
+        before = objects.get(entry["key"])
+        if before is None:
+            objects[entry["key"]] = entry
+            continue
+        merged = {k: before.get(k) if before.get(k) is not None else v for k, v in entry.items()}
+        merged["records_removed"] = max(before["records_removed"], entry["records_removed"])
+        merged["records_kept"] = max(before["records_kept"], entry["records_kept"])
+        merged["deleted_versions"] = [
+            *before["deleted_versions"],
+            *(v for v in entry["deleted_versions"] if v not in before["deleted_versions"]),
+        ]
+        objects[entry["key"]] = merged
+    return objects
+
+
+def _archive_summary(objects: list[dict]) -> dict:
+    return {"records_removed": sum(o["records_removed"] for o in objects), "objects": objects}
 
 
 def models_trained_on(version_ids: list[int]) -> list:
@@ -776,7 +909,7 @@ def models_trained_on(version_ids: list[int]) -> list:
     return sorted(found.values(), key=lambda mv: mv.pk)
 
 
-def _flag_models(request: SubjectRequest) -> dict:
+def _flag_models(request: SubjectRequest) -> None:
     from controlplane.datasets.models import DatasetVersion
 
     old_ids = [entry["old"] for entry in request.progress.get("versions", [])]
@@ -814,12 +947,12 @@ def _flag_models(request: SubjectRequest) -> dict:
                 "dataset_versions": flag.dataset_versions,
             }
         )
-    progress = {**request.progress, "models_flagged": flagged}
-    services.request_record_progress(request=request, progress=progress)
-    return {"models": len(flagged)}
+    # Recomputed in full by a re-run (the flags are made once): the same list.
+    _finish(request, "models_flagged", account={"models_flagged": flagged}, models=len(flagged))
 
 
 def _residue_scan(request: SubjectRequest) -> dict:
+    """The scan's summary (audited with the account by `_finish`)."""
     from controlplane.jobs.models import Job
     from controlplane.storage import object_store
     from workers.storage.residue import scan_objects
@@ -850,13 +983,6 @@ def _residue_scan(request: SubjectRequest) -> dict:
             {"key": e.get("key"), "error": str(e.get("error", ""))[:200]} for e in report.errors
         ],
     }
-    audit_append(
-        project=request.project,
-        actor=None,
-        action="subject_request.residue_scanned",
-        artifact=request,
-        payload={"request": request.pk, "subjects": _subjects(request), **summary},
-    )
     return summary
 
 
@@ -877,13 +1003,12 @@ def _release_holds(request: SubjectRequest) -> list[int]:
     from controlplane.policies.models import ErasureHold
     from controlplane.policies.waivers import hold_release
 
-    released = []
-    for hold in ErasureHold.objects.filter(
-        project=request.project, reference=reference_of(request), released_at__isnull=True
-    ):
+    held = ErasureHold.objects.filter(project=request.project, reference=reference_of(request))
+    for hold in held.filter(released_at__isnull=True):
         hold_release(hold=hold, actor=request.reviewed_by)
-        released.append(hold.pk)
-    return released
+    # Every hold of the request, released by this pass or by one that died before its
+    # record: the same list either way.
+    return sorted(held.values_list("pk", flat=True))
 
 
 def certificate_head(request: SubjectRequest) -> dict[str, Any]:
@@ -958,6 +1083,9 @@ def _certificate(request: SubjectRequest) -> dict:
                 ],
                 "dropped": e["dropped"],
                 "rebuild": e["rebuild"],
+                # how the token shards were treated: "cut" (which shards, documents and
+                # tokens removed, the tokenizer check) or "rebuild" and why
+                "token_shards": e.get("token_shards", {}),
             }
             for e in progress.get("versions", [])
         ],
@@ -1006,17 +1134,15 @@ def advance_all(kind: str, *, start, advance) -> dict[int, str]:
     """A beat pass over one kind of request: approved ones whose hook failed are started,
     those in progress go as far as they can; one request's error spares the rest."""
     outcome: dict[int, str] = {}
-    for request in SubjectRequest.objects.filter(kind=kind, state=RequestState.APPROVED).order_by(
-        "pk"
-    ):
+    # Organisation requests run no job: their pass is organisation.parents_advance_all.
+    rows = SubjectRequest.objects.filter(kind=kind, scope=RequestScope.PROJECT)
+    for request in rows.filter(state=RequestState.APPROVED).order_by("pk"):
         try:
             start(request)
         except Exception as error:  # noqa: BLE001 - reported, retried on the next pass
             logger.exception("%s request %s could not start", kind, request.pk)
             outcome[request.pk] = f"not started: {type(error).__name__}"
-    for request in SubjectRequest.objects.filter(
-        kind=kind, state=RequestState.IN_PROGRESS
-    ).order_by("pk"):
+    for request in rows.filter(state=RequestState.IN_PROGRESS).order_by("pk"):
         try:
             outcome[request.pk] = advance(request)
         except Exception as error:  # noqa: BLE001 - one request's store error spares the rest

@@ -10,7 +10,7 @@ from django.utils import timezone
 from controlplane.gdpr import identifiers as ids
 from controlplane.gdpr.deadlines import MAX_EXTENSION_MONTHS
 from controlplane.gdpr.errors import GdprError
-from controlplane.gdpr.models import RequestKind
+from controlplane.gdpr.models import RequestKind, RequestScope
 from controlplane.gdpr.services import MAX_TEXT
 
 
@@ -30,6 +30,14 @@ class FileForm(forms.Form):
         label="Legal basis / reason",
         help_text="E.g. Art. 17(1)(b): consent withdrawn. Do not repeat the identifiers here.",
     )
+    scope = forms.ChoiceField(
+        choices=RequestScope.choices,
+        initial=RequestScope.PROJECT,
+        required=False,
+        widget=forms.RadioSelect,
+        help_text="Every project of the organisation: filed and reviewed by the "
+        "organisation's admins, then carried out in each project.",
+    )
     received_on = forms.DateField(
         required=False,
         widget=forms.DateInput(attrs={"type": "date"}),
@@ -42,6 +50,9 @@ class FileForm(forms.Form):
             return ids.parse_lines(self.cleaned_data["identifiers"])
         except GdprError as error:
             raise forms.ValidationError(error.message) from None
+
+    def clean_scope(self) -> str:
+        return self.cleaned_data.get("scope") or RequestScope.PROJECT
 
     def clean_received_on(self):
         value = self.cleaned_data.get("received_on")

@@ -21,7 +21,8 @@ class RequestKind(models.TextChoices):
 
 class RequestScope(models.TextChoices):
     PROJECT = "project", "This project"
-    # Every project of the organisation, once organisations exist; refused until then.
+    # Every project of the organisation: on approval the request becomes the parent of one
+    # project-scoped child per project (gdpr/organisation.py), which do the work.
     ORGANISATION = "organisation", "Every project of the organisation"
 
 
@@ -78,10 +79,21 @@ class SubjectRequest(models.Model):
     # and the deletion certificate (or the access export's summary) when it completes.
     progress = models.JSONField(default=dict, blank=True)
     certificate = models.JSONField(default=dict, blank=True)
+    # The organisation-scoped request this one was fanned out from (one child per project
+    # of the organisation); null for a request filed in its project.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
 
     class Meta:
         ordering = ["-received_at", "-id"]
         indexes = [models.Index(fields=["project", "state", "deadline_at"])]
+        constraints = [
+            # A fan-out repeated (a second pass, a crash half-way) finds its children.
+            models.UniqueConstraint(
+                fields=["parent", "project"], name="one_child_request_per_project"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} request #{self.pk}"
@@ -89,6 +101,11 @@ class SubjectRequest(models.Model):
     @property
     def is_open(self) -> bool:
         return self.state in OPEN_STATES
+
+    @property
+    def is_parent(self) -> bool:
+        """An organisation-wide request: its children do the work, it runs no job."""
+        return self.scope == RequestScope.ORGANISATION
 
 
 class SubjectIdentifier(models.Model):

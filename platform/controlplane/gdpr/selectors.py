@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from controlplane.gdpr import identifiers as ids
@@ -11,9 +11,10 @@ from controlplane.gdpr.models import OPEN_STATES, RequestState, SubjectRequest
 
 
 def _rows() -> QuerySet[SubjectRequest]:
+    children = SubjectRequest.objects.select_related("project").order_by("project_id", "pk")
     return SubjectRequest.objects.select_related(
-        "project", "filed_by", "reviewed_by", "extended_by"
-    ).prefetch_related("identifiers")
+        "project__organisation", "filed_by", "reviewed_by", "extended_by", "parent__project"
+    ).prefetch_related("identifiers", Prefetch("children", queryset=children))
 
 
 def requests_of(project, *, state: str | None = None) -> QuerySet[SubjectRequest]:
@@ -67,3 +68,29 @@ def deadline_of(request: SubjectRequest) -> dict[str, object]:
     now = timezone.localtime()
     overdue, text = countdown(timezone.localtime(request.deadline_at), now)
     return {"open": True, "overdue": overdue, "text": text}
+
+
+def children_shown(request: SubjectRequest, user) -> list[dict[str, object]]:
+    """An organisation request's children as `user` sees them: each with its deadline and
+    whether `user` may open its project (only then is it linked)."""
+    from controlplane.projects.selectors import projects_visible_to
+
+    children = list(request.children.all())
+    openable = set(
+        projects_visible_to(user)
+        .filter(pk__in=[child.project_id for child in children])
+        .values_list("pk", flat=True)
+    )
+    return [
+        {"r": child, "openable": child.project_id in openable, "deadline": deadline_of(child)}
+        for child in children
+    ]
+
+
+def parent_openable(request: SubjectRequest, user) -> bool:
+    """Whether `user` may open the project of the request's parent (then it is linked)."""
+    from controlplane.projects.selectors import projects_visible_to
+
+    if not request.parent_id:
+        return False
+    return projects_visible_to(user).filter(pk=request.parent.project_id).exists()

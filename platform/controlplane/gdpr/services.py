@@ -10,7 +10,9 @@ Invariants:
   clear: free text a member writes (legal basis, review and extension reasons) is refused
   when it names one of the subject's identifiers, and the job's failure reason is redacted.
 - Four eyes: the reviewer is an owner or compliance officer by membership (a platform
-  admin is no second pair of eyes unless a member in that role) and not the filer.
+  admin is no second pair of eyes unless a member in that role) and not the filer. An
+  organisation-scoped request is filed by an admin of the project's organisation (or
+  staff) and decided by another admin of it, by membership (gdpr/organisation.py).
 - A decision is a conditional UPDATE on `state = pending_review`: of two reviewers at once,
   one wins and the other gets a 409.
 - `on_approved` hooks run after the approval commits (the erasure/access job subscribes:
@@ -45,6 +47,8 @@ from controlplane.gdpr.models import (
     SubjectIdentifier,
     SubjectRequest,
 )
+from controlplane.orgs.models import OrgRole
+from controlplane.orgs.selectors import is_org_admin, org_role_of
 from controlplane.projects.permissions import Action, role_allows
 from controlplane.projects.selectors import role_of
 
@@ -68,6 +72,53 @@ def may_file(user, project) -> bool:
 def may_review(user, project) -> bool:
     """Owner or compliance officer by membership (what also sees identifiers in clear)."""
     return role_allows(role_of(user, project), Action.REVIEW)
+
+
+def may_take_export(user, request: SubjectRequest) -> bool:
+    """Who downloads an access request's export ("downloadable once by the reviewer"):
+    the reviewer who approved it, while they still hold the reviewing role."""
+    return (
+        request.reviewed_by_id is not None
+        and request.reviewed_by_id == user.pk
+        and may_review_request(user, request)
+    )
+
+
+def export_reviewer_only(request: SubjectRequest) -> str:
+    """Why another reviewer may not download the export."""
+    who = request.reviewed_by.username if request.reviewed_by else "the reviewer"
+    return (
+        f"only {who}, who approved this request, downloads its export (once): the "
+        "subject's records go to one person, on the record"
+    )
+
+
+def may_review_request(user, request: SubjectRequest) -> bool:
+    """Who decides `request`, extends its deadline and takes its export: for the project
+    scope an owner or compliance officer of its project; for the organisation scope an
+    admin of the project's organisation by membership (staff is no second pair of eyes
+    there either)."""
+    if request.scope == RequestScope.ORGANISATION:
+        return org_role_of(user, request.project.organisation) == OrgRole.ADMIN
+    return may_review(user, request.project)
+
+
+def may_see_identifiers(user, request: SubjectRequest) -> bool:
+    """Whether `user` sees the request's identifiers in clear (else masked)."""
+    return may_review(user, request.project) or may_review_request(user, request)
+
+
+def _refusal(request: SubjectRequest, verb: str) -> str:
+    if request.scope == RequestScope.ORGANISATION:
+        return (
+            f"to {verb} a request for every project of the organisation you need the admin "
+            f"role in organisation {request.project.organisation.name} (a membership role: "
+            "being a platform admin is not enough)"
+        )
+    return (
+        f"to {verb} a data-subject request you need the owner or compliance role in this "
+        "project (a membership role: being a platform admin is not enough)"
+    )
 
 
 def _text(value: Any, field: str, what: str) -> str:
@@ -130,8 +181,22 @@ def request_file(
     received_at: Any = None,
     scope: Any = RequestScope.PROJECT,
 ) -> SubjectRequest:
-    """File a request (owners, engineers, compliance officers): it waits for review."""
-    if not may_file(actor, project):
+    """File a request (owners, engineers, compliance officers): it waits for review. The
+    organisation scope (every project of the project's organisation) is filed by an admin
+    of the organisation, or staff."""
+    if scope not in RequestScope.values:
+        raise InvalidRequest(
+            "scope must be project or organisation",
+            fields={"scope": ["project or organisation"]},
+        )
+    if scope == RequestScope.ORGANISATION:
+        if not is_org_admin(actor, project.organisation):
+            raise NotAllowed(
+                "a request for every project of the organisation is filed by an admin of "
+                f"organisation {project.organisation.name}; your role there is "
+                f"{org_role_of(actor, project.organisation) or 'none'}"
+            )
+    elif not may_file(actor, project):
         raise NotAllowed(
             "filing a data-subject request needs the owner, engineer or compliance role "
             "in this project"
@@ -140,11 +205,6 @@ def request_file(
         raise InvalidRequest(
             "kind must be erasure (Art. 17) or access (Art. 15)",
             fields={"kind": ["erasure or access"]},
-        )
-    if scope != RequestScope.PROJECT:
-        raise InvalidRequest(
-            "only the project scope exists today (organisations do not yet)",
-            fields={"scope": ["project"]},
         )
     found = ids.checked(identifiers)
     basis = _free_of_subject(
@@ -196,15 +256,15 @@ def request_file(
 
 def _decide(request: SubjectRequest, actor, reason: Any, *, approve: bool) -> SubjectRequest:
     verb = "approve" if approve else "reject"
-    if not may_review(actor, request.project):
-        raise NotAllowed(
-            f"to {verb} a data-subject request you need the owner or compliance role in this "
-            "project (a membership role: being a platform admin is not enough)"
-        )
+    if not may_review_request(actor, request):
+        raise NotAllowed(_refusal(request, verb))
     if request.filed_by_id == actor.pk:
-        raise NotAllowed(
-            f"you filed this request; a second owner or compliance officer must {verb} it"
+        second = (
+            "admin of the organisation"
+            if request.scope == RequestScope.ORGANISATION
+            else "owner or compliance officer"
         )
+        raise NotAllowed(f"you filed this request; a second {second} must {verb} it")
     reason = _free_of_subject(_text(reason, "reason", "a reason"), "reason", _clear_values(request))
     state = RequestState.APPROVED if approve else RequestState.REJECTED
     now = timezone.now()
@@ -230,11 +290,13 @@ def _decide(request: SubjectRequest, actor, reason: Any, *, approve: bool) -> Su
             },
         )
         if approve:
-            transaction.on_commit(lambda: _run_on_approved(request))
+            transaction.on_commit(lambda: run_on_approved(request))
     return request
 
 
-def _run_on_approved(request: SubjectRequest) -> None:
+def run_on_approved(request: SubjectRequest) -> None:
+    """The hooks of an approved request (also of each child an organisation request's
+    fan-out creates approved)."""
     for hook in list(on_approved):
         try:
             hook(request)
@@ -252,9 +314,15 @@ def request_reject(*, request: SubjectRequest, actor, reason: Any) -> SubjectReq
 
 def request_extend(*, request: SubjectRequest, actor, months: Any, reason: Any) -> SubjectRequest:
     """Push the deadline back (owners and compliance officers), at most two months in all
-    beyond the first (Art. 12(3)), with the reason the subject must be told."""
-    if not may_review(actor, request.project):
-        raise NotAllowed("extending a deadline needs the owner or compliance role in this project")
+    beyond the first (Art. 12(3)), with the reason the subject must be told. An
+    organisation request's children follow it: theirs is extended with it, never alone."""
+    if not may_review_request(actor, request):
+        raise NotAllowed(_refusal(request, "extend"))
+    if request.parent_id:
+        raise Conflict(
+            f"this request was fanned out from organisation request #{request.parent_id} "
+            f"(project {request.parent.project.name}) and follows its deadline: extend that one"
+        )
     if isinstance(months, bool) or not isinstance(months, int) or months < 1:
         raise InvalidRequest(
             "extend by a whole number of months (1 or 2)", fields={"months": ["1 or 2"]}
@@ -303,7 +371,49 @@ def request_extend(*, request: SubjectRequest, actor, months: Any, reason: Any) 
                 "reason": reason,
             },
         )
+        _extend_children(locked, actor, months)
     return locked
+
+
+def _extend_children(parent: SubjectRequest, actor, months: int) -> None:
+    """The open children take the parent's new deadline, each audited in its own project."""
+    fields = ["extension_months", "deadline_at", "extension_reason", "extended_by", "extended_at"]
+    children = (
+        SubjectRequest.objects.select_for_update()
+        .filter(parent=parent, state__in=OPEN_STATES)
+        .select_related("project")
+        .order_by("pk")
+    )
+    for child in children:
+        child_before = child.deadline_at
+        for field in fields:
+            setattr(child, field, getattr(parent, field))
+        child.save(update_fields=fields)
+        audit_append(
+            project=child.project,
+            actor=actor,
+            action="subject_request.extended",
+            artifact=child,
+            payload={
+                "request": child.pk,
+                "parent": parent.pk,
+                "subjects": _subjects(child),
+                "months": months,
+                "extension_months": child.extension_months,
+                "deadline_before": child_before.isoformat(),
+                "deadline_at": child.deadline_at.isoformat(),
+                "reason": parent.extension_reason,
+            },
+        )
+
+
+def _parent_soon(request: SubjectRequest) -> None:
+    """A child ended: its organisation request may end too (the beat covers a lost send)."""
+    if request.parent_id:
+        from controlplane.gdpr.erasure import advance_soon
+
+        parent_id = request.parent_id
+        transaction.on_commit(lambda: advance_soon(parent_id), robust=True)
 
 
 # -- the job's hand-off ------------------------------------------------------------------
@@ -366,6 +476,7 @@ def request_complete(*, request: SubjectRequest, certificate: dict) -> SubjectRe
                 "certificate_sha256": hashlib.sha256(body).hexdigest(),
             },
         )
+        _parent_soon(request)
     return request
 
 
@@ -396,4 +507,5 @@ def request_fail(*, request: SubjectRequest, reason: str) -> SubjectRequest:
             artifact=request,
             payload={"request": request.pk, "subjects": _subjects(request), "reason": text},
         )
+        _parent_soon(request)
     return request

@@ -8,6 +8,7 @@ from celery import shared_task
 from controlplane.gdpr.access import access_advance, accesses_advance_all, exports_expire
 from controlplane.gdpr.erasure import ADVANCE_TASK, erasure_advance, erasures_advance_all
 from controlplane.gdpr.models import RequestKind, SubjectRequest
+from controlplane.gdpr.organisation import parent_advance, parents_advance_all
 from workers.protocol import CONTROL_QUEUE
 from workers.storage import StorageError
 
@@ -26,6 +27,8 @@ def gdpr_erasure_advance(request_id: int) -> str:
     request = SubjectRequest.objects.filter(pk=request_id).first()
     if request is None:
         return "missing"
+    if request.is_parent:
+        return parent_advance(request)
     if request.kind == RequestKind.ACCESS:
         return access_advance(request)
     return erasure_advance(request)
@@ -36,8 +39,9 @@ def gdpr_erasure_advance(request_id: int) -> str:
 )
 def gdpr_erasures_advance() -> dict[int, str]:
     """Every erasure in progress: what a lost message or a failed step left waiting; every
-    access request whose export is not built yet."""
-    return {**erasures_advance_all(), **accesses_advance_all()}
+    access request whose export is not built yet; organisation requests (fan-out, then
+    following their children)."""
+    return {**erasures_advance_all(), **accesses_advance_all(), **parents_advance_all()}
 
 
 @shared_task(name="control.gdpr_exports_expire", queue=CONTROL_QUEUE, ignore_result=True)

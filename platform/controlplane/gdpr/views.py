@@ -20,6 +20,7 @@ from controlplane.gdpr import selectors, services
 from controlplane.gdpr.errors import GdprError
 from controlplane.gdpr.forms import ExtendForm, FileForm, ReviewForm
 from controlplane.gdpr.models import RequestState, SubjectRequest
+from controlplane.orgs.selectors import is_org_admin
 from controlplane.projects.models import Project
 
 LIST_LIMIT = 200
@@ -48,17 +49,23 @@ def request_list(request: ProjectRequest, project: Project) -> HttpResponse:
             "rows": _with_deadlines(rows),
             "state": state,
             "states": RequestState.choices,
-            "may_file": services.may_file(request.user, project),
+            "may_file": _may_file(request.user, project),
             "pending": selectors.pending_review_of(project).count(),
         },
     )
 
 
+def _may_file(user, project: Project) -> bool:
+    """A project request (by role) or an organisation one (by the organisation's admins)."""
+    return services.may_file(user, project) or is_org_admin(user, project.organisation)
+
+
 @project_page()
 def request_file(request: ProjectRequest, project: Project) -> HttpResponse:
-    if not services.may_file(request.user, project):
+    if not _may_file(request.user, project):
         raise PermissionDenied(
-            "filing a data-subject request needs the owner, engineer or compliance role"
+            "filing a data-subject request needs the owner, engineer or compliance role "
+            "(or, for every project of the organisation, the organisation's admin role)"
         )
     form = FileForm(request.POST or None)
     status = 200
@@ -72,10 +79,11 @@ def request_file(request: ProjectRequest, project: Project) -> HttpResponse:
                     identifiers=form.cleaned_data["identifiers"],
                     legal_basis=form.cleaned_data["legal_basis"],
                     received_at=form.cleaned_data["received_on"],
+                    scope=form.cleaned_data["scope"],
                 )
             except GdprError as error:
                 form.add_service_errors(error)
-                status = 400
+                status = error.status
             else:
                 messages.success(
                     request, f"Request #{filed.pk} filed: it waits for a second reviewer."
@@ -83,9 +91,8 @@ def request_file(request: ProjectRequest, project: Project) -> HttpResponse:
                 return redirect("gdpr-request", project_id=project.pk, subject_request_id=filed.pk)
         else:
             status = 400
-    return render(
-        request, "gdpr/request_file.html", {"project": project, "form": form}, status=status
-    )
+    context = {"project": project, "form": form, "organisation": project.organisation}
+    return render(request, "gdpr/request_file.html", context, status=status)
 
 
 def _request(project: Project, subject_request_id: int) -> SubjectRequest:
@@ -97,8 +104,14 @@ def _request(project: Project, subject_request_id: int) -> SubjectRequest:
 
 @project_page()
 def request_detail(request: ProjectRequest, project: Project, subject_request_id: int):
-    subject_request = _request(project, subject_request_id)
-    reviewer = services.may_review(request.user, project)
+    return _detail(request, project, _request(project, subject_request_id))
+
+
+def _detail(
+    request: ProjectRequest, project: Project, subject_request: SubjectRequest, status: int = 200
+) -> HttpResponse:
+    reviewer = services.may_see_identifiers(request.user, subject_request)
+    decider = services.may_review_request(request.user, subject_request)
     progress = subject_request.progress or {}
     return render(
         request,
@@ -109,10 +122,15 @@ def request_detail(request: ProjectRequest, project: Project, subject_request_id
             "deadline": selectors.deadline_of(subject_request),
             "identifiers": selectors.identifiers_shown(subject_request, clear=reviewer),
             "in_clear": reviewer,
-            "may_decide": reviewer
+            "may_decide": decider
             and subject_request.state == RequestState.PENDING_REVIEW
             and subject_request.filed_by_id != request.user.pk,
-            "may_extend": reviewer and subject_request.is_open,
+            # A child follows its organisation request's deadline.
+            "may_extend": decider and subject_request.is_open and not subject_request.parent_id,
+            "may_download": services.may_take_export(request.user, subject_request)
+            and not subject_request.parent_id,
+            "children": selectors.children_shown(subject_request, request.user),
+            "parent_openable": selectors.parent_openable(subject_request, request.user),
             "review_form": ReviewForm(),
             "extend_form": ExtendForm(),
             "steps": progress.get("steps") if isinstance(progress.get("steps"), list) else [],
@@ -122,6 +140,7 @@ def request_detail(request: ProjectRequest, project: Project, subject_request_id
             "progress": progress,
             "certificate": subject_request.certificate or {},
         },
+        status=status,
     )
 
 
@@ -181,15 +200,20 @@ def request_extend(request: ProjectRequest, project: Project, subject_request_id
 
 @project_page()
 def review_queue(request: ProjectRequest, project: Project) -> HttpResponse:
-    reviewer = services.may_review(request.user, project)
     rows = [
-        (row, deadline, selectors.identifiers_shown(row, clear=reviewer))
+        (
+            row,
+            deadline,
+            selectors.identifiers_shown(row, clear=services.may_see_identifiers(request.user, row)),
+            # An organisation request is decided by the organisation's admins.
+            services.may_review_request(request.user, row),
+        )
         for row, deadline in _with_deadlines(selectors.pending_review_of(project)[:LIST_LIMIT])
     ]
     return render(
         request,
         "gdpr/review_queue.html",
-        {"project": project, "rows": rows, "reviewer": reviewer, "review_form": ReviewForm()},
+        {"project": project, "rows": rows, "review_form": ReviewForm()},
     )
 
 
@@ -204,7 +228,9 @@ def request_export(request: ProjectRequest, project: Project, subject_request_id
         name, data = export_take(request=subject_request, actor=request.user)
     except GdprError as error:
         if error.status == 403:
-            raise PermissionDenied(error.message) from None
+            # Members read the request: the refusal is said on its page (who may download).
+            messages.error(request, error.message)
+            return _detail(request, project, subject_request, status=403)
         return HttpResponse(error.message, status=error.status, content_type="text/plain")
     response = HttpResponse(data, content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
@@ -213,9 +239,9 @@ def request_export(request: ProjectRequest, project: Project, subject_request_id
 
 
 def _completed(request: ProjectRequest, project: Project, subject_request_id: int):
-    if not services.may_review(request.user, project):
-        raise PermissionDenied("the certificate is for the owner and compliance officers")
     subject_request = _request(project, subject_request_id)
+    if not services.may_see_identifiers(request.user, subject_request):
+        raise PermissionDenied("the certificate is for the owner and compliance officers")
     if subject_request.state != RequestState.COMPLETED or not subject_request.certificate:
         raise Http404("the certificate is written when the request completes")
     return subject_request
@@ -252,6 +278,12 @@ def _shown(certificate: dict) -> dict:
 def request_certificate(request: ProjectRequest, project: Project, subject_request_id: int):
     """The certificate as a printable page (no scripts: print CSS only)."""
     subject_request = _completed(request, project, subject_request_id)
+    if subject_request.is_parent:
+        return render(
+            request,
+            "gdpr/certificate_organisation.html",
+            {"project": project, "r": subject_request, "c": subject_request.certificate},
+        )
     return render(
         request,
         "gdpr/certificate.html",

@@ -1,5 +1,10 @@
+"""Jobs and everything a job leaves behind are made by the product (the job services and the
+control worker), never typed in: the admin shows them and re-applies parked events, nothing
+more (no add, change or delete, which would bypass the state machine and the audit trail)."""
+
 from django.contrib import admin, messages
 
+from controlplane.admin_readonly import ReadOnlyAdmin, ReadOnlyInline
 from controlplane.jobs.models import (
     DeadLetterEvent,
     Job,
@@ -8,17 +13,25 @@ from controlplane.jobs.models import (
     JobEventRecord,
     JobEventStream,
     JobMetric,
+    Worker,
 )
 
 
-class ArtifactInline(admin.TabularInline):
+class ArtifactInline(ReadOnlyInline):
     model = JobArtifact
-    extra = 0
-    readonly_fields = ["kind", "name", "object_key", "sha256", "size", "step", "created_at"]
+    fields = readonly_fields = [
+        "kind",
+        "name",
+        "object_key",
+        "sha256",
+        "size",
+        "step",
+        "created_at",
+    ]
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
         "project",
@@ -44,25 +57,25 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(JobEventRecord)
-class JobEventRecordAdmin(admin.ModelAdmin):
+class JobEventRecordAdmin(ReadOnlyAdmin):
     list_display = ["job", "attempt", "seq", "type", "emitted_at", "applied_at"]
     list_filter = ["type"]
 
 
 @admin.register(JobMetric)
-class JobMetricAdmin(admin.ModelAdmin):
+class JobMetricAdmin(ReadOnlyAdmin):
     list_display = ["job", "key", "step", "value", "recorded_at"]
     list_filter = ["key"]
 
 
 @admin.register(JobArtifact)
-class JobArtifactAdmin(admin.ModelAdmin):
+class JobArtifactAdmin(ReadOnlyAdmin):
     list_display = ["job", "kind", "name", "object_key", "size", "step", "created_at"]
     list_filter = ["kind"]
 
 
 @admin.register(JobDispatch)
-class JobDispatchAdmin(admin.ModelAdmin):
+class JobDispatchAdmin(ReadOnlyAdmin):
     """The outbox, read-only: rows are written by job services and sent by the control worker."""
 
     list_display = ["id", "job", "attempt", "state", "send_attempts", "next_attempt_at", "sent_at"]
@@ -78,12 +91,20 @@ class JobDispatchAdmin(admin.ModelAdmin):
         "sent_at",
     ]
 
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    """The worker registry, read-only: written by the workers' own heartbeats."""
+
+    list_display = ["name", "queues", "gpus", "gpu_type", "cpus", "last_seen_at", "left_at"]
+    readonly_fields = [field.name for field in Worker._meta.fields]
+
     def has_add_permission(self, request) -> bool:
         return False
 
 
 @admin.register(JobEventStream)
-class JobEventStreamAdmin(admin.ModelAdmin):
+class JobEventStreamAdmin(ReadOnlyAdmin):
     list_display = [
         "job",
         "attempt",
@@ -98,7 +119,7 @@ class JobEventStreamAdmin(admin.ModelAdmin):
 
 
 @admin.register(DeadLetterEvent)
-class DeadLetterEventAdmin(admin.ModelAdmin):
+class DeadLetterEventAdmin(ReadOnlyAdmin):
     """Events the control worker could not apply: read the error, fix the cause, apply again."""
 
     list_display = [
@@ -115,9 +136,6 @@ class DeadLetterEventAdmin(admin.ModelAdmin):
     search_fields = ["job__id", "error"]
     readonly_fields = [field.name for field in DeadLetterEvent._meta.fields]
     actions = ["apply_again"]
-
-    def has_add_permission(self, request) -> bool:
-        return False  # only the control worker parks events
 
     @admin.action(description="Apply the selected events again")
     def apply_again(self, request, queryset):

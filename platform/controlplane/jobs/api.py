@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import APIException, NotFound
 from rest_framework.response import Response
@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 from controlplane.api.access import StrictSerializer, project_or_404
 from controlplane.api.idempotency import idempotent
 from controlplane.api.params import choice_param, text_param
+from controlplane.finops.selectors import job_usage_as_dict
 from controlplane.jobs.models import Job, JobEventRecord, JobMetric, JobState
 from controlplane.jobs.requests import JobRequestError
 from controlplane.jobs.selectors import job_artifact_of, job_events, job_in, job_metrics, jobs_for
@@ -30,6 +31,8 @@ class JobOut(serializers.ModelSerializer):
             "kind",
             "queue",
             "state",
+            "held_for",
+            "held_reason",
             "params",
             "inputs",
             "created_by",
@@ -47,6 +50,20 @@ class JobOut(serializers.ModelSerializer):
             "tracking_run_id",
             "tracking_url",
         ]
+
+
+class JobDetailOut(JobOut):
+    """A job with what it used: the sum over its attempts and each attempt's figures."""
+
+    usage = serializers.SerializerMethodField()
+
+    class Meta(JobOut.Meta):
+        fields = [*JobOut.Meta.fields, "usage"]
+
+    # null until a worker reported what the job used (a queued job, an old worker)
+    @extend_schema_field({"type": "object", "additionalProperties": {}, "nullable": True})
+    def get_usage(self, job: Job) -> dict | None:
+        return job_usage_as_dict(job)
 
 
 class JobIn(StrictSerializer):
@@ -91,6 +108,8 @@ def job_or_404(request, project_id: int, job_id: int, action: Action = Action.VI
 
 
 def raise_job_error(error: JobError):
+    if getattr(error, "code", None):
+        raise error  # a refusal with a code (a spent budget): answered with it, errors.py
     exc = APIException(str(error))
     exc.status_code = error.status
     raise exc from None
@@ -131,9 +150,9 @@ class JobListCreate(generics.GenericAPIView):
 
 
 class JobDetail(APIView):
-    @extend_schema(responses=JobOut)
+    @extend_schema(responses=JobDetailOut)
     def get(self, request, project_id: int, job_id: int):
-        return Response(JobOut(job_or_404(request, project_id, job_id)).data)
+        return Response(JobDetailOut(job_or_404(request, project_id, job_id)).data)
 
 
 class JobCancel(APIView):

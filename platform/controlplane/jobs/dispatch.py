@@ -130,15 +130,20 @@ def tracking_block(job: Job) -> dict:
 
 def send_job(job: Job) -> None:
     """Publish the job's current attempt; raises if the broker does not take it."""
-    spec = job_spec(job).to_dict()
+    from controlplane.jobs.gang import gang_nodes, gang_specs
+
+    spec = job_spec(job)
+    # A multi-node attempt is one message per node (controlplane/jobs/gang.py).
+    specs = gang_specs(job, spec) if gang_nodes(job) > 1 else [spec]
     try:
-        app.send_task(
-            RUN_JOB_TASK,
-            args=[spec],
-            queue=job.queue,
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
+        for each in specs:
+            app.send_task(
+                RUN_JOB_TASK,
+                args=[each.to_dict()],
+                queue=job.queue,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
     except Exception as error:
         broker_health.record_failure(error)
         raise
@@ -148,7 +153,9 @@ def send_job(job: Job) -> None:
 def training_queue() -> str:
     """The gpu queue when a worker consumes it, else cpu (TRAINING_QUEUE overrides).
 
-    Asking the workers costs a broadcast round trip, so the answer is cached a minute.
+    The worker registry (their heartbeats, jobs/capacity.py) answers first: a live gpu
+    worker there means gpu. Without one (no worker, or workers from before the heartbeat)
+    the workers are asked; that costs a broadcast round trip, so the answer is cached a minute.
     When they cannot be asked (broker down) the last answer this process had stands, for
     a few seconds at a time: a blip must not send an hours-long run to the cpu queue.
     Neither the broker nor the cache being down makes this raise (the cache backend fails
@@ -159,6 +166,8 @@ def training_queue() -> str:
     global _last_gpu_answer
     if settings.TRAINING_QUEUE in ("cpu", "gpu"):
         return settings.TRAINING_QUEUE
+    if _registry_has_gpu_worker():
+        return "gpu"
     gpu_up = cache.get(GPU_WORKERS_CACHE_KEY)
     if gpu_up is None:
         try:
@@ -178,3 +187,14 @@ def training_queue() -> str:
 
 
 _last_gpu_answer: bool | None = None
+
+
+def _registry_has_gpu_worker() -> bool:
+    from django.db import DatabaseError
+
+    from controlplane.jobs.capacity import live_workers
+
+    try:
+        return bool(live_workers("gpu"))
+    except DatabaseError:  # the broadcast below still answers
+        return False

@@ -12,9 +12,11 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+from controlplane.datasets.models import FileRole
+from controlplane.datasets.subject_index import RAW_INDEX_NAMES
 from controlplane.jobs.dispatch import training_queue
 from controlplane.jobs.evaluate import validate_evaluate
-from controlplane.jobs.params import check_params
+from controlplane.jobs.params import check_params, kinds_with_resources, param_leaf
 from controlplane.jobs.posttrain import validate_posttrain
 from controlplane.jobs.requests import JobRequest, JobRequestError, ready_version
 from controlplane.projects.models import Project
@@ -93,7 +95,10 @@ def _validate_data_pipeline(project: Project, params: dict[str, Any]) -> JobRequ
         clean["pipeline"] = _pipeline_stages(clean.get("pipeline"), errors)
     if errors:
         raise JobRequestError(errors)
-    files = list(version.files.order_by("name", "id"))
+    # A raw upload's subject index (datasets/subject_index.py) is not data to clean.
+    files = list(
+        version.files.exclude(role=FileRole.INDEX, name__in=RAW_INDEX_NAMES).order_by("name", "id")
+    )
     clean.update(
         dataset_version_id=version.pk,
         subject_field=version.dataset.subject_field,
@@ -215,6 +220,40 @@ def resubmittable_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+def resources_errors(kind: str, resources: dict[str, Any]) -> dict[str, list[str]]:
+    """What the kind (its schema's flags) and this installation cannot do of a job's
+    validated `resources`; ranges and types were checked with the schema already."""
+    schema = param_leaf(kind, "resources")
+    devices, nodes = resources["devices"], resources["nodes"]
+    errors: dict[str, list[str]] = {}
+    if resources["strategy"] == "fsdp" and not schema["x-shardable"]:
+        errors["resources.strategy"] = [
+            f"{kind} jobs cannot shard their model (fsdp); use ddp "
+            f"(fsdp: {', '.join(kinds_with_resources('x-shardable'))} jobs)"
+        ]
+    if devices * nodes > 1 and not schema["x-data-parallel"]:
+        field = "resources.devices" if devices > 1 else "resources.nodes"
+        errors[field] = [
+            f"{kind} jobs train in one process: devices and nodes must be 1 "
+            f"(asked {devices} x {nodes})"
+        ]
+    elif nodes > 1 and not multi_node_available():
+        errors["resources.nodes"] = [
+            "several nodes need a broker (CELERY_BROKER_URL=redis://...) and gpu workers on "
+            "several machines; the embedded single-machine default runs one node "
+            "(docs/distributed.md)"
+        ]
+    return errors
+
+
+def multi_node_available() -> bool:
+    """A gang of node tasks needs a broker every machine reaches: not the embedded
+    default's filesystem broker, whose folder only this machine sees."""
+    from django.conf import settings
+
+    return not str(settings.CELERY.get("broker_url", "")).startswith("filesystem://")
+
+
 def validate_job_request(*, project: Project, kind: str, params: Any) -> JobRequest:
     if kind not in _VALIDATORS:
         raise JobRequestError(
@@ -228,6 +267,8 @@ def validate_job_request(*, project: Project, kind: str, params: Any) -> JobRequ
         request = _VALIDATORS[JobKind(kind)](project, params)
     except JobRequestError as error:
         raise JobRequestError({**error.errors, **errors}) from None
+    if isinstance(request.params.get("resources"), dict):
+        errors.update(resources_errors(kind, request.params["resources"]))
     if errors:
         raise JobRequestError(errors)
     if register_as is not None:

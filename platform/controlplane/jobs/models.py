@@ -39,6 +39,13 @@ class Job(models.Model):
     # Re-dispatch bumps the attempt; events of an older attempt are ignored.
     attempt = models.PositiveIntegerField(default=1)
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    # Why a queued job is not dispatched yet: "quota" (the project's GPU quota is full; the
+    # job is sent when a slot frees, in submission order), "capacity" (no live worker of
+    # its queue has the devices it needs: held_reason says what it needs and what there
+    # is; it is sent when one appears, jobs/capacity.py) or "" (dispatched or sendable).
+    # A job held for capacity holds its quota slot: it was admitted.
+    held_for = models.CharField(max_length=20, blank=True, db_index=True)
+    held_reason = models.CharField(max_length=300, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True)
@@ -57,6 +64,9 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["project", "state"]),
             models.Index(fields=["project", "-created_at"]),
+            # Jobs that ended lately: /metrics' run times and the overview's success rate,
+            # without reading every old job.
+            models.Index(fields=["finished_at"], name="job_finished_at"),
         ]
 
     def __str__(self) -> str:
@@ -111,6 +121,9 @@ class JobMetric(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "key", "step"], name="one_metric_per_step")
         ]
+        # The overview's time to first metric: a job's earliest metric is one probe, however
+        # long its series.
+        indexes = [models.Index(fields=["job", "recorded_at"], name="jobs_metric_first")]
         ordering = ["job_id", "key", "step"]
 
     def __str__(self) -> str:
@@ -273,3 +286,55 @@ class DeadLetterEvent(models.Model):
 
     def __str__(self) -> str:
         return f"dead letter: job {self.job_id} attempt {self.attempt} event #{self.seq}"
+
+
+class GangMember(models.Model):
+    """One node of a multi-node attempt (controlplane/jobs/gang.py): when it joined, where
+    it would host the rendezvous, its last beat (a node's lease), how it left."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="gang_members")
+    attempt = models.PositiveIntegerField()
+    member = models.PositiveIntegerField()  # which node task of the gang (0..nodes-1)
+    endpoint = models.CharField(max_length=300)  # host:port it would host the rendezvous at
+    is_host = models.BooleanField(default=False)  # the first to join: hosts the rendezvous
+    joined_at = models.DateTimeField()
+    last_beat_at = models.DateTimeField()
+    left_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["job", "attempt", "member"], name="one_gang_member_per_node"
+            )
+        ]
+        ordering = ["job_id", "attempt", "member"]
+
+    def __str__(self) -> str:
+        return f"node {self.member} of job {self.job_id} attempt {self.attempt}"
+
+
+class Worker(models.Model):
+    """A job worker as its own heartbeat describes it (workers/registry.py): the registry
+    the dispatcher asks whether a job can run anywhere (jobs/capacity.py)."""
+
+    name = models.CharField(max_length=200, unique=True)  # Celery node name, gpu@host
+    queues = models.JSONField(default=list)
+    gpus = models.PositiveIntegerField(default=0)
+    gpu_type = models.CharField(max_length=100, blank=True)
+    gpu_memory_bytes = models.PositiveBigIntegerField(default=0)  # the smallest of its GPUs
+    cpus = models.PositiveIntegerField(default=0)
+    heartbeat_seconds = models.FloatField(default=15.0)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+    left_at = models.DateTimeField(null=True, blank=True)  # a clean shutdown said goodbye
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"worker {self.name} ({', '.join(self.queues)}; {self.gpus} GPU(s))"
+
+    def devices_for(self, queue: str) -> int:
+        """Processes of one job it can run: its GPUs on the gpu queue, else its CPUs."""
+        return self.gpus if queue == "gpu" else self.cpus

@@ -85,6 +85,17 @@ def param_leaf(kind: str, dotted: str) -> dict[str, Any]:
     return node
 
 
+def kinds_with_resources(flag: str = "") -> list[str]:
+    """The training kinds that take `resources` (engine/train/resources.py); with `flag`
+    ("x-data-parallel", "x-shardable"), those whose resources schema sets it."""
+    return sorted(
+        kind
+        for kind, schema in _schemas().items()
+        if "resources" in schema["properties"]
+        and (not flag or schema["properties"]["resources"].get(flag))
+    )
+
+
 class _Checker:
     """Walks params and schema together; collects {dotted field: [message]}."""
 

@@ -220,11 +220,12 @@ def validate_posttrain(project: Project, kind: str, params: dict[str, Any]) -> J
     version = None
     if params.get("dataset_version_id") is not None:
         version = _pairs_version(project, params["dataset_version_id"], kind, errors)
-        if "pairs_count" in given:
-            errors["pairs_count"] = [
-                "only for the built-in pairs; leave it out when dataset_version_id is set"
-            ]
-        clean.pop("pairs_count", None)
+        for name in ("pairs_count", "pairs_corruption"):
+            if name in given:
+                errors[name] = [
+                    "only for the built-in pairs; leave it out when dataset_version_id is set"
+                ]
+            clean.pop(name, None)
     if errors:
         raise JobRequestError(errors)
 

@@ -7,13 +7,19 @@ from controlplane.projects.models import Project
 
 
 def jobs_for(
-    project: Project, *, state: str | None = None, kind: str | None = None
+    project: Project,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
+    experiment: str | None = None,
 ) -> QuerySet[Job]:
     jobs = Job.objects.filter(project=project).select_related("created_by")
     if state:
         jobs = jobs.filter(state=state)
     if kind:
         jobs = jobs.filter(kind=kind)
+    if experiment:
+        jobs = jobs.filter(experiment=experiment)
     return jobs.order_by("-created_at", "-id")
 
 
@@ -69,24 +75,6 @@ def experiments_of(project: Project) -> QuerySet:
         .annotate(runs=Count("id"), last=Max("created_at"))
         .order_by("-last")
     )
-
-
-def runs_with_metrics(project: Project, *, experiment: str = "", limit: int = 50) -> list[Job]:
-    """The newest runs that logged metrics (those of `experiment` if named): what the
-    compare page may overlay."""
-    runs = Job.objects.filter(project=project, metrics__isnull=False).distinct().order_by("-id")
-    if experiment:
-        runs = runs.filter(experiment=experiment)
-    return list(runs.select_related("created_by")[:limit])
-
-
-def job_log_tail(job: Job, *, limit: int = 200) -> list[JobEventRecord]:
-    records = (
-        JobEventRecord.objects.filter(job=job)
-        .exclude(type="heartbeat")
-        .order_by("-applied_at", "-id")[:limit]
-    )
-    return list(reversed(records))
 
 
 # A job's metric names by a loose index scan (one index probe per name, not per point),
@@ -152,8 +140,8 @@ def charts_for(jobs: list[Job], *, max_points: int = 300) -> list[tuple[str, dic
     ]
 
 
-# A running job's page polls every second, once per viewer: its charts are shared for
-# this long, so ten people watching a run cost one series query a second, not ten.
+# A running job's page polls its charts' data every 2 s, once per viewer (charts.json):
+# they are shared for this long, so ten people watching a run cost one series query, not ten.
 LIVE_CHARTS_SECONDS = 2
 
 
@@ -185,7 +173,8 @@ def job_charts(job: Job) -> list[tuple[str, dict[str, list]]]:
 
 
 def checkpoints_with_losses(job: Job) -> list[dict]:
-    """The job's checkpoints with the train and validation loss logged at their step."""
+    """The job's checkpoints, each with its step and the train and validation loss logged
+    at that step: [{"artifact", "step", "train_loss", "val_loss"}]."""
     checkpoints = list(
         JobArtifact.objects.filter(job=job, kind=ArtifactKind.CHECKPOINT).order_by("step")
     )
@@ -200,6 +189,7 @@ def checkpoints_with_losses(job: Job) -> list[dict]:
     return [
         {
             "artifact": c,
+            "step": c.step,
             "train_loss": losses.get(("train/loss", c.step)),
             "val_loss": losses.get(("val/loss", c.step), losses.get(("eval/loss", c.step))),
         }

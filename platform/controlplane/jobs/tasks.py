@@ -27,6 +27,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
+from controlplane.jobs.capacity import held_dispatches_due_now, worker_heartbeat_apply
 from controlplane.jobs.services import (
     BatchOutcome,
     EventNotReady,
@@ -37,13 +38,18 @@ from controlplane.jobs.services import (
     jobs_reap_expired,
     stream_note_waiting_finish,
 )
-from controlplane.jobs.services.outbox import dispatch_outbox_send_due
+from controlplane.jobs.services.outbox import dispatch_outbox_send_due, dispatch_send
 from workers.protocol import (
     APPLY_EVENT_TASK,
     APPLY_EVENTS_TASK,
     CONTROL_QUEUE,
+    GANG_BEAT_TASK,
+    GANG_JOIN_TASK,
+    GANG_LEAVE_TASK,
+    WORKER_HEARTBEAT_TASK,
     JobEvent,
     ProtocolError,
+    WorkerHeartbeat,
     event_batch,
     event_batch_items,
 )
@@ -276,3 +282,59 @@ def reap_expired_jobs() -> list[int]:
 )
 def send_dispatch_outbox() -> dict[str, int]:
     return dispatch_outbox_send_due()
+
+
+# Multi-node attempts (controlplane/jobs/gang.py): what each node of a gang tells us.
+# A lost message is covered by the gang's timeout and the nodes' beats.
+@shared_task(name=GANG_JOIN_TASK, queue=CONTROL_QUEUE, ignore_result=True)
+def gang_join_task(message: dict) -> bool:
+    from controlplane.jobs.gang import gang_join
+
+    return gang_join(
+        job_id=int(message["job_id"]),
+        attempt=int(message["attempt"]),
+        member=int(message["member"]),
+        endpoint=str(message["endpoint"]),
+    )
+
+
+@shared_task(name=GANG_BEAT_TASK, queue=CONTROL_QUEUE, ignore_result=True)
+def gang_beat_task(message: dict) -> None:
+    from controlplane.jobs.gang import gang_beat
+
+    gang_beat(
+        job_id=int(message["job_id"]),
+        attempt=int(message["attempt"]),
+        member=int(message["member"]),
+    )
+
+
+@shared_task(name=GANG_LEAVE_TASK, queue=CONTROL_QUEUE, ignore_result=True)
+def gang_leave_task(message: dict) -> None:
+    from controlplane.jobs.gang import gang_leave
+
+    gang_leave(
+        job_id=int(message["job_id"]),
+        attempt=int(message["attempt"]),
+        member=int(message["member"]),
+        error=str(message.get("error") or ""),
+        retryable=bool(message.get("retryable")),
+    )
+
+
+# A worker's own heartbeat (workers/registry.py): the registry of live workers and their
+# devices. One that brings capacity sends the jobs that were waiting for it at once.
+@shared_task(name=WORKER_HEARTBEAT_TASK, queue=CONTROL_QUEUE, ignore_result=True, time_limit=60)
+def worker_heartbeat(beat: dict) -> int:
+    """Returns how many held jobs were sent because of it."""
+    try:
+        parsed = WorkerHeartbeat.from_dict(beat)
+    except (ProtocolError, TypeError, ValueError) as error:
+        log.warning("malformed worker heartbeat dropped: %s", error)
+        return 0
+    if not worker_heartbeat_apply(parsed):
+        return 0
+    sent = 0
+    for dispatch_id in held_dispatches_due_now(list(parsed.queues)):
+        sent += dispatch_send(dispatch_id) == "sent"
+    return sent

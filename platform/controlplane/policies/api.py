@@ -2,10 +2,14 @@
 
     GET/PUT /api/v1/projects/<id>/policy/                  the policy in force, an edit
     GET     /api/v1/projects/<id>/policy/versions/[<n>/]   the project's own history
+    GET/PUT /api/v1/orgs/<slug>/policy/                    an organisation's default (admins edit)
+    GET     /api/v1/orgs/<slug>/policy/versions/[<n>/]
     GET/PUT /api/v1/policy/default/                        the platform default (staff edit)
     GET     /api/v1/policy/default/versions/[<n>/]
 
-Every member reads a project's policy; owners and compliance officers edit it. An edit
+A project follows its organisation's default until its first edit, an organisation the
+platform default until its first. Every member reads a project's policy; owners and
+compliance officers edit it; every member of an organisation reads its default. An edit
 names the version it was made on (`base_version`, 0 while the project follows the
 default): when another edit landed since, the answer is 409 and nothing is written.
 Bad parameters are 400 with the field named (`rules.licences.allowed_licences.0`).
@@ -21,7 +25,7 @@ from rest_framework import exceptions, generics, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.api.access import StrictSerializer, project_or_404
+from controlplane.api.access import StrictSerializer, org_or_404, project_or_404
 from controlplane.policies import selectors, services
 from controlplane.policies.models import PolicyVersion
 from controlplane.policies.rules import RULES
@@ -56,8 +60,9 @@ class RuleOut(serializers.Serializer):
 
 class PolicyOut(serializers.Serializer):
     scope = serializers.ChoiceField(
-        choices=["project", "platform"],
-        help_text="project: the project's own policy; platform: it follows the default.",
+        choices=["project", "org", "platform"],
+        help_text="Whose policy is in force: the project's own, its organisation's default, "
+        "or the platform default.",
     )
     version = serializers.IntegerField(
         help_text="The version an edit names as base_version (0: not edited yet)."
@@ -119,14 +124,11 @@ def catalogue() -> list[dict[str, Any]]:
     ]
 
 
-def policy_body(project) -> dict[str, Any]:
-    """The policy in force for `project` (None: the platform default)."""
-    snapshot = selectors.policy_in_force(project)
-    version = selectors.current_number(project)
-    if project is None:
-        scope = "platform"
-    else:
-        scope = "project" if version else "platform"
+def policy_body(scope_object) -> dict[str, Any]:
+    """The policy in force for a project, an organisation, or (None) the platform."""
+    snapshot = selectors.policy_in_force(scope_object)
+    version = selectors.current_number(scope_object)
+    scope = snapshot.label.split(" ", 1)[0]  # "org v2" -> "org"
     return PolicyOut(
         {
             "scope": scope,
@@ -138,19 +140,20 @@ def policy_body(project) -> dict[str, Any]:
     ).data
 
 
-def _update(request, project) -> Response:
+def _update(request, project, organisation=None) -> Response:
     body = PolicyIn(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
     # PolicyError (400 with the field, 403, 409) is answered by the API's error handler.
     services.policy_update(
         project=project,
+        organisation=organisation,
         actor=request.user,
         changes=data["rules"],
         reason=data["reason"],
         base_version=data["base_version"],
     )
-    return Response(policy_body(project))
+    return Response(policy_body(project if project is not None else organisation))
 
 
 def _version_or_404(project, number: int) -> PolicyVersion:
@@ -194,6 +197,40 @@ class ProjectPolicyVersion(APIView):
         return Response(PolicyVersionOut(_version_or_404(project, number)).data)
 
 
+# -- an organisation's default -----------------------------------------------------------
+
+
+class OrgPolicy(APIView):
+    @extend_schema(responses=PolicyOut)
+    def get(self, request, slug: str):
+        """The default the organisation's projects follow: its own, or the platform's."""
+        return Response(policy_body(org_or_404(request, slug)))
+
+    @extend_schema(request=PolicyIn, responses=PolicyOut)
+    def put(self, request, slug: str):
+        """Change some rules (the organisation's admins): a new version. The first edit
+        makes the organisation's own default, starting from the platform's."""
+        return _update(request, None, org_or_404(request, slug, admin=True))
+
+
+class OrgPolicyVersions(generics.GenericAPIView):
+    serializer_class = PolicyVersionOut
+
+    @extend_schema(responses=PolicyVersionOut(many=True))
+    def get(self, request, slug: str):
+        """The organisation's own versions, newest first (empty while it follows the
+        platform default)."""
+        page = self.paginate_queryset(selectors.policy_versions(org_or_404(request, slug)))
+        return self.get_paginated_response(PolicyVersionOut(page, many=True).data)
+
+
+class OrgPolicyVersion(APIView):
+    @extend_schema(responses=PolicyVersionOut)
+    def get(self, request, slug: str, number: int):
+        org = org_or_404(request, slug)
+        return Response(PolicyVersionOut(_version_or_404(org, number)).data)
+
+
 # -- the platform default ----------------------------------------------------------------
 
 
@@ -227,6 +264,7 @@ class DefaultPolicyVersion(APIView):
 
 
 PROJECT = "projects/<int:project_id>/policy/"
+ORG = "orgs/<slug:slug>/policy/"
 
 urlpatterns = [
     path(PROJECT, ProjectPolicy.as_view(), name="api-policy"),
@@ -235,6 +273,13 @@ urlpatterns = [
         PROJECT + "versions/<int:number>/",
         ProjectPolicyVersion.as_view(),
         name="api-policy-version",
+    ),
+    path(ORG, OrgPolicy.as_view(), name="api-org-policy"),
+    path(ORG + "versions/", OrgPolicyVersions.as_view(), name="api-org-policy-versions"),
+    path(
+        ORG + "versions/<int:number>/",
+        OrgPolicyVersion.as_view(),
+        name="api-org-policy-version",
     ),
     path("policy/default/", DefaultPolicy.as_view(), name="api-policy-default"),
     path(

@@ -1,8 +1,10 @@
 """Compliance policies: versioned rules per project (or the platform default), the waivers
 compliance officers grant, the violations a scan finds, and erasure holds.
 
-A project without a policy of its own follows the platform default (staff edit it). The
-first edit of a project's policy makes its own policy, starting from the default. Every
+A project without a policy of its own follows its organisation's default, and an
+organisation without one the platform default: platform -> organisation -> project. Staff
+edit the platform default, an organisation's admins its default; the first edit of an
+organisation's or a project's policy makes its own, starting from the one it followed. Every
 change is a new immutable `PolicyVersion` (who, when, why, the diff); gates and scans
 record the version they applied (`platform v3`, `project v2`).
 """
@@ -14,9 +16,17 @@ from django.db import models
 
 
 class Policy(models.Model):
-    # None: the platform default, which projects without a policy of their own follow.
+    # Both None: the platform default. At most one of them is set.
     project = models.OneToOneField(
         "projects.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="policy"
+    )
+    # An organisation's default, which its projects without a policy of their own follow.
+    organisation = models.OneToOneField(
+        "orgs.Organisation",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="policy",
     )
     # The number of the newest version; taken under this row's lock, never reused.
     current_number = models.PositiveIntegerField(default=0)
@@ -25,19 +35,30 @@ class Policy(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["project"],
-                condition=models.Q(project__isnull=True),
+                fields=["project", "organisation"],
+                condition=models.Q(project__isnull=True, organisation__isnull=True),
                 name="one_platform_default_policy",
                 nulls_distinct=False,
-            )
+            ),
+            models.CheckConstraint(
+                condition=models.Q(project__isnull=True) | models.Q(organisation__isnull=True),
+                name="policy_of_project_or_organisation",
+            ),
         ]
 
     def __str__(self) -> str:
-        return "platform default policy" if self.project_id is None else f"policy of {self.project}"
+        if self.project_id is not None:
+            return f"policy of {self.project}"
+        if self.organisation_id is not None:
+            return f"default policy of {self.organisation}"
+        return "platform default policy"
 
     @property
     def scope(self) -> str:
-        return "platform" if self.project_id is None else "project"
+        """What a decision's label names: 'project v2', 'org v3', 'platform v1'."""
+        if self.project_id is not None:
+            return "project"
+        return "org" if self.organisation_id is not None else "platform"
 
 
 class PolicyVersion(models.Model):

@@ -262,15 +262,24 @@ def overview(days: int = OVERVIEW_DAYS, *, projects=None) -> list[ProjectComplia
 
     now = timezone.now()
     projects = list((projects if projects is not None else Project.objects).order_by("name", "pk"))
+    # Counted for the listed projects only: the platform's other projects (other
+    # organisations') would only make every query longer.
+    ids = [project.pk for project in projects]
     own = _counts(
-        Policy.objects.filter(project__isnull=False, current_number__gt=0).values_list(
+        Policy.objects.filter(project_id__in=ids, current_number__gt=0).values_list(
             "project_id", "current_number"
         )
+    )
+    org_defaults = _counts(
+        Policy.objects.filter(
+            organisation_id__in={project.organisation_id for project in projects},
+            current_number__gt=0,
+        ).values_list("organisation_id", "current_number")
     )
     default = selectors.current_number(None)
     by_rule: dict[int, dict[str, int]] = {}
     open_rows = (
-        Violation.objects.filter(state=ViolationState.OPEN)
+        Violation.objects.filter(project_id__in=ids, state=ViolationState.OPEN)
         .values_list("project_id", "rule")
         .annotate(n=Count("pk"))
         .order_by()
@@ -278,19 +287,21 @@ def overview(days: int = OVERVIEW_DAYS, *, projects=None) -> list[ProjectComplia
     for project_id, rule, count in open_rows:
         by_rule.setdefault(project_id, {})[rule] = count
     waivers = _counts(
-        Waiver.objects.filter(revoked_at__isnull=True, expires_at__gt=now)
+        Waiver.objects.filter(project_id__in=ids, revoked_at__isnull=True, expires_at__gt=now)
         .values_list("project_id")
         .annotate(n=Count("pk"))
         .order_by()
     )
     holds = _counts(
-        ErasureHold.objects.filter(released_at__isnull=True)
+        ErasureHold.objects.filter(project_id__in=ids, released_at__isnull=True)
         .values_list("project_id")
         .annotate(n=Count("pk"))
         .order_by()
     )
     denials = _counts(
-        AuditEvent.objects.filter(action=DENIED, created_at__gte=now - timedelta(days=days))
+        AuditEvent.objects.filter(
+            project_id__in=ids, action=DENIED, created_at__gte=now - timedelta(days=days)
+        )
         .values_list("project_id")
         .annotate(n=Count("pk"))
         .order_by()
@@ -299,7 +310,12 @@ def overview(days: int = OVERVIEW_DAYS, *, projects=None) -> list[ProjectComplia
     result = []
     for project in projects:
         counts = by_rule.get(project.pk, {})
-        label = f"project v{own[project.pk]}" if project.pk in own else f"platform v{default}"
+        if project.pk in own:
+            label = f"project v{own[project.pk]}"
+        elif project.organisation_id in org_defaults:
+            label = f"org v{org_defaults[project.organisation_id]}"
+        else:
+            label = f"platform v{default}"
         result.append(
             ProjectCompliance(
                 project=project,

@@ -63,15 +63,17 @@ def _whole(value: Any) -> int | None:
 
 
 def gpu_count(queue: str, params: dict[str, Any]) -> int:
-    """GPUs a job asks for: resources.devices x resources.nodes when the job says, else
-    one on the gpu queue and none on the cpu queue."""
+    """GPUs a job asks for: none on the cpu queue (its devices are CPU processes); on the
+    gpu queue resources.devices x resources.nodes when the job says, else one."""
+    if str(queue) != "gpu":
+        return 0
     resources = (params or {}).get("resources")
     if isinstance(resources, dict):
         devices = _whole(resources.get("devices"))
         nodes = _whole(resources.get("nodes", 1))
         if devices is not None and nodes is not None:
-            return devices * max(nodes, 1)
-    return 1 if str(queue) == "gpu" else 0
+            return max(devices, 1) * max(nodes, 1)
+    return 1
 
 
 def job_plan(*, kind: str, queue: str, params: dict[str, Any], job=None) -> JobPlan:

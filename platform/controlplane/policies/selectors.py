@@ -24,34 +24,60 @@ BUILT_IN = PolicySnapshot(label="platform v0", version_id=None, rules=default_ru
 # Policy versions never change once written, so a process keeps their parsed rules.
 _SNAPSHOTS: dict[int, PolicySnapshot] = {}
 _IN_FORCE_SQL = """
-SELECT version.id, version.number, policy.project_id, version.created_at
+SELECT version.id, version.number, policy.project_id, policy.organisation_id, version.created_at
 FROM {versions} AS version JOIN {policies} AS policy ON policy.id = version.policy_id
 WHERE version.number = policy.current_number AND ({scope})
-ORDER BY policy.project_id IS NULL
+ORDER BY policy.project_id IS NULL, policy.organisation_id IS NULL
 LIMIT 1
 """
+_PLATFORM = "(policy.project_id IS NULL AND policy.organisation_id IS NULL)"
 
 
-def policy_in_force(project) -> PolicySnapshot:
-    """The project's own policy's newest version, else the platform default's (one small
-    query: every gate asks it, so it is plain SQL, not the ORM's ~0.3 ms of compiling);
-    before anyone edited either, the built-in default (every rule off)."""
+def scope_ids(scope) -> tuple[int | None, int | None]:
+    """(project id, organisation id) of a policy's scope: a Project (with the organisation
+    whose default it follows), an Organisation, or None (the platform)."""
+    if scope is None:
+        return None, None
+    if scope._meta.model_name == "organisation":
+        return None, scope.pk
+    return scope.pk, scope.organisation_id
+
+
+def _own_filter(scope) -> dict:
+    """The filter of the scope's own Policy row (not the ones it falls back on)."""
+    if scope is None:
+        return {"project__isnull": True, "organisation__isnull": True}
+    if scope._meta.model_name == "organisation":
+        return {"project__isnull": True, "organisation": scope}
+    return {"project": scope}
+
+
+def policy_in_force(scope) -> PolicySnapshot:
+    """The newest version of the nearest policy: the project's own, else its organisation's
+    default, else the platform default (``scope`` may be a Project, an Organisation or
+    None). One small query: every gate asks it, so it is plain SQL, not the ORM's ~0.3 ms
+    of compiling. Before anyone edited any of them, the built-in default (every rule off)."""
     from django.db import connection
 
-    scope, params = "policy.project_id IS NULL", []
-    if project is not None:
-        scope, params = "policy.project_id = %s OR policy.project_id IS NULL", [project.pk]
+    project_id, org_id = scope_ids(scope)
+    conditions, params = [_PLATFORM], []
+    if project_id is not None:
+        conditions.append("policy.project_id = %s")
+        params.append(project_id)
+    if org_id is not None:
+        conditions.append("policy.organisation_id = %s")
+        params.append(org_id)
     sql = _IN_FORCE_SQL.format(
         versions=connection.ops.quote_name(PolicyVersion._meta.db_table),
         policies=connection.ops.quote_name(Policy._meta.db_table),
-        scope=scope,
+        scope=" OR ".join(conditions),
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return BUILT_IN
-    version_id, number, project_id, created_at = row
+    version_id, number, row_project_id, row_org_id, created_at = row
     key = (
         version_id,
         created_at,
@@ -59,7 +85,10 @@ def policy_in_force(project) -> PolicySnapshot:
     snapshot = _SNAPSHOTS.get(key)
     if snapshot is None:
         rules = PolicyVersion.objects.values_list("rules", flat=True).get(pk=version_id)
-        scope_name = "platform" if project_id is None else "project"
+        if row_project_id is not None:
+            scope_name = "project"
+        else:
+            scope_name = "org" if row_org_id is not None else "platform"
         snapshot = PolicySnapshot(
             label=f"{scope_name} v{number}", version_id=version_id, rules=normalise(rules)
         )
@@ -69,29 +98,25 @@ def policy_in_force(project) -> PolicySnapshot:
     return snapshot
 
 
-def own_policy(project) -> Policy | None:
-    return Policy.objects.filter(project=project).first()
+def own_policy(scope) -> Policy | None:
+    return Policy.objects.filter(**_own_filter(scope)).first()
 
 
-def policy_versions(project) -> QuerySet[PolicyVersion]:
-    """The history of the project's own policy (empty while it follows the default)."""
-    if project is None:
-        return PolicyVersion.objects.filter(policy__project__isnull=True).select_related(
-            "created_by"
-        )
-    return PolicyVersion.objects.filter(policy__project=project).select_related("created_by")
+def policy_versions(scope) -> QuerySet[PolicyVersion]:
+    """The history of the scope's own policy (empty while it follows another)."""
+    own = {f"policy__{name}": value for name, value in _own_filter(scope).items()}
+    return PolicyVersion.objects.filter(**own).select_related("created_by")
 
 
-def policy_version(project, number: int) -> PolicyVersion | None:
-    """Version `number` of the project's own policy (None: of the platform default)."""
-    return policy_versions(project).filter(number=number).first()
+def policy_version(scope, number: int) -> PolicyVersion | None:
+    """Version `number` of the scope's own policy (a project, an organisation, or None:
+    the platform default)."""
+    return policy_versions(scope).filter(number=number).first()
 
 
-def current_number(project) -> int:
+def current_number(scope) -> int:
     """The version number an edit must name as its base (0: no policy of its own yet)."""
-    row = Policy.objects.filter(project=project).values("current_number").first()
-    if project is None:
-        row = Policy.objects.filter(project__isnull=True).values("current_number").first()
+    row = Policy.objects.filter(**_own_filter(scope)).values("current_number").first()
     return row["current_number"] if row else 0
 
 

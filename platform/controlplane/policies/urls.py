@@ -10,6 +10,7 @@ COMPLIANCE = "projects/<slug:project_slug>/compliance/"
 urlpatterns = [
     path("compliance/", views.compliance_overview, name="compliance_overview"),
     path("compliance/policy/", views.policy_default, name="policy_default"),
+    path("orgs/<slug:org_slug>/policy/", views.org_policy, name="org_policy"),
     path(COMPLIANCE, views.project_compliance, name="project_compliance"),
     path(COMPLIANCE + "policy/", views.project_policy, name="project_policy"),
     path(

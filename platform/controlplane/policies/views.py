@@ -15,7 +15,7 @@ from functools import wraps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -85,11 +85,25 @@ def policy_default(request: HttpRequest) -> HttpResponse:
     return _policy_page(request, None)
 
 
-def _policy_page(request: HttpRequest, project: Project | None) -> HttpResponse:
+@login_required
+def org_policy(request: HttpRequest, org_slug: str) -> HttpResponse:
+    """An organisation's default policy: its members read it, its admins edit it."""
+    from controlplane.orgs.selectors import OrgNotFound, org_for
+
+    try:
+        org, _role = org_for(request.user, org_slug)
+    except OrgNotFound as error:
+        raise Http404(str(error)) from None
+    return _policy_page(request, None, org)
+
+
+def _policy_page(request: HttpRequest, project: Project | None, organisation=None) -> HttpResponse:
     """Every rule as a card; for those who may edit, a form per rule. A post edits one
     rule: on success back to its card, on a field error the form again with the errors,
-    on a concurrent edit (409) the typed values kept and what changed meanwhile shown."""
-    can_edit = services.can_edit_policy(request.user, project)
+    on a concurrent edit (409) the typed values kept and what changed meanwhile shown.
+    ``organisation`` (project None): that organisation's default."""
+    scope = project if project is not None else organisation
+    can_edit = services.can_edit_policy(request.user, project, organisation)
     bound, status, conflict = None, 200, None
     if request.method == "POST":
         if not can_edit:
@@ -98,13 +112,14 @@ def _policy_page(request: HttpRequest, project: Project | None) -> HttpResponse:
         if key not in RULES:
             messages.error(request, "Pick a rule to change.")
             return redirect(request.path)
-        snapshot = selectors.policy_in_force(project)
-        version = selectors.current_number(project)
+        snapshot = selectors.policy_in_force(scope)
+        version = selectors.current_number(scope)
         form = rule_form(key, snapshot.rules[key], version, data=request.POST)
         if form.is_valid():
             try:
                 saved = services.policy_update(
                     project=project,
+                    organisation=organisation,
                     actor=request.user,
                     changes={key: form.changes()},
                     reason=form.cleaned_data["reason"],
@@ -115,7 +130,7 @@ def _policy_page(request: HttpRequest, project: Project | None) -> HttpResponse:
                 conflict = {
                     "seen": seen,
                     "now": version,
-                    "versions": pages.versions_since(project, seen),
+                    "versions": pages.versions_since(scope, seen),
                 }
                 # The editor's values stay; submitting again applies them on top of the
                 # version they have now been shown, never silently over an unseen one.
@@ -131,15 +146,14 @@ def _policy_page(request: HttpRequest, project: Project | None) -> HttpResponse:
             else:
                 messages.success(
                     request,
-                    f"Rule {RULES[key].number} ({RULES[key].title}) saved: "
-                    f"{'project' if project else 'platform'} v{saved.number}.",
+                    f"Rule {RULES[key].number} ({RULES[key].title}) saved: {saved.label}.",
                 )
                 return redirect(f"{request.path}#rule-{key}")
         else:
             status = 400
         bound = (key, form)
-    snapshot = selectors.policy_in_force(project)
-    version = selectors.current_number(project)
+    snapshot = selectors.policy_in_force(scope)
+    version = selectors.current_number(scope)
     rules = pages.rules_view(snapshot.rules)
     if can_edit:
         for rule in rules:
@@ -149,13 +163,14 @@ def _policy_page(request: HttpRequest, project: Project | None) -> HttpResponse:
                 rule.form = rule_form(rule.key, snapshot.rules[rule.key], version)
     context = {
         "project": project,
+        "org": organisation,
         "label": snapshot.label,
         "version": version,
-        "follows_default": project is not None and version == 0,
+        "follows_default": scope is not None and version == 0,
         "rules": rules,
         "can_edit": can_edit,
         "conflict": conflict,
-        "history": pages.history(project),
+        "history": pages.history(scope),
     }
     return render(request, "policies/policy.html", context, status=status)
 

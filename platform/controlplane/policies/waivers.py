@@ -159,12 +159,26 @@ def waiver_revoke(*, waiver: Waiver, actor, reason: Any = "") -> Waiver:
     return waiver
 
 
+def may_hold(actor, project) -> bool:
+    """Owners and compliance officers of the project, and admins of its organisation (by
+    membership): they approve the organisation-wide erasures whose holds land in every
+    project of it (gdpr/organisation.py). The holds API still asks for the project role."""
+    from controlplane.orgs.models import OrgRole
+    from controlplane.orgs.selectors import org_role_of
+
+    return (
+        role_allows(role_of(actor, project), Action.REVIEW)
+        or org_role_of(actor, project.organisation) == OrgRole.ADMIN
+    )
+
+
 def hold_place(
     *, project, actor, dataset_version_id: Any, reference: Any, reason: Any = ""
 ) -> ErasureHold:
     """Mark an approved erasure as pending on a dataset version (owners and compliance
-    officers; the GDPR requests will place and release holds themselves)."""
-    if not role_allows(role_of(actor, project), Action.REVIEW):
+    officers, admins of the organisation; the GDPR requests place and release holds
+    themselves, as their reviewer)."""
+    if not may_hold(actor, project):
         raise NotAllowed("placing an erasure hold needs the owner or compliance role")
     version, label = subject_in(project, SubjectType.DATASET_VERSION, dataset_version_id)
     reference = _text(reference, "reference")[:200]
@@ -189,7 +203,7 @@ def hold_place(
 
 
 def hold_release(*, hold: ErasureHold, actor) -> ErasureHold:
-    if not role_allows(role_of(actor, hold.project), Action.REVIEW):
+    if not may_hold(actor, hold.project):
         raise NotAllowed("releasing an erasure hold needs the owner or compliance role")
     from controlplane.audit.services import audit_append
 

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
-from rest_framework import generics, serializers, status
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.api.access import StrictSerializer, project_or_404
+from controlplane.api.access import StrictSerializer, org_or_404, project_or_404
 from controlplane.api.errors import Conflict
+from controlplane.api.idempotency import idempotent
 from controlplane.names import validate_name
+from controlplane.orgs.selectors import (
+    OrgChoiceNeeded,
+    OrgForbidden,
+    OrgNotFound,
+    org_for_new_project,
+)
 from controlplane.projects.models import Membership, Project, Role, slug_validator
 from controlplane.projects.permissions import Action
 from controlplane.projects.selectors import (
@@ -29,6 +36,7 @@ from controlplane.subject_keys import subject_key_rotate, subject_key_state
 
 
 class ProjectOut(serializers.ModelSerializer):
+    organisation = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     # Annotated by project_list_for (views serialize only projects fetched through it).
     member_count = serializers.IntegerField(read_only=True)
     job_count = serializers.IntegerField(read_only=True)
@@ -39,6 +47,7 @@ class ProjectOut(serializers.ModelSerializer):
         model = Project
         fields = [
             "id",
+            "organisation",
             "name",
             "slug",
             "description",
@@ -64,6 +73,11 @@ class ProjectIn(StrictSerializer):
     name = serializers.CharField(max_length=120, validators=[validate_name])
     slug = serializers.CharField(max_length=63, validators=[slug_validator])
     description = serializers.CharField(required=False, allow_blank=True, default="")
+    organisation = serializers.CharField(
+        max_length=63,
+        required=False,
+        help_text="The organisation's slug; required when you are in several.",
+    )
 
 
 class ProjectPatch(StrictSerializer):
@@ -75,20 +89,37 @@ class ProjectListCreate(generics.GenericAPIView):
     serializer_class = ProjectOut
 
     def get_queryset(self):
-        return project_list_for(self.request.user).order_by("name", "id")
+        slug = self.request.query_params.get("org")
+        org = org_or_404(self.request, slug) if slug else None
+        return project_list_for(self.request.user, org).order_by("name", "id")
 
-    @extend_schema(responses=ProjectOut(many=True))
+    @extend_schema(
+        parameters=[OpenApiParameter("org", str, description="only this organisation's (slug)")],
+        responses=ProjectOut(many=True),
+    )
     def get(self, request):
         page = self.paginate_queryset(self.get_queryset())
         data = ProjectOut(page, many=True, context={"request": request}).data
         return self.get_paginated_response(data)
 
+    @idempotent
     @extend_schema(request=ProjectIn, responses={201: ProjectOut})
     def post(self, request):
+        """Create a project (you become its owner) in `organisation`; without one, in your
+        only organisation."""
         body = ProjectIn(data=request.data)
         body.is_valid(raise_exception=True)
+        fields = dict(body.validated_data)
         try:
-            project = project_create(actor=request.user, **body.validated_data)
+            org = org_for_new_project(request.user, fields.pop("organisation", None))
+        except OrgNotFound as error:
+            raise exceptions.NotFound(str(error)) from None
+        except OrgForbidden as error:
+            raise exceptions.PermissionDenied(str(error)) from None
+        except OrgChoiceNeeded as error:
+            raise serializers.ValidationError({"organisation": [str(error)]}) from None
+        try:
+            project = project_create(actor=request.user, organisation=org, **fields)
         except MembershipError as error:
             raise Conflict(str(error)) from None
         data = ProjectOut(with_counts(request, project), context={"request": request}).data
@@ -163,9 +194,7 @@ class MemberDetail(APIView):
         project = project_or_404(request, project_id, action)
         membership = membership_of(project, user_id)
         if membership is None:
-            from rest_framework.exceptions import NotFound
-
-            raise NotFound(f"user {user_id} is not a member of this project")
+            raise exceptions.NotFound(f"user {user_id} is not a member of this project")
         return membership
 
     @extend_schema(request=MemberPatch, responses=MemberOut)

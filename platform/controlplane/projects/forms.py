@@ -12,6 +12,18 @@ class ProjectForm(forms.Form):
         max_length=63, validators=[slug_validator], help_text="lowercase letters, digits, hyphens"
     )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    organisation = forms.ModelChoiceField(
+        queryset=None, to_field_name="slug", empty_label=None, required=True
+    )
+
+    def __init__(self, *args, organisations=None, **kwargs):
+        """``organisations``: where the user may create a project (the choices); none at
+        all for a user in no organisation (the project goes to the default one)."""
+        super().__init__(*args, **kwargs)
+        if organisations is None or not organisations.exists():
+            del self.fields["organisation"]
+        else:
+            self.fields["organisation"].queryset = organisations
 
 
 class MemberForm(forms.Form):

@@ -20,6 +20,10 @@ slug_validator = RegexValidator(
 
 
 class Project(models.Model):
+    # The tenant wall: members of other organisations never see the project (orgs app).
+    organisation = models.ForeignKey(
+        "orgs.Organisation", on_delete=models.PROTECT, related_name="projects"
+    )
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=63, unique=True, validators=[slug_validator])
     description = models.TextField(blank=True)

@@ -16,10 +16,18 @@ class ProjectForbidden(Exception):
     pass
 
 
-def projects_visible_to(user: User) -> QuerySet[Project]:
+def projects_visible_to(user: User, organisation=None) -> QuerySet[Project]:
+    """The projects a user may open (of ``organisation`` only, when given).
+
+    The organisation is the outer wall: a project membership counts only while the user is
+    a member of the project's organisation too (the org services remove both together;
+    the selector does not rely on it). Staff see every project."""
+    projects = Project.objects.select_related("organisation")
+    if organisation is not None:
+        projects = projects.filter(organisation=organisation)
     if user.is_staff:
-        return Project.objects.all()
-    return Project.objects.filter(memberships__user=user)
+        return projects
+    return projects.filter(memberships__user=user, organisation__memberships__user=user)
 
 
 def _count_of(model, **filters) -> Coalesce:
@@ -39,11 +47,11 @@ def _count_of(model, **filters) -> Coalesce:
     return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
-def project_list_for(user: User) -> QuerySet[Project]:
+def project_list_for(user: User, organisation=None) -> QuerySet[Project]:
     from controlplane.jobs.models import Job, JobState
 
     my_role = Membership.objects.filter(project=OuterRef("pk"), user_id=user.pk).values("role")[:1]
-    return projects_visible_to(user).annotate(
+    return projects_visible_to(user, organisation).annotate(
         my_role=Subquery(my_role),
         member_count=_count_of(Membership),
         job_count=_count_of(Job),
@@ -51,13 +59,31 @@ def project_list_for(user: User) -> QuerySet[Project]:
     )
 
 
+def projects_of_org(organisation, *, excluding: list[int]) -> QuerySet[Project]:
+    """An organisation's other projects with their counts, for its admins: they see that a
+    project exists and its size, not its contents (opening it needs a project role)."""
+    from controlplane.jobs.models import Job
+
+    return (
+        Project.objects.filter(organisation=organisation)
+        .exclude(pk__in=excluding)
+        .annotate(member_count=_count_of(Membership), job_count=_count_of(Job))
+        .order_by("name")
+    )
+
+
 def role_of(user: User, project: Project) -> str | None:
+    """The user's role in the project; None when they are not a member of it or no longer
+    of its organisation (the wall holds even if a stale project membership remained)."""
     if not user.is_authenticated:
         return None
-    membership = Membership.objects.filter(project=project, user=user).only("role").first()
-    if membership is not None:
-        return membership.role
-    return None
+    return (
+        Membership.objects.filter(
+            project=project, user=user, project__organisation__memberships__user=user
+        )
+        .values_list("role", flat=True)
+        .first()
+    )
 
 
 def project_for(
@@ -70,7 +96,7 @@ def project_for(
     `ProjectForbidden`.
     """
     try:
-        project = Project.objects.get(pk=int(project_id))
+        project = Project.objects.select_related("organisation").get(pk=int(project_id))
     except (Project.DoesNotExist, ValueError, TypeError):
         raise ProjectNotFound(f"project {project_id} not found") from None
     role = role_of(user, project)

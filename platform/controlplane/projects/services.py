@@ -4,6 +4,8 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
 from controlplane.audit.services import audit_append
+from controlplane.orgs.models import Organisation
+from controlplane.orgs.services import ensure_org_member, organisation_for_new_project
 from controlplane.projects.models import Membership, Project, Role
 
 
@@ -12,14 +14,25 @@ class MembershipError(Exception):
 
 
 @transaction.atomic
-def project_create(*, name: str, slug: str, description: str = "", actor: User) -> Project:
+def project_create(
+    *,
+    name: str,
+    slug: str,
+    description: str = "",
+    actor: User,
+    organisation: Organisation | None = None,
+) -> Project:
+    """A new project in ``organisation`` (default: the actor's only one, else the default
+    organisation), with the actor as its owner and a member of the organisation."""
+    org = organisation_for_new_project(actor, organisation)
     try:
         with transaction.atomic():
             project = Project.objects.create(
-                name=name, slug=slug, description=description, created_by=actor
+                name=name, slug=slug, description=description, created_by=actor, organisation=org
             )
     except IntegrityError:
         raise MembershipError(f"a project with slug '{slug}' already exists") from None
+    ensure_org_member(org, actor, actor=actor)
     Membership.objects.create(project=project, user=actor, role=Role.OWNER)
     audit_append(
         project=project,
@@ -67,6 +80,7 @@ def member_add(*, project: Project, user: User, role: str, actor: User) -> Membe
         raise MembershipError(f"unknown role '{role}'; use one of {', '.join(Role.values)}")
     if Membership.objects.filter(project=project, user=user).exists():
         raise MembershipError(f"{user.username} is already a member; change their role instead")
+    ensure_org_member(project.organisation, user, actor=actor)
     membership = Membership.objects.create(project=project, user=user, role=role)
     audit_append(
         project=project,

@@ -9,9 +9,10 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from controlplane.audit.services import audit_verify
 from controlplane.dashboard.access import ProjectRequest, project_page
-from controlplane.jobs.selectors import jobs_for
+from controlplane.jobs.runs import job_rows_for
+from controlplane.orgs.current import current_org
+from controlplane.orgs.selectors import orgs_for_new_project, orgs_of
 from controlplane.projects.forms import MemberForm, ProjectForm, RoleForm
 from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action
@@ -34,17 +35,35 @@ from controlplane.uploads.selectors import uploads_for
 
 @login_required
 def project_list(request: HttpRequest) -> HttpResponse:
-    form = ProjectForm(request.POST or None)
+    """The current organisation's projects, and the form that creates one (in any
+    organisation the user may create in; the current one preselected)."""
+    org = current_org(request)
+    choices = orgs_for_new_project(request.user).order_by("name", "id")
+    preselected = request.GET.get("org") or (org.slug if org else None)
+    form = ProjectForm(
+        request.POST or None, organisations=choices, initial={"organisation": preselected}
+    )
+    if "organisation" not in form.fields and orgs_of(request.user).exists():
+        # In organisations, none of which lets them create: the page says so, and a post
+        # is refused rather than landing in the default organisation.
+        if request.method == "POST":
+            raise PermissionDenied("only organisation admins create projects here")
+        form = None
     if request.method == "POST" and form.is_valid():
+        fields = dict(form.cleaned_data)
         try:
-            project = project_create(actor=request.user, **form.cleaned_data)
+            project = project_create(actor=request.user, **fields)
         except MembershipError as error:
             form.add_error("slug", str(error))
         else:
             messages.success(request, f"Project {project.name} created.")
             return redirect("project-detail", project_id=project.pk)
-    projects = project_list_for(request.user).order_by("name")
-    return render(request, "projects/project_list.html", {"projects": projects, "form": form})
+    projects = project_list_for(request.user, org).order_by("name")
+    return render(
+        request,
+        "projects/project_list.html",
+        {"projects": projects, "form": form, "org": org},
+    )
 
 
 @project_page()
@@ -55,10 +74,9 @@ def project_detail(request: ProjectRequest, project: Project) -> HttpResponse:
         {
             "project": project,
             "uploads": uploads_for(project)[:20],
-            "jobs": jobs_for(project)[:10],
+            "jobs": job_rows_for(project)[:10],
             "upload_form": UploadForm(),
             "members": members_of(project),
-            "audit": audit_verify(project),
         },
     )
 

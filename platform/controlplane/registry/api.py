@@ -21,6 +21,7 @@ from controlplane.api.access import project_or_404
 from controlplane.api.errors import Conflict as ApiConflict
 from controlplane.api.idempotency import idempotent
 from controlplane.api.params import choice_param
+from controlplane.finops.model_cost import model_version_costs
 from controlplane.jobs.selectors import job_in
 from controlplane.projects.permissions import Action
 from controlplane.registry import services
@@ -171,7 +172,10 @@ class VersionListRegister(generics.GenericAPIView):
         state = choice_param(request, "state", VersionState.values)
         versions = versions_detailed(model, state=state)
         page = self.paginate_queryset(versions)
-        return self.get_paginated_response(ModelVersionOut(page, many=True).data)
+        costs = model_version_costs(page)
+        return self.get_paginated_response(
+            ModelVersionOut(page, many=True, context={"costs": costs}).data
+        )
 
     @idempotent
     @extend_schema(

@@ -28,6 +28,7 @@ from controlplane.audit.selectors import actor_names
 from controlplane.datasets.models import DatasetVersion
 from controlplane.registry.models import ModelEvaluation, ModelTask, ModelVersion
 from controlplane.registry.selectors import latest_evaluation
+from controlplane.sizes import human_size
 
 # Stages of the data pipeline in the order they run (the stored report is JSONB, whose
 # keys come back sorted), and grouped the way the card sums them up.
@@ -162,7 +163,7 @@ def _training_data(versions: list[DatasetVersion], task: str) -> list[str]:
             ("License", dataset.license or "not recorded"),
             ("Source", dataset.source or "not recorded"),
             ("Origin", f"derived by job {dv.produced_by_id}" if dv.produced_by_id else "uploaded"),
-            ("Size", f"{dv.byte_count:,} bytes"),
+            ("Size", f"{human_size(dv.byte_count)} ({dv.byte_count:,} bytes)"),
             ("Records", _number(dv.record_count) if dv.record_count is not None else "—"),
         ]
         lines += _table(("", ""), facts) + [""]

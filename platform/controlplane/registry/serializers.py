@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from controlplane.api.access import StrictSerializer
+from controlplane.finops.model_cost import cost_as_json, model_version_cost
 from controlplane.registry.models import (
     ModelAlias,
     ModelTask,
@@ -89,6 +90,7 @@ class ModelVersionOut(serializers.ModelSerializer):
     dataset_versions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     lineage_jobs = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     latest_evaluation = serializers.SerializerMethodField()
+    cost = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelVersion
@@ -113,6 +115,7 @@ class ModelVersionOut(serializers.ModelSerializer):
             "lineage_jobs",
             "lineage",
             "latest_evaluation",
+            "cost",
             "created_by",
             "created_at",
             "ready_at",
@@ -126,6 +129,14 @@ class ModelVersionOut(serializers.ModelSerializer):
         if base is None:
             return None
         return {"id": base.pk, "model": base.model.name, "number": base.number}
+
+    @extend_schema_field(serializers.DictField())
+    def get_cost(self, version) -> dict:
+        """The priced usage of every job of its lineage (finops.model_cost); a list passes
+        the costs of its page in the context (two queries for the whole page)."""
+        costs = self.context.get("costs")
+        cost = costs[version.pk] if costs is not None else model_version_cost(version)
+        return cost_as_json(cost)
 
     def get_aliases(self, version) -> list[str]:
         return sorted(alias.name for alias in version.aliases.all())

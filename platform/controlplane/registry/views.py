@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 
 from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
+from controlplane.finops.model_cost import model_cost, model_version_cost
 from controlplane.projects.models import Project
 from controlplane.registry import page_selectors as pages
 from controlplane.registry.archive import (
@@ -99,6 +100,8 @@ def model_detail(request: ProjectRequest, project: Project, name: str) -> HttpRe
         ),
         "description_form": ModelDescriptionForm(initial={"description": model.description}),
         "compare": _comparison(request, versions),
+        # Every version, not only the table's newest: the model's cost is all its jobs.
+        "cost": model_cost(list(model.versions.only("pk", "source_job_id"))),
     }
     return render(request, "registry/model_detail.html", context)
 
@@ -142,6 +145,7 @@ def version_detail(
         "evaluation_charts": pages.evaluation_charts(evaluations),
         "history": history,
         "actors": actors,
+        "cost": model_version_cost(version),
         "edit_form": VersionEditForm(
             initial={
                 "intended_use": version.intended_use,

@@ -26,7 +26,11 @@ bytes that do not match:
 - an object holding only the subject's records goes straight to 3 and 4.
 The rows of the subject are removed last, so a re-run always finds what is left to do.
 
-Nothing is audited here: the erasure job that calls this records the report.
+Nothing is audited here: the erasure job that calls this records the report. A caller that
+keeps an account passes `account`: it gets each object's erasure (with the version ids
+listed for deletion) before the old bytes go, so a run killed anywhere after that leaves
+the object on the caller's record; the re-run finds the object again (its rows go last),
+reports it again, and the caller merges the two by key.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from django.db import transaction
@@ -89,9 +93,14 @@ class ArchiveErasureReport:
 
 
 def archive_erase_subject(
-    *, project: Project, subject_hash: str, store: ObjectStore | None = None
+    *,
+    project: Project,
+    subject_hash: str,
+    store: ObjectStore | None = None,
+    account: Callable[[ObjectErasure], None] | None = None,
 ) -> ArchiveErasureReport:
-    """Remove every archived record of the subject (see the module docstring)."""
+    """Remove every archived record of the subject (see the module docstring); `account`
+    is called with each object's erasure before its old versions are deleted."""
     if not isinstance(subject_hash, str) or not _HASH.fullmatch(subject_hash):
         raise ValueError("subject_hash must be 64 lower-case hex digits (a keyed hash)")
     store = store or object_store()
@@ -102,7 +111,7 @@ def archive_erase_subject(
         .distinct()
     )
     for archived in ArchiveObject.objects.filter(pk__in=list(object_ids)).order_by("pk"):
-        report.objects.append(_erase_from_object(archived, subject_hash, store))
+        report.objects.append(_erase_from_object(archived, subject_hash, store, account))
     report.records_removed = sum(o.records_removed for o in report.objects)
     return report
 
@@ -116,7 +125,10 @@ def _rows(archived: ArchiveObject) -> list[tuple[int, str, int, int, str]]:
 
 
 def _erase_from_object(
-    archived: ArchiveObject, subject_hash: str, store: ObjectStore
+    archived: ArchiveObject,
+    subject_hash: str,
+    store: ObjectStore,
+    account: Callable[[ObjectErasure], None] | None,
 ) -> ObjectErasure:
     rows = _rows(archived)
     removed = [row for row in rows if row[4] == subject_hash]
@@ -135,7 +147,13 @@ def _erase_from_object(
         done.new_sha256, done.new_version_id = stored.sha256, stored.version_id
     # From here the old row holds only the subject's rows: deleting the old bytes first
     # leaves at worst rows that read as "purged", never rows pointing at other bytes.
-    done.deleted_versions = store.delete_all_versions(archived.object_key)
+    # Listed first: what a killed delete took is then on the account all the same.
+    listed = [v.version_id for v in store.list_versions(archived.object_key)]
+    done.deleted_versions = listed
+    if account is not None:
+        account(done)
+    deleted = store.delete_all_versions(archived.object_key)
+    done.deleted_versions = listed + [v for v in deleted if v not in listed]
     with transaction.atomic():
         ArchiveObject.objects.select_for_update().filter(pk=archived.pk).first()
         InferenceRecord.objects.filter(archive_object=archived, subject_hash=subject_hash).delete()

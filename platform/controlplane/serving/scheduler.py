@@ -172,6 +172,9 @@ def _upsert_node(report: NodeReport, now) -> tuple[ServeNode, bool]:
 
 
 def _apply_statuses(node: ServeNode, reported: dict, now, restarted: bool) -> None:
+    from controlplane.finops.serving_usage import counters_delta, usage_batch, usage_write
+
+    usage = usage_batch(now)  # what the replicas served since their last report
     rows = Replica.objects.filter(node=node, state__in=LIVE_STATES)
     for replica in rows:
         status = reported.get(replica.pk)
@@ -190,6 +193,12 @@ def _apply_statuses(node: ServeNode, reported: dict, now, restarted: bool) -> No
                 )
                 replica.save(update_fields=["state", "ended_at", "error"])
             continue  # never reported: the node has not started it yet
+        usage.add(
+            deployment_id=replica.deployment_id,
+            delta=counters_delta(
+                replica.health, status.health, restarted=status.restarts != replica.restarts
+            ),
+        )
         replica.pid = status.pid
         replica.restarts = status.restarts
         replica.error = status.error[:MAX_ERROR_CHARS]
@@ -209,6 +218,7 @@ def _apply_statuses(node: ServeNode, reported: dict, now, restarted: bool) -> No
             if said == ReplicaState.FAILED and not replica.error:
                 replica.error = "failed (the node gave no reason)"
         replica.save()
+    usage_write(usage, now=now)
 
 
 def _mark_lost(now) -> None:

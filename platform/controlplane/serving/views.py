@@ -14,9 +14,11 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from controlplane.dashboard.access import ProjectRequest, found_or_404, project_page
+from controlplane.finops.serving_usage import deployment_serving_totals
 from controlplane.policies.errors import PolicyDenied
 from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action
@@ -153,6 +155,7 @@ def deployment_detail(request: ProjectRequest, project: Project, name: str) -> H
             "lineage": pages.version_lineage(deployment.target_version),
             "usage": usage,
             "usage_charts": usage.charts(),
+            "served_totals": deployment_serving_totals(deployment, timezone.now()),
             "latest": pages.latest_requests(deployment),
             "image": image,
             "scale_form": ScaleForm(initial={"replicas": deployment.replicas}),

@@ -13,6 +13,7 @@ from controlplane.jobs.views import job_started
 from controlplane.projects.models import Project
 from controlplane.projects.permissions import Action
 from controlplane.projects.views import project_detail
+from controlplane.sizes import human_size
 from controlplane.uploads.selectors import upload_in
 from controlplane.uploads.services import UploadError, upload_create_from_request
 from workers.protocol import JobKind
@@ -33,7 +34,7 @@ def upload_file(request: ProjectRequest, project: Project) -> HttpResponse:
         return response
     messages.success(
         request,
-        f"Uploaded {upload.filename} ({upload.size} bytes, sha256 {upload.sha256[:12]}…).",
+        f"Uploaded {upload.filename} ({human_size(upload.size)}, sha256 {upload.sha256[:12]}…).",
     )
     return redirect("project-detail", project_id=project.pk)
 

@@ -6,17 +6,21 @@ import gzip
 import hashlib
 import hmac
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from engine.cli import main
 from engine.data import erasure as erasure_module
+from engine.data import token_cut
 from engine.data.config import load_pipeline_config
 from engine.data.erasure import (
     ErasureError,
     erase_subject,
     find_subject,
+    rewrite_subject_index,
     subject_hash,
 )
 from engine.data.packing import tokenize_to_shards
@@ -25,7 +29,7 @@ from engine.data.records import read_records
 from engine.data.shards import load_manifest
 from engine.data.subject_index import SubjectIndex, subject_key_id, write_subject_index
 from engine.data.subject_scan import normalise_email, normalise_text
-from engine.data.tokenizers import CharTokenizer
+from engine.data.tokenizers import BPETokenizer, CharTokenizer
 from tests.engine.data.conftest import write_jsonl
 
 USERS = [f"user-{i}" for i in range(5)]
@@ -134,25 +138,76 @@ def _numbered(output: Path):
             yield shard["name"], row, line
 
 
-def test_token_shards_are_left_for_a_rebuild_and_the_reusable_ones_are_named(clean, tmp_path):
-    root, source = clean
-    result = erase_subject(source, tmp_path / "erased", identifiers=["user-9"])
-    assert result.rebuild == ["tokens"]
-    assert not (tmp_path / "erased" / "tokens").exists()
-    assert "tokens/manifest.json" in result.dropped and "report.txt" in result.dropped
-    # Re-tokenizing the erased records with the same tokenizer: the shards called
-    # unchanged come out byte-identical, the affected ones do not.
-    shards = sorted(str(p) for p in (tmp_path / "erased").glob("records-*"))
-    redone = tokenize_to_shards(
-        shards, root / "clean-tok.json", tmp_path / "tokens", val_fraction=0.2, shard_tokens=2_000
+def _retokenized(root: Path, erased: Path, out: Path):
+    """What the pipeline's tokenize step gives on the erased records, same tokenizer."""
+    shards = sorted(str(p) for p in erased.glob("records-*"))
+    return tokenize_to_shards(
+        shards, root / "clean-tok.json", out, val_fraction=0.2, shard_tokens=2_000
     )[0]
+
+
+@pytest.mark.parametrize("subject", ["user-9", "user-2"])  # the last documents; 8 spread out
+def test_token_shards_are_cut_to_what_re_tokenizing_gives(clean, tmp_path, subject):
+    root, source = clean
+    result = erase_subject(source, tmp_path / "erased", identifiers=[subject])
+    assert result.rebuild == [] and result.token_shards["method"] == "cut"
+    assert result.token_shards["tokenizer"].startswith("kept")
+    redone = _retokenized(root, tmp_path / "erased", tmp_path / "redone")
+    cut = load_manifest(tmp_path / "erased" / "tokens", verify_checksums=True)
+    assert {s.path: s.sha256 for s in cut.shards} == {s.path: s.sha256 for s in redone.shards}
+    assert cut.splits == redone.splits and cut.metadata["documents"] == 44 - result.records_removed
+    removed = result.token_shards["documents_removed"]
+    assert sum(removed.values()) == result.records_removed
+    # Every file of the new tokens/ folder is in the result; shards before the first cut
+    # are the old files (hard links), reported unchanged so their objects are reused.
+    statuses = {f.name: f.status for f in result.files if f.name.startswith("tokens/")}
+    assert set(statuses) == {f"tokens/{p.name}" for p in (tmp_path / "erased" / "tokens").iterdir()}
     old = load_manifest(source / "tokens")
-    impact = result.token_shards
-    assert impact["affected"] and impact["unchanged"]
-    assert set(impact["affected"]) | set(impact["unchanged"]) == {s.path for s in old.shards}
-    new = {s.path: s.sha256 for s in redone.shards}
     for shard in old.shards:
-        assert (new.get(shard.path) == shard.sha256) == (shard.path in impact["unchanged"])
+        name = f"tokens/{shard.path}"
+        if shard.path in result.token_shards["unchanged"]:
+            assert statuses[name] == "unchanged"
+            assert os.stat(source / name).st_ino == os.stat(tmp_path / "erased" / name).st_ino
+        elif name in statuses:
+            assert statuses[name] == "rewritten"
+    assert result.token_shards["affected"] and statuses["tokens/tokenizer.json"] == "unchanged"
+    if subject == "user-9":  # only the last shards of a split move
+        assert result.token_shards["unchanged"]
+
+
+def test_a_hash_only_erasure_keeps_the_tokenizer_unchecked(clean, tmp_path):
+    _, source = clean
+    result = erase_subject(source, tmp_path / "erased", subject_hashes=[subject_hash("user-2")])
+    assert result.token_shards["method"] == "cut"
+    assert result.token_shards["tokenizer"].startswith("not checked")
+
+
+def test_a_tokenizer_that_learnt_the_subject_is_rebuilt_with_the_shards(clean, tmp_path):
+    root, source = clean
+    copy = tmp_path / "clean"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("tokens"))
+    texts = [r["text"] for r in read_records(copy)] + ["Bartholomew Quince wrote"] * 40
+    BPETokenizer.train(texts, vocab_size=400).save(tmp_path / "bpe.json")
+    shards = sorted(str(p) for p in copy.glob("records-*"))
+    tokenize_to_shards(shards, tmp_path / "bpe.json", copy / "tokens", val_fraction=0.2)
+    result = erase_subject(copy, tmp_path / "erased", identifiers=["user-2", "Bartholomew Quince"])
+    assert result.rebuild == ["tokens", "tokenizer"]
+    assert result.token_shards["method"] == "rebuild"
+    assert "tokenizer's vocabulary" in result.token_shards["reason"]
+    assert not (tmp_path / "erased" / "tokens").exists()
+    assert "tokens/manifest.json" in result.dropped
+
+
+def test_an_end_of_text_inside_a_text_falls_back_to_a_rebuild(tmp_path, play_documents):
+    tickets = _tickets(play_documents)
+    tickets[3]["text"] += " <|endoftext|> pasted from a chat log"
+    write_jsonl(tmp_path / "raw" / "t.jsonl", tickets)
+    source = _run_pipeline(tmp_path / "raw", tmp_path / "clean")
+    result = erase_subject(source, tmp_path / "erased", identifiers=["user-2"])
+    assert result.rebuild == ["tokens"] and result.token_shards["method"] == "rebuild"
+    assert "end-of-text tokens" in result.token_shards["reason"]
+    assert result.token_shards["affected"]  # where the subject was, for the record
+    assert not (tmp_path / "erased" / "tokens").exists()
 
 
 def test_the_report_keeps_its_counts_but_loses_its_quotes(clean, tmp_path):
@@ -170,9 +225,10 @@ def test_erasure_is_repeatable_to_the_byte(clean, tmp_path):
     _, source = clean
     erase_subject(source, tmp_path / "a", identifiers=["user-2", "user-4"])
     erase_subject(source, tmp_path / "b", identifiers=["user-2", "user-4"])
-    names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
-    for name in names:
+    names = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    assert names == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*"))
+    assert Path("tokens/manifest.json") in names
+    for name in [n for n in names if (tmp_path / "a" / n).is_file()]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
@@ -192,6 +248,12 @@ def test_a_crash_leaves_no_half_written_folder(clean, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(erasure_module, "rewrite_subject_index", crash)
+    with pytest.raises(OSError, match="disk full"):
+        erase_subject(source, tmp_path / "erased", identifiers=["user-2"])
+    assert list(tmp_path.iterdir()) == []
+    # ... nor does one in the middle of cutting the token shards (shards written, no manifest)
+    monkeypatch.setattr(erasure_module, "rewrite_subject_index", rewrite_subject_index)
+    monkeypatch.setattr(token_cut, "_write_manifest", crash)
     with pytest.raises(OSError, match="disk full"):
         erase_subject(source, tmp_path / "erased", identifiers=["user-2"])
     assert list(tmp_path.iterdir()) == []
@@ -401,8 +463,11 @@ def test_the_cli_erases_and_prints_what_it_did(clean, tmp_path, capsys):
     out = tmp_path / "erased"
     assert main(["data", "erase", str(source), "--out", str(out), "--id", "user-2", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert payload["records_removed"] == 8 and payload["rebuild"] == ["tokens"]
+    assert payload["records_removed"] == 8 and payload["rebuild"] == []
+    assert payload["token_shards"]["method"] == "cut"
     assert (
         main(["data", "erase", str(source), "--find-only", "--hash", subject_hash("user-1")]) == 0
     )
     assert "8 records of the subject in" in capsys.readouterr().out
+    assert main(["data", "erase", str(source), "--out", str(tmp_path / "b"), "--id", "user-2"]) == 0
+    assert "token shards cut: 8 documents" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engine.vision.data import load_digits_split
@@ -55,6 +56,7 @@ def test_vae_negative_elbo_falls(make_config):
     assert history[-1]["train/kl_weight"] == 1.0  # warm-up of 10 steps is over
 
 
+@pytest.mark.slow
 def test_gan_samples_move_towards_real_digits(make_config, evaluator):
     recipe = make_recipe(make_config("gan", model={"r1_gamma": 1.0}), torch.device("cpu"))
     labels = balanced_labels(20)

@@ -12,6 +12,8 @@ from vision_helpers import tiny_config_dict
 from engine.cli import EngineError, build_parser
 from engine.cli import main as engine_main
 
+pytestmark = pytest.mark.slow  # whole flows: make test runs them
+
 
 def run(argv: list[str]) -> int:
     """The engine's own parser (``python -m engine``); errors raise instead of printing."""

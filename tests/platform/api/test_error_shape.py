@@ -71,7 +71,7 @@ def test_unknown_api_path_is_a_json_404_and_a_page_stays_html(api, team, client)
 def test_database_outage_in_a_view_is_a_503_with_retry_after(api, team, monkeypatch):
     import controlplane.projects.api as projects_api
 
-    def unavailable(user):
+    def unavailable(user, organisation=None):
         raise OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
 
     monkeypatch.setattr(projects_api, "project_list_for", unavailable)
@@ -105,7 +105,7 @@ def test_storage_errors_in_a_view_are_503_or_502(api, team, monkeypatch, cause, 
 def test_an_unexpected_error_is_a_logged_json_500(api, team, monkeypatch, caplog):
     import controlplane.projects.api as projects_api
 
-    def broken(user):
+    def broken(user, organisation=None):
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(projects_api, "project_list_for", broken)

@@ -147,7 +147,8 @@ def test_truncating_both_tables_is_detected_from_the_anchors(team):
     )
     results = audit_verify(all_chains=True)
     broken = {result.project_id: result for result in results if not result.ok}
-    assert set(broken) == {team.project.pk, team.other_project.pk}
+    # None: the platform chain (the owners joined the default organisation on it).
+    assert set(broken) == {team.project.pk, team.other_project.pk, None}
     assert "missing from the database" in broken[team.project.pk].reason
     assert (
         audit_verify(team.project)[0]
@@ -255,7 +256,8 @@ def test_the_beat_anchors_every_chain_that_grew(team):
     assert entry["task"] == ANCHOR_CHAINS_TASK and entry["options"]["queue"] == "control"
     app.loader.import_default_modules()
     assert ANCHOR_CHAINS_TASK in app.tasks
-    assert anchor_audit_chains() == 2  # alpha and beta
+    # alpha, beta and the platform chain (their owners joined the default organisation)
+    assert anchor_audit_chains() == 3
     assert anchor_audit_chains() == 0
     _append(team.project, team.owner)
     assert anchor_audit_chains() == 1
@@ -292,7 +294,8 @@ def test_anchors_on_an_s3_store_catch_a_truncation_and_are_never_overwritten(tea
     from controlplane.audit.services import audit_verify
     from workers.storage.errors import ObjectExistsError
 
-    (anchor, _other) = audit_anchor_chains(store=s3_store)
+    anchors = audit_anchor_chains(store=s3_store)  # the platform chain's, alpha's, beta's
+    (anchor,) = [a for a in anchors if a.chain.project_id == team.project.pk]
     assert audit_verify(team.project, store=s3_store)[0].anchors_checked == 1
     with pytest.raises(ObjectExistsError):
         s3_store.put_bytes(anchor.object_key, b"{}")

@@ -35,7 +35,20 @@ def world(team, make_upload, make_ready_version, client):
             "preview_records": 5,
             "read_rate_limit_mb_s": "",
         },
-        f"/projects/{p}/jobs/": {"kind": "diffusion", "preset": "tiny", "device": "cpu"},
+        f"/projects/{p}/jobs/new/diffusion/": {
+            "preset": "tiny",
+            "device": "cpu",
+            "train.steps": 5,
+            "train.lr": 0.001,
+            "seed": 1,
+            "experiment": "e",
+        },
+        f"/projects/{p}/jobs/new/pretrain/": {
+            "dataset_version_id": version.pk,
+            "sample_prompts": "ROMEO:",
+            "model.block_size": 32,
+        },
+        f"/projects/{p}/jobs/new/inspect/": {"upload_id": upload.pk, "preview_records": 3},
         f"/projects/{p}/members/": {"username": team.outsider.username, "role": "viewer"},
         f"/projects/{p}/members/{team.viewer.pk}/": {"role": "engineer"},
         f"/projects/{p}/datasets/": {"name": "D", "slug": "d-1", "kind": "text"},
@@ -62,14 +75,24 @@ def world(team, make_upload, make_ready_version, client):
         f"/projects/{p}/jobs/{job.pk}/resume/": {"checkpoint_id": 1},
     }
     pages = {
-        f"/projects/{p}/jobs/": ["state", "page"],
-        f"/projects/{p}/audit/": ["artifact_type", "artifact_id", "page"],
-        f"/projects/{p}/experiments/": ["experiment", "jobs"],
+        f"/projects/{p}/jobs/": ["state", "kind", "experiment", "page"],
+        f"/projects/{p}/audit/": [
+            "artifact_type",
+            "artifact_id",
+            "page",
+            "actor",
+            "action",
+            "since",
+            "until",
+        ],
+        f"/projects/{p}/audit/events.csv": ["actor", "since", "artifact_id"],
+        f"/projects/{p}/experiments/": ["experiment", "jobs", "sort", "order"],
         f"/projects/{p}/datasets/": ["page"],
     }
     return client, forms, pages
 
 
+@pytest.mark.slow
 def test_no_form_field_turns_hostile_input_into_a_500(world):
     client, forms, _pages = world
     for url, valid in forms.items():

@@ -30,8 +30,8 @@ def test_the_training_form_starts_from_the_engines_defaults_and_presets():
         ("InspectJobForm", "preview_records", "inspect", "preview_records"),
         ("PipelineJobForm", "vocab_size", "data_pipeline", "tokenizer.vocab_size"),
         ("PipelineJobForm", "val_fraction", "data_pipeline", "val_fraction"),
-        ("ImageJobForm", "steps", "diffusion", "train.steps"),
-        ("ImageJobForm", "eval_per_class", "diffusion", "eval_per_class"),
+        ("TrainJobForm", "devices", "pretrain", "resources.devices"),
+        ("TrainJobForm", "nodes", "pretrain", "resources.nodes"),
         ("PostTrainJobForm", "steps", "sft", "train.steps"),
         ("PostTrainJobForm", "lora_r", "lora", "lora.r"),
         ("PostTrainJobForm", "kl_coef", "ppo", "ppo.kl_coef"),
@@ -53,3 +53,27 @@ def test_the_ppo_coefficient_starts_at_the_engines():
     from controlplane.dashboard.forms import PostTrainJobForm
 
     assert PostTrainJobForm().fields["kl_coef"].initial == PPOConfig().kl_coef
+
+
+def test_the_training_form_asks_for_devices_machines_and_strategy():
+    from controlplane.dashboard.forms import TrainJobForm
+
+    base = {
+        "preset": "tiny",
+        "max_iters": 10,
+        "batch_size": 2,
+        "lr": 0.001,
+        "min_lr": 0.0001,
+        "warmup_iters": 0,
+        "eval_interval": 0,
+        "checkpoint_interval": 0,
+        "device": "cuda",
+    }
+    form = TrainJobForm({**base, "devices": 8, "nodes": 2, "strategy": "fsdp"})
+    assert form.is_valid(), form.errors
+    assert form.job_params(7)["resources"] == {"devices": 8, "nodes": 2, "strategy": "fsdp"}
+    blank = TrainJobForm(base)
+    assert blank.is_valid(), blank.errors
+    assert blank.job_params(7)["resources"] == {}  # the schema's defaults: 1 x 1, ddp
+    assert not TrainJobForm({**base, "devices": 0}).is_valid()
+    assert [c for c, _ in TrainJobForm().fields["strategy"].choices] == ["ddp", "fsdp"]

@@ -27,7 +27,10 @@ def test_the_overview_shows_the_members_projects_compliance_only(team, client):
 
     page = client.get("/").content.decode()
 
-    assert "<h2>Compliance</h2>" in page
+    assert (
+        '<h2>Compliance <a class="small" href="/overview/export/compliance.csv">CSV</a></h2>'
+        in page
+    )
     assert "Licences and sources: <strong>1</strong>" in page
     assert "/projects/alpha/compliance/" in page
     assert "/projects/beta/compliance/" not in page

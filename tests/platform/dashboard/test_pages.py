@@ -16,11 +16,27 @@ def test_login_and_logout(team, client):
     assert client.get("/").status_code == 302
 
 
-def test_overview_shows_real_figures(team, client, make_upload):
-    make_upload(team.project, team.engineer, b"x" * 2048)
+def test_overview_shows_real_figures(team, client):
+    from django.utils import timezone
+
+    from controlplane.finops.models import JobAttemptUsage
+    from controlplane.jobs.models import Job
+
+    job = Job.objects.create(project=team.project, kind="train", created_by=team.owner)
+    now = timezone.now()
+    JobAttemptUsage.objects.create(
+        job=job,
+        attempt=1,
+        project=team.project,
+        kind="train",
+        queue="cpu",
+        started_at=now,
+        updated_at=now,
+        cost="3.21",
+    )
     client.force_login(team.owner)
     page = client.get("/").content.decode()
-    assert "2.0 KB" in page and "Alpha" in page and "Beta" not in page
+    assert "3.21" in page and "Alpha" in page and "Beta" not in page
 
 
 def test_every_project_page_renders_for_a_member(team, client, make_upload):

@@ -15,7 +15,10 @@ from django.utils import timezone
 
 from tests.threads import in_threads
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+]  # whole flows: make test runs them
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tests.platform.gdpr.test_gdpr_erasure import (
 )
 from tests.platform.serving.archive_helpers import archive, make_deployment, record
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # whole flows: make test runs them
 
 
 @pytest.fixture
@@ -98,18 +98,33 @@ def test_the_export_holds_both_sources_and_is_downloaded_once(
     support.refresh_from_db()
     assert support.state == "ready"
 
+    # "Downloadable once by the reviewer": the compliance officer who approved it, and
+    # nobody else, not even the project's owner.
     page = f"/projects/{team.project.pk}/subject-requests/{request.pk}/"
-    client.force_login(team.owner)
+    client.force_login(team.compliance)
     assert "Download the export (once)" in client.get(page).content.decode()
-    client.force_login(team.engineer)
-    assert "Download the export (once)" not in client.get(page).content.decode()
-    assert client.post(page + "export/").status_code == 403
+    for user in (team.owner, team.engineer):
+        client.force_login(user)
+        html = client.get(page).content.decode()
+        assert "Download the export (once)" not in html
+        assert f"{team.compliance.username}, who approved the request, downloads it" in html
+    client.force_login(team.owner)
+    refused = client.post(page + "export/")
+    assert refused.status_code == 403
+    html = refused.content.decode()  # the request's page, saying why
+    assert f"only {team.compliance.username}, who approved this request" in html
+    assert "Download the export (once)" not in html
+    refused = api(team.owner).get(_export_url(request))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["message"].startswith(
+        f"only {team.compliance.username}, who approved this request, downloads its export"
+    )
     for user in (team.engineer, team.viewer):
         assert api(user).get(_export_url(request)).status_code == 403
     assert api(team.outsider).get(_export_url(request)).status_code == 404
     assert object_store().exists(export["key"])
 
-    response = api(team.owner).get(_export_url(request))
+    response = api(team.compliance).get(_export_url(request))
     assert response.status_code == 200, response.content
     assert response["Content-Type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(response.content)) as zipped:
@@ -123,7 +138,7 @@ def test_the_export_holds_both_sources_and_is_downloaded_once(
     assert served[0]["record"]["request"]["messages"][0]["content"] == "hi, Ann"
 
     assert not object_store().exists(export["key"])  # deleted right after the download
-    again = api(team.owner).get(_export_url(request))
+    again = api(team.compliance).get(_export_url(request))
     assert again.status_code == 410
     assert "downloaded once" in json.dumps(again.json())
 
@@ -132,13 +147,13 @@ def test_the_export_holds_both_sources_and_is_downloaded_once(
     certificate = request.certificate
     assert certificate["export"]["sha256"] == export["sha256"]
     assert certificate["export"]["size"] == len(response.content)
-    assert certificate["export"]["downloaded_by"] == team.owner.username
+    assert certificate["export"]["downloaded_by"] == team.compliance.username
     assert {s["source"]: s["records"] for s in certificate["export"]["sources"]} == {
         "support v1": 4,
         "inference archive": 1,
     }
     exported = AuditEvent.objects.get(action="subject_request.exported")
-    assert exported.actor_id == team.owner.pk
+    assert exported.actor_id == team.compliance.pk
     assert exported.payload["subjects"] == certificate["request"]["subjects"]
     assert exported.pk in certificate["audit_events"]
     assert ANN.lower() not in _everything_stored_about(request)

@@ -66,7 +66,7 @@ def test_a_viewer_cannot_file(team, api):
         ({"kind": "rectification"}, "kind"),
         ({"identifiers": [{"type": "email", "value": "nobody"}]}, "identifiers.0.value"),
         ({"received_at": "2999-01-01T00:00:00Z"}, "received_at"),
-        ({"scope": "organisation"}, "scope"),
+        ({"scope": "world"}, "scope"),
         ({"legal_basis": ""}, "legal_basis"),
         ({"colour": "red"}, "colour"),
     ],

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # whole flows: make test runs them
 
 ANN = "ann@example.com"
 PEOPLE = [ANN, "bob@example.com", "carl@example.com"]
@@ -124,16 +124,18 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     assert ANN not in stored and stored.count("\n") == 8
     assert list(cleaned_new.parents.all()) == [cleaned]
 
-    # Token shards cannot be cut: the same pipeline runs again on the rewritten raw version.
-    waiting = erasure_advance(request)
-    rebuild = Job.objects.get(kind="data_pipeline", params__dataset_version_id=raw_new.pk)
-    assert waiting == f"waiting for job {rebuild.pk}"
-    assert rebuild.params["val_fraction"] == 0.25
-    client.force_login(team.owner)
-    detail = client.get(f"/projects/{team.project.pk}/subject-requests/{request.pk}/")
-    assert f"Now: waiting for job {rebuild.pk}." in detail.content.decode()
-    rebuild = run_on_worker(rebuild)
-    assert rebuild.state == "succeeded", rebuild.error
+    # The token shards were cut by the worker (same bytes as re-tokenizing, tokenizer
+    # kept): the new cleaned version trains as it is, no pipeline runs again.
+    names = {f.name: f for f in cleaned_new.files.all()}
+    old_names = {f.name: f for f in cleaned.files.all()}
+    shards = [n for n in names if n.startswith("tokens/") and n.endswith(".bin")]
+    assert shards and "tokens/manifest.json" in names and "tokens/tokenizer.json" in names
+    assert set(names) <= set(old_names)
+    manifest = json.loads(object_store().get_bytes(names["tokens/manifest.json"].object_key))
+    assert manifest["metadata"]["documents"] == cleaned_new.record_count == 8
+    assert sum(s["num_documents"] for s in manifest["splits"].values()) == 8
+    assert names["tokens/tokenizer.json"].sha256 == old_names["tokens/tokenizer.json"].sha256
+    assert Job.objects.filter(kind="data_pipeline").count() == 1
     assert erasure_advance(request) == "completed"
 
     request.refresh_from_db()
@@ -152,6 +154,16 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     found = {row["label"]: row["records"] for row in certificate["found"]}
     assert found == {"support v1": 4, "support v2": 4}
     assert {e["old_version"] for e in certificate["rewritten"]} == {support.pk, cleaned.pk}
+    (cut,) = [e for e in certificate["rewritten"] if e["old_version"] == cleaned.pk]
+    assert cut["rebuild"] == [] and cut["token_shards"]["method"] == "cut"
+    assert sum(cut["token_shards"]["documents_removed"].values()) == 4
+    statuses = {f["name"]: f["status"] for f in cut["files"]}
+    assert all(statuses[f"tokens/{p}"] == "unchanged" for p in cut["token_shards"]["unchanged"])
+    assert {
+        n for n, status in statuses.items() if status == "rewritten" and n.endswith(".bin")
+    } <= {f"tokens/{p}" for p in cut["token_shards"]["affected"]}
+    assert set(statuses) == set(names)
+    assert certificate["rebuilds"] == []
     assert {d["key"] for d in certificate["deleted"]} == set(old_keys)
     assert {d["dataset_version"] for d in certificate["deleted"]} == {support.pk, cleaned.pk}
     assert all(len(d["sha256"]) == 64 for d in certificate["deleted"])
@@ -162,7 +174,7 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     assert certificate["found_nowhere"] is False
     assert ANN not in _everything_stored_about(request)
     # Rule 4's gate: nothing is held any more, the new versions are ready to train on.
-    assert DatasetVersion.objects.filter(dataset=support.dataset, state="ready").count() == 3
+    assert DatasetVersion.objects.filter(dataset=support.dataset, state="ready").count() == 2
 
     client.force_login(team.engineer)
     page = client.get(f"/projects/{team.project.pk}/datasets/{support.dataset_id}/v1/")
@@ -176,6 +188,60 @@ def test_an_erasure_rewrites_deletes_flags_and_certifies(
     assert detail.status_code == 200, detail.status_code
     text = detail.content.decode()
     assert "<td>scanned</td>" in text and "rewritten as support v3" in text
+
+
+@pytest.mark.slow
+def test_shards_that_cannot_be_cut_exactly_are_rebuilt_by_the_pipeline(
+    team, file_request, django_capture_on_commit_callbacks, run_on_worker, make_ready_version
+):
+    from controlplane.datasets.services import dataset_create
+    from controlplane.gdpr.erasure import erasure_advance
+    from controlplane.jobs.models import Job
+    from controlplane.jobs.services import job_create
+
+    log = _support_log()["log.jsonl"].decode().splitlines()
+    pasted = json.loads(log[1])  # bob's ticket quotes a chat log's end-of-text marker
+    pasted["text"] += " <|endoftext|> (pasted from the chat)"
+    log[1] = json.dumps(pasted)
+    dataset = dataset_create(
+        project=team.project,
+        actor=team.engineer,
+        name="Chats",
+        slug="chats",
+        kind="text",
+        subject_field="customer",
+    )
+    raw = make_ready_version(
+        dataset, team.engineer, {"log.jsonl": ("\n".join(log) + "\n").encode()}
+    )
+    params = {
+        "dataset_version_id": raw.pk,
+        "val_fraction": 0.25,
+        "pipeline": {"stages": ["normalize"]},
+    }
+    pipeline = run_on_worker(
+        job_create(project=team.project, kind="data_pipeline", actor=team.engineer, params=params)
+    )
+    assert pipeline.state == "succeeded", pipeline.error
+    cleaned = pipeline.produced_versions.get()
+
+    request = _approve(
+        team, file_request, django_capture_on_commit_callbacks, [{"type": "email", "value": ANN}]
+    )
+    job = run_on_worker(Job.objects.get(kind="erasure"))
+    assert job.state == "succeeded", job.error
+    raw_new, cleaned_new = job.produced_versions.order_by("number")
+    assert not cleaned_new.files.filter(name__startswith="tokens/").exists()
+    waiting = erasure_advance(request)
+    rebuild = Job.objects.get(kind="data_pipeline", params__dataset_version_id=raw_new.pk)
+    assert waiting == f"waiting for job {rebuild.pk}"
+    assert run_on_worker(rebuild).state == "succeeded"
+    assert erasure_advance(request) == "completed"
+    request.refresh_from_db()
+    (entry,) = [e for e in request.certificate["rewritten"] if e["old_version"] == cleaned.pk]
+    assert entry["rebuild"] == ["tokens"] and entry["token_shards"]["method"] == "rebuild"
+    assert "end-of-text" in entry["token_shards"]["reason"]
+    assert [r["job_id"] for r in request.certificate["rebuilds"]] == [rebuild.pk]
 
 
 def test_the_model_version_page_says_it_was_trained_on_erased_data(

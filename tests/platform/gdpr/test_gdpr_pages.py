@@ -101,6 +101,7 @@ def test_the_filer_sees_no_review_form(team, client, file_request):
 
 
 def test_the_detail_renders_what_the_job_records(team, client, file_request):
+    from controlplane.gdpr.erasure import search_wording
     from controlplane.gdpr.services import (
         request_approve,
         request_complete,
@@ -111,11 +112,16 @@ def test_the_detail_renders_what_the_job_records(team, client, file_request):
     request = file_request()
     request_approve(request=request, actor=team.owner, reason="checked")
     request_mark_in_progress(request=request)
+    # What the job's success writes for a dataset with no subject field (gdpr/erasure.py).
+    scanned = {"method": "scan", "bytes_scanned": 4_200_000, "scan_budget_bytes": 2**30}
     request_record_progress(
         request=request,
         progress={
             "steps": [{"name": "find", "state": "done", "detail": "2 versions"}, "rewrite"],
-            "findings": [{"source": "support v3", "records": 4}],
+            "findings": [
+                {"source": "support v3", "records": 4},
+                {"source": "notes v1", "records": 2, "detail": search_wording(scanned)},
+            ],
         },
     )
     request_complete(request=request, certificate={"scan": {"hits": 0}, "versions": ["v4"]})
@@ -124,6 +130,8 @@ def test_the_detail_renders_what_the_job_records(team, client, file_request):
     html = client.get(pages(team.project.pk, request.pk)).content.decode()
 
     assert "support v3" in html and "2 versions" in html and "rewrite" in html
+    notes = html.split("<td>notes v1</td>")[1].split("</tr>")[0]
+    assert "not indexed — searched by a full-text scan (4.2 MB of 1.1 GB budget)" in notes
     assert "&#x27;hits&#x27;: 0" in html and "Completed" in html
     assert "Not started" not in html
 

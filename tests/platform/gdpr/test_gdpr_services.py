@@ -58,13 +58,13 @@ def test_bad_identifiers_are_refused_with_the_field(file_request, identifiers, f
     assert field in refused.value.fields
 
 
-def test_a_bad_kind_or_the_organisation_scope_is_refused(file_request):
+def test_a_bad_kind_or_scope_is_refused(file_request):
     with pytest.raises(InvalidRequest) as refused:
         file_request(kind="rectification")
     assert "kind" in refused.value.fields
     with pytest.raises(InvalidRequest) as refused:
-        file_request(scope="organisation")
-    assert "organisations" in refused.value.message
+        file_request(scope="world")
+    assert "scope" in refused.value.fields
 
 
 def test_received_earlier_sets_the_deadline_and_the_future_is_refused(file_request):

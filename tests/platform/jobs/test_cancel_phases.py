@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # whole flows: make test runs them
 
 PARAMS = {
     "preset": "tiny",

@@ -6,7 +6,7 @@ platform's event path exactly as the control worker would apply them.
 
 import pytest
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # whole flows: make test runs them
 
 
 @pytest.fixture

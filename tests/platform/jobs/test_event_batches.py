@@ -12,7 +12,7 @@ from django.db import OperationalError
 from tests.platform.jobs.eventload import SyntheticJob
 from workers.protocol import EventType, JobEvent, event_batch
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # whole flows: make test runs them
 
 
 def _event(job, seq, event_type, attempt=1, **payload) -> JobEvent:

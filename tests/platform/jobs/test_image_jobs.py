@@ -2,7 +2,7 @@
 
 import pytest
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # whole flows: make test runs them
 
 TINY = {
     "preset": "tiny",
@@ -80,24 +80,18 @@ def test_bad_image_job_requests_name_the_field(team, api):
         assert response.status_code == 400 and field in response.json()["error"]["fields"], params
 
 
-def test_image_job_from_the_jobs_page(team, client, settings):
+def test_image_job_from_the_new_job_page(team, client, settings):
     from controlplane.jobs.models import Job
 
     settings.TRAINING_QUEUE = "cpu"
     client.force_login(team.engineer)
-    url = f"/projects/{team.project.pk}/jobs/"
-    assert "Train an image generator" in client.get(url).content.decode()
-    bad = client.post(url, {"kind": "gan", "preset": "tiny", "steps": 0, "device": "cpu"})
+    url = f"/projects/{team.project.pk}/jobs/new/"
+    assert f'href="{url}gan/"' in client.get(url).content.decode()
+    bad = client.post(f"{url}gan/", {"preset": "tiny", "train.steps": 0, "device": "cpu"})
     assert bad.status_code == 200 and not Job.objects.exists()
     response = client.post(
-        url,
-        {
-            "kind": "diffusion",
-            "preset": "tiny",
-            "steps": 6,
-            "experiment": "digits",
-            "device": "cpu",
-        },
+        f"{url}diffusion/",
+        {"preset": "tiny", "train.steps": 6, "experiment": "digits", "device": "cpu"},
     )
     job = Job.objects.get()
     assert (
@@ -106,5 +100,5 @@ def test_image_job_from_the_jobs_page(team, client, settings):
         and job.params["train"] == {"steps": 6}
     )
     client.force_login(team.viewer)
-    assert "Train an image generator" not in client.get(url).content.decode()
-    assert client.post(url, {"kind": "vae", "preset": "tiny", "device": "cpu"}).status_code == 403
+    assert client.get(url).status_code == 403
+    assert client.post(f"{url}vae/", {"preset": "tiny", "device": "cpu"}).status_code == 403

@@ -22,6 +22,7 @@ from engine.data import config as data_config
 from engine.evaluate import config as eval_config
 from engine.finetune import config as finetune_config
 from engine.train import config as train_config
+from engine.train import resources as train_resources
 from engine.vision import config as vision_config
 from workers.jobs import data_pipeline, evaluate, finetune, images, pretrain
 from workers.runtime import JobFailed
@@ -44,6 +45,9 @@ WORKER_CHOICES = {
 
 class _Files:
     def filter(self, **_):
+        return self
+
+    def exclude(self, **_):
         return self
 
     def order_by(self, *_):
@@ -147,7 +151,9 @@ def test_the_checked_in_schema_defaults_are_the_engine_dataclass_defaults(kind):
         for part in dotted.split("."):
             leaf = leaf["properties"][part]
         engine_key = leaf["x-engine"]
-        if dotted == "preset":
+        if engine_key.startswith("resources."):
+            engine = flat(train_resources.ResourcesConfig())[engine_key.removeprefix("resources.")]
+        elif dotted == "preset":
             engine = (train_config if kind == "pretrain" else vision_config).DEFAULT_PRESET
         elif kind == "pretrain" and engine_key.startswith("samples."):
             engine = flat(train_config.SamplesConfig())[engine_key.removeprefix("samples.")]
@@ -251,12 +257,15 @@ def _engine_refuses(kind: str, params: dict[str, Any], tmp_path: Path) -> bool:
         vision_config.ConfigError,
         finetune_config.ConfigError,
         data_config.ConfigError,
+        train_resources.ResourcesError,
     )
     try:
         if kind == "data_pipeline":
             data_pipeline._tokenize_config(params)
         else:
             worker_config(kind, params, tmp_path)
+        if "resources" in params:  # what the worker builds to launch the job's processes
+            train_resources.job_resources(kind, params["resources"])
         if kind == "pretrain":
             train_config.samples_config(params["sample_prompts"], params["sample_tokens"])
         if kind in jobparams.IMAGE_KINDS:

@@ -11,7 +11,7 @@ import pytest
 
 from workers.protocol import EventType, JobEvent
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # whole flows: make test runs them
 
 MODEL = ["model/config.json", "model/model.safetensors", "model/tokenizer.json"]
 REWARD = ["reward/config.json", "reward/model.safetensors", "reward/tokenizer.json"]
@@ -116,8 +116,8 @@ def _refs(names, job):
         ("sft", 1e-4, {}),
         ("lora", 1e-3, {"lora": LORA_DEFAULTS}),
         ("qlora", 1e-3, {"lora": LORA_DEFAULTS}),
-        ("reward", 5e-5, {}),
-        ("dpo", 1e-5, {"dpo": DPO_DEFAULTS}),
+        ("reward", 5e-5, {"pairs_corruption": "mixed"}),
+        ("dpo", 1e-5, {"pairs_corruption": "mixed", "dpo": DPO_DEFAULTS}),
         ("ppo", 1e-5, {"ppo": PPO_DEFAULTS}),
     ],
 )
@@ -145,6 +145,7 @@ def test_each_kind_becomes_a_job_with_defaults_filled_and_the_base_model_as_inpu
         **sections,
         "seed": 1337,
         "device": "auto",
+        "resources": {"devices": 1, "nodes": 1, "strategy": "ddp"},  # one process
         "input_names": names,
     }
     assert job.kind == kind and job.queue == "gpu"
@@ -268,6 +269,14 @@ def test_bad_requests_name_the_field_and_create_no_job(team, base, reward_job, p
         ("sft", {**ok, "dataset_version_id": 999999}, "dataset_version_id", "no dataset"),
         ("sft", {**ok, "dataset_version_id": pairs.pk, "pairs_count": 50}, "pairs_count", "built"),
         ("sft", {**ok, "pairs_count": 8}, "pairs_count", "between 16 and 100000"),
+        (
+            "dpo",
+            {**ok, "dataset_version_id": pairs.pk, "pairs_corruption": "shuffle"},
+            "pairs_corruption",
+            "built",
+        ),
+        ("reward", {**ok, "pairs_corruption": "reversed"}, "pairs_corruption", "shuffle"),
+        ("lora", {**ok, "pairs_corruption": "shuffle"}, "pairs_corruption", "unknown"),
         ("sft", {**ok, "train": {"steps": 0}}, "train.steps", "between"),
         ("sft", {**ok, "train": {"batch_size": 1.5}}, "train.batch_size", "integer"),
         ("sft", {**ok, "train": {"lr": 2}}, "train.lr", "between"),
@@ -432,7 +441,9 @@ def test_the_run_page_shows_curves_checkpoints_artifacts_and_the_base_model(
     page = client.get(f"/projects/{team.project.pk}/jobs/{job.pk}/").content.decode()
     for text in ("train/loss", "dpo/accuracy", "<svg", "Checkpoints", "adapter/adapter.json"):
         assert text in page, text
-    assert f'href="/projects/{team.project.pk}/jobs/{base.pk}/">job {base.pk}</a>' in page
+    assert (
+        f'href="/projects/{team.project.pk}/jobs/{base.pk}/">job {base.pk} (pretrain)</a>' in page
+    )
     assert "Post-train this model" in page  # its model chains into the next job
     # A failed post-training run goes on from its checkpoint like pre-training.
     Job.objects.filter(pk=job.pk).update(state="failed", error="node lost")

@@ -54,6 +54,7 @@ def test_lora_then_dpo_chain_with_checkpoints_metrics_and_samples(
     assert f"job {lora.pk}" in page
 
 
+@pytest.mark.slow
 def test_reward_model_then_ppo(team, model_job, run_on_worker):
     from controlplane.jobs.models import JobMetric
 

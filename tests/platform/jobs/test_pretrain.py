@@ -6,7 +6,7 @@ through the platform's event path as the control worker would apply them.
 
 import pytest
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # whole flows: make test runs them
 
 
 @pytest.fixture

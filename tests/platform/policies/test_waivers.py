@@ -116,3 +116,26 @@ def test_granting_needs_the_compliance_role_and_a_subject_of_the_project(team):
         waiver(team.project, team.owner, "dataset_version", mine.pk, "licences")
     with pytest.raises(NotFound):
         waiver(team.project, team.compliance, "dataset_version", theirs.pk, "licences")
+
+
+def test_an_admin_of_the_organisation_places_and_releases_holds_a_member_does_not(team):
+    """An organisation-wide erasure places its holds in every project as its reviewer, an
+    admin of the organisation who may hold no role in that project."""
+    from controlplane.orgs.models import OrgMembership, OrgRole
+    from controlplane.policies.errors import NotAllowed
+    from controlplane.policies.waivers import hold_place, hold_release
+
+    version = dataset_version(team.project, team.owner)
+    with pytest.raises(NotAllowed):
+        hold_place(
+            project=team.project, actor=team.viewer, dataset_version_id=version.pk, reference="R1"
+        )
+    OrgMembership.objects.filter(organisation=team.project.organisation, user=team.viewer).update(
+        role=OrgRole.ADMIN
+    )
+
+    hold = hold_place(
+        project=team.project, actor=team.viewer, dataset_version_id=version.pk, reference="R1"
+    )
+
+    assert hold_release(hold=hold, actor=team.viewer).released_by == team.viewer

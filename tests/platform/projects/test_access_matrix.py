@@ -76,6 +76,22 @@ def test_member_of_another_project_gets_404_everywhere(team, api, upload_and_job
         assert response.status_code == 404, (method, url, response.status_code)
 
 
+def test_member_of_the_organisation_but_not_the_project_gets_404_everywhere(
+    team, api, upload_and_job, make_user
+):
+    """An organisation membership alone opens none of its projects (the project role
+    decides inside the wall; tests/platform/orgs/test_org_isolation.py walks the wall)."""
+    from controlplane.orgs.services import org_member_add
+
+    upload, job = upload_and_job
+    colleague = make_user("colleague")
+    org_member_add(org=team.project.organisation, user=colleague, role="admin", actor=team.owner)
+    client = api(colleague)
+    for method, url, body in _urls(team, upload.pk, job.pk):
+        response = getattr(client, method)(url, body, format="json")
+        assert response.status_code == 404, (method, url, response.status_code)
+
+
 def test_anonymous_gets_401_everywhere(team, api, upload_and_job):
     upload, job = upload_and_job
     client = api(None)

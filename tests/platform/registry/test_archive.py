@@ -159,6 +159,7 @@ def test_a_version_registered_by_the_services_exports_and_verifies(
     assert f"{version.parameter_count:,} parameters" in card
 
 
+@pytest.mark.slow
 def test_an_exported_gpt_version_loads_in_transformers_with_the_engines_logits(
     team, api, make_model_job, put_artifact, finish_sent, tmp_path
 ):

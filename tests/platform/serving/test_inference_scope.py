@@ -60,6 +60,7 @@ def test_an_inference_token_is_refused_by_every_api_endpoint(team, api, deploy):
         "hold_id": 1,
         "scan_id": 1,
         "subject_request_id": 1,
+        "slug": team.project.organisation.slug,
     }
     paths = [(name, path) for name, path in api_paths(values) if name not in PUBLIC]
     assert any(name == "api-deployments" for name, _path in paths)

@@ -261,7 +261,7 @@ def test_the_page_shows_the_hours_totals_and_charts(team, client, served):
     assert '<div class="figure">1</div>errors' in html
     assert '<div class="figure">1</div>refused' in html
     assert '<div class="figure">1</div>flagged' in html
-    assert html.count('<figure class="chart">') == 4
+    assert html.count('<figure class="chart"') == 4
 
 
 def test_base_url_uses_the_public_address_when_set_else_a_live_node(team, client, served, settings):
@@ -384,3 +384,49 @@ def test_engineer_scales_stops_and_starts(team, client, served, services):
     assert client.post(base + "start/").status_code == 302
     chat.refresh_from_db()
     assert chat.state == "running"
+
+
+def test_the_page_shows_tokens_requests_and_cost_of_the_last_day_and_month(team, client, served):
+    import datetime as dt
+    from decimal import Decimal
+
+    from controlplane.finops.models import RateCard, ServingUsage
+    from controlplane.finops.serving_usage import hour_of
+
+    card = RateCard.objects.create(
+        organisation=team.project.organisation,
+        version=1,
+        currency="EUR",
+        rates={},
+        effective_from=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+    )
+    now = hour_of(timezone.now())
+    month_start = now.replace(day=1, hour=0)
+    chat, old = served["chat"], served["old"]
+
+    def hour(deployment, at, requests, cost):
+        ServingUsage.objects.create(
+            deployment=deployment,
+            project=team.project,
+            hour=at,
+            requests=requests,
+            tokens_in=requests * 10,
+            tokens_out=requests * 100,
+            rate_card=card,
+            cost=Decimal(cost),
+        )
+
+    hour(chat, now, 3, "0.25")
+    hour(chat, now - timedelta(hours=30), 5, "1.00")  # older than a day
+    hour(chat, month_start - timedelta(hours=1), 7, "9.00")  # last month
+    hour(old, now, 11, "4.00")  # another deployment
+    html = _get(client, team.viewer, f"/projects/{team.project.pk}/deployments/chat/")
+    html = html.content.decode()
+    day_row = html.split('id="served-24h"')[1].split("</tr>")[0]
+    month_row = html.split('id="served-month"')[1].split("</tr>")[0]
+    assert ">3<" in day_row and ">30<" in day_row and ">300<" in day_row
+    assert "0.25 EUR" in day_row
+    if now - timedelta(hours=30) >= month_start:
+        assert ">8<" in month_row and "1.25 EUR" in month_row
+    else:  # early in the month, the day-old hour was last month's
+        assert ">3<" in month_row and "0.25 EUR" in month_row

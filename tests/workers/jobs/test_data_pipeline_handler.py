@@ -6,27 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pytest
-
 from engine.data.subject_index import SubjectIndex
-from workers.config import object_store_config
 from workers.events import ListSink
 from workers.jobs import HANDLERS
 from workers.protocol import ArtifactRef, EventType, JobKind, JobSpec
 from workers.runtime import run_attempt
-from workers.storage import get_object_store
 
 KEY = "5e" * 32
 WORDS = "order refund parcel courier invoice delay apology voucher address label".split()
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("OBJECT_STORE_ROOT", str(tmp_path / "objects"))
-    monkeypatch.delenv("OBJECT_STORE_ENDPOINT", raising=False)
-    store = get_object_store(object_store_config())
-    store.ensure_bucket()
-    return store
 
 
 def _support_log() -> bytes:

@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from workers.config import object_store_config
 from workers.events import ListSink
 from workers.jobs import HANDLERS
 from workers.protocol import ArtifactRef, EventType, JobKind, JobSpec
 from workers.runtime import run_attempt
 from workers.serve.protocol import subject_hash
-from workers.storage import get_object_store
 
 KEY = "7a" * 32
 KEY_ID = "k1"
 ANN = "ann@example.com"
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("OBJECT_STORE_ROOT", str(tmp_path / "objects"))
-    monkeypatch.delenv("OBJECT_STORE_ENDPOINT", raising=False)
-    store = get_object_store(object_store_config())
-    store.ensure_bucket()
-    return store
 
 
 def _lines() -> list[dict]:

@@ -5,23 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 
-import pytest
-
-from workers.config import object_store_config
 from workers.events import ListSink
 from workers.jobs import HANDLERS
 from workers.protocol import ArtifactRef, EventType, JobKind, JobSpec, cancel_marker_key
 from workers.runtime import run_attempt
-from workers.storage import get_object_store
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("OBJECT_STORE_ROOT", str(tmp_path / "objects"))
-    monkeypatch.delenv("OBJECT_STORE_ENDPOINT", raising=False)
-    store = get_object_store(object_store_config())
-    store.ensure_bucket()
-    return store
 
 
 def _run(store, data: bytes, **params):

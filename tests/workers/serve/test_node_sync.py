@@ -55,7 +55,12 @@ def test_the_platform_down_the_node_keeps_serving_what_it_knows(platform, node, 
     assert len(outage_logs) == 1  # once per outage, not once per attempt
     platform.down = False
     wait_for(lambda: len(platform.reports) > reports, what="sync again")
-    assert any("reachable again" in r.getMessage() for r in caplog.records)
+    # The node logs the recovery when the answer comes back, just after the platform has
+    # recorded the report: wait for the line rather than race it.
+    wait_for(
+        lambda: any("reachable again" in r.getMessage() for r in caplog.records),
+        what="the recovery logged",
+    )
 
 
 def test_a_node_routes_to_a_replica_on_another_node(platform, tmp_path):

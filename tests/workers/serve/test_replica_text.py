@@ -21,6 +21,8 @@ from replica_helpers import (
     text_engine,
 )
 
+pytestmark = pytest.mark.slow  # whole flows: make test runs them
+
 PROMPTS = ["To be", "Whether 'tis", "or not to", "The slings", "that is", "nobler", "q", "in the"]
 
 

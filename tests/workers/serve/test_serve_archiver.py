@@ -398,7 +398,9 @@ def test_record_is_cheap_and_never_blocks_on_a_hanging_store(local_store):
     elapsed = time.perf_counter() - started
     release.set()
 
-    assert elapsed < 0.5
+    # Blocking would take the put's 10 s hang; the per-record cost is bench_serve_archive's
+    # to measure (a tight bound here fails on a busy machine, not on a regression).
+    assert elapsed < 5
     assert archiver.close(timeout=10)
     assert archiver.stats()["written"] == 2001
 

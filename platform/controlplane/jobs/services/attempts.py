@@ -40,3 +40,25 @@ def requeue_next_attempt(job: Job, *, now: datetime, action: str, reason: str) -
     )
     dispatch_after_commit(job)
     return checkpoint
+
+
+def fail_for_good(job: Job, *, now: datetime, error: str, reason: str) -> None:
+    """The job fails with no attempt to follow (the reaper's last lost attempt, a gang that
+    failed for good): its row, the quota slot it held, and the audit event.
+
+    The caller holds the job row lock and has checked the attempt is current.
+    """
+    from controlplane.finops.quotas import on_job_terminal
+
+    Job.objects.filter(pk=job.pk).update(
+        state=JobState.FAILED, finished_at=now, lease_expires_at=None, error=error[:5000]
+    )
+    job.state = JobState.FAILED
+    on_job_terminal(job)
+    audit_append(
+        project=job.project,
+        actor=None,
+        action="job.failed",
+        artifact=job,
+        payload={"attempt": job.attempt, "reason": reason[:1000]},
+    )

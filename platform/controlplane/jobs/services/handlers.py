@@ -166,6 +166,15 @@ def _on_started(writes: EventWrites, event: JobEvent) -> None:
 
 def _on_heartbeat(writes: EventWrites, event: JobEvent) -> None:
     writes.extend_lease(throttle=False)  # rare, and what the lease is for
+    _record_usage(writes, event)
+
+
+def _record_usage(writes: EventWrites, event: JobEvent) -> None:
+    """The attempt's usage so far (heartbeats and terminal events carry it): its own
+    table, written at once; its audit events wait with the batch's."""
+    from controlplane.finops.usage import attempt_usage_apply
+
+    attempt_usage_apply(job=writes.job, event=event, now=writes.now, audit=writes.audit)
 
 
 def _on_progress(writes: EventWrites, event: JobEvent) -> None:
@@ -235,7 +244,9 @@ def _on_log(writes: EventWrites, event: JobEvent) -> None:
 
 def _finish(writes: EventWrites, event: JobEvent, state: str, **changes: Any) -> bool:
     """Move the job to its final state once; True for the event that did it."""
-    return claim(
+    from controlplane.finops.quotas import on_job_terminal
+
+    finished = claim(
         writes.job,
         attempt=event.attempt,
         from_states={JobState.QUEUED, JobState.RUNNING},
@@ -244,6 +255,9 @@ def _finish(writes: EventWrites, event: JobEvent, state: str, **changes: Any) ->
         lease_expires_at=None,
         **changes,
     )
+    if finished:
+        on_job_terminal(writes.job)  # a GPU job's slot in its project's quota frees
+    return finished
 
 
 def _audit_finish(writes: EventWrites, event: JobEvent, action: str, **details: Any) -> None:
@@ -289,6 +303,7 @@ def _register_model(writes: EventWrites, job: Job) -> None:
 
 
 def _on_finished(writes: EventWrites, event: JobEvent) -> None:
+    _record_usage(writes, event)
     job = writes.job
     result = event.payload.get("result", {})
     if _finish(
@@ -305,6 +320,7 @@ def _on_finished(writes: EventWrites, event: JobEvent) -> None:
 
 
 def _on_failed(writes: EventWrites, event: JobEvent) -> None:
+    _record_usage(writes, event)  # of the attempt that failed, before a retry moves on
     job = writes.job
     error = str(event.payload.get("error", "failed"))[:5000]
     if event.payload.get(RETRYABLE_FIELD) is True and _retry_allowed(job):
@@ -338,6 +354,7 @@ def _retry_allowed(job: Job) -> bool:
 
 
 def _on_cancelled(writes: EventWrites, event: JobEvent) -> None:
+    _record_usage(writes, event)
     if _finish(writes, event, JobState.CANCELLED):
         _audit_finish(writes, event, "job.cancelled")
 

@@ -52,6 +52,7 @@ def job_create(
     # data pipeline's config is checked by the engine in a subprocess (~0.8 s) that must
     # not hold a connection in a transaction meanwhile.
     request = validate_job_request(project=project, kind=kind, params=params)
+    _finops().gpu_job_gate(project=project, queue=request.queue, params=request.params)
     # The policy is asked before the transaction too: a refusal's audit event commits
     # although no job is made (PolicyDenied, a 409 with the rule, reason and fix).
     decision = enforce(
@@ -90,6 +91,7 @@ def _job_insert(
         created_by=actor,
         dispatched_at=now,
     )
+    admitted = _finops().quota_admit(job)  # else held for the project's GPU quota
     if kind in _ON_CREATE:
         _ON_CREATE[kind](job)
     audit_append(
@@ -97,10 +99,23 @@ def _job_insert(
         actor=actor,
         action="job.created",
         artifact=job,
-        payload={"kind": kind, "params": request.params, "inputs": request.inputs},
+        payload={
+            "kind": kind,
+            "params": request.params,
+            "inputs": request.inputs,
+            **({} if admitted else {"held_for": job.held_for}),
+        },
     )
-    dispatch_after_commit(job)
+    if admitted:
+        dispatch_after_commit(job)
     return job
+
+
+def _finops():
+    # Imported when used: finops imports the jobs app (its models and JobError).
+    from controlplane.finops import quotas
+
+    return quotas
 
 
 # Kinds whose work is checkpointed, so a failed run can go on from a checkpoint.
@@ -113,6 +128,8 @@ def job_resume(*, job: Job, checkpoint: JobArtifact, actor: User) -> Job:
     The policy in force now is asked first (outside the transaction, so that a refusal is
     audited): a resumed run must be allowed as a new one would be, or have a waiver."""
     current = Job.objects.select_related("project").get(pk=job.pk)
+    if current.state == JobState.FAILED:
+        _finops().gpu_job_gate(project=current.project, queue=current.queue, params=current.params)
     decision = None
     if current.kind in RESUMABLE_KINDS and current.state == JobState.FAILED:
         decision = enforce(
@@ -173,7 +190,8 @@ def _job_resume(*, job: Job, checkpoint: JobArtifact, actor: User) -> Job:
             "step": checkpoint.step,
         },
     )
-    dispatch_after_commit(job)
+    if _finops().quota_admit(job):
+        dispatch_after_commit(job)
     return job
 
 
@@ -195,6 +213,7 @@ def job_cancel(*, job: Job, actor: User, reason: dict[str, Any] | None = None) -
     if job.state == JobState.QUEUED:
         job.state = JobState.CANCELLED
         job.finished_at = now
+        _finops().on_job_terminal(job)
         audit_append(
             project=job.project,
             actor=actor,

@@ -26,6 +26,12 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from controlplane.jobs.capacity import (
+    CAPACITY_RECHECK_SECONDS,
+    HELD_FOR_CAPACITY,
+    capacity_hold_reason,
+    hold_for_capacity,
+)
 from controlplane.jobs.dispatch import broker_recently_failed, send_job
 from controlplane.jobs.models import DispatchState, Job, JobDispatch, JobState
 
@@ -41,6 +47,7 @@ class DispatchOutcome(enum.StrEnum):
     SENT = "sent"
     OBSOLETE = "obsolete"
     FAILED = "failed"  # kept pending, retried after its backoff
+    HELD = "held"  # no live worker can run it yet: kept pending (jobs/capacity.py)
     SKIPPED = "skipped"  # not due, already sent, or claimed by another sender
 
 
@@ -77,6 +84,14 @@ def dispatch_send(dispatch_id: int, *, now: datetime | None = None) -> DispatchO
     if job.state != JobState.QUEUED or job.attempt != dispatch.attempt:
         JobDispatch.objects.filter(pk=dispatch_id).update(state=DispatchState.OBSOLETE)
         return DispatchOutcome.OBSOLETE
+    reason = capacity_hold_reason(job, now=now)
+    if reason:
+        # Never sent to run on fewer devices: asked again when a worker brings capacity.
+        hold_for_capacity(job, reason)
+        JobDispatch.objects.filter(pk=dispatch_id, state=DispatchState.PENDING).update(
+            next_attempt_at=now + timedelta(seconds=CAPACITY_RECHECK_SECONDS)
+        )
+        return DispatchOutcome.HELD
     try:
         send_job(job)
     except Exception as error:  # noqa: BLE001 - any failure leaves the row for a retry
@@ -90,6 +105,10 @@ def dispatch_send(dispatch_id: int, *, now: datetime | None = None) -> DispatchO
     Job.objects.filter(pk=job.pk, attempt=dispatch.attempt, state=JobState.QUEUED).update(
         dispatched_at=sent_at
     )
+    if job.held_for == HELD_FOR_CAPACITY:
+        Job.objects.filter(pk=job.pk, held_for=HELD_FOR_CAPACITY).update(
+            held_for="", held_reason=""
+        )
     return DispatchOutcome.SENT
 
 

@@ -14,9 +14,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from controlplane.audit.services import audit_append
 from controlplane.jobs.models import Job, JobState
-from controlplane.jobs.services.attempts import requeue_next_attempt
+from controlplane.jobs.services.attempts import fail_for_good, requeue_next_attempt
 from controlplane.jobs.services.delivery import (
     CompletionRecordUnreadable,
     events_request_resends,
@@ -33,8 +32,8 @@ log = logging.getLogger(__name__)
 def _expired(now: datetime) -> Q:
     queued_before = now - timedelta(seconds=settings.JOB_QUEUE_TIMEOUT_SECONDS)
     return Q(state=JobState.RUNNING, lease_expires_at__lt=now) | Q(
-        state=JobState.QUEUED, dispatched_at__lt=queued_before
-    )
+        state=JobState.QUEUED, dispatched_at__lt=queued_before, held_for=""
+    )  # a job held for its project's quota is not sent yet: nothing to reap
 
 
 def jobs_reap_expired(*, now: datetime | None = None) -> list[int]:
@@ -59,7 +58,9 @@ def jobs_reap_expired(*, now: datetime | None = None) -> list[int]:
             log.exception("reaping job %s failed; tried again next pass", job_id)
     events_request_resends(now=now)
     _rewrite_missing_cancel_markers()
-    return reaped
+    from controlplane.jobs.gang import gangs_reap  # multi-node attempts: nodes' own leases
+
+    return reaped + gangs_reap(now=now)
 
 
 @transaction.atomic
@@ -86,18 +87,11 @@ def _reap_one(job_id: int, now: datetime) -> bool:
     reason = "lease expired" if job.state == JobState.RUNNING else "not picked up by a worker"
     put_marker(superseded_marker_key(job.pk, old_attempt), reason)
     if old_attempt >= settings.JOB_MAX_ATTEMPTS:
-        Job.objects.filter(pk=job.pk).update(
-            state=JobState.FAILED,
-            finished_at=now,
-            lease_expires_at=None,
+        fail_for_good(
+            job,
+            now=now,
             error=f"worker lost {old_attempt} times ({reason}); giving up",
-        )
-        audit_append(
-            project=job.project,
-            actor=None,
-            action="job.failed",
-            artifact=job,
-            payload={"attempt": old_attempt, "reason": f"{reason}, attempts exhausted"},
+            reason=f"{reason}, attempts exhausted",
         )
         return False
     requeue_next_attempt(job, now=now, action="job.redispatched", reason=reason)

@@ -22,6 +22,7 @@ from pathlib import Path
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 
 from controlplane.audit.services import audit_verify
 from controlplane.demo.compliance import (
@@ -31,8 +32,11 @@ from controlplane.demo.compliance import (
     violations_and_waiver,
 )
 from controlplane.demo.datasets import data_pipeline, dataset_upload
+from controlplane.demo.figures import duration
+from controlplane.demo.finops import rates_and_budget, spend_overview
 from controlplane.demo.gdpr import erasure_walk
 from controlplane.demo.hardening import anchors_and_readiness, event_path_health, safe_retry
+from controlplane.demo.plan import FULL, QUICK
 from controlplane.demo.posttrain import post_train
 from controlplane.demo.processes import (
     mlflow_ui_start,
@@ -45,6 +49,9 @@ from controlplane.demo.serving import serving_walk
 from controlplane.demo.training import image_model, pretrain
 from controlplane.jobs.models import Job, JobState
 from controlplane.jobs.services import job_cancel, job_create
+from controlplane.orgs.models import Organisation
+from controlplane.orgs.selectors import org_members
+from controlplane.orgs.services import org_create
 from controlplane.projects.models import Membership, Project, Role
 from controlplane.projects.services import member_add, project_create
 from controlplane.uploads.models import Upload
@@ -74,10 +81,20 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true", help="run the walk-through and exit")
         parser.add_argument("--addr", default="127.0.0.1:8000", help="where to serve the dashboard")
         parser.add_argument(
-            "--timeout", type=float, default=300.0, help="seconds to wait for each job"
+            "--timeout", type=float, default=600.0, help="seconds to wait for each job"
         )
         parser.add_argument(
-            "--train-steps", type=int, default=150, help="steps of the demo's pre-training run"
+            "--quick",
+            action="store_true",
+            help="seconds per training stage instead of minutes: the same walk, untrained "
+            "models (the smoke test)",
+        )
+        parser.add_argument(
+            "--train-steps",
+            type=int,
+            default=None,
+            help=f"steps of the pre-training run (default {FULL.pretrain_steps}, "
+            f"{QUICK.pretrain_steps} with --quick)",
         )
 
     def handle(
@@ -85,12 +102,16 @@ class Command(BaseCommand):
         *args,
         no_serve=False,
         addr="127.0.0.1:8000",
-        timeout=300.0,
-        train_steps=150,
+        timeout=600.0,
+        quick=False,
+        train_steps=None,
         **options,
     ):
         self.timeout = timeout
-        self.train_steps = train_steps
+        self.plan = (QUICK if quick else FULL).with_pretrain_steps(train_steps)
+        self.addr = addr
+        self.looks: list[tuple[str, str]] = []
+        started = time.monotonic()
         # `kill` (SIGTERM) ends the demo like Ctrl-C does: its workers are stopped too.
         signal.signal(signal.SIGTERM, _interrupt)
         call_command("migrate", interactive=False, verbosity=0)
@@ -98,6 +119,7 @@ class Command(BaseCommand):
         workers = workers_start(self.stdout)
         try:
             self.walk()
+            self.what_to_look_at(time.monotonic() - started, serving=not no_serve)
             if not no_serve:
                 self.serve(addr)
         finally:
@@ -105,6 +127,21 @@ class Command(BaseCommand):
 
     def step(self, text: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"==> {text}"))
+
+    def look_at(self, what: str, path: str) -> None:
+        """A page worth opening after the walk; the walk ends with the list of them."""
+        self.looks.append((what, path))
+
+    def what_to_look_at(self, seconds: float, *, serving: bool) -> None:
+        self.step(f"What to look at (the walk took {duration(seconds)})")
+        base = f"http://{self.addr}"
+        how = "served below" if serving else "`python manage.py runserver` serves them"
+        self.stdout.write(
+            f"    log in at {base}/ as bob (engineer), password '{DEMO_PASSWORD}' ({how}):"
+        )
+        width = max((len(what) for what, _ in self.looks), default=0)
+        for what, path in self.looks:
+            self.stdout.write(f"    {what:<{width}}  {base}{path}")
 
     def wait_for(self, job: Job, states: set[str]) -> Job:
         deadline = time.monotonic() + self.timeout
@@ -132,26 +169,39 @@ class Command(BaseCommand):
             f"    project '{project.name}' (id {project.pk}) with alice (owner), bob (engineer), "
             "carol (viewer), dora (compliance)"
         )
+        org = project.organisation
+        self.stdout.write(
+            f"    organisation '{org.name}' (/orgs/{org.slug}/): "
+            f"{', '.join(f'{m.user.username} ({m.role})' for m in org_members(org))}; "
+            "mallory, in Mallory Labs, gets 404 for all of it"
+        )
+        rates_and_budget(self, project, users)
         upload = self.upload_hamlet(project, users["bob"])
         self.inspect(project, users["bob"], upload)
         self.cancel_slow_job(project, users["bob"], upload)
 
         version = dataset_upload(self, project, users["bob"])
         policy_set(self, project, users)
-        refused_training(self, project, users["bob"], version, steps=self.train_steps)
+        refused_training(self, project, users["bob"], version, steps=self.plan.pretrain_steps)
         tokens = data_pipeline(self, project, users["bob"], version)
-        base = pretrain(self, project, users["bob"], tokens, steps=self.train_steps)
-        tuned = post_train(self, project, users["bob"], base, steps=max(self.train_steps // 5, 4))
+        base = pretrain(self, project, users["bob"], tokens, self.plan)
+        tuned = post_train(self, project, users["bob"], base, self.plan)
         registry_walk(self, project, users, base=base, dpo=tuned["dpo"])
         serving_walk(self, project, users, MODEL)
-        image_model(self, project, users["bob"], steps=self.train_steps)
+        image_model(self, project, users["bob"], self.plan)
         safe_retry(self, project, users["bob"], upload.pk)
         event_path_health(self, project)
         erasure_walk(self, project, users)
         violations_and_waiver(self, project, users, tokens)
+        spend_overview(self, project, users)
         anchors_and_readiness(self)
         audit_export_verified(self, project, users["dora"])
         self.verify_audit_chains()
+        self.look_at(
+            "audit: every action above, chained and verified",
+            reverse("audit-timeline", args=[project.pk]),
+        )
+        self.look_at("the overview an IT leader opens: usage, cost, budget", reverse("overview"))
 
         self.stdout.write(self.style.SUCCESS("Demo walk-through complete."))
         self.stdout.write(
@@ -171,7 +221,13 @@ class Command(BaseCommand):
             users[username] = user
         return users
 
+    def organisation(self, users: dict[str, User], slug: str, name: str, admin: str):
+        """The demo's organisation ``slug`` (made on the first run), ``admin`` its admin."""
+        org = Organisation.objects.filter(slug=slug).first()
+        return org or org_create(name=name, slug=slug, actor=users[admin])
+
     def project(self, users: dict[str, User]) -> Project:
+        acme = self.organisation(users, "acme-ai", "Acme AI", "alice")
         project = Project.objects.filter(slug="shakespeare-demo").first()
         if project is None:
             project = project_create(
@@ -179,6 +235,7 @@ class Command(BaseCommand):
                 slug="shakespeare-demo",
                 actor=users["alice"],
                 description="Demo project: the Gutenberg Shakespeare texts.",
+                organisation=acme,
             )
         for username, role in DEMO_USERS:
             if (
@@ -188,7 +245,10 @@ class Command(BaseCommand):
             ):
                 member_add(project=project, user=users[username], role=role, actor=users["alice"])
         if not Project.objects.filter(slug="mallory-lab").exists():
-            project_create(name="Mallory's lab", slug="mallory-lab", actor=users["mallory"])
+            lab = self.organisation(users, "mallory-labs", "Mallory Labs", "mallory")
+            project_create(
+                name="Mallory's lab", slug="mallory-lab", actor=users["mallory"], organisation=lab
+            )
         return project
 
     def upload_hamlet(self, project: Project, user: User) -> Upload:
