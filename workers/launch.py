@@ -185,7 +185,14 @@ def run_ranks(
     if process.returncode != 0:
         if relay.stopping:
             raise JobStopped(ctx.stop_reason() or "stopped")
-        raise rank_failure(relay.errors, log_path, process.returncode)
+        if not relay.finished_before_teardown():
+            raise rank_failure(relay.errors, log_path, process.returncode)
+        # The results are whole (every hook answered, the summary sent); retrying the
+        # attempt would only train the same steps again.
+        ctx.log(
+            f"torchrun exited with status {process.returncode} after every process had "
+            "finished the run (a crash while shutting down); the run's results are complete"
+        )
     if ctx.gang is not None and not relay.has_rank_zero:
         ctx.mute_events()  # the node with rank 0 speaks for the attempt; this one took part
         return None
@@ -225,6 +232,7 @@ class RankRelay:
         self._streams: list[Any] = []
         self.pids: dict[int, int] = {}  # rank -> pid, from their hellos
         self.errors: dict[int, str] = {}  # rank -> the error it reported before exiting
+        self.done: set[int] = set()  # ranks past their last collective (only teardown left)
         self.summary: dict[str, Any] | None = None
         self.failure: BaseException | None = None  # our side of a hook failed
         self.stopping = False  # a stop was seen: the group should end by itself soon
@@ -266,6 +274,19 @@ class RankRelay:
                     STOP_GRACE_SECONDS,
                 )
                 return
+
+    def finished_before_teardown(self) -> bool:
+        """Whether the run was over before the group exited: every rank that said hello
+        said it was done, none reported an error, and rank 0 (where it runs here) sent
+        its summary. A crash after that is one of tearing the process group down."""
+        return (
+            bool(self.pids)
+            and set(self.pids) <= self.done
+            and not self.errors
+            and self.failure is None
+            and not self.stopping
+            and (self.summary is not None or not self.has_rank_zero)
+        )
 
     def _past_stop_grace(self) -> bool:
         """Whether to stop the group now: a stop seen STOP_GRACE_SECONDS ago, or one the
@@ -328,6 +349,9 @@ class RankRelay:
             return None
         if hook == "error":
             self.errors.setdefault(int(message["rank"]), str(message["error"]))
+            return None
+        if hook == "done":
+            self.done.add(int(message["rank"]))
             return None
         try:
             stop = self._call(hook, message)

@@ -20,9 +20,11 @@ the launcher. Requests::
     {"hook": "train_end", "summary": {...}}
     {"hook": "summary", "summary": {...}}     # the run's TrainSummary, once, after fit()
     {"hook": "error", "rank": 1, "error": "RuntimeError: ..."}   # any rank, before it exits
+    {"hook": "done", "rank": 1}   # every rank, after its run, before the last barrier
 
 Answers: ``{"ok": true}``, ``{"ok": true, "stop": false}`` or ``{"ok": false, "error":
-"..."}`` (the launcher's side of the hook failed: the rank raises :class:`RelayError`).
+"..."}`` (the launcher's side of the hook failed: the rank raises :class:`RelayError`). ``error``
+and ``done`` get no answer.
 
 The connection is also a lifeline: a rank whose launcher is gone (the socket closed)
 exits at once instead of training on as an orphan nobody reports or stops.
@@ -34,6 +36,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -88,12 +91,20 @@ class RelayCallback(Callback):
                 pass
         except OSError:
             pass
-        if not self._closed:
+        # At interpreter shutdown the socket is closed under this thread: writing a log
+        # line then races the main thread's flush of stderr, which aborts the process.
+        if not self._closed and not sys.is_finalizing():
             log.error("rank %s: the launcher is gone; exiting", self.rank)
             os._exit(LAUNCHER_GONE_EXIT)
 
     def close(self) -> None:
         self._closed = True
+        try:
+            # shutdown, not just close: it wakes the lifeline thread's recv, and the
+            # launcher sees the end of the stream now, not when the process exits.
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self._stream.close()
             self._socket.close()
@@ -140,7 +151,18 @@ class RelayCallback(Callback):
 
     def report_error(self, error: BaseException) -> None:
         """Tell the launcher why this rank is about to fail (best effort: it may be gone)."""
-        message = {"hook": "error", "rank": self.rank, "error": f"{type(error).__name__}: {error}"}
+        self._tell(
+            {"hook": "error", "rank": self.rank, "error": f"{type(error).__name__}: {error}"}
+        )
+
+    def report_done(self) -> None:
+        """Tell the launcher this rank's part of the run is over: once every rank said so
+        (they meet at a barrier after it), a crash while the process group is torn down
+        cannot undo the run."""
+        self._tell({"hook": "done", "rank": self.rank})
+
+    def _tell(self, message: dict[str, Any]) -> None:
+        """A message that gets no answer (best effort: the launcher may be gone)."""
         try:
             with self._lock:
                 write_line(self._stream, message)

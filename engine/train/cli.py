@@ -72,7 +72,7 @@ def register(subparsers) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from engine.train.checkpoint import CheckpointError
     from engine.train.config import ConfigError, load_config
-    from engine.train.parallelize import destroy_distributed
+    from engine.train.parallelize import barrier, destroy_distributed
     from engine.train.trainer import Trainer, TrainingError
 
     relay = _relay(args.report_to)
@@ -83,15 +83,25 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         except (ConfigError, TrainingError, CheckpointError) as error:
             raise EngineError(str(error)) from None
         summary = trainer.fit()
+        if relay is not None:
+            # Said before the group goes: the launcher then knows the run is complete even
+            # if tearing the group down crashes a rank (gloo may abort one whose peer
+            # closed its connections first).
+            if trainer.info.is_main:
+                relay.report_summary(_summary_dict(summary))
+            relay.report_done()
+        # Rank 0 works on alone after the last collective (uploads, the summary): nobody
+        # tears the group down before every rank is done.
+        barrier(trainer.info)
     except BaseException as error:
         if relay is not None:
             relay.report_error(error)
         raise
     finally:
         destroy_distributed()
-    if trainer.info.is_main:
         if relay is not None:
-            relay.report_summary(_summary_dict(summary))
+            relay.close()
+    if trainer.info.is_main:
         val = f"{summary.val_loss:.4f}" if summary.val_loss is not None else "n/a"
         train = f"{summary.train_loss:.4f}" if summary.train_loss is not None else "n/a"
         print(
@@ -99,8 +109,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             f"{summary.tokens_per_second:,.0f} tokens/s, {summary.seconds:.1f} s; "
             f"checkpoint {summary.checkpoint}"
         )
-    if relay is not None:
-        relay.close()
     return 0
 
 

@@ -30,8 +30,8 @@ class _Launcher:
             for line in stream:
                 message = json.loads(line)
                 self.heard.append(message)
-                if message["hook"] == "hello":
-                    continue
+                if message["hook"] in ("hello", "done", "error"):
+                    continue  # told, never answered
                 if message["hook"] == "hang_up":
                     return
                 stream.write(json.dumps(self._answers.get(message["hook"], {"ok": True})).encode())
@@ -72,3 +72,16 @@ def test_a_rank_whose_launcher_is_gone_stops_with_an_error(socket_path):
         relay._ask({"hook": "hang_up"})  # the launcher closes without answering
     with pytest.raises(RelayError, match="the launcher is gone"):
         relay.should_stop()
+
+
+def test_any_rank_says_it_is_done_and_expects_no_answer(socket_path):
+    launcher = _Launcher(socket_path, {})
+    relay = RelayCallback(socket_path, rank=1)
+    relay.report_done()
+    relay.report_error(RuntimeError("late"))
+    relay.close()
+    launcher._thread.join(5)
+    assert launcher.heard[1:] == [
+        {"hook": "done", "rank": 1},
+        {"hook": "error", "rank": 1, "error": "RuntimeError: late"},
+    ]

@@ -418,7 +418,8 @@ def test_the_page_shows_tokens_requests_and_cost_of_the_last_day_and_month(team,
 
     hour(chat, now, 3, "0.25")
     hour(chat, now - timedelta(hours=30), 5, "1.00")  # older than a day
-    hour(chat, month_start - timedelta(hours=1), 7, "9.00")  # last month
+    # Last month and more than a day ago, whatever the hour of the run.
+    hour(chat, month_start - timedelta(hours=25), 7, "9.00")
     hour(old, now, 11, "4.00")  # another deployment
     html = _get(client, team.viewer, f"/projects/{team.project.pk}/deployments/chat/")
     html = html.content.decode()
