@@ -30,10 +30,13 @@ test: $(STAMP)
 
 # The edit loop: everything but the tests marked slow (real worker processes, torchrun,
 # the demo, fault injection), on both cores (pytest-xdist; each worker its own test
-# database, data directory and Redis database: tests/xdist_worker_env.py).
+# database, data directory and Redis database: tests/xdist_worker_env.py). The test
+# databases are kept between runs (--reuse-db: only new migrations run, not all of them);
+# PYTEST_ARGS=--create-db builds them afresh (after switching to a branch whose
+# migrations differ).
 test-fast: $(STAMP)
 	rm -rf var/test && mkdir -p var/test
-	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -p tests.xdist_worker_env -n 2 -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -p tests.xdist_worker_env -n 2 -m "not slow" --reuse-db $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
