@@ -413,13 +413,19 @@ def export_take(*, request: SubjectRequest, actor) -> tuple[str, bytes]:
         locked = _record(locked, "downloaded", by=actor.username)
         services.request_complete(request=locked, certificate=_certificate(locked))
     # Committed: the download is on the record; now the object goes, every version of it.
+    delete_downloaded_export(export, request.pk)
+    return f"subject-request-{request.pk}-export.zip", data
+
+
+def delete_downloaded_export(export: dict, request_pk: int) -> None:
+    """Every version of a downloaded export's object, after the download is committed;
+    a failure is logged, not raised: the beat's expiry pass deletes what is left."""
     from controlplane.storage import object_store
 
     try:
         object_store().delete_all_versions(export["key"])
-    except Exception:  # noqa: BLE001 - the beat's expiry pass deletes what is left
-        logger.exception("export of request %s: delete after download failed", request.pk)
-    return f"subject-request-{request.pk}-export.zip", data
+    except Exception:  # noqa: BLE001 - the download itself succeeded
+        logger.exception("export of request %s: delete after download failed", request_pk)
 
 
 def exports_expire(now: dt.datetime | None = None) -> list[int]:

@@ -183,7 +183,13 @@ def _delete_child_exports(children) -> None:
 def parent_export_take(*, request: SubjectRequest, actor) -> tuple[str, bytes]:
     """The combined export for the admin of the organisation who approved it, once: audited, every child
     completed (its certificate), then the parent; the object deleted right after."""
-    from controlplane.gdpr.access import EXPORT_GONE, ExportGone, ExportNotReady, read_export
+    from controlplane.gdpr.access import (
+        EXPORT_GONE,
+        ExportGone,
+        ExportNotReady,
+        delete_downloaded_export,
+        read_export,
+    )
     from controlplane.gdpr.access import _certificate as child_certificate
 
     if not services.may_review_request(actor, request):
@@ -230,11 +236,6 @@ def parent_export_take(*, request: SubjectRequest, actor) -> tuple[str, bytes]:
         )
         locked = record_step(locked, "downloaded", by=actor.username)
         services.request_complete(request=locked, certificate=parent_certificate(locked))
-    from controlplane.storage import object_store
-
-    try:
-        object_store().delete_all_versions(export["key"])
-    except Exception:  # noqa: BLE001 - the beat's expiry pass deletes what is left
-        logger.exception("export of request %s: delete after download failed", request.pk)
+    delete_downloaded_export(export, request.pk)
     _delete_child_exports(children)
     return f"subject-request-{request.pk}-export.zip", data
