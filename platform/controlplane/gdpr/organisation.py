@@ -47,7 +47,6 @@ from controlplane.gdpr.models import (
     RequestKind,
     RequestScope,
     RequestState,
-    SubjectIdentifier,
     SubjectRequest,
 )
 
@@ -150,16 +149,7 @@ def _child_for(parent: SubjectRequest, project, clear: list[ids.Identifier]) -> 
     # Subject keys are per project: the child's hashes are those its project's indexes
     # (datasets, inference archive) hold.
     hashes = [ids.keyed_hash(project, identifier.value) for identifier in clear]
-    SubjectIdentifier.objects.bulk_create(
-        SubjectIdentifier(
-            request=child,
-            position=position,
-            type=identifier.type,
-            value_token=ids.seal(project.pk, identifier.value),
-            subject_hash=digest,
-        )
-        for position, (identifier, digest) in enumerate(zip(clear, hashes, strict=True))
-    )
+    services.store_identifiers(child, project, clear, hashes)
     audit_append(
         project=project,
         actor=parent.reviewed_by,

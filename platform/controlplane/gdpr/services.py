@@ -225,16 +225,7 @@ def request_file(
             received_at=received,
             deadline_at=deadline_for(received),
         )
-        SubjectIdentifier.objects.bulk_create(
-            SubjectIdentifier(
-                request=request,
-                position=position,
-                type=identifier.type,
-                value_token=ids.seal(project.pk, identifier.value),
-                subject_hash=digest,
-            )
-            for position, (identifier, digest) in enumerate(zip(found, hashes, strict=True))
-        )
+        store_identifiers(request, project, found, hashes)
         audit_append(
             project=project,
             actor=actor,
@@ -509,3 +500,18 @@ def request_fail(*, request: SubjectRequest, reason: str) -> SubjectRequest:
         )
         _parent_soon(request)
     return request
+
+
+def store_identifiers(request: SubjectRequest, project, identifiers, hashes: list[str]) -> None:
+    """A request's identifiers, in order: sealed with the project's key (the clear value
+    only for the job that needs it) beside the keyed hash its indexes hold."""
+    SubjectIdentifier.objects.bulk_create(
+        SubjectIdentifier(
+            request=request,
+            position=position,
+            type=identifier.type,
+            value_token=ids.seal(project.pk, identifier.value),
+            subject_hash=digest,
+        )
+        for position, (identifier, digest) in enumerate(zip(identifiers, hashes, strict=True))
+    )
